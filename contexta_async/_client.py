@@ -1,0 +1,224 @@
+"""Contexta: the workspace, its sinks and the one pipeline that feeds them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _validation as v
+from ._errors import ConfigurationError, ValidationError
+from ._pipeline import OverflowPolicy, Pipeline, PipelineOptions, Statistics
+from ._refs import is_valid_ref, normalize_name
+from ._scope_core import ScopeCore, ScopeRegistry
+from ._scopes import AsyncRun, Opening, Run
+from ._waiters import READY
+from .sinks import LocalJsonlSink, Sink
+
+__all__ = ["Contexta"]
+
+_CAPTURE_DIR = ("cache", "capture")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Contexta:
+    """A capture context: ``async with Contexta(...) as ctx`` or plain ``ctx = Contexta(...)``.
+
+    Args:
+        workspace: the workspace directory; the default sink writes to
+            ``<workspace>/cache/capture/<family>.jsonl``.
+        config: a mapping; ``project_name`` (default ``"default"``) names the project.
+        sinks: replaces the default ``LocalJsonlSink``.
+        queue_size: lines the queue holds before producers wait (back-pressure).
+        max_batch_size: most lines the writer takes per batch (one write + fsync per file).
+        fsync: fsync every batch before acknowledging it (default True).
+        overflow: what a full queue means: ``"wait"`` (awaited and sync calls wait, ``*_nowait``
+            raise QueueFullError), ``"drop_newest"`` (the new line is dropped and counted) or
+            ``"raise"`` (every call raises QueueFullError).
+        shutdown_timeout: seconds closing may take to drain before it reports what is lost.
+        max_retries, retry_backoff: bounded retry of failed writes, with doubling backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        workspace: str | os.PathLike[str] = ".contexta",
+        config: Mapping[str, Any] | None = None,
+        sinks: Iterable[Sink] | None = None,
+        queue_size: int = 65_536,
+        max_batch_size: int = 8_192,
+        fsync: bool = True,
+        overflow: OverflowPolicy = "wait",
+        shutdown_timeout: float = 10.0,
+        max_retries: int = 3,
+        retry_backoff: float = 0.05,
+    ) -> None:
+        if not isinstance(workspace, (str, os.PathLike)) or not os.fspath(workspace):
+            raise ConfigurationError("workspace", "must be a non-empty path", workspace)
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigurationError("config", "must be a mapping", config)
+        self.config: dict[str, Any] = dict(config or {})
+        project_name = self.config.setdefault("project_name", "default")
+        self.project = normalize_name(project_name, field="config.project_name")
+        self.workspace = Path(workspace).absolute()
+        options = PipelineOptions(
+            queue_size=queue_size,
+            max_batch_size=max_batch_size,
+            fsync=fsync,
+            overflow=overflow,
+            shutdown_timeout=shutdown_timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+        )
+        if sinks is None:
+            chosen: tuple[Sink, ...] = (
+                LocalJsonlSink(self.workspace.joinpath(*_CAPTURE_DIR), fsync=fsync),
+            )
+        else:
+            chosen = tuple(sinks)
+            if not chosen:
+                raise ConfigurationError("sinks", "must hold at least one sink", sinks)
+            names = [getattr(s, "name", None) for s in chosen]
+            for sink in chosen:
+                if not isinstance(sink, Sink):
+                    raise ConfigurationError("sinks", "every sink must subclass Sink", sink)
+            if len(set(names)) != len(names):
+                raise ConfigurationError("sinks", "sink names must be unique", names)
+        self.sinks: tuple[Sink, ...] = chosen
+        self._pipeline = Pipeline(chosen, options)
+        self._registry = ScopeRegistry()
+        self._task_group: TaskGroup | None = None
+
+    # ---- capture ---------------------------------------------------------------------
+
+    def run(
+        self,
+        name: str,
+        *,
+        dataset_ref: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        code_revision: str | None = None,
+    ) -> Opening[Run, AsyncRun]:
+        """A run: ``with ctx.run("name") as run`` or ``async with ctx.run("name") as run``.
+
+        Its ref is ``run:<project>.<normalised name>``. A second run with the same ref cannot be
+        open at the same time in one context (DuplicateScopeError).
+        """
+        if dataset_ref is not None and not is_valid_ref(dataset_ref):
+            raise ValidationError(
+                "dataset_ref", "must be a ref such as 'dataset:sklearn.iris'", dataset_ref
+            )
+        fields = {
+            "dataset_ref": dataset_ref,
+            "tags": v.check_tags(tags),
+            "metadata": v.check_attributes(metadata, "metadata"),
+            "code_revision": v.check_optional_text(code_revision, "code_revision"),
+        }
+        if self._pipeline.closed:
+            from ._errors import ClosedScopeError
+
+            raise ClosedScopeError("the Contexta context is closed")
+        core = ScopeCore(
+            "run",
+            name,
+            parent=None,
+            pipeline=self._pipeline,
+            registry=self._registry,
+            project=self.project,
+            run_fields=fields,
+        )
+        return Opening(core, Run, AsyncRun)
+
+    # ---- durability and shutdown -----------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> Awaitable[None]:
+        """Return once every line captured before the call is written and fsynced.
+
+        In async code, ``await ctx.flush()``. In sync code (no running event loop in this
+        thread) ``ctx.flush()`` blocks until done. Raises DeliveryError naming the lines and
+        runs that a sink could not make durable since the last flush.
+        """
+        if _running_loop() is None:
+            self._pipeline.flush_blocking(timeout)
+            return READY
+        return self._pipeline.flush()
+
+    def close(self) -> None:
+        """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking."""
+        self._close_open_runs()
+        self._pipeline.close_blocking()
+
+    async def aclose(self) -> None:
+        """Like close(), without blocking the event loop; shielded from cancellation."""
+        with anyio.CancelScope(shield=True):
+            self._close_open_runs()
+            await self._pipeline.aclose()
+
+    def _close_open_runs(self) -> None:
+        if self._pipeline.closed:
+            return
+        for core in self._registry.open_runs():
+            for item in core.close("cancelled", "the Contexta context closed first"):
+                self._pipeline.submit_lifecycle(item)
+
+    def statistics(self) -> Statistics:
+        """Counters: queued, enqueued, written, fsyncs, batches, failures, drops..."""
+        return self._pipeline.statistics()
+
+    @property
+    def closed(self) -> bool:
+        return self._pipeline.closed
+
+    # ---- context management ----------------------------------------------------------
+
+    def __enter__(self) -> Contexta:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Contexta:
+        """Run the writer as a task in this event loop until the block exits."""
+        if self._pipeline.claim_writer():
+            task_group = anyio.create_task_group()
+            await task_group.__aenter__()
+            task_group.start_soon(self._pipeline.run_writer, name="contexta-async-writer")
+            self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group, self._task_group = self._task_group, None
+        try:
+            await self.aclose()
+        finally:
+            if task_group is not None:
+                # After a shutdown timeout the writer may still be stuck: stop waiting for it.
+                task_group.cancel_scope.cancel()
+                await task_group.__aexit__(None, None, None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Contexta project={self.project!r} workspace={str(self.workspace)!r} {state}>"

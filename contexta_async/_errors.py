@@ -1,0 +1,109 @@
+"""The exception hierarchy. Every error the library raises on purpose is a ContextaError."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "ClosedScopeError",
+    "ConfigurationError",
+    "ContextaError",
+    "DeliveryError",
+    "DuplicateScopeError",
+    "LifecycleError",
+    "QueueFullError",
+    "ShutdownTimeoutError",
+    "ValidationError",
+]
+
+
+class ContextaError(Exception):
+    """Base class. ``code`` is a stable machine-readable name, ``details`` the facts behind it."""
+
+    code = "contexta_error"
+
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class ValidationError(ContextaError, ValueError):
+    """An argument broke a rule. ``field`` names the argument, ``rule`` the rule it broke."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, rule: str, value: Any = None) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(
+            f"{field}: {rule} (got {shown})",
+            details={"field": field, "rule": rule},
+        )
+        self.field = field
+        self.rule = rule
+
+
+class ConfigurationError(ValidationError):
+    """An option given to ``Contexta(...)`` or a sink is invalid."""
+
+    code = "configuration_error"
+
+
+class LifecycleError(ContextaError):
+    """A scope or context was used in an order its lifecycle does not allow."""
+
+    code = "lifecycle_error"
+
+
+class ClosedScopeError(LifecycleError):
+    """Capture was attempted on a scope (or context) that is already closed."""
+
+    code = "closed_scope"
+
+
+class DuplicateScopeError(LifecycleError):
+    """A scope with the same ref is already open in this context."""
+
+    code = "duplicate_scope"
+
+
+class QueueFullError(ContextaError):
+    """The queue is full and the call may not wait (``*_nowait``, or ``overflow="raise"``)."""
+
+    code = "queue_full"
+
+
+class DeliveryError(ContextaError):
+    """Records were captured but could not be made durable by a sink.
+
+    ``failed`` is the number of lines that were not made durable, ``runs`` maps each affected
+    run ref to its count, and ``errors`` lists one message per failed write.
+    """
+
+    code = "delivery_error"
+
+    def __init__(self, failed: int, runs: Mapping[str, int], errors: list[str]) -> None:
+        run_list = ", ".join(f"{ref} ({n})" for ref, n in sorted(runs.items()))
+        super().__init__(
+            f"{failed} captured line(s) could not be made durable; runs: {run_list or 'none'}; "
+            f"first error: {errors[0] if errors else 'unknown'}",
+            details={"failed": failed, "runs": dict(runs), "errors": list(errors)},
+        )
+        self.failed = failed
+        self.runs = dict(runs)
+        self.errors = list(errors)
+
+
+class ShutdownTimeoutError(ContextaError):
+    """Closing did not drain the queue within the shutdown timeout; ``pending`` lines are lost."""
+
+    code = "shutdown_timeout"
+
+    def __init__(self, pending: int, timeout: float) -> None:
+        super().__init__(
+            f"shutdown timed out after {timeout:g}s with {pending} line(s) not yet durable",
+            details={"pending": pending, "timeout": timeout},
+        )
+        self.pending = pending

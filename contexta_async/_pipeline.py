@@ -1,0 +1,578 @@
+"""The capture pipeline: bounded queue, one writer, group commit, flush barrier.
+
+The writer takes everything queued (up to ``max_batch_size``), and in one worker-thread hop has
+every sink encode the batch once and write + fsync it per file, then acknowledges the batch:
+flush() waiters whose records are now durable wake up. There is no timer: under light load a
+record is durable about one fsync after it was queued; under load batches grow.
+
+The writer runs either as a task in the caller's event loop (``async with Contexta()``) or on a
+daemon thread with its own event loop, started on first use (sync code, or async code that
+never entered the context). Producers on any thread or loop share the same thread-safe queue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import anyio
+import msgspec
+import structlog
+
+from . import _clock
+from ._buffer import BoundedBuffer, BufferClosed
+from ._errors import (
+    ClosedScopeError,
+    ConfigurationError,
+    DeliveryError,
+    LifecycleError,
+    QueueFullError,
+    ShutdownTimeoutError,
+)
+from ._records import DEGRADATION, DegradationRecord, Item
+from ._waiters import READY, AsyncWaiter, ThreadWaiter
+from .sinks import Chunk, FsyncError, Sink
+
+__all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
+
+logger = structlog.get_logger("contexta_async")
+
+OverflowPolicy = Literal["wait", "drop_newest", "raise"]
+_POLICIES: Final = ("wait", "drop_newest", "raise")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    queue_size: int = 65_536
+    max_batch_size: int = 8_192
+    fsync: bool = True
+    overflow: OverflowPolicy = "wait"
+    shutdown_timeout: float = 10.0
+    max_retries: int = 3
+    retry_backoff: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "max_batch_size"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(name, "must be a positive integer", value)
+        if type(self.max_retries) is not int or self.max_retries < 0:
+            raise ConfigurationError(
+                "max_retries", "must be a non-negative integer", self.max_retries
+            )
+        for name in ("shutdown_timeout", "retry_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigurationError(name, "must be a non-negative number of seconds", value)
+        if self.overflow not in _POLICIES:
+            raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
+        if not isinstance(self.fsync, bool):
+            raise ConfigurationError("fsync", "must be a bool", self.fsync)
+
+
+class Statistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the pipeline's counters."""
+
+    queued: int
+    """Lines in the queue now."""
+    waiting_producers: int
+    """Producers parked until the queue has room."""
+    enqueued: int
+    """Lines accepted into the queue since the start."""
+    written: int
+    """Lines written and (with fsync on) fsynced, summed over sinks."""
+    fsyncs: int
+    batches: int
+    largest_batch: int
+    peak_queued: int
+    failed: int
+    """Lines a sink could not make durable after retries, summed over sinks."""
+    dropped: int
+    """Lines refused by the ``drop_newest`` overflow policy."""
+    retries: int
+
+
+@dataclass(slots=True)
+class _Failure:
+    sink: str
+    target: str
+    count: int
+    runs: Counter[str]
+    error: str
+
+
+class _Drops:
+    """Per-run counts of lines dropped by the overflow policy, until written as DEGRADATION."""
+
+    __slots__ = ("first", "last", "per_run")
+
+    def __init__(self) -> None:
+        self.per_run: Counter[str | None] = Counter()
+        self.first = ""
+        self.last = ""
+
+
+_open_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # A sync program that never closed its context must not lose what it captured.
+    for pipeline in list(_open_pipelines):
+        try:
+            pipeline.close_blocking()
+        except Exception as exc:  # report, never raise out of interpreter shutdown
+            logger.error("contexta_async.close_at_exit_failed", error=str(exc))
+            import sys
+
+            print(f"contexta-async: {exc}", file=sys.stderr)
+
+
+class Pipeline:
+    def __init__(self, sinks: Sequence[Sink], options: PipelineOptions) -> None:
+        self.sinks = tuple(sinks)
+        self.options = options
+        self._buffer: BoundedBuffer[Item] = BoundedBuffer(options.queue_size)
+        self._max_batch = options.max_batch_size
+        self._overflow = options.overflow
+        self._state_lock = threading.Lock()
+        self._processed = 0  # sequence number up to which every line was handled
+        self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
+        self._failures: list[_Failure] = []
+        self._reported = 0  # failures before this index were raised by a flush or close
+        self._pending_degradations: dict[str, list[Item]] = {s.name: [] for s in self.sinks}
+        self._drops = _Drops()
+        self._counts = Counter[str]()
+        # Who runs the writer: nobody yet, a task in an owner's loop, or the host thread.
+        self._writer_started = False
+        self._writer_thread_id: int | None = None
+        self._writer_done = threading.Event()
+        self._host: threading.Thread | None = None
+        self._closed = False
+
+    # ---- producers -------------------------------------------------------------------
+
+    def _ensure_writer(self) -> None:
+        if not self._writer_started:
+            with self._state_lock:
+                if self._closed:
+                    raise ClosedScopeError("the Contexta context is closed")
+                if not self._writer_started:
+                    self._start_host_locked()
+
+    def try_submit(self, item: Item) -> bool:
+        """Queue ``item`` if there is room now. False means: full, the caller decides."""
+        if not self._writer_started:
+            self._ensure_writer()
+        try:
+            return self._buffer.try_put(item)
+        except BufferClosed:
+            raise ClosedScopeError("the Contexta context is closed") from None
+
+    def submit_nowait(self, item: Item) -> None:
+        """Queue without waiting; a full queue drops (``drop_newest``) or raises."""
+        if not self.try_submit(item):
+            self._on_full(item, may_wait=False)
+
+    def _on_full(self, item: Item, *, may_wait: bool) -> bool:
+        """Apply the overflow policy. True when the caller should wait for room."""
+        if self._overflow == "drop_newest":
+            with self._buffer.lock:
+                drops = self._drops
+                stamp = _clock.now()
+                if not drops.per_run:
+                    drops.first = stamp
+                drops.last = stamp
+                drops.per_run[item.run_ref] += 1
+                self._counts["dropped"] += 1
+            return False
+        if self._overflow == "wait" and may_wait:
+            return True
+        raise QueueFullError(
+            f"the capture queue is full ({self.options.queue_size} lines) "
+            f"and the call may not wait (overflow={self._overflow!r})"
+        )
+
+    def submit_awaitable(self, item: Item) -> Awaitable[None]:
+        """Queue ``item``; the result is awaited to wait for room without blocking the loop.
+
+        With room (the usual case) the line is queued before this returns and the awaitable is
+        already done, so the fast path creates no coroutine.
+        """
+        if self.try_submit(item) or not self._on_full(item, may_wait=True):
+            return READY
+        return self._park(item)
+
+    async def _park(self, item: Item) -> None:
+        waiter = AsyncWaiter()
+        try:
+            if self._buffer.put_or_park(item, waiter):
+                return
+        except BufferClosed:
+            raise ClosedScopeError("the Contexta context is closed") from None
+        try:
+            await waiter.wait()
+        except BaseException:
+            self._buffer.unpark(waiter)  # cancelled while waiting: the line is not captured
+            raise
+
+    def submit_blocking(self, item: Item) -> None:
+        """Queue ``item``, blocking this thread (never an event loop's) while the queue is full."""
+        if self.try_submit(item) or not self._on_full(item, may_wait=True):
+            return
+        if threading.get_ident() == self._writer_thread_id:
+            raise QueueFullError(
+                "the capture queue is full and the sync face was called on the writer's event "
+                "loop thread, where waiting would deadlock; use the async face (await ...)"
+            )
+        waiter = ThreadWaiter()
+        try:
+            if self._buffer.put_or_park(item, waiter):
+                return
+        except BufferClosed:
+            raise ClosedScopeError("the Contexta context is closed") from None
+        waiter.wait()
+
+    def submit_lifecycle(self, item: Item) -> None:
+        """Queue a scope open/close line past the bound: it must neither wait nor be lost."""
+        if not self._writer_started:
+            self._ensure_writer()
+        try:
+            self._buffer.force_put(item)
+        except BufferClosed:
+            raise ClosedScopeError("the Contexta context is closed") from None
+
+    # ---- the writer ------------------------------------------------------------------
+
+    def _start_host_locked(self) -> None:
+        ready = threading.Event()
+
+        def host_main() -> None:
+            async def main() -> None:
+                ready.set()
+                await self.run_writer()
+
+            try:
+                anyio.run(main)
+            finally:
+                ready.set()
+
+        self._writer_started = True
+        self._host = threading.Thread(target=host_main, name="contexta-async-writer", daemon=True)
+        _open_pipelines.add(self)
+        self._host.start()
+        ready.wait()
+
+    def claim_writer(self) -> bool:
+        """Let the caller run the writer in its own loop. False if a writer already runs."""
+        with self._state_lock:
+            if self._closed:
+                raise ClosedScopeError("the Contexta context is closed")
+            if self._writer_started:
+                return False
+            self._writer_started = True
+            return True
+
+    async def run_writer(self) -> None:
+        """Drain the queue until it is closed and empty."""
+        self._writer_thread_id = threading.get_ident()
+        buffer = self._buffer
+        try:
+            while True:
+                batch, last_seq = buffer.take(self._max_batch, None)
+                if not batch:
+                    waiter = AsyncWaiter()
+                    batch, last_seq = buffer.take(self._max_batch, waiter)
+                    if not batch:
+                        if not buffer.closed:
+                            await waiter.wait()
+                            continue
+                        if self._has_degradations():
+                            # One last try at the DEGRADATION lines still owed to the sinks.
+                            await self._deliver([], last_seq)
+                        break
+                await self._deliver(batch, last_seq)
+        finally:
+            self._writer_done.set()
+            self._wake_flushers(final=True)
+
+    def _has_degradations(self) -> bool:
+        return bool(self._drops.per_run) or any(self._pending_degradations.values())
+
+    async def _deliver(self, batch: list[Item], last_seq: int) -> None:
+        extra = self._take_drops()
+        await anyio.to_thread.run_sync(self._write_batch, batch, extra, abandon_on_cancel=True)
+        self._counts["batches"] += 1
+        if len(batch) > self._counts["largest_batch"]:
+            self._counts["largest_batch"] = len(batch)
+        with self._state_lock:
+            self._processed = last_seq
+        self._wake_flushers()
+
+    def _take_drops(self) -> list[Item]:
+        with self._buffer.lock:
+            drops = self._drops
+            if not drops.per_run:
+                return []
+            self._drops = _Drops()
+        now = _clock.now()
+        return [
+            Item(
+                DEGRADATION,
+                "DegradationRecord",
+                None,
+                run_ref,
+                DegradationRecord(
+                    count=count,
+                    degradation_kind="dropped",
+                    first_observed_at=drops.first,
+                    last_observed_at=drops.last,
+                    reason=f"capture queue full (overflow='drop_newest', "
+                    f"queue_size={self.options.queue_size})",
+                    recorded_at=now,
+                    run_ref=run_ref,
+                    sink_name=None,
+                ),
+            )
+            for run_ref, count in drops.per_run.items()
+        ]
+
+    def _write_batch(self, batch: list[Item], extra: list[Item]) -> None:
+        """Runs in a worker thread: every sink encodes and writes the batch."""
+        captured_at = _clock.now()
+        for sink in self.sinks:
+            pending = self._pending_degradations[sink.name]
+            items: list[Item] = pending + extra + batch if pending or extra else batch
+            self._pending_degradations[sink.name] = []
+            try:
+                chunks = sink.prepare(items, captured_at)
+            except Exception as exc:  # an encoding bug must not kill the writer
+                self._record_failure(sink, Chunk("*", sink.name, b"", items), exc)
+                continue
+            for chunk in chunks:
+                self._write_chunk(sink, chunk)
+
+    def _write_chunk(self, sink: Sink, chunk: Chunk) -> None:
+        delay = self.options.retry_backoff
+        attempt = 0
+        while True:
+            try:
+                sink.write(chunk)
+            except FsyncError as exc:
+                # The data may be gone from the page cache: never retry into false durability.
+                self._record_failure(sink, chunk, exc)
+                return
+            except OSError as exc:
+                if attempt >= self.options.max_retries:
+                    self._record_failure(sink, chunk, exc)
+                    return
+                attempt += 1
+                self._counts["retries"] += 1
+                logger.warning(
+                    "contexta_async.write_retry",
+                    sink=sink.name,
+                    target=chunk.target,
+                    attempt=attempt,
+                    error=str(exc),
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except Exception as exc:  # a sink bug is reported like an I/O failure
+                self._record_failure(sink, chunk, exc)
+                return
+            self._counts["written"] += len(chunk.items)
+            if getattr(sink, "fsync", True):
+                self._counts["fsyncs"] += 1
+            return
+
+    def _record_failure(self, sink: Sink, chunk: Chunk, exc: BaseException) -> None:
+        count = len(chunk.items)
+        self._counts["failed"] += count
+        runs: Counter[str] = Counter(
+            item.run_ref or "(none)" for item in chunk.items if item.family != DEGRADATION
+        )
+        error = f"{sink.name}: {chunk.target}: {exc}"
+        logger.error(
+            "contexta_async.write_failed",
+            sink=sink.name,
+            target=chunk.target,
+            lines=count,
+            error=str(exc),
+        )
+        with self._state_lock:
+            self._failures.append(_Failure(sink.name, chunk.target, count, runs, error))
+        # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
+        now = _clock.now()
+        pending = self._pending_degradations[sink.name]
+        kept = [item for item in chunk.items if item.family == DEGRADATION]
+        pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
+        for run_ref, lost in runs.items():
+            pending.append(
+                Item(
+                    DEGRADATION,
+                    "DegradationRecord",
+                    None,
+                    run_ref,
+                    DegradationRecord(
+                        count=lost,
+                        degradation_kind="delivery_failed",
+                        first_observed_at=now,
+                        last_observed_at=now,
+                        reason=str(exc),
+                        recorded_at=now,
+                        run_ref=run_ref,
+                        sink_name=sink.name,
+                    ),
+                )
+            )
+
+    # ---- flush -----------------------------------------------------------------------
+
+    def _wake_flushers(self, *, final: bool = False) -> None:
+        with self._state_lock:
+            if final:
+                ready, self._flush_waiters = self._flush_waiters, []
+            else:
+                done = self._processed
+                ready = [w for w in self._flush_waiters if w[0] <= done]
+                self._flush_waiters = [w for w in self._flush_waiters if w[0] > done]
+        for _, waiter in ready:
+            waiter.wake()
+
+    def _register_flush(self, waiter: AsyncWaiter | ThreadWaiter) -> tuple[int, int, bool]:
+        """Return (target, first unreported failure, must_wait)."""
+        with self._state_lock:
+            target = self._buffer.appended
+            start = self._reported
+            if self._processed >= target or self._writer_done.is_set():
+                return target, start, False
+            self._flush_waiters.append((target, waiter))
+            return target, start, True
+
+    async def flush(self) -> None:
+        if not self._writer_started:
+            return self._check_flush(self._buffer.appended, self._reported)
+        target, start, must_wait = self._register_flush(waiter := AsyncWaiter())
+        if must_wait:
+            await waiter.wait()
+        self._check_flush(target, start)
+
+    def flush_blocking(self, timeout: float | None = None) -> None:
+        if not self._writer_started:
+            return self._check_flush(self._buffer.appended, self._reported)
+        if threading.get_ident() == self._writer_thread_id:
+            raise LifecycleError(
+                "flush() called on the writer's event loop thread, where waiting would "
+                "deadlock; use 'await ctx.flush()'"
+            )
+        target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
+        if must_wait and not waiter.wait(timeout):
+            raise ShutdownTimeoutError(max(target - self._processed, 0), timeout or 0.0)
+        self._check_flush(target, start)
+
+    def _check_flush(self, target: int, start: int) -> None:
+        with self._state_lock:
+            # Every failure not yet raised is reported by the first flush or close to return.
+            found = self._failures[start:]
+            self._reported = max(self._reported, len(self._failures))
+            processed = self._processed
+        if found:
+            runs: Counter[str] = Counter()
+            for failure in found:
+                runs.update(failure.runs)
+            raise DeliveryError(sum(f.count for f in found), runs, [f.error for f in found])
+        if processed < target:
+            raise ShutdownTimeoutError(target - processed, self.options.shutdown_timeout)
+
+    # ---- close -----------------------------------------------------------------------
+
+    def _begin_close(self) -> bool:
+        with self._state_lock:
+            if self._closed:
+                return False
+            self._closed = True
+        self._buffer.close()
+        return True
+
+    def close_blocking(self) -> None:
+        """Drain, fsync and stop the writer; raise what could not be made durable."""
+        if not self._begin_close():
+            return
+        try:
+            if self._host is not None:
+                self._host.join(self.options.shutdown_timeout)
+                if self._host.is_alive():
+                    pending = self._buffer.appended - self._processed + self._buffer.parked
+                    raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
+            elif self._writer_started and not self._writer_done.is_set():
+                raise LifecycleError(
+                    "close() called while an owning event loop still runs the writer; "
+                    "use 'await ctx.aclose()'"
+                )
+            self._check_flush(self._buffer.appended, self._reported)
+        finally:
+            _open_pipelines.discard(self)
+            self._close_sinks()
+
+    async def aclose(self) -> None:
+        """Async close: the same guarantees, without blocking the event loop."""
+        if not self._begin_close():
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                if self._host is not None:
+                    await anyio.to_thread.run_sync(
+                        self._host.join, self.options.shutdown_timeout, abandon_on_cancel=True
+                    )
+                    timed_out = self._host.is_alive()
+                elif self._writer_started:
+                    finished = await anyio.to_thread.run_sync(
+                        self._writer_done.wait,
+                        self.options.shutdown_timeout,
+                        abandon_on_cancel=True,
+                    )
+                    timed_out = not finished
+                else:
+                    timed_out = False
+            if timed_out:
+                pending = self._buffer.appended - self._processed + self._buffer.parked
+                raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
+            self._check_flush(self._buffer.appended, self._reported)
+        finally:
+            _open_pipelines.discard(self)
+            if self._writer_done.is_set() or not self._writer_started:
+                self._close_sinks()
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                logger.error("contexta_async.sink_close_failed", sink=sink.name, error=str(exc))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def statistics(self) -> Statistics:
+        counts = self._counts
+        return Statistics(
+            queued=len(self._buffer),
+            waiting_producers=self._buffer.parked,
+            enqueued=self._buffer.appended,
+            written=counts["written"],
+            fsyncs=counts["fsyncs"],
+            batches=counts["batches"],
+            largest_batch=counts["largest_batch"],
+            peak_queued=self._buffer.peak,
+            failed=counts["failed"],
+            dropped=counts["dropped"],
+            retries=counts["retries"],
+        )

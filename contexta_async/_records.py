@@ -1,0 +1,247 @@
+"""msgspec Structs for every line the library writes.
+
+Fields are declared in alphabetical order and the encoder sorts dict keys, so every object in a
+line has sorted keys, as in Contexta 1.0.0's ``json.dumps(sort_keys=True)`` output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "ARTIFACT",
+    "CONTEXT",
+    "DEGRADATION",
+    "FAMILIES",
+    "PRODUCER_REF",
+    "RECORD",
+    "SCHEMA_VERSION",
+    "ArtifactManifest",
+    "ArtifactPayload",
+    "ArtifactRequest",
+    "ArtifactSource",
+    "BatchExecution",
+    "CaptureLine",
+    "CorrelationRefs",
+    "DegradationRecord",
+    "Envelope",
+    "EventPayload",
+    "Item",
+    "MetricPayload",
+    "RecordPayload",
+    "Run",
+    "SampleObservation",
+    "StageExecution",
+    "VerificationPolicy",
+]
+
+SCHEMA_VERSION: Final = "1.0.0"
+PRODUCER_REF: Final = "sdk.python.local"
+
+CONTEXT: Final = "CONTEXT"
+RECORD: Final = "RECORD"
+ARTIFACT: Final = "ARTIFACT"
+DEGRADATION: Final = "DEGRADATION"
+FAMILIES: Final = (CONTEXT, RECORD, ARTIFACT, DEGRADATION)
+
+
+class _Line(msgspec.Struct, kw_only=True, gc=False):
+    """Base for the objects inside a line: keyword-only, no cyclic GC (they hold no cycles)."""
+
+
+class CorrelationRefs(_Line, kw_only=True):
+    session_id: str | None = None
+    trace_id: str | None = None
+
+
+class Envelope(_Line, kw_only=True):
+    batch_execution_ref: str | None
+    completeness_marker: str = "complete"
+    correlation_refs: CorrelationRefs = msgspec.field(default_factory=CorrelationRefs)
+    degradation_marker: str = "none"
+    deployment_execution_ref: str | None = None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    observed_at: str
+    operation_context_ref: str | None = None
+    producer_ref: str = PRODUCER_REF
+    record_ref: str
+    record_type: str
+    recorded_at: str
+    run_ref: str
+    sample_observation_ref: str | None
+    schema_version: str = SCHEMA_VERSION
+    stage_execution_ref: str | None
+
+
+class MetricPayload(_Line, kw_only=True):
+    aggregation_scope: str
+    metric_key: str
+    slice_ref: str | None = None
+    subject_ref: str
+    summary_basis: str
+    tags: dict[str, str]
+    unit: str | None
+    value: int | float
+    value_type: str
+
+
+class EventPayload(_Line, kw_only=True):
+    attributes: dict[str, Any]
+    event_key: str
+    level: str
+    message: str
+    origin_marker: str = "explicit_capture"
+    subject_ref: str
+
+
+class RecordPayload(_Line, kw_only=True):
+    """The ``payload`` of a RECORD line: ``{"envelope": ..., "payload": ...}``."""
+
+    envelope: Envelope
+    payload: MetricPayload | EventPayload
+
+
+class ArtifactManifest(_Line, kw_only=True):
+    artifact_kind: str
+    artifact_ref: str
+    attributes: dict[str, Any]
+    batch_execution_ref: str | None
+    created_at: str
+    deployment_execution_ref: str | None = None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    hash_value: str | None
+    location_ref: str
+    operation_context_ref: str | None = None
+    producer_ref: str = PRODUCER_REF
+    run_ref: str
+    sample_observation_ref: str | None
+    schema_version: str = SCHEMA_VERSION
+    size_bytes: int | None
+    stage_execution_ref: str | None
+
+
+class VerificationPolicy(_Line, kw_only=True):
+    compute_hash: bool
+    require_existing_source: bool
+
+
+class ArtifactRequest(_Line, kw_only=True):
+    artifact_kind: str
+    artifact_ref: str
+    attributes: dict[str, Any]
+    source: str
+    verification_policy: VerificationPolicy
+
+
+class ArtifactSource(_Line, kw_only=True):
+    exists: bool
+    kind: str = "PATH"
+    uri: str
+
+
+class ArtifactPayload(_Line, kw_only=True):
+    binding_status: str
+    manifest: ArtifactManifest
+    request: ArtifactRequest
+    source: ArtifactSource
+
+
+class Run(_Line, kw_only=True):
+    """CONTEXT line for a run: Contexta's ``Run`` fields plus capture metadata."""
+
+    code_revision: str | None
+    dataset_ref: str | None
+    description: str | None = None
+    ended_at: str | None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    failure_reason: str | None
+    metadata: dict[str, Any]
+    name: str
+    project_ref: str
+    run_ref: str
+    schema_version: str = SCHEMA_VERSION
+    started_at: str
+    status: str
+    tags: dict[str, str]
+
+
+class StageExecution(_Line, kw_only=True):
+    ended_at: str | None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    failure_reason: str | None
+    order_index: int
+    run_ref: str
+    schema_version: str = SCHEMA_VERSION
+    stage_execution_ref: str
+    stage_name: str
+    started_at: str
+    status: str
+
+
+class BatchExecution(_Line, kw_only=True):
+    batch_execution_ref: str
+    batch_name: str
+    ended_at: str | None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    failure_reason: str | None
+    order_index: int
+    run_ref: str
+    schema_version: str = SCHEMA_VERSION
+    stage_execution_ref: str
+    started_at: str
+    status: str
+
+
+class SampleObservation(_Line, kw_only=True):
+    batch_execution_ref: str | None
+    ended_at: str | None
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    failure_reason: str | None
+    observed_at: str
+    run_ref: str
+    sample_name: str
+    sample_observation_ref: str
+    schema_version: str = SCHEMA_VERSION
+    stage_execution_ref: str
+    status: str
+
+
+class DegradationRecord(_Line, kw_only=True):
+    """What the pipeline could not deliver (``delivery_failed``) or chose to drop (``dropped``)."""
+
+    count: int
+    degradation_kind: str
+    extensions: list[Any] = msgspec.field(default_factory=list)
+    first_observed_at: str
+    last_observed_at: str
+    reason: str
+    recorded_at: str
+    run_ref: str | None
+    schema_version: str = SCHEMA_VERSION
+    sink_name: str | None
+
+
+class CaptureLine(_Line, kw_only=True):
+    """One line of a capture file."""
+
+    captured_at: str
+    family: str
+    payload: Any
+    payload_ref: str | None
+    payload_type: str
+    sink_name: str
+
+
+class Item(msgspec.Struct, gc=False, array_like=True):
+    """A queued line, before a sink stamps ``captured_at`` and its name on it.
+
+    ``run_ref`` is kept beside the payload so that failures can be reported per run.
+    """
+
+    family: str
+    payload_type: str
+    payload_ref: str | None
+    run_ref: str | None
+    payload: Any

@@ -1,0 +1,393 @@
+"""The I/O-free core of runs, stages, batches and samples: refs, lifecycle, record building.
+
+Both faces (``with`` and ``async with``) delegate here, so every rule is written once. The core
+builds queue items; handing them to the pipeline is the face's job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from . import _validation as v
+from ._artifacts import ArtifactFile
+from ._clock import format_timestamp
+from ._errors import ClosedScopeError, DuplicateScopeError, LifecycleError, ValidationError
+from ._records import (
+    ARTIFACT,
+    CONTEXT,
+    RECORD,
+    ArtifactManifest,
+    ArtifactPayload,
+    ArtifactRequest,
+    ArtifactSource,
+    BatchExecution,
+    Envelope,
+    EventPayload,
+    Item,
+    MetricPayload,
+    RecordPayload,
+    Run,
+    SampleObservation,
+    StageExecution,
+    VerificationPolicy,
+)
+from ._refs import join_ref, normalize_name
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+__all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
+
+ScopeKind = Literal["run", "stage", "batch", "sample"]
+Status = Literal["open", "completed", "failed", "cancelled"]
+_FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
+_MASK_48: Final = (1 << 48) - 1
+_MAX_REASON: Final = 2048
+
+
+class ScopeRegistry:
+    """The refs open in one context: a second open scope with the same ref is refused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, ScopeCore] = {}
+
+    def add(self, core: ScopeCore) -> None:
+        with self._lock:
+            if core.ref in self._open:
+                raise DuplicateScopeError(
+                    f"{core.ref} is already open in this context; close it first or choose "
+                    f"another name (Contexta 1.0.0 would silently merge the two)",
+                    details={"ref": core.ref},
+                )
+            self._open[core.ref] = core
+
+    def discard(self, core: ScopeCore) -> None:
+        with self._lock:
+            if self._open.get(core.ref) is core:
+                del self._open[core.ref]
+
+    def open_runs(self) -> list[ScopeCore]:
+        with self._lock:
+            return [core for core in self._open.values() if core.kind == "run"]
+
+
+class ScopeCore:
+    """One run, stage, batch or sample: its refs, its status and the lines it produces."""
+
+    __slots__ = (
+        "_child_order",
+        "_children",
+        "_lock",
+        "_record_base",
+        "_record_counter",
+        "_record_prefix",
+        "batch_ref",
+        "closed_at",
+        "failure_reason",
+        "kind",
+        "name",
+        "order_index",
+        "parent",
+        "pipeline",
+        "project_ref",
+        "ref",
+        "registry",
+        "run",
+        "run_fields",
+        "sample_ref",
+        "stage_ref",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        kind: ScopeKind,
+        name: object,
+        *,
+        parent: ScopeCore | None,
+        pipeline: Pipeline,
+        registry: ScopeRegistry,
+        project: str | None = None,
+        run_fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        component = normalize_name(name, field=f"{kind} name")
+        self.kind: ScopeKind = kind
+        self.name: str = name.strip()  # type: ignore[attr-defined]
+        self.parent = parent
+        self.pipeline = pipeline
+        self.registry = registry
+        self.status: Status = "open"
+        self.started_at: str | None = None
+        self.closed_at: str | None = None
+        self.failure_reason: str | None = None
+        self.run_fields = run_fields
+        self._children: dict[int, ScopeCore] = {}
+        self._child_order = 0
+        self._lock = threading.Lock()
+        self.order_index = 0
+        if parent is None:
+            assert project is not None
+            self.run = self
+            self.project_ref = f"project:{project}"
+            self.ref = join_ref("run", project, component, field="run name")
+            self.stage_ref = self.batch_ref = self.sample_ref = None
+            # Record refs: run components + "-" + 12 hex digits that never repeat within a run
+            # (a random 48-bit start, counting up), so two processes reusing a run name do not
+            # collide either.
+            self._record_prefix = f"record:{self.ref[4:]}."
+            self._record_base = secrets.randbits(48)
+            self._record_counter = itertools.count()  # next() is atomic under the GIL
+        else:
+            self.run = parent.run
+            self.project_ref = parent.project_ref
+            self.ref = join_ref(kind, parent.ref.split(":", 1)[1], component, field=f"{kind} name")
+            self.stage_ref = self.ref if kind == "stage" else parent.stage_ref
+            self.batch_ref = self.ref if kind == "batch" else parent.batch_ref
+            self.sample_ref = self.ref if kind == "sample" else None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> Item:
+        """Mark the scope open and return its opening CONTEXT line."""
+        if self.started_at is not None:
+            raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
+        parent = self.parent
+        if parent is not None:
+            parent.ensure_open()
+            self.order_index = parent._attach(self)
+        self.registry.add(self)
+        self.started_at = format_timestamp(time.time_ns())
+        return self.context_item()
+
+    def _attach(self, child: ScopeCore) -> int:
+        with self._lock:
+            if self.status != "open":
+                raise ClosedScopeError(f"{self.ref} is {self.status}; cannot open {child.ref}")
+            self._children[id(child)] = child
+            index = self._child_order
+            self._child_order += 1
+            return index
+
+    def close(self, status: Status, reason: str | None = None) -> list[Item]:
+        """Close this scope and its open children; return their closing CONTEXT lines.
+
+        Closing twice is harmless: the second call returns nothing.
+        """
+        if status not in _FINAL_STATUSES:
+            raise ValidationError("status", f"must be one of {list(_FINAL_STATUSES)}", status)
+        with self._lock:
+            if self.status != "open" or self.started_at is None:
+                return []
+            self.status = status
+            children = list(self._children.values())
+            self._children.clear()
+        lines: list[Item] = []
+        for child in children:
+            lines.extend(child.close(status, reason))
+        self.closed_at = format_timestamp(time.time_ns())
+        if reason is not None and len(reason) > _MAX_REASON:
+            reason = reason[: _MAX_REASON - 3] + "..."
+        self.failure_reason = reason
+        if self.parent is not None:
+            with self.parent._lock:
+                self.parent._children.pop(id(self), None)
+        self.registry.discard(self)
+        lines.append(self.context_item())
+        return lines
+
+    def ensure_open(self) -> None:
+        if self.status != "open":
+            raise ClosedScopeError(f"{self.ref} is {self.status}; capture needs an open scope")
+        if self.started_at is None:
+            raise LifecycleError(
+                f"{self.ref} has not been entered; use 'with' or 'async with' before capturing"
+            )
+
+    def context_item(self) -> Item:
+        if self.kind == "run":
+            fields = self.run_fields or {}
+            payload: Any = Run(
+                code_revision=fields.get("code_revision"),
+                dataset_ref=fields.get("dataset_ref"),
+                ended_at=self.closed_at,
+                failure_reason=self.failure_reason,
+                metadata=fields.get("metadata") or {},
+                name=self.name,
+                project_ref=self.project_ref,
+                run_ref=self.ref,
+                started_at=self.started_at or "",
+                status=self.status,
+                tags=fields.get("tags") or {},
+            )
+            payload_type = "Run"
+        elif self.kind == "stage":
+            payload = StageExecution(
+                ended_at=self.closed_at,
+                failure_reason=self.failure_reason,
+                order_index=self.order_index,
+                run_ref=self.run.ref,
+                stage_execution_ref=self.ref,
+                stage_name=self.name,
+                started_at=self.started_at or "",
+                status=self.status,
+            )
+            payload_type = "StageExecution"
+        elif self.kind == "batch":
+            payload = BatchExecution(
+                batch_execution_ref=self.ref,
+                batch_name=self.name,
+                ended_at=self.closed_at,
+                failure_reason=self.failure_reason,
+                order_index=self.order_index,
+                run_ref=self.run.ref,
+                stage_execution_ref=self.stage_ref or "",
+                started_at=self.started_at or "",
+                status=self.status,
+            )
+            payload_type = "BatchExecution"
+        else:
+            payload = SampleObservation(
+                batch_execution_ref=self.batch_ref,
+                ended_at=self.closed_at,
+                failure_reason=self.failure_reason,
+                observed_at=self.started_at or "",
+                run_ref=self.run.ref,
+                sample_name=self.name,
+                sample_observation_ref=self.ref,
+                stage_execution_ref=self.stage_ref or "",
+                status=self.status,
+            )
+            payload_type = "SampleObservation"
+        return Item(CONTEXT, payload_type, self.ref, self.run.ref, payload)
+
+    # ---- records ---------------------------------------------------------------------
+
+    def _next_ref(self, kind: str) -> str:
+        run = self.run
+        count = next(run._record_counter)
+        return f"{run._record_prefix}{kind}-{(run._record_base + count) & _MASK_48:012x}"
+
+    def _envelope(self, record_ref: str, record_type: str, stamp: str) -> Envelope:
+        return Envelope(
+            batch_execution_ref=self.batch_ref,
+            observed_at=stamp,
+            record_ref=record_ref,
+            record_type=record_type,
+            recorded_at=stamp,
+            run_ref=self.run.ref,
+            sample_observation_ref=self.sample_ref,
+            stage_execution_ref=self.stage_ref,
+        )
+
+    def metric_item(
+        self,
+        key: object,
+        value: object,
+        unit: object,
+        tags: object,
+        aggregation_scope: object,
+        summary_basis: object,
+    ) -> Item:
+        metric_key = v.check_key(key)
+        number, value_type = v.check_metric_value(value)
+        payload = MetricPayload(
+            aggregation_scope=(
+                aggregation_scope
+                if aggregation_scope == "step"
+                else v.check_aggregation_scope(aggregation_scope)
+            ),
+            metric_key=metric_key,
+            subject_ref=self.ref,
+            summary_basis=(
+                summary_basis
+                if summary_basis == "raw_observation"
+                else v.check_optional_text(summary_basis, "summary_basis") or ""
+            ),
+            tags=v.check_tags(tags),
+            unit=v.check_optional_text(unit, "unit"),
+            value=number,
+            value_type=value_type,
+        )
+        if self.status != "open" or self.started_at is None:
+            self.ensure_open()
+        record_ref = self._next_ref("metric")
+        stamp = format_timestamp(time.time_ns())
+        return Item(
+            RECORD,
+            "MetricRecord",
+            record_ref,
+            self.run.ref,
+            RecordPayload(envelope=self._envelope(record_ref, "metric", stamp), payload=payload),
+        )
+
+    def event_item(self, key: object, message: object, level: object, attributes: object) -> Item:
+        payload = EventPayload(
+            attributes=v.check_attributes(attributes),
+            event_key=v.check_key(key),
+            level=v.check_level(level),
+            message=v.check_message(message),
+            subject_ref=self.ref,
+        )
+        self.ensure_open()
+        record_ref = self._next_ref("event")
+        stamp = format_timestamp(time.time_ns())
+        return Item(
+            RECORD,
+            "StructuredEventRecord",
+            record_ref,
+            self.run.ref,
+            RecordPayload(envelope=self._envelope(record_ref, "event", stamp), payload=payload),
+        )
+
+    def artifact_item(
+        self,
+        kind: str,
+        source: str,
+        absolute_path: str,
+        attributes: dict[str, Any],
+        found: ArtifactFile,
+        *,
+        compute_hash: bool,
+        allow_missing: bool,
+    ) -> Item:
+        """Build the ARTIFACT line once the file has been inspected (off the event loop)."""
+        self.ensure_open()
+        run = self.run
+        count = next(run._record_counter)
+        suffix = f"{(run._record_base + count) & _MASK_48:012x}"
+        artifact_ref = f"artifact:{run.ref[4:]}.{kind.replace('_', '-')}-{suffix}"
+        stamp = format_timestamp(time.time_ns())
+        payload = ArtifactPayload(
+            binding_status="BOUND" if found.exists else "PENDING",
+            manifest=ArtifactManifest(
+                artifact_kind=kind,
+                artifact_ref=artifact_ref,
+                attributes=attributes,
+                batch_execution_ref=self.batch_ref,
+                created_at=stamp,
+                hash_value=found.hash_value,
+                location_ref=f"path:{absolute_path}",
+                run_ref=run.ref,
+                sample_observation_ref=self.sample_ref,
+                size_bytes=found.size_bytes,
+                stage_execution_ref=self.stage_ref,
+            ),
+            request=ArtifactRequest(
+                artifact_kind=kind,
+                artifact_ref=artifact_ref,
+                attributes=attributes,
+                source=source,
+                verification_policy=VerificationPolicy(
+                    compute_hash=compute_hash, require_existing_source=not allow_missing
+                ),
+            ),
+            source=ArtifactSource(exists=found.exists, uri=absolute_path),
+        )
+        return Item(ARTIFACT, "dict", None, run.ref, payload)

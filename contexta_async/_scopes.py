@@ -1,0 +1,435 @@
+"""The two faces of a scope: ``with`` (sync) and ``async with`` (async), over one ScopeCore.
+
+``ctx.run(...)``, ``run.stage(...)``, ``stage.batch(...)`` and ``.sample(...)`` return an
+:class:`Opening`. Entering it with ``with`` gives the sync face (:class:`Run`, :class:`Stage`,
+...), whose capture methods return when the line is queued, blocking the thread only while the
+queue is full. Entering it with ``async with`` gives the async face (:class:`AsyncRun`, ...),
+whose capture methods are awaited and wait for room without blocking the event loop. Every face
+also has ``*_nowait`` variants that never wait (see the ``overflow`` option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from . import _validation as v
+from ._artifacts import inspect_artifact, resolve_artifact_path
+from ._scope_core import ScopeCore, Status
+
+__all__ = [
+    "AsyncBatch",
+    "AsyncRun",
+    "AsyncSample",
+    "AsyncStage",
+    "Batch",
+    "Opening",
+    "Run",
+    "Sample",
+    "Stage",
+]
+
+S = TypeVar("S")
+A = TypeVar("A")
+
+
+def _exit_status(
+    exc_type: type[BaseException] | None, exc: BaseException | None, cancelled: tuple[type, ...]
+) -> tuple[Status, str | None]:
+    if exc_type is None:
+        return "completed", None
+    if issubclass(exc_type, cancelled):
+        return "cancelled", f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+    return "failed", f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+
+
+_SYNC_CANCELLED: tuple[type, ...] = (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)
+
+
+def _close(core: ScopeCore, status: Status, reason: str | None) -> None:
+    for item in core.close(status, reason):
+        core.pipeline.submit_lifecycle(item)
+
+
+class Opening(Generic[S, A]):
+    """A scope not yet entered: ``with`` it for the sync face, ``async with`` for the async one."""
+
+    __slots__ = ("_async_face", "_core", "_sync_face")
+
+    def __init__(self, core: ScopeCore, sync_face: type[S], async_face: type[A]) -> None:
+        self._core = core
+        self._sync_face = sync_face
+        self._async_face = async_face
+
+    @property
+    def ref(self) -> str:
+        return self._core.ref
+
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    def __enter__(self) -> S:
+        core = self._core
+        item = core.open()
+        try:
+            core.pipeline.submit_blocking(item)
+        except BaseException as exc:
+            _close(core, *_exit_status(type(exc), exc, _SYNC_CANCELLED))
+            raise
+        return self._sync_face(core)  # type: ignore[call-arg]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _close(self._core, *_exit_status(exc_type, exc, _SYNC_CANCELLED))
+
+    async def __aenter__(self) -> A:
+        core = self._core
+        item = core.open()
+        try:
+            await core.pipeline.submit_awaitable(item)
+        except BaseException as exc:
+            cancelled = (anyio.get_cancelled_exc_class(), *_SYNC_CANCELLED)
+            _close(core, *_exit_status(type(exc), exc, cancelled))
+            raise
+        return self._async_face(core)  # type: ignore[call-arg]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cancelled = (anyio.get_cancelled_exc_class(), *_SYNC_CANCELLED)
+        _close(self._core, *_exit_status(exc_type, exc, cancelled))
+
+    def __repr__(self) -> str:
+        return f"<Opening {self._core.ref} ({self._core.status})>"
+
+
+class _Face:
+    __slots__ = ("_core",)
+
+    def __init__(self, core: ScopeCore) -> None:
+        self._core = core
+
+    @property
+    def ref(self) -> str:
+        """The scope's ref, e.g. ``run:iris-svm.linear-svm``."""
+        return self._core.ref
+
+    @property
+    def name(self) -> str:
+        """The name as given (stripped); the ref holds its normalised form."""
+        return self._core.name
+
+    @property
+    def status(self) -> Status:
+        """``open``, then ``completed``, ``failed`` or ``cancelled``."""
+        return self._core.status
+
+    @property
+    def started_at(self) -> str | None:
+        return self._core.started_at
+
+    @property
+    def closed_at(self) -> str | None:
+        return self._core.closed_at
+
+    def close(self, status: Status = "completed", *, reason: str | None = None) -> None:
+        """Close the scope (and its open children) now; closing twice is harmless."""
+        _close(self._core, status, reason)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._core.ref} ({self._core.status})>"
+
+
+def _child(
+    parent: ScopeCore, kind: Any, name: object, sync: type[S], aio: type[A]
+) -> Opening[S, A]:
+    core = ScopeCore(kind, name, parent=parent, pipeline=parent.pipeline, registry=parent.registry)
+    return Opening(core, sync, aio)
+
+
+def _check_artifact_args(
+    kind: object, path: object, attributes: object
+) -> tuple[str, str, str, dict[str, Any]]:
+    checked_kind = v.check_artifact_kind(kind)
+    absolute = resolve_artifact_path(path)
+    return checked_kind, str(path), absolute, v.check_attributes(attributes)
+
+
+# ---- the sync face ------------------------------------------------------------------------
+
+
+class _SyncCapture(_Face):
+    __slots__ = ()
+
+    def metric(
+        self,
+        key: str,
+        value: float,
+        *,
+        unit: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aggregation_scope: str = "step",
+        summary_basis: str = "raw_observation",
+    ) -> None:
+        """Record a metric; blocks this thread only while the queue is full."""
+        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
+        self._core.pipeline.submit_blocking(item)
+
+    def metric_nowait(
+        self,
+        key: str,
+        value: float,
+        *,
+        unit: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aggregation_scope: str = "step",
+        summary_basis: str = "raw_observation",
+    ) -> None:
+        """Record a metric without waiting; a full queue drops or raises per ``overflow``."""
+        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
+        self._core.pipeline.submit_nowait(item)
+
+    def event(
+        self,
+        key: str,
+        *,
+        message: str,
+        level: str = "info",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a structured event."""
+        item = self._core.event_item(key, message, level, attributes)
+        self._core.pipeline.submit_blocking(item)
+
+    def event_nowait(
+        self,
+        key: str,
+        *,
+        message: str,
+        level: str = "info",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a structured event without waiting."""
+        item = self._core.event_item(key, message, level, attributes)
+        self._core.pipeline.submit_nowait(item)
+
+
+class _SyncArtifacts(_SyncCapture):
+    __slots__ = ()
+
+    def register_artifact(
+        self,
+        kind: str,
+        path: str | Any,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        compute_hash: bool = True,
+        allow_missing: bool = False,
+    ) -> str:
+        """Register a file (hashed with SHA-256 unless ``compute_hash=False``); return its ref."""
+        checked_kind, source, absolute, attrs = _check_artifact_args(kind, path, attributes)
+        self._core.ensure_open()
+        found = inspect_artifact(absolute, compute_hash=compute_hash, allow_missing=allow_missing)
+        item = self._core.artifact_item(
+            checked_kind,
+            source,
+            absolute,
+            attrs,
+            found,
+            compute_hash=compute_hash,
+            allow_missing=allow_missing,
+        )
+        self._core.pipeline.submit_blocking(item)
+        return item.payload.manifest.artifact_ref  # type: ignore[no-any-return]
+
+
+class Sample(_SyncCapture):
+    """A sample (one case, one prediction) seen through the sync face."""
+
+    __slots__ = ()
+
+
+class Batch(_SyncCapture):
+    """A batch within a stage, sync face."""
+
+    __slots__ = ()
+
+    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        """A sample within this batch."""
+        return _child(self._core, "sample", name, Sample, AsyncSample)
+
+
+class Stage(_SyncArtifacts):
+    """A stage of a run (``train``, ``evaluate``...), sync face."""
+
+    __slots__ = ()
+
+    def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
+        return _child(self._core, "batch", name, Batch, AsyncBatch)
+
+    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        return _child(self._core, "sample", name, Sample, AsyncSample)
+
+
+class Run(_SyncArtifacts):
+    """A run, sync face."""
+
+    __slots__ = ()
+
+    def stage(self, name: str) -> Opening[Stage, AsyncStage]:
+        return _child(self._core, "stage", name, Stage, AsyncStage)
+
+
+# ---- the async face -----------------------------------------------------------------------
+
+
+class _AsyncCapture(_Face):
+    __slots__ = ()
+
+    def metric(
+        self,
+        key: str,
+        value: float,
+        *,
+        unit: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aggregation_scope: str = "step",
+        summary_basis: str = "raw_observation",
+    ) -> Awaitable[None]:
+        """Record a metric: ``await sample.metric("correct", 1.0)``.
+
+        Bad input raises here, at the call. With room in the queue the line is queued before
+        this returns; the await waits for room when the queue is full.
+        """
+        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
+        return self._core.pipeline.submit_awaitable(item)
+
+    def metric_nowait(
+        self,
+        key: str,
+        value: float,
+        *,
+        unit: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aggregation_scope: str = "step",
+        summary_basis: str = "raw_observation",
+    ) -> None:
+        """Record a metric without waiting; a full queue drops or raises per ``overflow``."""
+        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
+        self._core.pipeline.submit_nowait(item)
+
+    def event(
+        self,
+        key: str,
+        *,
+        message: str,
+        level: str = "info",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Record a structured event: ``await run.event("retry", message="...")``."""
+        item = self._core.event_item(key, message, level, attributes)
+        return self._core.pipeline.submit_awaitable(item)
+
+    def event_nowait(
+        self,
+        key: str,
+        *,
+        message: str,
+        level: str = "info",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a structured event without waiting."""
+        item = self._core.event_item(key, message, level, attributes)
+        self._core.pipeline.submit_nowait(item)
+
+
+class _AsyncArtifacts(_AsyncCapture):
+    __slots__ = ()
+
+    def register_artifact(
+        self,
+        kind: str,
+        path: str | Any,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        compute_hash: bool = True,
+        allow_missing: bool = False,
+    ) -> Awaitable[str]:
+        """Register a file; hashing runs in a worker thread. Returns the artifact ref."""
+        checked_kind, source, absolute, attrs = _check_artifact_args(kind, path, attributes)
+        self._core.ensure_open()
+        return self._register(checked_kind, source, absolute, attrs, compute_hash, allow_missing)
+
+    async def _register(
+        self,
+        kind: str,
+        source: str,
+        absolute: str,
+        attributes: dict[str, Any],
+        compute_hash: bool,
+        allow_missing: bool,
+    ) -> str:
+        found = await anyio.to_thread.run_sync(
+            lambda: inspect_artifact(
+                absolute, compute_hash=compute_hash, allow_missing=allow_missing
+            )
+        )
+        item = self._core.artifact_item(
+            kind,
+            source,
+            absolute,
+            attributes,
+            found,
+            compute_hash=compute_hash,
+            allow_missing=allow_missing,
+        )
+        await self._core.pipeline.submit_awaitable(item)
+        return item.payload.manifest.artifact_ref  # type: ignore[no-any-return]
+
+
+class AsyncSample(_AsyncCapture):
+    """A sample, async face."""
+
+    __slots__ = ()
+
+
+class AsyncBatch(_AsyncCapture):
+    """A batch within a stage, async face."""
+
+    __slots__ = ()
+
+    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        return _child(self._core, "sample", name, Sample, AsyncSample)
+
+
+class AsyncStage(_AsyncArtifacts):
+    """A stage of a run, async face."""
+
+    __slots__ = ()
+
+    def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
+        return _child(self._core, "batch", name, Batch, AsyncBatch)
+
+    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        return _child(self._core, "sample", name, Sample, AsyncSample)
+
+
+class AsyncRun(_AsyncArtifacts):
+    """A run, async face."""
+
+    __slots__ = ()
+
+    def stage(self, name: str) -> Opening[Stage, AsyncStage]:
+        return _child(self._core, "stage", name, Stage, AsyncStage)

@@ -1,0 +1,216 @@
+"""Validation of captured values. Every function raises ValidationError naming the field.
+
+Limits (documented in docs/reliability.md): a key at most 255 characters; a unit, tag key or
+summary basis at most 255; a tag value at most 1,024; at most 64 tags; a message at most 65,536
+characters; attributes and metadata at most 16 levels deep, 10,000 values in all and 65,536
+characters per string.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ._errors import ValidationError
+
+__all__ = [
+    "AGGREGATION_SCOPES",
+    "EVENT_LEVELS",
+    "MAX_ATTRIBUTE_DEPTH",
+    "MAX_ATTRIBUTE_VALUES",
+    "MAX_MESSAGE_LENGTH",
+    "MAX_STRING_LENGTH",
+    "MAX_TAGS",
+    "check_aggregation_scope",
+    "check_artifact_kind",
+    "check_attributes",
+    "check_key",
+    "check_level",
+    "check_message",
+    "check_metric_value",
+    "check_optional_text",
+    "check_tags",
+]
+
+AGGREGATION_SCOPES: Final = frozenset({"run", "stage", "operation", "step", "slice"})
+EVENT_LEVELS: Final = frozenset({"debug", "info", "warning", "error", "critical"})
+MAX_KEY_LENGTH: Final = 255
+MAX_SHORT_TEXT: Final = 255
+MAX_TAG_VALUE_LENGTH: Final = 1024
+MAX_TAGS: Final = 64
+MAX_MESSAGE_LENGTH: Final = 65_536
+MAX_STRING_LENGTH: Final = 65_536
+MAX_ATTRIBUTE_DEPTH: Final = 16
+MAX_ATTRIBUTE_VALUES: Final = 10_000
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+_KEY = re.compile(r"[a-z][a-z0-9-]*(?:\.[a-z][a-z0-9-]*)*")
+_ARTIFACT_KIND = re.compile(r"[a-z][a-z0-9_]*")
+_EMPTY_TAGS: Final[dict[str, str]] = {}
+
+# Cache of keys already checked: keys repeat on the hot path, and the set stays small in
+# practice; it is bounded so that a program generating keys cannot grow it without limit.
+_known_keys: set[str] = set()
+_KNOWN_KEYS_MAX: Final = 4096
+
+
+def check_key(key: object, field: str = "key") -> str:
+    """Metric/event key: ``^[a-z][a-z0-9-]*(\\.[a-z][a-z0-9-]*)*$`` after strip."""
+    if type(key) is str and key in _known_keys:
+        return key
+    if not isinstance(key, str):
+        raise ValidationError(field, "must be a string", key)
+    stripped = key.strip()
+    if not stripped:
+        raise ValidationError(field, "must not be blank", key)
+    if len(stripped) > MAX_KEY_LENGTH:
+        raise ValidationError(field, f"must be at most {MAX_KEY_LENGTH} characters", key)
+    if _KEY.fullmatch(stripped) is None:
+        raise ValidationError(
+            field,
+            "must be lowercase dot-separated words of [a-z0-9-], each starting with a letter "
+            "(e.g. 'latency.ms')",
+            key,
+        )
+    if stripped == key and len(_known_keys) < _KNOWN_KEYS_MAX:
+        _known_keys.add(key)
+    return stripped
+
+
+def check_metric_value(value: object, field: str = "value") -> tuple[int | float, str]:
+    """Return ``(value, value_type)``; accept real numbers that convert exactly, not bools."""
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return value, "float"  # type: ignore[return-value]
+        raise ValidationError(field, "must be finite (not NaN or infinity)", value)
+    if kind is int:
+        if _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            return value, "int"  # type: ignore[return-value]
+        raise ValidationError(field, "integer must fit in 64 bits", value)
+    return _convert_number(value, field)
+
+
+def _convert_number(value: object, field: str) -> tuple[int | float, str]:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise ValidationError(field, "must be a number, not a bool", value)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValidationError(field, "must be a real number", value)
+    if hasattr(value, "__index__"):  # int subclasses, numpy integers
+        number = operator.index(value)
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return number, "int"
+        raise ValidationError(field, "integer must fit in 64 bits", value)
+    if hasattr(value, "__float__") and not isinstance(value, complex):
+        try:
+            converted = float(value)
+            exact = bool(converted == value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError(field, "must be a real number", value) from exc
+        if not math.isfinite(converted):
+            raise ValidationError(field, "must be finite (not NaN or infinity)", value)
+        if not exact:
+            raise ValidationError(
+                field, "must convert exactly to a 64-bit float (e.g. not a Decimal)", value
+            )
+        return converted, "float"
+    raise ValidationError(field, "must be a real number (int or float)", value)
+
+
+def check_optional_text(
+    value: object, field: str, *, max_length: int = MAX_SHORT_TEXT
+) -> str | None:
+    if value is None:
+        return None
+    return _check_text(value, field, max_length)
+
+
+def _check_text(value: object, field: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string", value)
+    if not value.strip():
+        raise ValidationError(field, "must not be blank", value)
+    if len(value) > max_length:
+        raise ValidationError(field, f"must be at most {max_length} characters", value)
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL bytes", value)
+    return value
+
+
+def check_message(value: object, field: str = "message") -> str:
+    return _check_text(value, field, MAX_MESSAGE_LENGTH)
+
+
+def check_tags(tags: object, field: str = "tags") -> dict[str, str]:
+    """A mapping of non-blank strings to non-blank strings; copied."""
+    if tags is None:
+        return _EMPTY_TAGS
+    if not isinstance(tags, Mapping):
+        raise ValidationError(field, "must be a mapping of str to str", tags)
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(field, f"must have at most {MAX_TAGS} entries", len(tags))
+    result: dict[str, str] = {}
+    for key, value in tags.items():
+        _check_text(key, f"{field} key", MAX_SHORT_TEXT)
+        result[key] = _check_text(value, f"{field}[{key!r}]", MAX_TAG_VALUE_LENGTH)
+    return result
+
+
+def check_level(level: object, field: str = "level") -> str:
+    if not isinstance(level, str) or level not in EVENT_LEVELS:
+        raise ValidationError(field, f"must be one of {sorted(EVENT_LEVELS)}", level)
+    return level
+
+
+def check_aggregation_scope(scope: object, field: str = "aggregation_scope") -> str:
+    if not isinstance(scope, str) or scope not in AGGREGATION_SCOPES:
+        raise ValidationError(field, f"must be one of {sorted(AGGREGATION_SCOPES)}", scope)
+    return scope
+
+
+def check_artifact_kind(kind: object, field: str = "kind") -> str:
+    if not isinstance(kind, str) or _ARTIFACT_KIND.fullmatch(kind) is None:
+        raise ValidationError(field, "must match ^[a-z][a-z0-9_]*$ (e.g. 'model')", kind)
+    if len(kind) > 63:
+        raise ValidationError(field, "must be at most 63 characters", kind)
+    return kind
+
+
+def check_attributes(value: object, field: str = "attributes") -> dict[str, Any]:
+    """A JSON-safe mapping (str keys; None, bool, finite numbers, str, lists, mappings); copied."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, "must be a mapping with string keys", value)
+    budget = [MAX_ATTRIBUTE_VALUES]
+    return _copy_json(value, field, 1, budget)  # type: ignore[no-any-return]
+
+
+def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValidationError(path, f"holds more than {MAX_ATTRIBUTE_VALUES} values", None)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise ValidationError(path, f"string longer than {MAX_STRING_LENGTH}", value)
+        return value
+    if isinstance(value, (int, float)) or hasattr(value, "__float__"):
+        return check_metric_value(value, path)[0]
+    if depth > MAX_ATTRIBUTE_DEPTH:
+        raise ValidationError(path, f"nests deeper than {MAX_ATTRIBUTE_DEPTH} levels", None)
+    if isinstance(value, Mapping):
+        copied: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(path, "keys must be strings", key)
+            copied[key] = _copy_json(item, f"{path}[{key!r}]", depth + 1, budget)
+        return copied
+    if isinstance(value, (list, tuple)):
+        return [_copy_json(item, f"{path}[{i}]", depth + 1, budget) for i, item in enumerate(value)]
+    raise ValidationError(path, "must be JSON-safe (None, bool, number, str, list, mapping)", value)

@@ -1,0 +1,67 @@
+"""The sink interface: how the writer hands encoded lines to storage."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._records import CaptureLine, Item
+
+__all__ = ["Chunk", "FsyncError", "Sink", "stamp_lines"]
+
+
+class FsyncError(OSError):
+    """fsync failed after the data was written.
+
+    The kernel may already have dropped the dirty pages, so a later successful fsync does not
+    make this data durable (PostgreSQL's "fsyncgate"). The writer reports such a chunk as not
+    durable and never retries it.
+    """
+
+
+def stamp_lines(items: Sequence[Item], captured_at: str, sink_name: str) -> list[CaptureLine]:
+    """Wrap queued items into capture lines carrying the write time and the sink's name."""
+    return [
+        CaptureLine(
+            captured_at=captured_at,
+            family=item.family,
+            payload=item.payload,
+            payload_ref=item.payload_ref,
+            payload_type=item.payload_type,
+            sink_name=sink_name,
+        )
+        for item in items
+    ]
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Encoded lines bound for one place, written (and fsynced) as one unit."""
+
+    family: str
+    target: str
+    data: bytes
+    items: Sequence[Item] = field(repr=False)
+
+
+class Sink(abc.ABC):
+    """A destination for captured lines.
+
+    ``prepare`` and ``write`` run in a worker thread, one batch at a time, never concurrently
+    for one sink. ``write`` either makes the whole chunk durable, or raises ``OSError`` leaving
+    none of it visible, or raises ``FsyncError`` when the data was written but not made durable.
+    """
+
+    name: str = "sink"
+
+    @abc.abstractmethod
+    def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
+        """Encode ``items`` into chunks, stamping ``captured_at`` and the sink's name."""
+
+    @abc.abstractmethod
+    def write(self, chunk: Chunk) -> None:
+        """Write one chunk whole, durably."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most sinks hold nothing to release
+        """Release resources. Called once, after the last write."""

@@ -1,0 +1,130 @@
+"""LocalJsonlSink: one JSONL file per family, appended with group commit."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from .._errors import ConfigurationError, ValidationError
+from .._records import FAMILIES, Item
+from ._base import Chunk, FsyncError, Sink, stamp_lines
+
+__all__ = ["LocalJsonlSink"]
+
+_FILE_MODE = 0o644
+_DIR_MODE = 0o755
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:  # pragma: no cover - a regular file never returns 0 for a non-empty write
+            raise OSError(errno.EIO, "write returned 0")
+        view = view[written:]
+
+
+class LocalJsonlSink(Sink):
+    """Append lines to ``<storage_root>/<family>.jsonl`` (``record.jsonl``, ``context.jsonl``...).
+
+    Each chunk is written with one ``write`` under an exclusive ``flock`` on the file, so
+    several processes can share a workspace without interleaving lines; a write that fails is
+    cut back off the file, and a torn last line left by a crashed writer is never glued to new
+    lines. With ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
+    """
+
+    def __init__(
+        self, storage_root: str | os.PathLike[str], *, fsync: bool = True, name: str = "local-jsonl"
+    ) -> None:
+        if not isinstance(storage_root, (str, os.PathLike)):
+            raise ConfigurationError("storage_root", "must be a path", storage_root)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError("name", "must be a non-blank string", name)
+        self.storage_root = Path(storage_root).absolute()
+        self.fsync = bool(fsync)
+        self.name = name
+        self._encoder = msgspec.json.Encoder(order="deterministic")
+        self._fds: dict[str, int] = {}
+
+    def file_path_for(self, family: str) -> Path:
+        """The absolute path of the file that holds ``family`` lines."""
+        if family not in FAMILIES:
+            raise ValidationError("family", f"must be one of {list(FAMILIES)}", family)
+        return self.storage_root / f"{family.lower()}.jsonl"
+
+    def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
+        groups: dict[str, list[Item]] = {}
+        for item in items:
+            group = groups.get(item.family)
+            if group is None:
+                groups[item.family] = [item]
+            else:
+                group.append(item)
+        encode_lines = self._encoder.encode_lines
+        return [
+            Chunk(
+                family,
+                str(self.file_path_for(family)),
+                encode_lines(stamp_lines(members, captured_at, self.name)),
+                members,
+            )
+            for family, members in groups.items()
+        ]
+
+    def _fd_for(self, family: str) -> int:
+        fd = self._fds.get(family)
+        if fd is None:
+            path = self.file_path_for(family)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+            existed = path.exists()
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+            if not existed and self.fsync:
+                # The new directory entry must be durable too, or a crash can lose the file.
+                dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            self._fds[family] = fd
+        return fd
+
+    def write(self, chunk: Chunk) -> None:
+        fd = self._fd_for(chunk.family)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            start = os.fstat(fd).st_size
+            data = chunk.data
+            if start > 0 and os.pread(fd, 1, start - 1) != b"\n":
+                # A writer died mid-line: end that fragment rather than glue our line to it.
+                data = b"\n" + data
+            try:
+                _write_all(fd, data)
+            except OSError:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass  # the next write starts with a newline, so no line is glued on
+                raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        if self.fsync:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}", chunk.target) from exc
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"LocalJsonlSink({str(self.storage_root)!r}, fsync={self.fsync})"

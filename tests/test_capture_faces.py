@@ -1,0 +1,290 @@
+"""The two faces of the capture API: plain `with` and `async with`, over one implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from contexta_async import (
+    AsyncRun,
+    AsyncSample,
+    ClosedScopeError,
+    Contexta,
+    DuplicateScopeError,
+    LocalJsonlSink,
+    Run,
+    Sample,
+)
+
+from .capture_files import last_status, metrics, read_lines
+
+
+def test_sync_face_captures_seed_style_without_an_event_loop(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace, config={"project_name": "iris-svm"})
+    local_sink = next(sink for sink in ctx.sinks if isinstance(sink, LocalJsonlSink))
+    with ctx.run("linear-svm", dataset_ref="dataset:sklearn.iris") as run:
+        assert isinstance(run, Run)
+        with run.stage("evaluate") as stage:
+            stage.metric("pass.rate", 0.5, unit="ratio")
+            with stage.batch("holdout-split") as batch:
+                batch.metric("accuracy", 0.978, unit="ratio")
+                with batch.sample("first-prediction") as sample:
+                    assert isinstance(sample, Sample)
+                    sample.metric("correct", 1.0, unit="ratio")
+        assert run.ref == "run:iris-svm.linear-svm"
+        assert stage.ref == "stage:iris-svm.linear-svm.evaluate"
+        assert batch.ref == "batch:iris-svm.linear-svm.evaluate.holdout-split"
+        assert sample.ref == "sample:iris-svm.linear-svm.evaluate.holdout-split.first-prediction"
+    ctx.close()
+    assert local_sink.file_path_for("RECORD") == workspace.absolute() / "cache/capture/record.jsonl"
+    lines = metrics(workspace)
+    assert [line["payload"]["payload"]["metric_key"] for line in lines] == [
+        "pass.rate",
+        "accuracy",
+        "correct",
+    ]
+    envelope = lines[2]["payload"]["envelope"]
+    assert envelope["sample_observation_ref"] == sample.ref
+    assert envelope["batch_execution_ref"] == batch.ref
+    assert envelope["stage_execution_ref"] == stage.ref
+    assert envelope["run_ref"] == run.ref
+    assert lines[2]["payload"]["payload"]["subject_ref"] == sample.ref
+    assert last_status(workspace) == {
+        run.ref: "completed",
+        stage.ref: "completed",
+        batch.ref: "completed",
+        sample.ref: "completed",
+    }
+
+
+async def test_async_face_awaits_captures_inside_an_owned_context(workspace: Path) -> None:
+    async with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        async with ctx.run("r") as run:
+            assert isinstance(run, AsyncRun)
+            async with run.stage("evaluate") as stage, stage.sample("case-1") as sample:
+                assert isinstance(sample, AsyncSample)
+                await sample.metric("correct", 1.0)
+                await sample.event("judge.note", message="looks right", level="debug")
+            await ctx.flush()
+            # flush is a barrier: the lines are in the file before the context closes
+            keys = [line["payload"]["payload"]["metric_key"] for line in metrics(workspace)]
+            assert keys == ["correct"]
+    events = [
+        line
+        for line in read_lines(workspace, "RECORD")
+        if line["payload_type"] == "StructuredEventRecord"
+    ]
+    assert events[0]["payload"]["payload"]["message"] == "looks right"
+    assert last_status(workspace)["run:p.r"] == "completed"
+
+
+async def test_async_runs_work_without_entering_the_context(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace, config={"project_name": "p"})
+
+    async def one_run(name: str) -> None:
+        async with ctx.run(name) as run, run.stage("evaluate") as stage:
+            for i in range(20):
+                async with stage.sample(f"case-{i}") as sample:
+                    await sample.metric("correct", float(i % 2))
+
+    async with anyio.create_task_group() as tg:
+        for name in ("alpha", "beta", "gamma"):
+            tg.start_soon(one_run, name)
+    await ctx.flush()
+    assert len(metrics(workspace)) == 60
+    await ctx.aclose()
+    status = last_status(workspace)
+    assert {status[f"run:p.{n}"] for n in ("alpha", "beta", "gamma")} == {"completed"}
+
+
+def test_a_scope_can_be_entered_async_from_a_sync_created_opening(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    opening = ctx.run("mixed")
+    assert opening.ref == "run:default.mixed"
+
+    async def main() -> None:
+        async with opening as run:
+            await run.metric("score", 3)
+
+    asyncio.run(main())
+    ctx.close()
+    [line] = metrics(workspace)
+    assert line["payload"]["payload"]["value"] == 3
+    assert line["payload"]["payload"]["value_type"] == "int"
+
+
+def test_sync_face_works_from_several_threads_at_once(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace, queue_size=64)
+
+    def worker(n: int) -> None:
+        with ctx.run(f"thread-{n}") as run, run.stage("s") as stage:
+            for i in range(500):
+                stage.metric("step.value", i)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ctx.close()
+    lines = metrics(workspace)
+    assert len(lines) == 2000
+    assert len({line["payload_ref"] for line in lines}) == 2000
+
+
+async def test_five_hundred_concurrent_samples_each_land_exactly_once(workspace: Path) -> None:
+    async with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        async with ctx.run("many") as run, run.stage("evaluate") as stage:
+
+            async def evaluate(i: int) -> None:
+                async with stage.sample(f"case-{i}") as sample:
+                    await anyio.sleep(0.001 * (i % 7))
+                    await sample.metric("correct", float(i % 2))
+                    await sample.metric("latency.ms", i * 0.5, unit="ms")
+                    await sample.metric("completion.tokens", i)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(500):
+                    tg.start_soon(evaluate, i)
+    lines = metrics(workspace)
+    assert len(lines) == 1500
+    seen = {
+        (line["payload"]["envelope"]["sample_observation_ref"], line["payload"]["payload"]["metric_key"])
+        for line in lines
+    }
+    assert len(seen) == 1500
+    assert len({line["payload_ref"] for line in lines}) == 1500
+    for i in (0, 257, 499):
+        ref = f"sample:p.many.evaluate.case-{i}"
+        assert (ref, "completion.tokens") in seen
+    status = last_status(workspace)
+    assert sum(1 for ref, s in status.items() if ref.startswith("sample:") and s == "completed") == 500
+
+
+def test_leaving_a_scope_by_an_exception_marks_it_failed(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with pytest.raises(ZeroDivisionError), ctx.run("boom") as run, run.stage("train"):
+        _ = 1 / 0
+    assert run.status == "failed"
+    ctx.close()
+    lines = [line["payload"] for line in read_lines(workspace, "CONTEXT")]
+    final_run = [p for p in lines if p.get("run_ref") == "run:default.boom" and "name" in p][-1]
+    assert final_run["status"] == "failed"
+    assert final_run["failure_reason"] == "ZeroDivisionError: division by zero"
+    assert final_run["ended_at"] is not None
+    assert last_status(workspace)["stage:default.boom.train"] == "failed"
+
+
+async def test_a_cancelled_task_closes_its_sample_and_stage_as_cancelled(workspace: Path) -> None:
+    async with Contexta(workspace=workspace) as ctx:
+        async with ctx.run("r") as run:
+            with anyio.move_on_after(0.05):
+                async with run.stage("slow") as stage, stage.sample("case") as sample:
+                    await sample.metric("started", 1)
+                    await anyio.sleep(10)
+            assert sample.status == "cancelled"
+            assert stage.status == "cancelled"
+    status = last_status(workspace)
+    assert status["sample:default.r.slow.case"] == "cancelled"
+    assert status["stage:default.r.slow"] == "cancelled"
+    assert status["run:default.r"] == "completed"
+
+
+def test_closing_a_parent_closes_its_open_children(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run:
+        stage = run.stage("left-open").__enter__()
+        sample = stage.sample("s").__enter__()
+    assert stage.status == "completed"
+    assert sample.status == "completed"
+    with pytest.raises(ClosedScopeError):
+        sample.metric("late", 1.0)
+    ctx.close()
+    assert last_status(workspace)["sample:default.r.left-open.s"] == "completed"
+
+
+def test_a_second_open_run_with_the_same_ref_is_refused(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("dup"):
+        with pytest.raises(DuplicateScopeError, match="run:default.dup"), ctx.run("DUP"):
+            pass
+    # once closed, the name can be used again (a new execution of the same run)
+    with ctx.run("dup") as again:
+        again.metric("x", 1)
+    ctx.close()
+    assert len(metrics(workspace)) == 1
+
+
+def test_capture_on_a_closed_scope_or_context_raises(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run:
+        pass
+    with pytest.raises(ClosedScopeError):
+        run.metric("x", 1.0)
+    ctx.close()
+    ctx.close()  # idempotent
+    with pytest.raises(ClosedScopeError):
+        ctx.run("after")
+
+
+async def test_aclose_is_idempotent_and_closes_open_runs_as_cancelled(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    run = await ctx.run("forgotten").__aenter__()
+    await run.metric("x", 1.0)
+    await ctx.aclose()
+    await ctx.aclose()
+    assert run.status == "cancelled"
+    assert last_status(workspace)["run:default.forgotten"] == "cancelled"
+    assert len(metrics(workspace)) == 1
+
+
+def test_artifacts_are_hashed_and_bound(workspace: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"weights" * 1000)
+    ctx = Contexta(workspace=workspace, config={"project_name": "iris-svm"})
+    with ctx.run("linear-svm") as run:
+        ref = run.register_artifact("model", str(model), attributes={"candidate": "linear-svm"})
+        pending = run.register_artifact("model_card", tmp_path / "later.md", allow_missing=True)
+    ctx.close()
+    import hashlib
+
+    bound, later = (line["payload"] for line in read_lines(workspace, "ARTIFACT"))
+    assert ref.startswith("artifact:iris-svm.linear-svm.model-")
+    assert bound["binding_status"] == "BOUND"
+    assert bound["manifest"]["hash_value"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert bound["manifest"]["size_bytes"] == 7000
+    assert bound["manifest"]["location_ref"] == f"path:{model}"
+    assert bound["manifest"]["attributes"] == {"candidate": "linear-svm"}
+    assert pending.startswith("artifact:iris-svm.linear-svm.model-card-")
+    assert later["binding_status"] == "PENDING"
+    assert later["manifest"]["hash_value"] is None
+
+
+async def test_async_artifact_hashing_runs_off_the_event_loop(
+    workspace: Path, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (8 * 1024 * 1024))
+    loop_thread = threading.get_ident()
+    seen_threads: list[int] = []
+    import contexta_async._scopes as scopes
+
+    real = scopes.inspect_artifact
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen_threads.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    scopes.inspect_artifact = spy  # type: ignore[assignment]
+    try:
+        async with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+            await run.register_artifact("blob", big)
+    finally:
+        scopes.inspect_artifact = real
+    assert seen_threads and loop_thread not in seen_threads
+    [line] = read_lines(workspace, "ARTIFACT")
+    assert line["payload"]["manifest"]["size_bytes"] == 8 * 1024 * 1024

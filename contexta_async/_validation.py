@@ -96,7 +96,7 @@ def check_metric_value(value: object, field: str = "value") -> tuple[int | float
 
 
 def _convert_number(value: object, field: str) -> tuple[int | float, str]:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy bools too
         raise ValidationError(field, "must be a number, not a bool", value)
     if isinstance(value, (str, bytes)) or value is None:
         raise ValidationError(field, "must be a real number", value)

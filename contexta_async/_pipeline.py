@@ -406,8 +406,12 @@ class Pipeline:
             lines=count,
             error=str(exc),
         )
-        with self._state_lock:
-            self._failures.append(_Failure(sink.name, chunk.target, count, runs, error))
+        lost = sum(runs.values())
+        if lost:
+            # Only captured data is raised by flush()/close(); a DEGRADATION line that could
+            # not be written is logged above, counted, and retried with the next batch.
+            with self._state_lock:
+                self._failures.append(_Failure(sink.name, chunk.target, lost, runs, error))
         # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
         now = _clock.now()
         pending = self._pending_degradations[sink.name]

@@ -1,0 +1,171 @@
+"""Request latency of the service example with capture on versus off.
+
+Starts ``examples/service/app.py`` under uvicorn (a subprocess on 127.0.0.1), warms it up, then
+sends ``--requests`` POST /judge requests from ``--concurrency`` closed-loop clients
+(httpx.AsyncClient) and records each request's latency on the client. Capture on and off
+alternate, ``--repeats`` times each, every time in a fresh server process; the figures are the
+medians over the repeats of each run's median, p99 and throughput.
+
+Two mock-model profiles are measured: ``5-30 ms`` (a realistic remote judge) and ``0 ms`` (the
+model answers at once, so the request is only HTTP + JSON + capture and the overhead shows).
+
+    .venv/bin/python benchmarks/service_overhead.py            # about a minute on 2 cores
+    .venv/bin/python benchmarks/service_overhead.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE_DIR = ROOT / "examples" / "service"
+PROFILES = {"5-30 ms": "5,30", "0 ms": "0,0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(workspace: str, capture: bool, latency: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CONTEXTA_SERVICE_WORKSPACE": workspace,
+        "CONTEXTA_SERVICE_CAPTURE": "1" if capture else "0",
+        "CONTEXTA_SERVICE_LATENCY_MS": latency,
+    }
+    command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(SERVICE_DIR)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--no-access-log"]
+    proc = subprocess.Popen(command, env=env, cwd=ROOT)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return proc, base_url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the service did not start")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    if proc.wait(timeout=60) != 0:
+        raise RuntimeError(f"the service exited with {proc.returncode}")
+
+
+def _body(i: int) -> dict[str, str]:
+    reference = f"the capital of country {i} is city {i}"
+    answer = reference if i % 2 == 0 else f"it might be town {i + 7}"
+    return {"question": f"Capital of country {i}?", "answer": answer, "reference": reference}
+
+
+async def _load(base_url: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+    """Closed loop: ``concurrency`` clients each send their next request when one returns."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                started = time.perf_counter()
+                response = await client.post("/judge", json=_body(i))
+                latencies.append((time.perf_counter() - started) * 1000)
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+        wall = time.perf_counter() - started
+    return latencies, requests / wall
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(repeats: int, requests: int, concurrency: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for profile, latency in PROFILES.items():
+        runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+        for _ in range(repeats):
+            for mode in ("off", "on"):  # alternate so drift hits both modes alike
+                with tempfile.TemporaryDirectory() as workspace:
+                    proc, base_url = _start(workspace, mode == "on", latency)
+                    try:
+                        anyio.run(_load, base_url, 100, concurrency)  # warm-up
+                        latencies, rps = anyio.run(_load, base_url, requests, concurrency)
+                    finally:
+                        _stop(proc)
+                runs[mode].append(
+                    {
+                        "median_ms": statistics.median(latencies),
+                        "p99_ms": _p(latencies, 0.99),
+                        "requests_per_s": rps,
+                    }
+                )
+        results[profile] = {
+            mode: {
+                key: statistics.median(run[key] for run in mode_runs)
+                for key in ("median_ms", "p99_ms", "requests_per_s")
+            }
+            for mode, mode_runs in runs.items()
+        }
+        results[profile]["runs"] = runs
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    results = measure(args.repeats, args.requests, args.concurrency)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(
+        f"{args.requests} requests x {args.repeats} repeats per mode, "
+        f"{args.concurrency} concurrent clients; medians over repeats"
+    )
+    print(f"{'model latency':<14} {'capture':<8} {'median ms':>10} {'p99 ms':>8} {'req/s':>8}")
+    for profile, figures in results.items():
+        for mode in ("off", "on"):
+            f = figures[mode]
+            print(
+                f"{profile:<14} {mode:<8} {f['median_ms']:>10.2f} {f['p99_ms']:>8.2f} "
+                f"{f['requests_per_s']:>8.0f}"
+            )
+        on, off = figures["on"], figures["off"]
+        print(
+            f"{'':<14} {'overhead':<8} {on['median_ms'] - off['median_ms']:>+10.2f} "
+            f"{on['p99_ms'] - off['p99_ms']:>+8.2f} "
+            f"{(on['requests_per_s'] / off['requests_per_s'] - 1) * 100:>+7.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()

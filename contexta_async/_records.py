@@ -1,7 +1,9 @@
 """msgspec Structs for every line the library writes.
 
-Fields are declared in alphabetical order and the encoder sorts dict keys, so every object in a
-line has sorted keys, as in Contexta 1.0.0's ``json.dumps(sort_keys=True)`` output.
+Fields are declared in alphabetical order, and every mapping a user passes in (tags, attributes,
+metadata) is copied with its keys sorted at validation time, so every object in a line has
+sorted keys, as in Contexta 1.0.0's ``json.dumps(sort_keys=True)`` output, without paying for
+the encoder to sort on the hot path.
 """
 
 from __future__ import annotations
@@ -51,18 +53,21 @@ class _Line(msgspec.Struct, kw_only=True, gc=False):
     """Base for the objects inside a line: keyword-only, no cyclic GC (they hold no cycles)."""
 
 
-class CorrelationRefs(_Line, kw_only=True):
+class CorrelationRefs(_Line, kw_only=True, frozen=True):
     session_id: str | None = None
     trace_id: str | None = None
+
+
+_NO_CORRELATION: Final = CorrelationRefs()
 
 
 class Envelope(_Line, kw_only=True):
     batch_execution_ref: str | None
     completeness_marker: str = "complete"
-    correlation_refs: CorrelationRefs = msgspec.field(default_factory=CorrelationRefs)
+    correlation_refs: CorrelationRefs = _NO_CORRELATION
     degradation_marker: str = "none"
     deployment_execution_ref: str | None = None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     observed_at: str
     operation_context_ref: str | None = None
     producer_ref: str = PRODUCER_REF
@@ -110,7 +115,7 @@ class ArtifactManifest(_Line, kw_only=True):
     batch_execution_ref: str | None
     created_at: str
     deployment_execution_ref: str | None = None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     hash_value: str | None
     location_ref: str
     operation_context_ref: str | None = None
@@ -155,7 +160,7 @@ class Run(_Line, kw_only=True):
     dataset_ref: str | None
     description: str | None = None
     ended_at: str | None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     failure_reason: str | None
     metadata: dict[str, Any]
     name: str
@@ -169,7 +174,7 @@ class Run(_Line, kw_only=True):
 
 class StageExecution(_Line, kw_only=True):
     ended_at: str | None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     failure_reason: str | None
     order_index: int
     run_ref: str
@@ -184,7 +189,7 @@ class BatchExecution(_Line, kw_only=True):
     batch_execution_ref: str
     batch_name: str
     ended_at: str | None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     failure_reason: str | None
     order_index: int
     run_ref: str
@@ -197,7 +202,7 @@ class BatchExecution(_Line, kw_only=True):
 class SampleObservation(_Line, kw_only=True):
     batch_execution_ref: str | None
     ended_at: str | None
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     failure_reason: str | None
     observed_at: str
     run_ref: str
@@ -213,7 +218,7 @@ class DegradationRecord(_Line, kw_only=True):
 
     count: int
     degradation_kind: str
-    extensions: list[Any] = msgspec.field(default_factory=list)
+    extensions: tuple[Any, ...] = ()
     first_observed_at: str
     last_observed_at: str
     reason: str

@@ -153,11 +153,11 @@ def check_tags(tags: object, field: str = "tags") -> dict[str, str]:
         raise ValidationError(field, "must be a mapping of str to str", tags)
     if len(tags) > MAX_TAGS:
         raise ValidationError(field, f"must have at most {MAX_TAGS} entries", len(tags))
-    result: dict[str, str] = {}
     for key, value in tags.items():
         _check_text(key, f"{field} key", MAX_SHORT_TEXT)
-        result[key] = _check_text(value, f"{field}[{key!r}]", MAX_TAG_VALUE_LENGTH)
-    return result
+        _check_text(value, f"{field}[{key!r}]", MAX_TAG_VALUE_LENGTH)
+    # Sorted here so the encoder need not sort (lines have sorted keys at every level).
+    return dict(sorted(tags.items()))
 
 
 def check_level(level: object, field: str = "level") -> str:
@@ -205,12 +205,13 @@ def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise ValidationError(path, f"nests deeper than {MAX_ATTRIBUTE_DEPTH} levels", None)
     if isinstance(value, Mapping):
-        copied: dict[str, Any] = {}
-        for key, item in value.items():
+        for key in value:
             if not isinstance(key, str):
                 raise ValidationError(path, "keys must be strings", key)
-            copied[key] = _copy_json(item, f"{path}[{key!r}]", depth + 1, budget)
-        return copied
+        return {
+            key: _copy_json(value[key], f"{path}[{key!r}]", depth + 1, budget)
+            for key in sorted(value)
+        }
     if isinstance(value, (list, tuple)):
         return [_copy_json(item, f"{path}[{i}]", depth + 1, budget) for i, item in enumerate(value)]
     raise ValidationError(path, "must be JSON-safe (None, bool, number, str, list, mapping)", value)

@@ -48,7 +48,7 @@ class LocalJsonlSink(Sink):
         self.storage_root = Path(storage_root).absolute()
         self.fsync = bool(fsync)
         self.name = name
-        self._encoder = msgspec.json.Encoder(order="deterministic")
+        self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
         self._fds: dict[str, int] = {}
 
     def file_path_for(self, family: str) -> Path:

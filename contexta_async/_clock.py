@@ -18,12 +18,13 @@ _cache: tuple[int, str] = (-1, "")
 def format_timestamp(ns: int) -> str:
     """Format nanoseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     global _cache
-    second, rest = divmod(ns, 1_000_000_000)
+    micros = ns // 1000
+    second = micros // 1_000_000
     cached_second, prefix = _cache
     if second != cached_second:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _cache = (second, prefix)
-    return f"{prefix}.{rest // 1000:06d}Z"
+    return "%s.%06dZ" % (prefix, micros - second * 1_000_000)  # noqa: UP031 - fastest here
 
 
 def now() -> str:

@@ -53,7 +53,7 @@ class _Line(msgspec.Struct, kw_only=True, gc=False):
     """Base for the objects inside a line: keyword-only, no cyclic GC (they hold no cycles)."""
 
 
-class CorrelationRefs(_Line, kw_only=True, frozen=True):
+class CorrelationRefs(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     session_id: str | None = None
     trace_id: str | None = None
 

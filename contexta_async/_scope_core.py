@@ -46,7 +46,6 @@ __all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
-_MASK_48: Final = (1 << 48) - 1
 _MAX_REASON: Final = 2048
 
 
@@ -84,9 +83,7 @@ class ScopeCore:
         "_child_order",
         "_children",
         "_lock",
-        "_record_base",
         "_record_counter",
-        "_record_prefix",
         "batch_ref",
         "closed_at",
         "failure_reason",
@@ -141,9 +138,7 @@ class ScopeCore:
             # Record refs: run components + "-" + 12 hex digits that never repeat within a run
             # (a random 48-bit start, counting up), so two processes reusing a run name do not
             # collide either.
-            self._record_prefix = f"record:{self.ref[4:]}."
-            self._record_base = secrets.randbits(48)
-            self._record_counter = itertools.count()  # next() is atomic under the GIL
+            self._record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
         else:
             self.run = parent.run
             self.project_ref = parent.project_ref
@@ -271,8 +266,8 @@ class ScopeCore:
 
     def _next_ref(self, kind: str) -> str:
         run = self.run
-        count = next(run._record_counter)
-        return f"{run._record_prefix}{kind}-{(run._record_base + count) & _MASK_48:012x}"
+        # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
+        return "record:%s.%s-%012x" % (run.ref[4:], kind, next(run._record_counter))  # noqa: UP031
 
     def _envelope(self, record_ref: str, record_type: str, stamp: str) -> Envelope:
         return Envelope(
@@ -360,8 +355,7 @@ class ScopeCore:
         """Build the ARTIFACT line once the file has been inspected (off the event loop)."""
         self.ensure_open()
         run = self.run
-        count = next(run._record_counter)
-        suffix = f"{(run._record_base + count) & _MASK_48:012x}"
+        suffix = "%012x" % next(run._record_counter)  # noqa: UP031
         artifact_ref = f"artifact:{run.ref[4:]}.{kind.replace('_', '-')}-{suffix}"
         stamp = format_timestamp(time.time_ns())
         payload = ArtifactPayload(

@@ -45,9 +45,12 @@ def record_metrics(workspace: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def metric_rows(workspace: Path) -> list[tuple[str, str | None, str | None, str | None, str]]:
+Row = tuple[str, str | None, str | None, str | None, str]
+
+
+def metric_rows(workspace: Path) -> list[Row]:
     """(run, stage, batch, sample, metric key) per metric line, in file order."""
-    rows = []
+    rows: list[Row] = []
     for line in record_metrics(workspace):
         envelope = line["payload"]["envelope"]
         rows.append(
@@ -121,8 +124,8 @@ def test_ml_seed_example_prints_the_seed_documents_lines_and_captures_both_runs(
         "Artifacts: .contexta/cache/capture/artifact.jsonl",
     ]
     workspace = tmp_path / ".contexta"
-    expected_rows = []
-    expected_scopes = {}
+    expected_rows: list[Row] = []
+    expected_scopes: dict[str, str] = {}
     for name in ("linear-svm", "rbf-svm"):
         run = f"run:iris-svm.{name}"
         stage = f"stage:iris-svm.{name}.evaluate"
@@ -174,8 +177,8 @@ def test_llm_seed_example_prints_pass_rates_and_captures_every_sample(tmp_path: 
         "Records: .contexta/cache/capture/record.jsonl",
     ]
     workspace = tmp_path / ".contexta"
-    expected_rows = []
-    expected_scopes = {}
+    expected_rows: list[Row] = []
+    expected_scopes: dict[str, str] = {}
     for name in ("helpful-only", "grounded"):
         run = f"run:mock-openai-compare.{name}"
         stage = f"stage:mock-openai-compare.{name}.evaluate"
@@ -226,8 +229,8 @@ def test_dl_seed_example_selects_the_run_with_the_higher_captured_accuracy(
         "Records: .contexta/cache/capture/record.jsonl",
         "Artifacts: .contexta/cache/capture/artifact.jsonl",
     ]
-    expected_rows = []
-    expected_scopes = {}
+    expected_rows: list[Row] = []
+    expected_scopes: dict[str, str] = {}
     for name in ("cnn-fast", "cnn-steady"):
         run = f"run:digits-cnn-compare.{name}"
         train = f"stage:digits-cnn-compare.{name}.train"

@@ -154,10 +154,14 @@ class ScopeCore:
         if self.started_at is not None:
             raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
         parent = self.parent
-        if parent is not None:
-            parent.ensure_open()
-            self.order_index = parent._attach(self)
         self.registry.add(self)
+        if parent is not None:
+            try:
+                parent.ensure_open()
+                self.order_index = parent._attach(self)
+            except BaseException:
+                self.registry.discard(self)
+                raise
         self.started_at = format_timestamp(time.time_ns())
         return self.context_item()
 

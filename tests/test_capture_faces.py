@@ -153,7 +153,10 @@ async def test_five_hundred_concurrent_samples_each_land_exactly_once(workspace:
     lines = metrics(workspace)
     assert len(lines) == 1500
     seen = {
-        (line["payload"]["envelope"]["sample_observation_ref"], line["payload"]["payload"]["metric_key"])
+        (
+            line["payload"]["envelope"]["sample_observation_ref"],
+            line["payload"]["payload"]["metric_key"],
+        )
         for line in lines
     }
     assert len(seen) == 1500
@@ -162,7 +165,9 @@ async def test_five_hundred_concurrent_samples_each_land_exactly_once(workspace:
         ref = f"sample:p.many.evaluate.case-{i}"
         assert (ref, "completion.tokens") in seen
     status = last_status(workspace)
-    assert sum(1 for ref, s in status.items() if ref.startswith("sample:") and s == "completed") == 500
+    assert (
+        sum(1 for ref, s in status.items() if ref.startswith("sample:") and s == "completed") == 500
+    )
 
 
 def test_leaving_a_scope_by_an_exception_marks_it_failed(workspace: Path) -> None:
@@ -288,3 +293,32 @@ async def test_async_artifact_hashing_runs_off_the_event_loop(
     assert seen_threads and loop_thread not in seen_threads
     [line] = read_lines(workspace, "ARTIFACT")
     assert line["payload"]["manifest"]["size_bytes"] == 8 * 1024 * 1024
+
+
+def test_a_refused_scope_leaves_nothing_behind(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run:
+        stage = run.stage("s").__enter__()
+        with pytest.raises(DuplicateScopeError):
+            run.stage("S").__enter__()
+        stage.close()
+        # the refused stage was never attached: the same name opens cleanly now
+        with run.stage("s") as again:
+            again.metric("x", 1)
+    ctx.close()
+    assert [
+        line["payload"]["status"]
+        for line in read_lines(workspace, "CONTEXT")
+        if line["payload_ref"] == "stage:default.r.s"
+    ] == ["open", "completed"] * 2
+
+
+def test_a_child_of_a_closed_scope_cannot_open(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run:
+        stage_opening = run.stage("late")
+    with pytest.raises(ClosedScopeError), stage_opening:
+        pass
+    with ctx.run("r"):  # the refused child did not keep a ref open
+        pass
+    ctx.close()

@@ -13,7 +13,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import _validation as v
-from ._errors import ConfigurationError, ValidationError
+from ._errors import ClosedScopeError, ConfigurationError, ValidationError
 from ._pipeline import OverflowPolicy, Pipeline, PipelineOptions, Statistics
 from ._refs import is_valid_ref, normalize_name
 from ._scope_core import ScopeCore, ScopeRegistry
@@ -128,8 +128,6 @@ class Contexta:
             "code_revision": v.check_optional_text(code_revision, "code_revision"),
         }
         if self._pipeline.closed:
-            from ._errors import ClosedScopeError
-
             raise ClosedScopeError("the Contexta context is closed")
         core = ScopeCore(
             "run",

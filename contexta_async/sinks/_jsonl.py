@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from .._errors import ConfigurationError, ValidationError
 from .._records import FAMILIES, Item
 from ._base import Chunk, FsyncError, Sink, stamp_lines
 
 __all__ = ["LocalJsonlSink"]
+
+logger = structlog.get_logger("contexta_async")
 
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
@@ -29,13 +32,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _cut_torn_tail(fd: int, size: int, target: str) -> int:
+    """Truncate the file after its last newline; return the new size."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65_536)
+        block = os.pread(fd, end - start, start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    logger.warning("contexta_async.torn_tail_removed", target=target, removed_bytes=size - end)
+    return end
+
+
 class LocalJsonlSink(Sink):
     """Append lines to ``<storage_root>/<family>.jsonl`` (``record.jsonl``, ``context.jsonl``...).
 
     Each chunk is written with one ``write`` under an exclusive ``flock`` on the file, so
     several processes can share a workspace without interleaving lines; a write that fails is
-    cut back off the file, and a torn last line left by a crashed writer is never glued to new
-    lines. With ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
+    cut back off the file, and a torn last line left by a crashed writer (never acknowledged:
+    acknowledgement follows the whole write) is cut off before new lines are appended. With
+    ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
     """
 
     def __init__(
@@ -98,17 +118,17 @@ class LocalJsonlSink(Sink):
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             start = os.fstat(fd).st_size
-            data = chunk.data
             if start > 0 and os.pread(fd, 1, start - 1) != b"\n":
-                # A writer died mid-line: end that fragment rather than glue our line to it.
-                data = b"\n" + data
+                # A writer died mid-line (every writer holds this lock while it writes): cut the
+                # unacknowledged fragment off so that every line in the file stays valid.
+                start = _cut_torn_tail(fd, start, chunk.target)
             try:
-                _write_all(fd, data)
+                _write_all(fd, chunk.data)
             except OSError:
                 try:
                     os.ftruncate(fd, start)
                 except OSError:
-                    pass  # the next write starts with a newline, so no line is glued on
+                    pass  # the next write cuts the fragment off before it appends
                 raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -13,11 +13,12 @@ never entered the context). Producers on any thread or loop share the same threa
 from __future__ import annotations
 
 import atexit
+import queue
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -118,6 +119,50 @@ class _Drops:
         self.last = ""
 
 
+class _IoThread:
+    """The one daemon thread that runs the sinks' blocking writes for the writer task.
+
+    Not anyio's worker threads: those inherit ``daemon=False`` from the main thread, so a sink
+    stuck in ``write`` (a hung mount) kept the interpreter from exiting after ``async with
+    Contexta`` had already given up on it with ShutdownTimeoutError.
+    """
+
+    __slots__ = ("_jobs", "_thread")
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], None], AsyncWaiter, list[BaseException]] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, func: Callable[[], None]) -> None:
+        """Run ``func`` on the thread; a cancelled caller abandons it (it keeps running)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._main, name="contexta-async-io", daemon=True
+            )
+            self._thread.start()
+        waiter = AsyncWaiter()
+        errors: list[BaseException] = []
+        self._jobs.put((func, waiter, errors))
+        await waiter.wait()
+        if errors:
+            raise errors[0]
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            func, waiter, errors = job
+            try:
+                func()
+            except BaseException as exc:  # handed to the awaiting writer task
+                errors.append(exc)
+            waiter.wake()
+
+
 _open_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
 
@@ -149,6 +194,7 @@ class Pipeline:
         self._pending_degradations: dict[str, list[Item]] = {s.name: [] for s in self.sinks}
         self._drops = _Drops()
         self._counts = Counter[str]()
+        self._io = _IoThread()
         # Who runs the writer: nobody yet, a task in an owner's loop, or the host thread.
         self._writer_started = False
         self._writer_thread_id: int | None = None
@@ -299,6 +345,7 @@ class Pipeline:
                         break
                 await self._deliver(batch, last_seq)
         finally:
+            self._io.stop()
             self._writer_done.set()
             self._wake_flushers(final=True)
 
@@ -307,7 +354,7 @@ class Pipeline:
 
     async def _deliver(self, batch: list[Item], last_seq: int) -> None:
         extra = self._take_drops()
-        await anyio.to_thread.run_sync(self._write_batch, batch, extra, abandon_on_cancel=True)
+        await self._io.run(lambda: self._write_batch(batch, extra))
         self._counts["batches"] += 1
         if len(batch) > self._counts["largest_batch"]:
             self._counts["largest_batch"] = len(batch)

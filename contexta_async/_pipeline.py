@@ -195,6 +195,7 @@ class Pipeline:
         self._drops = _Drops()
         self._counts = Counter[str]()
         self._io = _IoThread()
+        self._writer_scope: anyio.CancelScope | None = None
         # Who runs the writer: nobody yet, a task in an owner's loop, or the host thread.
         self._writer_started = False
         self._writer_thread_id: int | None = None
@@ -329,25 +330,29 @@ class Pipeline:
         """Drain the queue until it is closed and empty."""
         self._writer_thread_id = threading.get_ident()
         buffer = self._buffer
-        try:
-            while True:
-                batch, last_seq = buffer.take(self._max_batch, None)
-                if not batch:
-                    waiter = AsyncWaiter()
-                    batch, last_seq = buffer.take(self._max_batch, waiter)
+        # Shielded: a cancellation around ``async with Contexta`` (a deadline, a cancelled task
+        # group) reaches the task group that runs the writer, and must not stop it before
+        # close has drained the queue. After the shutdown timeout, aclose cancels this scope.
+        with anyio.CancelScope(shield=True) as self._writer_scope:
+            try:
+                while True:
+                    batch, last_seq = buffer.take(self._max_batch, None)
                     if not batch:
-                        if not buffer.closed:
-                            await waiter.wait()
-                            continue
-                        if self._has_degradations():
-                            # One last try at the DEGRADATION lines still owed to the sinks.
-                            await self._deliver([], last_seq)
-                        break
-                await self._deliver(batch, last_seq)
-        finally:
-            self._io.stop()
-            self._writer_done.set()
-            self._wake_flushers(final=True)
+                        waiter = AsyncWaiter()
+                        batch, last_seq = buffer.take(self._max_batch, waiter)
+                        if not batch:
+                            if not buffer.closed:
+                                await waiter.wait()
+                                continue
+                            if self._has_degradations():
+                                # One last try at the DEGRADATION lines still owed to the sinks.
+                                await self._deliver([], last_seq)
+                            break
+                    await self._deliver(batch, last_seq)
+            finally:
+                self._io.stop()
+                self._writer_done.set()
+                self._wake_flushers(final=True)
 
     def _has_degradations(self) -> bool:
         return bool(self._drops.per_run) or any(self._pending_degradations.values())
@@ -594,6 +599,8 @@ class Pipeline:
                     timed_out = False
             if timed_out:
                 pending = self._buffer.appended - self._processed + self._buffer.parked
+                if self._host is None and self._writer_scope is not None:
+                    self._writer_scope.cancel()  # give up on a writer stuck in a sink
                 raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
             self._check_flush(self._buffer.appended, self._reported)
         finally:

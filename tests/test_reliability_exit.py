@@ -1,0 +1,167 @@
+"""Cancellation and exit: cancelled scopes say so, closing drains, exit neither loses nor hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from contexta_async import Contexta
+
+from ._children.verify import read_family
+
+CHILDREN = Path(__file__).parent / "_children"
+EXIT_MARGIN = 10.0  # seconds on top of shutdown_timeout: only a hang can exceed it
+
+
+def _statuses(workspace: Path) -> dict[str, str]:
+    """The newest CONTEXT status per ref."""
+    return {
+        line["payload_ref"]: line["payload"]["status"] for line in read_family(workspace, "CONTEXT")
+    }
+
+
+def _values(workspace: Path, run_ref: str) -> list[int]:
+    return [
+        line["payload"]["payload"]["value"]
+        for line in read_family(workspace, "RECORD")
+        if line["payload"]["envelope"]["run_ref"] == run_ref
+        and line["payload_type"] == "MetricRecord"
+    ]
+
+
+# ---- cancellation --------------------------------------------------------------------------
+
+
+async def test_a_task_cancelled_by_its_task_group_closes_its_sample_and_stage_as_cancelled(
+    tmp_path: Path,
+) -> None:
+    async with (
+        Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx,
+        ctx.run("r") as run,
+    ):
+        inside = anyio.Event()
+
+        async def work() -> None:
+            async with run.stage("s") as stage, stage.sample("case") as sample:
+                await sample.metric("m", 1)
+                inside.set()
+                await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work)
+            await inside.wait()
+            tg.cancel_scope.cancel()
+        await run.metric("after", 2)  # the run itself goes on
+    statuses = _statuses(tmp_path)
+    assert statuses["sample:p.r.s.case"] == "cancelled"
+    assert statuses["stage:p.r.s"] == "cancelled"
+    assert statuses["run:p.r"] == "completed"
+    assert _values(tmp_path, "run:p.r") == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["task.cancel", "asyncio.timeout"])
+async def test_an_asyncio_cancelled_task_closes_its_scopes_as_cancelled(
+    tmp_path: Path, how: str
+) -> None:
+    async with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        inside = asyncio.Event()
+
+        async def work() -> None:
+            async with ctx.run("r") as run, run.stage("s") as stage, stage.sample("c") as sample:
+                await sample.metric("m", 1)
+                inside.set()
+                await asyncio.sleep(3600)
+
+        if how == "task.cancel":
+            task = asyncio.create_task(work())
+            await inside.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await work()
+    statuses = _statuses(tmp_path)
+    assert statuses == {
+        "run:p.r": "cancelled",
+        "stage:p.r.s": "cancelled",
+        "sample:p.r.s.c": "cancelled",
+    }
+    reasons = [line["payload"]["failure_reason"] for line in read_family(tmp_path, "CONTEXT")]
+    assert "CancelledError" in reasons
+
+
+async def test_closing_the_context_under_cancellation_still_drains_everything_captured(
+    tmp_path: Path,
+) -> None:
+    captured = 0
+    with anyio.move_on_after(0.3) as deadline:
+        # The deadline cancels producers, the run and the context's own exit; the exit is
+        # shielded, so it still drains the full queue before returning.
+        async with (
+            Contexta(workspace=tmp_path, config={"project_name": "p"}, queue_size=20_000) as ctx,
+            ctx.run("r") as run,
+        ):
+            while True:
+                await run.metric("seq", captured)
+                captured += 1
+    assert deadline.cancelled_caught
+    stats = ctx.statistics()
+    assert stats.failed == 0 and stats.queued == 0 and stats.written == stats.enqueued
+    values = _values(tmp_path, "run:p.r")
+    # The capture in flight when the deadline hit may or may not have been queued.
+    assert values in (list(range(captured)), list(range(captured + 1)))
+    assert captured > 20_000  # the queue was full when the deadline hit
+    assert _statuses(tmp_path)["run:p.r"] == "cancelled"
+
+
+# ---- exit ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["return", "exception", "sys_exit"])
+def test_a_sync_program_that_never_closes_its_context_loses_nothing_at_exit(
+    tmp_path: Path, how: str
+) -> None:
+    count = 20_000
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "never_closes.py"), str(tmp_path), str(count), how],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == {"return": 0, "exception": 1, "sys_exit": 2}[how], proc.stderr
+    assert b"contexta-async:" not in proc.stderr  # nothing was reported lost
+    assert _values(tmp_path, "run:exit.closed") == list(range(count))
+    assert _values(tmp_path, "run:exit.left-open") == list(range(100))
+    statuses = _statuses(tmp_path)
+    assert statuses["run:exit.closed"] == "completed"
+    assert statuses["stage:exit.closed.work"] == "completed"
+    # Exit drains the queue but does not close runs for the program: it never closed this one.
+    assert statuses["run:exit.left-open"] == "open"
+
+
+@pytest.mark.parametrize(
+    ("mode", "returncode"), [("atexit", 0), ("close", 3), ("async", 1)], ids=str
+)
+def test_exit_with_a_stuck_sink_takes_at_most_the_shutdown_timeout_and_reports_the_loss(
+    mode: str, returncode: int
+) -> None:
+    shutdown_timeout = 1.0
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "stuck_sink.py"), mode, str(shutdown_timeout)],
+        capture_output=True,
+        timeout=shutdown_timeout + EXIT_MARGIN + 30,  # a hang fails here instead of blocking
+    )
+    elapsed = time.monotonic() - started
+    print(f"\nexit with a stuck sink ({mode}): {elapsed:.2f} s, shutdown_timeout 1 s")
+    assert elapsed < shutdown_timeout + EXIT_MARGIN
+    assert proc.returncode == returncode
+    # 100 metrics + the run's open and close lines: all stuck behind the hung write.
+    assert b"shutdown timed out after 1s with 102 line(s) not yet durable" in proc.stderr

@@ -70,6 +70,7 @@ class LocalJsonlSink(Sink):
         self.name = name
         self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
         self._fds: dict[str, int] = {}
+        self._unsynced_entries: set[str] = set()  # new files whose directory is not fsynced
 
     def file_path_for(self, family: str) -> Path:
         """The absolute path of the file that holds ``family`` lines."""
@@ -103,14 +104,18 @@ class LocalJsonlSink(Sink):
             path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
             existed = path.exists()
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-            if not existed and self.fsync:
-                # The new directory entry must be durable too, or a crash can lose the file.
-                dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
             self._fds[family] = fd
+            if not existed and self.fsync:
+                self._unsynced_entries.add(family)
+        if family in self._unsynced_entries:
+            # The new directory entry must be durable too, or a crash can lose the file. Until
+            # that fsync succeeds, every attempt to write the file (before any data) retries it.
+            dir_fd = os.open(self.storage_root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._unsynced_entries.discard(family)
         return fd
 
     def write(self, chunk: Chunk) -> None:

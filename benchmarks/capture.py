@@ -76,13 +76,22 @@ def _summary_us(samples_ns: list[int]) -> dict[str, float]:
     return {
         "n": len(values),
         "p50_us": _percentile(values, 50) / 1000,
+        "p90_us": _percentile(values, 90) / 1000,
         "p99_us": _percentile(values, 99) / 1000,
         "max_us": (values[-1] / 1000) if values else float("nan"),
+        # calls that took over 1 ms: in practice, those that waited for room in the queue
+        "over_1ms": sum(1 for v in values if v > 1_000_000) / len(values) if values else 0.0,
     }
 
 
 def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _cpu_since(before: resource.struct_rusage) -> dict[str, float]:
+    """User and system CPU seconds of this process (all threads) since ``before``."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": now.ru_utime - before.ru_utime, "sys_s": now.ru_stime - before.ru_stime}
 
 
 def _count_lines(path: Path) -> int:
@@ -123,9 +132,20 @@ def _stats_dict(ctx: Any) -> dict[str, Any]:
 # child scenarios: each returns a JSON-able dict
 
 
-def _async_throughput(ws: Path, records: int, producers: int, sample: bool) -> dict[str, Any]:
+_PIPELINE_OPTIONS: dict[str, Any] = {}  # --queue-size / --max-batch-size, for every context
+
+
+def _contexta(ws: Path, **extra: Any) -> Any:
     from contexta_async import Contexta
 
+    return Contexta(workspace=ws, config={"project_name": PROJECT}, **_PIPELINE_OPTIONS, **extra)
+
+
+def _async_throughput(
+    ws: Path, records: int, producers: int, sample: bool, writer: str = "owned"
+) -> dict[str, Any]:
+    """``writer="owned"``: ``async with Contexta()`` runs the writer as a task in this loop;
+    ``"thread"``: the context is never entered, so the writer runs on its own thread."""
     per = records // producers
     total = per * producers
     timings: list[int] = []
@@ -134,7 +154,8 @@ def _async_throughput(ws: Path, records: int, producers: int, sample: bool) -> d
     async def main() -> dict[str, Any]:
         nonlocal base_rss
         perf = time.perf_counter_ns
-        async with Contexta(workspace=ws, config={"project_name": PROJECT}) as ctx:
+        ctx = _contexta(ws)
+        async with ctx if writer == "owned" else contextlib.nullcontext(ctx):
             async with (
                 ctx.run("throughput", dataset_ref="dataset:bench.synthetic") as run,
                 run.stage("evaluate") as stage,
@@ -166,13 +187,16 @@ def _async_throughput(ws: Path, records: int, producers: int, sample: bool) -> d
 
                 tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
                 await all_open.wait()  # every sample is open before the clock starts
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 start = time.perf_counter()
                 go.set()
                 await asyncio.gather(*tasks)
                 await ctx.flush()
                 seconds = time.perf_counter() - start
+                cpu = _cpu_since(usage)
+            await ctx.aclose()
             stats = _stats_dict(ctx)
-        return {"seconds": seconds, "stats": stats}
+        return {"seconds": seconds, "stats": stats, "cpu": cpu}
 
     out = asyncio.run(main())
     lines = _count_lines(ws / "cache" / "capture" / "record.jsonl")
@@ -184,6 +208,7 @@ def _async_throughput(ws: Path, records: int, producers: int, sample: bool) -> d
         "complete": lines == total + 1,  # + the warm-up line
         "maxrss_kib": _maxrss_kib(),
         "base_rss_kib": base_rss,
+        "cpu": out["cpu"],
         "stats": out["stats"],
     }
     if sample:
@@ -192,16 +217,15 @@ def _async_throughput(ws: Path, records: int, producers: int, sample: bool) -> d
 
 
 def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
-    from contexta_async import Contexta
-
     perf = time.perf_counter_ns
     timings: list[int] = []
-    ctx = Contexta(workspace=ws, config={"project_name": PROJECT})
+    ctx = _contexta(ws)
     with ctx.run("sync-face", dataset_ref="dataset:bench.synthetic") as run:  # noqa: SIM117
         with run.stage("evaluate") as stage:
             stage.metric("warmup", 1.0)
             ctx.flush()
             base_rss = _maxrss_kib()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             for j in range(records):
                 if sample and j % SAMPLE_EVERY == 0:
@@ -212,6 +236,7 @@ def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
                     stage.metric("correct", (j % 100) / 100, unit="ratio")
             ctx.flush()
             seconds = time.perf_counter() - start
+            cpu = _cpu_since(usage)
     ctx.close()
     lines = _count_lines(ws / "cache" / "capture" / "record.jsonl")
     result: dict[str, Any] = {
@@ -222,6 +247,7 @@ def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
         "complete": lines == records + 1,
         "maxrss_kib": _maxrss_kib(),
         "base_rss_kib": base_rss,
+        "cpu": cpu,
         "stats": _stats_dict(ctx),
     }
     if sample:
@@ -236,7 +262,7 @@ def _latency(ws: Path, rate: float, duration: float, producers: int) -> dict[str
     fsync of each chunk; every record carries its sequence number as its value, which maps the
     chunk's items back to the capture times noted by the producers.
     """
-    from contexta_async import Contexta, LocalJsonlSink
+    from contexta_async import LocalJsonlSink
 
     class TimedSink(LocalJsonlSink):
         """Notes when each batch reached the sink, and when each chunk's write+fsync began/ended."""
@@ -263,7 +289,7 @@ def _latency(ws: Path, rate: float, duration: float, producers: int) -> dict[str
 
     async def main() -> dict[str, Any]:
         perf = time.perf_counter_ns
-        async with Contexta(workspace=ws, config={"project_name": PROJECT}, sinks=[sink]) as ctx:
+        async with _contexta(ws, sinks=[sink]) as ctx:
             async with (
                 ctx.run("latency") as run,
                 run.stage("evaluate") as stage,
@@ -491,15 +517,13 @@ def _profile(ws: Path, records: int, top: int) -> dict[str, Any]:
     cProfile sees one thread, so the writer's ``_write_batch`` (which runs in a worker thread)
     gets a profiler of its own, installed by wrapping the method on the instance.
     """
-    from contexta_async import Contexta
-
     producers = 500
     per = records // producers
     loop_prof = cProfile.Profile()
     writer_prof = cProfile.Profile()
 
     async def main() -> float:
-        async with Contexta(workspace=ws, config={"project_name": PROJECT}) as ctx:
+        async with _contexta(ws) as ctx:
             pipeline = ctx._pipeline  # type: ignore[attr-defined]
             original = pipeline._write_batch
 
@@ -552,9 +576,12 @@ def _profile(ws: Path, records: int, top: int) -> dict[str, Any]:
 def _child(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
     ws = Path(params["workspace"])
     records = int(params.get("records", 0))
+    _PIPELINE_OPTIONS.update(params.get("pipeline", {}))
     if scenario in ("async-1", "async-500", "percall-1", "percall-500", "rss-async-500"):
         producers = 1 if scenario.endswith("-1") else 500
         return _async_throughput(ws, records, producers, sample=not scenario.startswith("rss"))
+    if scenario == "async-500-thread":
+        return _async_throughput(ws, records, 500, sample=True, writer="thread")
     if scenario in ("sync", "rss-sync"):
         return _sync_throughput(ws, records, sample=scenario == "sync")
     if scenario in ("latency-1", "latency-500"):
@@ -606,6 +633,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     plan: list[tuple[str, str, dict[str, Any]]] = [
         ("async-1", "async-1", {"records": n}),
         ("async-500", "async-500", {"records": n}),
+        ("async-500-thread", "async-500-thread", {"records": n}),
         ("percall-1", "percall-1", {"records": percall_n}),
         ("percall-500", "percall-500", {"records": percall_n}),
         (
@@ -630,7 +658,12 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     if args.only:
         wanted = set(args.only.split(","))
         plan = [p for p in plan if p[0] in wanted or p[1] in wanted]
-    return plan
+    pipeline = {}
+    if args.queue_size:
+        pipeline["queue_size"] = args.queue_size
+    if args.max_batch_size:
+        pipeline["max_batch_size"] = args.max_batch_size
+    return [(label, scenario, {**params, "pipeline": pipeline}) for label, scenario, params in plan]
 
 
 def _median_of(runs: list[dict[str, Any]], key: str) -> float:
@@ -664,7 +697,7 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         return [r["error"] for r in results.get(label, []) if "error" in r]
 
     out("\n== Throughput, fsync on (records/s from first capture to flush() returned) ==")
-    for label in ("async-1", "async-500", "sync"):
+    for label in ("async-1", "async-500", "async-500-thread", "sync"):
         runs = runs_of(label)
         for err in errors_of(label):
             out(f"  {label}: ERROR {err}")
@@ -674,16 +707,26 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         med = statistics.median(rates)
         complete = all(r["complete"] for r in runs)
         batches = _nested_median(runs, "stats", "batches")
-        out(
-            f"  {label:<10} median {med:>10,.0f} rec/s   runs [{_fmt_runs(rates, ',.0f')}]   "
-            f"{runs[0]['records']:,} records, all on disk: {complete}, batches ~{batches:.0f}"
+        cpu = statistics.median(
+            (r["cpu"]["user_s"] + r["cpu"]["sys_s"]) / r["seconds"] for r in runs
         )
-        summary[label] = {"median_rate": med, "runs": rates, "complete": complete}
+        out(
+            f"  {label:<16} median {med:>9,.0f} rec/s   runs [{_fmt_runs(rates, ',.0f')}]   "
+            f"{runs[0]['records']:,} records, all on disk: {complete}, batches ~{batches:.0f}, "
+            f"CPU {cpu:.2f} cores"
+        )
+        summary[label] = {
+            "median_rate": med,
+            "runs": rates,
+            "complete": complete,
+            "cpu_cores": cpu,
+        }
 
     out("\n== Per-call cost of an awaited metric() (every 16th call timed; µs) ==")
     for label, note in (
         ("async-1", "saturated run, includes waits for room"),
         ("async-500", "saturated run, includes waits for room"),
+        ("async-500-thread", "the same, writer on its own thread"),
         ("percall-1", "queue never full: the call's own cost"),
         ("percall-500", "queue never full: the call's own cost"),
         ("sync", "sync face stage.metric(), saturated run"),
@@ -695,13 +738,16 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
             continue
         p50 = [r["per_call"]["p50_us"] for r in runs]
         p99 = [r["per_call"]["p99_us"] for r in runs]
+        waited = statistics.median(r["per_call"]["over_1ms"] for r in runs)
         out(
-            f"  {label:<12} p50 {statistics.median(p50):7.2f}  p99 {statistics.median(p99):9.2f}"
-            f"   runs p50 [{_fmt_runs(p50, '.2f')}] p99 [{_fmt_runs(p99, '.1f')}]  ({note})"
+            f"  {label:<16} p50 {statistics.median(p50):6.2f}  p99 {statistics.median(p99):8.2f}"
+            f"  >1ms {waited:5.1%}   runs p50 [{_fmt_runs(p50, '.2f')}] "
+            f"p99 [{_fmt_runs(p99, '.1f')}]  ({note})"
         )
         summary.setdefault("per_call", {})[label] = {
             "p50_us": statistics.median(p50),
             "p99_us": statistics.median(p99),
+            "over_1ms": waited,
             "runs_p50": p50,
             "runs_p99": p99,
         }
@@ -745,9 +791,12 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
             peak = _median_of(runs, "maxrss_kib") / 1024
             base = _median_of(runs, "base_rss_kib") / 1024
             rate = _median_of(runs, "rate")
+            queued = _nested_median(runs, "stats", "peak_queued")
             peaks[count] = peak
+            each = _fmt_runs([r["maxrss_kib"] / 1024 for r in runs], ".1f")
             out(
-                f"  {label:<22} peak {peak:7.1f}   before capture {base:6.1f}   ({rate:,.0f} rec/s)"
+                f"  {label:<22} peak {peak:7.1f}   before capture {base:6.1f}   most lines "
+                f"queued {queued:>8,.0f}   runs [{each}]   ({rate:,.0f} rec/s)"
             )
         if len(peaks) == 2:
             growth = peaks[large] / peaks[small] - 1
@@ -887,6 +936,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rss-records", default=None, help="two counts for the RSS runs (default 100000,1000000)"
     )
+    parser.add_argument("--queue-size", type=int, help="Contexta(queue_size=) for every run")
+    parser.add_argument("--max-batch-size", type=int, help="Contexta(max_batch_size=)")
     parser.add_argument("--profile", action="store_true", help="cProfile async-500 and exit")
     parser.add_argument("--breakdown", action="store_true", help="per-stage costs and exit")
     parser.add_argument("--top", type=int, default=25, help="rows of --profile output")
@@ -927,7 +978,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile or args.breakdown:
         scenario = "profile" if args.profile else "breakdown"
         records = args.records if args.profile else min(args.records, 60_000)
-        res = _run_child(scenario, {"records": records, "top": args.top}, workdir)
+        pipeline = {
+            k: v
+            for k, v in (("queue_size", args.queue_size), ("max_batch_size", args.max_batch_size))
+            if v
+        }
+        res = _run_child(
+            scenario, {"records": records, "top": args.top, "pipeline": pipeline}, workdir
+        )
         if "error" in res:
             print("ERROR", *res["error"], sep="\n")
             return 1
@@ -955,6 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = _plan(args)
     print(f"{len(plan)} scenarios x {args.repeat} runs, interleaved; {args.records:,} records")
+    chosen = {k: v for k, v in vars(args).items() if k in ("queue_size", "max_batch_size") and v}
+    print(f"pipeline options: {chosen or 'library defaults'}")
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
     started = time.perf_counter()
     for round_index in range(args.repeat):
@@ -980,6 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_rate": args.latency_rate,
                 "latency_seconds": args.latency_seconds,
                 "rss_records": list(args.rss_records),
+                "queue_size": args.queue_size,
+                "max_batch_size": args.max_batch_size,
             },
             "summary": summary,
             "runs": results,

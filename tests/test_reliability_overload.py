@@ -1,0 +1,229 @@
+"""Overload: producers far faster than the disk.
+
+A sink that sleeps in every write stands in for a slow disk. Memory must stay bounded by the
+queue (not by the number of records), the event loop must keep running, the default policy
+must drop nothing, and the opt-in policies must account for every line they refuse.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from contexta_async import Contexta, LocalJsonlSink, QueueFullError
+from contexta_async.sinks import Chunk
+
+from ._children.verify import read_family
+
+WRITE_DELAY = 0.002  # seconds per chunk, on top of the real write and fsync
+
+
+class SlowSink(LocalJsonlSink):
+    """A LocalJsonlSink on a slow disk: every chunk takes WRITE_DELAY longer."""
+
+    def write(self, chunk: Chunk) -> None:
+        time.sleep(WRITE_DELAY)
+        super().write(chunk)
+
+
+def _slow(workspace: Path) -> Sequence[SlowSink]:
+    return [SlowSink(workspace / "cache" / "capture", name="local-jsonl")]
+
+
+def _counts(workspace: Path) -> Counter[str]:
+    return Counter(
+        line["payload"]["envelope"]["run_ref"]
+        for line in read_family(workspace, "RECORD")
+        if line["payload_type"] == "MetricRecord"
+    )
+
+
+async def _overload(workspace: Path, records: int) -> tuple[int, list[float]]:
+    """Capture ``records`` from 4 tasks into a slow sink; return (peak bytes, loop lags)."""
+    lags: list[float] = []
+    tick = 0.005
+
+    async def ticker(done: anyio.Event) -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await anyio.sleep(tick)
+            lags.append(time.perf_counter() - started - tick)
+
+    async def producer(run: object, count: int) -> None:
+        for i in range(count):
+            await run.metric("seq", i)  # type: ignore[attr-defined]
+
+    async with Contexta(
+        workspace=workspace,
+        config={"project_name": "p"},
+        sinks=_slow(workspace),
+        queue_size=1_000,
+        max_batch_size=100,
+    ) as ctx:
+        done = anyio.Event()
+        tracemalloc.reset_peak()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker, done)
+            async with ctx.run("r") as run, anyio.create_task_group() as producers:
+                for _ in range(4):
+                    producers.start_soon(producer, run, records // 4)
+            await ctx.flush()
+            done.set()
+        _, peak = tracemalloc.get_traced_memory()
+        stats = ctx.statistics()
+    assert stats.dropped == 0 and stats.failed == 0
+    assert stats.peak_queued <= 1_000 + 2  # the bound, plus the run's lifecycle lines
+    assert stats.waiting_producers == 0
+    assert _counts(workspace) == {"run:p.r": records}  # the default policy drops nothing
+    return peak, lags
+
+
+async def test_memory_is_bounded_by_the_queue_and_the_loop_keeps_running(tmp_path: Path) -> None:
+    tracemalloc.start()
+    try:
+        small_peak, _ = await _overload(tmp_path / "small", 4_000)
+        large_peak, lags = await _overload(tmp_path / "large", 16_000)
+    finally:
+        tracemalloc.stop()
+    lags.sort()
+    p99 = lags[int(len(lags) * 0.99)]
+    print(
+        f"\noverload: 4,000 records -> peak {small_peak / 2**20:.2f} MiB traced, 16,000 records ->"
+        f" peak {large_peak / 2**20:.2f} MiB; loop lag p50 {statistics.median(lags) * 1e3:.2f}"
+        f" ms, p99 {p99 * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms over {len(lags)} ticks"
+    )
+    # Four times the records, about the same memory: the queue bounds it, not the count.
+    # (An unbounded queue would hold most of the 16,000 records, ~4x the small run's peak.)
+    assert large_peak < small_peak * 1.5
+    # The loop was never blocked for long: producers wait by awaiting, not by blocking.
+    assert lags[-1] < 1.0
+
+
+def test_sync_producers_wait_for_room_and_nothing_is_dropped(tmp_path: Path) -> None:
+    import threading
+
+    with Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=_slow(tmp_path),
+        queue_size=100,
+        max_batch_size=50,
+    ) as ctx:
+
+        def produce(index: int) -> None:
+            with ctx.run(f"t{index}") as run:
+                for i in range(2_000):
+                    run.metric("seq", i)
+
+        threads = [threading.Thread(target=produce, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ctx.flush()
+        stats = ctx.statistics()
+    assert stats.dropped == 0 and stats.peak_queued <= 100 + 8
+    assert _counts(tmp_path) == {f"run:p.t{i}": 2_000 for i in range(4)}
+
+
+def _check_drops(workspace: Path, attempts: int, counted: int) -> None:
+    written = _counts(workspace)
+    dropped: Counter[str] = Counter()
+    for line in read_family(workspace, "DEGRADATION"):
+        assert line["payload"]["degradation_kind"] == "dropped"
+        assert "drop_newest" in line["payload"]["reason"]
+        dropped[line["payload"]["run_ref"]] += line["payload"]["count"]
+    # Every attempt is accounted for: written, or dropped and counted, per run.
+    for run_ref in ("run:p.a", "run:p.b"):
+        assert written[run_ref] + dropped[run_ref] == attempts
+        assert dropped[run_ref] > 0
+    assert counted == sum(dropped.values())
+
+
+def _dropping(workspace: Path) -> Contexta:
+    return Contexta(
+        workspace=workspace,
+        config={"project_name": "p"},
+        sinks=_slow(workspace),
+        queue_size=50,
+        max_batch_size=50,
+        overflow="drop_newest",
+    )
+
+
+@pytest.mark.parametrize("face", ["await", "nowait"])
+async def test_drop_newest_counts_every_drop_in_statistics_and_degradation_lines(
+    tmp_path: Path, face: str
+) -> None:
+    attempts = 3_000
+    async with _dropping(tmp_path) as ctx, ctx.run("a") as a, ctx.run("b") as b:
+        for i in range(attempts):
+            for run in (a, b):
+                if face == "await":
+                    await run.metric("seq", i)
+                else:
+                    run.metric_nowait("seq", i)
+            if i % 500 == 0:
+                await anyio.lowlevel.checkpoint()  # let the writer take a batch now and then
+    _check_drops(tmp_path, attempts, ctx.statistics().dropped)
+
+
+def test_drop_newest_counts_every_drop_from_the_sync_face(tmp_path: Path) -> None:
+    attempts = 3_000
+    with _dropping(tmp_path) as ctx:
+        with ctx.run("a") as a, ctx.run("b") as b:
+            for i in range(attempts):
+                a.metric("seq", i)
+                b.metric("seq", i)
+        stats = ctx.statistics()
+    _check_drops(tmp_path, attempts, stats.dropped)
+
+
+async def test_overflow_raise_raises_queue_full_error_and_keeps_what_it_accepted(
+    tmp_path: Path,
+) -> None:
+    accepted = refused = 0
+    async with (
+        Contexta(
+            workspace=tmp_path,
+            config={"project_name": "p"},
+            sinks=_slow(tmp_path),
+            queue_size=20,
+            overflow="raise",
+        ) as ctx,
+        ctx.run("r") as run,
+    ):
+        for i in range(500):
+            try:
+                await run.metric("seq", i)
+                accepted += 1
+            except QueueFullError as exc:
+                assert "queue is full" in str(exc)
+                refused += 1
+            if i % 50 == 0:
+                await anyio.lowlevel.checkpoint()
+    assert refused > 0 and accepted > 0
+    assert ctx.statistics().dropped == 0  # refused, not silently dropped
+    assert _counts(tmp_path) == {"run:p.r": accepted}
+
+
+async def test_the_nowait_face_raises_queue_full_under_the_default_policy(tmp_path: Path) -> None:
+    async with (
+        Contexta(
+            workspace=tmp_path, config={"project_name": "p"}, sinks=_slow(tmp_path), queue_size=5
+        ) as ctx,
+        ctx.run("r") as run,
+    ):
+        with pytest.raises(QueueFullError):
+            for i in range(100):
+                run.metric_nowait("seq", i)
+        await run.metric("seq", 1000)  # the awaited face waits for room instead
+    assert ctx.statistics().dropped == 0

@@ -1,0 +1,18 @@
+"""``python -m contexta_async`` and the ``contexta-async`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import run_cli
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 error, 2 usage)."""
+    return run_cli(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""The ``contexta-async`` command line: list runs, show one, compare, pick the best, report.
+
+Every command reads the workspace through the async readers, run with ``anyio.run``.
+Human-readable tables by default, ``--json`` for machines; errors go to stderr with exit
+status 1 (2 for a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
+
+import anyio
+import msgspec
+
+from ._errors import ContextaError
+from .readers import (
+    BestRun,
+    Direction,
+    EmptyWorkspaceError,
+    MultiRunComparison,
+    RunComparison,
+    RunSummary,
+    Workspace,
+    render_html_report,
+)
+from .readers._report import format_number
+
+__all__ = ["build_parser", "run_cli"]
+
+PROG = "contexta-async"
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted before and after the command: `--json runs` and `runs --json` both work.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        "-w",
+        default=argparse.SUPPRESS,
+        help="workspace directory or its capture folder (default: .contexta)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[common],
+        description="Read a contexta-async (or Contexta 1.0.0) workspace: list runs, compare "
+        "them with paired per-sample statistics, pick the best one.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    runs = sub.add_parser("runs", parents=[common], help="list the runs")
+    runs.add_argument("--project", help="only runs of this project")
+    runs.add_argument(
+        "--status",
+        action="append",
+        choices=["open", "completed", "failed", "cancelled", "unknown"],
+        help="only runs with this status (repeatable)",
+    )
+
+    show = sub.add_parser("show", parents=[common], help="one run: summary and metrics")
+    show.add_argument("run", help="full run ref or a unique suffix (e.g. grounded)")
+    show.add_argument("--records", action="store_true", help="list the run's records too")
+    show.add_argument("--kind", action="append", choices=["metric", "event", "span", "artifact"])
+    show.add_argument("--key", help="only records with this metric/event key")
+    show.add_argument("--stage", help="only records of this stage")
+    show.add_argument("--sample", help="only records of this sample")
+    show.add_argument("--limit", type=int, default=100, help="most records to list (default 100)")
+
+    compare = sub.add_parser(
+        "compare", parents=[common], help="compare two runs (paired) or more (one table)"
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    _stats_options(compare)
+    compare.add_argument(
+        "--samples", action="store_true", help="with two runs: list every matched sample"
+    )
+
+    best = sub.add_parser("best", parents=[common], help="the best run by one metric")
+    best.add_argument("runs", nargs="+", metavar="RUN")
+    best.add_argument("--metric", required=True, help="metric key, e.g. pass.rate")
+    best.add_argument("--stage", help="the stage holding the metric, when several do")
+    way = best.add_mutually_exclusive_group()
+    way.add_argument("--maximize", dest="direction", action="store_const", const="maximize")
+    way.add_argument("--minimize", dest="direction", action="store_const", const="minimize")
+
+    report = sub.add_parser("report", parents=[common], help="write an HTML comparison page")
+    report.add_argument("left", metavar="LEFT")
+    report.add_argument("right", metavar="RIGHT")
+    report.add_argument("--output", "-o", required=True, help="the HTML file to write")
+    _stats_options(report)
+    return parser
+
+
+def _stats_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
+    parser.add_argument(
+        "--maximize", action="append", default=[], metavar="KEY", help="KEY is better higher"
+    )
+    parser.add_argument(
+        "--minimize", action="append", default=[], metavar="KEY", help="KEY is better lower"
+    )
+
+
+def _directions(args: argparse.Namespace) -> dict[str, Direction]:
+    out: dict[str, Direction] = {key: "maximize" for key in args.maximize}
+    out.update({key: "minimize" for key in args.minimize})
+    return out
+
+
+# ---- output helpers ----------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for line in (headers, *rows):
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+def _json(value: Any, out: TextIO) -> None:
+    out.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def _names(names: Sequence[str], limit: int = 10) -> str:
+    if not names:
+        return "none"
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _run_line(label: str, run: RunSummary) -> str:
+    return (
+        f"{label}{run.ref}  [{run.status}]  dataset={run.dataset_ref or '-'}  "
+        f"metrics={run.counts.metrics} events={run.counts.events} "
+        f"artifacts={run.counts.artifacts}"
+    )
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+async def _runs(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    runs = await ws.list_runs(project=args.project, status=args.status)
+    if not runs and not (args.project or args.status):
+        raise EmptyWorkspaceError(str(ws.path))
+    if args.json:
+        _json({"runs": runs, "read_report": ws.last_report}, out)
+        return 0
+    _table(
+        ["RUN", "NAME", "PROJECT", "STATUS", "STARTED", "ENDED", "DATASET", "STAGES", "RECORDS"],
+        [
+            [
+                r.ref,
+                r.name,
+                r.project,
+                r.status,
+                r.started_at or "-",
+                r.ended_at or "-",
+                r.dataset_ref or "-",
+                ",".join(r.stages) or "-",
+                str(r.counts.total),
+            ]
+            for r in runs
+        ],
+        out,
+    )
+    _report_problems(ws, out)
+    return 0
+
+
+async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    summary = await ws.get_run(args.run)
+    table = await ws.compare_many([summary.ref])
+    records = []
+    if args.records or args.kind or args.key or args.stage or args.sample:
+        async for row in ws.records(
+            summary.ref, kind=args.kind, key=args.key, stage=args.stage, sample=args.sample
+        ):
+            records.append(row)
+            if len(records) >= args.limit:
+                break
+    if args.json:
+        _json({"run": summary, "metrics": table.rows, "records": records}, out)
+        return 0
+    out.write(f"{summary.ref}\n")
+    for label, value in [
+        ("name", summary.name),
+        ("project", summary.project),
+        (
+            "status",
+            summary.status + (f" ({summary.failure_reason})" if summary.failure_reason else ""),
+        ),
+        ("started", summary.started_at or "-"),
+        ("ended", summary.ended_at or "-"),
+        ("dataset", summary.dataset_ref or "-"),
+        ("stages", ", ".join(summary.stages) or "-"),
+        (
+            "records",
+            f"{summary.counts.metrics} metrics, {summary.counts.events} events, "
+            f"{summary.counts.spans} spans, {summary.counts.artifacts} artifacts",
+        ),
+        ("source", summary.source),
+    ]:
+        out.write(f"  {label:<8} {value}\n")
+    if table.rows:
+        out.write("\nMetrics (run/stage/batch: latest value; sample: mean over samples)\n")
+        _table(
+            ["STAGE", "SCOPE", "KEY", "VALUE", "SAMPLES"],
+            [
+                [
+                    row.stage or "(run)",
+                    row.scope + (f" {row.batch}" if row.batch else ""),
+                    row.key,
+                    format_number(row.values[0]),
+                    str(row.counts[0]) if row.scope == "sample" else "",
+                ]
+                for row in table.rows
+            ],
+            out,
+        )
+    if records:
+        out.write(f"\nRecords (first {len(records)})\n")
+        _table(
+            ["KIND", "KEY", "STAGE", "SAMPLE", "VALUE", "RECORDED"],
+            [
+                [
+                    r.kind,
+                    r.key,
+                    r.stage or "-",
+                    r.sample or "-",
+                    format_number(r.value)
+                    if r.kind == "metric"
+                    else (r.message or r.hash_value or ""),
+                    r.recorded_at,
+                ]
+                for r in records
+            ],
+            out,
+        )
+    _report_problems(ws, out)
+    return 0
+
+
+def _write_pair(result: RunComparison, out: TextIO, samples: bool) -> None:
+    out.write(_run_line("left:  ", result.left) + "\n")
+    out.write(_run_line("right: ", result.right) + "\n\n")
+    out.write("Metrics (delta = right - left)\n")
+    _table(
+        ["STAGE", "SCOPE", "KEY", "BASIS", "LEFT", "RIGHT", "DELTA", "CHANGE"],
+        [
+            [
+                m.stage or "(run)",
+                m.scope + (f" {m.batch}" if m.batch else ""),
+                m.key,
+                "latest" if m.basis == "latest" else f"mean n={m.left_count}/{m.right_count}",
+                format_number(m.left),
+                format_number(m.right),
+                format_number(m.delta, signed=True),
+                _pct(m.relative_change),
+            ]
+            for m in result.metrics
+        ],
+        out,
+    )
+    if result.paired:
+        level = f"{result.paired[0].confidence:.0%}"
+        out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
+        _table(
+            ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", f"{level} CI", "W/L/T", "MCNEMAR P"],
+            [
+                [
+                    p.stage or "(run)",
+                    p.key,
+                    p.direction + (" (inferred)" if p.direction_inferred else ""),
+                    str(p.n_matched),
+                    format_number(p.mean_diff, signed=True),
+                    f"[{format_number(p.ci_low, signed=True)}, "
+                    f"{format_number(p.ci_high, signed=True)}]",
+                    f"{p.wins}/{p.losses}/{p.ties}",
+                    format_number(p.mcnemar_p),
+                ]
+                for p in result.paired
+            ],
+            out,
+        )
+        for p in result.paired:
+            lines = []
+            if p.binary:
+                lines.append(f"fixed: {_names(p.fixed)}; regressed: {_names(p.regressed)}")
+            if p.unmatched_left or p.unmatched_right:
+                lines.append(
+                    f"only in left: {_names(p.unmatched_left)}; "
+                    f"only in right: {_names(p.unmatched_right)}"
+                )
+            for line in lines:
+                out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
+            if samples and p.samples:
+                _table(
+                    ["    SAMPLE", "LEFT", "RIGHT", "DIFF"],
+                    [
+                        [
+                            "    " + s.name,
+                            format_number(s.left),
+                            format_number(s.right),
+                            format_number(s.diff, signed=True),
+                        ]
+                        for s in p.samples
+                    ],
+                    out,
+                )
+    if result.artifacts:
+        out.write("\nArtifacts\n")
+        _table(
+            ["CHANGE", "KIND", "PLACE", "LEFT", "RIGHT"],
+            [
+                [
+                    a.change,
+                    a.kind,
+                    a.place,
+                    f"{a.left_location or '-'} {(a.left_hash or '')[:12]}".strip(),
+                    f"{a.right_location or '-'} {(a.right_hash or '')[:12]}".strip(),
+                ]
+                for a in result.artifacts
+            ],
+            out,
+        )
+    _write_warnings(result.warnings, result.notes, out)
+
+
+def _write_many(result: MultiRunComparison, out: TextIO) -> None:
+    for i, run in enumerate(result.runs, 1):
+        out.write(_run_line(f"[{i}] ", run) + "\n")
+    out.write("\nMetrics (* = best; run/stage/batch: latest value, sample: mean)\n")
+    headers = ["STAGE", "SCOPE", "KEY", "DIRECTION"] + [
+        f"[{i}]" for i in range(1, len(result.runs) + 1)
+    ]
+    rows = []
+    for row in result.rows:
+        cells = [
+            row.stage or "(run)",
+            row.scope + (f" {row.batch}" if row.batch else ""),
+            row.key,
+            row.direction + (" (inferred)" if row.direction_inferred else ""),
+        ]
+        for run, value in zip(result.runs, row.values, strict=True):
+            mark = "*" if run.ref in row.best and len(result.runs) > 1 else ""
+            cells.append(format_number(value) + mark)
+        rows.append(cells)
+    _table(headers, rows, out)
+    _write_warnings(result.warnings, result.notes, out)
+
+
+def _write_warnings(warnings: Sequence[str], notes: Sequence[str], out: TextIO) -> None:
+    if warnings:
+        out.write("\nWarnings\n")
+        for w in warnings:
+            out.write(f"  ! {w}\n")
+    if notes:
+        out.write("\nNotes\n")
+        for n in notes:
+            out.write(f"  - {n}\n")
+
+
+async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    if len(args.runs) < 2:
+        raise _UsageError("compare needs at least two runs")
+    directions = _directions(args)
+    if len(args.runs) == 2:
+        result = await ws.compare(
+            args.runs[0],
+            args.runs[1],
+            directions=directions,
+            confidence=args.confidence,
+            resamples=args.resamples,
+            seed=args.seed,
+            include_samples=args.samples,
+        )
+        if args.json:
+            _json(result, out)
+        else:
+            _write_pair(result, out, args.samples)
+        return 0
+    many = await ws.compare_many(args.runs, directions=directions)
+    if args.json:
+        _json(many, out)
+    else:
+        _write_many(many, out)
+    return 0
+
+
+async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    result: BestRun = await ws.best_run(
+        args.runs, args.metric, direction=args.direction, stage=args.stage
+    )
+    if args.json:
+        _json(result, out)
+        return 0
+    how = "inferred from the key" if result.direction_inferred else "given"
+    basis = "latest value" if result.basis == "latest" else "mean over samples"
+    out.write(
+        f"Best by {result.stage or '(run)'}/{result.metric} "
+        f"({result.scope}-level, {basis}), {result.direction} ({how})\n"
+    )
+    _table(
+        ["RANK", "RUN", "VALUE"],
+        [[str(r.rank or "-"), r.run, format_number(r.value)] for r in result.ranking],
+        out,
+    )
+    if result.tie:
+        out.write(f"Tie: {', '.join(result.winners)} share the best value\n")
+    else:
+        out.write(f"Winner: {result.winners[0]}\n")
+    if result.missing:
+        out.write(f"Missing the metric: {', '.join(result.missing)}\n")
+    return 0
+
+
+async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    result = await ws.compare(
+        args.left,
+        args.right,
+        directions=_directions(args),
+        confidence=args.confidence,
+        resamples=args.resamples,
+        seed=args.seed,
+        include_samples=True,
+    )
+    page = render_html_report(result)
+    target = anyio.Path(args.output)
+    try:
+        await target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise _CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    if args.json:
+        absolute = str(await target.absolute())
+        _json({"output": absolute, "warnings": result.warnings}, out)
+    else:
+        out.write(f"wrote {args.output} ({len(page.encode())} bytes)\n")
+    return 0
+
+
+def _report_problems(ws: Workspace, out: TextIO) -> None:
+    report = ws.last_report
+    if report.corrupt_lines:
+        first = report.problems[0] if report.problems else None
+        where = f" (first at {first.file}:{first.line})" if first else ""
+        out.write(f"\n! {report.corrupt_lines} corrupt line(s) skipped{where}\n")
+
+
+class _CliError(Exception):
+    """An error to print as is, exit status 1."""
+
+
+class _UsageError(Exception):
+    """A usage error, exit status 2."""
+
+
+_COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {
+    "runs": _runs,
+    "show": _show,
+    "compare": _compare,
+    "best": _best,
+    "report": _report,
+}
+
+
+def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Parse ``argv`` and run the command; return the exit status."""
+    stdout = out or sys.stdout
+    stderr = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # argparse printed the usage error (or --help)
+        return int(exc.code or 0)
+    args.workspace = getattr(args, "workspace", ".contexta")
+    args.json = getattr(args, "json", False)
+
+    async def main() -> int:
+        ws = Workspace(args.workspace)
+        return await _COMMANDS[args.command](ws, args, stdout)
+
+    try:
+        return anyio.run(main)
+    except _UsageError as exc:
+        parser.print_usage(stderr)
+        stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except (ContextaError, _CliError, ValueError) as exc:
+        stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,83 @@
+"""Async readers: list runs, stream their records, compare runs with paired statistics.
+
+```python
+from contexta_async.readers import Workspace
+
+ws = Workspace(".contexta")
+runs = await ws.list_runs(status="completed")
+comparison = await ws.compare("helpful-only", "grounded")
+best = await ws.best_run(["helpful-only", "grounded"], "pass.rate")
+```
+"""
+
+from ._compare import MINIMIZE_WORDS, infer_direction
+from ._errors import (
+    AmbiguousMetricError,
+    AmbiguousRunError,
+    EmptyWorkspaceError,
+    MetricNotFoundError,
+    ReaderError,
+    UnknownRunError,
+    UnreadableFileError,
+    WorkspaceNotFoundError,
+)
+from ._model import (
+    ArtifactChange,
+    BestRun,
+    Direction,
+    LineProblem,
+    MetricDelta,
+    MultiRunComparison,
+    MultiRunRow,
+    PairedResult,
+    PairedSample,
+    RankedRun,
+    ReadReport,
+    RecordCounts,
+    RecordKind,
+    RecordRow,
+    RunComparison,
+    RunStatus,
+    RunSummary,
+    Scope,
+)
+from ._report import render_html_report
+from ._stats import BootstrapInterval, mcnemar_exact, paired_bootstrap_ci
+from ._workspace import Workspace, resolve_run_ref
+
+__all__ = [
+    "MINIMIZE_WORDS",
+    "AmbiguousMetricError",
+    "AmbiguousRunError",
+    "ArtifactChange",
+    "BestRun",
+    "BootstrapInterval",
+    "Direction",
+    "EmptyWorkspaceError",
+    "LineProblem",
+    "MetricDelta",
+    "MetricNotFoundError",
+    "MultiRunComparison",
+    "MultiRunRow",
+    "PairedResult",
+    "PairedSample",
+    "RankedRun",
+    "ReadReport",
+    "ReaderError",
+    "RecordCounts",
+    "RecordKind",
+    "RecordRow",
+    "RunComparison",
+    "RunStatus",
+    "RunSummary",
+    "Scope",
+    "UnknownRunError",
+    "UnreadableFileError",
+    "Workspace",
+    "WorkspaceNotFoundError",
+    "infer_direction",
+    "mcnemar_exact",
+    "paired_bootstrap_ci",
+    "render_html_report",
+    "resolve_run_ref",
+]

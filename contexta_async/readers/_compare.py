@@ -1,0 +1,405 @@
+"""From scanned values to answers: metric tables, paired analysis, artifacts, best run."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Literal
+
+from ._model import (
+    ArtifactChange,
+    Direction,
+    MetricDelta,
+    MultiRunRow,
+    PairedResult,
+    PairedSample,
+    RankedRun,
+    Scope,
+)
+from ._stats import mcnemar_exact, paired_bootstrap_ci
+
+if TYPE_CHECKING:
+    from ._scan import ArtifactInfo
+
+__all__ = [
+    "MINIMIZE_WORDS",
+    "RunMetrics",
+    "artifact_changes",
+    "collect_metrics",
+    "infer_direction",
+    "metric_deltas",
+    "multi_rows",
+    "natural_key",
+    "paired_results",
+    "rank_runs",
+]
+
+# A metric whose key holds one of these words (as a dot- or dash-separated part) is better
+# when lower. Contexta 1.0.0 always prefers the higher value, which is wrong for a loss.
+MINIMIZE_WORDS: Final = frozenset(
+    {
+        "loss",
+        "losses",
+        "error",
+        "errors",
+        "err",
+        "latency",
+        "cost",
+        "costs",
+        "token",
+        "tokens",
+        "time",
+        "duration",
+        "perplexity",
+        "mse",
+        "mae",
+        "rmse",
+        "wer",
+        "cer",
+    }
+)
+_SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
+_DIGITS = re.compile(r"(\d+)")
+
+Place = tuple[str | None, Scope, str | None, str]  # (stage, scope, batch, key)
+
+
+def infer_direction(key: str) -> Direction:
+    """``"minimize"`` when a part of ``key`` names a cost (loss, error, latency, cost, tokens,
+    time, duration...), else ``"maximize"``."""
+    parts = re.split(r"[.\-_]", key.lower())
+    return "minimize" if any(part in MINIMIZE_WORDS for part in parts) else "maximize"
+
+
+def natural_key(name: str) -> list[tuple[int, int | str]]:
+    """Sort ``case-2`` before ``case-10``."""
+    return [(1, int(p)) if p.isdigit() else (0, p) for p in _DIGITS.split(name) if p]
+
+
+class RunMetrics:
+    """One run's metrics: the latest value per place, and per-sample values by sample name."""
+
+    __slots__ = ("duplicates", "latest", "samples")
+
+    def __init__(self) -> None:
+        self.latest: dict[Place, float] = {}
+        self.samples: dict[tuple[str | None, str], dict[str, float]] = {}
+        self.duplicates: set[tuple[str | None, str]] = set()
+
+    def merge(self, later: RunMetrics) -> None:
+        self.latest.update(later.latest)
+        for place, values in later.samples.items():
+            mine = self.samples.get(place)
+            if mine is None:
+                self.samples[place] = values
+            else:
+                mine.update(values)
+        self.duplicates |= later.duplicates
+
+    def sample_names(self, stage: str | None) -> set[str]:
+        names: set[str] = set()
+        for (st, _), values in self.samples.items():
+            if st == stage:
+                names.update(values)
+        return names
+
+    def value(self, place: Place) -> tuple[float | None, int]:
+        stage, scope, _, key = place
+        if scope == "sample":
+            values = self.samples.get((stage, key))
+            if not values:
+                return None, 0
+            return math.fsum(values.values()) / len(values), len(values)
+        found = self.latest.get(place)
+        return found, 0 if found is None else 1
+
+
+_Parsed = tuple[str, Scope, str | None, str | None, str | None]
+
+
+def _parse_subject(subject: str) -> _Parsed | None:
+    """``sample:p.r.s[.b].n`` -> (run ref, scope, stage, batch, sample name)."""
+    kind, _, value = subject.partition(":")
+    parts = value.split(".")
+    if len(parts) < 2:
+        return None
+    run = f"run:{parts[0]}.{parts[1]}"
+    if kind == "run" and len(parts) == 2:
+        return run, "run", None, None, None
+    if kind == "stage" and len(parts) == 3:
+        return run, "stage", parts[2], None, None
+    if kind == "batch" and len(parts) == 4:
+        return run, "batch", parts[2], parts[3], None
+    if kind == "sample" and len(parts) in (4, 5):
+        return run, "sample", parts[2], parts[3] if len(parts) == 5 else None, parts[-1]
+    return None
+
+
+def collect_metrics(
+    samples: Mapping[tuple[str, str], Mapping[str, float | None]],
+    others: Mapping[tuple[str, str], float | None],
+    runs: Iterable[str],
+) -> dict[str, RunMetrics]:
+    """Arrange scanned values by run: sample values per (stage, key) whatever their batch,
+    and the latest run/stage/batch values per place."""
+    out = {run: RunMetrics() for run in runs}
+    for (parent, key), values in samples.items():
+        info = _parse_subject(parent)
+        if info is None:
+            continue
+        metrics = out.get(info[0])
+        if metrics is None:
+            continue
+        present: dict[str, float] = (
+            {name: v for name, v in values.items() if v is not None}
+            if None in values.values()
+            else dict(values)  # type: ignore[arg-type]
+        )
+        bucket = metrics.samples.get((info[2], key))
+        if bucket is None:
+            metrics.samples[(info[2], key)] = present
+        else:  # a second batch of this stage: a name seen in both is a duplicate
+            for name in bucket.keys() & present.keys():
+                metrics.duplicates.add((info[2], name))
+            bucket.update(present)
+    for (subject, key), value in others.items():
+        info = _parse_subject(subject)
+        if info is None or value is None:
+            continue
+        metrics = out.get(info[0])
+        if metrics is not None:
+            metrics.latest[(info[2], info[1], info[3], key)] = value
+    return out
+
+
+def _places(metrics: Sequence[RunMetrics], stage_order: Sequence[str]) -> list[Place]:
+    places: set[Place] = set()
+    for m in metrics:
+        places.update(m.latest)
+        places.update((stage, "sample", None, key) for stage, key in m.samples)
+    order = {name: i for i, name in enumerate(stage_order)}
+
+    def sort_key(place: Place) -> tuple[int, str, int, str, str]:
+        stage, scope, batch, key = place
+        rank = -1 if stage is None else order.get(stage, len(order))
+        return (rank, stage or "", _SCOPE_RANK[scope], batch or "", key)
+
+    return sorted(places, key=sort_key)
+
+
+def metric_deltas(
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]
+) -> list[MetricDelta]:
+    rows = []
+    for place in _places((left, right), stage_order):
+        lv, lc = left.value(place)
+        rv, rc = right.value(place)
+        delta = None if lv is None or rv is None else rv - lv
+        relative = None if delta is None or lv is None or lv == 0 else delta / abs(lv)
+        stage, scope, batch, key = place
+        rows.append(
+            MetricDelta(
+                stage=stage,
+                scope=scope,
+                batch=batch,
+                key=key,
+                basis="mean" if scope == "sample" else "latest",
+                left=lv,
+                right=rv,
+                delta=delta,
+                relative_change=relative,
+                left_count=lc,
+                right_count=rc,
+            )
+        )
+    return rows
+
+
+def _direction_for(key: str, directions: Mapping[str, Direction] | None) -> tuple[Direction, bool]:
+    if directions and key in directions:
+        return directions[key], False
+    return infer_direction(key), True
+
+
+def paired_results(
+    left: RunMetrics,
+    right: RunMetrics,
+    stage_order: Sequence[str],
+    *,
+    directions: Mapping[str, Direction] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    include_samples: bool = False,
+) -> list[PairedResult]:
+    results = []
+    for stage, scope, _batch, key in _places((left, right), stage_order):
+        if scope != "sample":
+            continue
+        lmap = left.samples.get((stage, key), {})
+        rmap = right.samples.get((stage, key), {})
+        matched = sorted(lmap.keys() & rmap.keys(), key=natural_key)
+        direction, inferred = _direction_for(key, directions)
+        diffs = [rmap[name] - lmap[name] for name in matched]
+        n = len(matched)
+        lvals = [lmap[name] for name in matched]
+        rvals = [rmap[name] for name in matched]
+        binary = (
+            n > 0 and all(v in (0.0, 1.0) for v in lvals) and all(v in (0.0, 1.0) for v in rvals)
+        )
+        sign = 1.0 if direction == "maximize" else -1.0
+        wins = sum(1 for d in diffs if d * sign > 0)
+        losses = sum(1 for d in diffs if d * sign < 0)
+        regressed: list[str] = []
+        fixed: list[str] = []
+        p_value = None
+        if binary:
+            good = 1.0 if direction == "maximize" else 0.0
+            for name, lv, rv in zip(matched, lvals, rvals, strict=True):
+                if lv == good and rv != good:
+                    regressed.append(name)
+                elif lv != good and rv == good:
+                    fixed.append(name)
+            p_value = mcnemar_exact(len(regressed), len(fixed))
+        low: float | None = None
+        high: float | None = None
+        method = "none"
+        if n:
+            interval = paired_bootstrap_ci(
+                diffs, confidence=confidence, resamples=resamples, seed=seed
+            )
+            low, high, method = interval.low, interval.high, interval.method
+        results.append(
+            PairedResult(
+                stage=stage,
+                key=key,
+                direction=direction,
+                direction_inferred=inferred,
+                n_matched=n,
+                unmatched_left=sorted(lmap.keys() - rmap.keys(), key=natural_key),
+                unmatched_right=sorted(rmap.keys() - lmap.keys(), key=natural_key),
+                mean_left=math.fsum(lvals) / n if n else None,
+                mean_right=math.fsum(rvals) / n if n else None,
+                mean_diff=math.fsum(diffs) / n if n else None,
+                ci_low=low,
+                ci_high=high,
+                confidence=confidence,
+                resamples=resamples,
+                seed=seed,
+                method=method,
+                binary=binary,
+                wins=wins,
+                losses=losses,
+                ties=n - wins - losses,
+                mcnemar_p=p_value,
+                regressed=regressed,
+                fixed=fixed,
+                samples=[
+                    PairedSample(name=name, left=lv, right=rv, diff=d)
+                    for name, lv, rv, d in zip(matched, lvals, rvals, diffs, strict=True)
+                ]
+                if include_samples
+                else None,
+            )
+        )
+    return results
+
+
+def artifact_changes(
+    left: Sequence[ArtifactInfo], right: Sequence[ArtifactInfo]
+) -> list[ArtifactChange]:
+    """Pair artifacts by (place, kind) in capture order; report unpaired and differing ones."""
+
+    def group(items: Sequence[ArtifactInfo]) -> dict[tuple[str, str], list[ArtifactInfo]]:
+        out: dict[tuple[str, str], list[ArtifactInfo]] = {}
+        for item in items:
+            out.setdefault((item.place, item.kind), []).append(item)
+        return out
+
+    lgroups, rgroups = group(left), group(right)
+    changes = []
+    for place, kind in sorted(lgroups.keys() | rgroups.keys()):
+        ls, rs = lgroups.get((place, kind), []), rgroups.get((place, kind), [])
+        for i in range(max(len(ls), len(rs))):
+            a = ls[i] if i < len(ls) else None
+            b = rs[i] if i < len(rs) else None
+            change: Literal["added", "removed", "changed"]
+            if a is None:
+                change = "added"
+            elif b is None:
+                change = "removed"
+            elif a.hash_value != b.hash_value or a.location_ref != b.location_ref:
+                change = "changed"
+            else:
+                continue
+            changes.append(
+                ArtifactChange(
+                    change=change,
+                    kind=kind,
+                    place=place or "(run)",
+                    left_ref=a.ref if a else None,
+                    right_ref=b.ref if b else None,
+                    left_hash=a.hash_value if a else None,
+                    right_hash=b.hash_value if b else None,
+                    left_location=a.location_ref if a else None,
+                    right_location=b.location_ref if b else None,
+                )
+            )
+    return changes
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def rank_runs(
+    values: Sequence[tuple[str, float | None]], direction: Direction
+) -> tuple[list[RankedRun], list[str], list[str]]:
+    """Competition ranking (1, 1, 3...) of the runs that have a value; ties share a rank.
+
+    Returns (ranking, winners, missing). Runs without a value come last, unranked.
+    """
+    present = [(run, v) for run, v in values if v is not None and not math.isnan(v)]
+    missing = [run for run, v in values if v is None or math.isnan(v)]
+    present.sort(key=lambda item: item[1], reverse=direction == "maximize")
+    ranking: list[RankedRun] = []
+    for position, (run, value) in enumerate(present):
+        previous = ranking[-1] if ranking else None
+        tied = previous is not None and previous.value is not None and _same(value, previous.value)
+        rank = previous.rank if tied and previous is not None else position + 1
+        ranking.append(RankedRun(run=run, value=value, rank=rank))
+    winners = [r.run for r in ranking if r.rank == 1]
+    ranking.extend(RankedRun(run=run, value=None, rank=None) for run in missing)
+    return ranking, winners, missing
+
+
+def multi_rows(
+    refs: Sequence[str],
+    metrics: Sequence[RunMetrics],
+    stage_order: Sequence[str],
+    directions: Mapping[str, Direction] | None = None,
+) -> list[MultiRunRow]:
+    rows = []
+    for place in _places(metrics, stage_order):
+        stage, scope, batch, key = place
+        pairs = [m.value(place) for m in metrics]
+        direction, inferred = _direction_for(key, directions)
+        _, winners, _ = rank_runs(
+            [(ref, v) for ref, (v, _) in zip(refs, pairs, strict=True)], direction
+        )
+        rows.append(
+            MultiRunRow(
+                stage=stage,
+                scope=scope,
+                batch=batch,
+                key=key,
+                basis="mean" if scope == "sample" else "latest",
+                values=[v for v, _ in pairs],
+                counts=[c for _, c in pairs],
+                direction=direction,
+                direction_inferred=inferred,
+                best=winners,
+            )
+        )
+    return rows

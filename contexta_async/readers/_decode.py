@@ -1,0 +1,303 @@
+"""Narrow msgspec Structs for the capture lines, and chunked, non-blocking reading.
+
+A capture line holds ~40 fields; the readers need a handful. Decoding into Structs that name
+only those fields lets msgspec skip the rest without building Python objects for them, which
+is most of the cost of reading. Files are read with aiofiles in large blocks (one thread hop
+per block, never per line); each block is cut after its last newline and decoded with
+``Decoder.decode_lines``; the partial line after it waits for the next block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+import aiofiles
+import msgspec
+
+from ._errors import UnreadableFileError
+from ._model import LineProblem, ReadReport
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ArtifactLine",
+    "ContextLine",
+    "FullRecordLine",
+    "Issues",
+    "LineDecoder",
+    "RecordLine",
+    "read_blocks",
+]
+
+CHUNK_SIZE: Final = 1 << 20
+_MAX_PROBLEMS: Final = 50
+
+
+class _N(msgspec.Struct, gc=False):
+    """Base: untracked by the cyclic GC (no cycles), unknown fields ignored."""
+
+
+# ---- RECORD lines, for scanning (list runs, compare) -----------------------------------
+
+
+class _Envelope(_N):
+    run_ref: str
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+    recorded_at: str = ""
+
+
+class _Body(_N):
+    metric_key: str | None = None
+    value: float | None = None
+    subject_ref: str | None = None
+
+
+class _RecordPayload(_N):
+    envelope: _Envelope
+    payload: _Body
+
+
+class RecordLine(_N):
+    payload: _RecordPayload
+    payload_type: str = ""
+
+
+# ---- RECORD lines, for streaming (every field a user may want) -------------------------
+
+
+class _FullEnvelope(_N):
+    run_ref: str
+    record_ref: str = ""
+    record_type: str = ""
+    recorded_at: str = ""
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+
+
+class _FullBody(_N):
+    metric_key: str | None = None
+    value: float | None = None
+    value_type: str | None = None
+    unit: str | None = None
+    aggregation_scope: str | None = None
+    tags: dict[str, str] | None = None
+    event_key: str | None = None
+    level: str | None = None
+    message: str | None = None
+    attributes: dict[str, Any] | None = None
+    span_name: str | None = None
+    status: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class _FullRecordPayload(_N):
+    envelope: _FullEnvelope
+    payload: _FullBody
+
+
+class FullRecordLine(_N):
+    payload: _FullRecordPayload
+    payload_type: str = ""
+    payload_ref: str | None = None
+
+
+# ---- ARTIFACT lines ----------------------------------------------------------------------
+
+
+class _Manifest(_N):
+    artifact_ref: str
+    artifact_kind: str
+    run_ref: str
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+    hash_value: str | None = None
+    location_ref: str | None = None
+    size_bytes: int | None = None
+    created_at: str = ""
+    attributes: dict[str, Any] | None = None
+
+
+class _ArtifactPayload(_N):
+    manifest: _Manifest
+    binding_status: str = ""
+
+
+class ArtifactLine(_N):
+    payload: _ArtifactPayload
+
+
+# ---- CONTEXT lines -----------------------------------------------------------------------
+
+
+class _ContextBody(_N):
+    run_ref: str
+    status: str = "unknown"
+    name: str | None = None
+    project_ref: str | None = None
+    dataset_ref: str | None = None
+    started_at: str | None = None
+    observed_at: str | None = None
+    ended_at: str | None = None
+    failure_reason: str | None = None
+    stage_name: str | None = None
+    stage_execution_ref: str | None = None
+    order_index: int = 0
+    tags: dict[str, str] | None = None
+
+
+class ContextLine(_N):
+    payload: _ContextBody
+    payload_type: str
+    payload_ref: str | None = None
+
+
+# ---- reading -----------------------------------------------------------------------------
+
+
+class Issues:
+    """Collects corrupt lines (all counted, the first few kept) across the files of one read.
+
+    Lines are located by byte offset while reading (counting newlines in every block would
+    cost as much as decoding it); ``report()`` turns the kept offsets into line numbers.
+    """
+
+    def __init__(self) -> None:
+        self.corrupt_lines = 0
+        self._problems: list[tuple[str, int, str]] = []
+        self.torn_tails: list[str] = []
+
+    def corrupt(self, path: str, offset: int, reason: str) -> None:
+        self.corrupt_lines += 1
+        if len(self._problems) < _MAX_PROBLEMS:
+            self._problems.append((path, offset, reason))
+
+    def problems_raw(self) -> list[tuple[str, int, str]]:
+        return list(self._problems)
+
+    def absorb(self, corrupt: int, problems: list[tuple[str, int, str]]) -> None:
+        """Add what another process found."""
+        self.corrupt_lines += corrupt
+        room = _MAX_PROBLEMS - len(self._problems)
+        self._problems.extend(problems[: max(0, room)])
+
+    async def report(self) -> ReadReport:
+        problems: list[LineProblem] = []
+        for path in dict.fromkeys(p for p, _, _ in self._problems):
+            mine = [(o, r) for p, o, r in self._problems if p == path]
+            lines = await _line_numbers(Path(path), [o for o, _ in mine])
+            problems.extend(
+                LineProblem(file=path, line=line, offset=o, reason=r)
+                for (o, r), line in zip(mine, lines, strict=True)
+            )
+        return ReadReport(
+            corrupt_lines=self.corrupt_lines,
+            problems=problems,
+            torn_tails=list(self.torn_tails),
+        )
+
+
+async def _line_numbers(path: Path, offsets: list[int]) -> list[int]:
+    """1-based line numbers of the given byte offsets (only read when problems were found)."""
+    wanted = sorted(set(offsets))
+    found: dict[int, int] = {}
+    lines_before = 0
+    position = 0
+    try:
+        async with aiofiles.open(path, "rb") as handle:
+            while wanted and position <= wanted[-1]:
+                block = await handle.read(CHUNK_SIZE)
+                if not block:
+                    break
+                end = position + len(block)
+                for offset in wanted:
+                    if position <= offset < end and offset not in found:
+                        found[offset] = lines_before + block.count(b"\n", 0, offset - position) + 1
+                lines_before += block.count(b"\n")
+                position = end
+    except OSError:
+        pass
+    return [found.get(o, 0) for o in offsets]
+
+
+T = TypeVar("T")
+
+
+class LineDecoder(Generic[T]):
+    """Decode blocks of complete lines; fall back to line by line only when a block fails."""
+
+    def __init__(self, kind: type[T]) -> None:
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
+
+    def decode(self, data: bytes, path: str, offset: int, issues: Issues) -> list[T]:
+        """Decode a block of complete lines that starts at byte ``offset`` of ``path``."""
+        try:
+            values = self._decoder.decode_lines(data)
+        except msgspec.DecodeError:
+            values = None
+        # decode_lines treats a newline as whitespace, but it cannot glue a torn line to the
+        # next one into a valid value: a torn line is a prefix of an object, so its braces
+        # never balance, and the whole block fails instead. Then find the bad lines one by one.
+        if values is not None:
+            return values
+        return self._line_by_line(data, path, offset, issues)
+
+    def _line_by_line(self, data: bytes, path: str, offset: int, issues: Issues) -> list[T]:
+        out: list[T] = []
+        decode = self._decoder.decode
+        position = offset
+        for line in data.split(b"\n"):
+            if line.strip():
+                try:
+                    out.append(decode(line))
+                except msgspec.DecodeError as exc:
+                    issues.corrupt(path, position, str(exc))
+            position += len(line) + 1
+        return out
+
+
+async def read_blocks(
+    path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE, start: int = 0, end: int = -1
+) -> AsyncIterator[tuple[bytes, int]]:
+    """Yield ``(block of complete lines, byte offset of the block)`` until the end of ``path``
+    (or of the range ``start``..``end``, which must begin at a line start).
+
+    A last line without its newline is a line still being written: it is left out, silently
+    (its file is noted in ``issues.torn_tails``), and read complete next time.
+    A missing file yields nothing.
+    """
+    offset = start
+    tail = b""
+    try:
+        async with aiofiles.open(path, "rb") as handle:
+            if start:
+                await handle.seek(start)
+            while True:
+                size = chunk_size if end < 0 else min(chunk_size, end - offset - len(tail))
+                block = await handle.read(size) if size > 0 else b""
+                if not block:
+                    break
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    tail += block
+                    continue
+                if tail:
+                    data = tail + block[: cut + 1]
+                elif cut + 1 == len(block):
+                    data = block
+                else:
+                    data = block[: cut + 1]
+                tail = block[cut + 1 :]
+                yield data, offset
+                offset += len(data)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    if tail.strip():
+        issues.torn_tails.append(str(path))

@@ -1,0 +1,256 @@
+"""The readers' result types: plain msgspec Structs, so ``msgspec.to_builtins`` gives JSON."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ArtifactChange",
+    "BestRun",
+    "Direction",
+    "LineProblem",
+    "MetricDelta",
+    "MultiRunComparison",
+    "MultiRunRow",
+    "PairedResult",
+    "PairedSample",
+    "RankedRun",
+    "ReadReport",
+    "RecordCounts",
+    "RecordKind",
+    "RecordRow",
+    "RunComparison",
+    "RunStatus",
+    "RunSummary",
+    "Scope",
+]
+
+RunStatus = Literal["open", "completed", "failed", "cancelled", "unknown"]
+Direction = Literal["maximize", "minimize"]
+Scope = Literal["run", "stage", "batch", "sample"]
+RecordKind = Literal["metric", "event", "span", "artifact"]
+
+
+class _R(msgspec.Struct, kw_only=True):
+    """Base of the result types."""
+
+
+class LineProblem(_R):
+    """A line that could not be decoded: its file, 1-based line number, byte offset, why."""
+
+    file: str
+    line: int
+    offset: int
+    reason: str
+
+
+class ReadReport(_R):
+    """What reading skipped. ``problems`` keeps the first 50 corrupt lines.
+
+    ``torn_tails`` lists files whose last line had no newline yet (a writer was mid-line);
+    that line was left out silently and is read once complete.
+    """
+
+    corrupt_lines: int = 0
+    problems: list[LineProblem] = msgspec.field(default_factory=list)
+    torn_tails: list[str] = msgspec.field(default_factory=list)
+
+
+class RecordCounts(_R):
+    metrics: int = 0
+    events: int = 0
+    spans: int = 0
+    artifacts: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.metrics + self.events + self.spans + self.artifacts + self.other
+
+
+class RunSummary(_R):
+    """One run as the workspace records it.
+
+    ``status`` is the newest CONTEXT line's status, or ``"unknown"`` for a run known only from
+    its records (a Contexta 1.0.0 workspace); there ``started_at``/``ended_at`` are the first
+    and last record times. ``source`` says which: ``"context"`` or ``"records"``.
+    """
+
+    ref: str
+    name: str
+    project: str
+    status: RunStatus
+    started_at: str | None
+    ended_at: str | None
+    dataset_ref: str | None
+    stages: list[str]
+    counts: RecordCounts
+    failure_reason: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    source: Literal["context", "records"] = "context"
+
+
+class RecordRow(_R):
+    """One metric, event, span or artifact of a run, as streamed by ``Workspace.records``.
+
+    ``key`` is the metric key, event key, span name or artifact kind; ``stage``, ``batch`` and
+    ``sample`` are names (the last ref component), ``None`` where the record has no such scope.
+    """
+
+    kind: RecordKind
+    ref: str
+    run_ref: str
+    key: str
+    stage: str | None
+    batch: str | None
+    sample: str | None
+    recorded_at: str
+    value: float | None = None
+    value_type: str | None = None
+    unit: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    level: str | None = None
+    message: str | None = None
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: str | None = None
+    hash_value: str | None = None
+    location_ref: str | None = None
+    size_bytes: int | None = None
+
+
+class MetricDelta(_R):
+    """One metric of one place in both runs.
+
+    ``basis`` is ``"latest"`` for run-, stage- and batch-level metrics (the value captured last)
+    and ``"mean"`` for sample-level metrics (the mean over samples, each sample's latest value;
+    ``left_count``/``right_count`` samples). ``delta = right - left``; ``relative_change =
+    delta / |left|`` (``None`` when left is 0 or a side is missing).
+    """
+
+    stage: str | None
+    scope: Scope
+    batch: str | None
+    key: str
+    basis: Literal["latest", "mean"]
+    left: float | None
+    right: float | None
+    delta: float | None
+    relative_change: float | None
+    left_count: int
+    right_count: int
+
+
+class ArtifactChange(_R):
+    """An artifact present in one run only (added/removed) or in both with a different file."""
+
+    change: Literal["added", "removed", "changed"]
+    kind: str
+    place: str
+    left_ref: str | None
+    right_ref: str | None
+    left_hash: str | None
+    right_hash: str | None
+    left_location: str | None
+    right_location: str | None
+
+
+class PairedSample(_R):
+    name: str
+    left: float
+    right: float
+    diff: float
+
+
+class PairedResult(_R):
+    """Paired per-sample analysis of one sample-level metric (right run minus left run).
+
+    Samples are matched by name (the last component of the sample ref) within the stage,
+    whatever their batch. ``wins`` counts samples where the right run is better in
+    ``direction``, ``losses`` where it is worse. For 0/1 metrics ``mcnemar_p`` is the exact
+    McNemar p-value (two-sided binomial test on the discordant pairs), ``regressed`` names the
+    samples that went from good to bad and ``fixed`` those that went from bad to good.
+    """
+
+    stage: str | None
+    key: str
+    direction: Direction
+    direction_inferred: bool
+    n_matched: int
+    unmatched_left: list[str]
+    unmatched_right: list[str]
+    mean_left: float | None
+    mean_right: float | None
+    mean_diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    resamples: int
+    seed: int
+    method: str
+    binary: bool
+    wins: int
+    losses: int
+    ties: int
+    mcnemar_p: float | None
+    regressed: list[str]
+    fixed: list[str]
+    samples: list[PairedSample] | None = None
+
+
+class RunComparison(_R):
+    left: RunSummary
+    right: RunSummary
+    metrics: list[MetricDelta]
+    paired: list[PairedResult]
+    artifacts: list[ArtifactChange]
+    warnings: list[str]
+    notes: list[str]
+    read_report: ReadReport
+
+
+class MultiRunRow(_R):
+    """One metric across N runs; ``values[i]`` belongs to ``runs[i]`` (``None`` if missing)."""
+
+    stage: str | None
+    scope: Scope
+    batch: str | None
+    key: str
+    basis: Literal["latest", "mean"]
+    values: list[float | None]
+    counts: list[int]
+    direction: Direction
+    direction_inferred: bool
+    best: list[str]
+
+
+class MultiRunComparison(_R):
+    runs: list[RunSummary]
+    rows: list[MultiRunRow]
+    warnings: list[str]
+    notes: list[str]
+    read_report: ReadReport
+
+
+class RankedRun(_R):
+    run: str
+    value: float | None
+    rank: int | None
+
+
+class BestRun(_R):
+    """The best run(s) by one metric. ``winners`` has several refs when they tie."""
+
+    metric: str
+    stage: str | None
+    scope: Scope
+    batch: str | None
+    basis: Literal["latest", "mean"]
+    direction: Direction
+    direction_inferred: bool
+    winners: list[str]
+    tie: bool
+    ranking: list[RankedRun]
+    missing: list[str]
+    read_report: ReadReport

@@ -1,0 +1,197 @@
+"""Scan a large ``record.jsonl`` with several processes, one byte range each.
+
+Decoding JSON is CPU-bound and msgspec holds the GIL, so threads cannot share the work; on a
+machine with more than one core a large file is split at line boundaries into ranges, each
+scanned by a forked child (which has every module loaded: no interpreter start, no re-import
+of the user's main module). A child reads its range with plain blocking reads (it runs no
+event loop), aggregates it exactly as the in-process path does, and sends back only the
+aggregate, pickled, through a pipe. The parent awaits the pipes in worker threads, so its
+event loop stays free, and merges the aggregates in file order (later values win).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import anyio
+import anyio.to_thread
+
+from ._decode import CHUNK_SIZE, Issues, LineDecoder, RecordLine
+from ._errors import UnreadableFileError
+from ._scan import Accumulator, RecordScan
+
+__all__ = ["PARALLEL_MIN_BYTES", "can_fork", "default_workers", "scan_records_parallel"]
+
+PARALLEL_MIN_BYTES: Final = 64 << 20
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork")
+
+
+def default_workers() -> int:
+    """Worker processes for a large file: the usable cores, at most 8 (1 without fork)."""
+    if not can_fork():
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _line_start(handle: BinaryIO, position: int) -> int:
+    """The first line start at or after ``position``."""
+    if position == 0:
+        return 0
+    handle.seek(position - 1)
+    at = position - 1
+    while True:
+        block = handle.read(65536)
+        if not block:
+            return at
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return at + newline + 1
+        at += len(block)
+
+
+def scan_range(
+    path: str,
+    start: int,
+    end: int,
+    last: bool,
+    wanted: frozenset[str] | None,
+    keep_values: bool,
+    chunk_size: int,
+) -> tuple[RecordScan, int, list[tuple[str, int, str]], bool]:
+    """Scan the lines that start in ``[start, end)`` (blocking; run in a child process)."""
+    issues = Issues()
+    acc = Accumulator(wanted, keep_values)
+    decoder = LineDecoder(RecordLine)
+    with open(path, "rb") as handle:
+        begin = _line_start(handle, start)
+        stop = end if last else _line_start(handle, end)
+        handle.seek(begin)
+        offset = begin
+        tail = b""
+        while offset + len(tail) < stop:
+            block = handle.read(min(chunk_size, stop - offset - len(tail)))
+            if not block:
+                break
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                tail += block
+                continue
+            data = tail + block[: cut + 1] if tail else block[: cut + 1]
+            tail = block[cut + 1 :]
+            acc.feed(decoder.decode(data, path, offset, issues))
+            offset += len(data)
+    return acc.finish(), issues.corrupt_lines, issues.problems_raw(), bool(tail.strip())
+
+
+def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - in a child
+    status = 0
+    try:
+        try:
+            payload = pickle.dumps(("ok", scan_range(*args)), pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:
+            status = 1
+            payload = pickle.dumps(("error", type(exc).__name__, str(exc)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    finally:
+        os._exit(status)  # never return into the parent's code (event loop, atexit...)
+
+
+def _read_all(fd: int) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        part = os.read(fd, 1 << 20)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+async def scan_records_parallel(
+    path: Path,
+    issues: Issues,
+    *,
+    workers: int,
+    wanted: frozenset[str] | None = None,
+    keep_values: bool = True,
+    chunk_size: int = CHUNK_SIZE,
+) -> RecordScan:
+    """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    bounds = [size * i // workers for i in range(workers + 1)]
+    children: list[tuple[int, int]] = []
+    try:
+        for i in range(workers):
+            args = (str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, keep_values)
+            read_fd, write_fd = os.pipe()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns that fork() in a threaded process may deadlock the child.
+                # The child touches no lock another thread could hold: it only reads a file,
+                # decodes, pickles and writes to a pipe, then leaves with os._exit.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os.close(read_fd)
+                _child(write_fd, (*args, chunk_size))
+            os.close(write_fd)
+            children.append((pid, read_fd))
+        results: list[bytes] = [b""] * workers
+
+        async def collect(index: int, fd: int) -> None:
+            results[index] = await anyio.to_thread.run_sync(_read_all, fd, abandon_on_cancel=True)
+
+        async with anyio.create_task_group() as group:
+            for index, (_, fd) in enumerate(children):
+                group.start_soon(collect, index, fd)
+    except BaseException:
+        for pid, _ in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        for _pid, fd in children:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with anyio.CancelScope(shield=True):
+            for pid, _ in children:
+                await anyio.to_thread.run_sync(_reap, pid)
+    merged: RecordScan | None = None
+    for raw in results:
+        if not raw:
+            raise UnreadableFileError(str(path), "a reader process died without an answer")
+        answer = pickle.loads(raw)
+        if answer[0] != "ok":
+            if answer[1] in ("PermissionError", "FileNotFoundError", "OSError"):
+                raise UnreadableFileError(str(path), answer[2])
+            raise RuntimeError(f"reader process failed: {answer[1]}: {answer[2]}")
+        scan, corrupt, problems, torn = answer[1]
+        issues.absorb(corrupt, problems)
+        if torn:
+            issues.torn_tails.append(str(path))
+        if merged is None:
+            merged = scan
+        else:
+            merged.merge(scan)
+    assert merged is not None
+    return merged

@@ -1,0 +1,199 @@
+"""A self-contained HTML page for a two-run comparison: no script, no network asset."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+from typing import Final
+
+from ._compare import infer_direction
+from ._model import PairedResult, RunComparison, RunSummary
+
+__all__ = ["format_number", "render_html_report"]
+
+_MAX_BARS: Final = 400
+_WIDTH: Final = 640
+_HEIGHT: Final = 180
+
+_STYLE: Final = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1f24;
+max-width:72rem}
+h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}h3{font-size:1rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;padding:.25rem .5rem;
+text-align:left;font-variant-numeric:tabular-nums}th{background:#f6f8fa}
+td.num{text-align:right}.up{color:#1a7f37}.down{color:#cf222e}.warn{color:#9a6700}
+.muted{color:#57606a;font-size:.9rem}svg{background:#fff;border:1px solid #d0d7de}
+"""
+
+
+def format_number(value: float | None, *, signed: bool = False) -> str:
+    """Up to 6 significant digits; ``-`` for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:+.6g}" if signed else f"{value:.6g}"
+    return text
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}%"
+
+
+def _run_rows(label: str, run: RunSummary) -> str:
+    counts = run.counts
+    return (
+        f"<tr><th>{escape(label)}</th><td>{escape(run.ref)}</td><td>{escape(run.status)}</td>"
+        f"<td>{escape(run.dataset_ref or '-')}</td><td>{escape(', '.join(run.stages) or '-')}</td>"
+        f"<td class=num>{counts.metrics}</td><td class=num>{counts.events}</td>"
+        f"<td class=num>{counts.artifacts}</td><td>{escape(run.started_at or '-')}</td>"
+        f"<td>{escape(run.ended_at or '-')}</td></tr>"
+    )
+
+
+def _delta_class(delta: float | None, better_when_up: bool) -> str:
+    if delta is None or delta == 0:
+        return "num"
+    good = (delta > 0) == better_when_up
+    return "num up" if good else "num down"
+
+
+def _chart(result: PairedResult) -> str:
+    """Bars of the per-sample differences, sorted; many samples are shown by quantiles."""
+    samples = result.samples or []
+    if not samples:
+        return "<p class=muted>No matched samples to chart.</p>"
+    diffs = sorted(s.diff for s in samples)
+    if len(diffs) > _MAX_BARS:
+        step = (len(diffs) - 1) / (_MAX_BARS - 1)
+        shown = [diffs[round(i * step)] for i in range(_MAX_BARS)]
+        caption = f"{len(diffs)} samples, shown as {_MAX_BARS} evenly spaced quantiles"
+    else:
+        shown = diffs
+        caption = f"{len(diffs)} samples"
+    top = max(max(shown), 0.0)
+    bottom = min(min(shown), 0.0)
+    span = (top - bottom) or 1.0
+    pad = 10
+    inner = _HEIGHT - 2 * pad
+    zero_y = pad + inner * (top / span)
+    width = (_WIDTH - 2 * pad) / len(shown)
+    better_up = result.direction == "maximize"
+    bars = []
+    for i, d in enumerate(shown):
+        height = inner * abs(d) / span
+        y = zero_y - height if d > 0 else zero_y
+        color = "#8c959f" if d == 0 else "#1a7f37" if (d > 0) == better_up else "#cf222e"
+        bars.append(
+            f'<rect x="{pad + i * width:.2f}" y="{y:.2f}" width="{max(width - 0.5, 0.5):.2f}" '
+            f'height="{max(height, 0.5):.2f}" fill="{color}"/>'
+        )
+    title = escape(f"{result.stage or '(run)'} / {result.key}: right - left per sample")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" '
+        f'viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" aria-label="{title}"><title>{title}</title>'
+        + "".join(bars)
+        + f'<line x1="{pad}" x2="{_WIDTH - pad}" y1="{zero_y:.2f}" y2="{zero_y:.2f}" '
+        'stroke="#1b1f24" stroke-width="1"/>'
+        f'<text x="{pad}" y="{pad + 2}" font-size="10" dominant-baseline="hanging">'
+        f"{escape(format_number(top))}</text>"
+        f'<text x="{pad}" y="{_HEIGHT - 2}" font-size="10">{escape(format_number(bottom))}</text>'
+        f"</svg><p class=muted>Sorted differences, {escape(caption)}; green = better for the "
+        f"right run ({escape(result.direction)}).</p>"
+    )
+
+
+def _names(names: Sequence[str], limit: int = 50) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(escape(n) for n in names[:limit])
+    return shown + (f" … and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def render_html_report(comparison: RunComparison, *, title: str | None = None) -> str:
+    """The page for ``comparison``; charts need ``compare(..., include_samples=True)``."""
+    left, right = comparison.left, comparison.right
+    heading = title or f"{left.ref} vs {right.ref}"
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{escape(heading)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(heading)}</h1>",
+        "<h2>Summary</h2><table><tr><th></th><th>run</th><th>status</th><th>dataset</th>"
+        "<th>stages</th><th>metrics</th><th>events</th><th>artifacts</th><th>started</th>"
+        "<th>ended</th></tr>",
+        _run_rows("left", left),
+        _run_rows("right", right),
+        "</table>",
+    ]
+    if comparison.warnings:
+        parts.append("<h2>Warnings</h2><ul>")
+        parts.extend(f"<li class=warn>{escape(w)}</li>" for w in comparison.warnings)
+        parts.append("</ul>")
+    parts.append(
+        "<h2>Metrics</h2><table><tr><th>stage</th><th>scope</th><th>key</th><th>basis</th>"
+        "<th>left</th><th>right</th><th>delta (right - left)</th><th>relative</th></tr>"
+    )
+    for m in comparison.metrics:
+        up = infer_direction(m.key) == "maximize"
+        basis = "latest" if m.basis == "latest" else f"mean of {m.left_count} / {m.right_count}"
+        place = m.stage or "(run)"
+        parts.append(
+            f"<tr><td>{escape(place)}</td><td>{escape(m.scope)}"
+            f"{escape(' ' + m.batch) if m.batch else ''}</td><td>{escape(m.key)}</td>"
+            f"<td>{escape(basis)}</td><td class=num>{format_number(m.left)}</td>"
+            f"<td class=num>{format_number(m.right)}</td>"
+            f"<td class='{_delta_class(m.delta, up)}'>{format_number(m.delta, signed=True)}</td>"
+            f"<td class=num>{_percent(m.relative_change)}</td></tr>"
+        )
+    parts.append("</table>")
+    if comparison.paired:
+        parts.append(
+            "<h2>Paired per-sample results</h2><table><tr><th>stage</th><th>key</th>"
+            "<th>direction</th><th>matched</th><th>mean diff</th><th>CI</th><th>wins</th>"
+            "<th>losses</th><th>ties</th><th>McNemar p</th></tr>"
+        )
+        for p in comparison.paired:
+            direction = p.direction + (" (inferred)" if p.direction_inferred else "")
+            ci = (
+                f"[{format_number(p.ci_low, signed=True)}, {format_number(p.ci_high, signed=True)}]"
+            )
+            parts.append(
+                f"<tr><td>{escape(p.stage or '(run)')}</td><td>{escape(p.key)}</td>"
+                f"<td>{escape(direction)}</td><td class=num>{p.n_matched}</td>"
+                f"<td class=num>{format_number(p.mean_diff, signed=True)}</td>"
+                f"<td class=num>{escape(ci)}</td><td class=num>{p.wins}</td>"
+                f"<td class=num>{p.losses}</td><td class=num>{p.ties}</td>"
+                f"<td class=num>{format_number(p.mcnemar_p)}</td></tr>"
+            )
+        parts.append("</table>")
+        for p in comparison.paired:
+            parts.append(f"<h3>{escape(p.stage or '(run)')} / {escape(p.key)}</h3>")
+            parts.append(_chart(p))
+            if p.binary:
+                parts.append(
+                    f"<p>Fixed: {_names(p.fixed)}</p><p>Regressed: {_names(p.regressed)}</p>"
+                )
+            if p.unmatched_left or p.unmatched_right:
+                parts.append(
+                    f"<p class=warn>Only in left: {_names(p.unmatched_left)}. "
+                    f"Only in right: {_names(p.unmatched_right)}.</p>"
+                )
+    if comparison.artifacts:
+        parts.append(
+            "<h2>Artifacts</h2><table><tr><th>change</th><th>kind</th><th>place</th>"
+            "<th>left</th><th>right</th></tr>"
+        )
+        for a in comparison.artifacts:
+            lhs = f"{a.left_location or '-'} {(a.left_hash or '')[:12]}"
+            rhs = f"{a.right_location or '-'} {(a.right_hash or '')[:12]}"
+            parts.append(
+                f"<tr><td>{escape(a.change)}</td><td>{escape(a.kind)}</td>"
+                f"<td>{escape(a.place)}</td><td>{escape(lhs)}</td><td>{escape(rhs)}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("<h2>Notes</h2><ul>")
+    parts.extend(f"<li class=muted>{escape(n)}</li>" for n in comparison.notes)
+    report = comparison.read_report
+    if report.corrupt_lines:
+        parts.append(f"<li class=warn>{report.corrupt_lines} corrupt line(s) skipped</li>")
+    parts.append("</ul></body></html>\n")
+    return "".join(parts)

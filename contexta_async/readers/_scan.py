@@ -1,0 +1,340 @@
+"""One pass over each capture file, aggregating only what the answers need.
+
+Per block, the work is done by C-level passes (``map`` with ``attrgetter``, ``zip``,
+``Counter.update``, ``dict.update``, ``itertools.compress``) instead of a Python loop per
+record: that keeps the cost per record near msgspec's decoding cost. Memory holds one block,
+the per-run counters, and the latest value per (subject, metric key) of the wanted runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from itertools import compress, repeat
+from operator import attrgetter, is_not, itemgetter, not_
+from pathlib import Path
+from typing import Any, Final
+
+from ._compare import RunMetrics, collect_metrics
+from ._decode import (
+    CHUNK_SIZE,
+    ArtifactLine,
+    ContextLine,
+    Issues,
+    LineDecoder,
+    RecordLine,
+    _Body,
+    _Envelope,
+    read_blocks,
+)
+
+__all__ = [
+    "Accumulator",
+    "ArtifactInfo",
+    "RecordScan",
+    "RunInfo",
+    "read_artifacts",
+    "read_context",
+    "scan_records",
+]
+
+_ENV = attrgetter("payload.envelope")
+_BODY = attrgetter("payload.payload")
+_RUN = attrgetter("run_ref")
+_TYPE = attrgetter("payload_type")
+_STAGE = attrgetter("stage_execution_ref")
+_BATCH = attrgetter("batch_execution_ref")
+_SAMPLE = attrgetter("sample_observation_ref")
+_KEY = attrgetter("metric_key")
+_VALUE = attrgetter("value")
+_IS_METRIC = "MetricRecord".__eq__
+
+# Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
+# a JSON string is escaped, so these bytes only occur as the line's own payload_type.
+_RUN_LINE: Final = b'"payload_type":"Run"'
+_STAGE_LINE: Final = b'"payload_type":"StageExecution"'
+
+
+class RunInfo:
+    """What the CONTEXT lines say about one run (the newest line wins)."""
+
+    __slots__ = (
+        "dataset_ref",
+        "ended_at",
+        "failure_reason",
+        "name",
+        "project",
+        "ref",
+        "stages",
+        "started_at",
+        "status",
+        "tags",
+    )
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        value = ref.split(":", 1)[-1]
+        self.project = value.split(".", 1)[0]
+        self.name = value.rsplit(".", 1)[-1]
+        self.status = "unknown"
+        self.started_at: str | None = None
+        self.ended_at: str | None = None
+        self.dataset_ref: str | None = None
+        self.failure_reason: str | None = None
+        self.tags: dict[str, str] = {}
+        self.stages: dict[str, int] = {}
+
+
+class RecordScan:
+    """Per-run counts and stages of every run; the metrics of the wanted runs."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.stage_refs: set[str | None] = set()
+        self.first_time: dict[str, str] = {}
+        self.last_time: dict[str, str] = {}
+        self.metrics: dict[str, RunMetrics] = {}
+        self.records = 0
+
+    def run_refs(self) -> set[str]:
+        return {run for run, _ in self.counts}
+
+    def merge(self, later: RecordScan) -> None:
+        """Fold in the scan of a later part of the same file."""
+        self.counts.update(later.counts)
+        self.stage_refs.update(later.stage_refs)
+        for run, stamp in later.first_time.items():
+            self.first_time.setdefault(run, stamp)
+        self.last_time.update(later.last_time)
+        for run, metrics in later.metrics.items():
+            mine = self.metrics.get(run)
+            if mine is None:
+                self.metrics[run] = metrics
+            else:
+                mine.merge(metrics)
+        self.records += later.records
+
+
+class Accumulator:
+    """Feeds decoded blocks into a RecordScan with C-level passes over each block."""
+
+    def __init__(self, wanted: frozenset[str] | None, keep_values: bool) -> None:
+        self.scan = RecordScan()
+        self.wanted = wanted
+        self.keep_values = keep_values
+        # (parent ref of the samples, metric key) -> sample name -> the value captured last.
+        self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
+        # (subject ref, metric key) -> the value captured last (run/stage/batch metrics).
+        self.others: dict[tuple[str, str], float | None] = {}
+
+    def feed(self, lines: list[RecordLine]) -> None:
+        if not lines:
+            return
+        scan = self.scan
+        scan.records += len(lines)
+        envs = list(map(_ENV, lines))
+        runs = list(map(_RUN, envs))
+        types = list(map(_TYPE, lines))
+        scan.counts.update(zip(runs, types, strict=False))
+        scan.stage_refs.update(map(_STAGE, envs))
+        last = dict(zip(runs, envs, strict=False))
+        if not scan.first_time.keys() >= last.keys():
+            first = dict(zip(reversed(runs), reversed(envs), strict=False))
+            for run, env in first.items():
+                scan.first_time.setdefault(run, env.recorded_at)
+        for run, env in last.items():
+            scan.last_time[run] = env.recorded_at
+        if not self.keep_values:
+            return
+        wanted = self.wanted
+        if wanted is not None and not wanted.issuperset(last):
+            keep = list(map(wanted.__contains__, runs))
+            lines = list(compress(lines, keep))
+            types = list(compress(types, keep))
+            envs = list(compress(envs, keep))
+        is_metric = list(map(_IS_METRIC, types))
+        envs = list(compress(envs, is_metric))
+        if not envs:
+            return
+        bodies = list(map(_BODY, compress(lines, is_metric)))
+        samples: list[Any] = list(map(_SAMPLE, envs))
+        if None in samples:
+            at_sample = list(map(is_not, samples, repeat(None)))
+            self._others(
+                compress(envs, map(not_, at_sample)), compress(bodies, map(not_, at_sample))
+            )
+            envs = list(compress(envs, at_sample))
+            bodies = list(compress(bodies, at_sample))
+            samples = list(compress(samples, at_sample))
+            if not envs:
+                return
+        stages = set(map(_STAGE, envs))
+        batches = set(map(_BATCH, envs))
+        if len(stages) == 1 and len(batches) == 1:
+            (stage,) = stages
+            (batch,) = batches
+            self._one_parent(batch or stage, samples, bodies)
+        else:  # samples of several stages/batches interleaved in one block
+            for env, sample, body in zip(envs, samples, bodies, strict=True):
+                parent = env.batch_execution_ref or env.stage_execution_ref or ""
+                self._one_parent(parent, [sample], [body])
+
+    def _one_parent(self, parent: str, samples: list[str], bodies: list[_Body]) -> None:
+        # sample:<parent components>.<name>: the name is what follows the parent's components.
+        cut = itemgetter(slice(len(parent) - parent.index(":") + len("sample:"), None))
+        names = list(map(sys.intern, map(cut, samples)))
+        keys = list(map(_KEY, bodies))
+        values = list(map(_VALUE, bodies))
+        groups = self.samples
+        distinct = dict.fromkeys(keys)
+        if len(distinct) == 1:
+            (key,) = distinct
+            target = groups.get((parent, key))
+            if target is None:
+                target = groups[(parent, sys.intern(key))] = {}
+            target.update(zip(names, values, strict=False))
+            return
+        # One C-level pass per distinct key of the block (a handful), not a step per record;
+        # compress keeps capture order, so the last value per sample wins.
+        for key in distinct:
+            target = groups.get((parent, key))
+            if target is None:
+                target = groups[(parent, sys.intern(key))] = {}
+            chosen = list(map(key.__eq__, keys))
+            target.update(zip(compress(names, chosen), compress(values, chosen), strict=False))
+
+    def _others(self, envs: Iterable[_Envelope], bodies: Iterable[_Body]) -> None:
+        others = self.others
+        for env, body in zip(envs, bodies, strict=False):
+            subject = body.subject_ref or env.batch_execution_ref or env.stage_execution_ref
+            others[(subject or env.run_ref, body.metric_key or "")] = body.value
+
+    def finish(self) -> RecordScan:
+        runs = self.scan.run_refs() if self.wanted is None else self.wanted
+        self.scan.metrics = collect_metrics(self.samples, self.others, runs)
+        self.samples = {}
+        self.others = {}
+        return self.scan
+
+
+async def scan_records(
+    path: Path,
+    issues: Issues,
+    *,
+    wanted: frozenset[str] | None = None,
+    keep_values: bool = True,
+    chunk_size: int = CHUNK_SIZE,
+) -> RecordScan:
+    """Scan ``record.jsonl`` in this process. With ``keep_values``, keep the latest value per
+    (subject, key) of the ``wanted`` runs (every run when ``wanted`` is None)."""
+    acc = Accumulator(wanted, keep_values)
+    decoder = LineDecoder(RecordLine)
+    name = str(path)
+    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
+        acc.feed(decoder.decode(block, name, offset, issues))
+    return acc.finish()
+
+
+async def read_context(
+    path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE
+) -> dict[str, RunInfo]:
+    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
+    runs: dict[str, RunInfo] = {}
+    decoder = LineDecoder(ContextLine)
+    name = str(path)
+    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
+        starts: list[int] = []
+        for pattern in (_RUN_LINE, _STAGE_LINE):
+            at = block.find(pattern)
+            while at >= 0:
+                starts.append(block.rfind(b"\n", 0, at) + 1)
+                at = block.find(pattern, at + len(pattern))
+        starts.sort()
+        for start in starts:
+            end = block.find(b"\n", start)
+            for line in decoder.decode(block[start : end + 1], name, offset + start, issues):
+                _apply_context(runs, line)
+    return runs
+
+
+def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
+    body = line.payload
+    info = runs.get(body.run_ref)
+    if info is None:
+        info = runs[body.run_ref] = RunInfo(body.run_ref)
+    if line.payload_type == "Run":
+        if body.name:
+            info.name = body.name
+        if body.project_ref:
+            info.project = body.project_ref.split(":", 1)[-1]
+        info.status = body.status
+        info.started_at = body.started_at
+        info.ended_at = body.ended_at
+        info.dataset_ref = body.dataset_ref
+        info.failure_reason = body.failure_reason
+        info.tags = dict(body.tags or {})
+    elif line.payload_type == "StageExecution":
+        stage = (body.stage_execution_ref or "").rsplit(".", 1)[-1] or body.stage_name or "?"
+        info.stages.setdefault(stage, body.order_index)
+
+
+class ArtifactInfo:
+    """One ARTIFACT line, narrowed; ``place`` is its scope relative to the run
+    (``""`` for the run itself, ``"evaluate"``, ``"evaluate.case-1"``...)."""
+
+    __slots__ = (
+        "batch",
+        "hash_value",
+        "kind",
+        "location_ref",
+        "place",
+        "recorded_at",
+        "ref",
+        "run_ref",
+        "sample",
+        "sample_ref",
+        "size_bytes",
+        "stage",
+        "stage_ref",
+    )
+
+    def __init__(self, line: ArtifactLine) -> None:
+        manifest = line.payload.manifest
+        self.ref = manifest.artifact_ref
+        self.kind = manifest.artifact_kind
+        self.run_ref = manifest.run_ref
+        self.hash_value = manifest.hash_value
+        self.location_ref = manifest.location_ref
+        self.size_bytes = manifest.size_bytes
+        self.recorded_at = manifest.created_at
+        self.stage_ref = manifest.stage_execution_ref
+        self.sample_ref = manifest.sample_observation_ref
+        self.stage = _last(manifest.stage_execution_ref)
+        self.batch = _last(manifest.batch_execution_ref)
+        self.sample = _last(manifest.sample_observation_ref)
+        self.place = ".".join(p for p in (self.stage, self.batch, self.sample) if p)
+
+
+def _last(ref: str | None) -> str | None:
+    return None if ref is None else ref.rsplit(".", 1)[-1]
+
+
+async def read_artifacts(
+    path: Path,
+    issues: Issues,
+    *,
+    wanted: Iterable[str] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> dict[str, list[ArtifactInfo]]:
+    """Artifacts per run ref, in capture order."""
+    chosen = None if wanted is None else frozenset(wanted)
+    out: dict[str, list[ArtifactInfo]] = {}
+    decoder = LineDecoder(ArtifactLine)
+    name = str(path)
+    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
+        for line in decoder.decode(block, name, offset, issues):
+            run = line.payload.manifest.run_ref
+            if chosen is None or run in chosen:
+                out.setdefault(run, []).append(ArtifactInfo(line))
+    return out

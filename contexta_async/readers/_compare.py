@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
+from itertools import compress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -61,6 +63,7 @@ MINIMIZE_WORDS: Final = frozenset(
 )
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
 _DIGITS = re.compile(r"(\d+)")
+_BINARY: Final = frozenset({0.0, 1.0})
 
 Place = tuple[str | None, Scope, str | None, str]  # (stage, scope, batch, key)
 
@@ -239,28 +242,25 @@ def paired_results(
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        matched = sorted(lmap.keys() & rmap.keys(), key=natural_key)
+        # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
+        # natural order ("case-2" before "case-10") only for the lists shown to people.
+        matched = sorted(lmap.keys() & rmap.keys())
         direction, inferred = _direction_for(key, directions)
-        diffs = [rmap[name] - lmap[name] for name in matched]
         n = len(matched)
-        lvals = [lmap[name] for name in matched]
-        rvals = [rmap[name] for name in matched]
-        binary = (
-            n > 0 and all(v in (0.0, 1.0) for v in lvals) and all(v in (0.0, 1.0) for v in rvals)
-        )
-        sign = 1.0 if direction == "maximize" else -1.0
-        wins = sum(1 for d in diffs if d * sign > 0)
-        losses = sum(1 for d in diffs if d * sign < 0)
+        lvals = list(map(lmap.__getitem__, matched))
+        rvals = list(map(rmap.__getitem__, matched))
+        diffs = list(map(operator.sub, rvals, lvals))
+        binary = n > 0 and set(lvals) <= _BINARY and set(rvals) <= _BINARY
+        better = (0.0).__lt__ if direction == "maximize" else (0.0).__gt__
+        worse = (0.0).__gt__ if direction == "maximize" else (0.0).__lt__
+        wins = sum(map(better, diffs))
+        losses = sum(map(worse, diffs))
         regressed: list[str] = []
         fixed: list[str] = []
         p_value = None
         if binary:
-            good = 1.0 if direction == "maximize" else 0.0
-            for name, lv, rv in zip(matched, lvals, rvals, strict=True):
-                if lv == good and rv != good:
-                    regressed.append(name)
-                elif lv != good and rv == good:
-                    fixed.append(name)
+            regressed = sorted(compress(matched, map(worse, diffs)), key=natural_key)
+            fixed = sorted(compress(matched, map(better, diffs)), key=natural_key)
             p_value = mcnemar_exact(len(regressed), len(fixed))
         low: float | None = None
         high: float | None = None
@@ -295,10 +295,13 @@ def paired_results(
                 mcnemar_p=p_value,
                 regressed=regressed,
                 fixed=fixed,
-                samples=[
-                    PairedSample(name=name, left=lv, right=rv, diff=d)
-                    for name, lv, rv, d in zip(matched, lvals, rvals, diffs, strict=True)
-                ]
+                samples=sorted(
+                    (
+                        PairedSample(name=name, left=lv, right=rv, diff=d)
+                        for name, lv, rv, d in zip(matched, lvals, rvals, diffs, strict=True)
+                    ),
+                    key=lambda s: natural_key(s.name),
+                )
                 if include_samples
                 else None,
             )

@@ -240,7 +240,8 @@ class Workspace:
                 size = 0
             except OSError as exc:
                 raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-            workers = min(workers, max(1, size // (PARALLEL_MIN_BYTES // 2)))
+            # At least half the threshold per process, so small files are not split thin.
+            workers = min(workers, max(1, size // max(1, PARALLEL_MIN_BYTES // 2)))
             if size >= PARALLEL_MIN_BYTES and workers > 1:
                 return await scan_records_parallel(
                     path,

@@ -1,0 +1,152 @@
+"""Paired statistics, checked against scipy/numpy and hand computations (in the tests only)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from contexta_async.readers import mcnemar_exact, paired_bootstrap_ci
+from contexta_async.readers._stats import _percentile, binomial_variate
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (0, 0, 1.0),
+        (3, 3, 1.0),
+        (0, 5, 2 / 32),  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+        (1, 6, 2 * (1 + 7) / 128),  # 2 * (C(7,0) + C(7,1)) / 2^7
+        (6, 1, 2 * (1 + 7) / 128),  # symmetric in b and c
+        (2, 8, 2 * (1 + 10 + 45) / 1024),
+    ],
+)
+def test_mcnemar_exact_matches_hand_computation(b: int, c: int, expected: float) -> None:
+    assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("b", "c"),
+    [(1, 0), (4, 9), (10, 25), (30, 31), (120, 80), (1000, 1100), (2500, 2600), (2900, 3300)],
+)
+def test_mcnemar_exact_matches_scipy_binomtest(b: int, c: int) -> None:
+    # (2500, 2600) and beyond take the floating-point path (more than 4000 discordant pairs).
+    expected = stats.binomtest(min(b, c), b + c, 0.5).pvalue
+    assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_mcnemar_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        mcnemar_exact(-1, 2)
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    rng = random.Random(3)
+    values = sorted(rng.random() for _ in range(37))
+    for q in (0.0, 0.025, 0.5, 0.975, 1.0):
+        assert _percentile(values, q) == pytest.approx(float(np.percentile(values, q * 100)))
+
+
+@pytest.mark.parametrize(("n", "p"), [(20, 0.1), (15, 0.9), (1000, 0.3), (50_000, 0.5)])
+def test_binomial_variate_has_the_binomial_mean_and_variance(n: int, p: float) -> None:
+    rng = random.Random(11)
+    draws = [binomial_variate(rng, n, p) for _ in range(20_000)]
+    assert all(0 <= d <= n for d in draws)
+    mean = sum(draws) / len(draws)
+    variance = sum((d - mean) ** 2 for d in draws) / (len(draws) - 1)
+    sd = math.sqrt(n * p * (1 - p))
+    assert abs(mean - n * p) < 5 * sd / math.sqrt(len(draws))
+    assert variance == pytest.approx(n * p * (1 - p), rel=0.05)
+    # The whole distribution, not only two moments: a KS distance to scipy's binomial CDF.
+    ordered = sorted(draws)
+    cdf = stats.binom(n, p).cdf
+    gap = max(
+        abs((i + 1) / len(ordered) - cdf(v))
+        for i, v in enumerate(ordered)
+        if (i + 1 == len(ordered) or ordered[i + 1] != v)
+    )
+    assert gap < 0.02
+
+
+def _exact_bootstrap_quantiles(diffs: list[float], qs: tuple[float, float]) -> list[float]:
+    """Every one of the n^n equally likely resamples, enumerated (tiny n only)."""
+    means = sorted(sum(pick) / len(diffs) for pick in itertools.product(diffs, repeat=len(diffs)))
+    return [float(np.percentile(means, q * 100)) for q in qs]
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_bootstrap_interval_matches_the_exact_bootstrap_distribution(use_numpy: bool) -> None:
+    diffs = [0.0, 1.0, -1.0, 1.0, 0.5, 1.0]
+    low, high = _exact_bootstrap_quantiles(diffs, (0.025, 0.975))
+    result = paired_bootstrap_ci(diffs, resamples=40_000, seed=5, use_numpy=use_numpy)
+    assert result.method == ("numpy" if use_numpy else "python")
+    assert result.low == pytest.approx(low, abs=0.03)
+    assert result.high == pytest.approx(high, abs=0.03)
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_grouped_bootstrap_of_a_binary_metric_agrees_with_scipy(use_numpy: bool) -> None:
+    # 0/1 metric on 400 samples: differences take three values, so resamples are drawn as
+    # multinomial counts; scipy resamples the 400 values one by one.
+    rng = random.Random(2)
+    left = [float(rng.random() < 0.6) for _ in range(400)]
+    right = [float(rng.random() < 0.7) for _ in range(400)]
+    diffs = [r - lft for lft, r in zip(left, right, strict=True)]
+    ours = paired_bootstrap_ci(diffs, resamples=20_000, seed=1, use_numpy=use_numpy)
+    theirs = stats.bootstrap(
+        (np.array(diffs),),
+        np.mean,
+        n_resamples=20_000,
+        method="percentile",
+        random_state=np.random.default_rng(9),
+    ).confidence_interval
+    assert ours.low == pytest.approx(theirs.low, abs=0.006)
+    assert ours.high == pytest.approx(theirs.high, abs=0.006)
+    mean = sum(diffs) / len(diffs)
+    assert ours.low < mean < ours.high
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_bootstrap_of_a_continuous_metric_agrees_with_scipy(use_numpy: bool) -> None:
+    rng = random.Random(4)
+    diffs = [rng.gauss(0.3, 2.0) for _ in range(150)]
+    ours = paired_bootstrap_ci(diffs, resamples=10_000, seed=3, use_numpy=use_numpy)
+    theirs = stats.bootstrap(
+        (np.array(diffs),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        random_state=np.random.default_rng(8),
+    ).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours.low == pytest.approx(theirs.low, abs=0.05 * width)
+    assert ours.high == pytest.approx(theirs.high, abs=0.05 * width)
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_bootstrap_is_reproducible_for_a_seed(use_numpy: bool) -> None:
+    rng = random.Random(6)
+    diffs = [rng.choice([-1.0, 0.0, 1.0, 0.5]) for _ in range(300)]
+    first = paired_bootstrap_ci(diffs, resamples=500, seed=42, use_numpy=use_numpy)
+    again = paired_bootstrap_ci(diffs, resamples=500, seed=42, use_numpy=use_numpy)
+    other = paired_bootstrap_ci(diffs, resamples=500, seed=43, use_numpy=use_numpy)
+    assert first == again
+    assert (first.low, first.high) != (other.low, other.high)
+
+
+def test_bootstrap_edge_cases() -> None:
+    assert paired_bootstrap_ci([0.25] * 10) == (0.25, 0.25, "constant")
+    assert paired_bootstrap_ci([2.0]) == (2.0, 2.0, "constant")
+    with pytest.raises(ValueError, match="no differences"):
+        paired_bootstrap_ci([])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap_ci([1.0, 2.0], confidence=1.0)
+    with pytest.raises(ValueError, match="resamples"):
+        paired_bootstrap_ci([1.0, 2.0], resamples=0)
+    narrow = paired_bootstrap_ci([0.0, 1.0] * 50, confidence=0.5, seed=1)
+    wide = paired_bootstrap_ci([0.0, 1.0] * 50, confidence=0.99, seed=1)
+    assert wide.low < narrow.low < narrow.high < wide.high

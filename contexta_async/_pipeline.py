@@ -35,6 +35,7 @@ from ._errors import (
     LifecycleError,
     QueueFullError,
     ShutdownTimeoutError,
+    ValidationError,
 )
 from ._records import DEGRADATION, DegradationRecord, Item
 from ._waiters import READY, AsyncWaiter, ThreadWaiter
@@ -521,6 +522,12 @@ class Pipeline:
         self._check_flush(target, start)
 
     def flush_blocking(self, timeout: float | None = None) -> None:
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise ValidationError(
+                "timeout", "must be None or a non-negative number of seconds", timeout
+            )
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._reported)
         if threading.get_ident() == self._writer_thread_id:

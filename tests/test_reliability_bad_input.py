@@ -1,0 +1,323 @@
+"""Bad input: every kind of invalid argument gets a typed error naming the field, at the call,
+and the records captured around it are unaffected. Limits on size and nesting are enforced
+with clear errors (never a RecursionError, a hang or a half-written line)."""
+
+from __future__ import annotations
+
+import decimal
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contexta_async import (
+    ConfigurationError,
+    Contexta,
+    LocalJsonlSink,
+    MemorySink,
+    ValidationError,
+)
+
+from ._children.verify import read_family
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    """A mapping nested ``levels`` deep, built without recursion."""
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(levels - 1):
+        node["d"] = {}
+        node = node["d"]
+    return root
+
+
+def _cyclic() -> dict[str, Any]:
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    return cycle
+
+
+# ---- options -------------------------------------------------------------------------------
+
+OPTIONS: list[tuple[str, dict[str, Any], str]] = [
+    ("workspace-empty", {"workspace": ""}, "workspace"),
+    ("workspace-int", {"workspace": 5}, "workspace"),
+    ("config-list", {"config": [("project_name", "p")]}, "config"),
+    ("sinks-empty", {"sinks": []}, "sinks"),
+    ("sinks-not-sink", {"sinks": [object()]}, "sinks"),
+    ("sinks-same-name", {"sinks": [MemorySink(), MemorySink()]}, "sinks"),
+    ("queue_size-zero", {"queue_size": 0}, "queue_size"),
+    ("queue_size-negative", {"queue_size": -1}, "queue_size"),
+    ("queue_size-str", {"queue_size": "10"}, "queue_size"),
+    ("queue_size-float", {"queue_size": 1.5}, "queue_size"),
+    ("queue_size-bool", {"queue_size": True}, "queue_size"),
+    ("max_batch_size-zero", {"max_batch_size": 0}, "max_batch_size"),
+    ("fsync-str", {"fsync": "yes"}, "fsync"),
+    ("overflow-unknown", {"overflow": "drop"}, "overflow"),
+    ("shutdown_timeout-negative", {"shutdown_timeout": -1}, "shutdown_timeout"),
+    ("shutdown_timeout-nan", {"shutdown_timeout": float("nan")}, "shutdown_timeout"),
+    ("shutdown_timeout-str", {"shutdown_timeout": "1"}, "shutdown_timeout"),
+    ("max_retries-negative", {"max_retries": -1}, "max_retries"),
+    ("max_retries-float", {"max_retries": 1.0}, "max_retries"),
+    ("retry_backoff-negative", {"retry_backoff": -0.1}, "retry_backoff"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"), [c[1:] for c in OPTIONS], ids=[c[0] for c in OPTIONS]
+)
+def test_an_invalid_option_raises_configuration_error_naming_it(
+    tmp_path: Path, options: dict[str, Any], field: str
+) -> None:
+    arguments = {"workspace": tmp_path, "config": {"project_name": "p"}, **options}
+    with pytest.raises(ConfigurationError) as caught:
+        Contexta(**arguments)
+    assert caught.value.field == field and field in str(caught.value)
+    assert not (tmp_path / "cache").exists()  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("project_name", "rule"),
+    [("", "blank"), ("!!!", "letter or digit"), (5, "string"), ("a\x00b", "NUL")],
+)
+def test_an_invalid_project_name_is_rejected_naming_the_config_key(
+    tmp_path: Path, project_name: Any, rule: str
+) -> None:
+    with pytest.raises(ValidationError, match=rule) as caught:
+        Contexta(workspace=tmp_path, config={"project_name": project_name})
+    assert caught.value.field == "config.project_name"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [({"storage_root": 5}, "storage_root"), ({"storage_root": ".", "name": " "}, "name")],
+)
+def test_an_invalid_sink_option_raises_configuration_error(
+    arguments: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        LocalJsonlSink(**arguments)
+    assert caught.value.field == field
+
+
+# ---- captured values -----------------------------------------------------------------------
+
+Call = Callable[[Any, Any, Any, Path], object]
+
+CASES: list[tuple[str, Call, str]] = [
+    # names of runs, stages, batches and samples
+    ("run-name-int", lambda ctx, st, s, p: ctx.run(5), "run name"),
+    ("run-name-blank", lambda ctx, st, s, p: ctx.run("   "), "run name"),
+    ("run-name-nul", lambda ctx, st, s, p: ctx.run("a\x00b"), "run name"),
+    ("run-name-punctuation", lambda ctx, st, s, p: ctx.run("!?!"), "run name"),
+    ("run-name-huge", lambda ctx, st, s, p: ctx.run("x" * 10_000_000), "run name"),
+    ("run-name-too-long-ref", lambda ctx, st, s, p: ctx.run("x" * 64), "run name"),
+    ("stage-name-blank", lambda ctx, st, s, p: st.batch(""), "batch name"),
+    ("sample-name-nul", lambda ctx, st, s, p: st.sample("\x00"), "sample name"),
+    (
+        "sample-ref-over-255",
+        lambda ctx, st, s, p: (
+            ctx.run("r" * 63)
+            .__enter__()
+            .stage("s" * 63)
+            .__enter__()
+            .batch("b" * 63)
+            .__enter__()
+            .sample("c" * 63)
+        ),
+        "sample name",
+    ),
+    # run fields
+    ("dataset_ref", lambda ctx, st, s, p: ctx.run("x", dataset_ref="iris"), "dataset_ref"),
+    ("run-tags", lambda ctx, st, s, p: ctx.run("x", tags={"k": ""}), "tags['k']"),
+    ("metadata", lambda ctx, st, s, p: ctx.run("x", metadata={"a": {1}}), "metadata['a']"),
+    ("code_revision", lambda ctx, st, s, p: ctx.run("x", code_revision=" "), "code_revision"),
+    # metric keys and values
+    ("key-int", lambda ctx, st, s, p: s.metric(5, 1.0), "key"),
+    ("key-blank", lambda ctx, st, s, p: s.metric(" ", 1.0), "key"),
+    ("key-upper", lambda ctx, st, s, p: s.metric("Bad Key", 1.0), "key"),
+    ("key-empty-part", lambda ctx, st, s, p: s.metric("a..b", 1.0), "key"),
+    ("key-digit", lambda ctx, st, s, p: s.metric("1abc", 1.0), "key"),
+    ("key-newline", lambda ctx, st, s, p: s.metric("a\nb", 1.0), "key"),
+    ("key-256", lambda ctx, st, s, p: s.metric("k" * 256, 1.0), "key"),
+    ("value-nan", lambda ctx, st, s, p: s.metric("m", float("nan")), "value"),
+    ("value-inf", lambda ctx, st, s, p: s.metric("m", float("-inf")), "value"),
+    ("value-bool", lambda ctx, st, s, p: s.metric("m", True), "value"),
+    ("value-str", lambda ctx, st, s, p: s.metric("m", "1"), "value"),
+    ("value-none", lambda ctx, st, s, p: s.metric("m", None), "value"),
+    ("value-int-65-bits", lambda ctx, st, s, p: s.metric("m", 2**64), "value"),
+    ("value-decimal", lambda ctx, st, s, p: s.metric("m", decimal.Decimal("0.1")), "value"),
+    ("value-complex", lambda ctx, st, s, p: s.metric("m", 1j), "value"),
+    ("value-list", lambda ctx, st, s, p: s.metric("m", [1]), "value"),
+    ("unit-blank", lambda ctx, st, s, p: s.metric("m", 1, unit=""), "unit"),
+    ("unit-256", lambda ctx, st, s, p: s.metric("m", 1, unit="u" * 256), "unit"),
+    ("unit-nul", lambda ctx, st, s, p: s.metric("m", 1, unit="a\x00"), "unit"),
+    ("scope", lambda ctx, st, s, p: s.metric("m", 1, aggregation_scope="x"), "aggregation_scope"),
+    ("basis", lambda ctx, st, s, p: s.metric("m", 1, summary_basis=" "), "summary_basis"),
+    # tags
+    ("tags-str", lambda ctx, st, s, p: s.metric("m", 1, tags="a=b"), "tags"),
+    ("tags-int-key", lambda ctx, st, s, p: s.metric("m", 1, tags={1: "a"}), "tags key"),
+    ("tags-int-value", lambda ctx, st, s, p: s.metric("m", 1, tags={"k": 1}), "tags['k']"),
+    ("tags-blank-key", lambda ctx, st, s, p: s.metric("m", 1, tags={"": "v"}), "tags key"),
+    (
+        "tags-65",
+        lambda ctx, st, s, p: s.metric("m", 1, tags={f"{i}": "v" for i in range(65)}),
+        "tags",
+    ),
+    ("tags-long", lambda ctx, st, s, p: s.metric("m", 1, tags={"k": "v" * 1025}), "tags['k']"),
+    ("tags-nul", lambda ctx, st, s, p: s.metric("m", 1, tags={"k": "\x00"}), "tags['k']"),
+    # events
+    ("message-blank", lambda ctx, st, s, p: s.event("e", message=" "), "message"),
+    ("message-int", lambda ctx, st, s, p: s.event("e", message=5), "message"),
+    ("message-huge", lambda ctx, st, s, p: s.event("e", message="x" * 10_000_000), "message"),
+    ("message-nul", lambda ctx, st, s, p: s.event("e", message="a\x00"), "message"),
+    ("level", lambda ctx, st, s, p: s.event("e", message="m", level="fatal"), "level"),
+    ("event-key", lambda ctx, st, s, p: s.event("E", message="m"), "key"),
+    # attributes
+    ("attrs-list", lambda ctx, st, s, p: s.event("e", message="m", attributes=[1]), "attributes"),
+    (
+        "attrs-int-key",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={1: 2}),
+        "attributes",
+    ),
+    (
+        "attrs-set",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": {1}}),
+        "attributes['a']",
+    ),
+    (
+        "attrs-bytes",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": b"x"}),
+        "attributes['a']",
+    ),
+    (
+        "attrs-nan",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": [float("nan")]}),
+        "attributes['a'][0]",
+    ),
+    (
+        "attrs-huge-string",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": "x" * 65_537}),
+        "attributes['a']",
+    ),
+    (
+        "attrs-17-deep",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes=_deep(17)),
+        "attributes" + "['d']" * 16,
+    ),
+    (
+        "attrs-100000-deep",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes=_deep(100_000)),
+        "attributes" + "['d']" * 16,
+    ),
+    (
+        "attrs-cycle",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes=_cyclic()),
+        "attributes" + "['self']" * 16,
+    ),
+    (
+        "attrs-10001-values",
+        # the mapping, the list and 9,999 numbers: one value over the limit
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": list(range(9_999))}),
+        "attributes['a'][9998]",
+    ),
+    # artifacts
+    ("kind-upper", lambda ctx, st, s, p: st.register_artifact("Model", p), "kind"),
+    ("kind-traversal", lambda ctx, st, s, p: st.register_artifact("../x", p), "kind"),
+    ("kind-64", lambda ctx, st, s, p: st.register_artifact("k" * 64, p), "kind"),
+    ("path-bytes", lambda ctx, st, s, p: st.register_artifact("model", os.fsencode(p)), "path"),
+    ("path-blank", lambda ctx, st, s, p: st.register_artifact("model", " "), "path"),
+    ("path-nul", lambda ctx, st, s, p: st.register_artifact("model", f"{p}\x00x"), "path"),
+    ("path-int", lambda ctx, st, s, p: st.register_artifact("model", 5), "path"),
+    ("path-missing", lambda ctx, st, s, p: st.register_artifact("model", p / "nope"), "path"),
+    ("path-directory", lambda ctx, st, s, p: st.register_artifact("model", p.parent), "path"),
+    ("path-device", lambda ctx, st, s, p: st.register_artifact("model", "/dev/zero"), "path"),
+    (
+        "artifact-attrs",
+        lambda ctx, st, s, p: st.register_artifact("model", p, attributes={"a": object()}),
+        "attributes['a']",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_input_raises_a_typed_error_naming_the_field_and_harms_nothing_around_it(
+    tmp_path: Path, call: Call, field: str
+) -> None:
+    artifact = tmp_path / "model.bin"
+    artifact.write_bytes(b"weights")
+    workspace = tmp_path / "ws"
+    with (
+        Contexta(workspace=workspace, config={"project_name": "p"}) as ctx,
+        ctx.run("good") as run,
+        run.stage("s") as stage,
+        stage.sample("c") as sample,
+    ):
+        sample.metric("before", 1)
+        with pytest.raises(ValidationError) as caught:
+            call(ctx, stage, sample, artifact)
+        sample.metric("after", 2)
+        stage.register_artifact("model", artifact)
+    error = caught.value
+    assert type(error) is ValidationError  # typed, not a bare ValueError/TypeError
+    assert error.field == field, str(error)
+    assert str(error).startswith(f"{field}: ") and error.rule in str(error)
+    assert len(str(error)) < 400  # a huge value is abbreviated, not echoed
+
+    metrics = [
+        (line["payload"]["payload"]["metric_key"], line["payload"]["payload"]["value"])
+        for line in read_family(workspace, "RECORD")
+        if line["payload"]["envelope"]["run_ref"] == "run:p.good"
+    ]
+    assert metrics == [("before", 1), ("after", 2)]
+    assert len(read_family(workspace, "ARTIFACT")) == 1
+    assert read_family(workspace, "DEGRADATION") == []
+    statuses = {
+        line["payload_ref"]: line["payload"]["status"] for line in read_family(workspace, "CONTEXT")
+    }
+    assert statuses["run:p.good"] == statuses["sample:p.good.s.c"] == "completed"
+
+
+def test_a_fifo_is_refused_as_an_artifact_without_blocking_on_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with (
+        Contexta(workspace=tmp_path / "ws", config={"project_name": "p"}) as ctx,
+        ctx.run("r") as run,
+        pytest.raises(ValidationError, match="regular file") as caught,
+    ):
+        run.register_artifact("model", fifo)  # opening a FIFO to hash it would block forever
+    assert caught.value.field == "path"
+
+
+def test_values_at_the_documented_limits_are_accepted(tmp_path: Path) -> None:
+    with (
+        Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx,
+        ctx.run("r" * 63) as run,
+    ):
+        run.metric(
+            "k" * 255, 2**63 - 1, unit="u" * 255, tags={f"{i}": "v" * 1024 for i in range(64)}
+        )
+        run.event("e", message="m" * 65_536, attributes={"long": "x" * 65_536})
+        run.event("e", message="m", attributes=_deep(16))
+        # 10,000 values in all, counting every mapping and list: the root, the list, 9,998.
+        run.event("e", message="m", attributes={"a": list(range(9_998))})
+    lines = read_family(tmp_path, "RECORD")
+    assert len(lines) == 4
+    assert lines[0]["payload"]["payload"]["value"] == 2**63 - 1
+    assert len(lines[1]["payload"]["payload"]["message"]) == 65_536
+
+
+@pytest.mark.parametrize("timeout", ["soon", -1, float("nan"), True])
+def test_an_invalid_flush_timeout_is_a_validation_error_not_a_type_error(
+    tmp_path: Path, timeout: Any
+) -> None:
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 1)
+        with pytest.raises(ValidationError) as caught:
+            ctx.flush(timeout=timeout)
+        assert caught.value.field == "timeout"
+        ctx.flush(timeout=30)
+    assert len(read_family(tmp_path, "RECORD")) == 1

@@ -1,0 +1,220 @@
+"""Comparing runs: deltas, paired per-sample statistics, artifacts, N runs, best run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from contexta_async import Contexta
+from contexta_async.readers import (
+    AmbiguousMetricError,
+    MetricNotFoundError,
+    Workspace,
+    infer_direction,
+    render_html_report,
+)
+
+from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10
+
+
+async def test_compare_two_captured_runs(tmp_path: Path) -> None:
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    result = await ws.compare("helpful-only", "grounded")
+    assert result.left.ref == "run:mock-openai-compare.helpful-only"
+    assert result.right.ref == "run:mock-openai-compare.grounded"
+    rows = {(m.stage, m.scope, m.key): m for m in result.metrics}
+    rate = rows[("evaluate", "stage", "pass.rate")]
+    left_rate = sum(c[1] for c in CASES) / len(CASES)
+    right_rate = sum(c[2] for c in CASES) / len(CASES)
+    assert rate.basis == "latest"  # 0.1 was captured first in both runs, then superseded
+    assert (rate.left, rate.right) == (pytest.approx(left_rate), pytest.approx(right_rate))
+    assert rate.delta == pytest.approx(right_rate - left_rate)
+    assert rate.relative_change == pytest.approx((right_rate - left_rate) / left_rate)
+    correct = rows[("evaluate", "sample", "correct")]
+    assert correct.basis == "mean"
+    assert (correct.left_count, correct.right_count) == (6, 7)  # grounded has case-99 too
+    assert correct.left == pytest.approx(left_rate)
+    assert correct.right == pytest.approx((right_rate * 6 + 1.0) / 7)
+    tokens = rows[("evaluate", "sample", "completion.tokens")]
+    assert tokens.left == pytest.approx(sum(c[3] for c in CASES) / 6)
+    assert any("different datasets" in w for w in result.warnings)
+    assert any("sample sets differ (0 only in left, 1 only in right)" in w for w in result.warnings)
+    assert any("latest" in n for n in result.notes)
+    changes = {(a.change, a.kind) for a in result.artifacts}
+    assert changes == {("changed", "report"), ("added", "model")}
+    report = next(a for a in result.artifacts if a.kind == "report")
+    assert report.left_hash != report.right_hash
+    assert report.left_location is not None and report.left_location.endswith("helpful-only.txt")
+
+
+async def test_paired_analysis_matches_samples_by_name(tmp_path: Path) -> None:
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    result = await ws.compare("helpful-only", "grounded", seed=7, include_samples=True)
+    paired = {p.key: p for p in result.paired}
+    correct = paired["correct"]
+    assert correct.n_matched == 6
+    assert (correct.unmatched_left, correct.unmatched_right) == ([], ["case-99"])
+    assert correct.binary and correct.direction == "maximize" and correct.direction_inferred
+    assert correct.fixed == ["case-2", "case-4", "case-5"]
+    assert correct.regressed == ["case-3"]
+    assert (correct.wins, correct.losses, correct.ties) == (3, 1, 2)
+    assert correct.mcnemar_p == pytest.approx(stats.binomtest(1, 4, 0.5).pvalue)
+    diffs = [right - left for _, left, right, _, _ in CASES]
+    assert correct.mean_diff == pytest.approx(sum(diffs) / 6)
+    assert correct.ci_low is not None and correct.ci_high is not None
+    assert correct.ci_low <= correct.mean_diff <= correct.ci_high
+    assert correct.samples is not None
+    assert [s.name for s in correct.samples] == [c[0] for c in CASES]  # natural order
+    assert [s.diff for s in correct.samples] == diffs
+    tokens = paired["completion.tokens"]
+    assert tokens.direction == "minimize" and not tokens.binary and tokens.mcnemar_p is None
+    token_diffs = [r - lft for _, _, _, lft, r in CASES]
+    assert tokens.wins == sum(d < 0 for d in token_diffs)  # fewer tokens is better
+    assert tokens.losses == sum(d > 0 for d in token_diffs)
+    assert (tokens.regressed, tokens.fixed) == ([], [])
+    again = await ws.compare("helpful-only", "grounded", seed=7)
+    assert [(p.ci_low, p.ci_high) for p in again.paired] == [
+        (p.ci_low, p.ci_high) for p in result.paired
+    ]
+    flipped = await ws.compare("helpful-only", "grounded", directions={"correct": "minimize"})
+    flipped_correct = next(p for p in flipped.paired if p.key == "correct")
+    assert not flipped_correct.direction_inferred
+    assert flipped_correct.regressed == ["case-2", "case-4", "case-5"]
+    assert (flipped_correct.wins, flipped_correct.losses) == (1, 3)
+
+
+async def test_samples_pair_across_batches_and_duplicate_names_are_warned(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    with ctx.run("left") as run, run.stage("evaluate") as stage:
+        with stage.batch("part-1") as batch:
+            for name, value in [("a", 1.0), ("b", 0.0)]:
+                with batch.sample(name) as sample:
+                    sample.metric("correct", value)
+        with stage.batch("part-2") as batch, batch.sample("a") as sample:
+            sample.metric("correct", 0.0)  # a second sample named "a" in this stage
+    with ctx.run("right") as run, run.stage("evaluate") as stage:
+        for name in ("a", "b"):
+            with stage.sample(name) as sample:
+                sample.metric("correct", 1.0)
+    ctx.close()
+    result = await Workspace(tmp_path / "ws").compare("left", "right")
+    correct = result.paired[0]
+    assert correct.n_matched == 2
+    assert correct.fixed == ["a", "b"]  # "a" keeps the value captured last (0.0)
+    assert any("several samples named 'a'" in w for w in result.warnings)
+
+
+async def test_compare_contexta10_fixture(tmp_path: Path) -> None:
+    ws = Workspace(copy_fixture_10(tmp_path / "old"))
+    result = await ws.compare("helpful-only", "grounded")
+    rows = {(m.stage, m.scope, m.key): m for m in result.metrics}
+    rate = rows[("evaluate", "stage", "pass.rate")]
+    assert (rate.left, rate.right, rate.delta, rate.relative_change) == (0.5, 1.0, 0.5, 1.0)
+    correct = next(p for p in result.paired if p.key == "correct")
+    assert (correct.n_matched, correct.fixed, correct.regressed) == (
+        2,
+        ["unsupported-question"],
+        [],
+    )
+    assert correct.mcnemar_p == 1.0
+    assert not any("still open" in w for w in result.warnings)
+    iris = await ws.compare("linear-svm", "rbf-svm")
+    batch_rows = {(m.scope, m.batch, m.key): m for m in iris.metrics}
+    accuracy = batch_rows[("batch", "holdout-split", "accuracy")]
+    assert accuracy.delta == pytest.approx(0.9555555555555556 - 0.9777777777777777)
+    assert [(a.change, a.kind) for a in iris.artifacts] == [("changed", "model")]
+    assert iris.left.status == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("key", "direction"),
+    [
+        ("loss", "minimize"),
+        ("val.loss", "minimize"),
+        ("error-rate", "minimize"),
+        ("latency.ms", "minimize"),
+        ("cost.usd", "minimize"),
+        ("completion.tokens", "minimize"),
+        ("time", "minimize"),
+        ("step.duration", "minimize"),
+        ("accuracy", "maximize"),
+        ("macro.f1", "maximize"),
+        ("pass.rate", "maximize"),
+        ("correct", "maximize"),
+        ("lossless-ratio", "maximize"),  # a part must be the word itself
+    ],
+)
+def test_direction_is_inferred_from_the_key(key: str, direction: str) -> None:
+    assert infer_direction(key) == direction
+
+
+def _capture_three(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace, config={"project_name": "train"})
+    for name, loss, accuracy in [("a", 0.30, 0.80), ("b", 0.20, 0.90), ("c", 0.20, None)]:
+        with ctx.run(name) as run:
+            with run.stage("fit") as stage:
+                stage.metric("loss", loss)
+            with run.stage("evaluate") as stage:
+                stage.metric("loss", loss + 0.1)
+                if accuracy is not None:
+                    stage.metric("accuracy", accuracy)
+    ctx.close()
+
+
+async def test_best_run_honours_direction_ties_and_missing_values(tmp_path: Path) -> None:
+    _capture_three(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    lowest = await ws.best_run(["a", "b", "c"], "loss", stage="fit")
+    assert (lowest.direction, lowest.direction_inferred) == ("minimize", True)
+    assert lowest.winners == ["run:train.b", "run:train.c"] and lowest.tie
+    assert [(r.run, r.rank) for r in lowest.ranking] == [
+        ("run:train.b", 1),
+        ("run:train.c", 1),
+        ("run:train.a", 3),
+    ]
+    highest = await ws.best_run(["a", "b", "c"], "loss", stage="fit", direction="maximize")
+    assert highest.winners == ["run:train.a"] and not highest.direction_inferred
+    accuracy = await ws.best_run(["a", "b", "c"], "accuracy")
+    assert accuracy.winners == ["run:train.b"] and not accuracy.tie
+    assert accuracy.missing == ["run:train.c"]
+    assert accuracy.ranking[-1].rank is None
+    with pytest.raises(AmbiguousMetricError, match=re.escape("fit/stage, evaluate/stage")):
+        await ws.best_run(["a", "b"], "loss")
+    with pytest.raises(MetricNotFoundError):
+        await ws.best_run(["a", "b"], "bleu")
+    with pytest.raises(MetricNotFoundError):
+        await ws.best_run(["c"], "accuracy")
+
+
+async def test_compare_many_puts_every_run_in_one_table(tmp_path: Path) -> None:
+    _capture_three(tmp_path / "ws")
+    table = await Workspace(tmp_path / "ws").compare_many(["a", "b", "c"])
+    assert [r.ref for r in table.runs] == ["run:train.a", "run:train.b", "run:train.c"]
+    rows = {(r.stage, r.key): r for r in table.rows}
+    assert [row for row in rows] == [
+        ("fit", "loss"),
+        ("evaluate", "accuracy"),
+        ("evaluate", "loss"),
+    ]
+    assert rows[("evaluate", "accuracy")].values == [0.8, 0.9, None]
+    assert rows[("evaluate", "accuracy")].best == ["run:train.b"]
+    assert rows[("fit", "loss")].best == ["run:train.b", "run:train.c"]
+    assert rows[("fit", "loss")].direction == "minimize"
+
+
+async def test_html_report_is_self_contained(tmp_path: Path) -> None:
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    result = await ws.compare("helpful-only", "grounded", include_samples=True)
+    page = render_html_report(result)
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == len(result.paired) == 2
+    assert "pass.rate" in page and "case-3" in page and "different datasets" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    hostile = await ws.compare("helpful-only", "grounded")
+    hostile.warnings.append("<script>alert(1)</script>")
+    assert "<script>" not in render_html_report(hostile)
+    assert "No matched samples" not in page

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import msgspec
@@ -33,9 +33,16 @@ __all__ = ["build_parser", "run_cli"]
 PROG = "contexta-async"
 
 
-def _common() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """Raises usage errors instead of printing them, so run_cli chooses the stream."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message, self)
+
+
+def _common() -> _Parser:
     # Accepted before and after the command: `--json runs` and `runs --json` both work.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--workspace",
         "-w",
@@ -48,7 +55,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         parents=[common],
         description="Read a contexta-async (or Contexta 1.0.0) workspace: list runs, compare "
@@ -468,7 +475,11 @@ class _CliError(Exception):
 
 
 class _UsageError(Exception):
-    """A usage error, exit status 2."""
+    """A usage error, exit status 2; ``parser`` is the (sub)command's parser, for its usage."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser | None = None) -> None:
+        super().__init__(message)
+        self.parser = parser
 
 
 _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {
@@ -487,7 +498,11 @@ def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | Non
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv))
-    except SystemExit as exc:  # argparse printed the usage error (or --help)
+    except _UsageError as exc:
+        (exc.parser or parser).print_usage(stderr)
+        stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except SystemExit as exc:  # --help printed its text
         return int(exc.code or 0)
     args.workspace = getattr(args, "workspace", ".contexta")
     args.json = getattr(args, "json", False)

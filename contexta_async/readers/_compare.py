@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from itertools import compress
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress
 from typing import TYPE_CHECKING, Final, Literal
 
 from ._model import (

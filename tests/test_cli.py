@@ -1,0 +1,185 @@
+"""The contexta-async command line, as a real program (python -m) and in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contexta_async import Contexta
+from contexta_async.__main__ import main
+from contexta_async._cli import run_cli
+
+from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m contexta_async`` with this interpreter; never raises on exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "contexta_async", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def inproc(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli(list(args), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def llm_ws(tmp_path: Path) -> Path:
+    return capture_llm_workspace(tmp_path / "ws")
+
+
+def test_runs_lists_runs_as_a_table_from_the_default_workspace(llm_ws: Path) -> None:
+    done = cli("runs", cwd=llm_ws.parent)  # no --workspace: ./.contexta does not exist
+    assert done.returncode == 1 and "no Contexta workspace" in done.stderr
+    (llm_ws.parent / ".contexta").symlink_to(llm_ws)
+    done = cli("runs", cwd=llm_ws.parent)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:4] == ["RUN", "NAME", "PROJECT", "STATUS"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "run:mock-openai-compare.helpful-only",
+        "run:mock-openai-compare.grounded",
+    ]
+    assert all(" completed " in line for line in lines[1:])
+
+
+def test_compare_two_runs_as_json(llm_ws: Path) -> None:
+    done = cli("--workspace", str(llm_ws), "compare", "helpful-only", "grounded", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["left"]["ref"] == "run:mock-openai-compare.helpful-only"
+    correct = next(p for p in data["paired"] if p["key"] == "correct")
+    assert correct["fixed"] == ["case-2", "case-4", "case-5"]
+    assert correct["regressed"] == ["case-3"]
+    assert correct["mcnemar_p"] == pytest.approx(0.625)
+    assert data["read_report"]["corrupt_lines"] == 0
+
+
+def test_compare_two_runs_as_a_table(llm_ws: Path) -> None:
+    code, out, err = inproc("compare", "helpful-only", "grounded", "-w", str(llm_ws), "--samples")
+    assert code == 0, err
+    assert "Paired per-sample" in out
+    row = next(line for line in out.splitlines() if line.startswith("evaluate  correct"))
+    assert "maximize (inferred)" in row and "3/1/2" in row and "0.625" in row
+    assert "fixed: case-2, case-4, case-5; regressed: case-3" in out
+    assert "only in right: case-99" in out
+    assert re.search(r"stage\s+pass\.rate\s+latest", out)
+    assert "different datasets" in out
+
+
+def _add_run(workspace: Path, project: str, name: str, pass_rate: float) -> None:
+    ctx = Contexta(workspace=workspace, config={"project_name": project})
+    with ctx.run(name) as run, run.stage("evaluate") as stage:
+        stage.metric("pass.rate", pass_rate)
+    ctx.close()
+
+
+def test_compare_three_runs_prints_one_table(llm_ws: Path) -> None:
+    _add_run(llm_ws, "mock-openai-compare", "third", 0.9)
+    code, out, err = inproc("-w", str(llm_ws), "compare", "helpful-only", "grounded", "third")
+    assert code == 0, err
+    assert "[3] run:mock-openai-compare.third" in out
+    assert re.search(r"pass\.rate\s+maximize \(inferred\)\s+0\.5\s+0\.833333\s+0\.9\*", out)
+    assert re.search(r"correct\s+maximize \(inferred\)\s+0\.5\s+0\.857143\*\s+-", out)
+
+
+def test_best_picks_the_winner_and_respects_the_direction(llm_ws: Path) -> None:
+    done = cli("-w", str(llm_ws), "best", "--metric", "pass.rate", "helpful-only", "grounded")
+    assert done.returncode == 0, done.stderr
+    assert "maximize (inferred from the key)" in done.stdout
+    assert "Winner: run:mock-openai-compare.grounded" in done.stdout
+    code, out, _ = inproc(
+        "-w", str(llm_ws), "best", "--metric", "pass.rate", "--minimize", "helpful-only", "grounded"
+    )
+    assert code == 0 and "minimize (given)" in out
+    assert "Winner: run:mock-openai-compare.helpful-only" in out
+    code, out, _ = inproc(
+        "-w",
+        str(llm_ws),
+        "best",
+        "--metric",
+        "completion.tokens",
+        "--json",
+        "helpful-only",
+        "grounded",
+    )
+    data = json.loads(out)
+    assert data["direction"] == "minimize" and data["direction_inferred"] is True
+    assert data["winners"] == ["run:mock-openai-compare.grounded"]
+
+
+def test_show_prints_a_run_its_metrics_and_records(llm_ws: Path) -> None:
+    code, out, err = inproc(
+        "-w", str(llm_ws), "show", "grounded", "--kind", "event", "--limit", "2"
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == "run:mock-openai-compare.grounded"
+    assert "dataset  dataset:local.prompt-cases-v2" in out
+    assert re.search(r"evaluate\s+sample\s+correct\s+0\.857143\s+7", out)
+    assert "Records (first 2)" in out and "answered case-2" in out
+    code, out, _ = inproc("-w", str(llm_ws), "--json", "show", "grounded")
+    assert json.loads(out)["run"]["status"] == "completed"
+
+
+def test_report_writes_a_self_contained_page(llm_ws: Path, tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    done = cli("-w", str(llm_ws), "report", "helpful-only", "grounded", "--output", str(target))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {target}")
+    page = target.read_text(encoding="utf-8")
+    assert "<svg" in page and "Paired per-sample results" in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page
+
+
+def test_errors_go_to_stderr_with_a_nonzero_status(llm_ws: Path, tmp_path: Path) -> None:
+    done = cli("-w", str(llm_ws), "show", "nonexistent")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("contexta-async: error: unknown run 'nonexistent'")
+    copy_fixture_10(tmp_path / "old")
+    _add_run(tmp_path / "old", "other", "grounded", 0.7)  # now two runs end in .grounded
+    code, _, err = inproc("-w", str(tmp_path / "old"), "compare", "grounded", "rbf-svm")
+    assert code == 1 and "ambiguous" in err
+    assert "run:mock-openai-compare.grounded, run:other.grounded" in err
+    empty = tmp_path / "empty" / "cache" / "capture"
+    empty.mkdir(parents=True)
+    code, _, err = inproc("-w", str(empty.parents[1]), "runs")
+    assert code == 1 and "holds no runs" in err
+    code, _, err = inproc("-w", str(empty.parents[1]), "compare", "a", "b")
+    assert code == 1 and "holds no runs" in err
+    record = llm_ws / "cache" / "capture" / "record.jsonl"
+    record.unlink()
+    record.mkdir()
+    done = cli("-w", str(llm_ws), "runs")
+    assert done.returncode == 1 and "cannot read" in done.stderr and "record.jsonl" in done.stderr
+    code, _, err = inproc("-w", str(tmp_path / "old"), "best", "--metric", "bleu", "rbf-svm")
+    assert code == 1 and "no run holds metric 'bleu'" in err
+
+
+def test_usage_errors_exit_with_status_two(llm_ws: Path) -> None:
+    code, _, err = inproc("-w", str(llm_ws), "compare", "grounded")
+    assert code == 2 and "at least two runs" in err
+    code, _, err = inproc("best", "grounded")
+    assert code == 2 and "--metric" in err
+    assert main(["-w", str(llm_ws), "runs", "--status", "open"]) == 0
+
+
+def test_contexta10_workspace_through_the_cli(tmp_path: Path) -> None:
+    ws = copy_fixture_10(tmp_path / "old")
+    done = cli("-w", str(ws / "cache" / "capture"), "runs", "--project", "iris-svm")
+    assert done.returncode == 0, done.stderr
+    assert "run:iris-svm.linear-svm" in done.stdout and " unknown " in done.stdout
+    assert "mock-openai-compare" not in done.stdout

@@ -183,3 +183,26 @@ def test_contexta10_workspace_through_the_cli(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "run:iris-svm.linear-svm" in done.stdout and " unknown " in done.stdout
     assert "mock-openai-compare" not in done.stdout
+
+
+def test_pick_best_run_example_checks_the_selected_run_from_disk(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "pick_best_run.py"
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "Pass rate: 0.33 -> 1.00" in lines
+    assert "Paired correct: n=6, mean diff +0.67, 95% CI [+0.33, +1.00]" in lines
+    assert "Wins/losses/ties: 4/0/2" in lines
+    assert "McNemar p: 0.125" in lines  # 4 discordant pairs, all one way: 2 / 2^4
+    assert lines[-1] == "Selected run: run:mock-openai-compare.grounded"
+    code, out, _ = inproc(
+        "-w", str(tmp_path / ".contexta"), "best", "--metric", "correct", "helpful-only", "grounded"
+    )
+    assert code == 0 and "Winner: run:mock-openai-compare.grounded" in out

@@ -35,6 +35,7 @@ import anyio
 from tqdm import tqdm
 
 from contexta_async import AsyncStage, Contexta
+from contexta_async.readers import Direction, MultiRunRow, PairedResult, Workspace
 
 PROJECT = "eval-harness"
 MODEL = "mock-llm-1"
@@ -193,17 +194,26 @@ async def call_model(
     strategy: Strategy,
     limits: Limits,
     sample: Any,
+    timing: list[float],
 ) -> tuple[str, int]:
-    """Call the model with a timeout per attempt and bounded retries; return (text, attempts)."""
+    """Call the model with a timeout per attempt and bounded retries; return (text, attempts).
+
+    Appends each attempt's duration to ``timing``: the latency is the time spent in model
+    calls, not the time spent waiting for a slot or backing off, which depend on the load.
+    """
     rng = random.Random(f"backoff:{case.id}:{strategy.name}")
     for attempt in range(1, limits.attempts + 1):
         try:
             # The limiter bounds calls in flight; backoff sleeps happen outside it.
             async with limiter:
-                with anyio.fail_after(limits.timeout):
-                    text = await model.complete(
-                        prompt, case=case, strategy=strategy, attempt=attempt
-                    )
+                started = time.perf_counter()
+                try:
+                    with anyio.fail_after(limits.timeout):
+                        text = await model.complete(
+                            prompt, case=case, strategy=strategy, attempt=attempt
+                        )
+                finally:
+                    timing.append(time.perf_counter() - started)
             return text, attempt
         except (TimeoutError, TransientModelError) as exc:
             error = "timeout" if isinstance(exc, TimeoutError) else str(exc)
@@ -241,11 +251,11 @@ async def evaluate_case(
     progress: tqdm[Any],
 ) -> None:
     prompt = strategy.template.format(question=case.question)
+    timing: list[float] = []
     async with stage.sample(case.id) as sample:
-        started = time.perf_counter()
         try:
             text, attempts = await call_model(
-                model, limiter, prompt, case, strategy, limits, sample
+                model, limiter, prompt, case, strategy, limits, sample, timing
             )
         except (TimeoutError, TransientModelError) as exc:
             # Out of retries: the user would have got no answer, so it counts as wrong (and is
@@ -258,7 +268,7 @@ async def evaluate_case(
                 level="error",
                 attributes={"attempts": attempts},
             )
-        latency_ms = (time.perf_counter() - started) * 1000
+        latency_ms = sum(timing) * 1000
         predicted = extract_answer(text)
         correct = predicted == case.answer
         prompt_tokens = model.count_tokens(prompt) * attempts
@@ -316,6 +326,101 @@ async def evaluate_strategy(
         await anyio.Path(predictions).write_text("".join(json.dumps(p) + "\n" for p in lines))
         await stage.register_artifact("predictions", predictions, attributes={"cases": len(cases)})
     return run.ref, tally
+
+
+# ---- reading it back: the comparison -------------------------------------------------------
+
+# The readers infer a direction from the key (latency, cost, tokens... are minimised, the rest
+# maximised); say it outright for keys whose name does not tell.
+DIRECTIONS: dict[str, Direction] = {"attempts": "minimize", "failed.calls": "minimize"}
+PAIRED_KEYS = ("correct", "latency.ms", "tokens", "cost.usd")
+
+
+def _short(ref: str) -> str:
+    return ref.rsplit(".", 1)[-1]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if abs(value) < 0.01 and value else f"{value:,.3f}"
+
+
+def _row_label(row: MultiRunRow) -> str:
+    where = "per sample, mean" if row.scope == "sample" else row.scope
+    return f"{row.key} ({where})"
+
+
+def _paired_line(result: PairedResult) -> str:
+    if result.mean_diff is None:
+        return f"{result.key}: no matched samples"
+    if (
+        result.ci_low is not None
+        and result.ci_high is not None
+        and result.ci_low <= 0 <= result.ci_high
+    ):
+        sign = "no clear difference"  # the interval holds 0: the data cannot tell
+    elif (result.mean_diff > 0) == (result.direction == "maximize"):
+        sign = "better"
+    else:
+        sign = "worse"
+    ci = "(no interval)"
+    if result.ci_low is not None and result.ci_high is not None:
+        ci = f"[{result.ci_low:+.4g}, {result.ci_high:+.4g}]"
+    line = (
+        f"{result.key:<11} {_fmt(result.mean_left)} -> {_fmt(result.mean_right)}  "
+        f"diff {result.mean_diff:+.4g} {ci} ({sign}); "
+        f"wins/losses/ties {result.wins}/{result.losses}/{result.ties}"
+    )
+    if result.binary and result.mcnemar_p is not None:
+        line += f"; McNemar p = {result.mcnemar_p:.3g}"
+    return line
+
+
+async def report(workspace: Path, refs: Sequence[str]) -> None:
+    """Read the captured runs back from disk and compare them: a table, then paired results."""
+    ws = Workspace(workspace)
+    table = await ws.compare_many(refs, directions=DIRECTIONS)
+    names = [_short(ref) for ref in refs]
+    width = max(len(_row_label(row)) for row in table.rows)
+    column = max(10, *map(len, names))
+    print(f"\nRuns read back from {ws.capture_dir}:")
+    print(f"  {'metric':<{width}}  " + "  ".join(f"{n:>{column}}" for n in names) + "  best")
+    for row in table.rows:
+        values = "  ".join(f"{_fmt(v):>{column}}" for v in row.values)
+        best = ", ".join(_short(ref) for ref in row.best)
+        print(f"  {_row_label(row):<{width}}  {values}  {best} ({row.direction})")
+    for warning in table.warnings:
+        print(f"  warning: {warning}")
+
+    baseline, others = refs[0], refs[1:]
+    paired_p: dict[str, float | None] = {}
+    for other in others:
+        comparison = await ws.compare(baseline, other, directions=DIRECTIONS)
+        results = {p.key: p for p in comparison.paired}
+        correct = results["correct"]
+        print(
+            f"\nPaired: {_short(other)} vs {_short(baseline)} on {correct.n_matched} matched cases "
+            f"({correct.confidence:.0%} bootstrap CI of the mean difference, right - left)"
+        )
+        for key in PAIRED_KEYS:
+            if key in results:
+                print(f"  {_paired_line(results[key])}")
+        if correct.regressed:
+            print(f"  regressed: {', '.join(correct.regressed[:10])}")
+        paired_p[other] = correct.mcnemar_p
+        for warning in comparison.warnings:
+            print(f"  warning: {warning}")
+
+    best = await ws.best_run(refs, "accuracy", stage="evaluate")
+    how = "inferred" if best.direction_inferred else "given"
+    print(f"\nBest by accuracy ({best.direction}, {how}): {', '.join(best.winners)}")
+    winner = best.winners[0]
+    if winner != baseline and not best.tie:
+        p = paired_p.get(winner)
+        verdict = "a real difference" if p is not None and p < 0.05 else "could still be noise"
+        print(f"Versus the baseline {_short(baseline)}: McNemar p = {_fmt(p)}, {verdict}")
+    print(f"Selected run: {winner}")
 
 
 # ---- the whole evaluation ------------------------------------------------------------------
@@ -432,14 +537,11 @@ async def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.perf_counter() - started
     print(
         f"Evaluated {len(args.strategies)} strategies x {len(cases)} cases in {elapsed:.1f} s "
-        f"({model.calls} model calls, concurrency {args.concurrency})"
+        f"({model.calls} model calls, concurrency {args.concurrency}); "
+        f"unanswered: {sum(tally.failed for _, tally in results.values())}"
     )
-    for strategy in args.strategies:
-        ref, tally = results[strategy.name]
-        print(
-            f"  {ref}: accuracy {tally.correct / len(cases):.3f}, "
-            f"cost ${tally.cost:.4f}, {tally.failed} unanswered"
-        )
+    refs = [results[strategy.name][0] for strategy in args.strategies]
+    await report(args.workspace, refs)
 
 
 if __name__ == "__main__":

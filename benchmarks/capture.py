@@ -255,7 +255,9 @@ def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
     return result
 
 
-def _latency(ws: Path, rate: float, duration: float, producers: int) -> dict[str, Any]:
+def _latency(
+    ws: Path, rate: float, duration: float, producers: int, writer: str = "owned"
+) -> dict[str, Any]:
     """Offered load at ``rate`` records/s; capture-to-fsynced latency for every record.
 
     The sink is a LocalJsonlSink whose write() notes perf_counter_ns() after the real write and
@@ -289,7 +291,8 @@ def _latency(ws: Path, rate: float, duration: float, producers: int) -> dict[str
 
     async def main() -> dict[str, Any]:
         perf = time.perf_counter_ns
-        async with _contexta(ws, sinks=[sink]) as ctx:
+        ctx = _contexta(ws, sinks=[sink])
+        async with ctx if writer == "owned" else contextlib.nullcontext(ctx):
             async with (
                 ctx.run("latency") as run,
                 run.stage("evaluate") as stage,
@@ -315,6 +318,7 @@ def _latency(ws: Path, rate: float, duration: float, producers: int) -> dict[str
                 await asyncio.gather(*(producer(i) for i in range(producers)))
                 end = perf()
                 await ctx.flush()
+            await ctx.aclose()
             stats = _stats_dict(ctx)
         return {"offered_seconds": (end - start) / 1e9, "stats": stats}
 
@@ -584,9 +588,10 @@ def _child(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
         return _async_throughput(ws, records, 500, sample=True, writer="thread")
     if scenario in ("sync", "rss-sync"):
         return _sync_throughput(ws, records, sample=scenario == "sync")
-    if scenario in ("latency-1", "latency-500"):
-        producers = 1 if scenario == "latency-1" else 500
-        return _latency(ws, params["rate"], params["duration"], producers)
+    if scenario.startswith("latency-"):
+        producers = 1 if scenario.startswith("latency-1") else 500
+        writer = "thread" if scenario.endswith("-thread") else "owned"
+        return _latency(ws, params["rate"], params["duration"], producers, writer)
     if scenario in ("naive", "naive-fsync"):
         return _naive(ws, records, fsync=scenario == "naive-fsync")
     if scenario == "fsync-probe":
@@ -602,8 +607,19 @@ def _child(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
 # parent: plan, run children, report
 
 
+def _pressure() -> dict[str, int]:
+    """Linux PSI "some" totals (µs during which some task waited for CPU / for I/O)."""
+    totals = {}
+    for resource_name in ("cpu", "io"):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/pressure/{resource_name}") as f:
+            first = f.readline().split()
+            totals[resource_name] = int(first[-1].split("=")[1])
+    return totals
+
+
 def _run_child(scenario: str, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     ws = Path(tempfile.mkdtemp(prefix=f"capture-{scenario}-", dir=workdir))
+    before, started = _pressure(), time.perf_counter()
     try:
         proc = subprocess.run(
             [
@@ -622,7 +638,15 @@ def _run_child(scenario: str, params: dict[str, Any], workdir: Path) -> dict[str
         shutil.rmtree(ws, ignore_errors=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Share of the run's wall time during which something on the machine waited for a CPU or
+    # for I/O: how noisy the machine was while this run ran.
+    wall_us = (time.perf_counter() - started) * 1e6
+    after = _pressure()
+    result["pressure"] = {
+        k: round((after[k] - before[k]) / wall_us, 3) for k in after if k in before
+    }
+    return result
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
@@ -644,6 +668,11 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
         (
             "latency-500",
             "latency-500",
+            {"rate": args.latency_rate, "duration": args.latency_seconds},
+        ),
+        (
+            "latency-500-thread",
+            "latency-500-thread",
             {"rate": args.latency_rate, "duration": args.latency_seconds},
         ),
         ("sync", "sync", {"records": n}),
@@ -753,7 +782,7 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         }
 
     out(f"\n== Capture -> fsynced latency at an offered {args.latency_rate:,.0f} records/s ==")
-    for label in ("latency-1", "latency-500"):
+    for label in ("latency-1", "latency-500", "latency-500-thread"):
         runs = runs_of(label)
         for err in errors_of(label):
             out(f"  {label}: ERROR {err}")
@@ -764,10 +793,13 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         achieved = _median_of(runs, "achieved_rate")
         chunk = _median_of(runs, "mean_chunk")
         complete = all(r["complete"] for r in runs)
+        to_sink = _median_of(runs, "to_sink_p99_ms")
+        write_fsync = _median_of(runs, "write_fsync_p99_ms")
         out(
-            f"  {label:<12} p50 {statistics.median(p50):6.2f} ms  p99 "
-            f"{statistics.median(p99):6.2f} ms   runs p99 [{_fmt_runs(p99, '.2f')}]   achieved "
-            f"{achieved:,.0f} rec/s, mean {chunk:.1f} records/fsync, all matched: {complete}"
+            f"  {label:<18} p50 {statistics.median(p50):5.2f} ms  p99 "
+            f"{statistics.median(p99):6.2f} ms   runs p99 [{_fmt_runs(p99, '.2f')}]\n"
+            f"  {'':<18} p99 of: capture->sink {to_sink:.2f} ms, write+fsync {write_fsync:.2f} ms;"
+            f" achieved {achieved:,.0f} rec/s, {chunk:.1f} records/fsync, all matched: {complete}"
         )
         summary[label] = {
             "p50_ms": statistics.median(p50),
@@ -775,6 +807,8 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
             "runs_p99_ms": p99,
             "achieved_rate": achieved,
             "mean_records_per_fsync": chunk,
+            "to_sink_p99_ms": to_sink,
+            "write_fsync_p99_ms": write_fsync,
         }
 
     out("\n== Peak RSS (ru_maxrss, each run in its own process; MiB) ==")
@@ -843,7 +877,7 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         None if not a500 else a500["median_rate"] >= 100_000,
         f"{a500['median_rate']:,.0f} rec/s" if a500 else "not run",
     )
-    for label in ("latency-1", "latency-500"):
+    for label in ("latency-1", "latency-500", "latency-500-thread"):
         lat = summary.get(label)
         target(
             f"p99 capture-to-fsynced <= 5 ms at {args.latency_rate:,.0f} rec/s ({label})",
@@ -874,10 +908,15 @@ def _headline(res: dict[str, Any]) -> str:
     if "error" in res:
         return "ERROR"
     if "rate" in res:
-        return f"{res['rate']:,.0f} rec/s"
-    if "p99_ms" in res:
-        return f"p99 {res['p99_ms']:.2f} ms"
-    return f"p50 {res['p50_us']:.0f} µs"
+        shown = f"{res['rate']:,.0f} rec/s"
+    elif "p99_ms" in res:
+        shown = f"p99 {res['p99_ms']:.2f} ms"
+    else:
+        shown = f"p50 {res['p50_us']:.0f} µs"
+    pressure = res.get("pressure", {})
+    if pressure:
+        shown += f"  [stall cpu {pressure.get('cpu', 0):.0%} io {pressure.get('io', 0):.0%}]"
+    return shown
 
 
 def _machine(workdir: Path) -> dict[str, Any]:
@@ -1023,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
             res = _run_child(scenario, params, workdir)
             results[label].append(res)
             print(
-                f"  run {round_index + 1}/{args.repeat} {label:<24} {_headline(res):>18}  "
+                f"  run {round_index + 1}/{args.repeat} {label:<24} {_headline(res):>42}  "
                 f"({time.perf_counter() - t0:.1f} s)",
                 flush=True,
             )

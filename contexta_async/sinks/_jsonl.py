@@ -32,6 +32,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return the ones this call created."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=_DIR_MODE)
+        except FileExistsError:  # another process made it meanwhile: its entry is its to sync
+            continue
+        created.append(path)
+    return created
+
+
 def _cut_torn_tail(fd: int, size: int, target: str) -> int:
     """Truncate the file after its last newline; return the new size."""
     end = size
@@ -70,7 +86,7 @@ class LocalJsonlSink(Sink):
         self.name = name
         self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
         self._fds: dict[str, int] = {}
-        self._unsynced_entries: set[str] = set()  # new files whose directory is not fsynced
+        self._unsynced_dirs: set[Path] = set()  # directories holding entries not yet fsynced
 
     def file_path_for(self, family: str) -> Path:
         """The absolute path of the file that holds ``family`` lines."""
@@ -101,21 +117,25 @@ class LocalJsonlSink(Sink):
         fd = self._fds.get(family)
         if fd is None:
             path = self.file_path_for(family)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+            created = _make_dirs(path.parent)
             existed = path.exists()
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
             self._fds[family] = fd
-            if not existed and self.fsync:
-                self._unsynced_entries.add(family)
-        if family in self._unsynced_entries:
-            # The new directory entry must be durable too, or a crash can lose the file. Until
-            # that fsync succeeds, every attempt to write the file (before any data) retries it.
-            dir_fd = os.open(self.storage_root, os.O_RDONLY | os.O_DIRECTORY)
+            if self.fsync:
+                self._unsynced_dirs.update(directory.parent for directory in created)
+                if not existed:
+                    self._unsynced_dirs.add(path.parent)
+        while self._unsynced_dirs:
+            # New directory entries (the file's, and any directory created on the way) must be
+            # durable too, or a crash can lose the file. Until each fsync succeeds, every
+            # attempt to write (before any data) retries it.
+            directory = min(self._unsynced_dirs)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-            self._unsynced_entries.discard(family)
+            self._unsynced_dirs.discard(directory)
         return fd
 
     def write(self, chunk: Chunk) -> None:

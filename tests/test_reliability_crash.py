@@ -186,3 +186,26 @@ def test_a_new_writer_cuts_a_torn_tail_instead_of_gluing_onto_it(tmp_path: Path)
     assert data.startswith(complete)
     lines = read_family(tmp_path, "RECORD")
     assert [line["payload"]["payload"]["value"] for line in lines] == [1, 2]
+
+
+def test_a_new_workspace_fsyncs_every_directory_entry_it_creates_before_acknowledging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    synced: set[str] = set()
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    workspace = tmp_path / "projects" / "ws"
+    with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 1)
+        ctx.flush()
+        # A power cut now must not lose the files: each new directory entry on the way from
+        # tmp_path down to the files was fsynced in its parent before flush returned.
+        capture = workspace / "cache" / "capture"
+        created = [tmp_path / "projects", workspace, workspace / "cache", capture]
+        for entry in [*created, capture / "record.jsonl", capture / "context.jsonl"]:
+            assert str(entry.parent) in synced, f"the entry of {entry} was never fsynced"

@@ -185,18 +185,37 @@ def _async_throughput(
                                 await s.metric("correct", (j % 100) / 100, unit="ratio")
                         timings.extend(mine)
 
+                lags: list[int] = []
+                running = True
+
+                async def ticker() -> None:
+                    # Event-loop lag: how late a 1 ms sleep wakes up while producers capture.
+                    while running:
+                        due = perf() + 1_000_000
+                        await asyncio.sleep(0.001)
+                        lags.append(max(0, perf() - due))
+
                 tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
                 await all_open.wait()  # every sample is open before the clock starts
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 start = time.perf_counter()
                 go.set()
+                tick = asyncio.create_task(ticker())
                 await asyncio.gather(*tasks)
                 await ctx.flush()
                 seconds = time.perf_counter() - start
                 cpu = _cpu_since(usage)
+                running = False
+                await tick
             await ctx.aclose()
             stats = _stats_dict(ctx)
-        return {"seconds": seconds, "stats": stats, "cpu": cpu}
+        lag = sorted(lags)
+        loop_lag = {
+            "ticks": len(lag),
+            "p99_ms": _percentile(lag, 99) / 1e6,
+            "max_ms": (lag[-1] / 1e6) if lag else float("nan"),
+        }
+        return {"seconds": seconds, "stats": stats, "cpu": cpu, "loop_lag": loop_lag}
 
     out = asyncio.run(main())
     lines = _count_lines(ws / "cache" / "capture" / "record.jsonl")
@@ -209,6 +228,7 @@ def _async_throughput(
         "maxrss_kib": _maxrss_kib(),
         "base_rss_kib": base_rss,
         "cpu": out["cpu"],
+        "loop_lag": out["loop_lag"],
         "stats": out["stats"],
     }
     if sample:
@@ -750,6 +770,14 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
             "complete": complete,
             "cpu_cores": cpu,
         }
+        if all("loop_lag" in r for r in runs):
+            lag_max = statistics.median(r["loop_lag"]["max_ms"] for r in runs)
+            ticks = statistics.median(r["loop_lag"]["ticks"] for r in runs)
+            out(
+                f"  {'':<16} event-loop lag while capturing: max {lag_max:,.1f} ms "
+                f"({ticks:,.0f} ticks of a 1 ms sleep in {med and runs[0]['seconds']:.1f} s)"
+            )
+            summary[label]["loop_lag_max_ms"] = lag_max
 
     out("\n== Per-call cost of an awaited metric() (every 16th call timed; µs) ==")
     for label, note in (

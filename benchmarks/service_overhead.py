@@ -1,15 +1,16 @@
 """Request latency of the service example with capture on versus off.
 
 Starts ``examples/service/app.py`` under uvicorn (a subprocess on 127.0.0.1), warms it up, then
-sends ``--requests`` POST /judge requests from ``--concurrency`` closed-loop clients
-(httpx.AsyncClient) and records each request's latency on the client. Capture on and off
-alternate, ``--repeats`` times each, every time in a fresh server process; the figures are the
-medians over the repeats of each run's median, p99 and throughput.
+sends ``--requests`` POST /judge requests at a fixed ``--rate`` (open loop, httpx.AsyncClient)
+and records each request's latency on the client. Capture on and off alternate, ``--repeats``
+times each, every time in a fresh server process with a fresh workspace; the figures are the
+medians over the repeats of each run's median and p99.
 
 Two mock-model profiles are measured: ``5-30 ms`` (a realistic remote judge) and ``0 ms`` (the
 model answers at once, so the request is only HTTP + JSON + capture and the overhead shows).
+Client and server share the machine, so keep it otherwise idle for clean figures.
 
-    .venv/bin/python benchmarks/service_overhead.py            # about a minute on 2 cores
+    .venv/bin/python benchmarks/service_overhead.py            # about two minutes
     .venv/bin/python benchmarks/service_overhead.py --json
 """
 
@@ -78,26 +79,44 @@ def _body(i: int) -> dict[str, str]:
     return {"question": f"Capital of country {i}?", "answer": answer, "reference": reference}
 
 
-async def _load(base_url: str, requests: int, concurrency: int) -> tuple[list[float], float]:
-    """Closed loop: ``concurrency`` clients each send their next request when one returns."""
+async def _load(
+    base_url: str, requests: int, rate: float
+) -> tuple[list[float], list[float], float]:
+    """Open loop: request ``i`` is sent at ``i / rate`` seconds, whatever the earlier ones do.
+
+    A closed loop at high concurrency measures queueing in a saturated server (latency =
+    clients / throughput), not what capture adds to a request; a fixed rate below capacity
+    does. Returns the client-side latencies, the server-side time spent around the model call
+    (handler minus model, from the Server-Timing header: parsing, capture, response) and how
+    far behind schedule the last send was (seconds).
+    """
     latencies: list[float] = []
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    around: list[float] = []
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
 
-        async def worker() -> None:
-            for i in counter:
-                started = time.perf_counter()
-                response = await client.post("/judge", json=_body(i))
-                latencies.append((time.perf_counter() - started) * 1000)
-                response.raise_for_status()
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            response = await client.post("/judge", json=_body(i))
+            latencies.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            timing = dict(
+                part.strip().split(";dur=") for part in response.headers["server-timing"].split(",")
+            )
+            around.append(float(timing["app"]) - float(timing["model"]))
 
-        started = time.perf_counter()
+        lag = 0.0
         async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
-        wall = time.perf_counter() - started
-    return latencies, requests / wall
+            start = anyio.current_time()
+            for i in range(requests):
+                due = start + i / rate
+                now = anyio.current_time()
+                if due > now:
+                    await anyio.sleep(due - now)
+                else:
+                    lag = now - due
+                tg.start_soon(one, i)
+    return latencies, around, lag
 
 
 def _p(values: list[float], q: float) -> float:
@@ -105,7 +124,7 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(repeats: int, requests: int, concurrency: int) -> dict[str, Any]:
+def measure(repeats: int, requests: int, rate: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for profile, latency in PROFILES.items():
         runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
@@ -114,22 +133,21 @@ def measure(repeats: int, requests: int, concurrency: int) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory() as workspace:
                     proc, base_url = _start(workspace, mode == "on", latency)
                     try:
-                        anyio.run(_load, base_url, 100, concurrency)  # warm-up
-                        latencies, rps = anyio.run(_load, base_url, requests, concurrency)
+                        anyio.run(_load, base_url, 100, rate)  # warm-up
+                        latencies, around, lag = anyio.run(_load, base_url, requests, rate)
                     finally:
                         _stop(proc)
                 runs[mode].append(
                     {
                         "median_ms": statistics.median(latencies),
                         "p99_ms": _p(latencies, 0.99),
-                        "requests_per_s": rps,
+                        "server_around_median_us": statistics.median(around) * 1000,
+                        "server_around_p99_us": _p(around, 0.99) * 1000,
+                        "schedule_lag_ms": lag * 1000,
                     }
                 )
         results[profile] = {
-            mode: {
-                key: statistics.median(run[key] for run in mode_runs)
-                for key in ("median_ms", "p99_ms", "requests_per_s")
-            }
+            mode: {key: statistics.median(run[key] for run in mode_runs) for key in mode_runs[0]}
             for mode, mode_runs in runs.items()
         }
         results[profile]["runs"] = runs
@@ -139,32 +157,42 @@ def measure(repeats: int, requests: int, concurrency: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=600, help="per run")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    results = measure(args.repeats, args.requests, args.concurrency)
+    results = measure(args.repeats, args.requests, args.rate)
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print(
-        f"{args.requests} requests x {args.repeats} repeats per mode, "
-        f"{args.concurrency} concurrent clients; medians over repeats"
+        f"{args.requests} requests at {args.rate:g}/s per run, {args.repeats} runs per mode; "
+        f"medians over runs"
     )
-    print(f"{'model latency':<14} {'capture':<8} {'median ms':>10} {'p99 ms':>8} {'req/s':>8}")
+    print(
+        f"{'model latency':<14} {'capture':<8} {'median ms':>10} {'p99 ms':>8} "
+        f"{'around µs':>10} {'p99 µs':>8} {'lag ms':>7}"
+    )
     for profile, figures in results.items():
         for mode in ("off", "on"):
             f = figures[mode]
             print(
                 f"{profile:<14} {mode:<8} {f['median_ms']:>10.2f} {f['p99_ms']:>8.2f} "
-                f"{f['requests_per_s']:>8.0f}"
+                f"{f['server_around_median_us']:>10.0f} {f['server_around_p99_us']:>8.0f} "
+                f"{f['schedule_lag_ms']:>7.1f}"
             )
         on, off = figures["on"], figures["off"]
         print(
-            f"{'':<14} {'overhead':<8} {on['median_ms'] - off['median_ms']:>+10.2f} "
+            f"{'':<14} {'on - off':<8} {on['median_ms'] - off['median_ms']:>+10.2f} "
             f"{on['p99_ms'] - off['p99_ms']:>+8.2f} "
-            f"{(on['requests_per_s'] / off['requests_per_s'] - 1) * 100:>+7.1f}%"
+            f"{on['server_around_median_us'] - off['server_around_median_us']:>+10.0f} "
+            f"{on['server_around_p99_us'] - off['server_around_p99_us']:>+8.0f}"
         )
+    print(
+        "median/p99 ms: client-side request latency; around µs: server-side handler time "
+        "minus the model call (parsing, capture, response); lag: how far the sender fell "
+        "behind its schedule"
+    )
 
 
 if __name__ == "__main__":

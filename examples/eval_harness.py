@@ -336,6 +336,14 @@ DIRECTIONS: dict[str, Direction] = {"attempts": "minimize", "failed.calls": "min
 PAIRED_KEYS = ("correct", "latency.ms", "tokens", "cost.usd")
 
 
+def _display(path: Path) -> str:
+    """Relative to the current directory when below it."""
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def _short(ref: str) -> str:
     return ref.rsplit(".", 1)[-1]
 
@@ -384,7 +392,7 @@ async def report(workspace: Path, refs: Sequence[str]) -> None:
     names = [_short(ref) for ref in refs]
     width = max(len(_row_label(row)) for row in table.rows)
     column = max(10, *map(len, names))
-    print(f"\nRuns read back from {ws.capture_dir}:")
+    print(f"\nRuns read back from {_display(ws.capture_dir)}:")
     print(f"  {'metric':<{width}}  " + "  ".join(f"{n:>{column}}" for n in names) + "  best")
     for row in table.rows:
         values = "  ".join(f"{_fmt(v):>{column}}" for v in row.values)

@@ -161,17 +161,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 state.update(stage=None)
 
     async def judge_endpoint(request: Request) -> JSONResponse:
+        entered = time.perf_counter()
+        response, model_seconds = await _judge(request)
+        # Server-Timing: the whole handler and the model call, so that what the handler adds
+        # around the model (parsing, capture) can be measured from outside.
+        timing = f"app;dur={(time.perf_counter() - entered) * 1000:.3f}"
+        if model_seconds is not None:
+            timing += f", model;dur={model_seconds * 1000:.3f}"
+        response.headers["server-timing"] = timing
+        return response
+
+    async def _judge(request: Request) -> tuple[JSONResponse, float | None]:
         try:
             question, answer, reference, case_id = _parse(await request.json())
         except ValueError:
-            return JSONResponse({"error": "the body is not valid JSON"}, status_code=422)
+            return JSONResponse({"error": "the body is not valid JSON"}, status_code=422), None
         except _BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+            return JSONResponse({"error": str(exc)}, status_code=422), None
         stage: AsyncStage | None = state["stage"]
         if stage is None:
             started = time.perf_counter()
             result = await judge.judge(question, answer, reference)
-            return JSONResponse(_response(result, time.perf_counter() - started, None))
+            elapsed = time.perf_counter() - started
+            return _json(result, elapsed, None), elapsed
         async with stage.sample(f"req-{next(request_numbers):07d}") as sample:
             started = time.perf_counter()
             result = await judge.judge(question, answer, reference)
@@ -185,7 +197,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await sample.metric(
                 "tokens", result.prompt_tokens + result.completion_tokens, unit="tokens", tags=tags
             )
-            return JSONResponse(_response(result, elapsed, sample.ref))
+            return _json(result, elapsed, sample.ref), elapsed
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "capture": settings.capture, "run": state["run_ref"]})
@@ -218,8 +230,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-def _response(result: Judgement, elapsed: float, sample_ref: str | None) -> dict[str, Any]:
-    return {
+def _json(result: Judgement, elapsed: float, sample_ref: str | None) -> JSONResponse:
+    body = {
         "score": result.score,
         "correct": result.correct,
         "verdict": result.verdict,
@@ -227,6 +239,7 @@ def _response(result: Judgement, elapsed: float, sample_ref: str | None) -> dict
         "latency_ms": elapsed * 1000,
         "sample_ref": sample_ref,
     }
+    return JSONResponse(body)
 
 
 # ``uvicorn app:app --app-dir examples/service`` serves this, configured from the environment.

@@ -6,6 +6,7 @@ import math
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from itertools import compress
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -251,8 +252,9 @@ def paired_results(
         rvals = list(map(rmap.__getitem__, matched))
         diffs = list(map(operator.sub, rvals, lvals))
         binary = n > 0 and set(lvals) <= _BINARY and set(rvals) <= _BINARY
-        better = (0.0).__lt__ if direction == "maximize" else (0.0).__gt__
-        worse = (0.0).__gt__ if direction == "maximize" else (0.0).__lt__
+        # partial(lt, 0.0)(d) is 0.0 < d: a positive difference.
+        better = partial(operator.lt if direction == "maximize" else operator.gt, 0.0)
+        worse = partial(operator.gt if direction == "maximize" else operator.lt, 0.0)
         wins = sum(map(better, diffs))
         losses = sum(map(worse, diffs))
         regressed: list[str] = []

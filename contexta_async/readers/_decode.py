@@ -27,10 +27,11 @@ __all__ = [
     "Issues",
     "LineDecoder",
     "RecordLine",
+    "TimedRecordLine",
     "read_blocks",
 ]
 
-CHUNK_SIZE: Final = 1 << 20
+CHUNK_SIZE: Final = 2 << 20
 _MAX_PROBLEMS: Final = 50
 
 
@@ -46,13 +47,16 @@ class _Envelope(_N):
     stage_execution_ref: str | None = None
     batch_execution_ref: str | None = None
     sample_observation_ref: str | None = None
+
+
+class _TimedEnvelope(_Envelope):
     recorded_at: str = ""
 
 
 class _Body(_N):
+    # An event or span has neither: its key is None and it is skipped when grouping metrics.
     metric_key: str | None = None
     value: float | None = None
-    subject_ref: str | None = None
 
 
 class _RecordPayload(_N):
@@ -61,7 +65,22 @@ class _RecordPayload(_N):
 
 
 class RecordLine(_N):
+    """A RECORD line as the scan needs it. The subject of a metric is the innermost of the
+    envelope's refs, so ``subject_ref`` is not decoded."""
+
     payload: _RecordPayload
+    payload_type: str = ""
+
+
+class _TimedRecordPayload(_N):
+    envelope: _TimedEnvelope
+    payload: _Body
+
+
+class TimedRecordLine(_N):
+    """RecordLine plus the record time: for runs known only from their records (1.0.0)."""
+
+    payload: _TimedRecordPayload
     payload_type: str = ""
 
 

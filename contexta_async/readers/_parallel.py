@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Final
 import anyio
 import anyio.to_thread
 
-from ._decode import CHUNK_SIZE, Issues, LineDecoder, RecordLine
+from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
 from ._scan import Accumulator, RecordScan
 
@@ -70,11 +70,12 @@ def scan_range(
     wanted: frozenset[str] | None,
     keep_values: bool,
     chunk_size: int,
+    times: bool = False,
 ) -> tuple[RecordScan, int, list[tuple[str, int, str]], bool]:
     """Scan the lines that start in ``[start, end)`` (blocking; run in a child process)."""
     issues = Issues()
-    acc = Accumulator(wanted, keep_values)
-    decoder = LineDecoder(RecordLine)
+    acc = Accumulator(wanted, keep_values, times)
+    decoder = acc.decoder()
     with open(path, "rb") as handle:
         begin = _line_start(handle, start)
         stop = end if last else _line_start(handle, end)
@@ -132,6 +133,7 @@ async def scan_records_parallel(
     workers: int,
     wanted: frozenset[str] | None = None,
     keep_values: bool = True,
+    times: bool = False,
     chunk_size: int = CHUNK_SIZE,
 ) -> RecordScan:
     """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``."""
@@ -153,7 +155,7 @@ async def scan_records_parallel(
                 pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
                 os.close(read_fd)
-                _child(write_fd, (*args, chunk_size))
+                _child(write_fd, (*args, chunk_size, times))
             os.close(write_fd)
             children.append((pid, read_fd))
         results: list[bytes] = [b""] * workers

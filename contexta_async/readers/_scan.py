@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from itertools import compress, repeat
-from operator import attrgetter, is_not, itemgetter, not_
+from operator import attrgetter, eq, is_not, itemgetter, not_
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ from ._decode import (
     Issues,
     LineDecoder,
     RecordLine,
-    _Body,
+    TimedRecordLine,
     _Envelope,
     read_blocks,
 )
@@ -40,15 +40,13 @@ __all__ = [
 ]
 
 _ENV = attrgetter("payload.envelope")
-_BODY = attrgetter("payload.payload")
 _RUN = attrgetter("run_ref")
 _TYPE = attrgetter("payload_type")
 _STAGE = attrgetter("stage_execution_ref")
 _BATCH = attrgetter("batch_execution_ref")
 _SAMPLE = attrgetter("sample_observation_ref")
-_KEY = attrgetter("metric_key")
-_VALUE = attrgetter("value")
-_IS_METRIC = "MetricRecord".__eq__
+_KEY = attrgetter("payload.payload.metric_key")
+_VALUE = attrgetter("payload.payload.value")
 
 # Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
 # a JSON string is escaped, so these bytes only occur as the line's own payload_type.
@@ -117,16 +115,24 @@ class RecordScan:
 
 
 class Accumulator:
-    """Feeds decoded blocks into a RecordScan with C-level passes over each block."""
+    """Feeds decoded blocks into a RecordScan with C-level passes over each block.
 
-    def __init__(self, wanted: frozenset[str] | None, keep_values: bool) -> None:
+    ``times`` keeps the first and last record time per run (wanted for runs that have no
+    CONTEXT lines, i.e. Contexta 1.0.0 workspaces); decoding the time costs a little.
+    """
+
+    def __init__(self, wanted: frozenset[str] | None, keep_values: bool, times: bool) -> None:
         self.scan = RecordScan()
         self.wanted = wanted
         self.keep_values = keep_values
+        self.times = times
         # (parent ref of the samples, metric key) -> sample name -> the value captured last.
         self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
         # (subject ref, metric key) -> the value captured last (run/stage/batch metrics).
         self.others: dict[tuple[str, str], float | None] = {}
+
+    def decoder(self) -> LineDecoder[Any]:
+        return LineDecoder(TimedRecordLine if self.times else RecordLine)
 
     def feed(self, lines: list[RecordLine]) -> None:
         if not lines:
@@ -135,80 +141,123 @@ class Accumulator:
         scan.records += len(lines)
         envs = list(map(_ENV, lines))
         runs = list(map(_RUN, envs))
-        types = list(map(_TYPE, lines))
-        scan.counts.update(zip(runs, types, strict=False))
-        scan.stage_refs.update(map(_STAGE, envs))
-        last = dict(zip(runs, envs, strict=False))
-        if not scan.first_time.keys() >= last.keys():
-            first = dict(zip(reversed(runs), reversed(envs), strict=False))
-            for run, env in first.items():
-                scan.first_time.setdefault(run, env.recorded_at)
-        for run, env in last.items():
-            scan.last_time[run] = env.recorded_at
+        run_set = set(runs)
+        if len(run_set) == 1:
+            (run,) = run_set
+            for payload_type, n in Counter(map(_TYPE, lines)).items():
+                scan.counts[(run, payload_type)] += n
+        else:
+            scan.counts.update(zip(runs, map(_TYPE, lines), strict=True))
+        stages = set(map(_STAGE, envs))
+        scan.stage_refs.update(stages)
+        if self.times:
+            self._times(runs, run_set, envs)
         if not self.keep_values:
             return
         wanted = self.wanted
-        if wanted is not None and not wanted.issuperset(last):
+        if wanted is not None and not wanted.issuperset(run_set):
             keep = list(map(wanted.__contains__, runs))
             lines = list(compress(lines, keep))
-            types = list(compress(types, keep))
             envs = list(compress(envs, keep))
-        is_metric = list(map(_IS_METRIC, types))
-        envs = list(compress(envs, is_metric))
-        if not envs:
-            return
-        bodies = list(map(_BODY, compress(lines, is_metric)))
+            if not envs:
+                return
+            stages = set(map(_STAGE, envs))
         samples: list[Any] = list(map(_SAMPLE, envs))
         if None in samples:
             at_sample = list(map(is_not, samples, repeat(None)))
-            self._others(
-                compress(envs, map(not_, at_sample)), compress(bodies, map(not_, at_sample))
-            )
+            elsewhere = list(map(not_, at_sample))
+            self._others(compress(envs, elsewhere), compress(lines, elsewhere))
+            lines = list(compress(lines, at_sample))
             envs = list(compress(envs, at_sample))
-            bodies = list(compress(bodies, at_sample))
             samples = list(compress(samples, at_sample))
             if not envs:
                 return
-        stages = set(map(_STAGE, envs))
+            stages = set(map(_STAGE, envs))
         batches = set(map(_BATCH, envs))
         if len(stages) == 1 and len(batches) == 1:
             (stage,) = stages
             (batch,) = batches
-            self._one_parent(batch or stage, samples, bodies)
+            self._one_parent(batch or stage or "", samples, lines)
         else:  # samples of several stages/batches interleaved in one block
-            for env, sample, body in zip(envs, samples, bodies, strict=True):
+            for env, sample, line in zip(envs, samples, lines, strict=True):
                 parent = env.batch_execution_ref or env.stage_execution_ref or ""
-                self._one_parent(parent, [sample], [body])
+                self._one_parent(parent, [sample], [line])
 
-    def _one_parent(self, parent: str, samples: list[str], bodies: list[_Body]) -> None:
+    def _times(self, runs: list[str], run_set: set[str], envs: list[Any]) -> None:
+        scan = self.scan
+        if len(run_set) == 1:
+            (run,) = run_set
+            scan.first_time.setdefault(run, envs[0].recorded_at)
+            scan.last_time[run] = envs[-1].recorded_at
+            return
+        for run, env in dict(zip(reversed(runs), reversed(envs), strict=True)).items():
+            scan.first_time.setdefault(run, env.recorded_at)
+        for run, env in dict(zip(runs, envs, strict=True)).items():
+            scan.last_time[run] = env.recorded_at
+
+    def _one_parent(self, parent: str, samples: list[str], lines: list[RecordLine]) -> None:
         # sample:<parent components>.<name>: the name is what follows the parent's components.
         cut = itemgetter(slice(len(parent) - parent.index(":") + len("sample:"), None))
         names = list(map(sys.intern, map(cut, samples)))
-        keys = list(map(_KEY, bodies))
-        values = list(map(_VALUE, bodies))
-        groups = self.samples
-        distinct = dict.fromkeys(keys)
-        if len(distinct) == 1:
-            (key,) = distinct
-            target = groups.get((parent, key))
-            if target is None:
-                target = groups[(parent, sys.intern(key))] = {}
-            target.update(zip(names, values, strict=False))
+        keys: list[str | None] = list(map(_KEY, lines))
+        values: list[float | None] = list(map(_VALUE, lines))
+        if len(keys) > 64 and self._periodic(parent, names, keys, values):
             return
         # One C-level pass per distinct key of the block (a handful), not a step per record;
         # compress keeps capture order, so the last value per sample wins.
-        for key in distinct:
-            target = groups.get((parent, key))
-            if target is None:
-                target = groups[(parent, sys.intern(key))] = {}
-            chosen = list(map(key.__eq__, keys))
-            target.update(zip(compress(names, chosen), compress(values, chosen), strict=False))
+        for key in dict.fromkeys(keys):
+            if key is None:
+                continue  # events and spans
+            # operator.eq, not key.__eq__: str.__eq__(None) is NotImplemented, which is truthy.
+            chosen = list(map(eq, keys, repeat(key)))
+            self._target(parent, key).update(
+                zip(compress(names, chosen), compress(values, chosen), strict=False)
+            )
 
-    def _others(self, envs: Iterable[_Envelope], bodies: Iterable[_Body]) -> None:
+    def _periodic(
+        self, parent: str, names: list[str], keys: list[str | None], values: list[float | None]
+    ) -> bool:
+        """Group by slicing when every sample captures the same keys in the same order.
+
+        Then the keys repeat with a period P and ``names[j::P]``/``values[j::P]`` are the
+        samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys). Used
+        only when each (sample, key) occurs once in the block, so order cannot matter.
+        """
+        try:
+            period = keys.index(keys[0], 1)
+        except ValueError:
+            return False
+        if period > 64 or keys[:-period] != keys[period:]:
+            return False
+        slots = keys[:period]
+        if len(set(slots)) != period:
+            return False  # a key twice per sample: keep capture order with the general path
+        columns = []
+        for j, key in enumerate(slots):
+            if key is None:
+                continue
+            column = names[j::period]
+            if len(set(column)) != len(column):
+                return False  # a sample captured twice in the block
+            columns.append((key, column, values[j::period]))
+        for key, column, column_values in columns:
+            self._target(parent, key).update(zip(column, column_values, strict=True))
+        return True
+
+    def _target(self, parent: str, key: str) -> dict[str, float | None]:
+        target = self.samples.get((parent, key))
+        if target is None:
+            target = self.samples[(parent, sys.intern(key))] = {}
+        return target
+
+    def _others(self, envs: Iterable[_Envelope], lines: Iterable[RecordLine]) -> None:
         others = self.others
-        for env, body in zip(envs, bodies, strict=False):
-            subject = body.subject_ref or env.batch_execution_ref or env.stage_execution_ref
-            others[(subject or env.run_ref, body.metric_key or "")] = body.value
+        for env, line in zip(envs, lines, strict=True):
+            body = line.payload.payload
+            if body.metric_key is None:
+                continue
+            subject = env.batch_execution_ref or env.stage_execution_ref or env.run_ref
+            others[(subject, body.metric_key)] = body.value
 
     def finish(self) -> RecordScan:
         runs = self.scan.run_refs() if self.wanted is None else self.wanted
@@ -224,12 +273,13 @@ async def scan_records(
     *,
     wanted: frozenset[str] | None = None,
     keep_values: bool = True,
+    times: bool = False,
     chunk_size: int = CHUNK_SIZE,
 ) -> RecordScan:
     """Scan ``record.jsonl`` in this process. With ``keep_values``, keep the latest value per
     (subject, key) of the ``wanted`` runs (every run when ``wanted`` is None)."""
-    acc = Accumulator(wanted, keep_values)
-    decoder = LineDecoder(RecordLine)
+    acc = Accumulator(wanted, keep_values, times)
+    decoder = acc.decoder()
     name = str(path)
     async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
         acc.feed(decoder.decode(block, name, offset, issues))

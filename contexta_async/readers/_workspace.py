@@ -206,7 +206,9 @@ class Workspace:
                 wanted = frozenset(resolve_run_ref(n, runs) for n in names)
             except UnknownRunError:
                 wanted = None  # a run known only from its records (Contexta 1.0.0): scan all
-        scan = await self._scan_records(issues, wanted, keep_values)
+        # Record times are decoded only when no run has CONTEXT lines (a 1.0.0 workspace).
+        times = not any(info.status != "unknown" for info in runs.values())
+        scan = await self._scan_records(issues, wanted, keep_values, times)
         artifacts = await read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
         refs: list[str] = []
         snapshot = _Snapshot(runs, scan, artifacts, ReadReport())
@@ -217,7 +219,9 @@ class Workspace:
             refs = [resolve_run_ref(n, known) for n in names]
             if wanted is not None and not wanted.issuperset(refs):
                 # A record-only run shares the suffix: rescan with the right runs.
-                snapshot.scan = await self._scan_records(issues, frozenset(refs), keep_values)
+                snapshot.scan = await self._scan_records(
+                    issues, frozenset(refs), keep_values, times
+                )
         snapshot.report = await issues.report()
         self.last_report = snapshot.report
         if snapshot.report.corrupt_lines:
@@ -229,7 +233,7 @@ class Workspace:
         return snapshot, refs
 
     async def _scan_records(
-        self, issues: Issues, wanted: frozenset[str] | None, keep_values: bool
+        self, issues: Issues, wanted: frozenset[str] | None, keep_values: bool, times: bool
     ) -> RecordScan:
         path = self._file("record")
         workers = self.workers
@@ -249,10 +253,16 @@ class Workspace:
                     workers=workers,
                     wanted=wanted,
                     keep_values=keep_values,
+                    times=times,
                     chunk_size=self.chunk_size,
                 )
         return await scan_records(
-            path, issues, wanted=wanted, keep_values=keep_values, chunk_size=self.chunk_size
+            path,
+            issues,
+            wanted=wanted,
+            keep_values=keep_values,
+            times=times,
+            chunk_size=self.chunk_size,
         )
 
     # ---- listing -----------------------------------------------------------------------

@@ -324,3 +324,40 @@ def test_workspace_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers"):
         Workspace(tmp_path / "ws", workers=0)
     assert os.fspath(Workspace(tmp_path / "ws").path) == str((tmp_path / "ws").absolute())
+
+
+async def test_latest_value_per_sample_wins_in_regular_and_irregular_blocks(
+    tmp_path: Path,
+) -> None:
+    # "regular": every sample captures a, b, an event, c, in that order (the O(n) sliced
+    # grouping applies); "irregular": case-5 captures a twice and case-7 is captured again
+    # later with new values, so only capture order decides which value is the latest.
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    expected: dict[str, dict[str, float]] = {"regular": {}, "irregular": {}}
+    for name in ("regular", "irregular"):
+        with ctx.run(name) as run, run.stage("evaluate") as stage:
+            for i in range(50):
+                with stage.sample(f"case-{i}") as sample:
+                    sample.metric("a", float(i))
+                    if name == "irregular" and i == 5:
+                        sample.metric("a", 500.0)
+                    sample.metric("b", float(i % 3))
+                    sample.event("seen", message="x")
+                    sample.metric("c", i / 10)
+                expected[name][f"case-{i}"] = 500.0 if name == "irregular" and i == 5 else i
+            if name == "irregular":
+                with stage.sample("case-7") as sample:
+                    sample.metric("a", 700.0)
+                expected[name]["case-7"] = 700.0
+    ctx.close()
+    big = await Workspace(tmp_path / "ws").compare("regular", "irregular", include_samples=True)
+    small = await Workspace(tmp_path / "ws", chunk_size=4096).compare(
+        "regular", "irregular", include_samples=True
+    )
+    assert big.paired == small.paired and big.metrics == small.metrics
+    a = next(p for p in big.paired if p.key == "a")
+    assert a.samples is not None and a.n_matched == 50
+    assert {s.name: s.left for s in a.samples} == expected["regular"]
+    assert {s.name: s.right for s in a.samples} == expected["irregular"]
+    c = next(p for p in big.paired if p.key == "c")
+    assert c.mean_diff == 0.0 and c.ties == 50

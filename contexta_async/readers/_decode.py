@@ -253,7 +253,7 @@ class LineDecoder(Generic[T]):
     def __init__(self, kind: type[T]) -> None:
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(kind)
 
-    def decode(self, data: bytes, path: str, offset: int, issues: Issues) -> list[T]:
+    def decode(self, data: bytes | memoryview, path: str, offset: int, issues: Issues) -> list[T]:
         """Decode a block of complete lines that starts at byte ``offset`` of ``path``."""
         try:
             values = self._decoder.decode_lines(data)
@@ -264,7 +264,7 @@ class LineDecoder(Generic[T]):
         # never balance, and the whole block fails instead. Then find the bad lines one by one.
         if values is not None:
             return values
-        return self._line_by_line(data, path, offset, issues)
+        return self._line_by_line(bytes(data), path, offset, issues)
 
     def _line_by_line(self, data: bytes, path: str, offset: int, issues: Issues) -> list[T]:
         out: list[T] = []

@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
-from ._scan import Accumulator, RecordScan
+from ._scan import Accumulator, BlockFeeder, RecordScan
 
 __all__ = ["PARALLEL_MIN_BYTES", "can_fork", "default_workers", "scan_records_parallel"]
 
@@ -75,26 +75,20 @@ def scan_range(
     """Scan the lines that start in ``[start, end)`` (blocking; run in a child process)."""
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
-    decoder = acc.decoder()
     with open(path, "rb") as handle:
         begin = _line_start(handle, start)
         stop = end if last else _line_start(handle, end)
         handle.seek(begin)
-        offset = begin
-        tail = b""
-        while offset + len(tail) < stop:
-            block = handle.read(min(chunk_size, stop - offset - len(tail)))
+        feeder = BlockFeeder(acc, path, issues, begin)
+        position = begin
+        while position < stop:
+            block = handle.read(min(chunk_size, stop - position))
             if not block:
                 break
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                tail += block
-                continue
-            data = tail + block[: cut + 1] if tail else block[: cut + 1]
-            tail = block[cut + 1 :]
-            acc.feed(decoder.decode(data, path, offset, issues))
-            offset += len(data)
-    return acc.finish(), issues.corrupt_lines, issues.problems_raw(), bool(tail.strip())
+            position += len(block)
+            feeder.feed(block)
+        torn = bool(feeder.tail.strip())
+    return acc.finish(), issues.corrupt_lines, issues.problems_raw(), torn
 
 
 def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - in a child

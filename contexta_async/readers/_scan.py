@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_not, itemgetter, not_
 from pathlib import Path
 from typing import Any, Final
+
+import aiofiles
+import anyio
 
 from ._compare import RunMetrics, collect_metrics
 from ._decode import (
@@ -28,10 +31,12 @@ from ._decode import (
     _Envelope,
     read_blocks,
 )
+from ._errors import UnreadableFileError
 
 __all__ = [
     "Accumulator",
     "ArtifactInfo",
+    "BlockFeeder",
     "RecordScan",
     "RunInfo",
     "read_artifacts",
@@ -198,11 +203,11 @@ class Accumulator:
     def _one_parent(self, parent: str, samples: list[str], lines: list[RecordLine]) -> None:
         # sample:<parent components>.<name>: the name is what follows the parent's components.
         cut = itemgetter(slice(len(parent) - parent.index(":") + len("sample:"), None))
-        names = list(map(sys.intern, map(cut, samples)))
         keys: list[str | None] = list(map(_KEY, lines))
         values: list[float | None] = list(map(_VALUE, lines))
-        if len(keys) > 64 and self._periodic(parent, names, keys, values):
+        if len(keys) > 64 and self._periodic(parent, cut, samples, keys, values):
             return
+        names = list(map(sys.intern, map(cut, samples)))
         # One C-level pass per distinct key of the block (a handful), not a step per record;
         # compress keeps capture order, so the last value per sample wins.
         for key in dict.fromkeys(keys):
@@ -215,13 +220,19 @@ class Accumulator:
             )
 
     def _periodic(
-        self, parent: str, names: list[str], keys: list[str | None], values: list[float | None]
+        self,
+        parent: str,
+        cut: Callable[[str], str],
+        samples: list[str],
+        keys: list[str | None],
+        values: list[float | None],
     ) -> bool:
         """Group by slicing when every sample captures the same keys in the same order.
 
-        Then the keys repeat with a period P and ``names[j::P]``/``values[j::P]`` are the
-        samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys). Used
-        only when each (sample, key) occurs once in the block, so order cannot matter.
+        Then the keys repeat with a period P and ``samples[j::P]``/``values[j::P]`` are the
+        samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys), and
+        events are never touched. Used only when each (sample, key) occurs once in the block,
+        so order cannot matter.
         """
         try:
             period = keys.index(keys[0], 1)
@@ -230,18 +241,21 @@ class Accumulator:
         if period > 64 or keys[:-period] != keys[period:]:
             return False
         slots = keys[:period]
-        if len(set(slots)) != period:
+        metric_slots = [key for key in slots if key is not None]
+        if len(set(metric_slots)) != len(metric_slots):
             return False  # a key twice per sample: keep capture order with the general path
         columns = []
         for j, key in enumerate(slots):
             if key is None:
                 continue
-            column = names[j::period]
+            column = samples[j::period]
             if len(set(column)) != len(column):
                 return False  # a sample captured twice in the block
             columns.append((key, column, values[j::period]))
+        intern = sys.intern
         for key, column, column_values in columns:
-            self._target(parent, key).update(zip(column, column_values, strict=True))
+            names = map(intern, map(cut, column))
+            self._target(parent, key).update(zip(names, column_values, strict=True))
         return True
 
     def _target(self, parent: str, key: str) -> dict[str, float | None]:
@@ -267,6 +281,47 @@ class Accumulator:
         return self.scan
 
 
+class BlockFeeder:
+    """Cuts raw blocks at their last newline and feeds the complete lines to an Accumulator.
+
+    The complete lines are decoded in place through a memoryview (no copy of the block); only
+    the partial line carried over from the previous block is glued to the start of this one.
+    """
+
+    def __init__(self, acc: Accumulator, path: str, issues: Issues, offset: int = 0) -> None:
+        self.acc = acc
+        self.decoder = acc.decoder()
+        self.path = path
+        self.issues = issues
+        self.offset = offset
+        self.tail = b""
+
+    def feed(self, block: bytes) -> None:
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            self.tail += block
+            return
+        start = 0
+        if self.tail:
+            first = block.find(b"\n")
+            head = self.tail + block[: first + 1]
+            self._decode(head)
+            start = first + 1
+        if start <= cut:
+            self._decode(memoryview(block)[start : cut + 1])
+        self.tail = block[cut + 1 :]
+
+    def _decode(self, data: bytes | memoryview) -> None:
+        self.acc.feed(self.decoder.decode(data, self.path, self.offset, self.issues))
+        self.offset += len(data)
+
+    def close(self) -> None:
+        """At the end of the file: a partial last line is a line still being written."""
+        if self.tail.strip():
+            self.issues.torn_tails.append(self.path)
+        self.tail = b""
+
+
 async def scan_records(
     path: Path,
     issues: Issues,
@@ -277,12 +332,42 @@ async def scan_records(
     chunk_size: int = CHUNK_SIZE,
 ) -> RecordScan:
     """Scan ``record.jsonl`` in this process. With ``keep_values``, keep the latest value per
-    (subject, key) of the ``wanted`` runs (every run when ``wanted`` is None)."""
+    (subject, key) of the ``wanted`` runs (every run when ``wanted`` is None).
+
+    The next block is read (in aiofiles' worker thread, which releases the GIL) while this one
+    is decoded, so reading and decoding overlap; at most three blocks are held.
+    """
     acc = Accumulator(wanted, keep_values, times)
-    decoder = acc.decoder()
-    name = str(path)
-    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
-        acc.feed(decoder.decode(block, name, offset, issues))
+    feeder = BlockFeeder(acc, str(path), issues)
+    failure: OSError | None = None
+    try:
+        handle = await aiofiles.open(path, "rb")
+    except FileNotFoundError:
+        return acc.finish()
+    except OSError as exc:
+        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    send, receive = anyio.create_memory_object_stream[bytes](1)
+
+    async def produce() -> None:
+        nonlocal failure
+        async with send:
+            try:
+                while block := await handle.read(chunk_size):
+                    await send.send(block)
+            except OSError as exc:
+                failure = exc
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(produce)
+            async with receive:
+                async for block in receive:
+                    feeder.feed(block)
+    finally:
+        await handle.close()
+    if failure is not None:
+        raise UnreadableFileError(str(path), failure.strerror or str(failure)) from failure
+    feeder.close()
     return acc.finish()
 
 

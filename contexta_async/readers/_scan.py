@@ -178,15 +178,25 @@ class Accumulator:
             if not envs:
                 return
             stages = set(map(_STAGE, envs))
-        batches = set(map(_BATCH, envs))
+        batch_refs = list(map(_BATCH, envs))
+        batches = set(batch_refs)
         if len(stages) == 1 and len(batches) == 1:
             (stage,) = stages
             (batch,) = batches
             self._one_parent(batch or stage or "", samples, lines)
-        else:  # samples of several stages/batches interleaved in one block
-            for env, sample, line in zip(envs, samples, lines, strict=True):
-                parent = env.batch_execution_ref or env.stage_execution_ref or ""
-                self._one_parent(parent, [sample], [line])
+            return
+        # Samples of several stages or batches in one block (runs captured concurrently, or a
+        # run boundary): one group per parent, each grouped like a single-parent block.
+        if batches == {None}:
+            parents: list[Any] = list(map(_STAGE, envs))
+        else:
+            stage_refs = map(_STAGE, envs)
+            parents = [b or s for b, s in zip(batch_refs, stage_refs, strict=True)]
+        for parent in dict.fromkeys(parents):
+            chosen = list(map(eq, parents, repeat(parent)))
+            self._one_parent(
+                parent or "", list(compress(samples, chosen)), list(compress(lines, chosen))
+            )
 
     def _times(self, runs: list[str], run_set: set[str], envs: list[Any]) -> None:
         scan = self.scan

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Read benchmark: list runs and compare two runs of a 1,000,000-record workspace.
+
+A benchmark, not a test: it asserts nothing. The workspace is generated directly in the
+capture format (the library's own msgspec Structs and encoder, so every line is byte-for-byte
+what a capture writes): two runs, one ``evaluate`` stage, N samples per run, each sample with
+six metrics (correct 0/1, judge.score 1-5, latency.ms, prompt.tokens, completion.tokens,
+cost.usd) and two events, plus the CONTEXT lines of every run, stage and sample (opened and
+closed). Every measurement runs in a fresh subprocess (its peak RSS is its own), three times;
+the median is reported.
+
+Scenarios:
+  list-runs         Workspace.list_runs(): statuses from CONTEXT, counts from every record
+  compare-read      the read half of compare: scan, aggregate per (stage, key) and per sample
+  compare           Workspace.compare(a, b): the above plus deltas, artifacts and the paired
+                    statistics (2000 bootstrap resamples per sample-level metric)
+  *-1proc           the same with workers=1 (no forked range readers)
+
+Peak RSS is measured for three shapes: 1M records with 62,500 samples per run; 1M records
+with 15,625 samples per run, each metric captured 4 times (same file size, a 4x smaller
+answer); 250k records with 15,625 samples per run (a 4x smaller file, the same answer).
+
+Usage:
+  .venv/bin/python benchmarks/read.py                # full run (~3 min on 2 cores)
+  .venv/bin/python benchmarks/read.py --quick        # 100k records, one repeat
+  .venv/bin/python benchmarks/read.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from contexta_async._records import (  # noqa: E402
+    CONTEXT,
+    RECORD,
+    CaptureLine,
+    Envelope,
+    EventPayload,
+    MetricPayload,
+    RecordPayload,
+    Run,
+    SampleObservation,
+    StageExecution,
+)
+
+PROJECT = "bench"
+RUNS = ("baseline", "candidate")
+METRICS_PER_SAMPLE = 6
+EVENTS_PER_SAMPLE = 2
+
+
+def _stamp(i: int) -> str:
+    seconds, micros = divmod(i, 1_000_000)
+    minutes, seconds = divmod(seconds, 60)
+    return f"2026-11-26T05:{minutes % 60:02d}:{seconds:02d}.{micros:06d}Z"
+
+
+def _run_line(name: str, started: str, status: str, ended: str | None) -> CaptureLine:
+    run_ref = f"run:{PROJECT}.{name}"
+    return CaptureLine(
+        captured_at=ended or started,
+        family=CONTEXT,
+        payload=Run(
+            code_revision=None,
+            dataset_ref="dataset:bench.cases",
+            ended_at=ended,
+            failure_reason=None,
+            metadata={},
+            name=name,
+            project_ref=f"project:{PROJECT}",
+            run_ref=run_ref,
+            started_at=started,
+            status=status,
+            tags={},
+        ),
+        payload_ref=run_ref,
+        payload_type="Run",
+        sink_name="local-jsonl",
+    )
+
+
+def _stage_line(name: str, started: str, status: str, ended: str | None) -> CaptureLine:
+    stage_ref = f"stage:{PROJECT}.{name}.evaluate"
+    return CaptureLine(
+        captured_at=ended or started,
+        family=CONTEXT,
+        payload=StageExecution(
+            ended_at=ended,
+            failure_reason=None,
+            order_index=0,
+            run_ref=f"run:{PROJECT}.{name}",
+            stage_execution_ref=stage_ref,
+            stage_name="evaluate",
+            started_at=started,
+            status=status,
+        ),
+        payload_ref=stage_ref,
+        payload_type="StageExecution",
+        sink_name="local-jsonl",
+    )
+
+
+def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> int:
+    """Write the workspace; return the number of RECORD lines."""
+    capture = workspace / "cache" / "capture"
+    capture.mkdir(parents=True, exist_ok=True)
+    encoder = msgspec.json.Encoder(order="deterministic")
+    rng = random.Random(seed)
+    tick = 0
+    records = 0
+    with open(capture / "record.jsonl", "wb") as rec, open(capture / "context.jsonl", "wb") as ctx:
+        for run_index, name in enumerate(RUNS):
+            run_ref = f"run:{PROJECT}.{name}"
+            stage_ref = f"stage:{PROJECT}.{name}.evaluate"
+            quality = 0.70 + 0.05 * run_index  # the candidate is a little better
+            context: list[CaptureLine] = []
+            started = _stamp(tick)
+
+            ctx.write(
+                encoder.encode_lines(
+                    [
+                        _run_line(name, started, "open", None),
+                        _stage_line(name, started, "open", None),
+                    ]
+                )
+            )
+            batch: list[CaptureLine] = []
+            for s in range(samples):
+                sample_ref = f"sample:{PROJECT}.{name}.evaluate.case-{s}"
+                opened = _stamp(tick)
+                correct = float(rng.random() < quality)
+                prompt_tokens = rng.randint(50, 400)
+                completion = rng.randint(5, 120)
+                values: list[tuple[str, float | int, str | None]] = [
+                    ("correct", correct, "ratio"),
+                    ("judge.score", rng.randint(1, 5), None),
+                    ("latency.ms", rng.lognormvariate(5.5, 0.4), "ms"),
+                    ("prompt.tokens", prompt_tokens, None),
+                    ("completion.tokens", completion, None),
+                    ("cost.usd", (prompt_tokens * 0.15 + completion * 0.6) / 1e6, "usd"),
+                ]
+                for _ in range(repeat):
+                    for key, value, unit in values:
+                        tick += 1
+                        stamp = _stamp(tick)
+                        ref = f"record:{PROJECT}.{name}.metric-{records:012x}"
+                        records += 1
+                        batch.append(
+                            CaptureLine(
+                                captured_at=stamp,
+                                family=RECORD,
+                                payload=RecordPayload(
+                                    envelope=Envelope(
+                                        batch_execution_ref=None,
+                                        observed_at=stamp,
+                                        record_ref=ref,
+                                        record_type="metric",
+                                        recorded_at=stamp,
+                                        run_ref=run_ref,
+                                        sample_observation_ref=sample_ref,
+                                        stage_execution_ref=stage_ref,
+                                    ),
+                                    payload=MetricPayload(
+                                        aggregation_scope="step",
+                                        metric_key=key,
+                                        subject_ref=sample_ref,
+                                        summary_basis="raw_observation",
+                                        tags={},
+                                        unit=unit,
+                                        value=value,
+                                        value_type="int" if isinstance(value, int) else "float",
+                                    ),
+                                ),
+                                payload_ref=ref,
+                                payload_type="MetricRecord",
+                                sink_name="local-jsonl",
+                            )
+                        )
+                    for key in ("request", "response")[:EVENTS_PER_SAMPLE]:
+                        tick += 1
+                        stamp = _stamp(tick)
+                        ref = f"record:{PROJECT}.{name}.event-{records:012x}"
+                        records += 1
+                        batch.append(
+                            CaptureLine(
+                                captured_at=stamp,
+                                family=RECORD,
+                                payload=RecordPayload(
+                                    envelope=Envelope(
+                                        batch_execution_ref=None,
+                                        observed_at=stamp,
+                                        record_ref=ref,
+                                        record_type="event",
+                                        recorded_at=stamp,
+                                        run_ref=run_ref,
+                                        sample_observation_ref=sample_ref,
+                                        stage_execution_ref=stage_ref,
+                                    ),
+                                    payload=EventPayload(
+                                        attributes={"model": "mock"},
+                                        event_key=key,
+                                        level="info",
+                                        message=f"{key} for case-{s}",
+                                        subject_ref=sample_ref,
+                                    ),
+                                ),
+                                payload_ref=ref,
+                                payload_type="StructuredEventRecord",
+                                sink_name="local-jsonl",
+                            )
+                        )
+                closed = _stamp(tick)
+                for status, ended in (("open", None), ("completed", closed)):
+                    context.append(
+                        CaptureLine(
+                            captured_at=closed,
+                            family=CONTEXT,
+                            payload=SampleObservation(
+                                batch_execution_ref=None,
+                                ended_at=ended,
+                                failure_reason=None,
+                                observed_at=opened,
+                                run_ref=run_ref,
+                                sample_name=f"case-{s}",
+                                sample_observation_ref=sample_ref,
+                                stage_execution_ref=stage_ref,
+                                status=status,
+                            ),
+                            payload_ref=sample_ref,
+                            payload_type="SampleObservation",
+                            sink_name="local-jsonl",
+                        )
+                    )
+                if len(batch) >= 20_000:
+                    rec.write(encoder.encode_lines(batch))
+                    ctx.write(encoder.encode_lines(context))
+                    batch, context = [], []
+            rec.write(encoder.encode_lines(batch))
+            ctx.write(encoder.encode_lines(context))
+            ended = _stamp(tick)
+            ctx.write(
+                encoder.encode_lines(
+                    [
+                        _stage_line(name, started, "completed", ended),
+                        _run_line(name, started, "completed", ended),
+                    ]
+                )
+            )
+    return records
+
+
+# ---- measurement (in a child process) -----------------------------------------------------
+
+
+def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
+    import anyio
+
+    from contexta_async.readers import Workspace
+
+    workers = 1 if scenario.endswith("-1proc") else None
+    base = scenario.removesuffix("-1proc")
+    times: list[float] = []
+    records = 0
+
+    async def once() -> None:
+        nonlocal records
+        ws = Workspace(workspace, workers=workers)
+        started = time.perf_counter()
+        if base == "list-runs":
+            runs = await ws.list_runs()
+            records = sum(r.counts.metrics + r.counts.events for r in runs)
+        elif base == "compare-read":
+            snapshot, _ = await ws._snapshot(list(RUNS), keep_values=True)
+            records = snapshot.scan.records
+        else:
+            result = await ws.compare(*RUNS)
+            records = sum(s.counts.metrics + s.counts.events for s in (result.left, result.right))
+        times.append(time.perf_counter() - started)
+
+    for _ in range(repeat):
+        anyio.run(once)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "scenario": scenario,
+        "records": records,
+        "times": times,
+        "peak_rss_mib": round(own / 1024, 1),
+        "peak_rss_children_mib": round(children / 1024, 1),
+    }
+
+
+def _run_child(scenario: str, workspace: Path, repeat: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", scenario, str(workspace), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="100k records, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--dir", help="where to generate the workspaces (default: a temp dir)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        scenario, workspace, repeat = args.child
+        print(json.dumps(_measure(scenario, workspace, int(repeat))))
+        return
+    per_sample = METRICS_PER_SAMPLE + EVENTS_PER_SAMPLE
+    total = 100_000 if args.quick else 1_000_000
+    repeat = 1 if args.quick else args.repeat
+    samples = total // len(RUNS) // per_sample
+    base = Path(args.dir or tempfile.mkdtemp(prefix="contexta-read-bench-"))
+    results: list[dict[str, Any]] = []
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"{total:,} records ({len(RUNS)} runs x {samples:,} samples x {per_sample})"
+    )
+    try:
+        main_ws = base / "main"
+        started = time.perf_counter()
+        records = generate(main_ws, samples)
+        size = (main_ws / "cache" / "capture" / "record.jsonl").stat().st_size
+        print(
+            f"generated {records:,} records, {size / 2**20:,.0f} MiB record.jsonl, "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+        scenarios = [
+            "list-runs",
+            "compare-read",
+            "compare",
+            "list-runs-1proc",
+            "compare-read-1proc",
+            "compare-1proc",
+        ]
+        print(f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'rss MiB':>8} {'child MiB':>9}")
+        for scenario in scenarios:
+            r = _run_child(scenario, main_ws, repeat)
+            r["median_s"] = statistics.median(r["times"])
+            r["records_per_s"] = r["records"] / r["median_s"]
+            r["shape"] = "main"
+            results.append(r)
+            print(
+                f"{scenario:<20} {r['median_s']:>9.3f} {r['records_per_s']:>12,.0f} "
+                f"{r['peak_rss_mib']:>8} {r['peak_rss_children_mib']:>9}   "
+                f"runs: {', '.join(f'{t:.3f}' for t in r['times'])}"
+            )
+        # Peak RSS follows the answer (samples x keys), not the file.
+        shapes = [
+            ("same file, answer / 4", samples // 4, 4),
+            ("file / 4, answer / 4", samples // 4, 1),
+        ]
+        for label, shape_samples, shape_repeat in shapes:
+            ws = base / f"shape-{shape_samples}-{shape_repeat}"
+            generate(ws, shape_samples, shape_repeat)
+            r = _run_child("compare", ws, 1)
+            r["shape"] = label
+            r["median_s"] = statistics.median(r["times"])
+            results.append(r)
+            size = (ws / "cache" / "capture" / "record.jsonl").stat().st_size
+            print(
+                f"rss {label:<24} {r['records']:>9,} records {size / 2**20:>6,.0f} MiB "
+                f"{shape_samples:>7,} samples/run: compare peak RSS {r['peak_rss_mib']} MiB "
+                f"(children {r['peak_rss_children_mib']} MiB), {r['median_s']:.3f}s"
+            )
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,14 @@ from .sinks import LocalJsonlSink, Sink
 __all__ = ["Contexta"]
 
 _CAPTURE_DIR = ("cache", "capture")
+
+
+def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) -> None:
+    if pipeline.closed:
+        return
+    for core in registry.open_runs():
+        for item in core.close("cancelled", reason):
+            pipeline.submit_lifecycle(item)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -48,7 +57,8 @@ class Contexta:
             raise QueueFullError), ``"drop_newest"`` (the new line is dropped and counted) or
             ``"raise"`` (every call raises QueueFullError).
         shutdown_timeout: seconds closing may take to drain before it reports what is lost.
-        max_retries, retry_backoff: bounded retry of failed writes, with doubling backoff.
+        max_retries: how often a failed write is retried before its lines are reported lost.
+        retry_backoff: seconds before the first retry; doubled for each next one (up to 2 s).
     """
 
     def __init__(
@@ -100,6 +110,14 @@ class Contexta:
         self._pipeline = Pipeline(chosen, options)
         self._registry = ScopeRegistry()
         self._task_group: TaskGroup | None = None
+        # At interpreter exit the pipeline closes what a program left open, saying why. (The
+        # pipeline outlives this object: its writer thread holds it, not the other way round.)
+        self._pipeline.before_exit = functools.partial(
+            _cancel_open_runs,
+            self._registry,
+            self._pipeline,
+            "the program exited before the run was closed",
+        )
 
     # ---- capture ---------------------------------------------------------------------
 
@@ -147,12 +165,13 @@ class Contexta:
 
         In async code, ``await ctx.flush()``. In sync code (no running event loop in this
         thread) ``ctx.flush()`` blocks until done. Raises DeliveryError naming the lines and
-        runs that a sink could not make durable since the last flush.
+        runs that a sink could not make durable since the last flush, and FlushTimeoutError
+        when ``timeout`` seconds pass first (the lines stay queued).
         """
         if _running_loop() is None:
             self._pipeline.flush_blocking(timeout)
             return READY
-        return self._pipeline.flush()
+        return self._pipeline.flush(timeout)
 
     def close(self) -> None:
         """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking."""
@@ -166,11 +185,7 @@ class Contexta:
             await self._pipeline.aclose()
 
     def _close_open_runs(self) -> None:
-        if self._pipeline.closed:
-            return
-        for core in self._registry.open_runs():
-            for item in core.close("cancelled", "the Contexta context closed first"):
-                self._pipeline.submit_lifecycle(item)
+        _cancel_open_runs(self._registry, self._pipeline, "the Contexta context closed first")
 
     def statistics(self) -> Statistics:
         """Counters: queued, enqueued, written, fsyncs, batches, failures, drops..."""

@@ -11,6 +11,7 @@ __all__ = [
     "ContextaError",
     "DeliveryError",
     "DuplicateScopeError",
+    "FlushTimeoutError",
     "LifecycleError",
     "QueueFullError",
     "ShutdownTimeoutError",
@@ -104,6 +105,22 @@ class ShutdownTimeoutError(ContextaError):
     def __init__(self, pending: int, timeout: float) -> None:
         super().__init__(
             f"shutdown timed out after {timeout:g}s with {pending} line(s) not yet durable",
+            details={"pending": pending, "timeout": timeout},
+        )
+        self.pending = pending
+
+
+class FlushTimeoutError(ContextaError, TimeoutError):
+    """``flush(timeout=...)`` ran out of time; ``pending`` lines were not yet durable.
+
+    Nothing is lost by the timeout itself: the lines stay queued and a later flush may succeed.
+    """
+
+    code = "flush_timeout"
+
+    def __init__(self, pending: int, timeout: float) -> None:
+        super().__init__(
+            f"flush timed out after {timeout:g}s with {pending} line(s) not yet durable",
             details={"pending": pending, "timeout": timeout},
         )
         self.pending = pending

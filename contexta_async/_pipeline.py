@@ -32,6 +32,7 @@ from ._errors import (
     ClosedScopeError,
     ConfigurationError,
     DeliveryError,
+    FlushTimeoutError,
     LifecycleError,
     QueueFullError,
     ShutdownTimeoutError,
@@ -172,12 +173,23 @@ def _close_at_exit() -> None:
     # A sync program that never closed its context must not lose what it captured.
     for pipeline in list(_open_pipelines):
         try:
+            if pipeline.before_exit is not None:
+                pipeline.before_exit()
             pipeline.close_blocking()
         except Exception as exc:  # report, never raise out of interpreter shutdown
             logger.error("contexta_async.close_at_exit_failed", error=str(exc))
             import sys
 
             print(f"contexta-async: {exc}", file=sys.stderr)
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+    ):
+        raise ValidationError(
+            "timeout", "must be None or a non-negative number of seconds", timeout
+        )
 
 
 class Pipeline:
@@ -203,6 +215,7 @@ class Pipeline:
         self._writer_done = threading.Event()
         self._host: threading.Thread | None = None
         self._closed = False
+        self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
 
     # ---- producers -------------------------------------------------------------------
 
@@ -513,21 +526,20 @@ class Pipeline:
             self._flush_waiters.append((target, waiter))
             return target, start, True
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
+        _check_timeout(timeout)
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._reported)
         target, start, must_wait = self._register_flush(waiter := AsyncWaiter())
         if must_wait:
-            await waiter.wait()
+            with anyio.move_on_after(timeout) as scope:
+                await waiter.wait()
+            if scope.cancelled_caught:
+                raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)
         self._check_flush(target, start)
 
     def flush_blocking(self, timeout: float | None = None) -> None:
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-        ):
-            raise ValidationError(
-                "timeout", "must be None or a non-negative number of seconds", timeout
-            )
+        _check_timeout(timeout)
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._reported)
         if threading.get_ident() == self._writer_thread_id:
@@ -537,7 +549,7 @@ class Pipeline:
             )
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
         if must_wait and not waiter.wait(timeout):
-            raise ShutdownTimeoutError(max(target - self._processed, 0), timeout or 0.0)
+            raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)
         self._check_flush(target, start)
 
     def _check_flush(self, target: int, start: int) -> None:

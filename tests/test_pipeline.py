@@ -253,3 +253,29 @@ def test_fsync_can_be_turned_off(workspace: Path, monkeypatch: pytest.MonkeyPatc
     assert ("fsync" not in {kind for kind, _ in log.events}) and log.events
     assert ctx.statistics().fsyncs == 0
     assert len(metrics(workspace)) == 1
+
+
+async def test_async_flush_timeout_raises_and_keeps_the_lines_queued(workspace: Path) -> None:
+    from contexta_async import FlushTimeoutError
+
+    sink = _SlowSink(LocalJsonlSink(workspace / "cache" / "capture"), 0.3)
+    async with Contexta(workspace=workspace, sinks=[sink]) as ctx, ctx.run("r") as run:
+        await run.metric("x", 1)
+        with pytest.raises(FlushTimeoutError) as info:
+            await ctx.flush(timeout=0.01)
+        assert info.value.pending >= 1
+        await ctx.flush()  # nothing was lost by the timeout
+    assert len(metrics(workspace)) == 1
+
+
+def test_sync_flush_timeout_raises_flush_timeout_error(workspace: Path) -> None:
+    from contexta_async import FlushTimeoutError
+
+    sink = _SlowSink(LocalJsonlSink(workspace / "cache" / "capture"), 0.3)
+    ctx = Contexta(workspace=workspace, sinks=[sink])
+    with ctx.run("r") as run:
+        run.metric("x", 1)
+        with pytest.raises(FlushTimeoutError, match="flush timed out"):
+            ctx.flush(timeout=0.01)
+    ctx.close()
+    assert len(metrics(workspace)) == 1

@@ -142,8 +142,14 @@ def test_a_sync_program_that_never_closes_its_context_loses_nothing_at_exit(
     statuses = _statuses(tmp_path)
     assert statuses["run:exit.closed"] == "completed"
     assert statuses["stage:exit.closed.work"] == "completed"
-    # Exit drains the queue but does not close runs for the program: it never closed this one.
-    assert statuses["run:exit.left-open"] == "open"
+    # Exit drains the queue and closes what the program left open, saying why.
+    assert statuses["run:exit.left-open"] == "cancelled"
+    [last] = [
+        line["payload"]
+        for line in read_family(tmp_path, "CONTEXT")
+        if line["payload_ref"] == "run:exit.left-open"
+    ][-1:]
+    assert last["failure_reason"] == "the program exited before the run was closed"
 
 
 @pytest.mark.parametrize(

@@ -254,3 +254,20 @@ def test_an_artifact_is_hashed_never_written_and_a_symlink_is_only_read(tmp_path
     assert [m["hash_value"] for m in manifests] == [digest, digest, digest, None]
     assert manifests[2]["location_ref"] == f"path:{target}"  # normalised, not followed
     assert manifests[1]["location_ref"] == f"path:{link}"
+
+
+def test_a_symlink_planted_at_a_capture_file_is_never_written_through(tmp_path: Path) -> None:
+    from contexta_async import DeliveryError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    capture = tmp_path / "ws" / "cache" / "capture"
+    capture.mkdir(parents=True)
+    (capture / "record.jsonl").symlink_to(victim)
+    ctx = Contexta(workspace=tmp_path / "ws", max_retries=0)
+    with ctx.run("r") as run:
+        run.metric("x", 1)
+    with pytest.raises(DeliveryError, match="record.jsonl") as caught:
+        ctx.close()
+    assert caught.value.runs == {"run:default.r": 1}
+    assert victim.read_text() == "precious\n"

@@ -119,7 +119,11 @@ class LocalJsonlSink(Sink):
             path = self.file_path_for(family)
             created = _make_dirs(path.parent)
             existed = path.exists()
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+            fd = os.open(
+                path,
+                os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                _FILE_MODE,
+            )
             self._fds[family] = fd
             if self.fsync:
                 self._unsynced_dirs.update(directory.parent for directory in created)

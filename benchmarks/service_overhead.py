@@ -6,8 +6,9 @@ and records each request's latency on the client. Capture on and off alternate, 
 times each, every time in a fresh server process with a fresh workspace; the figures are the
 medians over the repeats of each run's median and p99.
 
-Two mock-model profiles are measured: ``5-30 ms`` (a realistic remote judge) and ``0 ms`` (the
-model answers at once, so the request is only HTTP + JSON + capture and the overhead shows).
+Three profiles: a ``5-30 ms`` mock model (a realistic remote judge) at the rate; a ``0 ms``
+model (it answers at once, so a request is only HTTP + JSON + capture and the overhead shows)
+at the rate; and the ``0 ms`` model with one request at a time (``serial``), the least noisy.
 Client and server share the machine, so keep it otherwise idle for clean figures.
 
     .venv/bin/python benchmarks/service_overhead.py            # about two minutes
@@ -34,7 +35,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_DIR = ROOT / "examples" / "service"
-PROFILES = {"5-30 ms": "5,30", "0 ms": "0,0"}
+# (mock model latency, requests at the given rate or one at a time)
+PROFILES = {
+    "5-30 ms, rate": ("5,30", True),
+    "0 ms, rate": ("0,0", True),
+    "0 ms, serial": ("0,0", False),
+}
 
 
 def _free_port() -> int:
@@ -80,9 +86,10 @@ def _body(i: int) -> dict[str, str]:
 
 
 async def _load(
-    base_url: str, requests: int, rate: float
+    base_url: str, requests: int, rate: float | None
 ) -> tuple[list[float], list[float], float]:
     """Open loop: request ``i`` is sent at ``i / rate`` seconds, whatever the earlier ones do.
+    With ``rate=None``, one request at a time (each sent when the previous one returned).
 
     A closed loop at high concurrency measures queueing in a saturated server (latency =
     clients / throughput), not what capture adds to a request; a fixed rate below capacity
@@ -106,6 +113,10 @@ async def _load(
             around.append(float(timing["app"]) - float(timing["model"]))
 
         lag = 0.0
+        if rate is None:
+            for i in range(requests):
+                await one(i)
+            return latencies, around, lag
         async with anyio.create_task_group() as tg:
             start = anyio.current_time()
             for i in range(requests):
@@ -126,15 +137,16 @@ def _p(values: list[float], q: float) -> float:
 
 def measure(repeats: int, requests: int, rate: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for profile, latency in PROFILES.items():
+    for profile, (latency, at_rate) in PROFILES.items():
         runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
         for _ in range(repeats):
             for mode in ("off", "on"):  # alternate so drift hits both modes alike
                 with tempfile.TemporaryDirectory() as workspace:
                     proc, base_url = _start(workspace, mode == "on", latency)
                     try:
-                        anyio.run(_load, base_url, 100, rate)  # warm-up
-                        latencies, around, lag = anyio.run(_load, base_url, requests, rate)
+                        pace = rate if at_rate else None
+                        anyio.run(_load, base_url, 100, pace)  # warm-up
+                        latencies, around, lag = anyio.run(_load, base_url, requests, pace)
                     finally:
                         _stop(proc)
                 runs[mode].append(
@@ -170,7 +182,7 @@ def main() -> None:
         f"medians over runs"
     )
     print(
-        f"{'model latency':<14} {'capture':<8} {'median ms':>10} {'p99 ms':>8} "
+        f"{'profile':<14} {'capture':<8} {'median ms':>10} {'p99 ms':>8} "
         f"{'around µs':>10} {'p99 µs':>8} {'lag ms':>7}"
     )
     for profile, figures in results.items():

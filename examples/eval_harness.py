@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 from tqdm import tqdm
 
-from contexta_async import AsyncStage, Contexta
+from contexta_async import AsyncSample, AsyncStage, Contexta
 from contexta_async.readers import Direction, MultiRunRow, PairedResult, Workspace
 
 PROJECT = "eval-harness"
@@ -193,7 +193,7 @@ async def call_model(
     case: Case,
     strategy: Strategy,
     limits: Limits,
-    sample: Any,
+    sample: AsyncSample,
     timing: list[float],
 ) -> tuple[str, int]:
     """Call the model with a timeout per attempt and bounded retries; return (text, attempts).
@@ -233,9 +233,7 @@ async def call_model(
 @dataclass
 class Tally:
     correct: int = 0
-    done: int = 0
     failed: int = 0
-    tokens: int = 0
     cost: float = 0.0
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -280,9 +278,7 @@ async def evaluate_case(
         await sample.metric("tokens", tokens, unit="tokens")
         await sample.metric("cost.usd", cost, unit="usd")
         await sample.metric("attempts", attempts)
-    tally.done += 1
     tally.correct += correct
-    tally.tokens += tokens
     tally.cost += cost
     tally.predictions.append(
         {"id": case.id, "expected": case.answer, "predicted": predicted, "correct": correct}
@@ -396,8 +392,8 @@ async def report(workspace: Path, refs: Sequence[str]) -> None:
     print(f"  {'metric':<{width}}  " + "  ".join(f"{n:>{column}}" for n in names) + "  best")
     for row in table.rows:
         values = "  ".join(f"{_fmt(v):>{column}}" for v in row.values)
-        best = ", ".join(_short(ref) for ref in row.best)
-        print(f"  {_row_label(row):<{width}}  {values}  {best} ({row.direction})")
+        leaders = ", ".join(_short(ref) for ref in row.best)
+        print(f"  {_row_label(row):<{width}}  {values}  {leaders} ({row.direction})")
     for warning in table.warnings:
         print(f"  warning: {warning}")
 
@@ -426,7 +422,7 @@ async def report(workspace: Path, refs: Sequence[str]) -> None:
     winner = best.winners[0]
     if winner != baseline and not best.tie:
         p = paired_p.get(winner)
-        verdict = "a real difference" if p is not None and p < 0.05 else "could still be noise"
+        verdict = "unlikely to be chance" if p is not None and p < 0.05 else "could still be chance"
         print(f"Versus the baseline {_short(baseline)}: McNemar p = {_fmt(p)}, {verdict}")
     print(f"Selected run: {winner}")
 

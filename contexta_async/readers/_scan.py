@@ -41,6 +41,7 @@ __all__ = [
     "RunInfo",
     "read_artifacts",
     "read_context",
+    "run_matches",
     "scan_records",
 ]
 
@@ -57,6 +58,17 @@ _VALUE = attrgetter("payload.payload.value")
 # a JSON string is escaped, so these bytes only occur as the line's own payload_type.
 _RUN_LINE: Final = b'"payload_type":"Run"'
 _STAGE_LINE: Final = b'"payload_type":"StageExecution"'
+
+
+def run_matches(ref: str, name: str) -> bool:
+    """``name`` names the run ``ref``: the full ref, or a suffix of whole components."""
+    name = name.strip()
+    if ref == name:
+        return True
+    if name.startswith("run:"):
+        return False
+    value = ref.split(":", 1)[-1]
+    return value == name or value.endswith("." + name)
 
 
 class RunInfo:
@@ -128,7 +140,10 @@ class Accumulator:
 
     def __init__(self, wanted: frozenset[str] | None, keep_values: bool, times: bool) -> None:
         self.scan = RecordScan()
+        # Run names as the user gave them (full refs or suffixes): the values of every run
+        # matching one are kept, so the scan need not wait for the names to be resolved.
         self.wanted = wanted
+        self._decided: dict[str, bool] = {}
         self.keep_values = keep_values
         self.times = times
         # (parent ref of the samples, metric key) -> sample name -> the value captured last.
@@ -160,8 +175,13 @@ class Accumulator:
         if not self.keep_values:
             return
         wanted = self.wanted
-        if wanted is not None and not wanted.issuperset(run_set):
-            keep = list(map(wanted.__contains__, runs))
+        if wanted is not None:
+            decided = self._decided
+            for run in run_set - decided.keys():
+                decided[run] = any(run_matches(run, name) for name in wanted)
+            kept = {run for run in run_set if decided[run]}
+        if wanted is not None and kept != run_set:
+            keep = list(map(kept.__contains__, runs))
             lines = list(compress(lines, keep))
             envs = list(compress(envs, keep))
             if not envs:
@@ -284,7 +304,10 @@ class Accumulator:
             others[(subject, body.metric_key)] = body.value
 
     def finish(self) -> RecordScan:
-        runs = self.scan.run_refs() if self.wanted is None else self.wanted
+        if self.wanted is None:
+            runs = self.scan.run_refs()
+        else:
+            runs = {run for run, keep in self._decided.items() if keep}
         self.scan.metrics = collect_metrics(self.samples, self.others, runs)
         self.samples = {}
         self.others = {}

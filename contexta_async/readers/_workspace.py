@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, get_args
+from typing import Any, Final, get_args
 
 import anyio
 import structlog
@@ -42,7 +42,15 @@ from ._model import (
     RunSummary,
 )
 from ._parallel import PARALLEL_MIN_BYTES, default_workers, scan_records_parallel
-from ._scan import ArtifactInfo, RecordScan, RunInfo, read_artifacts, read_context, scan_records
+from ._scan import (
+    ArtifactInfo,
+    RecordScan,
+    RunInfo,
+    read_artifacts,
+    read_context,
+    run_matches,
+    scan_records,
+)
 
 __all__ = ["Workspace", "resolve_run_ref"]
 
@@ -67,19 +75,29 @@ def resolve_run_ref(name: str, refs: Iterable[str]) -> str:
     (``grounded`` and ``mock-openai-compare.grounded`` both name
     ``run:mock-openai-compare.grounded``)."""
     known = sorted(refs)
-    wanted = name.strip()
-    if wanted in known:
-        return wanted
-    if not wanted.startswith("run:"):
-        value = wanted
-        matches = [
-            ref for ref in known if ref.split(":", 1)[-1] == value or ref.endswith("." + value)
-        ]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise AmbiguousRunError(name, matches)
+    if name.strip() in known:
+        return name.strip()
+    matches = [ref for ref in known if run_matches(ref, name)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise AmbiguousRunError(name, matches)
     raise UnknownRunError(name, known)
+
+
+async def _nonempty(path: Path) -> bool:
+    try:
+        return (await anyio.Path(path).stat()).st_size > 0
+    except OSError:
+        return False
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a task group's failure (readers raise one at a time)."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _name(ref: str | None) -> str | None:
@@ -199,29 +217,39 @@ class Workspace:
     ) -> tuple[_Snapshot, list[str]]:
         """Read the workspace; with ``names``, resolve them and keep their metric values."""
         issues = Issues()
-        runs = await read_context(self._file("context"), issues, chunk_size=self.chunk_size)
-        wanted: frozenset[str] | None = None
-        if names is not None:
-            try:
-                wanted = frozenset(resolve_run_ref(n, runs) for n in names)
-            except UnknownRunError:
-                wanted = None  # a run known only from its records (Contexta 1.0.0): scan all
-        # Record times are decoded only when no run has CONTEXT lines (a 1.0.0 workspace).
-        times = not any(info.status != "unknown" for info in runs.values())
-        scan = await self._scan_records(issues, wanted, keep_values, times)
-        artifacts = await read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
+        # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace).
+        times = not await _nonempty(self._file("context"))
+        wanted = None if names is None else frozenset(names)
+        found: dict[str, Any] = {}
+
+        async def context() -> None:
+            found["runs"] = await read_context(
+                self._file("context"), issues, chunk_size=self.chunk_size
+            )
+
+        async def records() -> None:
+            found["scan"] = await self._scan_records(issues, wanted, keep_values, times)
+
+        async def artifacts() -> None:
+            found["artifacts"] = await read_artifacts(
+                self._file("artifact"), issues, chunk_size=self.chunk_size
+            )
+
+        # The record scan may run in forked processes: read the small files meanwhile.
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(records)
+                group.start_soon(context)
+                group.start_soon(artifacts)
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
+        snapshot = _Snapshot(found["runs"], found["scan"], found["artifacts"], ReadReport())
         refs: list[str] = []
-        snapshot = _Snapshot(runs, scan, artifacts, ReadReport())
         if names is not None:
             known = snapshot.refs()
             if not known:
                 raise EmptyWorkspaceError(str(self.path))
             refs = [resolve_run_ref(n, known) for n in names]
-            if wanted is not None and not wanted.issuperset(refs):
-                # A record-only run shares the suffix: rescan with the right runs.
-                snapshot.scan = await self._scan_records(
-                    issues, frozenset(refs), keep_values, times
-                )
         snapshot.report = await issues.report()
         self.last_report = snapshot.report
         if snapshot.report.corrupt_lines:

@@ -155,7 +155,7 @@ async def test_concurrent_requests_are_all_durable_and_the_run_completes_on_shut
 
 async def test_requests_in_flight_at_shutdown_are_still_captured(tmp_path: Path) -> None:
     # Slow model: the requests are still being judged when the server is told to stop.
-    with serve(tmp_path, CONTEXTA_SERVICE_LATENCY_MS="300,400") as (base_url, proc):
+    with serve(tmp_path, CONTEXTA_SERVICE_LATENCY_MS="800,1000") as (base_url, proc):
         async with (
             httpx.AsyncClient(base_url=base_url, timeout=30) as client,
             anyio.create_task_group() as tg,
@@ -167,10 +167,17 @@ async def test_requests_in_flight_at_shutdown_are_still_captured(tmp_path: Path)
 
             for i in range(20):
                 tg.start_soon(one, i)
-            await anyio.sleep(0.15)
+            # Stop once all 20 samples are open (run + stage + 20 opening lines queued), that
+            # is while the model is still judging them.
+            for _poll in range(3000):  # polling another process: at most ~30 s
+                if (await client.get("/stats")).json()["enqueued"] >= 22:
+                    break
+                await anyio.sleep(0.01)
+            answered_before_stop = len(responses)
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
+    assert answered_before_stop < 20, "precondition: requests were in flight at SIGINT"
     assert [r.status_code for r in responses] == [200] * 20
     state = {
         line["payload_ref"]: line["payload"]["status"]

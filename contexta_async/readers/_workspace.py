@@ -353,8 +353,8 @@ class Workspace:
         path = self._file("record")
         if kinds & {"metric", "event", "span"}:
             async for block, offset in read_blocks(path, issues, chunk_size=self.chunk_size):
-                if marker not in block:
-                    continue  # no line of this run in the block: skip decoding it
+                if marker not in block and b'"run_ref":"' in block:
+                    continue  # compact lines, none of this run: skip decoding the block
                 for line in decoder.decode(block, str(path), offset, issues):
                     row = _record_row(line, ref, kinds, key, stage, sample)
                     if row is not None:

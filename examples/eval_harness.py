@@ -144,9 +144,19 @@ class MockModel:
     stall_rate: float = 0.03
     stall_seconds: float = 30.0
     calls: int = field(default=0, init=False)
+    in_flight: int = field(default=0, init=False)
+    peak_in_flight: int = field(default=0, init=False)  # what the limiter let through at once
 
     async def complete(self, prompt: str, *, case: Case, strategy: Strategy, attempt: int) -> str:
         self.calls += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(case, strategy, attempt)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, case: Case, strategy: Strategy, attempt: int) -> str:
         rng = random.Random(f"{self.seed}:{case.id}:{strategy.name}:{attempt}")
         roll = rng.random()
         if roll < self.stall_rate:
@@ -541,7 +551,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.perf_counter() - started
     print(
         f"Evaluated {len(args.strategies)} strategies x {len(cases)} cases in {elapsed:.1f} s "
-        f"({model.calls} model calls, concurrency {args.concurrency}); "
+        f"({model.calls} model calls, at most {model.peak_in_flight} in flight, "
+        f"limit {args.concurrency}); "
         f"unanswered: {sum(tally.failed for _, tally in results.values())}"
     )
     refs = [results[strategy.name][0] for strategy in args.strategies]

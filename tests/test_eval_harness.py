@@ -74,10 +74,22 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def test_harness_captures_every_case_and_its_comparison_matches_the_files(tmp_path: Path) -> None:
     result = run_harness(
-        tmp_path, "--cases", "30", "--label", "t", "--seed", "3", "--timeout", "0.5"
+        tmp_path,
+        "--cases",
+        "30",
+        "--label",
+        "t",
+        "--seed",
+        "3",
+        "--timeout",
+        "0.5",
+        "--concurrency",
+        "5",
     )
     assert result.returncode == 0, result.stderr
     assert "evaluating" in result.stderr and "90/90" in result.stderr  # the progress bar
+    # 90 tasks start at once; the capacity limiter lets exactly --concurrency calls through.
+    assert "at most 5 in flight, limit 5" in result.stdout
     refs = {name: f"run:eval-harness.t-{name}" for name in STRATEGIES}
 
     state = final_states(tmp_path)

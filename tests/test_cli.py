@@ -169,6 +169,20 @@ def test_errors_go_to_stderr_with_a_nonzero_status(llm_ws: Path, tmp_path: Path)
     assert code == 1 and "no run holds metric 'bleu'" in err
 
 
+def test_json_stays_parseable_when_corrupt_lines_are_skipped(llm_ws: Path) -> None:
+    record = llm_ws / "cache" / "capture" / "record.jsonl"
+    lines = record.read_bytes().splitlines(keepends=True)
+    record.write_bytes(b"".join([*lines[:2], b"{broken\n", *lines[2:]]))
+    done = cli("-w", str(llm_ws), "--json", "compare", "helpful-only", "grounded")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["read_report"]["corrupt_lines"] == 1
+    assert data["read_report"]["problems"][0]["line"] == 3
+    assert "corrupt lines skipped" in done.stderr  # the library's log line, on stderr
+    done = cli("-w", str(llm_ws), "runs")
+    assert "! 1 corrupt line(s) skipped" in done.stdout
+
+
 def test_usage_errors_exit_with_status_two(llm_ws: Path) -> None:
     code, _, err = inproc("-w", str(llm_ws), "compare", "grounded")
     assert code == 2 and "at least two runs" in err

@@ -361,3 +361,26 @@ async def test_latest_value_per_sample_wins_in_regular_and_irregular_blocks(
     assert {s.name: s.right for s in a.samples} == expected["irregular"]
     c = next(p for p in big.paired if p.key == "c")
     assert c.mean_diff == 0.0 and c.ties == 50
+
+
+async def test_other_tasks_run_while_a_workspace_is_read(tmp_path: Path) -> None:
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    ws = Workspace(ws_path, chunk_size=4096)  # ~15 blocks: many awaits, one per block read
+    blocks = _record_file(ws_path).stat().st_size // 4096
+    beats = 0
+    finished = False
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        while not finished:
+            beats += 1
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(heartbeat)
+        await ws.compare("helpful-only", "grounded")
+        async for _ in ws.records("grounded"):
+            pass
+        finished = True
+    assert blocks >= 10
+    assert beats >= blocks  # the loop ran the heartbeat between blocks, never starved

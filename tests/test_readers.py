@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -374,7 +375,7 @@ async def test_other_tasks_run_while_a_workspace_is_read(tmp_path: Path) -> None
         nonlocal beats
         while not finished:
             beats += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as group:
         group.start_soon(heartbeat)

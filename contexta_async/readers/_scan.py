@@ -51,8 +51,9 @@ _TYPE = attrgetter("payload_type")
 _STAGE = attrgetter("stage_execution_ref")
 _BATCH = attrgetter("batch_execution_ref")
 _SAMPLE = attrgetter("sample_observation_ref")
-_KEY = attrgetter("payload.payload.metric_key")
-_VALUE = attrgetter("payload.payload.value")
+_BODY = attrgetter("payload.payload")
+_KEY = attrgetter("metric_key")
+_VALUE = attrgetter("value")
 
 # Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
 # a JSON string is escaped, so these bytes only occur as the line's own payload_type.
@@ -233,8 +234,9 @@ class Accumulator:
     def _one_parent(self, parent: str, samples: list[str], lines: list[RecordLine]) -> None:
         # sample:<parent components>.<name>: the name is what follows the parent's components.
         cut = itemgetter(slice(len(parent) - parent.index(":") + len("sample:"), None))
-        keys: list[str | None] = list(map(_KEY, lines))
-        values: list[float | None] = list(map(_VALUE, lines))
+        bodies = list(map(_BODY, lines))
+        keys: list[str | None] = list(map(_KEY, bodies))
+        values: list[float | None] = list(map(_VALUE, bodies))
         if len(keys) > 64 and self._periodic(parent, cut, samples, keys, values):
             return
         names = list(map(sys.intern, map(cut, samples)))

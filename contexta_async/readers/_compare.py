@@ -23,7 +23,7 @@ from ._model import (
 from ._stats import mcnemar_exact, paired_bootstrap_ci
 
 if TYPE_CHECKING:
-    from ._scan import ArtifactInfo
+    from ._files import ArtifactInfo
 
 __all__ = [
     "MINIMIZE_WORDS",

@@ -11,7 +11,6 @@ import anyio
 import structlog
 
 from ._compare import (
-    RunMetrics,
     artifact_changes,
     infer_direction,
     metric_deltas,
@@ -22,34 +21,36 @@ from ._compare import (
 from ._decode import CHUNK_SIZE, FullRecordLine, Issues, LineDecoder, read_blocks
 from ._errors import (
     AmbiguousMetricError,
-    AmbiguousRunError,
     EmptyWorkspaceError,
     MetricNotFoundError,
-    UnknownRunError,
     UnreadableFileError,
     WorkspaceNotFoundError,
 )
+from ._files import read_artifacts, read_context
 from ._model import (
     BestRun,
     Direction,
     MultiRunComparison,
     ReadReport,
-    RecordCounts,
     RecordKind,
     RecordRow,
     RunComparison,
-    RunStatus,
     RunSummary,
 )
 from ._parallel import PARALLEL_MIN_BYTES, default_workers, scan_records_parallel
-from ._scan import (
-    ArtifactInfo,
-    RecordScan,
-    RunInfo,
-    read_artifacts,
-    read_context,
-    run_matches,
-    scan_records,
+from ._rows import artifact_row, record_row
+from ._scan import RecordScan, scan_records
+from ._snapshot import (
+    LATEST_NOTE,
+    STATUSES,
+    Snapshot,
+    first_error,
+    nonempty,
+    order_all,
+    pairing_note,
+    resolve_run_ref,
+    run_warnings,
+    stage_order,
 )
 
 __all__ = ["Workspace", "resolve_run_ref"]
@@ -58,112 +59,6 @@ _log = structlog.get_logger("contexta_async")
 
 _FILES: Final = ("context.jsonl", "record.jsonl", "artifact.jsonl", "degradation.jsonl")
 _KINDS: Final = frozenset(get_args(RecordKind))
-_STATUSES: Final = frozenset(get_args(RunStatus))
-_TYPE_KIND: Final = {
-    "MetricRecord": "metric",
-    "StructuredEventRecord": "event",
-    "TraceSpanRecord": "span",
-}
-LATEST_NOTE: Final = (
-    "run-, stage- and batch-level metrics show the latest captured value; sample-level "
-    "metrics show the mean over samples of each sample's latest value (count = samples)"
-)
-
-
-def resolve_run_ref(name: str, refs: Iterable[str]) -> str:
-    """The run ref ``name`` stands for: the full ref, or a unique suffix of whole components
-    (``grounded`` and ``mock-openai-compare.grounded`` both name
-    ``run:mock-openai-compare.grounded``)."""
-    known = sorted(refs)
-    if name.strip() in known:
-        return name.strip()
-    matches = [ref for ref in known if run_matches(ref, name)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise AmbiguousRunError(name, matches)
-    raise UnknownRunError(name, known)
-
-
-async def _nonempty(path: Path) -> bool:
-    try:
-        return (await anyio.Path(path).stat()).st_size > 0
-    except OSError:
-        return False
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf exception of a task group's failure (readers raise one at a time)."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
-
-
-def _name(ref: str | None) -> str | None:
-    return None if ref is None else ref.rsplit(".", 1)[-1]
-
-
-class _Snapshot:
-    """One read of the workspace: context, record scan, artifacts, and what was skipped."""
-
-    def __init__(
-        self,
-        runs: dict[str, RunInfo],
-        scan: RecordScan,
-        artifacts: dict[str, list[ArtifactInfo]],
-        report: ReadReport,
-    ) -> None:
-        self.runs = runs
-        self.scan = scan
-        self.artifacts = artifacts
-        self.report = report
-
-    def refs(self) -> set[str]:
-        return set(self.runs) | self.scan.run_refs() | set(self.artifacts)
-
-    def summary(self, ref: str) -> RunSummary:
-        info = self.runs.get(ref)
-        from_context = info is not None and info.status != "unknown"
-        if info is None:
-            info = RunInfo(ref)
-        counts = RecordCounts()
-        for (run, payload_type), n in self.scan.counts.items():
-            if run != ref:
-                continue
-            kind = _TYPE_KIND.get(payload_type)
-            if kind == "metric":
-                counts.metrics += n
-            elif kind == "event":
-                counts.events += n
-            elif kind == "span":
-                counts.spans += n
-            else:
-                counts.other += n
-        counts.artifacts = len(self.artifacts.get(ref, ()))
-        stages = [s for s, _ in sorted(info.stages.items(), key=lambda item: item[1])]
-        prefix = "stage:" + ref.split(":", 1)[-1] + "."
-        extra = {
-            st[len(prefix) :]
-            for st in self.scan.stage_refs
-            if st is not None and st.startswith(prefix) and "." not in st[len(prefix) :]
-        }
-        stages.extend(sorted(s for s in extra if s is not None and s not in info.stages))
-        status = info.status if info.status in _STATUSES else "unknown"
-        return RunSummary(
-            ref=ref,
-            name=info.name,
-            project=info.project,
-            status=status,  # type: ignore[arg-type]
-            started_at=info.started_at if from_context else self.scan.first_time.get(ref),
-            ended_at=info.ended_at if from_context else self.scan.last_time.get(ref),
-            dataset_ref=info.dataset_ref,
-            stages=stages,
-            counts=counts,
-            failure_reason=info.failure_reason,
-            tags=info.tags,
-            source="context" if from_context else "records",
-        )
 
 
 class Workspace:
@@ -214,11 +109,11 @@ class Workspace:
 
     async def _snapshot(
         self, names: Sequence[str] | None = None, *, keep_values: bool = False
-    ) -> tuple[_Snapshot, list[str]]:
+    ) -> tuple[Snapshot, list[str]]:
         """Read the workspace; with ``names``, resolve them and keep their metric values."""
         issues = Issues()
         # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace).
-        times = not await _nonempty(self._file("context"))
+        times = not await nonempty(self._file("context"))
         wanted = None if names is None else frozenset(names)
         found: dict[str, Any] = {}
 
@@ -242,8 +137,8 @@ class Workspace:
                 group.start_soon(context)
                 group.start_soon(artifacts)
         except BaseExceptionGroup as failed:
-            raise _first(failed) from None
-        snapshot = _Snapshot(found["runs"], found["scan"], found["artifacts"], ReadReport())
+            raise first_error(failed) from None
+        snapshot = Snapshot(found["runs"], found["scan"], found["artifacts"], ReadReport())
         refs: list[str] = []
         if names is not None:
             known = snapshot.refs()
@@ -303,8 +198,8 @@ class Workspace:
     ) -> list[RunSummary]:
         """Every run, oldest first, optionally only those of ``project`` and ``status``."""
         statuses = {status} if isinstance(status, str) else None if status is None else set(status)
-        if statuses is not None and not statuses <= _STATUSES:
-            raise ValueError(f"status must be among {sorted(_STATUSES)}, got {sorted(statuses)}")
+        if statuses is not None and not statuses <= STATUSES:
+            raise ValueError(f"status must be among {sorted(STATUSES)}, got {sorted(statuses)}")
         snapshot, _ = await self._snapshot()
         out = []
         for ref in snapshot.refs():
@@ -356,7 +251,7 @@ class Workspace:
                 if marker not in block and b'"run_ref":"' in block:
                     continue  # compact lines, none of this run: skip decoding the block
                 for line in decoder.decode(block, str(path), offset, issues):
-                    row = _record_row(line, ref, kinds, key, stage, sample)
+                    row = record_row(line, ref, kinds, key, stage, sample)
                     if row is not None:
                         yield row
         if "artifact" in kinds:
@@ -364,7 +259,7 @@ class Workspace:
                 self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
             )
             for item in artifacts.get(ref, []):
-                row = _artifact_row(item, key, stage, sample)
+                row = artifact_row(item, key, stage, sample)
                 if row is not None:
                     yield row
         self.last_report = await issues.report()
@@ -389,9 +284,9 @@ class Workspace:
         lref, rref = refs
         metrics = snapshot.scan.metrics
         lsum, rsum = snapshot.summary(lref), snapshot.summary(rref)
-        order = _stage_order([lsum, rsum])
+        order = stage_order([lsum, rsum])
         lm, rm = metrics[lref], metrics[rref]
-        warnings = _run_warnings([lsum, rsum], [lm, rm], snapshot.report)
+        warnings = run_warnings([lsum, rsum], [lm, rm], snapshot.report)
         if lref == rref:
             warnings.insert(0, "both sides name the same run")
         if lsum.dataset_ref != rsum.dataset_ref:
@@ -426,7 +321,7 @@ class Workspace:
                 snapshot.artifacts.get(lref, []), snapshot.artifacts.get(rref, [])
             ),
             warnings=warnings,
-            notes=[LATEST_NOTE, _pairing_note(confidence, resamples, seed)],
+            notes=[LATEST_NOTE, pairing_note(confidence, resamples, seed)],
             read_report=snapshot.report,
         )
 
@@ -441,7 +336,7 @@ class Workspace:
         metrics = snapshot.scan.metrics
         summaries = [snapshot.summary(ref) for ref in unique]
         ordered = [metrics[ref] for ref in unique]
-        warnings = _run_warnings(summaries, ordered, snapshot.report)
+        warnings = run_warnings(summaries, ordered, snapshot.report)
         datasets = {s.dataset_ref for s in summaries}
         if len(datasets) > 1:
             warnings.append(
@@ -450,7 +345,7 @@ class Workspace:
             )
         return MultiRunComparison(
             runs=summaries,
-            rows=multi_rows(unique, ordered, _stage_order(summaries), directions),
+            rows=multi_rows(unique, ordered, stage_order(summaries), directions),
             warnings=warnings,
             notes=[LATEST_NOTE],
             read_report=snapshot.report,
@@ -504,128 +399,3 @@ class Workspace:
             missing=missing,
             read_report=comparison.read_report,
         )
-
-
-def order_all(order: list[str], *metrics: RunMetrics) -> list[str | None]:
-    stages: list[str | None] = list(order)
-    for m in metrics:
-        for st, _ in m.samples:
-            if st not in stages:
-                stages.append(st)
-    return stages
-
-
-def _stage_order(summaries: Sequence[RunSummary]) -> list[str]:
-    order: list[str] = []
-    for s in summaries:
-        order.extend(st for st in s.stages if st not in order)
-    return order
-
-
-def _pairing_note(confidence: float, resamples: int, seed: int) -> str:
-    return (
-        "paired analysis: samples matched by name within the stage (whatever their batch); "
-        f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left), "
-        f"{resamples} resamples, seed {seed}; McNemar p-value exact (binomial) for 0/1 metrics"
-    )
-
-
-def _run_warnings(
-    summaries: Sequence[RunSummary], metrics: Sequence[RunMetrics], report: ReadReport
-) -> list[str]:
-    warnings = []
-    for summary, m in zip(summaries, metrics, strict=True):
-        if summary.status == "open":
-            warnings.append(f"{summary.ref} is still open: its data may be incomplete")
-        elif summary.status in ("failed", "cancelled"):
-            warnings.append(f"{summary.ref} {summary.status}")
-        for st, name in sorted(m.duplicates, key=lambda d: (d[0] or "", d[1])):
-            warnings.append(
-                f"{summary.ref}: stage {st} holds several samples named {name!r} (in different "
-                f"batches); one value is used for it"
-            )
-    if report.corrupt_lines:
-        first = report.problems[0] if report.problems else None
-        where = f" (first: {first.file}:{first.line})" if first else ""
-        warnings.append(f"{report.corrupt_lines} corrupt line(s) were skipped{where}")
-    return warnings
-
-
-def _matches(value: str | None, wanted: str | None) -> bool:
-    if wanted is None:
-        return True
-    if value is None:
-        return False
-    return value == wanted or value.rsplit(".", 1)[-1] == wanted
-
-
-def _record_row(
-    line: FullRecordLine,
-    ref: str,
-    kinds: set[str],
-    key: str | None,
-    stage: str | None,
-    sample: str | None,
-) -> RecordRow | None:
-    env = line.payload.envelope
-    if env.run_ref != ref:
-        return None
-    kind = _TYPE_KIND.get(line.payload_type)
-    if kind is None or kind not in kinds:
-        return None
-    body = line.payload.payload
-    name = (
-        body.metric_key
-        if kind == "metric"
-        else body.event_key
-        if kind == "event"
-        else body.span_name
-    ) or ""
-    if key is not None and name != key:
-        return None
-    if not _matches(env.stage_execution_ref, stage):
-        return None
-    if not _matches(env.sample_observation_ref, sample):
-        return None
-    return RecordRow(
-        kind=kind,  # type: ignore[arg-type]
-        ref=env.record_ref or line.payload_ref or "",
-        run_ref=ref,
-        key=name,
-        stage=_name(env.stage_execution_ref),
-        batch=_name(env.batch_execution_ref),
-        sample=_name(env.sample_observation_ref),
-        recorded_at=env.recorded_at,
-        value=body.value,
-        value_type=body.value_type,
-        unit=body.unit,
-        tags=body.tags or {},
-        level=body.level,
-        message=body.message,
-        attributes=body.attributes or {},
-        status=body.status,
-    )
-
-
-def _artifact_row(
-    item: ArtifactInfo, key: str | None, stage: str | None, sample: str | None
-) -> RecordRow | None:
-    if key is not None and item.kind != key:
-        return None
-    if stage is not None and stage not in (item.stage, item.stage_ref):
-        return None
-    if sample is not None and sample not in (item.sample, item.sample_ref):
-        return None
-    return RecordRow(
-        kind="artifact",
-        ref=item.ref,
-        run_ref=item.run_ref,
-        key=item.kind,
-        stage=item.stage,
-        batch=item.batch,
-        sample=item.sample,
-        recorded_at=item.recorded_at,
-        hash_value=item.hash_value,
-        location_ref=item.location_ref,
-        size_bytes=item.size_bytes,
-    )

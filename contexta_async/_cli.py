@@ -192,8 +192,8 @@ async def _runs(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
-    summary = await ws.get_run(args.run)
-    table = await ws.compare_many([summary.ref])
+    table = await ws.compare_many([args.run])
+    summary = table.runs[0]
     records = []
     if args.records or args.kind or args.key or args.stage or args.sample:
         async for row in ws.records(

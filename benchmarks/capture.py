@@ -1069,7 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\nPer-record cost of each stage, alone, one thread ({res['records']:,}):")
             for key, value in res.items():
-                print(f"  {key:<22} {value:10.3f}")
+                if isinstance(value, (int, float)):
+                    print(f"  {key:<22} {value:10.3f}")
         if args.json:
             text = json.dumps({"machine": machine, scenario: res}, indent=2)
             if args.json == "-":

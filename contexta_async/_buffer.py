@@ -58,12 +58,22 @@ class BoundedBuffer(Generic[T]):
 
     def try_put(self, item: T) -> bool:
         """Queue ``item`` if there is room and nobody is waiting; never blocks."""
+        # _append_locked inlined: this is every capture's path.
         with self.lock:
             if self._closed:
                 raise BufferClosed
-            if len(self._items) >= self.capacity or self._parked:
+            items = self._items
+            size = len(items)
+            if size >= self.capacity or self._parked:
                 return False
-            self._append_locked(item)
+            items.append(item)
+            self.appended += 1
+            if size >= self.peak:
+                self.peak = size + 1
+            reader = self._reader
+            if reader is not None:
+                self._reader = None
+                reader.wake()
             return True
 
     def force_put(self, item: T) -> None:

@@ -67,7 +67,7 @@ class Contexta:
         workspace: str | os.PathLike[str] = ".contexta",
         config: Mapping[str, Any] | None = None,
         sinks: Iterable[Sink] | None = None,
-        queue_size: int = 65_536,
+        queue_size: int = 16_384,
         max_batch_size: int = 8_192,
         fsync: bool = True,
         overflow: OverflowPolicy = "wait",

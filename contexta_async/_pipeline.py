@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 
@@ -48,11 +49,12 @@ logger = structlog.get_logger("contexta_async")
 
 OverflowPolicy = Literal["wait", "drop_newest", "raise"]
 _POLICIES: Final = ("wait", "drop_newest", "raise")
+_YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
-    queue_size: int = 65_536
+    queue_size: int = 16_384
     max_batch_size: int = 8_192
     fsync: bool = True
     overflow: OverflowPolicy = "wait"
@@ -216,6 +218,7 @@ class Pipeline:
         self._host: threading.Thread | None = None
         self._closed = False
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
+        self._fast_puts = 0
 
     # ---- producers -------------------------------------------------------------------
 
@@ -266,7 +269,21 @@ class Pipeline:
         With room (the usual case) the line is queued before this returns and the awaitable is
         already done, so the fast path creates no coroutine.
         """
-        if self.try_submit(item) or not self._on_full(item, may_wait=True):
+        if self._writer_started:
+            try:
+                queued = self._buffer.try_put(item)
+            except BufferClosed:
+                raise ClosedScopeError("the Contexta context is closed") from None
+        else:
+            queued = self.try_submit(item)
+        if queued:
+            self._fast_puts += 1
+            if self._fast_puts & _YIELD_EVERY_MASK:
+                return READY
+            # Now and then the fast path yields, so that a coroutine capturing in a tight loop
+            # cannot hold the event loop (and the writer task in it) until the queue fills.
+            return anyio.lowlevel.checkpoint()
+        if not self._on_full(item, may_wait=True):
             return READY
         return self._park(item)
 

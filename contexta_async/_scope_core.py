@@ -82,7 +82,9 @@ class ScopeCore:
     __slots__ = (
         "_child_order",
         "_children",
+        "_event_prefix",
         "_lock",
+        "_metric_prefix",
         "_record_counter",
         "batch_ref",
         "closed_at",
@@ -139,6 +141,8 @@ class ScopeCore:
             # (a random 48-bit start, counting up), so two processes reusing a run name do not
             # collide either.
             self._record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
+            self._metric_prefix = f"record:{self.ref[4:]}.metric-"
+            self._event_prefix = f"record:{self.ref[4:]}.event-"
         else:
             self.run = parent.run
             self.project_ref = parent.project_ref
@@ -268,11 +272,6 @@ class ScopeCore:
 
     # ---- records ---------------------------------------------------------------------
 
-    def _next_ref(self, kind: str) -> str:
-        run = self.run
-        # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
-        return "record:%s.%s-%012x" % (run.ref[4:], kind, next(run._record_counter))  # noqa: UP031
-
     def _envelope(self, record_ref: str, record_type: str, stamp: str) -> Envelope:
         return Envelope(
             batch_execution_ref=self.batch_ref,
@@ -294,7 +293,8 @@ class ScopeCore:
         aggregation_scope: object,
         summary_basis: object,
     ) -> Item:
-        metric_key = v.check_key(key)
+        # The hot path: every metric passes here, so the common defaults skip their checks and
+        # the envelope is built inline rather than through _envelope().
         number, value_type = v.check_metric_value(value)
         payload = MetricPayload(
             aggregation_scope=(
@@ -302,7 +302,7 @@ class ScopeCore:
                 if aggregation_scope == "step"
                 else v.check_aggregation_scope(aggregation_scope)
             ),
-            metric_key=metric_key,
+            metric_key=v.check_key(key),
             subject_ref=self.ref,
             summary_basis=(
                 summary_basis
@@ -310,20 +310,32 @@ class ScopeCore:
                 else v.check_optional_text(summary_basis, "summary_basis") or ""
             ),
             tags=v.check_tags(tags),
-            unit=v.check_optional_text(unit, "unit"),
+            unit=v.check_unit(unit),
             value=number,
             value_type=value_type,
         )
         if self.status != "open" or self.started_at is None:
             self.ensure_open()
-        record_ref = self._next_ref("metric")
+        run = self.run
+        # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
+        record_ref = run._metric_prefix + "%012x" % next(run._record_counter)  # noqa: UP031
         stamp = format_timestamp(time.time_ns())
+        envelope = Envelope(
+            batch_execution_ref=self.batch_ref,
+            observed_at=stamp,
+            record_ref=record_ref,
+            record_type="metric",
+            recorded_at=stamp,
+            run_ref=run.ref,
+            sample_observation_ref=self.sample_ref,
+            stage_execution_ref=self.stage_ref,
+        )
         return Item(
             RECORD,
             "MetricRecord",
             record_ref,
-            self.run.ref,
-            RecordPayload(envelope=self._envelope(record_ref, "metric", stamp), payload=payload),
+            run.ref,
+            RecordPayload(envelope=envelope, payload=payload),
         )
 
     def event_item(self, key: object, message: object, level: object, attributes: object) -> Item:
@@ -335,7 +347,8 @@ class ScopeCore:
             subject_ref=self.ref,
         )
         self.ensure_open()
-        record_ref = self._next_ref("event")
+        run = self.run
+        record_ref = run._event_prefix + "%012x" % next(run._record_counter)  # noqa: UP031
         stamp = format_timestamp(time.time_ns())
         return Item(
             RECORD,

@@ -33,6 +33,7 @@ __all__ = [
     "check_metric_value",
     "check_optional_text",
     "check_tags",
+    "check_unit",
 ]
 
 AGGREGATION_SCOPES: Final = frozenset({"run", "stage", "operation", "step", "slice"})
@@ -139,6 +140,19 @@ def _check_text(value: object, field: str, max_length: int) -> str:
     if "\x00" in value:
         raise ValidationError(field, "must not contain NUL bytes", value)
     return value
+
+
+_known_units: set[str] = set()
+
+
+def check_unit(unit: object, field: str = "unit") -> str | None:
+    """Optional, non-blank, at most 255 characters. Units repeat: validated ones are cached."""
+    if unit is None or (type(unit) is str and unit in _known_units):
+        return unit
+    checked = _check_text(unit, field, MAX_SHORT_TEXT)
+    if len(_known_units) < _KNOWN_KEYS_MAX:
+        _known_units.add(checked)
+    return checked
 
 
 def check_message(value: object, field: str = "message") -> str:

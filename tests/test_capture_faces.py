@@ -215,7 +215,7 @@ def test_closing_a_parent_closes_its_open_children(workspace: Path) -> None:
 def test_a_second_open_run_with_the_same_ref_is_refused(workspace: Path) -> None:
     ctx = Contexta(workspace=workspace)
     with ctx.run("dup"):
-        with pytest.raises(DuplicateScopeError, match="run:default.dup"), ctx.run("DUP"):
+        with pytest.raises(DuplicateScopeError, match=r"run:default\.dup"), ctx.run("DUP"):
             pass
     # once closed, the name can be used again (a new execution of the same run)
     with ctx.run("dup") as again:

@@ -29,7 +29,14 @@ CONTEXTA_METRIC_LINE = (
     '"payload_type":"MetricRecord","sink_name":"local-jsonl"}'
 )
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-TIMESTAMP_KEYS = {"captured_at", "observed_at", "recorded_at", "started_at", "ended_at", "created_at"}
+TIMESTAMP_KEYS = {
+    "captured_at",
+    "observed_at",
+    "recorded_at",
+    "started_at",
+    "ended_at",
+    "created_at",
+}
 
 
 def _shape(value: Any) -> Any:
@@ -114,7 +121,15 @@ def test_context_lines_use_contexta_field_names(workspace: Path) -> None:
         by_type.setdefault(line["payload_type"], []).append(line["payload"])
     assert set(by_type) == {"Run", "StageExecution", "BatchExecution", "SampleObservation"}
     run_line = by_type["Run"][-1]
-    assert {"run_ref", "project_ref", "name", "status", "started_at", "ended_at", "description"} <= set(run_line)
+    assert {
+        "run_ref",
+        "project_ref",
+        "name",
+        "status",
+        "started_at",
+        "ended_at",
+        "description",
+    } <= set(run_line)
     assert run_line["dataset_ref"] == "dataset:d.v1"
     assert run_line["code_revision"] == "abc123"
     assert {"stage_execution_ref", "run_ref", "stage_name", "status", "order_index"} <= set(
@@ -124,7 +139,9 @@ def test_context_lines_use_contexta_field_names(workspace: Path) -> None:
         by_type["BatchExecution"][-1]
     )
     sample = by_type["SampleObservation"][-1]
-    assert {"sample_observation_ref", "sample_name", "observed_at", "batch_execution_ref"} <= set(sample)
+    assert {"sample_observation_ref", "sample_name", "observed_at", "batch_execution_ref"} <= set(
+        sample
+    )
     assert sample["batch_execution_ref"] == "batch:p.r.s.b"
     # opened then closed: two lines per scope, open first
     assert [p["status"] for p in by_type["Run"]] == ["open", "completed"]

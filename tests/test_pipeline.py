@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from contexta_async import (
@@ -279,3 +280,29 @@ def test_sync_flush_timeout_raises_flush_timeout_error(workspace: Path) -> None:
             ctx.flush(timeout=0.01)
     ctx.close()
     assert len(metrics(workspace)) == 1
+
+
+async def test_a_tight_capture_loop_still_lets_other_tasks_run(workspace: Path) -> None:
+    # Awaited captures with room return at once, but not forever: the loop gets a turn now and
+    # then, so a bulk capture cannot starve other tasks (or the writer) until the queue fills.
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            await anyio.lowlevel.checkpoint()
+            turns += 1
+
+    async with Contexta(workspace=workspace, queue_size=100_000) as ctx, ctx.run("r") as run:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_task)
+            await anyio.lowlevel.checkpoint()
+            turns_before = turns
+            for i in range(20_000):
+                await run.metric("x", i)
+            turns_during = turns - turns_before
+            tg.cancel_scope.cancel()
+        stats = ctx.statistics()
+    assert turns_during >= 20_000 // 256 - 1
+    assert stats.batches > 1  # the writer ran during the loop, not only at the end
+    assert len(metrics(workspace)) == 20_000

@@ -267,7 +267,7 @@ def test_a_symlink_planted_at_a_capture_file_is_never_written_through(tmp_path: 
     ctx = Contexta(workspace=tmp_path / "ws", max_retries=0)
     with ctx.run("r") as run:
         run.metric("x", 1)
-    with pytest.raises(DeliveryError, match="record.jsonl") as caught:
+    with pytest.raises(DeliveryError, match=r"record\.jsonl") as caught:
         ctx.close()
     assert caught.value.runs == {"run:default.r": 1}
     assert victim.read_text() == "precious\n"

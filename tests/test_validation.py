@@ -56,9 +56,7 @@ def test_non_ascii_names_stay_distinguishable() -> None:
         ("a\x00b", "NUL"),
     ],
 )
-def test_bad_run_names_are_rejected_naming_the_field(
-    workspace: Path, name: Any, rule: str
-) -> None:
+def test_bad_run_names_are_rejected_naming_the_field(workspace: Path, name: Any, rule: str) -> None:
     ctx = Contexta(workspace=workspace)
     with pytest.raises(ValidationError, match=rule) as info:
         ctx.run(name)
@@ -232,9 +230,7 @@ def test_a_directory_is_not_an_artifact(workspace: Path, tmp_path: Path) -> None
         ({"code_revision": ""}, "code_revision"),
     ],
 )
-def test_bad_run_options_are_rejected(
-    workspace: Path, kwargs: dict[str, Any], field: str
-) -> None:
+def test_bad_run_options_are_rejected(workspace: Path, kwargs: dict[str, Any], field: str) -> None:
     ctx = Contexta(workspace=workspace)
     with pytest.raises(ValidationError) as info:
         ctx.run("r", **kwargs)

@@ -464,6 +464,37 @@ def _fsync_probe(ws: Path, count: int) -> dict[str, Any]:
     return {"records": count, "p50_us": s["p50_us"], "p99_us": s["p99_us"], "max_us": s["max_us"]}
 
 
+def _wakeup_probe(count: int) -> dict[str, Any]:
+    """Round trips main thread -> worker thread -> main thread through queues, 1 ms apart.
+
+    The writer's hand-off per batch (event loop -> I/O thread -> event loop) is two such
+    wake-ups; on a busy machine each waits for the OS to give the woken thread a CPU.
+    """
+    import queue
+    import threading
+
+    to_worker: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while (item := to_worker.get()) is not None:
+            back.put(item)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    samples: list[int] = []
+    for i in range(count):
+        t0 = time.perf_counter_ns()
+        to_worker.put(i)
+        back.get()
+        samples.append(time.perf_counter_ns() - t0)
+        time.sleep(0.001)  # idle between batches, as under a paced load
+    to_worker.put(None)
+    thread.join()
+    s = _summary_us(samples)
+    return {"records": count, "p50_us": s["p50_us"], "p99_us": s["p99_us"], "max_us": s["max_us"]}
+
+
 def _breakdown(ws: Path, records: int) -> dict[str, Any]:
     """Per-record cost of each stage of the path, each measured alone on one thread.
 
@@ -616,6 +647,8 @@ def _child(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
         return _naive(ws, records, fsync=scenario == "naive-fsync")
     if scenario == "fsync-probe":
         return _fsync_probe(ws, records)
+    if scenario == "wakeup-probe":
+        return _wakeup_probe(records)
     if scenario == "breakdown":
         return _breakdown(ws, records)
     if scenario == "profile":
@@ -703,6 +736,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
         ("naive", "naive", {"records": args.naive_records}),
         ("naive-fsync", "naive-fsync", {"records": args.naive_fsync_records}),
         ("fsync-probe", "fsync-probe", {"records": 300}),
+        ("wakeup-probe", "wakeup-probe", {"records": 1000}),
     ]
     if args.only:
         wanted = set(args.only.split(","))
@@ -881,6 +915,15 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         p99 = _median_of(probe, "p99_us")
         out(f"  fsync-probe  append+fsync of one line: p50 {p50:.0f} µs, p99 {p99:.0f} µs")
         summary["fsync_probe"] = {"p50_us": p50, "p99_us": p99}
+    wakeup = runs_of("wakeup-probe")
+    if wakeup:
+        p50 = _median_of(wakeup, "p50_us")
+        p99 = _median_of(wakeup, "p99_us")
+        out(
+            f"  wakeup-probe thread round trip (queue put -> other thread -> back): "
+            f"p50 {p50:.0f} µs, p99 {p99:.0f} µs"
+        )
+        summary["wakeup_probe"] = {"p50_us": p50, "p99_us": p99}
     if "async-500" in summary and "naive" in summary:
         ratio = summary["async-500"]["median_rate"] / summary["naive"]["median_rate"]
         out(f"  async-500 (fsync on) / naive (no fsync): {ratio:.1f}x")
@@ -965,13 +1008,29 @@ def _machine(workdir: Path) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-        check=False,
-    ).stdout.strip()
+    # The commit of the package that was imported (not of this script): with PYTHONPATH
+    # pointing at a copy outside any checkout there is none.
+    where = package if os.path.isdir(package) else os.path.dirname(os.path.abspath(__file__))
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=where,
+            check=False,
+        ).stdout.strip()
+        or "none (not a git checkout)"
+    )
+    if commit[0] != "n":
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            cwd=where,
+            check=False,
+        ).stdout.strip()
+        if dirty:
+            commit += " + uncommitted changes"
     return {
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
@@ -1030,7 +1089,10 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = _machine(workdir)
     fs = machine["filesystem"]
-    print(f"contexta-async {machine['contexta_async']} from {machine['package_path']}")
+    print(
+        f"contexta-async {machine['contexta_async']} from {machine['package_path']} "
+        f"(commit {machine['git_commit']})"
+    )
     print(
         f"{machine['date_utc']}  Python {machine['python']}  {machine['cpus']} CPUs "
         f"({machine['cpu']})  load {machine['loadavg_at_start']}"
@@ -1120,6 +1182,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             Path(args.json).write_text(text + "\n")
             print(f"\nJSON written to {args.json}")
+    crashed = [label for label, runs in results.items() if any("error" in r for r in runs)]
+    if crashed:
+        print(f"\nscenarios that crashed: {', '.join(crashed)}")
+        return 1
     return 0
 
 

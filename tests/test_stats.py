@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from contexta_async.readers import mcnemar_exact, paired_bootstrap_ci
-from contexta_async.readers._stats import _percentile, binomial_variate
+from contexta_async.readers._stats import _percentile, binomial_variate, paired_bootstrap_cis
 
 
 @pytest.mark.parametrize(
@@ -150,3 +150,40 @@ def test_bootstrap_edge_cases() -> None:
     narrow = paired_bootstrap_ci([0.0, 1.0] * 50, confidence=0.5, seed=1)
     wide = paired_bootstrap_ci([0.0, 1.0] * 50, confidence=0.99, seed=1)
     assert wide.low < narrow.low < narrow.high < wide.high
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_grouped_bootstrap_of_an_integer_metric_agrees_with_scipy(use_numpy: bool) -> None:
+    # Token-count-like differences: 41 distinct values over 4000 samples, so resamples are
+    # multinomial count vectors (few distinct values); scipy resamples value by value.
+    rng = random.Random(12)
+    diffs = [float(rng.randint(-20, 20) + rng.randint(0, 1)) for _ in range(4000)]
+    assert len(set(diffs)) * 32 <= len(diffs)
+    ours = paired_bootstrap_ci(diffs, resamples=10_000, seed=4, use_numpy=use_numpy)
+    theirs = stats.bootstrap(
+        (np.array(diffs),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        random_state=np.random.default_rng(10),
+    ).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours.low == pytest.approx(theirs.low, abs=0.05 * width)
+    assert ours.high == pytest.approx(theirs.high, abs=0.05 * width)
+
+
+def test_bootstrap_of_several_metrics_gives_each_metrics_own_interval() -> None:
+    rng = random.Random(13)
+    jobs = [
+        [rng.gauss(0.1, 1.0) for _ in range(3000)],
+        [float(rng.random() < 0.7) - float(rng.random() < 0.6) for _ in range(3000)],
+        [0.5] * 10,
+        [rng.lognormvariate(1.0, 0.5) for _ in range(800)],
+    ]
+    alone = [paired_bootstrap_ci(diffs, resamples=300, seed=7) for diffs in jobs]
+    together = paired_bootstrap_cis(jobs, resamples=300, seed=7, workers=2)
+    assert together == alone
+    assert paired_bootstrap_cis(jobs, resamples=300, seed=7, workers=1) == alone
+    assert paired_bootstrap_cis([], resamples=300) == []
+    with pytest.raises(ValueError, match="workers"):
+        paired_bootstrap_cis(jobs, workers=0)

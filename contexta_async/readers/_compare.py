@@ -6,8 +6,7 @@ import math
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
-from itertools import compress
+from itertools import compress, repeat
 from typing import TYPE_CHECKING, Final, Literal
 
 from ._model import (
@@ -20,7 +19,7 @@ from ._model import (
     RankedRun,
     Scope,
 )
-from ._stats import mcnemar_exact, paired_bootstrap_ci
+from ._stats import mcnemar_exact, paired_bootstrap_cis
 
 if TYPE_CHECKING:
     from ._files import ArtifactInfo
@@ -237,41 +236,55 @@ def paired_results(
     seed: int = 0,
     include_samples: bool = False,
 ) -> list[PairedResult]:
-    results = []
+    pairs = []
+    # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
+    # natural order ("case-2" before "case-10") only for the lists shown to people. The
+    # metrics of a stage usually share their samples: sort each set of names once.
+    matched_for: dict[tuple[str | None, frozenset[str]], list[str]] = {}
     for stage, scope, _batch, key in _places((left, right), stage_order):
         if scope != "sample":
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
-        # natural order ("case-2" before "case-10") only for the lists shown to people.
-        matched = sorted(lmap.keys() & rmap.keys())
-        direction, inferred = _direction_for(key, directions)
-        n = len(matched)
+        common = frozenset(lmap.keys() & rmap.keys())
+        matched = matched_for.get((stage, common))
+        if matched is None:
+            matched = matched_for[(stage, common)] = sorted(common)
         lvals = list(map(lmap.__getitem__, matched))
         rvals = list(map(rmap.__getitem__, matched))
-        diffs = list(map(operator.sub, rvals, lvals))
+        pairs.append((stage, key, lmap, rmap, matched, lvals, rvals))
+    diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
+    # The bootstraps dominate the time: computed together (on several cores with numpy).
+    intervals = iter(
+        paired_bootstrap_cis(
+            [diffs for diffs in diffs_of if diffs],
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+        )
+    )
+    results = []
+    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs in zip(pairs, diffs_of, strict=True):
+        direction, inferred = _direction_for(key, directions)
+        n = len(matched)
         binary = n > 0 and set(lvals) <= _BINARY and set(rvals) <= _BINARY
-        # partial(lt, 0.0)(d) is 0.0 < d: a positive difference.
-        better = partial(operator.lt if direction == "maximize" else operator.gt, 0.0)
-        worse = partial(operator.gt if direction == "maximize" else operator.lt, 0.0)
-        wins = sum(map(better, diffs))
-        losses = sum(map(worse, diffs))
+        # lt(0.0, d) is 0.0 < d: a positive difference.
+        better = operator.lt if direction == "maximize" else operator.gt
+        worse = operator.gt if direction == "maximize" else operator.lt
+        wins = sum(map(better, repeat(0.0), diffs))
+        losses = sum(map(worse, repeat(0.0), diffs))
         regressed: list[str] = []
         fixed: list[str] = []
         p_value = None
         if binary:
-            regressed = sorted(compress(matched, map(worse, diffs)), key=natural_key)
-            fixed = sorted(compress(matched, map(better, diffs)), key=natural_key)
+            regressed = sorted(compress(matched, map(worse, repeat(0.0), diffs)), key=natural_key)
+            fixed = sorted(compress(matched, map(better, repeat(0.0), diffs)), key=natural_key)
             p_value = mcnemar_exact(len(regressed), len(fixed))
         low: float | None = None
         high: float | None = None
         method = "none"
         if n:
-            interval = paired_bootstrap_ci(
-                diffs, confidence=confidence, resamples=resamples, seed=seed
-            )
-            low, high, method = interval.low, interval.high, interval.method
+            low, high, method = next(intervals)
         results.append(
             PairedResult(
                 stage=stage,

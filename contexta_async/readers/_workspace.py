@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, get_args
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from ._compare import (
@@ -302,15 +304,19 @@ class Workspace:
                     f"stage {stage}: the sample sets differ ({len(only_left)} only in left, "
                     f"{len(only_right)} only in right)"
                 )
-        paired = paired_results(
-            lm,
-            rm,
-            order,
-            directions=directions,
-            confidence=confidence,
-            resamples=resamples,
-            seed=seed,
-            include_samples=include_samples,
+        # The bootstraps take CPU seconds on large runs: off the event loop, in a thread.
+        paired = await anyio.to_thread.run_sync(
+            partial(
+                paired_results,
+                lm,
+                rm,
+                order,
+                directions=directions,
+                confidence=confidence,
+                resamples=resamples,
+                seed=seed,
+                include_samples=include_samples,
+            )
         )
         return RunComparison(
             left=lsum,

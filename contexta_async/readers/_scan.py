@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_not, itemgetter, not_
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiofiles
 import anyio
@@ -35,6 +35,26 @@ _SAMPLE = attrgetter("sample_observation_ref")
 _BODY = attrgetter("payload.payload")
 _KEY = attrgetter("metric_key")
 _VALUE = attrgetter("value")
+
+
+_COMMON_TYPES: Final = ("MetricRecord", "StructuredEventRecord")
+
+
+def _distinct(values: list[Any]) -> set[Any]:
+    """``set(values)``; a block usually holds one run, stage and batch, and checking that
+    with ``list.count`` (an equality test per item) is cheaper than hashing every item."""
+    if values and values.count(values[0]) == len(values):
+        return {values[0]}
+    return set(values)
+
+
+def _count_types(types: list[str]) -> Iterable[tuple[str, int]]:
+    """(payload type, lines) of a block: counted with ``list.count`` when the block holds only
+    metrics and events, the usual case (cheaper than hashing every item)."""
+    counted = [(t, types.count(t)) for t in _COMMON_TYPES]
+    if sum(n for _, n in counted) == len(types):
+        return [(t, n) for t, n in counted if n]
+    return Counter(types).items()
 
 
 class RecordScan:
@@ -97,14 +117,14 @@ class Accumulator:
         scan.records += len(lines)
         envs = list(map(_ENV, lines))
         runs = list(map(_RUN, envs))
-        run_set = set(runs)
+        run_set = _distinct(runs)
         if len(run_set) == 1:
             (run,) = run_set
-            for payload_type, n in Counter(map(_TYPE, lines)).items():
+            for payload_type, n in _count_types(list(map(_TYPE, lines))):
                 scan.counts[(run, payload_type)] += n
         else:
             scan.counts.update(zip(runs, map(_TYPE, lines), strict=True))
-        stages = set(map(_STAGE, envs))
+        stages = _distinct(list(map(_STAGE, envs)))
         scan.stage_refs.update(stages)
         if self.times:
             self._times(runs, run_set, envs)
@@ -135,7 +155,7 @@ class Accumulator:
                 return
             stages = set(map(_STAGE, envs))
         batch_refs = list(map(_BATCH, envs))
-        batches = set(batch_refs)
+        batches = _distinct(batch_refs)
         if len(stages) == 1 and len(batches) == 1:
             (stage,) = stages
             (batch,) = batches
@@ -212,16 +232,21 @@ class Accumulator:
         if len(set(metric_slots)) != len(metric_slots):
             return False  # a key twice per sample: keep capture order with the general path
         columns = []
+        # The metrics of one sample usually share its sample ref: cut and intern the names
+        # once per distinct column of refs, not once per metric.
+        names_of: list[tuple[list[str], list[str]]] = []
         for j, key in enumerate(slots):
             if key is None:
                 continue
             column = samples[j::period]
-            if len(set(column)) != len(column):
-                return False  # a sample captured twice in the block
-            columns.append((key, column, values[j::period]))
-        intern = sys.intern
-        for key, column, column_values in columns:
-            names = map(intern, map(cut, column))
+            names = next((cut_names for known, cut_names in names_of if known == column), None)
+            if names is None:
+                if len(set(column)) != len(column):
+                    return False  # a sample captured twice in the block
+                names = list(map(sys.intern, map(cut, column)))
+                names_of.append((column, names))
+            columns.append((key, names, values[j::period]))
+        for key, names, column_values in columns:
             self._target(parent, key).update(zip(names, column_values, strict=True))
         return True
 

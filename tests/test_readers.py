@@ -18,11 +18,14 @@ from contexta_async.readers import (
     UnreadableFileError,
     Workspace,
     WorkspaceNotFoundError,
+    _parallel,
     _workspace,
     resolve_run_ref,
 )
+from contexta_async.readers._compare import RunMetrics
 from contexta_async.readers._decode import Issues
 from contexta_async.readers._parallel import scan_range
+from contexta_async.readers._scan import RecordScan
 
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 
@@ -288,6 +291,63 @@ async def test_forked_range_scan_gives_the_same_answer_as_one_process(
     assert [r.ref for r in await parallel_ws.list_runs()] == [
         r.ref for r in await Workspace(ws_path, workers=1).list_runs()
     ]
+
+
+async def test_forked_readers_report_corrupt_lines_and_a_torn_tail_like_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    record = _record_file(ws_path)
+    lines = record.read_bytes().splitlines(keepends=True)
+    broken = [*lines[:3], b"not json at all\n", *lines[3:], b'{"captured_at": "2026-']
+    record.write_bytes(b"".join(broken))
+    single = await Workspace(ws_path, workers=1).compare("helpful-only", "grounded")
+    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
+    forked = await Workspace(ws_path, workers=3, chunk_size=4096).compare(
+        "helpful-only", "grounded"
+    )
+    assert forked.read_report == single.read_report
+    assert forked.read_report.corrupt_lines == 1
+    assert forked.read_report.torn_tails == [str(record)]
+    assert forked.metrics == single.metrics
+    assert forked.paired == single.paired
+    assert (forked.left.counts, forked.right.counts) == (single.left.counts, single.right.counts)
+
+
+def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
+    scan = RecordScan()
+    scan.counts.update({("run:p.a", "MetricRecord"): 5, ("run:p.a", "Custom"): 1})
+    scan.stage_refs = {"stage:p.a.eval", None}
+    scan.first_time = {"run:p.a": "2026-01-01T00:00:00Z"}
+    scan.last_time = {"run:p.a": "2026-01-01T00:00:09Z"}
+    metrics = RunMetrics()
+    metrics.latest = {
+        (None, "run", None, "loss"): 0.25,
+        ("eval", "batch", "b1", "acc"): float("inf"),
+    }
+    metrics.samples = {("eval", "correct"): {"case-1": 1.0, "case-2": 0.0}, (None, "x"): {}}
+    metrics.duplicates = {("eval", "case-1")}
+    scan.metrics = {"run:p.a": metrics}
+    scan.records = 6
+    raw = msgspec.msgpack.encode(_parallel._Answer(_parallel._to_wire(scan), 2, [], True))
+    answer = _parallel._ANSWER.decode(raw)
+    assert isinstance(answer, _parallel._Answer)
+    assert (answer.corrupt, answer.torn) == (2, True)
+    back = _parallel._from_wire(answer.scan)
+    assert back.counts == scan.counts
+    assert back.stage_refs == scan.stage_refs
+    assert (back.first_time, back.last_time) == (scan.first_time, scan.last_time)
+    assert back.records == 6
+    got = back.metrics["run:p.a"]
+    assert (got.latest, got.samples, got.duplicates) == (
+        metrics.latest,
+        metrics.samples,
+        metrics.duplicates,
+    )
+    failure = _parallel._ANSWER.decode(
+        msgspec.msgpack.encode(_parallel._Failure("PermissionError", "denied"))
+    )
+    assert failure == _parallel._Failure("PermissionError", "denied")
 
 
 def test_byte_ranges_cover_every_line_exactly_once(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ machine with more than one core a large file is split at line boundaries into ra
 scanned by a forked child (which has every module loaded: no interpreter start, no re-import
 of the user's main module). A child reads its range with plain blocking reads (it runs no
 event loop), aggregates it exactly as the in-process path does, and sends back only the
-aggregate, pickled, through a pipe. The parent awaits the pipes in worker threads, so its
+aggregate, encoded as MessagePack by msgspec into typed Structs (nothing is unpickled: the
+parent decodes plain data), through a pipe. The parent awaits the pipes in worker threads, so its
 event loop stays free, and merges the aggregates in file order (later values win).
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import signal
 import warnings
 from pathlib import Path
@@ -21,9 +21,12 @@ from typing import Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
+import msgspec
 
+from ._compare import RunMetrics
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
+from ._model import Scope
 from ._scan import Accumulator, BlockFeeder, RecordScan
 
 __all__ = ["PARALLEL_MIN_BYTES", "can_fork", "default_workers", "scan_records_parallel"]
@@ -91,14 +94,83 @@ def scan_range(
     return acc.finish(), issues.corrupt_lines, issues.problems_raw(), torn
 
 
+# ---- the aggregate on the pipe (MessagePack) -----------------------------------------------
+
+
+class _WireMetrics(msgspec.Struct, array_like=True, gc=False):
+    latest: list[tuple[str | None, Scope, str | None, str, float]]
+    samples: list[tuple[str | None, str, dict[str, float]]]
+    duplicates: list[tuple[str | None, str]]
+
+
+class _WireScan(msgspec.Struct, array_like=True, gc=False):
+    counts: list[tuple[str, str, int]]
+    stage_refs: list[str | None]
+    first_time: dict[str, str]
+    last_time: dict[str, str]
+    metrics: dict[str, _WireMetrics]
+    records: int
+
+
+class _Answer(msgspec.Struct, array_like=True, tag="ok", gc=False):
+    scan: _WireScan
+    corrupt: int
+    problems: list[tuple[str, int, str]]
+    torn: bool
+
+
+class _Failure(msgspec.Struct, array_like=True, tag="error", gc=False):
+    kind: str
+    message: str
+
+
+_ANSWER: Final = msgspec.msgpack.Decoder(_Answer | _Failure)
+
+
+def _to_wire(scan: RecordScan) -> _WireScan:
+    return _WireScan(
+        counts=[(run, kind, n) for (run, kind), n in scan.counts.items()],
+        stage_refs=list(scan.stage_refs),
+        first_time=scan.first_time,
+        last_time=scan.last_time,
+        metrics={
+            run: _WireMetrics(
+                latest=[(*place, value) for place, value in m.latest.items()],
+                samples=[(stage, key, values) for (stage, key), values in m.samples.items()],
+                duplicates=list(m.duplicates),
+            )
+            for run, m in scan.metrics.items()
+        },
+        records=scan.records,
+    )
+
+
+def _from_wire(wire: _WireScan) -> RecordScan:
+    scan = RecordScan()
+    for run, kind, n in wire.counts:
+        scan.counts[(run, kind)] += n
+    scan.stage_refs = set(wire.stage_refs)
+    scan.first_time = wire.first_time
+    scan.last_time = wire.last_time
+    for run, w in wire.metrics.items():
+        m = RunMetrics()
+        m.latest = {(st, scope, batch, key): value for st, scope, batch, key, value in w.latest}
+        m.samples = {(stage, key): values for stage, key, values in w.samples}
+        m.duplicates = set(w.duplicates)
+        scan.metrics[run] = m
+    scan.records = wire.records
+    return scan
+
+
 def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - in a child
     status = 0
     try:
         try:
-            payload = pickle.dumps(("ok", scan_range(*args)), pickle.HIGHEST_PROTOCOL)
+            scan, corrupt, problems, torn = scan_range(*args)
+            payload = msgspec.msgpack.encode(_Answer(_to_wire(scan), corrupt, problems, torn))
         except BaseException as exc:
             status = 1
-            payload = pickle.dumps(("error", type(exc).__name__, str(exc)))
+            payload = msgspec.msgpack.encode(_Failure(type(exc).__name__, str(exc)))
         view = memoryview(payload)
         while view:
             view = view[os.write(write_fd, view) :]
@@ -144,7 +216,7 @@ async def scan_records_parallel(
             with warnings.catch_warnings():
                 # Python 3.12+ warns that fork() in a threaded process may deadlock the child.
                 # The child touches no lock another thread could hold: it only reads a file,
-                # decodes, pickles and writes to a pipe, then leaves with os._exit.
+                # decodes, encodes and writes to a pipe, then leaves with os._exit.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
@@ -176,14 +248,14 @@ async def scan_records_parallel(
     for raw in results:
         if not raw:
             raise UnreadableFileError(str(path), "a reader process died without an answer")
-        answer = pickle.loads(raw)
-        if answer[0] != "ok":
-            if answer[1] in ("PermissionError", "FileNotFoundError", "OSError"):
-                raise UnreadableFileError(str(path), answer[2])
-            raise RuntimeError(f"reader process failed: {answer[1]}: {answer[2]}")
-        scan, corrupt, problems, torn = answer[1]
-        issues.absorb(corrupt, problems)
-        if torn:
+        answer = _ANSWER.decode(raw)
+        if isinstance(answer, _Failure):
+            if answer.kind in ("PermissionError", "FileNotFoundError", "OSError"):
+                raise UnreadableFileError(str(path), answer.message)
+            raise RuntimeError(f"reader process failed: {answer.kind}: {answer.message}")
+        scan = _from_wire(answer.scan)
+        issues.absorb(answer.corrupt, answer.problems)
+        if answer.torn:
             issues.torn_tails.append(str(path))
         if merged is None:
             merged = scan

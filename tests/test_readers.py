@@ -325,7 +325,12 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
         (None, "run", None, "loss"): 0.25,
         ("eval", "batch", "b1", "acc"): float("inf"),
     }
-    metrics.samples = {("eval", "correct"): {"case-1": 1.0, "case-2": 0.0}, (None, "x"): {}}
+    metrics.samples = {
+        ("eval", "correct"): {"case-1": 1.0, "case-2": 0.0},
+        ("eval", "score"): {"case-1": 3.0, "case-2": 4.5},
+        ("eval", "late"): {"case-2": 7.0},
+        (None, "x"): {},
+    }
     metrics.duplicates = {("eval", "case-1")}
     scan.metrics = {"run:p.a": metrics}
     scan.records = 6
@@ -344,6 +349,10 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
         metrics.samples,
         metrics.duplicates,
     )
+    # Metrics of the same samples share one list of names on the pipe, and so their strings.
+    assert len(answer.scan.metrics["run:p.a"].names) == 3
+    shared = [next(iter(got.samples[("eval", key)])) for key in ("correct", "score")]
+    assert shared[0] is shared[1]
     failure = _parallel._ANSWER.decode(
         msgspec.msgpack.encode(_parallel._Failure("PermissionError", "denied"))
     )

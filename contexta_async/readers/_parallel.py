@@ -99,7 +99,10 @@ def scan_range(
 
 class _WireMetrics(msgspec.Struct, array_like=True, gc=False):
     latest: list[tuple[str | None, Scope, str | None, str, float]]
-    samples: list[tuple[str | None, str, dict[str, float]]]
+    # The metrics of a stage usually share their sample names: each distinct list of names
+    # is sent once (smaller pipe, and the parent's dicts share the name strings).
+    names: list[list[str]]
+    samples: list[tuple[str | None, str, int, list[float]]]  # (stage, key, names index, values)
     duplicates: list[tuple[str | None, str]]
 
 
@@ -127,20 +130,31 @@ class _Failure(msgspec.Struct, array_like=True, tag="error", gc=False):
 _ANSWER: Final = msgspec.msgpack.Decoder(_Answer | _Failure)
 
 
+def _metrics_to_wire(m: RunMetrics) -> _WireMetrics:
+    tables: list[list[str]] = []
+    samples = []
+    for (stage, key), values in m.samples.items():
+        names = list(values)
+        # Mostly the very same interned strings in the same order: a cheap list comparison.
+        index = next((i for i, known in enumerate(tables) if known == names), len(tables))
+        if index == len(tables):
+            tables.append(names)
+        samples.append((stage, key, index, list(values.values())))
+    return _WireMetrics(
+        latest=[(*place, value) for place, value in m.latest.items()],
+        names=tables,
+        samples=samples,
+        duplicates=list(m.duplicates),
+    )
+
+
 def _to_wire(scan: RecordScan) -> _WireScan:
     return _WireScan(
         counts=[(run, kind, n) for (run, kind), n in scan.counts.items()],
         stage_refs=list(scan.stage_refs),
         first_time=scan.first_time,
         last_time=scan.last_time,
-        metrics={
-            run: _WireMetrics(
-                latest=[(*place, value) for place, value in m.latest.items()],
-                samples=[(stage, key, values) for (stage, key), values in m.samples.items()],
-                duplicates=list(m.duplicates),
-            )
-            for run, m in scan.metrics.items()
-        },
+        metrics={run: _metrics_to_wire(m) for run, m in scan.metrics.items()},
         records=scan.records,
     )
 
@@ -155,7 +169,10 @@ def _from_wire(wire: _WireScan) -> RecordScan:
     for run, w in wire.metrics.items():
         m = RunMetrics()
         m.latest = {(st, scope, batch, key): value for st, scope, batch, key, value in w.latest}
-        m.samples = {(stage, key): values for stage, key, values in w.samples}
+        m.samples = {
+            (stage, key): dict(zip(w.names[index], values, strict=True))
+            for stage, key, index, values in w.samples
+        }
         m.duplicates = set(w.duplicates)
         scan.metrics[run] = m
     scan.records = wire.records

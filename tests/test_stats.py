@@ -174,12 +174,18 @@ def test_grouped_bootstrap_of_an_integer_metric_agrees_with_scipy(use_numpy: boo
 
 def test_bootstrap_of_several_metrics_gives_each_metrics_own_interval() -> None:
     rng = random.Random(13)
+    # Three continuous metrics of 3000 samples share their index draws (same seed, same n;
+    # two of them gathered as one complex array), one of 800 samples does not; a binary one
+    # is drawn as multinomial counts.
     jobs = [
         [rng.gauss(0.1, 1.0) for _ in range(3000)],
         [float(rng.random() < 0.7) - float(rng.random() < 0.6) for _ in range(3000)],
         [0.5] * 10,
         [rng.lognormvariate(1.0, 0.5) for _ in range(800)],
+        [rng.expovariate(2.0) for _ in range(3000)],
+        [rng.uniform(-1.0, 1.0) for _ in range(3000)],
     ]
+    # 300 resamples of 3000: several blocks of index draws, pipelined across two threads.
     alone = [paired_bootstrap_ci(diffs, resamples=300, seed=7) for diffs in jobs]
     together = paired_bootstrap_cis(jobs, resamples=300, seed=7, workers=2)
     assert together == alone

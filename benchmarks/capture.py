@@ -702,10 +702,20 @@ def _run_child(scenario: str, params: dict[str, Any], workdir: Path) -> dict[str
     return result
 
 
+def _default_queue_size() -> int:
+    import inspect
+
+    from contexta_async import Contexta
+
+    default = inspect.signature(Contexta).parameters["queue_size"].default
+    return default if isinstance(default, int) else 65_536
+
+
 def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, scenario, params) for every scenario to run, in order."""
     n = args.records
-    percall_n = min(n, 32_768)  # half the default queue: the calls never wait for room
+    # Half the queue: the calls never wait for room.
+    percall_n = min(n, (args.queue_size or _default_queue_size()) // 2)
     rss_small, rss_large = args.rss_records
     plan: list[tuple[str, str, dict[str, Any]]] = [
         ("async-1", "async-1", {"records": n}),

@@ -16,6 +16,7 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
+from contexta_async.readers._compare import natural_key
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10
 
@@ -218,3 +219,23 @@ async def test_html_report_is_self_contained(tmp_path: Path) -> None:
     hostile.warnings.append("<script>alert(1)</script>")
     assert "<script>" not in render_html_report(hostile)
     assert "No matched samples" not in page
+
+
+def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
+    names = ["case-10", "case-2", "case-1", "b", "a10b2", "a10b10", "a9", "7", "case-٣", "v2.10"]
+    assert sorted(names, key=natural_key) == [
+        "a9",
+        "a10b2",
+        "a10b10",
+        "b",
+        "case-1",
+        "case-2",
+        "case-٣",  # an Arabic-Indic three
+        "case-10",
+        "v2.10",
+        "7",  # text parts sort before number parts
+    ]
+    # "<text><number>" names take a fast path; it builds the same key as the general one.
+    assert natural_key("case-0042") == [(0, "case-"), (1, 42)]
+    assert natural_key("v2.10") == [(0, "v"), (1, 2), (0, "."), (1, 10)]
+    assert natural_key("12") == [(1, 12)]

@@ -63,6 +63,7 @@ MINIMIZE_WORDS: Final = frozenset(
 )
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
 _DIGITS = re.compile(r"(\d+)")
+_TEXT_NUMBER = re.compile(r"(\D+)(\d+)")
 _BINARY: Final = frozenset({0.0, 1.0})
 
 Place = tuple[str | None, Scope, str | None, str]  # (stage, scope, batch, key)
@@ -77,6 +78,10 @@ def infer_direction(key: str) -> Direction:
 
 def natural_key(name: str) -> list[tuple[int, int | str]]:
     """Sort ``case-2`` before ``case-10``."""
+    # Fast path for the usual "<text><number>" names (the same key, built without a split).
+    simple = _TEXT_NUMBER.fullmatch(name)
+    if simple is not None:
+        return [(0, simple[1]), (1, int(simple[2]))]
     return [(1, int(p)) if p.isdigit() else (0, p) for p in _DIGITS.split(name) if p]
 
 

@@ -13,6 +13,7 @@ event loop stays free, and merges the aggregates in file order (later values win
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import warnings
@@ -181,6 +182,9 @@ def _from_wire(wire: _WireScan) -> RecordScan:
 
 def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - in a child
     status = 0
+    # The child's objects hold no cycles and it exits when done: the cyclic GC would only
+    # spend time (~5% measured) and touch the parent's pages it shares copy-on-write.
+    gc.disable()
     try:
         try:
             scan, corrupt, problems, torn = scan_range(*args)

@@ -16,9 +16,12 @@ Scenarios:
                     statistics (2000 bootstrap resamples per sample-level metric)
   *-1proc           the same with workers=1 (no forked range readers)
 
-Peak RSS is measured for three shapes: 1M records with 62,500 samples per run; 1M records
-with 15,625 samples per run, each metric captured 4 times (same file size, a 4x smaller
-answer); 250k records with 15,625 samples per run (a 4x smaller file, the same answer).
+Each run also reports its CPU time (this process's threads and the forked readers), and the
+load average is printed at the start and the end: on a machine shared with other work, CPU
+seconds vary less than wall time. Peak RSS is measured for three shapes: 1M records with
+62,500 samples per run; 1M records with 15,625 samples per run, each metric captured 4 times
+(same file size, a 4x smaller answer); 250k records with 15,625 samples per run (a 4x smaller
+file, the same answer).
 
 Usage:
   .venv/bin/python benchmarks/read.py                # full run (~3 min on 2 cores)
@@ -277,11 +280,19 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     workers = 1 if scenario.endswith("-1proc") else None
     base = scenario.removesuffix("-1proc")
     times: list[float] = []
+    cpu: list[float] = []
     records = 0
+
+    def cpu_now() -> float:
+        # This process (all its threads) and its reaped children (the forked readers).
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
     async def once() -> None:
         nonlocal records
         ws = Workspace(workspace, workers=workers)
+        cpu_started = cpu_now()
         started = time.perf_counter()
         if base == "list-runs":
             runs = await ws.list_runs()
@@ -293,6 +304,7 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
             result = await ws.compare(*RUNS)
             records = sum(s.counts.metrics + s.counts.events for s in (result.left, result.right))
         times.append(time.perf_counter() - started)
+        cpu.append(cpu_now() - cpu_started)
 
     for _ in range(repeat):
         anyio.run(once)
@@ -302,9 +314,15 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
         "scenario": scenario,
         "records": records,
         "times": times,
+        "cpu_s": cpu,
         "peak_rss_mib": round(own / 1024, 1),
         "peak_rss_children_mib": round(children / 1024, 1),
     }
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages: other work on the machine skews every figure."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _run_child(scenario: str, workspace: Path, repeat: int) -> dict[str, Any]:
@@ -340,7 +358,8 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-        f"{total:,} records ({len(RUNS)} runs x {samples:,} samples x {per_sample})"
+        f"{total:,} records ({len(RUNS)} runs x {samples:,} samples x {per_sample}), "
+        f"load average at start {_load()}"
     )
     try:
         main_ws = base / "main"
@@ -359,15 +378,20 @@ def main() -> None:
             "compare-read-1proc",
             "compare-1proc",
         ]
-        print(f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'rss MiB':>8} {'child MiB':>9}")
+        print(
+            f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'cpu s':>6} "
+            f"{'rss MiB':>8} {'child MiB':>9}"
+        )
         for scenario in scenarios:
             r = _run_child(scenario, main_ws, repeat)
             r["median_s"] = statistics.median(r["times"])
             r["records_per_s"] = r["records"] / r["median_s"]
             r["shape"] = "main"
             results.append(r)
+            r["median_cpu_s"] = statistics.median(r["cpu_s"])
             print(
                 f"{scenario:<20} {r['median_s']:>9.3f} {r['records_per_s']:>12,.0f} "
+                f"{r['median_cpu_s']:>6.2f} "
                 f"{r['peak_rss_mib']:>8} {r['peak_rss_children_mib']:>9}   "
                 f"runs: {', '.join(f'{t:.3f}' for t in r['times'])}"
             )
@@ -392,6 +416,7 @@ def main() -> None:
     finally:
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
+    print(f"load average at end {_load()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

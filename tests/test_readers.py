@@ -19,6 +19,7 @@ from contexta_async.readers import (
     Workspace,
     WorkspaceNotFoundError,
     _parallel,
+    _scan,
     _workspace,
     resolve_run_ref,
 )
@@ -357,6 +358,29 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
         msgspec.msgpack.encode(_parallel._Failure("PermissionError", "denied"))
     )
     assert failure == _parallel._Failure("PermissionError", "denied")
+
+
+@pytest.mark.parametrize("piece", [200, 3000])
+async def test_blocks_decoded_in_small_pieces_give_the_same_answer_and_problem_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # 200 bytes: every line is longer than a piece; 3000: a few lines per piece.
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    record = _record_file(ws_path)
+    lines = record.read_bytes().splitlines(keepends=True)
+    record.write_bytes(b"".join([*lines[:7], b"{not json\n", *lines[7:]]))
+    whole = await Workspace(ws_path, workers=1).compare("helpful-only", "grounded")
+    monkeypatch.setattr(_scan, "DECODE_SIZE", piece)
+    pieces = await Workspace(ws_path, workers=1, chunk_size=8192).compare(
+        "helpful-only", "grounded"
+    )
+    assert pieces.read_report == whole.read_report
+    assert [(p.line, p.offset) for p in pieces.read_report.problems] == [
+        (8, sum(map(len, lines[:7])))
+    ]
+    assert pieces.metrics == whole.metrics
+    assert pieces.paired == whole.paired
+    assert pieces.left.counts == whole.left.counts
 
 
 def test_byte_ranges_cover_every_line_exactly_once(tmp_path: Path) -> None:

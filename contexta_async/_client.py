@@ -11,7 +11,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from . import _validation as v
 from ._errors import ClosedScopeError, ConfigurationError, ValidationError
@@ -109,7 +108,6 @@ class Contexta:
         self.sinks: tuple[Sink, ...] = chosen
         self._pipeline = Pipeline(chosen, options)
         self._registry = ScopeRegistry()
-        self._task_group: TaskGroup | None = None
         # At interpreter exit the pipeline closes what a program left open, saying why. (The
         # pipeline outlives this object: its writer thread holds it, not the other way round.)
         self._pipeline.before_exit = functools.partial(
@@ -209,12 +207,8 @@ class Contexta:
         self.close()
 
     async def __aenter__(self) -> Contexta:
-        """Run the writer as a task in this event loop until the block exits."""
-        if self._pipeline.claim_writer():
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
-            task_group.start_soon(self._pipeline.run_writer, name="contexta-async-writer")
-            self._task_group = task_group
+        """Start the writer now; leaving the block drains, fsyncs and stops it (aclose)."""
+        self._pipeline.start()
         return self
 
     async def __aexit__(
@@ -223,14 +217,7 @@ class Contexta:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task_group, self._task_group = self._task_group, None
-        try:
-            await self.aclose()
-        finally:
-            if task_group is not None:
-                # After a shutdown timeout the writer may still be stuck: stop waiting for it.
-                task_group.cancel_scope.cancel()
-                await task_group.__aexit__(None, None, None)
+        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -1,7 +1,7 @@
 """One-shot wake-ups that work across threads and event loops.
 
-The capture queue is shared by producers on the writer's event loop, on other event loops and
-on plain threads (the sync face), so a wait is either an asyncio future on the waiting loop or a
+The capture queue is shared by producers on event loops and on plain threads (the sync face),
+and by the writer thread, so a wait is either an asyncio future on the waiting loop or a
 threading event, and waking one is safe from any thread.
 """
 

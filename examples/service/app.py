@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if not settings.capture:
             yield
             return
-        # The writer runs as a task of this loop for the app's whole life; leaving these blocks
+        # The context (and its writer thread) lives as long as the app; leaving these blocks
         # at shutdown closes the stage and the run as completed, then drains and fsyncs.
         capture = Contexta(workspace=settings.workspace, config={"project_name": settings.project})
         async with (

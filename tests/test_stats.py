@@ -193,3 +193,23 @@ def test_bootstrap_of_several_metrics_gives_each_metrics_own_interval() -> None:
     assert paired_bootstrap_cis([], resamples=300) == []
     with pytest.raises(ValueError, match="workers"):
         paired_bootstrap_cis(jobs, workers=0)
+
+
+def test_bootstrap_of_several_metrics_without_numpy_uses_pure_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from contexta_async.readers import _stats
+
+    rng = random.Random(14)
+    jobs = [
+        [rng.gauss(0.0, 1.0) for _ in range(200)],
+        [float(rng.randint(-1, 1)) for _ in range(800)],
+    ]
+    expected = [
+        paired_bootstrap_ci(diffs, resamples=200, seed=2, use_numpy=False) for diffs in jobs
+    ]
+    monkeypatch.setattr(_stats, "_has_numpy", lambda: False)
+    monkeypatch.setattr(_stats, "_numpy_means", lambda *args: None)
+    got = paired_bootstrap_cis(jobs, resamples=200, seed=2, workers=2)
+    assert got == expected
+    assert [interval.method for interval in got] == ["python", "python"]

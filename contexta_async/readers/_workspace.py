@@ -316,7 +316,9 @@ class Workspace:
                 resamples=resamples,
                 seed=seed,
                 include_samples=include_samples,
-            )
+            ),
+            # A cancelled compare returns at once; the thread finishes its pure computation.
+            abandon_on_cancel=True,
         )
         return RunComparison(
             left=lsum,

@@ -141,6 +141,8 @@ async def test_compare_contexta10_fixture(tmp_path: Path) -> None:
         ("completion.tokens", "minimize"),
         ("time", "minimize"),
         ("step.duration", "minimize"),
+        ("attempts", "minimize"),
+        ("failed.calls", "minimize"),
         ("accuracy", "maximize"),
         ("macro.f1", "maximize"),
         ("pass.rate", "maximize"),

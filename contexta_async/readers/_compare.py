@@ -59,6 +59,11 @@ MINIMIZE_WORDS: Final = frozenset(
         "rmse",
         "wer",
         "cer",
+        "attempts",
+        "retries",
+        "failed",
+        "failures",
+        "timeouts",
     }
 )
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}

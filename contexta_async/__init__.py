@@ -32,6 +32,7 @@ from ._scopes import (
 from .sinks import LocalJsonlSink, MemorySink, Sink
 
 __version__ = "0.1.0"
+"""The installed version of contexta-async."""
 
 __all__ = [
     "AsyncBatch",

@@ -79,9 +79,12 @@ class Contexta:
         if config is not None and not isinstance(config, Mapping):
             raise ConfigurationError("config", "must be a mapping", config)
         self.config: dict[str, Any] = dict(config or {})
+        """The configuration mapping (a copy), with ``project_name`` filled in."""
         project_name = self.config.setdefault("project_name", "default")
         self.project = normalize_name(project_name, field="config.project_name")
+        """The project's ref component: ``project_name`` normalised."""
         self.workspace = Path(workspace).absolute()
+        """The workspace directory, absolute."""
         options = PipelineOptions(
             queue_size=queue_size,
             max_batch_size=max_batch_size,
@@ -106,6 +109,7 @@ class Contexta:
             if len(set(names)) != len(names):
                 raise ConfigurationError("sinks", "sink names must be unique", names)
         self.sinks: tuple[Sink, ...] = chosen
+        """Where lines go: by default one LocalJsonlSink at ``<workspace>/cache/capture``."""
         self._pipeline = Pipeline(chosen, options)
         self._registry = ScopeRegistry()
         # At interpreter exit the pipeline closes what a program left open, saying why. (The
@@ -191,6 +195,7 @@ class Contexta:
 
     @property
     def closed(self) -> bool:
+        """True once close() or aclose() has begun."""
         return self._pipeline.closed
 
     # ---- context management ----------------------------------------------------------

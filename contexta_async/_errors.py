@@ -23,10 +23,12 @@ class ContextaError(Exception):
     """Base class. ``code`` is a stable machine-readable name, ``details`` the facts behind it."""
 
     code = "contexta_error"
+    """A stable, machine-readable name of the condition."""
 
     def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.details: dict[str, Any] = dict(details or {})
+        """The facts behind the error, as a JSON-safe mapping."""
 
 
 class ValidationError(ContextaError, ValueError):
@@ -43,7 +45,9 @@ class ValidationError(ContextaError, ValueError):
             details={"field": field, "rule": rule},
         )
         self.field = field
+        """The argument (or option) that broke the rule, e.g. ``"key"``."""
         self.rule = rule
+        """The rule it broke, in words."""
 
 
 class ConfigurationError(ValidationError):
@@ -93,8 +97,11 @@ class DeliveryError(ContextaError):
             details={"failed": failed, "runs": dict(runs), "errors": list(errors)},
         )
         self.failed = failed
+        """How many captured lines were not made durable."""
         self.runs = dict(runs)
+        """Run ref -> lines of that run not made durable."""
         self.errors = list(errors)
+        """One message per failed write: sink, file and OS error."""
 
 
 class ShutdownTimeoutError(ContextaError):
@@ -108,6 +115,7 @@ class ShutdownTimeoutError(ContextaError):
             details={"pending": pending, "timeout": timeout},
         )
         self.pending = pending
+        """Lines not yet durable when time ran out."""
 
 
 class FlushTimeoutError(ContextaError, TimeoutError):
@@ -124,3 +132,4 @@ class FlushTimeoutError(ContextaError, TimeoutError):
             details={"pending": pending, "timeout": timeout},
         )
         self.pending = pending
+        """Lines not yet durable when time ran out."""

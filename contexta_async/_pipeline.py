@@ -95,14 +95,19 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     written: int
     """Lines written and (with fsync on) fsynced, summed over sinks."""
     fsyncs: int
+    """fsync calls that succeeded (one per file per batch)."""
     batches: int
+    """Batches the writer has taken (group commits)."""
     largest_batch: int
+    """The most lines taken in one batch."""
     peak_queued: int
+    """The most lines ever waiting in the queue at once (bounded by ``queue_size``)."""
     failed: int
     """Lines a sink could not make durable after retries, summed over sinks."""
     dropped: int
     """Lines refused by the ``drop_newest`` overflow policy."""
     retries: int
+    """Failed writes that were retried."""
 
 
 @dataclass(slots=True)

@@ -67,10 +67,12 @@ class Opening(Generic[S, A]):
 
     @property
     def ref(self) -> str:
+        """The ref the scope will have, known before it is entered."""
         return self._core.ref
 
     @property
     def name(self) -> str:
+        """The name as given (stripped)."""
         return self._core.name
 
     def __enter__(self) -> S:
@@ -138,10 +140,12 @@ class _Face:
 
     @property
     def started_at(self) -> str | None:
+        """When the scope was entered (UTC, six fractional digits)."""
         return self._core.started_at
 
     @property
     def closed_at(self) -> str | None:
+        """When the scope was closed, or None while it is open."""
         return self._core.closed_at
 
     def close(self, status: Status = "completed", *, reason: str | None = None) -> None:
@@ -277,9 +281,11 @@ class Stage(_SyncArtifacts):
     __slots__ = ()
 
     def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
+        """A batch within this stage: ``with stage.batch("holdout-split") as batch``."""
         return _child(self._core, "batch", name, Batch, AsyncBatch)
 
     def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
         return _child(self._core, "sample", name, Sample, AsyncSample)
 
 
@@ -289,6 +295,7 @@ class Run(_SyncArtifacts):
     __slots__ = ()
 
     def stage(self, name: str) -> Opening[Stage, AsyncStage]:
+        """A stage of this run (``train``, ``evaluate``...): ``with run.stage("evaluate")``."""
         return _child(self._core, "stage", name, Stage, AsyncStage)
 
 
@@ -411,6 +418,7 @@ class AsyncBatch(_AsyncCapture):
     __slots__ = ()
 
     def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
         return _child(self._core, "sample", name, Sample, AsyncSample)
 
 
@@ -420,9 +428,11 @@ class AsyncStage(_AsyncArtifacts):
     __slots__ = ()
 
     def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
+        """A batch within this stage: ``with stage.batch("holdout-split") as batch``."""
         return _child(self._core, "batch", name, Batch, AsyncBatch)
 
     def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
         return _child(self._core, "sample", name, Sample, AsyncSample)
 
 
@@ -432,4 +442,5 @@ class AsyncRun(_AsyncArtifacts):
     __slots__ = ()
 
     def stage(self, name: str) -> Opening[Stage, AsyncStage]:
+        """A stage of this run (``train``, ``evaluate``...): ``with run.stage("evaluate")``."""
         return _child(self._core, "stage", name, Stage, AsyncStage)

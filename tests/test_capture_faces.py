@@ -322,3 +322,14 @@ def test_a_child_of_a_closed_scope_cannot_open(workspace: Path) -> None:
     with ctx.run("r"):  # the refused child did not keep a ref open
         pass
     ctx.close()
+
+
+async def test_sync_face_inside_an_entered_async_context_never_deadlocks(workspace: Path) -> None:
+    # The writer is its own thread, so even the sync face on the event loop's thread, with a
+    # full queue, only waits for room; it used to deadlock when the writer ran in this loop.
+    async with Contexta(workspace=workspace, queue_size=4, max_batch_size=4) as ctx:
+        with ctx.run("sync-in-async") as run:
+            for i in range(200):
+                run.metric("x", i)
+        await ctx.flush()
+    assert [m["payload"]["payload"]["value"] for m in metrics(workspace)] == list(range(200))

@@ -59,6 +59,8 @@ class ReadReport(_R):
 
 
 class RecordCounts(_R):
+    """How many records of each kind a run holds."""
+
     metrics: int = 0
     events: int = 0
     spans: int = 0
@@ -67,6 +69,7 @@ class RecordCounts(_R):
 
     @property
     def total(self) -> int:
+        """All records of the run, of every kind."""
         return self.metrics + self.events + self.spans + self.artifacts + self.other
 
 
@@ -157,6 +160,8 @@ class ArtifactChange(_R):
 
 
 class PairedSample(_R):
+    """One matched sample: its value in each run and ``diff = right - left``."""
+
     name: str
     left: float
     right: float
@@ -200,6 +205,8 @@ class PairedResult(_R):
 
 
 class RunComparison(_R):
+    """Two runs compared: metric deltas, paired per-sample results, artifact changes."""
+
     left: RunSummary
     right: RunSummary
     metrics: list[MetricDelta]
@@ -226,6 +233,8 @@ class MultiRunRow(_R):
 
 
 class MultiRunComparison(_R):
+    """N runs in one table: one row per (stage, scope, batch, key), one value per run."""
+
     runs: list[RunSummary]
     rows: list[MultiRunRow]
     warnings: list[str]
@@ -234,6 +243,8 @@ class MultiRunComparison(_R):
 
 
 class RankedRun(_R):
+    """A run's place in a best-run ranking (``rank`` None when the metric is missing)."""
+
     run: str
     value: float | None
     rank: int | None

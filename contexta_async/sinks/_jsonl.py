@@ -95,6 +95,7 @@ class LocalJsonlSink(Sink):
         return self.storage_root / f"{family.lower()}.jsonl"
 
     def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
+        """One chunk per family file, each encoded once with ``encode_lines``."""
         groups: dict[str, list[Item]] = {}
         for item in items:
             group = groups.get(item.family)
@@ -143,6 +144,7 @@ class LocalJsonlSink(Sink):
         return fd
 
     def write(self, chunk: Chunk) -> None:
+        """Append the chunk with one ``write`` under ``flock``, then fsync (when enabled)."""
         fd = self._fd_for(chunk.family)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -168,6 +170,7 @@ class LocalJsonlSink(Sink):
                 raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}", chunk.target) from exc
 
     def close(self) -> None:
+        """Close the open files; a later write opens them again."""
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             try:

@@ -24,10 +24,12 @@ class MemorySink(Sink):
         self._data: list[bytes] = []
 
     def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
+        """All items as one chunk of encoded lines."""
         lines = stamp_lines(items, captured_at, self.name)
         return [Chunk("*", "memory", self._encoder.encode_lines(lines), items)]
 
     def write(self, chunk: Chunk) -> None:
+        """Keep the chunk's bytes."""
         with self._lock:
             self._data.append(chunk.data)
 

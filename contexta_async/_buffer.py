@@ -58,22 +58,12 @@ class BoundedBuffer(Generic[T]):
 
     def try_put(self, item: T) -> bool:
         """Queue ``item`` if there is room and nobody is waiting; never blocks."""
-        # _append_locked inlined: this is every capture's path.
         with self.lock:
             if self._closed:
                 raise BufferClosed
-            items = self._items
-            size = len(items)
-            if size >= self.capacity or self._parked:
+            if len(self._items) >= self.capacity or self._parked:
                 return False
-            items.append(item)
-            self.appended += 1
-            if size >= self.peak:
-                self.peak = size + 1
-            reader = self._reader
-            if reader is not None:
-                self._reader = None
-                reader.wake()
+            self._append_locked(item)
             return True
 
     def force_put(self, item: T) -> None:
@@ -135,13 +125,3 @@ class BoundedBuffer(Generic[T]):
             self._reader = None
         if reader is not None:
             reader.wake()
-
-    def drain_parked(self) -> list[T]:
-        """Move out every parked item regardless of capacity (used when the writer stops)."""
-        with self.lock:
-            moved = [item for item, _ in self._parked]
-            waiters = [waiter for _, waiter in self._parked]
-            self._parked.clear()
-        for waiter in waiters:
-            waiter.wake()
-        return moved

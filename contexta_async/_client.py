@@ -51,7 +51,8 @@ class Contexta:
         sinks: replaces the default ``LocalJsonlSink``.
         queue_size: lines the queue holds before producers wait (back-pressure).
         max_batch_size: most lines the writer takes per batch (one write + fsync per file).
-        fsync: fsync every batch before acknowledging it (default True).
+        fsync: the default sink fsyncs every batch before it is acknowledged (default True);
+            sinks given in ``sinks`` carry their own setting.
         overflow: what a full queue means: ``"wait"`` (awaited and sync calls wait, ``*_nowait``
             raise QueueFullError), ``"drop_newest"`` (the new line is dropped and counted) or
             ``"raise"`` (every call raises QueueFullError).
@@ -88,7 +89,6 @@ class Contexta:
         options = PipelineOptions(
             queue_size=queue_size,
             max_batch_size=max_batch_size,
-            fsync=fsync,
             overflow=overflow,
             shutdown_timeout=shutdown_timeout,
             max_retries=max_retries,

@@ -17,6 +17,7 @@ thread-safe queue.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 import time
 import weakref
@@ -58,7 +59,6 @@ _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop ev
 class PipelineOptions:
     queue_size: int = 16_384
     max_batch_size: int = 8_192
-    fsync: bool = True
     overflow: OverflowPolicy = "wait"
     shutdown_timeout: float = 10.0
     max_retries: int = 3
@@ -79,8 +79,6 @@ class PipelineOptions:
                 raise ConfigurationError(name, "must be a non-negative number of seconds", value)
         if self.overflow not in _POLICIES:
             raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
-        if not isinstance(self.fsync, bool):
-            raise ConfigurationError("fsync", "must be a bool", self.fsync)
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,8 +110,6 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(slots=True)
 class _Failure:
-    sink: str
-    target: str
     count: int
     runs: Counter[str]
     error: str
@@ -143,9 +139,30 @@ def _close_at_exit() -> None:
             pipeline.close_blocking()
         except Exception as exc:  # report, never raise out of interpreter shutdown
             logger.error("contexta_async.close_at_exit_failed", error=str(exc))
-            import sys
-
             print(f"contexta-async: {exc}", file=sys.stderr)
+
+
+def _degradation(
+    run_ref: str | None,
+    count: int,
+    kind: str,
+    first: str,
+    last: str,
+    reason: str,
+    sink_name: str | None,
+) -> Item:
+    """A DEGRADATION line: ``count`` lines of ``run_ref`` dropped or not delivered."""
+    record = DegradationRecord(
+        count=count,
+        degradation_kind=kind,
+        first_observed_at=first,
+        last_observed_at=last,
+        reason=reason,
+        recorded_at=_clock.now(),
+        run_ref=run_ref,
+        sink_name=sink_name,
+    )
+    return Item(DEGRADATION, "DegradationRecord", None, run_ref, record)
 
 
 def _check_timeout(timeout: object) -> None:
@@ -228,14 +245,7 @@ class Pipeline:
         With room (the usual case) the line is queued before this returns and the awaitable is
         already done, so the fast path creates no coroutine.
         """
-        if self._writer_started:
-            try:
-                queued = self._buffer.try_put(item)
-            except BufferClosed:
-                raise ClosedScopeError("the Contexta context is closed") from None
-        else:
-            queued = self.try_submit(item)
-        if queued:
+        if self.try_submit(item):
             self._fast_puts += 1
             if self._fast_puts & _YIELD_EVERY_MASK:
                 return READY
@@ -337,25 +347,11 @@ class Pipeline:
             if not drops.per_run:
                 return []
             self._drops = _Drops()
-        now = _clock.now()
+        reason = (
+            f"capture queue full (overflow='drop_newest', queue_size={self.options.queue_size})"
+        )
         return [
-            Item(
-                DEGRADATION,
-                "DegradationRecord",
-                None,
-                run_ref,
-                DegradationRecord(
-                    count=count,
-                    degradation_kind="dropped",
-                    first_observed_at=drops.first,
-                    last_observed_at=drops.last,
-                    reason=f"capture queue full (overflow='drop_newest', "
-                    f"queue_size={self.options.queue_size})",
-                    recorded_at=now,
-                    run_ref=run_ref,
-                    sink_name=None,
-                ),
-            )
+            _degradation(run_ref, count, "dropped", drops.first, drops.last, reason, None)
             for run_ref, count in drops.per_run.items()
         ]
 
@@ -404,7 +400,7 @@ class Pipeline:
                 self._record_failure(sink, chunk, exc)
                 return
             self._counts["written"] += len(chunk.items)
-            if getattr(sink, "fsync", True):
+            if sink.fsync:
                 self._counts["fsyncs"] += 1
             return
 
@@ -427,31 +423,16 @@ class Pipeline:
             # Only captured data is raised by flush()/close(); a DEGRADATION line that could
             # not be written is logged above, counted, and retried with the next batch.
             with self._state_lock:
-                self._failures.append(_Failure(sink.name, chunk.target, lost, runs, error))
+                self._failures.append(_Failure(lost, runs, error))
         # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
         now = _clock.now()
         pending = self._pending_degradations[sink.name]
         kept = [item for item in chunk.items if item.family == DEGRADATION]
         pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
-        for run_ref, lost in runs.items():
-            pending.append(
-                Item(
-                    DEGRADATION,
-                    "DegradationRecord",
-                    None,
-                    run_ref,
-                    DegradationRecord(
-                        count=lost,
-                        degradation_kind="delivery_failed",
-                        first_observed_at=now,
-                        last_observed_at=now,
-                        reason=str(exc),
-                        recorded_at=now,
-                        run_ref=run_ref,
-                        sink_name=sink.name,
-                    ),
-                )
-            )
+        pending.extend(
+            _degradation(run_ref, n, "delivery_failed", now, now, str(exc), sink.name)
+            for run_ref, n in runs.items()
+        )
 
     # ---- flush -----------------------------------------------------------------------
 
@@ -525,39 +506,32 @@ class Pipeline:
         """Drain, fsync and stop the writer; raise what could not be made durable."""
         if not self._begin_close():
             return
-        try:
-            if self._host is not None:
-                self._host.join(self.options.shutdown_timeout)
-                if self._host.is_alive():
-                    pending = self._buffer.appended - self._processed + self._buffer.parked
-                    raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
-            self._check_flush(self._buffer.appended, self._reported)
-        finally:
-            _open_pipelines.discard(self)
-            if self._writer_done.is_set() or not self._writer_started:
-                self._close_sinks()  # never under a writer still stuck in a sink
+        if self._host is not None:
+            self._host.join(self.options.shutdown_timeout)
+        self._finish_close()
 
     async def aclose(self) -> None:
         """Async close: the same guarantees, without blocking the event loop."""
         if not self._begin_close():
             return
-        try:
+        if self._host is not None:
             with anyio.CancelScope(shield=True):
-                if self._host is not None:
-                    await anyio.to_thread.run_sync(
-                        self._host.join, self.options.shutdown_timeout, abandon_on_cancel=True
-                    )
-                    timed_out = self._host.is_alive()
-                else:
-                    timed_out = False
-            if timed_out:
+                await anyio.to_thread.run_sync(
+                    self._host.join, self.options.shutdown_timeout, abandon_on_cancel=True
+                )
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        """After the writer was given shutdown_timeout to drain: report, release the sinks."""
+        try:
+            if self._host is not None and self._host.is_alive():
                 pending = self._buffer.appended - self._processed + self._buffer.parked
                 raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
             self._check_flush(self._buffer.appended, self._reported)
         finally:
             _open_pipelines.discard(self)
             if self._writer_done.is_set() or not self._writer_started:
-                self._close_sinks()
+                self._close_sinks()  # never under a writer still stuck in a sink
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

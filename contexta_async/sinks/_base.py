@@ -54,6 +54,8 @@ class Sink(abc.ABC):
     """
 
     name: str = "sink"
+    fsync: bool = False
+    """True when ``write`` fsyncs each chunk (counted in ``statistics().fsyncs``)."""
 
     @abc.abstractmethod
     def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:

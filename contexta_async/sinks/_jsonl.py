@@ -81,8 +81,10 @@ class LocalJsonlSink(Sink):
             raise ConfigurationError("storage_root", "must be a path", storage_root)
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError("name", "must be a non-blank string", name)
+        if not isinstance(fsync, bool):
+            raise ConfigurationError("fsync", "must be a bool", fsync)
         self.storage_root = Path(storage_root).absolute()
-        self.fsync = bool(fsync)
+        self.fsync = fsync
         self.name = name
         self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
         self._fds: dict[str, int] = {}

@@ -272,16 +272,31 @@ class ScopeCore:
 
     # ---- records ---------------------------------------------------------------------
 
-    def _envelope(self, record_ref: str, record_type: str, stamp: str) -> Envelope:
-        return Envelope(
+    def _record_item(
+        self, record_type: str, payload_type: str, payload: MetricPayload | EventPayload
+    ) -> Item:
+        """Wrap a validated payload in its envelope: a fresh record ref, now as the time."""
+        run = self.run
+        prefix = run._metric_prefix if record_type == "metric" else run._event_prefix
+        # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
+        record_ref = prefix + "%012x" % next(run._record_counter)  # noqa: UP031
+        stamp = format_timestamp(time.time_ns())
+        envelope = Envelope(
             batch_execution_ref=self.batch_ref,
             observed_at=stamp,
             record_ref=record_ref,
             record_type=record_type,
             recorded_at=stamp,
-            run_ref=self.run.ref,
+            run_ref=run.ref,
             sample_observation_ref=self.sample_ref,
             stage_execution_ref=self.stage_ref,
+        )
+        return Item(
+            RECORD,
+            payload_type,
+            record_ref,
+            run.ref,
+            RecordPayload(envelope=envelope, payload=payload),
         )
 
     def metric_item(
@@ -293,8 +308,7 @@ class ScopeCore:
         aggregation_scope: object,
         summary_basis: object,
     ) -> Item:
-        # The hot path: every metric passes here, so the common defaults skip their checks and
-        # the envelope is built inline rather than through _envelope().
+        # The hot path: every metric passes here, so the common defaults skip their checks.
         number, value_type = v.check_metric_value(value)
         payload = MetricPayload(
             aggregation_scope=(
@@ -314,29 +328,8 @@ class ScopeCore:
             value=number,
             value_type=value_type,
         )
-        if self.status != "open" or self.started_at is None:
-            self.ensure_open()
-        run = self.run
-        # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
-        record_ref = run._metric_prefix + "%012x" % next(run._record_counter)  # noqa: UP031
-        stamp = format_timestamp(time.time_ns())
-        envelope = Envelope(
-            batch_execution_ref=self.batch_ref,
-            observed_at=stamp,
-            record_ref=record_ref,
-            record_type="metric",
-            recorded_at=stamp,
-            run_ref=run.ref,
-            sample_observation_ref=self.sample_ref,
-            stage_execution_ref=self.stage_ref,
-        )
-        return Item(
-            RECORD,
-            "MetricRecord",
-            record_ref,
-            run.ref,
-            RecordPayload(envelope=envelope, payload=payload),
-        )
+        self.ensure_open()
+        return self._record_item("metric", "MetricRecord", payload)
 
     def event_item(self, key: object, message: object, level: object, attributes: object) -> Item:
         payload = EventPayload(
@@ -347,16 +340,7 @@ class ScopeCore:
             subject_ref=self.ref,
         )
         self.ensure_open()
-        run = self.run
-        record_ref = run._event_prefix + "%012x" % next(run._record_counter)  # noqa: UP031
-        stamp = format_timestamp(time.time_ns())
-        return Item(
-            RECORD,
-            "StructuredEventRecord",
-            record_ref,
-            self.run.ref,
-            RecordPayload(envelope=self._envelope(record_ref, "event", stamp), payload=payload),
-        )
+        return self._record_item("event", "StructuredEventRecord", payload)
 
     def artifact_item(
         self,

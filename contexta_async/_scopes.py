@@ -171,6 +171,34 @@ def _check_artifact_args(
     return checked_kind, str(path), absolute, v.check_attributes(attributes)
 
 
+# ---- opening children: the same on both faces ----------------------------------------------
+# A child is an Opening either way; the face is chosen by how it is entered.
+
+
+class _OpensStages(_Face):
+    __slots__ = ()
+
+    def stage(self, name: str) -> Opening[Stage, AsyncStage]:
+        """A stage of this run (``train``, ``evaluate``...): ``with run.stage("evaluate")``."""
+        return _child(self._core, "stage", name, Stage, AsyncStage)
+
+
+class _OpensBatches(_Face):
+    __slots__ = ()
+
+    def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
+        """A batch within this stage: ``with stage.batch("holdout-split") as batch``."""
+        return _child(self._core, "batch", name, Batch, AsyncBatch)
+
+
+class _OpensSamples(_Face):
+    __slots__ = ()
+
+    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
+        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
+        return _child(self._core, "sample", name, Sample, AsyncSample)
+
+
 # ---- the sync face ------------------------------------------------------------------------
 
 
@@ -265,38 +293,22 @@ class Sample(_SyncCapture):
     __slots__ = ()
 
 
-class Batch(_SyncCapture):
+class Batch(_SyncCapture, _OpensSamples):
     """A batch within a stage, sync face."""
 
     __slots__ = ()
 
-    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
-        """A sample within this batch."""
-        return _child(self._core, "sample", name, Sample, AsyncSample)
 
-
-class Stage(_SyncArtifacts):
+class Stage(_SyncArtifacts, _OpensBatches, _OpensSamples):
     """A stage of a run (``train``, ``evaluate``...), sync face."""
 
     __slots__ = ()
 
-    def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
-        """A batch within this stage: ``with stage.batch("holdout-split") as batch``."""
-        return _child(self._core, "batch", name, Batch, AsyncBatch)
 
-    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
-        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
-        return _child(self._core, "sample", name, Sample, AsyncSample)
-
-
-class Run(_SyncArtifacts):
+class Run(_SyncArtifacts, _OpensStages):
     """A run, sync face."""
 
     __slots__ = ()
-
-    def stage(self, name: str) -> Opening[Stage, AsyncStage]:
-        """A stage of this run (``train``, ``evaluate``...): ``with run.stage("evaluate")``."""
-        return _child(self._core, "stage", name, Stage, AsyncStage)
 
 
 # ---- the async face -----------------------------------------------------------------------
@@ -412,35 +424,19 @@ class AsyncSample(_AsyncCapture):
     __slots__ = ()
 
 
-class AsyncBatch(_AsyncCapture):
+class AsyncBatch(_AsyncCapture, _OpensSamples):
     """A batch within a stage, async face."""
 
     __slots__ = ()
 
-    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
-        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
-        return _child(self._core, "sample", name, Sample, AsyncSample)
 
-
-class AsyncStage(_AsyncArtifacts):
+class AsyncStage(_AsyncArtifacts, _OpensBatches, _OpensSamples):
     """A stage of a run, async face."""
 
     __slots__ = ()
 
-    def batch(self, name: str) -> Opening[Batch, AsyncBatch]:
-        """A batch within this stage: ``with stage.batch("holdout-split") as batch``."""
-        return _child(self._core, "batch", name, Batch, AsyncBatch)
 
-    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
-        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
-        return _child(self._core, "sample", name, Sample, AsyncSample)
-
-
-class AsyncRun(_AsyncArtifacts):
+class AsyncRun(_AsyncArtifacts, _OpensStages):
     """A run, async face."""
 
     __slots__ = ()
-
-    def stage(self, name: str) -> Opening[Stage, AsyncStage]:
-        """A stage of this run (``train``, ``evaluate``...): ``with run.stage("evaluate")``."""
-        return _child(self._core, "stage", name, Stage, AsyncStage)

@@ -28,7 +28,6 @@ MAX_COMPONENT_LENGTH = 63
 MAX_REF_LENGTH = 255
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
-_COMPONENT = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _REF = re.compile(r"([a-z][a-z0-9_-]*):([a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)*)")
 _MAX_NAME_LENGTH = 1024
 
@@ -85,7 +84,3 @@ def split_ref(ref: str) -> tuple[str, list[str]]:
     """``"stage:p.r.s"`` -> ``("stage", ["p", "r", "s"])``."""
     kind, _, value = ref.partition(":")
     return kind, value.split(".")
-
-
-def is_component(text: str) -> bool:
-    return _COMPONENT.fullmatch(text) is not None

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Final, Literal
 
+from .._refs import split_ref
 from ._model import (
     ArtifactChange,
     Direction,
@@ -133,8 +134,7 @@ _Parsed = tuple[str, Scope, str | None, str | None, str | None]
 
 def _parse_subject(subject: str) -> _Parsed | None:
     """``sample:p.r.s[.b].n`` -> (run ref, scope, stage, batch, sample name)."""
-    kind, _, value = subject.partition(":")
-    parts = value.split(".")
+    kind, parts = split_ref(subject)
     if len(parts) < 2:
         return None
     run = f"run:{parts[0]}.{parts[1]}"

@@ -120,6 +120,40 @@ def _stage_line(name: str, started: str, status: str, ended: str | None) -> Capt
     )
 
 
+def _record_line(
+    stamp: str,
+    ref: str,
+    record_type: str,
+    refs: tuple[str, str, str],
+    payload: MetricPayload | EventPayload,
+) -> CaptureLine:
+    """A RECORD line for a sample, shaped exactly as the library writes it.
+
+    ``refs`` are the enclosing (run, stage, sample) refs.
+    """
+    run_ref, stage_ref, sample_ref = refs
+    return CaptureLine(
+        captured_at=stamp,
+        family=RECORD,
+        payload=RecordPayload(
+            envelope=Envelope(
+                batch_execution_ref=None,
+                observed_at=stamp,
+                record_ref=ref,
+                record_type=record_type,
+                recorded_at=stamp,
+                run_ref=run_ref,
+                sample_observation_ref=sample_ref,
+                stage_execution_ref=stage_ref,
+            ),
+            payload=payload,
+        ),
+        payload_ref=ref,
+        payload_type="MetricRecord" if record_type == "metric" else "StructuredEventRecord",
+        sink_name="local-jsonl",
+    )
+
+
 def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> int:
     """Write the workspace; return the number of RECORD lines."""
     capture = workspace / "cache" / "capture"
@@ -147,6 +181,7 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
             batch: list[CaptureLine] = []
             for s in range(samples):
                 sample_ref = f"sample:{PROJECT}.{name}.evaluate.case-{s}"
+                refs = (run_ref, stage_ref, sample_ref)
                 opened = _stamp(tick)
                 correct = float(rng.random() < quality)
                 prompt_tokens = rng.randint(50, 400)
@@ -165,70 +200,30 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                         stamp = _stamp(tick)
                         ref = f"record:{PROJECT}.{name}.metric-{records:012x}"
                         records += 1
-                        batch.append(
-                            CaptureLine(
-                                captured_at=stamp,
-                                family=RECORD,
-                                payload=RecordPayload(
-                                    envelope=Envelope(
-                                        batch_execution_ref=None,
-                                        observed_at=stamp,
-                                        record_ref=ref,
-                                        record_type="metric",
-                                        recorded_at=stamp,
-                                        run_ref=run_ref,
-                                        sample_observation_ref=sample_ref,
-                                        stage_execution_ref=stage_ref,
-                                    ),
-                                    payload=MetricPayload(
-                                        aggregation_scope="step",
-                                        metric_key=key,
-                                        subject_ref=sample_ref,
-                                        summary_basis="raw_observation",
-                                        tags={},
-                                        unit=unit,
-                                        value=value,
-                                        value_type="int" if isinstance(value, int) else "float",
-                                    ),
-                                ),
-                                payload_ref=ref,
-                                payload_type="MetricRecord",
-                                sink_name="local-jsonl",
-                            )
+                        metric = MetricPayload(
+                            aggregation_scope="step",
+                            metric_key=key,
+                            subject_ref=sample_ref,
+                            summary_basis="raw_observation",
+                            tags={},
+                            unit=unit,
+                            value=value,
+                            value_type="int" if isinstance(value, int) else "float",
                         )
+                        batch.append(_record_line(stamp, ref, "metric", refs, metric))
                     for key in ("request", "response")[:EVENTS_PER_SAMPLE]:
                         tick += 1
                         stamp = _stamp(tick)
                         ref = f"record:{PROJECT}.{name}.event-{records:012x}"
                         records += 1
-                        batch.append(
-                            CaptureLine(
-                                captured_at=stamp,
-                                family=RECORD,
-                                payload=RecordPayload(
-                                    envelope=Envelope(
-                                        batch_execution_ref=None,
-                                        observed_at=stamp,
-                                        record_ref=ref,
-                                        record_type="event",
-                                        recorded_at=stamp,
-                                        run_ref=run_ref,
-                                        sample_observation_ref=sample_ref,
-                                        stage_execution_ref=stage_ref,
-                                    ),
-                                    payload=EventPayload(
-                                        attributes={"model": "mock"},
-                                        event_key=key,
-                                        level="info",
-                                        message=f"{key} for case-{s}",
-                                        subject_ref=sample_ref,
-                                    ),
-                                ),
-                                payload_ref=ref,
-                                payload_type="StructuredEventRecord",
-                                sink_name="local-jsonl",
-                            )
+                        event = EventPayload(
+                            attributes={"model": "mock"},
+                            event_key=key,
+                            level="info",
+                            message=f"{key} for case-{s}",
+                            subject_ref=sample_ref,
                         )
+                        batch.append(_record_line(stamp, ref, "event", refs, event))
                 closed = _stamp(tick)
                 for status, ended in (("open", None), ("completed", closed)):
                     context.append(

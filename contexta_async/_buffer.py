@@ -13,15 +13,17 @@ import threading
 from collections import deque
 from typing import Generic, TypeVar
 
+from ._errors import ClosedScopeError
 from ._waiters import Waiter
 
-__all__ = ["BoundedBuffer", "BufferClosed"]
+__all__ = ["BoundedBuffer"]
 
 T = TypeVar("T")
 
 
-class BufferClosed(Exception):
-    """The buffer no longer accepts items."""
+def _closed() -> ClosedScopeError:
+    # The queue closes only when its context does: say so in the context's terms.
+    return ClosedScopeError("the Contexta context is closed")
 
 
 class BoundedBuffer(Generic[T]):
@@ -60,7 +62,7 @@ class BoundedBuffer(Generic[T]):
         """Queue ``item`` if there is room and nobody is waiting; never blocks."""
         with self.lock:
             if self._closed:
-                raise BufferClosed
+                raise _closed()
             if len(self._items) >= self.capacity or self._parked:
                 return False
             self._append_locked(item)
@@ -70,14 +72,14 @@ class BoundedBuffer(Generic[T]):
         """Queue ``item`` even past capacity (lifecycle lines that must not wait or be lost)."""
         with self.lock:
             if self._closed:
-                raise BufferClosed
+                raise _closed()
             self._append_locked(item)
 
     def put_or_park(self, item: T, waiter: Waiter) -> bool:
         """Queue ``item`` (True) or park it with ``waiter`` to be woken once it is queued."""
         with self.lock:
             if self._closed:
-                raise BufferClosed
+                raise _closed()
             if len(self._items) < self.capacity and not self._parked:
                 self._append_locked(item)
                 return True

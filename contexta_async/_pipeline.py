@@ -32,7 +32,7 @@ import msgspec
 import structlog
 
 from . import _clock
-from ._buffer import BoundedBuffer, BufferClosed
+from ._buffer import BoundedBuffer
 from ._errors import (
     ClosedScopeError,
     ConfigurationError,
@@ -210,10 +210,7 @@ class Pipeline:
         """Queue ``item`` if there is room now. False means: full, the caller decides."""
         if not self._writer_started:
             self._ensure_writer()
-        try:
-            return self._buffer.try_put(item)
-        except BufferClosed:
-            raise ClosedScopeError("the Contexta context is closed") from None
+        return self._buffer.try_put(item)
 
     def submit_nowait(self, item: Item) -> None:
         """Queue without waiting; a full queue drops (``drop_newest``) or raises."""
@@ -258,11 +255,8 @@ class Pipeline:
 
     async def _park(self, item: Item) -> None:
         waiter = AsyncWaiter()
-        try:
-            if self._buffer.put_or_park(item, waiter):
-                return
-        except BufferClosed:
-            raise ClosedScopeError("the Contexta context is closed") from None
+        if self._buffer.put_or_park(item, waiter):
+            return
         try:
             await waiter.wait()
         except BaseException:
@@ -270,25 +264,22 @@ class Pipeline:
             raise
 
     def submit_blocking(self, item: Item) -> None:
-        """Queue ``item``, blocking this thread (never an event loop's) while the queue is full."""
+        """Queue ``item``, blocking this thread while the queue is full.
+
+        On an event loop's thread that blocks the loop: async code uses submit_awaitable.
+        """
         if self.try_submit(item) or not self._on_full(item, may_wait=True):
             return
         waiter = ThreadWaiter()
-        try:
-            if self._buffer.put_or_park(item, waiter):
-                return
-        except BufferClosed:
-            raise ClosedScopeError("the Contexta context is closed") from None
+        if self._buffer.put_or_park(item, waiter):
+            return
         waiter.wait()
 
     def submit_lifecycle(self, item: Item) -> None:
         """Queue a scope open/close line past the bound: it must neither wait nor be lost."""
         if not self._writer_started:
             self._ensure_writer()
-        try:
-            self._buffer.force_put(item)
-        except BufferClosed:
-            raise ClosedScopeError("the Contexta context is closed") from None
+        self._buffer.force_put(item)
 
     # ---- the writer ------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Final, NamedTuple
 
+from .._errors import ValidationError
+
 __all__ = [
     "BootstrapInterval",
     "binomial_variate",
@@ -55,7 +57,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     discordant pairs.
     """
     if b < 0 or c < 0:
-        raise ValueError("discordant counts must be non-negative")
+        raise ValidationError("b, c", "discordant counts must be non-negative", (b, c))
     n = b + c
     k = min(b, c)
     if n == 0 or 2 * k == n:
@@ -141,9 +143,9 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
 
 def _check(confidence: float, resamples: int) -> None:
     if not 0.0 < confidence < 1.0:
-        raise ValueError("confidence must be between 0 and 1")
+        raise ValidationError("confidence", "must be between 0 and 1", confidence)
     if resamples < 1:
-        raise ValueError("resamples must be at least 1")
+        raise ValidationError("resamples", "must be at least 1", resamples)
 
 
 def _grouped(diffs: Sequence[float]) -> list[tuple[float, int]]:

@@ -12,6 +12,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from .._errors import ValidationError
 from ._compare import (
     artifact_changes,
     infer_direction,
@@ -85,9 +86,9 @@ class Workspace:
         workers: int | None = None,
     ) -> None:
         if chunk_size < 4096:
-            raise ValueError("chunk_size must be at least 4096 bytes")
+            raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
         if workers is not None and workers < 1:
-            raise ValueError("workers must be at least 1")
+            raise ValidationError("workers", "must be at least 1", workers)
         root = Path(path).absolute()
         if (root / "cache" / "capture").is_dir():
             capture = root / "cache" / "capture"
@@ -201,7 +202,7 @@ class Workspace:
         """Every run, oldest first, optionally only those of ``project`` and ``status``."""
         statuses = {status} if isinstance(status, str) else None if status is None else set(status)
         if statuses is not None and not statuses <= STATUSES:
-            raise ValueError(f"status must be among {sorted(STATUSES)}, got {sorted(statuses)}")
+            raise ValidationError("status", f"must be among {sorted(STATUSES)}", sorted(statuses))
         snapshot, _ = await self._snapshot()
         out = []
         for ref in snapshot.refs():
@@ -242,7 +243,7 @@ class Workspace:
         """
         kinds = set(_KINDS) if kind is None else {kind} if isinstance(kind, str) else set(kind)
         if not kinds <= _KINDS:
-            raise ValueError(f"kind must be among {sorted(_KINDS)}, got {sorted(kinds)}")
+            raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
         ref = await self.resolve(run)
         issues = Issues()
         marker = f'"run_ref":"{ref}"'.encode()
@@ -338,7 +339,7 @@ class Workspace:
     ) -> MultiRunComparison:
         """Every metric of every run in one table, with the best run(s) per row."""
         if not runs:
-            raise ValueError("give at least one run")
+            raise ValidationError("runs", "must name at least one run", runs)
         snapshot, refs = await self._snapshot(list(runs), keep_values=True)
         unique = list(dict.fromkeys(refs))
         metrics = snapshot.scan.metrics
@@ -374,7 +375,7 @@ class Workspace:
         per sample and per stage), name the ``stage`` or AmbiguousMetricError says which.
         """
         if direction is not None and direction not in ("maximize", "minimize"):
-            raise ValueError("direction must be 'maximize' or 'minimize'")
+            raise ValidationError("direction", "must be 'maximize' or 'minimize'", direction)
         comparison = await self.compare_many(runs)
         rows = [
             row

@@ -23,7 +23,6 @@ from contexta_async.readers import (
     _workspace,
     resolve_run_ref,
 )
-from contexta_async.readers._compare import RunMetrics
 from contexta_async.readers._decode import Issues
 from contexta_async.readers._parallel import scan_range
 from contexta_async.readers._scan import RecordScan
@@ -321,19 +320,14 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
     scan.stage_refs = {"stage:p.a.eval", None}
     scan.first_time = {"run:p.a": "2026-01-01T00:00:00Z"}
     scan.last_time = {"run:p.a": "2026-01-01T00:00:09Z"}
-    metrics = RunMetrics()
-    metrics.latest = {
-        (None, "run", None, "loss"): 0.25,
-        ("eval", "batch", "b1", "acc"): float("inf"),
+    scan.samples = {
+        ("stage:p.a.eval", "correct"): {"case-1": 1.0, "case-2": 0.0},
+        ("stage:p.a.eval", "score"): {"case-1": 3.0, "case-2": None},
+        ("batch:p.a.eval.b1", "late"): {"case-2": 7.0},
+        ("stage:p.a.other", "x"): {},
     }
-    metrics.samples = {
-        ("eval", "correct"): {"case-1": 1.0, "case-2": 0.0},
-        ("eval", "score"): {"case-1": 3.0, "case-2": 4.5},
-        ("eval", "late"): {"case-2": 7.0},
-        (None, "x"): {},
-    }
-    metrics.duplicates = {("eval", "case-1")}
-    scan.metrics = {"run:p.a": metrics}
+    scan.others = {("run:p.a", "loss"): 0.25, ("batch:p.a.eval.b1", "acc"): float("inf")}
+    scan.kept = {"run:p.a"}
     scan.records = 6
     raw = msgspec.msgpack.encode(_parallel._Answer(_parallel._to_wire(scan), 2, [], True))
     answer = _parallel._ANSWER.decode(raw)
@@ -343,16 +337,11 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
     assert back.counts == scan.counts
     assert back.stage_refs == scan.stage_refs
     assert (back.first_time, back.last_time) == (scan.first_time, scan.last_time)
+    assert (back.samples, back.others, back.kept) == (scan.samples, scan.others, scan.kept)
     assert back.records == 6
-    got = back.metrics["run:p.a"]
-    assert (got.latest, got.samples, got.duplicates) == (
-        metrics.latest,
-        metrics.samples,
-        metrics.duplicates,
-    )
     # Metrics of the same samples share one list of names on the pipe, and so their strings.
-    assert len(answer.scan.metrics["run:p.a"].names) == 3
-    shared = [next(iter(got.samples[("eval", key)])) for key in ("correct", "score")]
+    assert len(answer.scan.names) == 3
+    shared = [next(iter(back.samples[("stage:p.a.eval", key)])) for key in ("correct", "score")]
     assert shared[0] is shared[1]
     failure = _parallel._ANSWER.decode(
         msgspec.msgpack.encode(_parallel._Failure("PermissionError", "denied"))

@@ -24,10 +24,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ._compare import RunMetrics
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
-from ._model import Scope
 from ._scan import Accumulator, BlockFeeder, RecordScan
 
 __all__ = ["PARALLEL_MIN_BYTES", "can_fork", "default_workers", "scan_records_parallel"]
@@ -98,21 +96,17 @@ def scan_range(
 # ---- the aggregate on the pipe (MessagePack) -----------------------------------------------
 
 
-class _WireMetrics(msgspec.Struct, array_like=True, gc=False):
-    latest: list[tuple[str | None, Scope, str | None, str, float]]
-    # The metrics of a stage usually share their sample names: each distinct list of names
-    # is sent once (smaller pipe, and the parent's dicts share the name strings).
-    names: list[list[str]]
-    samples: list[tuple[str | None, str, int, list[float]]]  # (stage, key, names index, values)
-    duplicates: list[tuple[str | None, str]]
-
-
 class _WireScan(msgspec.Struct, array_like=True, gc=False):
     counts: list[tuple[str, str, int]]
     stage_refs: list[str | None]
     first_time: dict[str, str]
     last_time: dict[str, str]
-    metrics: dict[str, _WireMetrics]
+    # The metrics of a stage usually share their sample names: each distinct list of names
+    # is sent once (smaller pipe, and the parent's dicts share the name strings).
+    names: list[list[str]]
+    samples: list[tuple[str, str, int, list[float | None]]]  # (parent, key, names, values)
+    others: list[tuple[str, str, float | None]]
+    kept: list[str]
     records: int
 
 
@@ -131,31 +125,25 @@ class _Failure(msgspec.Struct, array_like=True, tag="error", gc=False):
 _ANSWER: Final = msgspec.msgpack.Decoder(_Answer | _Failure)
 
 
-def _metrics_to_wire(m: RunMetrics) -> _WireMetrics:
+def _to_wire(scan: RecordScan) -> _WireScan:
     tables: list[list[str]] = []
     samples = []
-    for (stage, key), values in m.samples.items():
+    for (parent, key), values in scan.samples.items():
         names = list(values)
         # Mostly the very same interned strings in the same order: a cheap list comparison.
         index = next((i for i, known in enumerate(tables) if known == names), len(tables))
         if index == len(tables):
             tables.append(names)
-        samples.append((stage, key, index, list(values.values())))
-    return _WireMetrics(
-        latest=[(*place, value) for place, value in m.latest.items()],
-        names=tables,
-        samples=samples,
-        duplicates=list(m.duplicates),
-    )
-
-
-def _to_wire(scan: RecordScan) -> _WireScan:
+        samples.append((parent, key, index, list(values.values())))
     return _WireScan(
         counts=[(run, kind, n) for (run, kind), n in scan.counts.items()],
         stage_refs=list(scan.stage_refs),
         first_time=scan.first_time,
         last_time=scan.last_time,
-        metrics={run: _metrics_to_wire(m) for run, m in scan.metrics.items()},
+        names=tables,
+        samples=samples,
+        others=[(subject, key, value) for (subject, key), value in scan.others.items()],
+        kept=sorted(scan.kept),
         records=scan.records,
     )
 
@@ -167,15 +155,12 @@ def _from_wire(wire: _WireScan) -> RecordScan:
     scan.stage_refs = set(wire.stage_refs)
     scan.first_time = wire.first_time
     scan.last_time = wire.last_time
-    for run, w in wire.metrics.items():
-        m = RunMetrics()
-        m.latest = {(st, scope, batch, key): value for st, scope, batch, key, value in w.latest}
-        m.samples = {
-            (stage, key): dict(zip(w.names[index], values, strict=True))
-            for stage, key, index, values in w.samples
-        }
-        m.duplicates = set(w.duplicates)
-        scan.metrics[run] = m
+    scan.samples = {
+        (parent, key): dict(zip(wire.names[index], values, strict=True))
+        for parent, key, index, values in wire.samples
+    }
+    scan.others = {(subject, key): value for subject, key, value in wire.others}
+    scan.kept = set(wire.kept)
     scan.records = wire.records
     return scan
 
@@ -283,4 +268,4 @@ async def scan_records_parallel(
         else:
             merged.merge(scan)
     assert merged is not None
-    return merged
+    return merged.arrange()

@@ -1,26 +1,30 @@
 """One pass over ``record.jsonl``, aggregating only what the answers need.
 
-Per block, the work is done by C-level passes (``map`` with ``attrgetter``, ``zip``,
-``Counter.update``, ``dict.update``, ``itertools.compress``) instead of a Python loop per
-record: that keeps the cost per record near msgspec's decoding cost. Memory holds one block,
-the per-run counters, and the latest value per (subject, metric key) of the wanted runs.
+Each line is decoded into a narrow Struct: its type, the ref of the scope it belongs to
+(``subject_ref``) and, for a comparison, the metric key and value; the envelope, ~60 % of
+the line, is only skipped. A block holds ~500 records of a few dozen samples, so a subject
+ref is parsed once per block, not once per record, and the rest is done by C-level passes
+(``map`` with ``attrgetter``, slicing, ``zip``, ``dict.update``, ``itertools.compress``)
+instead of a Python loop per record. Memory holds one block, the per-run counters, and the
+latest value per (subject, metric key) of the wanted runs.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from itertools import compress, repeat
-from operator import attrgetter, eq, is_not, itemgetter, not_
+from operator import attrgetter, eq, itemgetter, methodcaller
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiofiles
 import anyio
+import msgspec
 
 from ._compare import RunMetrics, collect_metrics
-from ._decode import CHUNK_SIZE, Issues, LineDecoder, RecordLine, TimedRecordLine, _Envelope
+from ._decode import CHUNK_SIZE, ENVELOPE, CountLine, Issues, LineDecoder, ScanLine
 from ._errors import UnreadableFileError
 from ._files import run_matches
 
@@ -28,26 +32,24 @@ __all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "RecordScan", "scan_reco
 
 DECODE_SIZE: Final = 512 << 10
 
-_ENV = attrgetter("payload.envelope")
-_RUN = attrgetter("run_ref")
-_TYPE = attrgetter("payload_type")
-_STAGE = attrgetter("stage_execution_ref")
-_BATCH = attrgetter("batch_execution_ref")
-_SAMPLE = attrgetter("sample_observation_ref")
 _BODY = attrgetter("payload.payload")
+_TYPE = attrgetter("payload_type")
+_SUBJECT = attrgetter("subject_ref")
 _KEY = attrgetter("metric_key")
 _VALUE = attrgetter("value")
 
+_RPARTITION_DOT = methodcaller("rpartition", ".")
+_HEAD = itemgetter(0)
+_NAME = itemgetter(2)
 
 _COMMON_TYPES: Final = ("MetricRecord", "StructuredEventRecord")
+_MAX_CACHED_SCOPES: Final = 4096
+_FOLD_AT: Final = 1 << 16
 
-
-def _distinct(values: list[Any]) -> set[Any]:
-    """``set(values)``; a block usually holds one run, stage and batch, and checking that
-    with ``list.count`` (an equality test per item) is cheaper than hashing every item."""
-    if values and values.count(values[0]) == len(values):
-        return {values[0]}
-    return set(values)
+# What a subject ref says: (run ref, stage ref or None, for a sample the ref of the stage or
+# batch it belongs to, else None).
+_Where = tuple[str, str | None, str | None]
+_UNSEEN: Final[_Where] = ("", None, None)  # a sentinel: not parsed yet
 
 
 def _count_types(types: list[str]) -> Iterable[tuple[str, int]]:
@@ -59,14 +61,50 @@ def _count_types(types: list[str]) -> Iterable[tuple[str, int]]:
     return Counter(types).items()
 
 
+def _sample_parent(head: str) -> _Where | None:
+    """``sample:p.r.s`` or ``sample:p.r.s.b`` (a sample ref without its name) -> where."""
+    parts = head[len("sample:") :].split(".")
+    if len(parts) not in (3, 4) or not all(parts):
+        return None
+    run = sys.intern(f"run:{parts[0]}.{parts[1]}")
+    stage = sys.intern(f"stage:{parts[0]}.{parts[1]}.{parts[2]}")
+    parent = stage if len(parts) == 3 else sys.intern("batch:" + head[len("sample:") :])
+    return run, stage, parent
+
+
+def _scope_of(subject: str) -> _Where | None:
+    """``run:p.r``, ``stage:p.r.s`` or ``batch:p.r.s.b`` -> where."""
+    kind, _, value = subject.partition(":")
+    parts = value.split(".")
+    if not all(parts) or (kind, len(parts)) not in (("run", 2), ("stage", 3), ("batch", 4)):
+        return None
+    run = sys.intern(f"run:{parts[0]}.{parts[1]}")
+    stage = None if kind == "run" else sys.intern(f"stage:{parts[0]}.{parts[1]}.{parts[2]}")
+    return run, stage, None
+
+
+class UnattributableLine(Exception):
+    """A line names no scope: no usable ``subject_ref`` and no valid envelope."""
+
+
 class RecordScan:
-    """Per-run counts and stages of every run; the metrics of the wanted runs."""
+    """Per-run counts and stages of every run; the metric values of the wanted runs.
+
+    ``samples`` and ``others`` hold the latest values by the parent or subject ref they were
+    captured under, so the scans of consecutive parts of a file merge exactly (later values
+    win); ``arrange`` then groups them by run into ``metrics``.
+    """
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.stage_refs: set[str | None] = set()
         self.first_time: dict[str, str] = {}
         self.last_time: dict[str, str] = {}
+        # (parent ref of the samples, metric key) -> sample name -> the value captured last.
+        self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
+        # (subject ref, metric key) -> the value captured last (run/stage/batch metrics).
+        self.others: dict[tuple[str, str], float | None] = {}
+        self.kept: set[str] = set()  # the runs whose values were kept
         self.metrics: dict[str, RunMetrics] = {}
         self.records = 0
 
@@ -80,20 +118,72 @@ class RecordScan:
         for run, stamp in later.first_time.items():
             self.first_time.setdefault(run, stamp)
         self.last_time.update(later.last_time)
-        for run, metrics in later.metrics.items():
-            mine = self.metrics.get(run)
+        for place, values in later.samples.items():
+            mine = self.samples.get(place)
             if mine is None:
-                self.metrics[run] = metrics
+                self.samples[place] = values
             else:
-                mine.merge(metrics)
+                mine.update(values)
+        self.others.update(later.others)
+        self.kept |= later.kept
         self.records += later.records
+
+    def arrange(self) -> RecordScan:
+        """Group the kept values by run (once every part is merged)."""
+        self.metrics = collect_metrics(self.samples, self.others, self.kept)
+        self.samples = {}
+        self.others = {}
+        return self
+
+
+class _Column:
+    """The sample values of one (stage or batch, metric key), appended in capture order.
+
+    Appending a block's names and values is sequential, cache-friendly work; building the
+    name -> latest value mapping (later values overwrite earlier ones) is deferred to
+    ``fold``, run when the appended part outgrows the mapping (so memory stays within about
+    twice the answer) and at the end.
+    """
+
+    __slots__ = ("latest", "names", "values")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.values: list[float | None] = []
+        self.latest: dict[str, float | None] = {}
+
+    def add(self, names: Iterable[str], values: Iterable[float | None]) -> None:
+        self.names.extend(names)
+        self.values.extend(values)
+        if len(self.names) > _FOLD_AT and len(self.names) > len(self.latest):
+            self.fold()
+
+    def fold(self) -> dict[str, float | None]:
+        self.latest.update(zip(self.names, self.values, strict=True))
+        self.names.clear()
+        self.values.clear()
+        return self.latest
+
+
+class _Block:
+    """The scopes named in one block: where each subject ref belongs, and sample names."""
+
+    __slots__ = ("bad", "name_of", "parents", "runs", "stages", "where_of")
+
+    def __init__(self) -> None:
+        self.where_of: dict[str, _Where] = {}
+        self.name_of: dict[str, str] = {}  # sample ref -> sample name (interned)
+        self.runs: set[str] = set()
+        self.stages: set[str | None] = set()
+        self.parents: set[str | None] = set()
+        self.bad: list[str | None] = []  # subjects that name no scope
 
 
 class Accumulator:
     """Feeds decoded blocks into a RecordScan with C-level passes over each block.
 
     ``times`` keeps the first and last record time per run (wanted for runs that have no
-    CONTEXT lines, i.e. Contexta 1.0.0 workspaces); decoding the time costs a little.
+    CONTEXT lines, i.e. Contexta 1.0.0 workspaces); it decodes two envelopes per block.
     """
 
     def __init__(self, wanted: frozenset[str] | None, keep_values: bool, times: bool) -> None:
@@ -104,99 +194,213 @@ class Accumulator:
         self._decided: dict[str, bool] = {}
         self.keep_values = keep_values
         self.times = times
-        # (parent ref of the samples, metric key) -> sample name -> the value captured last.
-        self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
-        # (subject ref, metric key) -> the value captured last (run/stage/batch metrics).
-        self.others: dict[tuple[str, str], float | None] = {}
+        # (parent ref of the samples, metric key) -> sample names and values in capture order.
+        self.samples: dict[tuple[str, str], _Column] = {}
+        self.others = self.scan.others
+        # A sample ref without its name ("sample:p.r.s") or a run/stage/batch ref -> where;
+        # a few per stage or batch, so parsed once and kept (bounded, for odd files).
+        self._heads: dict[str, _Where | None] = {}
+        self._scopes: dict[str, _Where | None] = {}
 
     def decoder(self) -> LineDecoder[Any]:
-        return LineDecoder(TimedRecordLine if self.times else RecordLine)
+        return LineDecoder(ScanLine if self.keep_values else CountLine)
 
-    def feed(self, lines: list[RecordLine]) -> None:
+    def attributable(self, line: CountLine | ScanLine) -> str | None:
+        """None when ``line`` names a scope, else the problem (for line-by-line decoding)."""
+        subject = line.payload.payload.subject_ref
+        if subject is not None and not self._resolve_each([subject]).bad:
+            return None
+        try:
+            ENVELOPE.decode(line.payload.envelope)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return f"no subject_ref and no valid envelope: {exc}"
+        return None
+
+    def feed(self, lines: list[Any]) -> None:
+        """Aggregate one block of decoded lines (raises UnattributableLine before changing
+        anything when a line names no scope)."""
         if not lines:
             return
+        bodies = list(map(_BODY, lines))
+        subjects: list[Any] = list(map(_SUBJECT, bodies))
+        block = self._resolve(dict.fromkeys(subjects))
+        if block.bad:
+            subjects = self._repair(lines, subjects, block)
         scan = self.scan
         scan.records += len(lines)
-        envs = list(map(_ENV, lines))
-        runs = list(map(_RUN, envs))
-        run_set = _distinct(runs)
-        if len(run_set) == 1:
-            (run,) = run_set
-            for payload_type, n in _count_types(list(map(_TYPE, lines))):
+        scan.stage_refs.update(block.stages)
+        types = list(map(_TYPE, lines))
+        line_runs: list[str] | None = None
+        if len(block.runs) == 1:
+            (run,) = block.runs
+            for payload_type, n in _count_types(types):
                 scan.counts[(run, payload_type)] += n
         else:
-            scan.counts.update(zip(runs, map(_TYPE, lines), strict=True))
-        stages = _distinct(list(map(_STAGE, envs)))
-        scan.stage_refs.update(stages)
+            line_runs = [block.where_of[s][0] for s in subjects]
+            scan.counts.update(zip(line_runs, types, strict=True))
         if self.times:
-            self._times(runs, run_set, envs)
+            self._times(lines, subjects, block, line_runs)
         if not self.keep_values:
             return
-        wanted = self.wanted
-        if wanted is not None:
+        if self.wanted is not None:
             decided = self._decided
-            for run in run_set - decided.keys():
-                decided[run] = any(run_matches(run, name) for name in wanted)
-            kept = {run for run in run_set if decided[run]}
-        if wanted is not None and kept != run_set:
-            keep = list(map(kept.__contains__, runs))
-            lines = list(compress(lines, keep))
-            envs = list(compress(envs, keep))
-            if not envs:
-                return
-            stages = set(map(_STAGE, envs))
-        samples: list[Any] = list(map(_SAMPLE, envs))
-        if None in samples:
-            at_sample = list(map(is_not, samples, repeat(None)))
-            elsewhere = list(map(not_, at_sample))
-            self._others(compress(envs, elsewhere), compress(lines, elsewhere))
-            lines = list(compress(lines, at_sample))
-            envs = list(compress(envs, at_sample))
-            samples = list(compress(samples, at_sample))
-            if not envs:
-                return
-            stages = set(map(_STAGE, envs))
-        batch_refs = list(map(_BATCH, envs))
-        batches = _distinct(batch_refs)
-        if len(stages) == 1 and len(batches) == 1:
-            (stage,) = stages
-            (batch,) = batches
-            self._one_parent(batch or stage or "", samples, lines)
-            return
-        # Samples of several stages or batches in one block (runs captured concurrently, or a
-        # run boundary): one group per parent, each grouped like a single-parent block.
-        if batches == {None}:
-            parents: list[Any] = list(map(_STAGE, envs))
-        else:
-            stage_refs = map(_STAGE, envs)
-            parents = [b or s for b, s in zip(batch_refs, stage_refs, strict=True)]
-        for parent in dict.fromkeys(parents):
-            chosen = list(map(eq, parents, repeat(parent)))
-            self._one_parent(
-                parent or "", list(compress(samples, chosen)), list(compress(lines, chosen))
-            )
-
-    def _times(self, runs: list[str], run_set: set[str], envs: list[Any]) -> None:
-        scan = self.scan
-        if len(run_set) == 1:
-            (run,) = run_set
-            scan.first_time.setdefault(run, envs[0].recorded_at)
-            scan.last_time[run] = envs[-1].recorded_at
-            return
-        for run, env in dict(zip(reversed(runs), reversed(envs), strict=True)).items():
-            scan.first_time.setdefault(run, env.recorded_at)
-        for run, env in dict(zip(runs, envs, strict=True)).items():
-            scan.last_time[run] = env.recorded_at
-
-    def _one_parent(self, parent: str, samples: list[str], lines: list[RecordLine]) -> None:
-        # sample:<parent components>.<name>: the name is what follows the parent's components.
-        cut = itemgetter(slice(len(parent) - parent.index(":") + len("sample:"), None))
-        bodies = list(map(_BODY, lines))
+            for run in block.runs - decided.keys():
+                decided[run] = any(run_matches(run, name) for name in self.wanted)
+            if not all(decided[run] for run in block.runs):
+                if line_runs is None:
+                    line_runs = [block.where_of[s][0] for s in subjects]
+                keep = list(map(decided.__getitem__, line_runs))
+                bodies = list(compress(bodies, keep))
+                subjects = list(compress(subjects, keep))
+                if not subjects:
+                    return
+                block = self._resolve(dict.fromkeys(subjects))
         keys: list[str | None] = list(map(_KEY, bodies))
         values: list[float | None] = list(map(_VALUE, bodies))
-        if len(keys) > 64 and self._periodic(parent, cut, samples, keys, values):
+        if len(block.parents) == 1:
+            (parent,) = block.parents
+            if parent is not None:
+                self._samples(parent, subjects, keys, values, block.name_of)
+                return
+        # Samples of several stages or batches in one block (runs captured concurrently, or a
+        # stage boundary), or run/stage/batch metrics: one group per parent.
+        parents = [block.where_of[s][2] for s in subjects]
+        for parent in dict.fromkeys(parents):
+            chosen = list(map(eq, parents, repeat(parent)))
+            group = (
+                list(compress(subjects, chosen)),
+                list(compress(keys, chosen)),
+                list(compress(values, chosen)),
+            )
+            if parent is None:
+                self._others(*group)
+            else:
+                self._samples(parent, *group, block.name_of)
+
+    def _resolve(self, subjects: Iterable[str | None]) -> _Block:
+        """Where each distinct subject ref of a block belongs. Usually every one is a sample
+        of the same stage or batch: then a few C-level passes over the refs do it."""
+        distinct = list(subjects)
+        if None not in distinct:
+            refs = cast(list[str], distinct)
+            split = list(map(_RPARTITION_DOT, refs))
+            heads = self._heads
+            wheres = list(map(heads.get, map(_HEAD, split)))
+            first = wheres[0]
+            if first is not None and wheres.count(first) == len(wheres):
+                names = list(map(_NAME, split))
+                if "" not in names:
+                    block = _Block()
+                    block.where_of = dict.fromkeys(refs, first)
+                    block.name_of = dict(zip(refs, map(sys.intern, names), strict=True))
+                    block.runs.add(first[0])
+                    block.stages.add(first[1])
+                    block.parents.add(first[2])
+                    return block
+        return self._resolve_each(distinct)
+
+    def _resolve_each(self, subjects: Iterable[str | None]) -> _Block:
+        block = _Block()
+        heads = self._heads
+        scopes = self._scopes
+        for subject in subjects:
+            if subject is None:
+                block.bad.append(subject)
+                continue
+            if subject.startswith("sample:"):
+                head, _, name = subject.rpartition(".")
+                where = heads.get(head, _UNSEEN)
+                if where is _UNSEEN:
+                    if len(heads) > _MAX_CACHED_SCOPES:
+                        heads.clear()
+                    where = heads[head] = _sample_parent(head)
+                if where is None or not name:
+                    block.bad.append(subject)
+                    continue
+                block.name_of[subject] = sys.intern(name)
+            else:
+                where = scopes.get(subject, _UNSEEN)
+                if where is _UNSEEN:
+                    if len(scopes) > _MAX_CACHED_SCOPES:
+                        scopes.clear()
+                    where = scopes[subject] = _scope_of(subject)
+                if where is None:
+                    block.bad.append(subject)
+                    continue
+            block.where_of[subject] = where
+            block.runs.add(where[0])
+            block.stages.add(where[1])
+            block.parents.add(where[2])
+        return block
+
+    def _repair(self, lines: list[Any], subjects: list[Any], block: _Block) -> list[Any]:
+        """Lines without a usable subject ref (spans, odd files): the innermost ref of their
+        envelope instead; failing that, their run ref, kept as it is."""
+        bad = set(block.bad)
+        repaired = list(subjects)
+        for i, subject in enumerate(subjects):
+            if subject not in bad:
+                continue
+            try:
+                envelope = ENVELOPE.decode(lines[i].payload.envelope)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise UnattributableLine(str(exc)) from None
+            for ref in (envelope.innermost(), envelope.run_ref):
+                found = self._resolve_each([ref])
+                if not found.bad:
+                    repaired[i] = ref
+                    self._absorb(block, found)
+                    break
+            else:
+                # Counted under its run ref as written; its values name no place and are
+                # dropped when the metrics are arranged by run.
+                repaired[i] = envelope.run_ref
+                block.where_of[envelope.run_ref] = (envelope.run_ref, None, None)
+                block.runs.add(envelope.run_ref)
+                block.parents.add(None)
+        return repaired
+
+    @staticmethod
+    def _absorb(block: _Block, found: _Block) -> None:
+        block.where_of.update(found.where_of)
+        block.name_of.update(found.name_of)
+        block.runs |= found.runs
+        block.stages |= found.stages
+        block.parents |= found.parents
+
+    def _times(
+        self, lines: list[Any], subjects: list[Any], block: _Block, line_runs: list[str] | None
+    ) -> None:
+        if line_runs is None:
+            (run,) = block.runs
+            firsts, lasts = {run: 0}, {run: len(lines) - 1}
+        else:
+            lasts = {run: i for i, run in enumerate(line_runs)}
+            firsts = {run: i for i, run in reversed(list(enumerate(line_runs)))}
+        scan = self.scan
+        for run, i in firsts.items():
+            scan.first_time.setdefault(run, self._recorded_at(lines[i]))
+        for run, i in lasts.items():
+            scan.last_time[run] = self._recorded_at(lines[i])
+
+    @staticmethod
+    def _recorded_at(line: Any) -> str:
+        try:
+            return ENVELOPE.decode(line.payload.envelope).recorded_at
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return ""
+
+    def _samples(
+        self,
+        parent: str,
+        subjects: list[str],
+        keys: list[str | None],
+        values: list[float | None],
+        name_of: Mapping[str, str],
+    ) -> None:
+        if len(keys) > 64 and self._periodic(parent, subjects, keys, values, name_of):
             return
-        names = list(map(sys.intern, map(cut, samples)))
+        names = list(map(name_of.__getitem__, subjects))
         # One C-level pass per distinct key of the block (a handful), not a step per record;
         # compress keeps capture order, so the last value per sample wins.
         for key in dict.fromkeys(keys):
@@ -204,24 +408,22 @@ class Accumulator:
                 continue  # events and spans
             # operator.eq, not key.__eq__: str.__eq__(None) is NotImplemented, which is truthy.
             chosen = list(map(eq, keys, repeat(key)))
-            self._target(parent, key).update(
-                zip(compress(names, chosen), compress(values, chosen), strict=False)
-            )
+            self._column(parent, key).add(compress(names, chosen), compress(values, chosen))
 
     def _periodic(
         self,
         parent: str,
-        cut: Callable[[str], str],
-        samples: list[str],
+        subjects: list[str],
         keys: list[str | None],
         values: list[float | None],
+        name_of: Mapping[str, str],
     ) -> bool:
         """Group by slicing when every sample captures the same keys in the same order.
 
-        Then the keys repeat with a period P and ``samples[j::P]``/``values[j::P]`` are the
+        Then the keys repeat with a period P and ``subjects[j::P]``/``values[j::P]`` are the
         samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys), and
-        events are never touched. Used only when each (sample, key) occurs once in the block,
-        so order cannot matter.
+        events are never touched. Capture order still decides: a sample's later value of a
+        key sits in a later row or a later slot, and is appended after the earlier one.
         """
         try:
             period = keys.index(keys[0], 1)
@@ -229,53 +431,37 @@ class Accumulator:
             return False
         if period > 64 or keys[:-period] != keys[period:]:
             return False
-        slots = keys[:period]
-        metric_slots = [key for key in slots if key is not None]
-        if len(set(metric_slots)) != len(metric_slots):
-            return False  # a key twice per sample: keep capture order with the general path
-        columns = []
-        # The metrics of one sample usually share its sample ref: cut and intern the names
-        # once per distinct column of refs, not once per metric.
-        names_of: list[tuple[list[str], list[str]]] = []
-        for j, key in enumerate(slots):
-            if key is None:
-                continue
-            column = samples[j::period]
-            names = next((cut_names for known, cut_names in names_of if known == column), None)
-            if names is None:
-                if len(set(column)) != len(column):
-                    return False  # a sample captured twice in the block
-                names = list(map(sys.intern, map(cut, column)))
-                names_of.append((column, names))
-            columns.append((key, names, values[j::period]))
-        for key, names, column_values in columns:
-            self._target(parent, key).update(zip(names, column_values, strict=True))
+        for j, key in enumerate(keys[:period]):
+            if key is not None:
+                self._column(parent, key).add(
+                    map(name_of.__getitem__, subjects[j::period]), values[j::period]
+                )
         return True
 
-    def _target(self, parent: str, key: str) -> dict[str, float | None]:
-        target = self.samples.get((parent, key))
-        if target is None:
-            target = self.samples[(parent, sys.intern(key))] = {}
-        return target
+    def _column(self, parent: str, key: str) -> _Column:
+        column = self.samples.get((parent, key))
+        if column is None:
+            column = self.samples[(parent, sys.intern(key))] = _Column()
+        return column
 
-    def _others(self, envs: Iterable[_Envelope], lines: Iterable[RecordLine]) -> None:
+    def _others(
+        self, subjects: list[str], keys: list[str | None], values: list[float | None]
+    ) -> None:
         others = self.others
-        for env, line in zip(envs, lines, strict=True):
-            body = line.payload.payload
-            if body.metric_key is None:
-                continue
-            subject = env.batch_execution_ref or env.stage_execution_ref or env.run_ref
-            others[(subject, body.metric_key)] = body.value
+        for subject, key, value in zip(subjects, keys, values, strict=True):
+            if key is not None:
+                others[(subject, key)] = value
 
     def finish(self) -> RecordScan:
+        """The scan of this part of the file (``RecordScan.arrange`` it once all are merged)."""
+        scan = self.scan
         if self.wanted is None:
-            runs = self.scan.run_refs()
+            scan.kept = scan.run_refs()
         else:
-            runs = {run for run, keep in self._decided.items() if keep}
-        self.scan.metrics = collect_metrics(self.samples, self.others, runs)
+            scan.kept = {run for run, keep in self._decided.items() if keep}
+        scan.samples = {place: column.fold() for place, column in self.samples.items()}
         self.samples = {}
-        self.others = {}
-        return self.scan
+        return scan
 
 
 class BlockFeeder:
@@ -318,7 +504,15 @@ class BlockFeeder:
         self.tail = block[cut + 1 :]
 
     def _decode(self, data: bytes | memoryview) -> None:
-        self.acc.feed(self.decoder.decode(data, self.path, self.offset, self.issues))
+        lines = self.decoder.decode(data, self.path, self.offset, self.issues)
+        try:
+            self.acc.feed(lines)
+        except UnattributableLine:
+            # Rare: find the lines that name no scope, count them as corrupt, keep the rest.
+            lines = self.decoder.line_by_line(
+                data, self.path, self.offset, self.issues, self.acc.attributable
+            )
+            self.acc.feed(lines)
         self.offset += len(data)
 
     def close(self) -> None:
@@ -349,7 +543,7 @@ async def scan_records(
     try:
         handle = await aiofiles.open(path, "rb")
     except FileNotFoundError:
-        return acc.finish()
+        return acc.finish().arrange()
     except OSError as exc:
         raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
     send, receive = anyio.create_memory_object_stream[bytes](1)
@@ -374,4 +568,4 @@ async def scan_records(
     if failure is not None:
         raise UnreadableFileError(str(path), failure.strerror or str(failure)) from failure
     feeder.close()
-    return acc.finish()
+    return acc.finish().arrange()

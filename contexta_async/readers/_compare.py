@@ -70,7 +70,6 @@ MINIMIZE_WORDS: Final = frozenset(
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
 _DIGITS = re.compile(r"(\d+)")
 _TEXT_NUMBER = re.compile(r"(\D+)(\d+)")
-_BINARY: Final = frozenset({0.0, 1.0})
 
 Place = tuple[str | None, Scope, str | None, str]  # (stage, scope, batch, key)
 
@@ -248,19 +247,29 @@ def paired_results(
     include_samples: bool = False,
 ) -> list[PairedResult]:
     pairs = []
-    # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
-    # natural order ("case-2" before "case-10") only for the lists shown to people. The
-    # metrics of a stage usually share their samples: sort each set of names once.
-    matched_for: dict[tuple[str | None, frozenset[str]], list[str]] = {}
+    matched_for: dict[str | None, list[tuple[Mapping[str, float], Mapping[str, float], list[str]]]]
+    matched_for = {}
+
+    def matched_names(
+        stage: str | None, lmap: Mapping[str, float], rmap: Mapping[str, float]
+    ) -> list[str]:
+        # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
+        # natural order ("case-2" before "case-10") only for the lists shown to people. The
+        # metrics of a stage usually share their samples: sort each pair of name sets once.
+        known = matched_for.setdefault(stage, [])
+        for lseen, rseen, names in known:
+            if lmap.keys() == lseen.keys() and rmap.keys() == rseen.keys():
+                return names
+        names = sorted(lmap.keys() & rmap.keys())
+        known.append((lmap, rmap, names))
+        return names
+
     for stage, scope, _batch, key in _places((left, right), stage_order):
         if scope != "sample":
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        common = frozenset(lmap.keys() & rmap.keys())
-        matched = matched_for.get((stage, common))
-        if matched is None:
-            matched = matched_for[(stage, common)] = sorted(common)
+        matched = matched_names(stage, lmap, rmap)
         lvals = list(map(lmap.__getitem__, matched))
         rvals = list(map(rmap.__getitem__, matched))
         pairs.append((stage, key, lmap, rmap, matched, lvals, rvals))
@@ -278,7 +287,9 @@ def paired_results(
     for (stage, key, lmap, rmap, matched, lvals, rvals), diffs in zip(pairs, diffs_of, strict=True):
         direction, inferred = _direction_for(key, directions)
         n = len(matched)
-        binary = n > 0 and set(lvals) <= _BINARY and set(rvals) <= _BINARY
+        binary = n > 0 and all(
+            values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals)
+        )
         # lt(0.0, d) is 0.0 < d: a positive difference.
         better = operator.lt if direction == "maximize" else operator.gt
         worse = operator.gt if direction == "maximize" else operator.lt
@@ -303,8 +314,8 @@ def paired_results(
                 direction=direction,
                 direction_inferred=inferred,
                 n_matched=n,
-                unmatched_left=sorted(lmap.keys() - rmap.keys(), key=natural_key),
-                unmatched_right=sorted(rmap.keys() - lmap.keys(), key=natural_key),
+                unmatched_left=_unmatched(lmap, rmap, n),
+                unmatched_right=_unmatched(rmap, lmap, n),
                 mean_left=math.fsum(lvals) / n if n else None,
                 mean_right=math.fsum(rvals) / n if n else None,
                 mean_diff=math.fsum(diffs) / n if n else None,
@@ -333,6 +344,12 @@ def paired_results(
             )
         )
     return results
+
+
+def _unmatched(mine: Mapping[str, float], theirs: Mapping[str, float], matched: int) -> list[str]:
+    if len(mine) == matched:
+        return []  # every name matched (the usual case): no set difference to build
+    return sorted(mine.keys() - theirs.keys(), key=natural_key)
 
 
 def artifact_changes(

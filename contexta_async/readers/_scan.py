@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from itertools import compress, repeat
+from itertools import compress, groupby, repeat
 from operator import attrgetter, eq, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any, Final, cast
@@ -39,7 +39,7 @@ _KEY = attrgetter("metric_key")
 _VALUE = attrgetter("value")
 
 _RPARTITION_DOT = methodcaller("rpartition", ".")
-_HEAD = itemgetter(0)
+_HEAD = _FIRST = itemgetter(0)
 _NAME = itemgetter(2)
 
 _COMMON_TYPES: Final = ("MetricRecord", "StructuredEventRecord")
@@ -172,7 +172,7 @@ class _Block:
 
     def __init__(self) -> None:
         self.where_of: dict[str, _Where] = {}
-        self.name_of: dict[str, str] = {}  # sample ref -> sample name (interned)
+        self.name_of: dict[str, str] = {}  # sample ref -> sample name
         self.runs: set[str] = set()
         self.stages: set[str | None] = set()
         self.parents: set[str | None] = set()
@@ -223,7 +223,9 @@ class Accumulator:
             return
         bodies = list(map(_BODY, lines))
         subjects: list[Any] = list(map(_SUBJECT, bodies))
-        block = self._resolve(dict.fromkeys(subjects))
+        # Lines of a sample are mostly consecutive: dedupe runs of equal refs first (an
+        # equality test per line) rather than hashing every ref.
+        block = self._resolve(dict.fromkeys(map(_FIRST, groupby(subjects))))
         if block.bad:
             subjects = self._repair(lines, subjects, block)
         scan = self.scan
@@ -292,7 +294,7 @@ class Accumulator:
                 if "" not in names:
                     block = _Block()
                     block.where_of = dict.fromkeys(refs, first)
-                    block.name_of = dict(zip(refs, map(sys.intern, names), strict=True))
+                    block.name_of = dict(zip(refs, names, strict=True))
                     block.runs.add(first[0])
                     block.stages.add(first[1])
                     block.parents.add(first[2])
@@ -317,7 +319,7 @@ class Accumulator:
                 if where is None or not name:
                     block.bad.append(subject)
                     continue
-                block.name_of[subject] = sys.intern(name)
+                block.name_of[subject] = name
             else:
                 where = scopes.get(subject, _UNSEEN)
                 if where is _UNSEEN:

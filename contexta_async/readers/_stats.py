@@ -15,9 +15,8 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, Final, NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .._errors import ValidationError
 
@@ -28,6 +27,8 @@ __all__ = [
     "paired_bootstrap_ci",
     "paired_bootstrap_cis",
 ]
+
+T = TypeVar("T")
 
 _EXACT_LIMIT: Final = 4000
 # numpy, index resampling: index cells drawn per block. 2**18 cells (2 MiB) measured faster
@@ -148,10 +149,26 @@ def _check(confidence: float, resamples: int) -> None:
         raise ValidationError("resamples", "must be at least 1", resamples)
 
 
-def _grouped(diffs: Sequence[float]) -> list[tuple[float, int]]:
-    if not diffs:
-        raise ValueError("no differences to resample")
-    return sorted(Counter(diffs).items())
+class _Values:
+    """The differences of one job, with their distinct values counted only when few."""
+
+    __slots__ = ("diffs", "distinct", "grouped")
+
+    def __init__(self, diffs: Sequence[float]) -> None:
+        if not diffs:
+            raise ValueError("no differences to resample")
+        self.diffs = diffs
+        self.distinct = len(set(diffs))
+        self.grouped: list[tuple[float, int]] | None = None
+
+    def grouped_if(self, ratio: int) -> list[tuple[float, int]] | None:
+        """(value, count) pairs when there are at most n / ``ratio`` distinct values (then
+        multinomial draws are cheaper than index draws), else None."""
+        if self.distinct * ratio > len(self.diffs):
+            return None
+        if self.grouped is None:
+            self.grouped = sorted(Counter(self.diffs).items())
+        return self.grouped
 
 
 def _interval(means: list[float], confidence: float, method: str) -> BootstrapInterval:
@@ -173,20 +190,25 @@ def paired_bootstrap_ci(
     ``use_numpy=None`` uses numpy when it is importable; ``False`` forces pure Python.
     """
     _check(confidence, resamples)
-    grouped = _grouped(diffs)
-    if len(grouped) == 1:
-        value = float(grouped[0][0])
+    return _one(_Values(diffs), confidence, resamples, seed, use_numpy)
+
+
+def _one(
+    values: _Values, confidence: float, resamples: int, seed: int, use_numpy: bool | None
+) -> BootstrapInterval:
+    if values.distinct == 1:
+        value = float(values.diffs[0])
         return BootstrapInterval(value, value, "constant")
     means: list[float] | None = None
     method = "python"
     if use_numpy is not False:
-        means = _numpy_means(diffs, grouped, resamples, seed)
+        means = _numpy_means(values, resamples, seed)
         if means is not None:
             method = "numpy"
         elif use_numpy:
             raise ModuleNotFoundError("numpy is not installed")
     if means is None:
-        means = _python_means(diffs, grouped, resamples, seed)
+        means = _python_means(values, resamples, seed)
     return _interval(means, confidence, method)
 
 
@@ -205,54 +227,67 @@ def paired_bootstrap_cis(
     length that are resampled by index (many distinct values) would draw the very same index
     matrix (same seed, same n), so it is drawn once and gathered from each of them. And the
     work runs on up to ``workers`` threads (default: the usable cores), since numpy releases
-    the GIL while it draws, gathers and sums. Without numpy, one after another.
+    the GIL while it draws, gathers and sums: the index draws come in blocks, each from its
+    own generator seeded by (``seed``, block number), so they can be drawn in any order on any
+    thread and still give the same numbers. Without numpy, one after another.
     """
     if workers is None:
         workers = _cores()
     if workers < 1:
         raise ValueError("workers must be at least 1")
     _check(confidence, resamples)
-
-    def one(diffs: Sequence[float]) -> BootstrapInterval:
-        return paired_bootstrap_ci(diffs, confidence=confidence, resamples=resamples, seed=seed)
-
+    values = [_Values(diffs) for diffs in jobs]
     if not _has_numpy():
-        return [one(diffs) for diffs in jobs]
-    results: list[BootstrapInterval | None] = [None] * len(jobs)
+        return [_one(v, confidence, resamples, seed, False) for v in values]
     by_length: dict[int, list[int]] = {}
-    for i, diffs in enumerate(jobs):
-        grouped = _grouped(diffs)
-        if len(grouped) > 1 and len(grouped) * _NUMPY_GROUP_RATIO > len(diffs):
-            by_length.setdefault(len(diffs), []).append(i)
-    tasks: list[tuple[int, Callable[[], None]]] = []  # (cost, task), to start the longest first
-
-    def shared(chosen: list[int]) -> None:
-        columns = [jobs[i] for i in chosen]
-        drawn = _numpy_index_means(columns, resamples, seed, workers > 1)
-        for i, means in zip(chosen, drawn, strict=True):
-            results[i] = _interval(means, confidence, "numpy")
-
-    def single(i: int) -> None:
-        results[i] = one(jobs[i])
-
-    indexed = set()
-    for n, chosen in by_length.items():
-        tasks.append((n * (1 + len(chosen)), partial(shared, chosen)))
-        indexed.update(chosen)
-    tasks.extend(
-        (len(jobs[i]) // 8, partial(single, i)) for i in range(len(jobs)) if i not in indexed
-    )
-    tasks.sort(key=lambda task: -task[0])
-    if workers == 1 or len(tasks) < 2:
-        for _, task in tasks:
-            task()
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            for future in [pool.submit(task) for _, task in tasks]:
-                future.result()
+    for i, v in enumerate(values):
+        if v.distinct > 1 and v.grouped_if(_NUMPY_GROUP_RATIO) is None:
+            by_length.setdefault(len(v.diffs), []).append(i)
+    indexed = {i for chosen in by_length.values() for i in chosen}
+    results: list[BootstrapInterval | None] = [None] * len(jobs)
+    with _Executor(workers) as pool:
+        # Index draws in blocks, many per group: submitted first, so the threads share them.
+        groups = [
+            (chosen, _numpy_index_blocks([jobs[i] for i in chosen], resamples, seed, pool))
+            for chosen in by_length.values()
+        ]
+        singles = [
+            (i, pool.submit(_one, v, confidence, resamples, seed, None))
+            for i, v in enumerate(values)
+            if i not in indexed
+        ]
+        for chosen, collect in groups:
+            for i, means in zip(chosen, collect(), strict=True):
+                results[i] = _interval(means, confidence, "numpy")
+        for i, future in singles:
+            results[i] = future.result()
     done = [r for r in results if r is not None]
     assert len(done) == len(jobs)
     return done
+
+
+class _Executor:
+    """A thread pool, or, for one worker, the caller's thread (no thread at all)."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+
+    def __enter__(self) -> _Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller by future.result()
+            future.set_exception(exc)
+        return future
 
 
 def _cores() -> int:
@@ -270,15 +305,15 @@ def _has_numpy() -> bool:
     return True
 
 
-def _python_means(
-    diffs: Sequence[float], grouped: list[tuple[float, int]], resamples: int, seed: int
-) -> list[float]:
+def _python_means(values: _Values, resamples: int, seed: int) -> list[float]:
     rng = random.Random(seed)
+    diffs = values.diffs
     n = len(diffs)
-    if len(grouped) * _PYTHON_GROUP_RATIO <= n:
-        values = [float(v) for v, _ in grouped]
+    grouped = values.grouped_if(_PYTHON_GROUP_RATIO)
+    if grouped is not None:
+        distinct = [float(v) for v, _ in grouped]
         counts = [c for _, c in grouped]
-        last = len(values) - 1
+        last = len(distinct) - 1
         means = []
         for _ in range(resamples):
             left = n  # draws still to place
@@ -286,13 +321,13 @@ def _python_means(
             total = 0.0
             for j in range(last):
                 drawn = binomial_variate(rng, left, counts[j] / mass)
-                total += drawn * values[j]
+                total += drawn * distinct[j]
                 left -= drawn
                 mass -= counts[j]
                 if left == 0:
                     break
             else:
-                total += left * values[last]
+                total += left * distinct[last]
             means.append(total / n)
         return means
     population = [float(d) for d in diffs]
@@ -300,43 +335,43 @@ def _python_means(
     return [math.fsum(choices(population, k=n)) / n for _ in range(resamples)]
 
 
-def _numpy_means(
-    diffs: Sequence[float], grouped: list[tuple[float, int]], resamples: int, seed: int
-) -> list[float] | None:
+def _numpy_means(values: _Values, resamples: int, seed: int) -> list[float] | None:
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is present wherever the tests run
         return None
+    grouped = values.grouped_if(_NUMPY_GROUP_RATIO)
+    if grouped is None:
+        with _Executor(1) as inline:
+            return _numpy_index_blocks([values.diffs], resamples, seed, inline)()[0]
     rng = np.random.default_rng(seed)
-    n = len(diffs)
+    n = len(values.diffs)
     out: list[float] = []
-    if len(grouped) * _NUMPY_GROUP_RATIO <= n:
-        values = np.array([v for v, _ in grouped], dtype=np.float64)
-        probs = np.array([c for _, c in grouped], dtype=np.float64) / n
-        rows = max(1, _MAX_GROUP_CELLS // len(grouped))
-        done = 0
-        while done < resamples:
-            size = min(rows, resamples - done)
-            counts = rng.multinomial(n, probs, size=size)
-            out.extend((counts @ values / n).tolist())
-            done += size
-        return out
-    return _numpy_index_means([diffs], resamples, seed, False)[0]
+    distinct = np.array([v for v, _ in grouped], dtype=np.float64)
+    probs = np.array([c for _, c in grouped], dtype=np.float64) / n
+    rows = max(1, _MAX_GROUP_CELLS // len(grouped))
+    done = 0
+    while done < resamples:
+        size = min(rows, resamples - done)
+        counts = rng.multinomial(n, probs, size=size)
+        out.extend((counts @ distinct / n).tolist())
+        done += size
+    return out
 
 
-def _numpy_index_means(
-    columns: Sequence[Sequence[float]], resamples: int, seed: int, pipelined: bool
-) -> list[list[float]]:
+def _numpy_index_blocks(
+    columns: Sequence[Sequence[float]], resamples: int, seed: int, pool: _Executor
+) -> Callable[[], list[list[float]]]:
     """Bootstrap means of each column (all of length n) by index resampling, the same index
     matrix for every column: what each would draw alone with this seed.
 
-    ``pipelined``: the next block of indices is drawn in a helper thread while this one is
-    gathered (numpy releases the GIL for both), so two cores share one stream of draws; the
-    draws stay in the same order, one block after another.
+    The resamples are drawn in blocks of about ``_MAX_CELLS`` indices; block ``b`` draws from
+    its own generator, seeded by (``seed``, ``b``), so the blocks are submitted to ``pool``
+    at once and the result does not depend on the thread that drew them. Returns a function
+    that waits for the blocks and puts the means together.
     """
     import numpy as np
 
-    rng = np.random.default_rng(seed)
     n = len(columns[0])
     # Two columns are gathered at once as the real and imaginary parts of one complex array:
     # one pass of index arithmetic for both (~30% less time than two passes), and each mean
@@ -349,32 +384,31 @@ def _numpy_index_means(
         packed.append(pair)
     if len(columns) % 2:
         packed.append(np.asarray(columns[-1], dtype=np.float64))
-    out: list[list[float]] = [[] for _ in columns]
     rows = max(1, _MAX_CELLS // n)
-    sizes = [min(rows, resamples - done) for done in range(0, resamples, rows)]
+    starts = range(0, resamples, rows)
+    seeds = np.random.SeedSequence(seed).spawn(len(starts))
 
-    def draw(size: int) -> Any:
+    def block(number: int) -> list[Any]:
+        size = min(rows, resamples - starts[number])
+        rng = np.random.default_rng(seeds[number])
         # intp indices: int32 ones are drawn a little faster but converted before gathering.
-        return rng.integers(0, n, size=(size, n), dtype=np.intp)
-
-    def gather(index: Any) -> None:
-        for i, values in enumerate(packed):
+        index = rng.integers(0, n, size=(size, n), dtype=np.intp)
+        means: list[Any] = []
+        for values in packed:
             drawn = values[index]
             if drawn.dtype == np.complex128:
-                out[2 * i].extend(drawn.real.mean(axis=1).tolist())
-                out[2 * i + 1].extend(drawn.imag.mean(axis=1).tolist())
+                means.append(drawn.real.mean(axis=1))
+                means.append(drawn.imag.mean(axis=1))
             else:
-                out[2 * i].extend(drawn.mean(axis=1).tolist())
+                means.append(drawn.mean(axis=1))
+        return means
 
-    if not pipelined or len(sizes) < 2:
-        for size in sizes:
-            gather(draw(size))
-        return out
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        pending = helper.submit(draw, sizes[0])
-        for size in [*sizes[1:], 0]:
-            index = pending.result()
-            if size:
-                pending = helper.submit(draw, size)
-            gather(index)
-    return out
+    futures = [pool.submit(block, number) for number in range(len(starts))]
+
+    def collect() -> list[list[float]]:
+        blocks = [future.result() for future in futures]
+        return [
+            np.concatenate([means[c] for means in blocks]).tolist() for c in range(len(columns))
+        ]
+
+    return collect

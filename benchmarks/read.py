@@ -14,6 +14,7 @@ Scenarios:
   compare-read      the read half of compare: scan, aggregate per (stage, key) and per sample
   compare           Workspace.compare(a, b): the above plus deltas, artifacts and the paired
                     statistics (2000 bootstrap resamples per sample-level metric)
+  paired-stats      the paired statistics alone, on runs already read (not on the clock)
   *-1proc           the same with workers=1 (no forked range readers)
 
 Each run also reports its CPU time (this process's threads and the forked readers), and the
@@ -23,10 +24,14 @@ seconds vary less than wall time. Peak RSS is measured for three shapes: 1M reco
 (same file size, a 4x smaller answer); 250k records with 15,625 samples per run (a 4x smaller
 file, the same answer).
 
+With --duckdb-python, DuckDB's read_json is timed on the same file in the same run, with one
+and two threads, as a reference (see _DUCKDB_SCRIPT for the two queries).
+
 Usage:
   .venv/bin/python benchmarks/read.py                # full run (~3 min on 2 cores)
   .venv/bin/python benchmarks/read.py --quick        # 100k records, one repeat
   .venv/bin/python benchmarks/read.py --json out.json
+  .venv/bin/python benchmarks/read.py --duckdb-python /tmp/duck/bin/python
 """
 
 from __future__ import annotations
@@ -47,10 +52,8 @@ from typing import Any
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from contexta_async._records import (  # noqa: E402
+import contexta_async
+from contexta_async._records import (
     CONTEXT,
     RECORD,
     CaptureLine,
@@ -271,6 +274,8 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     import anyio
 
     from contexta_async.readers import Workspace
+    from contexta_async.readers._compare import paired_results
+    from contexta_async.readers._snapshot import stage_order
 
     workers = 1 if scenario.endswith("-1proc") else None
     base = scenario.removesuffix("-1proc")
@@ -295,6 +300,15 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
         elif base == "compare-read":
             snapshot, _ = await ws._snapshot(list(RUNS), keep_values=True)
             records = snapshot.scan.records
+        elif base == "paired-stats":
+            # The statistics alone: the runs are read first, outside the clock.
+            snapshot, refs = await ws._snapshot(list(RUNS), keep_values=True)
+            left, right = (snapshot.scan.metrics[ref] for ref in refs)
+            order = stage_order([snapshot.summary(ref) for ref in refs])
+            records = snapshot.scan.records
+            cpu_started = cpu_now()
+            started = time.perf_counter()
+            paired_results(left, right, order)
         else:
             result = await ws.compare(*RUNS)
             records = sum(s.counts.metrics + s.counts.events for s in (result.left, result.right))
@@ -313,6 +327,48 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
         "peak_rss_mib": round(own / 1024, 1),
         "peak_rss_children_mib": round(children / 1024, 1),
     }
+
+
+# DuckDB's read_json on the same file, for reference: run in another interpreter (DuckDB is
+# not a dependency), given by --duckdb-python. "list-runs" counts lines per run and type
+# (schema inferred, as a user would query); "compare-read" keeps the last value per
+# (subject, metric key) of the metric lines, reading only the columns it needs.
+_DUCKDB_SCRIPT = """
+import duckdb, json, sys, time
+path, repeat = sys.argv[1], int(sys.argv[2])
+columns = "{payload: 'STRUCT(payload STRUCT(subject_ref VARCHAR, metric_key VARCHAR, "
+columns += "value DOUBLE))', payload_type: 'VARCHAR'}"
+queries = {
+    "list-runs": f"SELECT payload.envelope.run_ref, payload_type, count(*) "
+    f"FROM read_json('{path}', format='newline_delimited') GROUP BY ALL",
+    "compare-read": f"SELECT payload.payload.subject_ref, payload.payload.metric_key, "
+    f"last(payload.payload.value) FROM read_json('{path}', format='newline_delimited', "
+    f"columns={columns}) WHERE payload.payload.metric_key IS NOT NULL GROUP BY ALL",
+}
+out = {"version": duckdb.__version__, "times": {}}
+for threads in (1, 2):
+    con = duckdb.connect()
+    con.execute(f"SET threads={threads}")
+    for label, query in queries.items():
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            con.execute(query).fetchall()
+            times.append(time.perf_counter() - started)
+        out["times"][f"duckdb-{label}-{threads}thread"] = times
+print(json.dumps(out))
+"""
+
+
+def _duckdb(python: str, record_file: Path, repeat: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [python, "-c", _DUCKDB_SCRIPT, str(record_file), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _load() -> str:
@@ -339,6 +395,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--dir", help="where to generate the workspaces (default: a temp dir)")
+    parser.add_argument(
+        "--duckdb-python",
+        help="an interpreter with duckdb installed: also time DuckDB's read_json on the file",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -351,6 +411,9 @@ def main() -> None:
     samples = total // len(RUNS) // per_sample
     base = Path(args.dir or tempfile.mkdtemp(prefix="contexta-read-bench-"))
     results: list[dict[str, Any]] = []
+    # To measure another copy of the package (before/after), put it first on the path:
+    # PYTHONPATH=/tmp/old .venv/bin/python benchmarks/read.py
+    print(f"package {os.path.dirname(contexta_async.__file__)}")
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
         f"{total:,} records ({len(RUNS)} runs x {samples:,} samples x {per_sample}), "
@@ -369,6 +432,7 @@ def main() -> None:
             "list-runs",
             "compare-read",
             "compare",
+            "paired-stats",
             "list-runs-1proc",
             "compare-read-1proc",
             "compare-1proc",
@@ -384,12 +448,25 @@ def main() -> None:
             r["shape"] = "main"
             results.append(r)
             r["median_cpu_s"] = statistics.median(r["cpu_s"])
+            # The statistics' cost follows the samples and resamples, not the records.
+            rate = "-" if scenario == "paired-stats" else f"{r['records_per_s']:,.0f}"
             print(
-                f"{scenario:<20} {r['median_s']:>9.3f} {r['records_per_s']:>12,.0f} "
+                f"{scenario:<20} {r['median_s']:>9.3f} {rate:>12} "
                 f"{r['median_cpu_s']:>6.2f} "
                 f"{r['peak_rss_mib']:>8} {r['peak_rss_children_mib']:>9}   "
                 f"runs: {', '.join(f'{t:.3f}' for t in r['times'])}"
             )
+        if args.duckdb_python:
+            duck = _duckdb(
+                args.duckdb_python, main_ws / "cache" / "capture" / "record.jsonl", repeat
+            )
+            for label, times in duck["times"].items():
+                median = statistics.median(times)
+                results.append({"scenario": label, "records": records, "times": times})
+                print(
+                    f"{label:<30} {median:>9.3f} {records / median:>12,.0f}   "
+                    f"runs: {', '.join(f'{t:.3f}' for t in times)}  (duckdb {duck['version']})"
+                )
         # Peak RSS follows the answer (samples x keys), not the file.
         shapes = [
             ("same file, answer / 4", samples // 4, 4),

@@ -349,6 +349,7 @@ out = {"version": duckdb.__version__, "times": {}}
 for threads in (1, 2):
     con = duckdb.connect()
     con.execute(f"SET threads={threads}")
+    con.execute("SET enable_progress_bar=false")
     for label, query in queries.items():
         times = []
         for _ in range(repeat):
@@ -367,7 +368,7 @@ def _duckdb(python: str, record_file: Path, repeat: int) -> dict[str, Any]:
         text=True,
         check=True,
     )
-    result: dict[str, Any] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 

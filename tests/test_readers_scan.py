@@ -164,12 +164,14 @@ def _write(path: Path, lines: list[dict[str, Any]]) -> None:
     parts=st.lists(st.one_of(_scattered(), _regular()), max_size=5),
     wanted=st.sampled_from([None, frozenset({"a"}), frozenset({"run:p.b"})]),
     piece=st.sampled_from([300, 5000, 512 << 10]),
+    fold_at=st.sampled_from([1, 7, 1 << 13]),
     workers=st.sampled_from([1, 3]),
 )
 def test_scan_agrees_with_a_line_by_line_reference(
     parts: list[list[dict[str, Any]]],
     wanted: frozenset[str] | None,
     piece: int,
+    fold_at: int,
     workers: int,
 ) -> None:
     lines = [line for part in parts for line in part]
@@ -177,8 +179,10 @@ def test_scan_agrees_with_a_line_by_line_reference(
         path = Path(tmp) / "record.jsonl"
         _write(path, lines)
         size = path.stat().st_size
-        saved = _scan.DECODE_SIZE
-        _scan.DECODE_SIZE = piece  # type: ignore[misc]
+        # Pieces decoded at once, and how many appended values are folded into the latest
+        # values at a time: both change only how the work is cut, never the answer.
+        saved = _scan.DECODE_SIZE, _scan._FOLD_AT
+        _scan.DECODE_SIZE, _scan._FOLD_AT = piece, fold_at  # type: ignore[misc]
         try:
             # One scan, or several byte ranges merged in file order (as forked readers do).
             bounds = [size * i // workers for i in range(workers + 1)]
@@ -189,7 +193,7 @@ def test_scan_agrees_with_a_line_by_line_reference(
                 for i in range(workers)
             ]
         finally:
-            _scan.DECODE_SIZE = saved  # type: ignore[misc]
+            _scan.DECODE_SIZE, _scan._FOLD_AT = saved  # type: ignore[misc]
     scan = scans[0][0]
     for later, corrupt, _, torn in scans[1:]:
         assert (corrupt, torn) == (0, False)

@@ -44,7 +44,7 @@ _NAME = itemgetter(2)
 
 _COMMON_TYPES: Final = ("MetricRecord", "StructuredEventRecord")
 _MAX_CACHED_SCOPES: Final = 4096
-_FOLD_AT: Final = 1 << 16
+_FOLD_AT: Final = 1 << 13
 
 # What a subject ref says: (run ref, stage ref or None, for a sample the ref of the stage or
 # batch it belongs to, else None).
@@ -155,7 +155,7 @@ class _Column:
     def add(self, names: Iterable[str], values: Iterable[float | None]) -> None:
         self.names.extend(names)
         self.values.extend(values)
-        if len(self.names) > _FOLD_AT and len(self.names) > len(self.latest):
+        if len(self.names) >= _FOLD_AT and len(self.names) >= len(self.latest):
             self.fold()
 
     def fold(self) -> dict[str, float | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import anyio
@@ -291,6 +292,54 @@ async def test_forked_range_scan_gives_the_same_answer_as_one_process(
     assert [r.ref for r in await parallel_ws.list_runs()] == [
         r.ref for r in await Workspace(ws_path, workers=1).list_runs()
     ]
+
+
+def _die(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _deny(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
+    raise PermissionError(13, "Permission denied")
+
+
+def _break(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
+    raise KeyError("bug")
+
+
+@pytest.mark.parametrize(
+    ("in_child", "error", "message"),
+    [
+        (_die, UnreadableFileError, "died without an answer"),
+        (_deny, UnreadableFileError, "Permission denied"),
+        (_break, RuntimeError, "reader process failed: KeyError"),
+    ],
+)
+async def test_a_forked_reader_that_dies_or_fails_makes_the_read_fail_clearly(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    in_child: object,
+    error: type[Exception],
+    message: str,
+) -> None:
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(_parallel, "scan_range", in_child)  # inherited by the forked readers
+    forked: list[int] = []
+    fork = os.fork
+
+    def noting_fork() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", noting_fork)
+    with pytest.raises(error, match=message):
+        await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")
+    assert len(forked) == 2
+    for pid in forked:  # every reader was reaped: none is left behind as a zombie
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
 
 async def test_forked_readers_report_corrupt_lines_and_a_torn_tail_like_one_process(

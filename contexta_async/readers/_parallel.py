@@ -193,6 +193,23 @@ def _read_all(fd: int) -> bytes:
         parts.append(part)
 
 
+# A child's decoded answer and, for an answer, its scan; None when the child died first.
+_Received = tuple[_Answer, RecordScan] | tuple[_Failure, None] | None
+
+
+def _receive(fd: int) -> _Received:
+    """Read a child's answer from its pipe, decode it and rebuild its scan (in a worker
+    thread, as soon as that child is done, while the others may still be scanning)."""
+    raw = _read_all(fd)
+    try:
+        answer = _ANSWER.decode(raw)
+    except msgspec.DecodeError:
+        return None  # nothing, or a partial answer: the child was killed while writing
+    if isinstance(answer, _Failure):
+        return answer, None
+    return answer, _from_wire(answer.scan)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
@@ -230,10 +247,10 @@ async def scan_records_parallel(
                 _child(write_fd, (*args, chunk_size, times))
             os.close(write_fd)
             children.append((pid, read_fd))
-        results: list[bytes] = [b""] * workers
+        answers: list[_Received] = [None] * workers
 
         async def collect(index: int, fd: int) -> None:
-            results[index] = await anyio.to_thread.run_sync(_read_all, fd, abandon_on_cancel=True)
+            answers[index] = await anyio.to_thread.run_sync(_receive, fd, abandon_on_cancel=True)
 
         async with anyio.create_task_group() as group:
             for index, (_, fd) in enumerate(children):
@@ -250,22 +267,27 @@ async def scan_records_parallel(
         with anyio.CancelScope(shield=True):
             for pid, _ in children:
                 await anyio.to_thread.run_sync(_reap, pid)
-    merged: RecordScan | None = None
-    for raw in results:
-        if not raw:
+    scans: list[RecordScan] = []
+    for received in answers:
+        if received is None:
             raise UnreadableFileError(str(path), "a reader process died without an answer")
-        answer = _ANSWER.decode(raw)
-        if isinstance(answer, _Failure):
+        answer, scan = received
+        if isinstance(answer, _Failure) or scan is None:
+            assert isinstance(answer, _Failure)
             if answer.kind in ("PermissionError", "FileNotFoundError", "OSError"):
                 raise UnreadableFileError(str(path), answer.message)
             raise RuntimeError(f"reader process failed: {answer.kind}: {answer.message}")
-        scan = _from_wire(answer.scan)
         issues.absorb(answer.corrupt, answer.problems)
         if answer.torn:
             issues.torn_tails.append(str(path))
-        if merged is None:
-            merged = scan
-        else:
-            merged.merge(scan)
-    assert merged is not None
+        scans.append(scan)
+    # Merging and arranging ~100k values per run takes a while: off the event loop.
+    return await anyio.to_thread.run_sync(_merged, scans)
+
+
+def _merged(scans: list[RecordScan]) -> RecordScan:
+    """The scans of consecutive ranges, merged in file order and arranged by run."""
+    merged = scans[0]
+    for later in scans[1:]:
+        merged.merge(later)
     return merged.arrange()

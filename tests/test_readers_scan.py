@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from contexta_async.readers import Workspace, _scan
 from contexta_async.readers._compare import RunMetrics, collect_metrics
+from contexta_async.readers._decode import Issues, read_blocks
 from contexta_async.readers._files import run_matches
 from contexta_async.readers._parallel import scan_range
 
@@ -230,3 +231,25 @@ async def test_a_record_line_that_names_no_scope_is_counted_as_corrupt(tmp_path:
     assert [(r.ref, r.counts.metrics, r.counts.spans) for r in runs] == [("run:p.a", 2, 0)]
     assert ws.last_report.corrupt_lines == 1
     assert [(p.line, "no subject_ref" in p.reason) for p in ws.last_report.problems] == [(2, True)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"x")), max_size=40),
+    torn=st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"x")),
+    chunk=st.integers(1, 700),
+)
+async def test_read_blocks_yield_every_complete_line_once_at_its_offset(
+    lines: list[bytes], torn: bytes, chunk: int
+) -> None:
+    whole = b"".join(line + b"\n" for line in lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.jsonl"
+        path.write_bytes(whole + torn)
+        issues = Issues()
+        blocks = [block async for block in read_blocks(path, issues, chunk_size=chunk)]
+    assert b"".join(bytes(block.view()) for block in blocks) == whole
+    for block in blocks:
+        assert whole[block.offset : block.offset + block.end - block.start] == bytes(block.view())
+        assert block.end > block.start and block.buffer[block.end - 1 : block.end] == b"\n"
+    assert issues.torn_tails == ([str(path)] if torn.strip() else [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import aiofiles
 import msgspec
@@ -23,6 +23,7 @@ __all__ = [
     "CHUNK_SIZE",
     "ENVELOPE",
     "ArtifactLine",
+    "Block",
     "ContextLine",
     "CountLine",
     "Envelope",
@@ -314,40 +315,55 @@ class LineDecoder(Generic[T]):
         return out
 
 
+class Block(NamedTuple):
+    """Complete lines: ``buffer[start:end]``, whose first byte is at ``offset`` in the file.
+
+    A block of a file is read whole and its lines used in place (``bytes.find`` takes the
+    bounds, ``view()`` decodes without a copy); only a line cut by the end of a read is copied,
+    glued to its rest as a small block of its own.
+    """
+
+    buffer: bytes
+    start: int
+    end: int
+    offset: int
+
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[self.start : self.end]
+
+    def find(self, pattern: bytes, at: int | None = None) -> int:
+        """The position of ``pattern`` in the buffer at or after ``at``, -1 if not in the block."""
+        return self.buffer.find(pattern, self.start if at is None else at, self.end)
+
+
 async def read_blocks(
-    path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE, start: int = 0, end: int = -1
-) -> AsyncIterator[tuple[bytes, int]]:
-    """Yield ``(block of complete lines, byte offset of the block)`` until the end of ``path``
-    (or of the range ``start``..``end``, which must begin at a line start).
+    path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE
+) -> AsyncIterator[Block]:
+    """Yield the complete lines of ``path`` block by block.
 
     A last line without its newline is a line still being written: it is left out, silently
     (its file is noted in ``issues.torn_tails``), and read complete next time.
     A missing file yields nothing.
     """
-    offset = start
+    offset = 0
     tail = b""
     try:
         async with aiofiles.open(path, "rb") as handle:
-            if start:
-                await handle.seek(start)
-            while True:
-                size = chunk_size if end < 0 else min(chunk_size, end - offset - len(tail))
-                block = await handle.read(size) if size > 0 else b""
-                if not block:
-                    break
+            while block := await handle.read(chunk_size):
                 cut = block.rfind(b"\n")
                 if cut < 0:
                     tail += block
                     continue
+                start = 0
                 if tail:
-                    data = tail + block[: cut + 1]
-                elif cut + 1 == len(block):
-                    data = block
-                else:
-                    data = block[: cut + 1]
+                    start = block.find(b"\n") + 1
+                    head = tail + block[:start]
+                    yield Block(head, 0, len(head), offset)
+                    offset += len(head)
+                if start <= cut:
+                    yield Block(block, start, cut + 1, offset)
+                    offset += cut + 1 - start
                 tail = block[cut + 1 :]
-                yield data, offset
-                offset += len(data)
     except FileNotFoundError:
         return
     except OSError as exc:

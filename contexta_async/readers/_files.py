@@ -64,18 +64,20 @@ async def read_context(
     runs: dict[str, RunInfo] = {}
     decoder = LineDecoder(ContextLine)
     name = str(path)
-    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
+    async for block in read_blocks(path, issues, chunk_size=chunk_size):
+        buffer = block.buffer
         starts: list[int] = []
         for pattern in (_RUN_LINE, _STAGE_LINE):
             at = block.find(pattern)
             while at >= 0:
-                starts.append(block.rfind(b"\n", 0, at) + 1)
+                starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
                 at = block.find(pattern, at + len(pattern))
         starts.sort()
         for start in starts:
-            end = block.find(b"\n", start)
-            for line in decoder.decode(block[start : end + 1], name, offset + start, issues):
-                _apply_context(runs, line)
+            end = buffer.find(b"\n", start, block.end)
+            line = memoryview(buffer)[start : end + 1]
+            for value in decoder.decode(line, name, block.offset + start - block.start, issues):
+                _apply_context(runs, value)
     return runs
 
 
@@ -153,8 +155,8 @@ async def read_artifacts(
     out: dict[str, list[ArtifactInfo]] = {}
     decoder = LineDecoder(ArtifactLine)
     name = str(path)
-    async for block, offset in read_blocks(path, issues, chunk_size=chunk_size):
-        for line in decoder.decode(block, name, offset, issues):
+    async for block in read_blocks(path, issues, chunk_size=chunk_size):
+        for line in decoder.decode(block.view(), name, block.offset, issues):
             run = line.payload.manifest.run_ref
             if chosen is None or run in chosen:
                 out.setdefault(run, []).append(ArtifactInfo(line))

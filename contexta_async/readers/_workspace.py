@@ -250,10 +250,10 @@ class Workspace:
         decoder = LineDecoder(FullRecordLine)
         path = self._file("record")
         if kinds & {"metric", "event", "span"}:
-            async for block, offset in read_blocks(path, issues, chunk_size=self.chunk_size):
-                if marker not in block and b'"run_ref":"' in block:
+            async for block in read_blocks(path, issues, chunk_size=self.chunk_size):
+                if block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:
                     continue  # compact lines, none of this run: skip decoding the block
-                for line in decoder.decode(block, str(path), offset, issues):
+                for line in decoder.decode(block.view(), str(path), block.offset, issues):
                     row = record_row(line, ref, kinds, key, stage, sample)
                     if row is not None:
                         yield row

@@ -4,9 +4,10 @@ Each line is decoded into a narrow Struct: its type, the ref of the scope it bel
 (``subject_ref``) and, for a comparison, the metric key and value; the envelope, ~60 % of
 the line, is only skipped. A block holds ~500 records of a few dozen samples, so a subject
 ref is parsed once per block, not once per record, and the rest is done by C-level passes
-(``map`` with ``attrgetter``, slicing, ``zip``, ``dict.update``, ``itertools.compress``)
+(``map`` with ``attrgetter``, slicing, ``zip``, ``itertools.compress``, ``list.extend``)
 instead of a Python loop per record. Memory holds one block, the per-run counters, and the
-latest value per (subject, metric key) of the wanted runs.
+latest value per (subject, metric key) of the wanted runs, plus the values appended since
+they were last folded into it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ scanned by a forked child (which has every module loaded: no interpreter start, 
 of the user's main module). A child reads its range with plain blocking reads (it runs no
 event loop), aggregates it exactly as the in-process path does, and sends back only the
 aggregate, encoded as MessagePack by msgspec into typed Structs (nothing is unpickled: the
-parent decodes plain data), through a pipe. The parent awaits the pipes in worker threads, so its
-event loop stays free, and merges the aggregates in file order (later values win).
+parent decodes plain data), through a pipe. The parent reads and decodes each answer in a
+worker thread as soon as its child is done, then merges them in file order (later values
+win) and arranges them by run, also in a worker thread: its event loop stays free.
 """
 
 from __future__ import annotations

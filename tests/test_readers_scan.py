@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contexta_async.readers import Workspace, _scan
-from contexta_async.readers._compare import RunMetrics, collect_metrics
-from contexta_async.readers._decode import Issues, read_blocks
+from contexta_async.readers._compare import RunMetrics
+from contexta_async.readers._decode import CHUNK_SIZE, Issues, read_blocks
 from contexta_async.readers._files import run_matches
 from contexta_async.readers._parallel import scan_range
 
@@ -88,7 +88,7 @@ def _scattered(draw: st.DrawFn) -> list[dict[str, Any]]:
     for _ in range(draw(st.integers(0, 40))):
         level = draw(st.sampled_from(["run", "stage", "batch", "sample", "batch-sample"]))
         stage = None if level == "run" else draw(st.sampled_from(_STAGES))
-        batch = "b1" if level in ("batch", "batch-sample") else None
+        batch = draw(st.sampled_from(["b1", "b2"])) if "batch" in level else None
         sample = draw(st.sampled_from(_SAMPLES)) if "sample" in level else None
         kind = draw(st.sampled_from(["metric", "metric", "metric", "event", "span"]))
         out.append(
@@ -107,33 +107,45 @@ def _scattered(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @st.composite
-def _regular(draw: st.DrawFn) -> list[dict[str, Any]]:
+def _regular(draw: st.DrawFn, most: int = 40) -> list[dict[str, Any]]:
     """Samples that each capture the same keys in the same order, as harnesses do: the
-    sliced grouping applies. Sometimes a sample is captured twice, or a key twice."""
+    sliced grouping applies. Sometimes a sample is captured twice, a key twice per sample
+    (a first try and a final value), and the part starts inside a sample, as a block does."""
     run = draw(st.sampled_from(["a", "b"]))
     stage = draw(st.sampled_from(_STAGES))
-    batch = draw(st.sampled_from([None, "b1"]))
+    batch = draw(st.sampled_from([None, "b1", "b2"]))
     pattern = draw(
         st.sampled_from(
-            [("a", None, "b", "c"), ("a", "b"), ("a", "a", None), ("c", None, None, "a", "b")]
+            [
+                ("a", None, "b", "c"),
+                ("a", "b"),
+                ("a", "a", None),
+                ("c", None, None, "a", "b"),
+                ("a", "b", "a"),
+            ]
         )
     )
     out = []
-    for i in range(draw(st.integers(10, 40))):
+    for i in range(draw(st.integers(10, most))):
         name = f"r{draw(st.integers(0, 60)) if draw(st.integers(0, 9)) == 0 else i}"
         for key in pattern:
             kind = "event" if key is None else "metric"
             out.append(_line(run, stage, batch, name, kind, key or "seen", draw(_values)))
-    return out
+    return out[draw(st.integers(0, len(pattern) - 1)) :]
 
 
 def _reference(
     lines: list[dict[str, Any]], wanted: frozenset[str] | None
 ) -> tuple[Counter[tuple[str, str]], set[str | None], dict[str, RunMetrics]]:
+    """What the scan must find, read one line at a time from the envelope refs and arranged
+    by run without the library's code: per (stage name, key), each sample's latest value
+    (None values left out), and as duplicates the names that have a value under two parents
+    (the stage itself, or batches) of one stage."""
     counts: Counter[tuple[str, str]] = Counter()
     stages: set[str | None] = set()
-    samples: dict[tuple[str, str], dict[str, float | None]] = {}
-    others: dict[tuple[str, str], float | None] = {}
+    # (run, stage name, key) -> sample name -> parent ref -> latest value under that parent
+    by_parent: dict[tuple[str, str, str], dict[str, dict[str, float | None]]] = {}
+    latest: dict[str, dict[tuple[str | None, str, str | None, str], float | None]] = {}
     for line in lines:
         envelope = line["payload"]["envelope"]
         body = line["payload"]["payload"]
@@ -143,39 +155,49 @@ def _reference(
         key = body.get("metric_key")
         if key is None or (wanted is not None and not any(run_matches(run, w) for w in wanted)):
             continue
+        stage_ref, batch_ref = envelope["stage_execution_ref"], envelope["batch_execution_ref"]
+        stage = None if stage_ref is None else stage_ref.rsplit(".", 1)[1]
+        batch = None if batch_ref is None else batch_ref.rsplit(".", 1)[1]
         sample = envelope["sample_observation_ref"]
         if sample is not None:
-            parent = envelope["batch_execution_ref"] or envelope["stage_execution_ref"]
-            samples.setdefault((parent, key), {})[sample.rsplit(".", 1)[1]] = body["value"]
+            assert stage is not None
+            named = by_parent.setdefault((run, stage, key), {})
+            parents = named.setdefault(sample.rsplit(".", 1)[1], {})
+            parents[batch_ref or stage_ref] = body["value"]
         else:
-            subject = envelope["batch_execution_ref"] or envelope["stage_execution_ref"] or run
-            others[(subject, key)] = body["value"]
+            scope = "batch" if batch else "stage" if stage else "run"
+            latest.setdefault(run, {})[(stage, scope, batch, key)] = body["value"]
     runs = {run for run, _ in counts}
     if wanted is not None:
         runs = {run for run in runs if any(run_matches(run, w) for w in wanted)}
-    return counts, stages, collect_metrics(samples, others, runs)
+    metrics = {run: RunMetrics() for run in runs}
+    for (run, stage, key), named in by_parent.items():
+        values = metrics[run].samples.setdefault((stage, key), {})
+        for name, parents in named.items():
+            present = [value for value in parents.values() if value is not None]
+            if present:
+                values[name] = present[-1]
+            if len(present) > 1:
+                metrics[run].duplicates.add((stage, name))
+    for run, places in latest.items():
+        metrics[run].latest = {place: v for place, v in places.items() if v is not None}
+    for run_metrics in metrics.values():  # a (stage, key) whose values are all None is absent
+        run_metrics.samples = {place: v for place, v in run_metrics.samples.items() if v}
+    return counts, stages, metrics
 
 
 def _write(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_bytes(b"".join(msgspec.json.encode(line, order="sorted") + b"\n" for line in lines))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    parts=st.lists(st.one_of(_scattered(), _regular()), max_size=5),
-    wanted=st.sampled_from([None, frozenset({"a"}), frozenset({"run:p.b"})]),
-    piece=st.sampled_from([300, 5000, 512 << 10]),
-    fold_at=st.sampled_from([1, 7, 1 << 13]),
-    workers=st.sampled_from([1, 3]),
-)
-def test_scan_agrees_with_a_line_by_line_reference(
-    parts: list[list[dict[str, Any]]],
+def _check_scan(
+    lines: list[dict[str, Any]],
     wanted: frozenset[str] | None,
     piece: int,
+    chunk: int,
     fold_at: int,
     workers: int,
 ) -> None:
-    lines = [line for part in parts for line in part]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "record.jsonl"
         _write(path, lines)
@@ -189,15 +211,15 @@ def test_scan_agrees_with_a_line_by_line_reference(
             bounds = [size * i // workers for i in range(workers + 1)]
             scans = [
                 scan_range(
-                    str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, True, 4096
+                    str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, True, chunk
                 )
                 for i in range(workers)
             ]
         finally:
             _scan.DECODE_SIZE, _scan._FOLD_AT = saved  # type: ignore[misc]
+    assert [(corrupt, torn) for _, corrupt, _, torn in scans] == [(0, False)] * workers
     scan = scans[0][0]
-    for later, corrupt, _, torn in scans[1:]:
-        assert (corrupt, torn) == (0, False)
+    for later, _, _, _ in scans[1:]:
         scan.merge(later)
     scan.arrange()
     counts, stages, metrics = _reference(lines, wanted)
@@ -219,18 +241,81 @@ def test_scan_agrees_with_a_line_by_line_reference(
                     assert got.samples[place][name] == value, (run, place, name)
 
 
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    parts=st.lists(st.one_of(_scattered(), _regular()), max_size=5),
+    wanted=st.sampled_from([None, frozenset({"a"}), frozenset({"run:p.b"})]),
+    piece=st.sampled_from([300, 5000, 512 << 10]),
+    chunk=st.sampled_from([4096, CHUNK_SIZE]),
+    fold_at=st.sampled_from([1, 7, 1 << 13]),
+    workers=st.sampled_from([1, 3]),
+)
+def test_scan_agrees_with_a_line_by_line_reference(
+    parts: list[list[dict[str, Any]]],
+    wanted: frozenset[str] | None,
+    piece: int,
+    chunk: int,
+    fold_at: int,
+    workers: int,
+) -> None:
+    _check_scan([line for part in parts for line in part], wanted, piece, chunk, fold_at, workers)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    parts=st.lists(_regular(most=150), min_size=1, max_size=3),
+    piece=st.sampled_from([60_000, 512 << 10]),
+    workers=st.sampled_from([1, 2]),
+)
+def test_scan_of_long_regular_blocks_cut_anywhere_agrees_with_the_reference(
+    parts: list[list[dict[str, Any]]], piece: int, workers: int
+) -> None:
+    # Blocks of hundreds of lines that repeat one pattern, cut by pieces and ranges at any
+    # line: the sliced grouping runs on blocks that start inside a sample.
+    lines = [line for part in parts for line in part]
+    _check_scan(lines, None, piece, CHUNK_SIZE, 1 << 13, workers)
+
+
 async def test_a_record_line_that_names_no_scope_is_counted_as_corrupt(tmp_path: Path) -> None:
     capture = tmp_path / "ws" / "cache" / "capture"
     capture.mkdir(parents=True)
     good = _line("a", "s1", None, "c0", "metric", "a", 1.0)
     lost = _line("a", "s1", None, None, "span", "x", 0.0)
     del lost["payload"]["envelope"]["run_ref"]  # no subject_ref and no run: belongs nowhere
-    _write(capture / "record.jsonl", [good, lost, good])
+    encoded = [msgspec.json.encode(line, order="sorted") + b"\n" for line in (good, lost)]
+    # An undecodable line in the same piece too: each bad line is counted once.
+    good_line, lost_line = encoded
+    (capture / "record.jsonl").write_bytes(
+        b"".join([good_line, b'{"not json\n', lost_line, good_line])
+    )
     ws = Workspace(tmp_path / "ws", workers=1)
     runs = await ws.list_runs()
     assert [(r.ref, r.counts.metrics, r.counts.spans) for r in runs] == [("run:p.a", 2, 0)]
-    assert ws.last_report.corrupt_lines == 1
-    assert [(p.line, "no subject_ref" in p.reason) for p in ws.last_report.problems] == [(2, True)]
+    assert ws.last_report.corrupt_lines == 2
+    assert [(p.line, "no subject_ref" in p.reason) for p in ws.last_report.problems] == [
+        (2, False),
+        (3, True),
+    ]
+
+
+def test_a_run_whose_ref_does_not_parse_is_counted_and_can_be_asked_for(tmp_path: Path) -> None:
+    # A hand-written line of run "run:legacy" (one component: no project) beside a line of
+    # another run in the same block; the scan asks for the odd run's values only.
+    other = _line("b", "s1", None, "c0", "metric", "acc", 1.0)
+    legacy = _line("a", None, None, None, "metric", "loss", 0.5)
+    legacy["payload"]["envelope"]["run_ref"] = "run:legacy"
+    legacy["payload"]["payload"]["subject_ref"] = "run:legacy"
+    path = tmp_path / "record.jsonl"
+    _write(path, [other, legacy])
+    for wanted in (None, frozenset({"legacy"})):
+        scan, corrupt, _, _ = scan_range(
+            str(path), 0, path.stat().st_size, True, wanted, True, CHUNK_SIZE
+        )
+        scan.arrange()
+        assert corrupt == 0
+        assert scan.counts == {("run:p.b", "MetricRecord"): 1, ("run:legacy", "MetricRecord"): 1}
+        # Its values name no place a comparison can show: kept out, the run still listed.
+        assert scan.metrics["run:legacy"].latest == {}
 
 
 @settings(max_examples=60, deadline=None)

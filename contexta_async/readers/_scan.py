@@ -257,7 +257,9 @@ class Accumulator:
                 subjects = list(compress(subjects, keep))
                 if not subjects:
                     return
-                block = self._resolve(dict.fromkeys(subjects))
+                # The kept lines' places, from this block's (a ref that _repair settled on
+                # would not parse again).
+                block.parents = {block.where_of[s][2] for s in dict.fromkeys(subjects)}
         keys: list[str | None] = list(map(_KEY, bodies))
         values: list[float | None] = list(map(_VALUE, bodies))
         if len(block.parents) == 1:
@@ -425,8 +427,10 @@ class Accumulator:
 
         Then the keys repeat with a period P and ``subjects[j::P]``/``values[j::P]`` are the
         samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys), and
-        events are never touched. Capture order still decides: a sample's later value of a
-        key sits in a later row or a later slot, and is appended after the earlier one.
+        events are never touched. Only when each key has one slot in the period: then every
+        value of a key is in its one column, in capture order. (With a key in two slots, a
+        block that starts inside a sample puts the end of one sample and the start of the
+        next in one row, and appending slot by slot would let an earlier value win.)
         """
         try:
             period = keys.index(keys[0], 1)
@@ -434,7 +438,11 @@ class Accumulator:
             return False
         if period > 64 or keys[:-period] != keys[period:]:
             return False
-        for j, key in enumerate(keys[:period]):
+        slots = keys[:period]
+        metric_slots = [key for key in slots if key is not None]
+        if len(set(metric_slots)) != len(metric_slots):
+            return False  # a key twice per period: the general path keeps capture order
+        for j, key in enumerate(slots):
             if key is not None:
                 self._column(parent, key).add(
                     map(name_of.__getitem__, subjects[j::period]), values[j::period]
@@ -507,15 +515,20 @@ class BlockFeeder:
         self.tail = block[cut + 1 :]
 
     def _decode(self, data: bytes | memoryview) -> None:
-        lines = self.decoder.decode(data, self.path, self.offset, self.issues)
+        found = Issues()  # kept only if the piece is fed as decoded
+        lines = self.decoder.decode(data, self.path, self.offset, found)
         try:
             self.acc.feed(lines)
         except UnattributableLine:
-            # Rare: find the lines that name no scope, count them as corrupt, keep the rest.
+            # Rare: find the lines that name no scope, count them as corrupt, keep the rest
+            # (this pass finds the undecodable lines again: counted once, here).
             lines = self.decoder.line_by_line(
                 data, self.path, self.offset, self.issues, self.acc.attributable
             )
             self.acc.feed(lines)
+        else:
+            if found.corrupt_lines:
+                self.issues.absorb(found.corrupt_lines, found.problems_raw())
         self.offset += len(data)
 
     def close(self) -> None:
@@ -571,4 +584,9 @@ async def scan_records(
     if failure is not None:
         raise UnreadableFileError(str(path), failure.strerror or str(failure)) from failure
     feeder.close()
+    # Folding and arranging the values of a large file takes a while: off the event loop.
+    return await anyio.to_thread.run_sync(_finished, acc)
+
+
+def _finished(acc: Accumulator) -> RecordScan:
     return acc.finish().arrange()

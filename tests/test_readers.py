@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import anyio
@@ -340,6 +341,43 @@ async def test_a_forked_reader_that_dies_or_fails_makes_the_read_fail_clearly(
     for pid in forked:  # every reader was reaped: none is left behind as a zombie
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+
+
+def _stall(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
+    time.sleep(60)
+
+
+async def test_a_cancelled_forked_read_kills_and_reaps_its_readers_and_closes_its_pipes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(_parallel, "scan_range", _stall)  # the readers never answer
+    forked: list[int] = []
+    fork = os.fork
+
+    def noting_fork() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", noting_fork)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with anyio.move_on_after(0.5) as scope:
+        await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")
+    assert scope.cancelled_caught
+    assert len(forked) == 2
+    for pid in forked:  # killed and reaped: no reader goes on scanning, none left a zombie
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+    # The threads left reading the pipes see them end (their writers are dead) and close
+    # them; wait for that, up to 10 s.
+    for _ in range(200):
+        if len(os.listdir("/proc/self/fd")) <= open_before:
+            break
+        await anyio.sleep(0.05)
+    assert len(os.listdir("/proc/self/fd")) <= open_before
 
 
 async def test_forked_readers_report_corrupt_lines_and_a_torn_tail_like_one_process(

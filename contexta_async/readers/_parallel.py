@@ -17,9 +17,10 @@ import contextlib
 import gc
 import os
 import signal
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -128,13 +129,15 @@ _ANSWER: Final = msgspec.msgpack.Decoder(_Answer | _Failure)
 
 def _to_wire(scan: RecordScan) -> _WireScan:
     tables: list[list[str]] = []
+    index_of: dict[tuple[str, ...], int] = {}
     samples = []
     for (parent, key), values in scan.samples.items():
-        names = list(values)
-        # Mostly the very same interned strings in the same order: a cheap list comparison.
-        index = next((i for i, known in enumerate(tables) if known == names), len(tables))
+        names = tuple(values)
+        # The keys of a stage or batch mostly share their names (and the name strings, so
+        # hashing them is cached): one table each, found by a dict, not a scan of the tables.
+        index = index_of.setdefault(names, len(tables))
         if index == len(tables):
-            tables.append(names)
+            tables.append(list(names))
         samples.append((parent, key, index, list(values.values())))
     return _WireScan(
         counts=[(run, kind, n) for (run, kind), n in scan.counts.items()],
@@ -194,21 +197,56 @@ def _read_all(fd: int) -> bytes:
         parts.append(part)
 
 
-# A child's decoded answer and, for an answer, its scan; None when the child died first.
-_Received = tuple[_Answer, RecordScan] | tuple[_Failure, None] | None
+class _Pipe:
+    """The read end of a reader's pipe, closed exactly once: by the thread that reads it
+    once that thread has started, else by the parent. (The parent must not close it under a
+    thread that may still call ``os.read`` on it: the number could already name another
+    file.)"""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+        self._taken = False
+        self._closed = False
+
+    def take(self) -> bool:
+        """In the reading thread: own the fd, unless the parent has closed it already."""
+        with self._lock:
+            self._taken = not self._closed
+            return self._taken
+
+    def release(self) -> None:
+        """In the parent, at the end: close the fd if no thread took it."""
+        with self._lock:
+            if not self._taken and not self._closed:
+                self._closed = True
+                os.close(self.fd)
 
 
-def _receive(fd: int) -> _Received:
+class _Received(NamedTuple):
+    scan: RecordScan
+    corrupt: int
+    problems: list[tuple[str, int, str]]
+    torn: bool
+
+
+def _receive(pipe: _Pipe) -> _Received | _Failure | None:
     """Read a child's answer from its pipe, decode it and rebuild its scan (in a worker
-    thread, as soon as that child is done, while the others may still be scanning)."""
-    raw = _read_all(fd)
+    thread, as soon as that child is done, while the others may still be scanning). None
+    when the child died without a whole answer."""
+    if not pipe.take():
+        return None
+    try:
+        raw = _read_all(pipe.fd)
+    finally:
+        os.close(pipe.fd)
     try:
         answer = _ANSWER.decode(raw)
     except msgspec.DecodeError:
         return None  # nothing, or a partial answer: the child was killed while writing
     if isinstance(answer, _Failure):
-        return answer, None
-    return answer, _from_wire(answer.scan)
+        return answer
+    return _Received(_from_wire(answer.scan), answer.corrupt, answer.problems, answer.torn)
 
 
 def _reap(pid: int) -> None:
@@ -232,39 +270,45 @@ async def scan_records_parallel(
     except OSError as exc:
         raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
     bounds = [size * i // workers for i in range(workers + 1)]
-    children: list[tuple[int, int]] = []
+    children: list[tuple[int, _Pipe]] = []
     try:
         for i in range(workers):
             args = (str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, keep_values)
             read_fd, write_fd = os.pipe()
-            with warnings.catch_warnings():
-                # Python 3.12+ warns that fork() in a threaded process may deadlock the child.
-                # The child touches no lock another thread could hold: it only reads a file,
-                # decodes, encodes and writes to a pipe, then leaves with os._exit.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
+            try:
+                with warnings.catch_warnings():
+                    # Python 3.12+ warns that fork() in a threaded process may deadlock the
+                    # child. The child touches no lock another thread could hold: it only
+                    # reads a file, decodes, encodes and writes to a pipe, then os._exit()s.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
             if pid == 0:  # pragma: no cover - the child
                 os.close(read_fd)
                 _child(write_fd, (*args, chunk_size, times))
             os.close(write_fd)
-            children.append((pid, read_fd))
-        answers: list[_Received] = [None] * workers
+            children.append((pid, _Pipe(read_fd)))
+        answers: list[_Received | _Failure | None] = [None] * workers
 
-        async def collect(index: int, fd: int) -> None:
-            answers[index] = await anyio.to_thread.run_sync(_receive, fd, abandon_on_cancel=True)
+        async def collect(index: int, pipe: _Pipe) -> None:
+            answers[index] = await anyio.to_thread.run_sync(_receive, pipe, abandon_on_cancel=True)
 
         async with anyio.create_task_group() as group:
-            for index, (_, fd) in enumerate(children):
-                group.start_soon(collect, index, fd)
+            for index, (_, pipe) in enumerate(children):
+                group.start_soon(collect, index, pipe)
     except BaseException:
+        # Killed readers close their ends of the pipes: a reading thread left behind by a
+        # cancellation sees the end of its pipe and closes it.
         for pid, _ in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         raise
     finally:
-        for _pid, fd in children:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for _, pipe in children:
+            pipe.release()
         with anyio.CancelScope(shield=True):
             for pid, _ in children:
                 await anyio.to_thread.run_sync(_reap, pid)
@@ -272,16 +316,14 @@ async def scan_records_parallel(
     for received in answers:
         if received is None:
             raise UnreadableFileError(str(path), "a reader process died without an answer")
-        answer, scan = received
-        if isinstance(answer, _Failure) or scan is None:
-            assert isinstance(answer, _Failure)
-            if answer.kind in ("PermissionError", "FileNotFoundError", "OSError"):
-                raise UnreadableFileError(str(path), answer.message)
-            raise RuntimeError(f"reader process failed: {answer.kind}: {answer.message}")
-        issues.absorb(answer.corrupt, answer.problems)
-        if answer.torn:
+        if isinstance(received, _Failure):
+            if received.kind in ("PermissionError", "FileNotFoundError", "OSError"):
+                raise UnreadableFileError(str(path), received.message)
+            raise RuntimeError(f"reader process failed: {received.kind}: {received.message}")
+        issues.absorb(received.corrupt, received.problems)
+        if received.torn:
             issues.torn_tails.append(str(path))
-        scans.append(scan)
+        scans.append(received.scan)
     # Merging and arranging ~100k values per run takes a while: off the event loop.
     return await anyio.to_thread.run_sync(_merged, scans)
 

@@ -295,6 +295,21 @@ async def test_forked_range_scan_gives_the_same_answer_as_one_process(
     ]
 
 
+def _note_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the processes forked from now on (the forked readers), as they come."""
+    forked: list[int] = []
+    fork = os.fork
+
+    def noting_fork() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", noting_fork)
+    return forked
+
+
 def _die(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -325,16 +340,7 @@ async def test_a_forked_reader_that_dies_or_fails_makes_the_read_fail_clearly(
     ws_path = capture_llm_workspace(tmp_path / "ws")
     monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(_parallel, "scan_range", in_child)  # inherited by the forked readers
-    forked: list[int] = []
-    fork = os.fork
-
-    def noting_fork() -> int:
-        pid = fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", noting_fork)
+    forked = _note_forks(monkeypatch)
     with pytest.raises(error, match=message):
         await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")
     assert len(forked) == 2
@@ -353,16 +359,7 @@ async def test_a_cancelled_forked_read_kills_and_reaps_its_readers_and_closes_it
     ws_path = capture_llm_workspace(tmp_path / "ws")
     monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(_parallel, "scan_range", _stall)  # the readers never answer
-    forked: list[int] = []
-    fork = os.fork
-
-    def noting_fork() -> int:
-        pid = fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", noting_fork)
+    forked = _note_forks(monkeypatch)
     open_before = len(os.listdir("/proc/self/fd"))
     with anyio.move_on_after(0.5) as scope:
         await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")

@@ -29,6 +29,7 @@ __all__ = [
     "Envelope",
     "FullRecordLine",
     "Issues",
+    "LineCutter",
     "LineDecoder",
     "ScanLine",
     "read_blocks",
@@ -336,6 +337,41 @@ class Block(NamedTuple):
         return self.buffer.find(pattern, self.start if at is None else at, self.end)
 
 
+class LineCutter:
+    """Cuts raw reads of a file into Blocks of complete lines, in order.
+
+    The lines of a read are used in place; only the line cut by the end of the previous read
+    is copied, glued to its rest as a small Block of its own. ``torn`` says whether a partial
+    line is left over (at the end of a file: a line still being written).
+    """
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset  # of the next complete line in the file
+        self.tail = b""
+
+    def cut(self, data: bytes) -> list[Block]:
+        end = data.rfind(b"\n") + 1
+        if not end:
+            self.tail += data
+            return []
+        blocks = []
+        start = 0
+        if self.tail:
+            start = data.find(b"\n") + 1
+            head = self.tail + data[:start]
+            blocks.append(Block(head, 0, len(head), self.offset))
+            self.offset += len(head)
+        if start < end:
+            blocks.append(Block(data, start, end, self.offset))
+            self.offset += end - start
+        self.tail = data[end:]
+        return blocks
+
+    @property
+    def torn(self) -> bool:
+        return bool(self.tail.strip())
+
+
 async def read_blocks(
     path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE
 ) -> AsyncIterator[Block]:
@@ -345,28 +381,15 @@ async def read_blocks(
     (its file is noted in ``issues.torn_tails``), and read complete next time.
     A missing file yields nothing.
     """
-    offset = 0
-    tail = b""
+    cutter = LineCutter()
     try:
         async with aiofiles.open(path, "rb") as handle:
-            while block := await handle.read(chunk_size):
-                cut = block.rfind(b"\n")
-                if cut < 0:
-                    tail += block
-                    continue
-                start = 0
-                if tail:
-                    start = block.find(b"\n") + 1
-                    head = tail + block[:start]
-                    yield Block(head, 0, len(head), offset)
-                    offset += len(head)
-                if start <= cut:
-                    yield Block(block, start, cut + 1, offset)
-                    offset += cut + 1 - start
-                tail = block[cut + 1 :]
+            while data := await handle.read(chunk_size):
+                for block in cutter.cut(data):
+                    yield block
     except FileNotFoundError:
         return
     except OSError as exc:
         raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-    if tail.strip():
+    if cutter.torn:
         issues.torn_tails.append(str(path))

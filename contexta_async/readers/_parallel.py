@@ -91,7 +91,7 @@ def scan_range(
                 break
             position += len(block)
             feeder.feed(block)
-        torn = bool(feeder.tail.strip())
+        torn = feeder.close()
     return acc.finish(), issues.corrupt_lines, issues.problems_raw(), torn
 
 

@@ -25,7 +25,15 @@ import anyio
 import msgspec
 
 from ._compare import RunMetrics, collect_metrics
-from ._decode import CHUNK_SIZE, ENVELOPE, CountLine, Issues, LineDecoder, ScanLine
+from ._decode import (
+    CHUNK_SIZE,
+    ENVELOPE,
+    CountLine,
+    Issues,
+    LineCutter,
+    LineDecoder,
+    ScanLine,
+)
 from ._errors import UnreadableFileError
 from ._files import run_matches
 
@@ -476,7 +484,7 @@ class Accumulator:
 
 
 class BlockFeeder:
-    """Cuts raw blocks at their last newline and feeds the complete lines to an Accumulator.
+    """Cuts raw blocks into complete lines and feeds them to an Accumulator.
 
     The complete lines are decoded in place through a memoryview (no copy of the block); only
     the partial line carried over from the previous block is glued to the start of this one.
@@ -487,55 +495,46 @@ class BlockFeeder:
         self.decoder = acc.decoder()
         self.path = path
         self.issues = issues
-        self.offset = offset
-        self.tail = b""
+        self.cutter = LineCutter(offset)
 
-    def feed(self, block: bytes) -> None:
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            self.tail += block
-            return
-        start = 0
-        if self.tail:
-            first = block.find(b"\n")
-            head = self.tail + block[: first + 1]
-            self._decode(head)
-            start = first + 1
-        # Decoded in pieces of about DECODE_SIZE: a piece and the objects decoded from it stay
-        # in a core's cache while they are aggregated (measured ~9% less CPU than 2 MiB).
-        view = memoryview(block)
-        while start <= cut:
-            end = cut + 1
-            if end - start > DECODE_SIZE:
-                end = block.rfind(b"\n", start, start + DECODE_SIZE) + 1
-                if end <= start:  # a line longer than a piece
-                    end = block.find(b"\n", start) + 1
-            self._decode(view[start:end])
-            start = end
-        self.tail = block[cut + 1 :]
+    def feed(self, data: bytes) -> None:
+        for block in self.cutter.cut(data):
+            # Decoded in pieces of about DECODE_SIZE: a piece and the objects decoded from it
+            # stay in a core's cache while they are aggregated (~9% less CPU than 2 MiB).
+            buffer, start, cut = block.buffer, block.start, block.end
+            view = memoryview(buffer)
+            while start < cut:
+                end = cut
+                if end - start > DECODE_SIZE:
+                    end = buffer.rfind(b"\n", start, start + DECODE_SIZE) + 1
+                    if end <= start:  # a line longer than a piece
+                        end = buffer.find(b"\n", start) + 1
+                self._decode(view[start:end], block.offset + start - block.start)
+                start = end
 
-    def _decode(self, data: bytes | memoryview) -> None:
+    def _decode(self, data: memoryview, offset: int) -> None:
         found = Issues()  # kept only if the piece is fed as decoded
-        lines = self.decoder.decode(data, self.path, self.offset, found)
+        lines = self.decoder.decode(data, self.path, offset, found)
         try:
             self.acc.feed(lines)
         except UnattributableLine:
             # Rare: find the lines that name no scope, count them as corrupt, keep the rest
             # (this pass finds the undecodable lines again: counted once, here).
             lines = self.decoder.line_by_line(
-                data, self.path, self.offset, self.issues, self.acc.attributable
+                data, self.path, offset, self.issues, self.acc.attributable
             )
             self.acc.feed(lines)
         else:
             if found.corrupt_lines:
                 self.issues.absorb(found.corrupt_lines, found.problems_raw())
-        self.offset += len(data)
 
-    def close(self) -> None:
-        """At the end of the file: a partial last line is a line still being written."""
-        if self.tail.strip():
+    def close(self) -> bool:
+        """At the end of the file (or range): True, and the file noted as torn, when a partial
+        last line is left over (a line still being written)."""
+        torn = self.cutter.torn
+        if torn:
             self.issues.torn_tails.append(self.path)
-        self.tail = b""
+        return torn
 
 
 async def scan_records(

@@ -100,16 +100,6 @@ class RunMetrics:
         self.samples: dict[tuple[str | None, str], dict[str, float]] = {}
         self.duplicates: set[tuple[str | None, str]] = set()
 
-    def merge(self, later: RunMetrics) -> None:
-        self.latest.update(later.latest)
-        for place, values in later.samples.items():
-            mine = self.samples.get(place)
-            if mine is None:
-                self.samples[place] = values
-            else:
-                mine.update(values)
-        self.duplicates |= later.duplicates
-
     def sample_names(self, stage: str | None) -> set[str]:
         names: set[str] = set()
         for (st, _), values in self.samples.items():

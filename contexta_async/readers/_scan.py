@@ -177,14 +177,11 @@ class _Column:
 class _Block:
     """The scopes named in one block: where each subject ref belongs, and sample names."""
 
-    __slots__ = ("bad", "name_of", "parents", "runs", "stages", "where_of")
+    __slots__ = ("bad", "name_of", "where_of")
 
     def __init__(self) -> None:
         self.where_of: dict[str, _Where] = {}
         self.name_of: dict[str, str] = {}  # sample ref -> sample name
-        self.runs: set[str] = set()
-        self.stages: set[str | None] = set()
-        self.parents: set[str | None] = set()
         self.bad: list[str | None] = []  # subjects that name no scope
 
 
@@ -239,25 +236,27 @@ class Accumulator:
             subjects = self._repair(lines, subjects, block)
         scan = self.scan
         scan.records += len(lines)
-        scan.stage_refs.update(block.stages)
+        places = set(block.where_of.values())
+        runs = {run for run, _, _ in places}
+        scan.stage_refs.update(stage for _, stage, _ in places)
         types = list(map(_TYPE, lines))
         line_runs: list[str] | None = None
-        if len(block.runs) == 1:
-            (run,) = block.runs
+        if len(runs) == 1:
+            (run,) = runs
             for payload_type, n in _count_types(types):
                 scan.counts[(run, payload_type)] += n
         else:
             line_runs = [block.where_of[s][0] for s in subjects]
             scan.counts.update(zip(line_runs, types, strict=True))
         if self.times:
-            self._times(lines, subjects, block, line_runs)
+            self._times(lines, runs, line_runs)
         if not self.keep_values:
             return
         if self.wanted is not None:
             decided = self._decided
-            for run in block.runs - decided.keys():
+            for run in runs - decided.keys():
                 decided[run] = any(run_matches(run, name) for name in self.wanted)
-            if not all(decided[run] for run in block.runs):
+            if not all(decided[run] for run in runs):
                 if line_runs is None:
                     line_runs = [block.where_of[s][0] for s in subjects]
                 keep = list(map(decided.__getitem__, line_runs))
@@ -265,21 +264,20 @@ class Accumulator:
                 subjects = list(compress(subjects, keep))
                 if not subjects:
                     return
-                # The kept lines' places, from this block's (a ref that _repair settled on
-                # would not parse again).
-                block.parents = {block.where_of[s][2] for s in dict.fromkeys(subjects)}
+                places = {block.where_of[s] for s in dict.fromkeys(subjects)}
         keys: list[str | None] = list(map(_KEY, bodies))
         values: list[float | None] = list(map(_VALUE, bodies))
-        if len(block.parents) == 1:
-            (parent,) = block.parents
+        parents = {parent for _, _, parent in places}
+        if len(parents) == 1:
+            (parent,) = parents
             if parent is not None:
                 self._samples(parent, subjects, keys, values, block.name_of)
                 return
         # Samples of several stages or batches in one block (runs captured concurrently, or a
         # stage boundary), or run/stage/batch metrics: one group per parent.
-        parents = [block.where_of[s][2] for s in subjects]
-        for parent in dict.fromkeys(parents):
-            chosen = list(map(eq, parents, repeat(parent)))
+        line_parents = [block.where_of[s][2] for s in subjects]
+        for parent in dict.fromkeys(line_parents):
+            chosen = list(map(eq, line_parents, repeat(parent)))
             group = (
                 list(compress(subjects, chosen)),
                 list(compress(keys, chosen)),
@@ -306,9 +304,6 @@ class Accumulator:
                     block = _Block()
                     block.where_of = dict.fromkeys(refs, first)
                     block.name_of = dict(zip(refs, names, strict=True))
-                    block.runs.add(first[0])
-                    block.stages.add(first[1])
-                    block.parents.add(first[2])
                     return block
         return self._resolve_each(distinct)
 
@@ -341,9 +336,6 @@ class Accumulator:
                     block.bad.append(subject)
                     continue
             block.where_of[subject] = where
-            block.runs.add(where[0])
-            block.stages.add(where[1])
-            block.parents.add(where[2])
         return block
 
     def _repair(self, lines: list[Any], subjects: list[Any], block: _Block) -> list[Any]:
@@ -362,30 +354,19 @@ class Accumulator:
                 found = self._resolve_each([ref])
                 if not found.bad:
                     repaired[i] = ref
-                    self._absorb(block, found)
+                    block.where_of.update(found.where_of)
+                    block.name_of.update(found.name_of)
                     break
             else:
                 # Counted under its run ref as written; its values name no place and are
                 # dropped when the metrics are arranged by run.
                 repaired[i] = envelope.run_ref
                 block.where_of[envelope.run_ref] = (envelope.run_ref, None, None)
-                block.runs.add(envelope.run_ref)
-                block.parents.add(None)
         return repaired
 
-    @staticmethod
-    def _absorb(block: _Block, found: _Block) -> None:
-        block.where_of.update(found.where_of)
-        block.name_of.update(found.name_of)
-        block.runs |= found.runs
-        block.stages |= found.stages
-        block.parents |= found.parents
-
-    def _times(
-        self, lines: list[Any], subjects: list[Any], block: _Block, line_runs: list[str] | None
-    ) -> None:
+    def _times(self, lines: list[Any], runs: set[str], line_runs: list[str] | None) -> None:
         if line_runs is None:
-            (run,) = block.runs
+            (run,) = runs
             firsts, lasts = {run: 0}, {run: len(lines) - 1}
         else:
             lasts = {run: i for i, run in enumerate(line_runs)}

@@ -237,29 +237,13 @@ def paired_results(
     include_samples: bool = False,
 ) -> list[PairedResult]:
     pairs = []
-    matched_for: dict[str | None, list[tuple[Mapping[str, float], Mapping[str, float], list[str]]]]
-    matched_for = {}
-
-    def matched_names(
-        stage: str | None, lmap: Mapping[str, float], rmap: Mapping[str, float]
-    ) -> list[str]:
-        # Plain string order for the arithmetic (fast, and fixes the bootstrap's input order);
-        # natural order ("case-2" before "case-10") only for the lists shown to people. The
-        # metrics of a stage usually share their samples: sort each pair of name sets once.
-        known = matched_for.setdefault(stage, [])
-        for lseen, rseen, names in known:
-            if lmap.keys() == lseen.keys() and rmap.keys() == rseen.keys():
-                return names
-        names = sorted(lmap.keys() & rmap.keys())
-        known.append((lmap, rmap, names))
-        return names
-
+    seen: dict[str | None, _Seen] = {}  # per stage
     for stage, scope, _batch, key in _places((left, right), stage_order):
         if scope != "sample":
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        matched = matched_names(stage, lmap, rmap)
+        matched = _matched_names(seen.setdefault(stage, []), lmap, rmap)
         lvals = list(map(lmap.__getitem__, matched))
         rvals = list(map(rmap.__getitem__, matched))
         pairs.append((stage, key, lmap, rmap, matched, lvals, rvals))
@@ -334,6 +318,22 @@ def paired_results(
             )
         )
     return results
+
+
+_Seen = list[tuple[Mapping[str, float], Mapping[str, float], list[str]]]
+
+
+def _matched_names(seen: _Seen, lmap: Mapping[str, float], rmap: Mapping[str, float]) -> list[str]:
+    """The names in both maps, in plain string order (fast, and it fixes the bootstrap's
+    input order; natural order, "case-2" before "case-10", is only for lists shown to
+    people). The metrics of a stage usually share their samples: each pair of name sets is
+    intersected and sorted once, and remembered in ``seen``."""
+    for lseen, rseen, names in seen:
+        if lmap.keys() == lseen.keys() and rmap.keys() == rseen.keys():
+            return names
+    names = sorted(lmap.keys() & rmap.keys())
+    seen.append((lmap, rmap, names))
+    return names
 
 
 def _unmatched(mine: Mapping[str, float], theirs: Mapping[str, float], matched: int) -> list[str]:

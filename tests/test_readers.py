@@ -413,10 +413,11 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
     scan.others = {("run:p.a", "loss"): 0.25, ("batch:p.a.eval.b1", "acc"): float("inf")}
     scan.kept = {"run:p.a"}
     scan.records = 6
-    raw = msgspec.msgpack.encode(_parallel._Answer(_parallel._to_wire(scan), 2, [], True))
+    raw = msgspec.msgpack.encode(_parallel._Answer(_parallel._to_wire(scan), 2, [], True, 5, 1))
     answer = _parallel._ANSWER.decode(raw)
     assert isinstance(answer, _parallel._Answer)
     assert (answer.corrupt, answer.torn) == (2, True)
+    assert (answer.records_from_index, answer.index_entries_rejected) == (5, 1)
     back = _parallel._from_wire(answer.scan)
     assert back.counts == scan.counts
     assert back.stage_refs == scan.stage_refs
@@ -460,13 +461,13 @@ def test_byte_ranges_cover_every_line_exactly_once(tmp_path: Path) -> None:
     ws_path = capture_llm_workspace(tmp_path / "ws")
     record = _record_file(ws_path)
     size = record.stat().st_size
-    whole, corrupt, _, torn = scan_range(str(record), 0, size, True, None, False, 4096)
-    assert (corrupt, torn) == (0, False)
+    whole, found = scan_range(str(record), 0, size, True, None, False, 4096)
+    assert (found.corrupt_lines, found.torn_tails) == (0, [])
     for parts in (2, 5, 13, 40):
         bounds = [size * i // parts for i in range(parts + 1)]
         counted = 0
         for i in range(parts):
-            scan, _, _, _ = scan_range(
+            scan, _ = scan_range(
                 str(record), bounds[i], bounds[i + 1], i == parts - 1, None, False, 4096
             )
             counted += scan.records

@@ -18,11 +18,18 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contexta_async._record_index import (
+    IndexEntry,
+    columns_from_lines,
+    encode_frame,
+    index_path_for,
+)
 from contexta_async.readers import Workspace, _scan
 from contexta_async.readers._compare import RunMetrics
-from contexta_async.readers._decode import CHUNK_SIZE, Issues, read_blocks
+from contexta_async.readers._decode import CHUNK_SIZE, Issues, ScanLine, read_blocks
 from contexta_async.readers._files import run_matches
-from contexta_async.readers._parallel import scan_range
+from contexta_async.readers._indexed import load_index
+from contexta_async.readers._parallel import _bounds, scan_range
 
 _STAGES = ("s1", "s2")
 _SAMPLES = tuple(f"c{i}" for i in range(6))
@@ -190,6 +197,40 @@ def _write(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_bytes(b"".join(msgspec.json.encode(line, order="sorted") + b"\n" for line in lines))
 
 
+def _write_index(path: Path, cuts: list[int], dropped: set[int]) -> int:
+    """Index ``path`` in chunks of ``cuts`` lines (the last chunk takes the rest), leaving out
+    the frames numbered in ``dropped``; return how many lines the reader may take from it
+    (spans and lines with an odd subject ref send their whole chunk to the JSON)."""
+    raw = path.read_bytes().splitlines(keepends=True)
+    decoder = msgspec.json.Decoder(ScanLine)
+    frames = []
+    usable = 0
+    start = 0
+    end = 0
+    for number, cut in enumerate([*cuts, len(raw)]):
+        chunk = raw[start : start + max(1, cut)]
+        start += len(chunk)
+        if not chunk:
+            break
+        data = b"".join(chunk)
+        end += len(data)
+        decoded = decoder.decode_lines(data)
+        bodies = [line.payload.payload for line in decoded]
+        pending = columns_from_lines(
+            [line.payload_type for line in decoded],
+            [b.subject_ref for b in bodies],
+            [b.metric_key for b in bodies],
+            [b.value for b in bodies],
+        )
+        if pending is None or number in dropped:
+            continue
+        frames.append(encode_frame(pending, data, end))
+        if all(b.subject_ref not in (None, "sample:not-a-ref") for b in bodies):
+            usable += len(chunk)
+    index_path_for(path).write_bytes(b"".join(frames))
+    return usable
+
+
 def _check_scan(
     lines: list[dict[str, Any]],
     wanted: frozenset[str] | None,
@@ -197,29 +238,45 @@ def _check_scan(
     chunk: int,
     fold_at: int,
     workers: int,
+    index_cuts: list[int] | None = None,
+    dropped: frozenset[int] = frozenset(),
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "record.jsonl"
         _write(path, lines)
         size = path.stat().st_size
+        entries: list[IndexEntry] = []
+        usable = 0
+        if index_cuts is not None:
+            usable = _write_index(path, index_cuts, set(dropped))
+            entries = load_index(str(path)).entries
         # Pieces decoded at once, and how many appended values are folded into the latest
         # values at a time: both change only how the work is cut, never the answer.
         saved = _scan.DECODE_SIZE, _scan._FOLD_AT
         _scan.DECODE_SIZE, _scan._FOLD_AT = piece, fold_at  # type: ignore[misc]
         try:
             # One scan, or several byte ranges merged in file order (as forked readers do).
-            bounds = [size * i // workers for i in range(workers + 1)]
+            bounds = _bounds(size, workers, entries)
             scans = [
                 scan_range(
-                    str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, True, chunk
+                    str(path),
+                    bounds[i],
+                    bounds[i + 1],
+                    i == workers - 1,
+                    wanted,
+                    True,
+                    chunk,
+                    entries=entries,
                 )
                 for i in range(workers)
             ]
         finally:
             _scan.DECODE_SIZE, _scan._FOLD_AT = saved  # type: ignore[misc]
-    assert [(corrupt, torn) for _, corrupt, _, torn in scans] == [(0, False)] * workers
+    assert [(found.corrupt_lines, found.torn_tails) for _, found in scans] == [(0, [])] * workers
+    # Every line of an indexed chunk the reader can use came from the index, none twice.
+    assert sum(found.records_from_index for _, found in scans) == usable
     scan = scans[0][0]
-    for later, _, _, _ in scans[1:]:
+    for later, _ in scans[1:]:
         scan.merge(later)
     scan.arrange()
     counts, stages, metrics = _reference(lines, wanted)
@@ -249,6 +306,8 @@ def _check_scan(
     chunk=st.sampled_from([4096, CHUNK_SIZE]),
     fold_at=st.sampled_from([1, 7, 1 << 13]),
     workers=st.sampled_from([1, 3]),
+    index_cuts=st.one_of(st.none(), st.lists(st.integers(1, 30), max_size=8)),
+    dropped=st.frozensets(st.integers(0, 8), max_size=3),
 )
 def test_scan_agrees_with_a_line_by_line_reference(
     parts: list[list[dict[str, Any]]],
@@ -257,8 +316,22 @@ def test_scan_agrees_with_a_line_by_line_reference(
     chunk: int,
     fold_at: int,
     workers: int,
+    index_cuts: list[int] | None,
+    dropped: frozenset[int],
 ) -> None:
-    _check_scan([line for part in parts for line in part], wanted, piece, chunk, fold_at, workers)
+    # With index_cuts, record.index describes the file in chunks of those many lines, some
+    # frames left out: the parts read from the index and the parts read from the JSON must
+    # give the same answer as the JSON alone.
+    _check_scan(
+        [line for part in parts for line in part],
+        wanted,
+        piece,
+        chunk,
+        fold_at,
+        workers,
+        index_cuts,
+        dropped,
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -266,14 +339,15 @@ def test_scan_agrees_with_a_line_by_line_reference(
     parts=st.lists(_regular(most=150), min_size=1, max_size=3),
     piece=st.sampled_from([60_000, 512 << 10]),
     workers=st.sampled_from([1, 2]),
+    index_cuts=st.one_of(st.none(), st.lists(st.integers(1, 400), max_size=4)),
 )
 def test_scan_of_long_regular_blocks_cut_anywhere_agrees_with_the_reference(
-    parts: list[list[dict[str, Any]]], piece: int, workers: int
+    parts: list[list[dict[str, Any]]], piece: int, workers: int, index_cuts: list[int] | None
 ) -> None:
-    # Blocks of hundreds of lines that repeat one pattern, cut by pieces and ranges at any
-    # line: the sliced grouping runs on blocks that start inside a sample.
+    # Blocks of hundreds of lines that repeat one pattern, cut by pieces, ranges and index
+    # entries at any line: the sliced grouping runs on blocks that start inside a sample.
     lines = [line for part in parts for line in part]
-    _check_scan(lines, None, piece, CHUNK_SIZE, 1 << 13, workers)
+    _check_scan(lines, None, piece, CHUNK_SIZE, 1 << 13, workers, index_cuts)
 
 
 async def test_a_record_line_that_names_no_scope_is_counted_as_corrupt(tmp_path: Path) -> None:
@@ -308,11 +382,9 @@ def test_a_run_whose_ref_does_not_parse_is_counted_and_can_be_asked_for(tmp_path
     path = tmp_path / "record.jsonl"
     _write(path, [other, legacy])
     for wanted in (None, frozenset({"legacy"})):
-        scan, corrupt, _, _ = scan_range(
-            str(path), 0, path.stat().st_size, True, wanted, True, CHUNK_SIZE
-        )
+        scan, found = scan_range(str(path), 0, path.stat().st_size, True, wanted, True, CHUNK_SIZE)
         scan.arrange()
-        assert corrupt == 0
+        assert found.corrupt_lines == 0
         assert scan.counts == {("run:p.b", "MetricRecord"): 1, ("run:legacy", "MetricRecord"): 1}
         # Its values name no place a comparison can show: kept out, the run still listed.
         assert scan.metrics["run:legacy"].latest == {}

@@ -92,7 +92,11 @@ def test_an_invalid_project_name_is_rejected_naming_the_config_key(
 
 @pytest.mark.parametrize(
     ("arguments", "field"),
-    [({"storage_root": 5}, "storage_root"), ({"storage_root": ".", "name": " "}, "name")],
+    [
+        ({"storage_root": 5}, "storage_root"),
+        ({"storage_root": ".", "name": " "}, "name"),
+        ({"storage_root": ".", "index": "yes"}, "index"),
+    ],
 )
 def test_an_invalid_sink_option_raises_configuration_error(
     arguments: dict[str, Any], field: str

@@ -211,6 +211,8 @@ class Issues:
         self.corrupt_lines = 0
         self._problems: list[tuple[str, int, str]] = []
         self.torn_tails: list[str] = []
+        self.records_from_index = 0
+        self.index_entries_rejected = 0
 
     def corrupt(self, path: str, offset: int, reason: str) -> None:
         self.corrupt_lines += 1
@@ -226,6 +228,13 @@ class Issues:
         room = _MAX_PROBLEMS - len(self._problems)
         self._problems.extend(problems[: max(0, room)])
 
+    def absorb_all(self, other: Issues) -> None:
+        """Add everything another scan found."""
+        self.absorb(other.corrupt_lines, other.problems_raw())
+        self.torn_tails.extend(other.torn_tails)
+        self.records_from_index += other.records_from_index
+        self.index_entries_rejected += other.index_entries_rejected
+
     async def report(self) -> ReadReport:
         problems: list[LineProblem] = []
         for path in dict.fromkeys(p for p, _, _ in self._problems):
@@ -239,6 +248,8 @@ class Issues:
             corrupt_lines=self.corrupt_lines,
             problems=problems,
             torn_tails=list(self.torn_tails),
+            records_from_index=self.records_from_index,
+            index_entries_rejected=self.index_entries_rejected,
         )
 
 

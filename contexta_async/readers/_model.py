@@ -51,11 +51,18 @@ class ReadReport(_R):
 
     ``torn_tails`` lists files whose last line had no newline yet (a writer was mid-line);
     that line was left out silently and is read once complete.
+
+    ``records_from_index`` counts the RECORD lines whose type, subject, key and value came
+    from ``record.index`` instead of their JSON; ``index_entries_rejected`` the index frames
+    that were damaged or no longer matched ``record.jsonl`` (their lines were read from the
+    JSON: nothing is lost, it is only slower).
     """
 
     corrupt_lines: int = 0
     problems: list[LineProblem] = msgspec.field(default_factory=list)
     torn_tails: list[str] = msgspec.field(default_factory=list)
+    records_from_index: int = 0
+    index_entries_rejected: int = 0
 
 
 class RecordCounts(_R):

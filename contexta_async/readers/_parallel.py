@@ -19,6 +19,8 @@ import os
 import signal
 import threading
 import warnings
+from bisect import bisect_right
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final, NamedTuple
 
@@ -26,11 +28,19 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from .._record_index import IndexEntry
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
+from ._indexed import LoadedIndex, pieces
 from ._scan import Accumulator, BlockFeeder, RecordScan
 
-__all__ = ["PARALLEL_MIN_BYTES", "can_fork", "default_workers", "scan_records_parallel"]
+__all__ = [
+    "PARALLEL_MIN_BYTES",
+    "can_fork",
+    "default_workers",
+    "scan_indexed",
+    "scan_records_parallel",
+]
 
 PARALLEL_MIN_BYTES: Final = 64 << 20
 
@@ -69,30 +79,42 @@ def _line_start(handle: BinaryIO, position: int) -> int:
 def scan_range(
     path: str,
     start: int,
-    end: int,
+    end: int | None,
     last: bool,
     wanted: frozenset[str] | None,
     keep_values: bool,
     chunk_size: int,
     times: bool = False,
-) -> tuple[RecordScan, int, list[tuple[str, int, str]], bool]:
-    """Scan the lines that start in ``[start, end)`` (blocking; run in a child process)."""
+    entries: Sequence[IndexEntry] = (),
+) -> tuple[RecordScan, Issues]:
+    """Scan the lines that start in ``[start, end)`` (``end`` None: to the end of the file),
+    taking the parts that ``entries`` (verified index entries) describe from them and the rest
+    from the JSON (blocking: run in a child process or a worker thread)."""
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
     with open(path, "rb") as handle:
         begin = _line_start(handle, start)
-        stop = end if last else _line_start(handle, end)
-        handle.seek(begin)
-        feeder = BlockFeeder(acc, path, issues, begin)
-        position = begin
-        while position < stop:
-            block = handle.read(min(chunk_size, stop - position))
-            if not block:
-                break
-            position += len(block)
-            feeder.feed(block)
-        torn = feeder.close()
-    return acc.finish(), issues.corrupt_lines, issues.problems_raw(), torn
+        stop = end if end is None or last else _line_start(handle, end)
+        for piece_start, piece_end, entry in pieces(entries, begin, stop):
+            if entry is not None:
+                if acc.feed_entry(entry):
+                    issues.records_from_index += entry.lines
+                    continue
+                issues.index_entries_rejected += 1
+            _scan_json(handle, BlockFeeder(acc, path, issues, piece_start), piece_end, chunk_size)
+    return acc.finish(), issues
+
+
+def _scan_json(handle: BinaryIO, feeder: BlockFeeder, stop: int | None, chunk_size: int) -> None:
+    position = feeder.cutter.offset
+    handle.seek(position)
+    while stop is None or position < stop:
+        block = handle.read(chunk_size if stop is None else min(chunk_size, stop - position))
+        if not block:
+            break
+        position += len(block)
+        feeder.feed(block)
+    feeder.close()
 
 
 # ---- the aggregate on the pipe (MessagePack) -----------------------------------------------
@@ -117,6 +139,8 @@ class _Answer(msgspec.Struct, array_like=True, tag="ok", gc=False):
     corrupt: int
     problems: list[tuple[str, int, str]]
     torn: bool
+    records_from_index: int
+    index_entries_rejected: int
 
 
 class _Failure(msgspec.Struct, array_like=True, tag="error", gc=False):
@@ -176,8 +200,17 @@ def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - 
     gc.disable()
     try:
         try:
-            scan, corrupt, problems, torn = scan_range(*args)
-            payload = msgspec.msgpack.encode(_Answer(_to_wire(scan), corrupt, problems, torn))
+            scan, issues = scan_range(*args)
+            payload = msgspec.msgpack.encode(
+                _Answer(
+                    _to_wire(scan),
+                    issues.corrupt_lines,
+                    issues.problems_raw(),
+                    bool(issues.torn_tails),
+                    issues.records_from_index,
+                    issues.index_entries_rejected,
+                )
+            )
         except BaseException as exc:
             status = 1
             payload = msgspec.msgpack.encode(_Failure(type(exc).__name__, str(exc)))
@@ -225,9 +258,7 @@ class _Pipe:
 
 class _Received(NamedTuple):
     scan: RecordScan
-    corrupt: int
-    problems: list[tuple[str, int, str]]
-    torn: bool
+    answer: _Answer  # all but the scan
 
 
 def _receive(pipe: _Pipe) -> _Received | _Failure | None:
@@ -246,7 +277,7 @@ def _receive(pipe: _Pipe) -> _Received | _Failure | None:
         return None  # nothing, or a partial answer: the child was killed while writing
     if isinstance(answer, _Failure):
         return answer
-    return _Received(_from_wire(answer.scan), answer.corrupt, answer.problems, answer.torn)
+    return _Received(_from_wire(answer.scan), answer)
 
 
 def _reap(pid: int) -> None:
@@ -263,17 +294,34 @@ async def scan_records_parallel(
     keep_values: bool = True,
     times: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    index: LoadedIndex | None = None,
 ) -> RecordScan:
-    """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``."""
-    try:
-        size = os.stat(path).st_size
-    except OSError as exc:
-        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-    bounds = [size * i // workers for i in range(workers + 1)]
+    """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``
+    (with ``index``, the parts its entries describe are taken from them)."""
+    entries: list[IndexEntry] = []
+    if index is not None and index.entries:
+        entries, size = index.entries, index.size
+        issues.index_entries_rejected += index.rejected
+    else:
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    bounds = _bounds(size, workers, entries)
     children: list[tuple[int, _Pipe]] = []
     try:
         for i in range(workers):
-            args = (str(path), bounds[i], bounds[i + 1], i == workers - 1, wanted, keep_values)
+            args = (
+                str(path),
+                bounds[i],
+                bounds[i + 1],
+                i == workers - 1,
+                wanted,
+                keep_values,
+                chunk_size,
+                times,
+                entries,
+            )
             read_fd, write_fd = os.pipe()
             try:
                 with warnings.catch_warnings():
@@ -288,17 +336,17 @@ async def scan_records_parallel(
                 raise
             if pid == 0:  # pragma: no cover - the child
                 os.close(read_fd)
-                _child(write_fd, (*args, chunk_size, times))
+                _child(write_fd, args)
             os.close(write_fd)
             children.append((pid, _Pipe(read_fd)))
         answers: list[_Received | _Failure | None] = [None] * workers
 
-        async def collect(index: int, pipe: _Pipe) -> None:
-            answers[index] = await anyio.to_thread.run_sync(_receive, pipe, abandon_on_cancel=True)
+        async def collect(number: int, pipe: _Pipe) -> None:
+            answers[number] = await anyio.to_thread.run_sync(_receive, pipe, abandon_on_cancel=True)
 
         async with anyio.create_task_group() as group:
-            for index, (_, pipe) in enumerate(children):
-                group.start_soon(collect, index, pipe)
+            for number, (_, pipe) in enumerate(children):
+                group.start_soon(collect, number, pipe)
     except BaseException:
         # Killed readers close their ends of the pipes: a reading thread left behind by a
         # cancellation sees the end of its pipe and closes it.
@@ -320,12 +368,61 @@ async def scan_records_parallel(
             if received.kind in ("PermissionError", "FileNotFoundError", "OSError"):
                 raise UnreadableFileError(str(path), received.message)
             raise RuntimeError(f"reader process failed: {received.kind}: {received.message}")
-        issues.absorb(received.corrupt, received.problems)
-        if received.torn:
+        answer = received.answer
+        issues.absorb(answer.corrupt, answer.problems)
+        if answer.torn:
             issues.torn_tails.append(str(path))
+        issues.records_from_index += answer.records_from_index
+        issues.index_entries_rejected += answer.index_entries_rejected
         scans.append(received.scan)
     # Merging and arranging ~100k values per run takes a while: off the event loop.
     return await anyio.to_thread.run_sync(_merged, scans)
+
+
+async def scan_indexed(
+    path: Path,
+    issues: Issues,
+    index: LoadedIndex,
+    *,
+    wanted: frozenset[str] | None,
+    keep_values: bool,
+    chunk_size: int = CHUNK_SIZE,
+) -> RecordScan:
+    """``scan_range`` over the whole file in a worker thread: the index's entries need no
+    decoding to speak of, so there is no block to hand over at a time."""
+    issues.index_entries_rejected += index.rejected
+    scan, found = await anyio.to_thread.run_sync(
+        _scan_whole, str(path), wanted, keep_values, chunk_size, index.entries
+    )
+    issues.absorb_all(found)
+    return scan
+
+
+def _scan_whole(
+    path: str,
+    wanted: frozenset[str] | None,
+    keep_values: bool,
+    chunk_size: int,
+    entries: list[IndexEntry],
+) -> tuple[RecordScan, Issues]:
+    try:
+        scan, found = scan_range(
+            path, 0, None, True, wanted, keep_values, chunk_size, False, entries
+        )
+    except OSError as exc:
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
+    return scan.arrange(), found
+
+
+def _bounds(size: int, workers: int, entries: Sequence[IndexEntry]) -> list[int]:
+    """Equal byte ranges, each bound moved to the end of the index entry it falls inside."""
+    bounds = [size * i // workers for i in range(workers + 1)]
+    starts = [entry.start for entry in entries]
+    for i in range(1, workers):
+        at = bisect_right(starts, bounds[i]) - 1
+        if at >= 0 and entries[at].start < bounds[i] < entries[at].end:
+            bounds[i] = entries[at].end
+    return bounds
 
 
 def _merged(scans: list[RecordScan]) -> RecordScan:

@@ -24,6 +24,7 @@ import aiofiles
 import anyio
 import msgspec
 
+from .._record_index import IndexEntry, expand_entry
 from ._compare import RunMetrics, collect_metrics
 from ._decode import (
     CHUNK_SIZE,
@@ -234,12 +235,39 @@ class Accumulator:
         block = self._resolve(dict.fromkeys(map(_FIRST, groupby(subjects))))
         if block.bad:
             subjects = self._repair(lines, subjects, block)
+        keys: list[str | None] = []
+        values: list[float | None] = []
+        if self.keep_values:
+            keys = list(map(_KEY, bodies))
+            values = list(map(_VALUE, bodies))
+        self._aggregate(block, list(map(_TYPE, lines)), subjects, keys, values, lines)
+
+    def feed_entry(self, entry: IndexEntry) -> bool:
+        """Aggregate the lines an index entry describes; False, with nothing changed, when a
+        code is out of its table or a subject ref names no scope (then read the JSON)."""
+        columns = expand_entry(entry)
+        if columns is None:
+            return False
+        block = self._resolve(entry.subjects)
+        if block.bad:
+            return False
+        self._aggregate(block, columns.types, columns.subjects, columns.keys, columns.values, None)
+        return True
+
+    def _aggregate(
+        self,
+        block: _Block,
+        types: list[str],
+        subjects: list[Any],
+        keys: list[str | None],
+        values: list[float | None],
+        lines: list[Any] | None,
+    ) -> None:
         scan = self.scan
-        scan.records += len(lines)
+        scan.records += len(subjects)
         places = set(block.where_of.values())
         runs = {run for run, _, _ in places}
         scan.stage_refs.update(stage for _, stage, _ in places)
-        types = list(map(_TYPE, lines))
         line_runs: list[str] | None = None
         if len(runs) == 1:
             (run,) = runs
@@ -249,6 +277,7 @@ class Accumulator:
             line_runs = [block.where_of[s][0] for s in subjects]
             scan.counts.update(zip(line_runs, types, strict=True))
         if self.times:
+            assert lines is not None, "record times need the decoded lines"
             self._times(lines, runs, line_runs)
         if not self.keep_values:
             return
@@ -260,13 +289,12 @@ class Accumulator:
                 if line_runs is None:
                     line_runs = [block.where_of[s][0] for s in subjects]
                 keep = list(map(decided.__getitem__, line_runs))
-                bodies = list(compress(bodies, keep))
                 subjects = list(compress(subjects, keep))
                 if not subjects:
                     return
+                keys = list(compress(keys, keep))
+                values = list(compress(values, keep))
                 places = {block.where_of[s] for s in dict.fromkeys(subjects)}
-        keys: list[str | None] = list(map(_KEY, bodies))
-        values: list[float | None] = list(map(_VALUE, bodies))
         parents = {parent for _, _, parent in places}
         if len(parents) == 1:
             (parent,) = parents

@@ -30,6 +30,7 @@ from ._errors import (
     WorkspaceNotFoundError,
 )
 from ._files import read_artifacts, read_context
+from ._indexed import load_index
 from ._model import (
     BestRun,
     Direction,
@@ -40,7 +41,7 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._parallel import PARALLEL_MIN_BYTES, default_workers, scan_records_parallel
+from ._parallel import PARALLEL_MIN_BYTES, default_workers, scan_indexed, scan_records_parallel
 from ._rows import artifact_row, record_row
 from ._scan import RecordScan, scan_records
 from ._snapshot import (
@@ -162,14 +163,20 @@ class Workspace:
         self, issues: Issues, wanted: frozenset[str] | None, keep_values: bool, times: bool
     ) -> RecordScan:
         path = self._file("record")
+        # The index holds no record times: a workspace that needs them (no CONTEXT lines, as
+        # Contexta 1.0.0 writes) is read from the JSON.
+        index = None if times else await anyio.to_thread.run_sync(load_index, str(path))
         workers = self.workers
         if workers > 1:
-            try:
-                size = (await anyio.Path(path).stat()).st_size
-            except FileNotFoundError:
-                size = 0
-            except OSError as exc:
-                raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+            if index is not None and index.entries:
+                size = index.size
+            else:
+                try:
+                    size = (await anyio.Path(path).stat()).st_size
+                except FileNotFoundError:
+                    size = 0
+                except OSError as exc:
+                    raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
             # At least half the threshold per process, so small files are not split thin.
             workers = min(workers, max(1, size // max(1, PARALLEL_MIN_BYTES // 2)))
             if size >= PARALLEL_MIN_BYTES and workers > 1:
@@ -181,7 +188,17 @@ class Workspace:
                     keep_values=keep_values,
                     times=times,
                     chunk_size=self.chunk_size,
+                    index=index,
                 )
+        if index is not None and index.entries:
+            return await scan_indexed(
+                path,
+                issues,
+                index,
+                wanted=wanted,
+                keep_values=keep_values,
+                chunk_size=self.chunk_size,
+            )
         return await scan_records(
             path,
             issues,

@@ -12,7 +12,8 @@ import msgspec
 import structlog
 
 from .._errors import ConfigurationError, ValidationError
-from .._records import FAMILIES, Item
+from .._record_index import columns_from_items, encode_frame, index_path_for
+from .._records import FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, stamp_lines
 
 __all__ = ["LocalJsonlSink"]
@@ -72,10 +73,20 @@ class LocalJsonlSink(Sink):
     cut back off the file, and a torn last line left by a crashed writer (never acknowledged:
     acknowledgement follows the whole write) is cut off before new lines are appended. With
     ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
+
+    With ``index=True`` (the default), after each chunk of RECORD lines is written (and
+    fsynced), a frame describing it is appended to ``record.index`` so that comparisons need
+    not parse the JSON (see docs/comparing.md). The index is derived data: it is not fsynced,
+    and failing to write it loses nothing (it is logged, and readers read the JSON instead).
     """
 
     def __init__(
-        self, storage_root: str | os.PathLike[str], *, fsync: bool = True, name: str = "local-jsonl"
+        self,
+        storage_root: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        name: str = "local-jsonl",
+        index: bool = True,
     ) -> None:
         if not isinstance(storage_root, (str, os.PathLike)):
             raise ConfigurationError("storage_root", "must be a path", storage_root)
@@ -83,6 +94,10 @@ class LocalJsonlSink(Sink):
             raise ConfigurationError("name", "must be a non-blank string", name)
         if not isinstance(fsync, bool):
             raise ConfigurationError("fsync", "must be a bool", fsync)
+        if not isinstance(index, bool):
+            raise ConfigurationError("index", "must be a bool", index)
+        self.index = index
+        self._index_fd: int | None = None
         self.storage_root = Path(storage_root).absolute()
         self.fsync = fsync
         self.name = name
@@ -157,6 +172,8 @@ class LocalJsonlSink(Sink):
                 start = _cut_torn_tail(fd, start, chunk.target)
             try:
                 _write_all(fd, chunk.data)
+                # O_APPEND leaves the offset just past what this write appended.
+                end = os.lseek(fd, 0, os.SEEK_CUR)
             except OSError:
                 try:
                     os.ftruncate(fd, start)
@@ -170,10 +187,40 @@ class LocalJsonlSink(Sink):
                 os.fsync(fd)
             except OSError as exc:
                 raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}", chunk.target) from exc
+        if self.index and chunk.family == RECORD:
+            self._append_index(chunk, end)
+
+    def _append_index(self, chunk: Chunk, end: int) -> None:
+        """Describe the chunk in ``record.index``; only after its lines are durable, so that no
+        frame ever describes lines that a crash could take back."""
+        pending = columns_from_items(chunk.items)
+        if pending is None:
+            return  # read from the JSON, like any part of the file without a frame
+        target = index_path_for(chunk.target)
+        try:
+            if self._index_fd is None:
+                self._index_fd = os.open(
+                    target,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    _FILE_MODE,
+                )
+            # One write: frames of several writers never interleave. A frame cut short (disk
+            # full, a crash) fails its CRC and readers skip it.
+            _write_all(self._index_fd, encode_frame(pending, chunk.data, end))
+        except OSError as exc:
+            logger.warning(
+                "contexta_async.index_write_failed",
+                target=str(target),
+                error=exc.strerror or str(exc),
+                errno=exc.errno,
+            )
 
     def close(self) -> None:
         """Close the open files; a later write opens them again."""
         fds, self._fds = self._fds, {}
+        if self._index_fd is not None:
+            fds["index"] = self._index_fd
+            self._index_fd = None
         for fd in fds.values():
             try:
                 os.close(fd)
@@ -181,4 +228,4 @@ class LocalJsonlSink(Sink):
                 pass
 
     def __repr__(self) -> str:
-        return f"LocalJsonlSink({str(self.storage_root)!r}, fsync={self.fsync})"
+        return f"LocalJsonlSink({str(self.storage_root)!r}, fsync={self.fsync}, index={self.index})"

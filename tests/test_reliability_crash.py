@@ -17,9 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from contexta_async import Contexta
+from contexta_async._record_index import IndexEntry, expand_entry
+from contexta_async.readers._decode import ScanLine
+from contexta_async.readers._indexed import load_index
 
 from ._children.verify import FAMILY_FILES as FILES
 from ._children.verify import parse_strict, read_bytes, read_family
@@ -35,6 +39,22 @@ def _values(lines: list[dict[str, Any]], run_ref: str) -> list[int]:
         for line in lines
         if line["family"] == "RECORD" and line["payload"]["envelope"]["run_ref"] == run_ref
     ]
+
+
+def _indexed_columns_match(record_file: Path, entry: IndexEntry) -> bool:
+    with record_file.open("rb") as handle:
+        handle.seek(entry.start)
+        data = handle.read(entry.end - entry.start)
+    lines = msgspec.json.Decoder(ScanLine).decode_lines(data)
+    columns = expand_entry(entry)
+    bodies = [line.payload.payload for line in lines]
+    return columns is not None and (
+        columns.types == [line.payload_type for line in lines]
+        and columns.subjects == [body.subject_ref for body in bodies]
+        and columns.keys == [body.metric_key for body in bodies]
+        and [v for k, v in zip(columns.keys, columns.values, strict=True) if k is not None]
+        == [body.value for body in bodies if body.metric_key is not None]
+    )
 
 
 def _kill_child(workspace: Path, trial: int, rng: random.Random) -> list[int]:
@@ -124,6 +144,13 @@ def test_acknowledged_records_survive_sigkill_and_a_new_writer_appends_cleanly(
         ]
         assert [r["payload"]["payload"].get("value") for r in recovery] == [0, 1, 2, 3, 4, None]
         assert records[-len(recovery) :] == recovery
+        # record.index survived the kill too: every entry a reader trusts describes exactly
+        # the lines in its range, and the recovery's lines are indexed.
+        record_file = capture / "record.jsonl"
+        entries = load_index(str(record_file)).entries
+        assert entries and entries[-1].end == len(read_bytes(record_file))
+        for entry in entries:
+            assert _indexed_columns_match(record_file, entry), f"trial {trial}: {entry.start}"
         shutil.rmtree(workspace)  # the trials write up to ~100 MB each
 
     print(

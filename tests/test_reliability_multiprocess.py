@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from contexta_async.readers._indexed import load_index
+
 from ._children.verify import read_family
 
 CHILD = Path(__file__).parent / "_children" / "mp_writer.py"
@@ -63,6 +65,10 @@ def test_four_processes_share_one_workspace_without_interleaving_or_tearing_line
     assert len(refs) == len(records), "two records share a ref"
     contexts = read_family(tmp_path, "CONTEXT")
     assert len(contexts) == PROCESSES * 4  # run and stage, opened and closed, per process
+    # Each process indexed each of its chunks where the chunk landed, between the others'.
+    loaded = load_index(str(tmp_path / "cache" / "capture" / "record.jsonl"))
+    assert loaded.rejected == 0
+    assert sum(entry.lines for entry in loaded.entries) == len(records)
     print(
         f"\nmultiprocess: {PROCESSES} processes x {RECORDS} records, {len(records)} lines "
         f"parsed, writers alternated {switches} times in record.jsonl"

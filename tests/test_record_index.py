@@ -1,0 +1,240 @@
+"""record.index: written beside record.jsonl by the local sink, trusted only where it matches.
+
+The readers must give the same answers with the index as without it, whatever happened to
+either file; the index may only make reading faster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+import pytest
+from structlog.testing import capture_logs
+
+from contexta_async import Contexta
+from contexta_async._record_index import INDEX_MAGIC, expand_entry, parse_frames
+from contexta_async.readers import Workspace
+from contexta_async.readers._decode import ScanLine
+from contexta_async.readers._indexed import load_index
+from contexta_async.readers._parallel import _bounds
+from contexta_async.sinks import LocalJsonlSink
+
+from .test_readers_helpers import capture_llm_workspace
+
+
+def _capture(workspace: Path) -> Path:
+    return workspace / "cache" / "capture"
+
+
+async def _eval_workspace(workspace: Path, *, runs: int = 2, samples: int = 300) -> Path:
+    """Runs of one stage; small batches, so record.index holds many frames (captured through
+    the sync face in a worker thread: the tests' event loop runs in this one)."""
+    await anyio.to_thread.run_sync(partial(_capture_eval, workspace, runs, samples))
+    return workspace
+
+
+def _capture_eval(workspace: Path, runs: int, samples: int) -> None:
+    with Contexta(workspace=workspace, config={"project_name": "ix"}, max_batch_size=64) as ctx:
+        for r in range(runs):
+            with ctx.run(f"model-{r}") as run, run.stage("evaluate") as stage:
+                for i in range(samples):
+                    with stage.sample(f"case-{i}") as sample:
+                        sample.metric("correct", float((i * (r + 3)) % 4 != 0))
+                        sample.metric("latency.ms", 100.0 + (i * 7 + r) % 50)
+                        sample.event("answer", message=f"case {i}")
+                    if i % 100 == 99:
+                        ctx.flush()  # more, smaller chunks
+                stage.metric("pass.rate", 0.5 + r / 10)
+
+
+async def _compare_both_ways(workspace: Path) -> tuple[object, object]:
+    """compare() with the index as it is, then with record.index moved away."""
+    indexed = await Workspace(workspace, workers=1).compare("model-0", "model-1")
+    index = _capture(workspace) / "record.index"
+    shutil.move(index, index.with_suffix(".away"))
+    try:
+        plain = await Workspace(workspace, workers=1).compare("model-0", "model-1")
+    finally:
+        shutil.move(index.with_suffix(".away"), index)
+    return indexed, plain
+
+
+def _same_answer(indexed: object, plain: object) -> None:
+    for field in ("left", "right", "metrics", "paired", "artifacts", "warnings"):
+        assert getattr(indexed, field) == getattr(plain, field), field
+
+
+async def test_each_durable_chunk_of_records_gets_a_frame_that_describes_its_lines(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path, samples=250)
+    record = (_capture(tmp_path) / "record.jsonl").read_bytes()
+    entries, damaged = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
+    assert damaged == 0
+    assert len(entries) > 5
+    decoder = msgspec.json.Decoder(ScanLine)
+    position = 0
+    for entry in sorted(entries, key=lambda e: e.start):
+        assert entry.start == position  # the frames cover the file, in order, no gap
+        lines = decoder.decode_lines(record[entry.start : entry.end])
+        columns = expand_entry(entry)
+        assert columns is not None
+        assert entry.lines == len(lines)
+        assert columns.types == [line.payload_type for line in lines]
+        assert columns.subjects == [line.payload.payload.subject_ref for line in lines]
+        assert columns.keys == [line.payload.payload.metric_key for line in lines]
+        metric_values = [v for k, v in zip(columns.keys, columns.values, strict=True) if k]
+        assert metric_values == [
+            line.payload.payload.value for line in lines if line.payload.payload.metric_key
+        ]
+        position = entry.end
+    assert position == len(record)
+
+
+async def test_compare_through_the_index_gives_the_answer_the_json_gives(tmp_path: Path) -> None:
+    await _eval_workspace(tmp_path)
+    indexed, plain = await _compare_both_ways(tmp_path)
+    _same_answer(indexed, plain)
+    total = 2 * (300 * 3 + 1)
+    assert indexed.read_report.records_from_index == total  # type: ignore[attr-defined]
+    assert plain.read_report.records_from_index == 0  # type: ignore[attr-defined]
+
+
+async def test_the_llm_example_workspace_reads_the_same_with_and_without_its_index(
+    tmp_path: Path,
+) -> None:
+    ws = capture_llm_workspace(tmp_path / "ws")
+    indexed = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
+    runs = await Workspace(ws, workers=1).list_runs()
+    (_capture(ws) / "record.index").unlink()
+    plain = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
+    _same_answer(indexed, plain)
+    assert indexed.read_report.records_from_index > 0
+    assert await Workspace(ws, workers=1).list_runs() == runs
+
+
+async def test_lines_inserted_into_the_file_send_the_entries_after_them_to_the_json(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path)
+    path = _capture(tmp_path) / "record.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    # A hand edit in the middle: every entry after it has moved, so none of them matches.
+    middle = len(lines) // 2
+    path.write_bytes(b"".join([*lines[:middle], b"{not json\n", *lines[middle:]]))
+    loaded = load_index(str(path))
+    assert loaded.rejected > 0
+    assert all(entry.end <= sum(map(len, lines[:middle])) for entry in loaded.entries)
+    indexed, plain = await _compare_both_ways(tmp_path)
+    _same_answer(indexed, plain)
+    report = indexed.read_report  # type: ignore[attr-defined]
+    assert report.corrupt_lines == 1
+    assert 0 < report.records_from_index <= middle
+    assert report.index_entries_rejected == loaded.rejected
+
+
+async def test_a_damaged_frame_is_skipped_and_the_frames_after_it_are_still_used(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path)
+    index = _capture(tmp_path) / "record.index"
+    data = bytearray(index.read_bytes())
+    entries, _ = parse_frames(bytes(data))
+    second = data.find(INDEX_MAGIC, 1)
+    third = data.find(INDEX_MAGIC, second + 1)
+    data[second + 40] ^= 0xFF  # a flipped byte inside the second frame's body
+    index.write_bytes(bytes(data))
+    found, damaged = parse_frames(bytes(data))
+    assert damaged == 1
+    assert len(found) == len(entries) - 1
+    assert third > second
+    indexed, plain = await _compare_both_ways(tmp_path)
+    _same_answer(indexed, plain)
+    report = indexed.read_report  # type: ignore[attr-defined]
+    assert report.index_entries_rejected == 1
+    assert report.records_from_index == sum(e.lines for e in entries) - entries[1].lines
+
+
+async def test_a_frame_still_being_written_is_ignored_not_counted_as_damage(tmp_path: Path) -> None:
+    await _eval_workspace(tmp_path, runs=1, samples=50)
+    data = (_capture(tmp_path) / "record.index").read_bytes()
+    entries, _ = parse_frames(data)
+    last = data.rfind(INDEX_MAGIC)
+    for cut in (last + 2, last + 7, last + 30, len(data) - 1):
+        found, damaged = parse_frames(data[:cut])
+        assert (len(found), damaged) == (len(entries) - 1, 0), cut
+
+
+async def test_lines_written_after_the_last_frame_are_read_from_the_json(tmp_path: Path) -> None:
+    await _eval_workspace(tmp_path)
+    index = _capture(tmp_path) / "record.index"
+    data = index.read_bytes()
+    entries, _ = parse_frames(data)
+    index.write_bytes(data[: data.rfind(INDEX_MAGIC)])  # as if the last frame were not yet
+    indexed, plain = await _compare_both_ways(tmp_path)
+    _same_answer(indexed, plain)
+    report = indexed.read_report  # type: ignore[attr-defined]
+    assert report.records_from_index == sum(e.lines for e in entries[:-1])
+    assert report.index_entries_rejected == 0
+
+
+async def test_a_truncated_record_file_uses_only_the_entries_it_still_holds(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path)
+    path = _capture(tmp_path) / "record.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])  # ends mid-line: a torn tail
+    indexed, plain = await _compare_both_ways(tmp_path)
+    _same_answer(indexed, plain)
+    report = indexed.read_report  # type: ignore[attr-defined]
+    assert report.torn_tails == [str(path)]
+    assert report.records_from_index > 0
+
+
+async def test_forked_readers_split_the_file_at_entry_boundaries_and_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contexta_async.readers._workspace as workspace_module
+
+    await _eval_workspace(tmp_path, samples=400)
+    path = _capture(tmp_path) / "record.jsonl"
+    loaded = load_index(str(path))
+    for workers in (2, 3):
+        starts = {entry.start for entry in loaded.entries} | {loaded.size}
+        assert set(_bounds(loaded.size, workers, loaded.entries)) <= starts
+    single = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    monkeypatch.setattr(workspace_module, "PARALLEL_MIN_BYTES", 1)
+    forked = await Workspace(tmp_path, workers=3).compare("model-0", "model-1")
+    _same_answer(forked, single)
+    assert forked.read_report == single.read_report
+    assert forked.read_report.records_from_index == sum(e.lines for e in loaded.entries)
+
+
+async def test_a_failing_index_write_loses_no_record_and_is_logged(tmp_path: Path) -> None:
+    capture = _capture(tmp_path)
+    capture.mkdir(parents=True)
+    (capture / "record.index").mkdir()  # opening it for writing fails: EISDIR
+    with capture_logs() as logs:
+        await _eval_workspace(tmp_path, samples=120)
+    failures = [e for e in logs if e["event"] == "contexta_async.index_write_failed"]
+    assert failures and failures[0]["target"] == str(capture / "record.index")
+    # Every record was written and acknowledged, and reads the same as with an index.
+    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    assert compared.read_report.records_from_index == 0
+    assert compared.left.counts.metrics == 2 * 120 + 1
+    assert compared.right.counts.events == 120
+
+
+def test_a_sink_with_index_off_writes_no_index(tmp_path: Path) -> None:
+    sink = LocalJsonlSink(_capture(tmp_path), index=False)
+    with Contexta(workspace=tmp_path, sinks=[sink]) as ctx, ctx.run("r") as run:
+        run.metric("loss", 0.5)
+    assert sorted(os.listdir(_capture(tmp_path))) == ["context.jsonl", "record.jsonl"]
+    assert "index=False" in repr(sink)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Read benchmark: list runs and compare two runs of a 1,000,000-record workspace.
 
-A benchmark, not a test: it asserts nothing. The workspace is generated directly in the
-capture format (the library's own msgspec Structs and encoder, so every line is byte-for-byte
-what a capture writes): two runs, one ``evaluate`` stage, N samples per run, each sample with
+A benchmark, not a test: it asserts nothing. The workspace is generated without the
+capture pipeline but with the library's own Structs and its local sink, so record.jsonl and
+record.index are byte for byte what a capture writes (one chunk per 8,192 records, the
+writer's default batch): two runs, one ``evaluate`` stage, N samples per run, each sample with
 six metrics (correct 0/1, judge.score 1-5, latency.ms, prompt.tokens, completion.tokens,
 cost.usd) and two events, plus the CONTEXT lines of every run, stage and sample (opened and
 closed). Every measurement runs in a fresh subprocess (its peak RSS is its own), three times;
@@ -16,6 +17,8 @@ Scenarios:
                     statistics (2000 bootstrap resamples per sample-level metric)
   paired-stats      the paired statistics alone, on runs already read (not on the clock)
   *-1proc           the same with workers=1 (no forked range readers)
+  *-json            the same with use_index=False: every record line parsed from its JSON
+                    (what a workspace without record.index costs, e.g. one Contexta 1.0.0 wrote)
 
 Each run also reports its CPU time (this process's threads and the forked readers), and the
 load average is printed at the start and the end: on a machine shared with other work, CPU
@@ -28,7 +31,7 @@ With --duckdb-python, DuckDB's read_json is timed on the same file in the same r
 and two threads, as a reference (see _DUCKDB_SCRIPT for the two queries).
 
 Usage:
-  .venv/bin/python benchmarks/read.py                # full run (~3 min on 2 cores)
+  .venv/bin/python benchmarks/read.py                # full run (~4 min on 2 cores)
   .venv/bin/python benchmarks/read.py --quick        # 100k records, one repeat
   .venv/bin/python benchmarks/read.py --json out.json
   .venv/bin/python benchmarks/read.py --duckdb-python /tmp/duck/bin/python
@@ -59,17 +62,20 @@ from contexta_async._records import (
     CaptureLine,
     Envelope,
     EventPayload,
+    Item,
     MetricPayload,
     RecordPayload,
     Run,
     SampleObservation,
     StageExecution,
 )
+from contexta_async.sinks import LocalJsonlSink
 
 PROJECT = "bench"
 RUNS = ("baseline", "candidate")
 METRICS_PER_SAMPLE = 6
 EVENTS_PER_SAMPLE = 2
+BATCH = 8192  # Contexta's default max_batch_size: one chunk of record.jsonl per batch
 
 
 def _stamp(i: int) -> str:
@@ -123,21 +129,23 @@ def _stage_line(name: str, started: str, status: str, ended: str | None) -> Capt
     )
 
 
-def _record_line(
+def _record_item(
     stamp: str,
     ref: str,
     record_type: str,
     refs: tuple[str, str, str],
     payload: MetricPayload | EventPayload,
-) -> CaptureLine:
-    """A RECORD line for a sample, shaped exactly as the library writes it.
+) -> Item:
+    """A queued RECORD item for a sample, as the capture API builds it.
 
     ``refs`` are the enclosing (run, stage, sample) refs.
     """
     run_ref, stage_ref, sample_ref = refs
-    return CaptureLine(
-        captured_at=stamp,
+    return Item(
         family=RECORD,
+        payload_type="MetricRecord" if record_type == "metric" else "StructuredEventRecord",
+        payload_ref=ref,
+        run_ref=run_ref,
         payload=RecordPayload(
             envelope=Envelope(
                 batch_execution_ref=None,
@@ -151,9 +159,6 @@ def _record_line(
             ),
             payload=payload,
         ),
-        payload_ref=ref,
-        payload_type="MetricRecord" if record_type == "metric" else "StructuredEventRecord",
-        sink_name="local-jsonl",
     )
 
 
@@ -162,10 +167,20 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
     capture = workspace / "cache" / "capture"
     capture.mkdir(parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder(order="deterministic")
+    # RECORD lines go through the local sink, in chunks of the writer's default batch size:
+    # record.jsonl and record.index are byte for byte what a capture writes (no fsync here).
+    sink = LocalJsonlSink(capture, fsync=False)
     rng = random.Random(seed)
     tick = 0
     records = 0
-    with open(capture / "record.jsonl", "wb") as rec, open(capture / "context.jsonl", "wb") as ctx:
+
+    def write_records(items: list[Item]) -> None:
+        for start in range(0, len(items), BATCH):
+            part = items[start : start + BATCH]
+            for chunk in sink.prepare(part, _stamp(tick)):
+                sink.write(chunk)
+
+    with open(capture / "context.jsonl", "wb") as ctx:
         for run_index, name in enumerate(RUNS):
             run_ref = f"run:{PROJECT}.{name}"
             stage_ref = f"stage:{PROJECT}.{name}.evaluate"
@@ -181,7 +196,7 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                     ]
                 )
             )
-            batch: list[CaptureLine] = []
+            batch: list[Item] = []
             for s in range(samples):
                 sample_ref = f"sample:{PROJECT}.{name}.evaluate.case-{s}"
                 refs = (run_ref, stage_ref, sample_ref)
@@ -213,7 +228,7 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             value=value,
                             value_type="int" if isinstance(value, int) else "float",
                         )
-                        batch.append(_record_line(stamp, ref, "metric", refs, metric))
+                        batch.append(_record_item(stamp, ref, "metric", refs, metric))
                     for key in ("request", "response")[:EVENTS_PER_SAMPLE]:
                         tick += 1
                         stamp = _stamp(tick)
@@ -226,7 +241,7 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             message=f"{key} for case-{s}",
                             subject_ref=sample_ref,
                         )
-                        batch.append(_record_line(stamp, ref, "event", refs, event))
+                        batch.append(_record_item(stamp, ref, "event", refs, event))
                 closed = _stamp(tick)
                 for status, ended in (("open", None), ("completed", closed)):
                     context.append(
@@ -249,11 +264,12 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             sink_name="local-jsonl",
                         )
                     )
-                if len(batch) >= 20_000:
-                    rec.write(encoder.encode_lines(batch))
+                if len(batch) >= BATCH:
+                    write_records(batch[:BATCH])
+                    batch = batch[BATCH:]
                     ctx.write(encoder.encode_lines(context))
-                    batch, context = [], []
-            rec.write(encoder.encode_lines(batch))
+                    context = []
+            write_records(batch)
             ctx.write(encoder.encode_lines(context))
             ended = _stamp(tick)
             ctx.write(
@@ -264,6 +280,7 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                     ]
                 )
             )
+    sink.close()
     return records
 
 
@@ -277,8 +294,9 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     from contexta_async.readers._compare import paired_results
     from contexta_async.readers._snapshot import stage_order
 
-    workers = 1 if scenario.endswith("-1proc") else None
-    base = scenario.removesuffix("-1proc")
+    workers = 1 if "-1proc" in scenario else None
+    use_index = "-json" not in scenario
+    base = scenario.removesuffix("-1proc").removesuffix("-json")
     times: list[float] = []
     cpu: list[float] = []
     records = 0
@@ -291,7 +309,7 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
 
     async def once() -> None:
         nonlocal records
-        ws = Workspace(workspace, workers=workers)
+        ws = Workspace(workspace, workers=workers, use_index=use_index)
         cpu_started = cpu_now()
         started = time.perf_counter()
         if base == "list-runs":
@@ -437,6 +455,9 @@ def main() -> None:
             "list-runs-1proc",
             "compare-read-1proc",
             "compare-1proc",
+            "list-runs-json",
+            "compare-read-json",
+            "compare-json",
         ]
         print(
             f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'cpu s':>6} "

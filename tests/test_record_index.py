@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from contexta_async import Contexta
+from contexta_async import Contexta, ValidationError
 from contexta_async._record_index import INDEX_MAGIC, expand_entry, parse_frames
 from contexta_async.readers import Workspace
 from contexta_async.readers._decode import ScanLine
@@ -238,3 +238,17 @@ def test_a_sink_with_index_off_writes_no_index(tmp_path: Path) -> None:
         run.metric("loss", 0.5)
     assert sorted(os.listdir(_capture(tmp_path))) == ["context.jsonl", "record.jsonl"]
     assert "index=False" in repr(sink)
+
+
+async def test_use_index_false_parses_every_line_and_gives_the_same_answer(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path, samples=100)
+    indexed = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    parsed = await Workspace(tmp_path, workers=1, use_index=False).compare("model-0", "model-1")
+    _same_answer(indexed, parsed)
+    assert indexed.read_report.records_from_index == 2 * (100 * 3 + 1)
+    assert parsed.read_report.records_from_index == 0
+    with pytest.raises(ValidationError) as caught:
+        Workspace(tmp_path, use_index="no")  # type: ignore[arg-type]
+    assert caught.value.field == "use_index"

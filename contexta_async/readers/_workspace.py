@@ -77,6 +77,10 @@ class Workspace:
 
     A ``record.jsonl`` of 64 MiB or more is scanned by ``workers`` forked processes (default:
     the usable cores, at most 8; ``workers=1`` keeps everything in this process).
+
+    Listing and comparing take what they need of each record from ``record.index`` (written
+    by the local sink) wherever it verifiably matches ``record.jsonl``, and parse the JSON
+    elsewhere; ``use_index=False`` parses all of it (same answers, slower).
     """
 
     def __init__(
@@ -85,7 +89,10 @@ class Workspace:
         *,
         chunk_size: int = CHUNK_SIZE,
         workers: int | None = None,
+        use_index: bool = True,
     ) -> None:
+        if not isinstance(use_index, bool):
+            raise ValidationError("use_index", "must be a bool", use_index)
         if chunk_size < 4096:
             raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
         if workers is not None and workers < 1:
@@ -103,6 +110,7 @@ class Workspace:
         self.capture_dir = capture
         self.chunk_size = chunk_size
         self.workers = default_workers() if workers is None else workers
+        self.use_index = use_index
         self.last_report = ReadReport()
 
     def __repr__(self) -> str:
@@ -165,7 +173,9 @@ class Workspace:
         path = self._file("record")
         # The index holds no record times: a workspace that needs them (no CONTEXT lines, as
         # Contexta 1.0.0 writes) is read from the JSON.
-        index = None if times else await anyio.to_thread.run_sync(load_index, str(path))
+        index = None
+        if self.use_index and not times:
+            index = await anyio.to_thread.run_sync(load_index, str(path))
         workers = self.workers
         if workers > 1:
             if index is not None and index.entries:

@@ -325,8 +325,9 @@ class Workspace:
                 f"{rsum.dataset_ref} (right)"
             )
         for stage in order_all(order, lm, rm):
-            only_left = lm.sample_names(stage) - rm.sample_names(stage)
-            only_right = rm.sample_names(stage) - lm.sample_names(stage)
+            left_names, right_names = lm.sample_names(stage), rm.sample_names(stage)
+            only_left = left_names - right_names
+            only_right = right_names - left_names
             if only_left or only_right:
                 warnings.append(
                     f"stage {stage}: the sample sets differ ({len(only_left)} only in left, "

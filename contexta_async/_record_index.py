@@ -19,14 +19,16 @@ the body: an ``IndexEntry`` encoded as MessagePack.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import struct
 import sys
 import zlib
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, NamedTuple, cast
+from typing import BinaryIO, Final, NamedTuple, cast
 
 import msgspec
 
@@ -34,8 +36,11 @@ from ._records import EventPayload, Item, MetricPayload, RecordPayload
 
 __all__ = [
     "INDEX_MAGIC",
+    "MIN_INDEXED_LINES",
+    "Frame",
     "IndexColumns",
     "IndexEntry",
+    "IndexHead",
     "columns_from_items",
     "columns_from_lines",
     "encode_frame",
@@ -43,6 +48,8 @@ __all__ = [
     "index_path_for",
     "line_crc",
     "parse_frames",
+    "read_entry",
+    "read_frames",
 ]
 
 INDEX_MAGIC: Final = b"CXI1"
@@ -55,6 +62,40 @@ def index_path_for(record_file: str | Path) -> Path:
     """``.../record.jsonl`` -> ``.../record.index``."""
     path = Path(record_file)
     return path.with_name(path.name.removesuffix(".jsonl") + ".index")
+
+
+class IndexHead(msgspec.Struct, array_like=True, gc=False):
+    """The first fields of an IndexEntry: where its chunk is and how to recognise it
+    (decoded alone while the index is loaded; the columns are decoded when they are used)."""
+
+    start: int
+    end: int
+    lines: int
+    head_length: int
+    head_crc: int
+    tail_length: int
+    tail_crc: int
+
+
+class Frame(msgspec.Struct, frozen=True, gc=False):
+    """Where a whole frame's body is in ``record.index``, and what its head says."""
+
+    offset: int  # of the body
+    length: int
+    crc: int
+    head: IndexHead
+
+    @property
+    def start(self) -> int:
+        return self.head.start
+
+    @property
+    def end(self) -> int:
+        return self.head.end
+
+    @property
+    def lines(self) -> int:
+        return self.head.lines
 
 
 class IndexEntry(msgspec.Struct, array_like=True, gc=False):
@@ -87,6 +128,12 @@ class IndexColumns(NamedTuple):
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
+_HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
+# A frame describes one chunk (a writer's batch): far below this. A larger length is garbage.
+_MAX_FRAME: Final = 1 << 30
+# Chunks of fewer lines get no frame: parsing a few lines costs little, and a frame per
+# record (a slow producer, one line per batch) would cost the writer a write per record.
+MIN_INDEXED_LINES: Final = 32
 
 
 def line_crc(line: bytes | memoryview) -> int:
@@ -215,61 +262,123 @@ def encode_frame(pending: _Pending, data: bytes, end: int) -> bytes:
     return _HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)) + body
 
 
-def _well_formed(entry: IndexEntry) -> bool:
+def _well_formed(head: IndexHead) -> bool:
+    return (
+        head.lines >= 1
+        and 0 <= head.start < head.end
+        and 1 <= head.head_length <= head.end - head.start
+        and 1 <= head.tail_length <= head.end - head.start
+    )
+
+
+def _columns_fit(entry: IndexEntry) -> bool:
     n = entry.lines
     return (
-        n >= 1
-        and 0 <= entry.start < entry.end
-        and 1 <= entry.head_length <= entry.end - entry.start
-        and 1 <= entry.tail_length <= entry.end - entry.start
-        and len(entry.type_codes) == len(entry.subject_codes) == len(entry.key_codes) == 4 * n
+        len(entry.type_codes) == len(entry.subject_codes) == len(entry.key_codes) == 4 * n
         and len(entry.values) == 8 * n
     )
 
 
-def parse_frames(data: bytes) -> tuple[list[IndexEntry], int]:
-    """The entries of the whole frames in ``data``, and how many damaged frames were skipped.
+class _FrameReader:
+    """Finds the whole frames of ``record.index`` in blocks: memory holds one block (or one
+    frame, if larger) and a small record per frame, not the file."""
+
+    def __init__(self, handle: BinaryIO, block_size: int) -> None:
+        self.handle = handle
+        self.block_size = block_size
+        self.buffer = bytearray()
+        self.base = 0  # file offset of buffer[0]
+        self.at = 0  # position in buffer
+        self.eof = False
+
+    def available(self, need: int) -> bool:
+        """At least ``need`` bytes from ``at`` on are in the buffer (reading more if not)."""
+        while len(self.buffer) - self.at < need and not self.eof:
+            if self.at >= self.block_size:  # drop what is behind
+                del self.buffer[: self.at]
+                self.base += self.at
+                self.at = 0
+            block = self.handle.read(max(self.block_size, need - (len(self.buffer) - self.at)))
+            if not block:
+                self.eof = True
+            self.buffer += block
+        return len(self.buffer) - self.at >= need
+
+    def next_magic(self, after: int) -> int:
+        """The buffer position of the next magic at or past buffer position ``after``
+        (reading on as needed); -1 if there is none."""
+        skip = after - self.at  # relative: reading on may drop what is behind ``at``
+        while True:
+            found = self.buffer.find(INDEX_MAGIC, self.at + skip)
+            if found >= 0 or self.eof:
+                return found
+            skip = max(skip, len(self.buffer) - self.at - len(INDEX_MAGIC) + 1)
+            self.available(len(self.buffer) - self.at + self.block_size)
+
+
+def read_frames(handle: BinaryIO, block_size: int = 1 << 20) -> tuple[list[Frame], int]:
+    """The whole frames of an index file, and how many damaged frames were skipped.
 
     A damaged frame (a crash while it was written, or garbage) is skipped by searching for the
     next magic. An incomplete frame with nothing after it is one still being written: ignored,
     not counted.
     """
-    entries: list[IndexEntry] = []
+    reader = _FrameReader(handle, block_size)
+    frames: list[Frame] = []
     damaged = 0
-    view = memoryview(data)
-    position = 0
-    size = len(data)
-    while position < size:
-        body_start = position + _HEADER.size
-        if body_start > size:
-            if not INDEX_MAGIC.startswith(data[position : position + len(INDEX_MAGIC)]):
-                damaged += 1
-            break
-        magic, length, crc = _HEADER.unpack_from(data, position)
-        body_end = body_start + length
-        if magic == INDEX_MAGIC:
-            if body_end > size and data.find(INDEX_MAGIC, position + 1) < 0:
-                break  # still being written
-            entry = _decoded(view[body_start:body_end], crc) if body_end <= size else None
-            if entry is not None:
-                entries.append(entry)
-                position = body_end
-                continue
+    while reader.available(_HEADER.size):
+        magic, length, crc = _HEADER.unpack_from(reader.buffer, reader.at)
+        if magic == INDEX_MAGIC and length <= _MAX_FRAME:
+            if reader.available(_HEADER.size + length):
+                body_at = reader.at + _HEADER.size
+                with memoryview(reader.buffer) as view:
+                    head = _head_of(view[body_at : body_at + length], crc)
+                if head is not None:
+                    if head.lines >= 1:
+                        frames.append(Frame(reader.base + body_at, length, crc, head))
+                    reader.at = body_at + length
+                    continue
+            elif reader.next_magic(reader.at + 1) < 0:
+                return frames, damaged  # the last frame, still being written
         damaged += 1
-        position = data.find(INDEX_MAGIC, position + 1)
-        if position < 0:
-            break
-    return entries, damaged
+        found = reader.next_magic(reader.at + 1)
+        if found < 0:
+            return frames, damaged
+        reader.at = found
+    rest = bytes(reader.buffer[reader.at :])
+    if rest and not INDEX_MAGIC.startswith(rest[: len(INDEX_MAGIC)]):
+        damaged += 1
+    return frames, damaged
 
 
-def _decoded(body: memoryview, crc: int) -> IndexEntry | None:
+def _head_of(body: memoryview, crc: int) -> IndexHead | None:
     if zlib.crc32(body) != crc:
+        return None
+    try:
+        head = _HEAD_DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return head if _well_formed(head) else None
+
+
+def parse_frames(data: bytes) -> tuple[list[Frame], int]:
+    """``read_frames`` of index bytes held in memory."""
+    return read_frames(io.BytesIO(data))
+
+
+def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
+    """The whole entry of a frame found by ``read_frames``, read again from ``fd`` (the index
+    file); None when its bytes are no longer the ones found, or do not decode to it."""
+    body = os.pread(fd, frame.length, frame.offset)
+    if len(body) != frame.length or zlib.crc32(body) != frame.crc:
         return None
     try:
         entry = _DECODER.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return entry if _well_formed(entry) else None
+    if (entry.start, entry.end, entry.lines) != (frame.start, frame.end, frame.lines):
+        return None
+    return entry if _columns_fit(entry) else None
 
 
 def expand_entry(entry: IndexEntry) -> IndexColumns | None:

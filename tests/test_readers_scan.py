@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contexta_async._record_index import (
-    IndexEntry,
+    Frame,
     columns_from_lines,
     encode_frame,
     index_path_for,
@@ -245,7 +245,7 @@ def _check_scan(
         path = Path(tmp) / "record.jsonl"
         _write(path, lines)
         size = path.stat().st_size
-        entries: list[IndexEntry] = []
+        entries: list[Frame] = []
         usable = 0
         if index_cuts is not None:
             usable = _write_index(path, index_cuts, set(dropped))

@@ -6,8 +6,10 @@ either file; the index may only make reading faster.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -15,15 +17,27 @@ import anyio
 import anyio.to_thread
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from contexta_async import Contexta, ValidationError
-from contexta_async._record_index import INDEX_MAGIC, expand_entry, parse_frames
+from contexta_async._record_index import (
+    INDEX_MAGIC,
+    MIN_INDEXED_LINES,
+    columns_from_lines,
+    encode_frame,
+    expand_entry,
+    parse_frames,
+    read_entry,
+    read_frames,
+)
 from contexta_async.readers import Workspace
 from contexta_async.readers._decode import ScanLine
 from contexta_async.readers._indexed import load_index
 from contexta_async.readers._parallel import _bounds
 from contexta_async.sinks import LocalJsonlSink
+from contexta_async.sinks import _jsonl as jsonl_sink
 
 from .test_readers_helpers import capture_llm_workspace
 
@@ -65,6 +79,10 @@ async def _compare_both_ways(workspace: Path) -> tuple[object, object]:
     return indexed, plain
 
 
+def _framed_lines(workspace: Path) -> int:
+    return sum(frame.lines for frame in load_index(str(_capture(workspace) / "record.jsonl"))[0])
+
+
 def _same_answer(indexed: object, plain: object) -> None:
     for field in ("left", "right", "metrics", "paired", "artifacts", "warnings"):
         assert getattr(indexed, field) == getattr(plain, field), field
@@ -75,47 +93,72 @@ async def test_each_durable_chunk_of_records_gets_a_frame_that_describes_its_lin
 ) -> None:
     await _eval_workspace(tmp_path, samples=250)
     record = (_capture(tmp_path) / "record.jsonl").read_bytes()
-    entries, damaged = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
+    index_file = _capture(tmp_path) / "record.index"
+    frames, damaged = parse_frames(index_file.read_bytes())
     assert damaged == 0
-    assert len(entries) > 5
+    assert len(frames) > 5
     decoder = msgspec.json.Decoder(ScanLine)
     position = 0
-    for entry in sorted(entries, key=lambda e: e.start):
-        assert entry.start == position  # the frames cover the file, in order, no gap
-        lines = decoder.decode_lines(record[entry.start : entry.end])
-        columns = expand_entry(entry)
-        assert columns is not None
-        assert entry.lines == len(lines)
-        assert columns.types == [line.payload_type for line in lines]
-        assert columns.subjects == [line.payload.payload.subject_ref for line in lines]
-        assert columns.keys == [line.payload.payload.metric_key for line in lines]
-        metric_values = [v for k, v in zip(columns.keys, columns.values, strict=True) if k]
-        assert metric_values == [
-            line.payload.payload.value for line in lines if line.payload.payload.metric_key
-        ]
-        position = entry.end
-    assert position == len(record)
+    fd = os.open(index_file, os.O_RDONLY)
+    try:
+        for frame in sorted(frames, key=lambda f: f.start):
+            # In order, never overlapping; a gap is a chunk too small to index.
+            assert frame.start >= position
+            gap = record[position : frame.start].count(b"\n")
+            assert gap < MIN_INDEXED_LINES * 2  # at most a small chunk of each sink write
+            entry = read_entry(fd, frame)
+            assert entry is not None
+            lines = decoder.decode_lines(record[frame.start : frame.end])
+            columns = expand_entry(entry)
+            assert columns is not None
+            assert frame.lines == entry.lines == len(lines) >= MIN_INDEXED_LINES
+            assert columns.types == [line.payload_type for line in lines]
+            assert columns.subjects == [line.payload.payload.subject_ref for line in lines]
+            assert columns.keys == [line.payload.payload.metric_key for line in lines]
+            metric_values = [v for k, v in zip(columns.keys, columns.values, strict=True) if k]
+            assert metric_values == [
+                line.payload.payload.value for line in lines if line.payload.payload.metric_key
+            ]
+            position = frame.end
+    finally:
+        os.close(fd)
+    assert sum(frame.lines for frame in frames) > 0.9 * record.count(b"\n")
+
+
+def test_a_chunk_too_small_to_index_gets_no_frame(tmp_path: Path) -> None:
+    with Contexta(workspace=tmp_path) as ctx, ctx.run("r") as run:
+        for i in range(MIN_INDEXED_LINES - 1):
+            run.metric("loss", 1 / (i + 1))
+        ctx.flush()
+        for i in range(MIN_INDEXED_LINES):
+            run.metric("loss", 1 / (i + 1))
+    frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
+    assert [frame.lines for frame in frames] == [MIN_INDEXED_LINES]
 
 
 async def test_compare_through_the_index_gives_the_answer_the_json_gives(tmp_path: Path) -> None:
     await _eval_workspace(tmp_path)
     indexed, plain = await _compare_both_ways(tmp_path)
     _same_answer(indexed, plain)
-    total = 2 * (300 * 3 + 1)
-    assert indexed.read_report.records_from_index == total  # type: ignore[attr-defined]
+    framed = _framed_lines(tmp_path)
+    assert framed > 0.9 * 2 * (300 * 3 + 1)
+    assert indexed.read_report.records_from_index == framed  # type: ignore[attr-defined]
     assert plain.read_report.records_from_index == 0  # type: ignore[attr-defined]
 
 
 async def test_the_llm_example_workspace_reads_the_same_with_and_without_its_index(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Its chunks are a few lines each: index them all the same.
+    monkeypatch.setattr(jsonl_sink, "MIN_INDEXED_LINES", 1)
     ws = capture_llm_workspace(tmp_path / "ws")
     indexed = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
     runs = await Workspace(ws, workers=1).list_runs()
     (_capture(ws) / "record.index").unlink()
     plain = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
     _same_answer(indexed, plain)
-    assert indexed.read_report.records_from_index > 0
+    records = sum(c.metrics + c.events for c in (plain.left.counts, plain.right.counts))
+    assert indexed.read_report.records_from_index == records  # every record line
     assert await Workspace(ws, workers=1).list_runs() == runs
 
 
@@ -247,8 +290,63 @@ async def test_use_index_false_parses_every_line_and_gives_the_same_answer(
     indexed = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
     parsed = await Workspace(tmp_path, workers=1, use_index=False).compare("model-0", "model-1")
     _same_answer(indexed, parsed)
-    assert indexed.read_report.records_from_index == 2 * (100 * 3 + 1)
+    assert indexed.read_report.records_from_index == _framed_lines(tmp_path) > 0
     assert parsed.read_report.records_from_index == 0
     with pytest.raises(ValidationError) as caught:
         Workspace(tmp_path, use_index="no")  # type: ignore[arg-type]
     assert caught.value.field == "use_index"
+
+
+def _tiny_frame(number: int, start: int) -> bytes:
+    """A real frame for a made-up chunk of three lines at ``start``."""
+    lines = [f'{{"n":{number},"i":{i}}}\n'.encode() for i in range(3)]
+    data = b"".join(lines)
+    pending = columns_from_lines(
+        ["MetricRecord"] * 3, [f"run:p.r{number}"] * 3, ["k"] * 3, [float(number)] * 3
+    )
+    assert pending is not None
+    return encode_frame(pending, data, start + len(data))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.none(),  # a frame
+            st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"C", b"D")),  # garbage
+        ),
+        max_size=10,
+    ),
+    cut=st.integers(0, 30),
+    block=st.sampled_from([7, 64, 1 << 20]),
+)
+def test_frames_are_found_and_damage_counted_whatever_the_read_size(
+    parts: list[bytes | None], cut: int, block: int
+) -> None:
+    # Garbage between frames (no "C", so never a magic) is one damaged stretch each; the
+    # last frame cut short is a frame still being written: neither found nor counted.
+    data = b""
+    expected: list[int] = []
+    damaged = 0
+    previous_garbage = False
+    for number, part in enumerate(parts):
+        if part is None:
+            expected.append(number)
+            data += _tiny_frame(number, 100 * number)
+            previous_garbage = False
+        else:
+            damaged += not previous_garbage
+            data += part
+            previous_garbage = True
+    if cut and parts and parts[-1] is None:
+        data = data[:-cut]
+        expected.pop()
+    frames, found_damaged = read_frames(io.BytesIO(data), block)
+    assert [frame.start // 100 for frame in frames] == expected
+    assert found_damaged == damaged
+    with tempfile.NamedTemporaryFile() as index:
+        index.write(data)
+        index.flush()
+        for frame in frames:
+            entry = read_entry(index.fileno(), frame)
+            assert entry is not None and entry.subjects == [f"run:p.r{frame.start // 100}"]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import structlog
 
-from .._record_index import IndexEntry, index_path_for, parse_frames
+from .._record_index import Frame, index_path_for, read_frames
 
 __all__ = ["LoadedIndex", "load_index", "pieces"]
 
@@ -26,7 +26,7 @@ _START = attrgetter("start")
 
 
 class LoadedIndex(NamedTuple):
-    entries: list[IndexEntry]  # verified, in file order, not overlapping
+    entries: list[Frame]  # verified, in file order, not overlapping
     rejected: int  # damaged frames and entries that no longer match the file
     size: int  # the size of record.jsonl when the entries were checked
 
@@ -35,7 +35,8 @@ def load_index(record_path: str) -> LoadedIndex:
     """The entries of ``record.index`` that match ``record.jsonl`` as it is now (blocking)."""
     index_path = index_path_for(record_path)
     try:
-        data = index_path.read_bytes()
+        with index_path.open("rb") as handle:
+            entries, rejected = read_frames(handle)
     except FileNotFoundError:
         return LoadedIndex([], 0, 0)
     except OSError as exc:
@@ -45,7 +46,6 @@ def load_index(record_path: str) -> LoadedIndex:
             error=exc.strerror or str(exc),
         )
         return LoadedIndex([], 0, 0)
-    entries, rejected = parse_frames(data)
     try:
         fd = os.open(record_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -54,7 +54,7 @@ def load_index(record_path: str) -> LoadedIndex:
         size = os.fstat(fd).st_size
         # Entries past the size seen now describe lines written since: not read this time.
         entries = sorted((e for e in entries if e.end <= size), key=_START)
-        verified: list[IndexEntry] = []
+        verified: list[Frame] = []
         covered = 0
         for entry in entries:
             if entry.start >= covered and _matches(fd, entry):
@@ -85,15 +85,16 @@ def _is_line(fd: int, start: int, length: int, crc: int) -> bool:
     )
 
 
-def _matches(fd: int, entry: IndexEntry) -> bool:
-    return _is_line(fd, entry.start, entry.head_length, entry.head_crc) and _is_line(
-        fd, entry.end - entry.tail_length, entry.tail_length, entry.tail_crc
+def _matches(fd: int, frame: Frame) -> bool:
+    head = frame.head
+    return _is_line(fd, head.start, head.head_length, head.head_crc) and _is_line(
+        fd, head.end - head.tail_length, head.tail_length, head.tail_crc
     )
 
 
 def pieces(
-    entries: Sequence[IndexEntry], begin: int, stop: int | None
-) -> Iterator[tuple[int, int | None, IndexEntry | None]]:
+    entries: Sequence[Frame], begin: int, stop: int | None
+) -> Iterator[tuple[int, int | None, Frame | None]]:
     """``[begin, stop)`` cut into the entries inside it and the gaps between them, in file
     order: (start, end, entry or None for a gap). ``stop`` None: to the end of the file."""
     position = begin

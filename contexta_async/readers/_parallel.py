@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from .._record_index import IndexEntry
+from .._record_index import Frame, index_path_for, read_entry
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
 from ._indexed import LoadedIndex, pieces
@@ -85,24 +85,35 @@ def scan_range(
     keep_values: bool,
     chunk_size: int,
     times: bool = False,
-    entries: Sequence[IndexEntry] = (),
+    entries: Sequence[Frame] = (),
 ) -> tuple[RecordScan, Issues]:
     """Scan the lines that start in ``[start, end)`` (``end`` None: to the end of the file),
-    taking the parts that ``entries`` (verified index entries) describe from them and the rest
+    taking the parts that ``entries`` (verified index frames) describe from them and the rest
     from the JSON (blocking: run in a child process or a worker thread)."""
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, _index_file(path, bool(entries)) as index:
         begin = _line_start(handle, start)
         stop = end if end is None or last else _line_start(handle, end)
-        for piece_start, piece_end, entry in pieces(entries, begin, stop):
-            if entry is not None:
-                if acc.feed_entry(entry):
+        for piece_start, piece_end, frame in pieces(entries, begin, stop):
+            if frame is not None:
+                # One entry's columns in memory at a time: they are read when they are used.
+                entry = None if index is None else read_entry(index.fileno(), frame)
+                if entry is not None and acc.feed_entry(entry):
                     issues.records_from_index += entry.lines
                     continue
                 issues.index_entries_rejected += 1
             _scan_json(handle, BlockFeeder(acc, path, issues, piece_start), piece_end, chunk_size)
     return acc.finish(), issues
+
+
+def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """``record.index`` open for reading; None (its frames are then read from the JSON) when
+    not wanted or gone since it was loaded."""
+    if wanted:
+        with contextlib.suppress(OSError):
+            return open(index_path_for(path), "rb")
+    return contextlib.nullcontext()
 
 
 def _scan_json(handle: BinaryIO, feeder: BlockFeeder, stop: int | None, chunk_size: int) -> None:
@@ -298,7 +309,7 @@ async def scan_records_parallel(
 ) -> RecordScan:
     """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``
     (with ``index``, the parts its entries describe are taken from them)."""
-    entries: list[IndexEntry] = []
+    entries: list[Frame] = []
     if index is not None and index.entries:
         entries, size = index.entries, index.size
         issues.index_entries_rejected += index.rejected
@@ -403,7 +414,7 @@ def _scan_whole(
     wanted: frozenset[str] | None,
     keep_values: bool,
     chunk_size: int,
-    entries: list[IndexEntry],
+    entries: list[Frame],
 ) -> tuple[RecordScan, Issues]:
     try:
         scan, found = scan_range(
@@ -414,7 +425,7 @@ def _scan_whole(
     return scan.arrange(), found
 
 
-def _bounds(size: int, workers: int, entries: Sequence[IndexEntry]) -> list[int]:
+def _bounds(size: int, workers: int, entries: Sequence[Frame]) -> list[int]:
     """Equal byte ranges, each bound moved to the end of the index entry it falls inside."""
     bounds = [size * i // workers for i in range(workers + 1)]
     starts = [entry.start for entry in entries]

@@ -12,7 +12,12 @@ import msgspec
 import structlog
 
 from .._errors import ConfigurationError, ValidationError
-from .._record_index import columns_from_items, encode_frame, index_path_for
+from .._record_index import (
+    MIN_INDEXED_LINES,
+    columns_from_items,
+    encode_frame,
+    index_path_for,
+)
 from .._records import FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, stamp_lines
 
@@ -193,9 +198,11 @@ class LocalJsonlSink(Sink):
     def _append_index(self, chunk: Chunk, end: int) -> None:
         """Describe the chunk in ``record.index``; only after its lines are durable, so that no
         frame ever describes lines that a crash could take back."""
+        if len(chunk.items) < MIN_INDEXED_LINES:
+            return  # read from the JSON, like any part of the file without a frame
         pending = columns_from_items(chunk.items)
         if pending is None:
-            return  # read from the JSON, like any part of the file without a frame
+            return
         target = index_path_for(chunk.target)
         try:
             if self._index_fd is None:

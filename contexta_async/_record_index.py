@@ -35,12 +35,16 @@ import msgspec
 from ._records import EventPayload, Item, MetricPayload, RecordPayload
 
 __all__ = [
+    "FRAME_LINES",
     "INDEX_MAGIC",
+    "MAX_FRAME",
     "MIN_INDEXED_LINES",
+    "ChunkColumns",
     "Frame",
     "IndexColumns",
     "IndexEntry",
     "IndexHead",
+    "PendingFrame",
     "columns_from_items",
     "columns_from_lines",
     "encode_frame",
@@ -129,24 +133,18 @@ class IndexColumns(NamedTuple):
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
-# A frame describes one chunk (a writer's batch): far below this. A larger length is garbage.
-_MAX_FRAME: Final = 1 << 30
-# Chunks of fewer lines get no frame: parsing a few lines costs little, and a frame per
-# record (a slow producer, one line per batch) would cost the writer a write per record.
+# A frame describes at most FRAME_LINES lines (more only for a single larger chunk): ~25 bytes
+# a line. The writer writes no frame larger than MAX_FRAME and readers take a larger length
+# for garbage, so reading an index never holds more than this at once.
+FRAME_LINES: Final = 4096
+MAX_FRAME: Final = 16 << 20
+# Fewer lines get no frame (they are parsed, which costs little): it keeps the readers' small
+# record per frame (~340 bytes) well below the lines it stands for.
 MIN_INDEXED_LINES: Final = 32
 
 
 def line_crc(line: bytes | memoryview) -> int:
     return zlib.crc32(line)
-
-
-def _u32(values: Sequence[int]) -> bytes:
-    codes = array("I", values)
-    if codes.itemsize != 4:  # pragma: no cover - 4 on every platform CPython supports today
-        codes = array("L", values)
-    if _BIG_ENDIAN:  # pragma: no cover - the tests run on little-endian machines
-        codes.byteswap()
-    return codes.tobytes()
 
 
 def _from_u32(data: bytes) -> Sequence[int]:
@@ -157,26 +155,16 @@ def _from_u32(data: bytes) -> Sequence[int]:
     return memoryview(data).cast("I")
 
 
-def _encoded(column: Sequence[str | None]) -> tuple[list[str | None], bytes]:
-    table = list(dict.fromkeys(column))
-    position = {value: i for i, value in enumerate(table)}
-    return table, _u32(list(map(position.__getitem__, column)))
-
-
-class _Pending(NamedTuple):
-    """A chunk's columns, encoded, waiting for the chunk's place in the file."""
+class ChunkColumns(NamedTuple):
+    """The per-line columns of a chunk as the writer has them (NaN: no value)."""
 
     types: list[str]
     subjects: list[str | None]
     keys: list[str | None]
-    type_codes: bytes
-    subject_codes: bytes
-    key_codes: bytes
-    values: bytes
-    lines: int
+    values: list[float]
 
 
-def columns_from_items(items: Sequence[Item]) -> _Pending | None:
+def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
     """The columns of a chunk of RECORD items, or None when the index cannot describe them
     exactly (a payload it does not know, or a value JSON would not read back as this float)."""
     subjects: list[str | None] = []
@@ -204,62 +192,117 @@ def columns_from_items(items: Sequence[Item]) -> _Pending | None:
         else:
             return None
         subjects.append(body.subject_ref)
-    return _pending([item.payload_type for item in items], subjects, keys, values)
-
-
-def _pending(
-    types: list[str], subjects: list[str | None], keys: list[str | None], values: list[float]
-) -> _Pending:
-    type_table, type_codes = _encoded(cast(list[str | None], types))
-    subject_table, subject_codes = _encoded(subjects)
-    key_table, key_codes = _encoded(keys)
-    packed = array("d", values)
-    if _BIG_ENDIAN:  # pragma: no cover
-        packed.byteswap()
-    return _Pending(
-        cast(list[str], type_table),
-        subject_table,
-        key_table,
-        type_codes,
-        subject_codes,
-        key_codes,
-        packed.tobytes(),
-        len(types),
-    )
+    return ChunkColumns([item.payload_type for item in items], subjects, keys, values)
 
 
 def columns_from_lines(
     types: list[str], subjects: list[str | None], keys: list[str | None], values: list[float | None]
-) -> _Pending | None:
+) -> ChunkColumns | None:
     """The same from columns read back from JSON (for tests): None when a metric has no value
     (the index holds NaN only where the key is None)."""
     if any(v is None for k, v in zip(keys, values, strict=True) if k is not None):
         return None
-    return _pending(types, subjects, keys, [_NONE if v is None else v for v in values])
+    return ChunkColumns(types, subjects, keys, [_NONE if v is None else v for v in values])
 
 
-def encode_frame(pending: _Pending, data: bytes, end: int) -> bytes:
-    """The frame for ``data`` (whole lines), now that its last byte is at ``end - 1``."""
-    first = data.index(b"\n") + 1
-    last = data.rfind(b"\n", 0, len(data) - 1) + 1
-    entry = IndexEntry(
-        start=end - len(data),
-        end=end,
-        lines=pending.lines,
-        head_length=first,
-        head_crc=line_crc(data[:first]),
-        tail_length=len(data) - last,
-        tail_crc=line_crc(data[last:]),
-        types=pending.types,
-        subjects=pending.subjects,
-        keys=pending.keys,
-        type_codes=pending.type_codes,
-        subject_codes=pending.subject_codes,
-        key_codes=pending.key_codes,
-        values=pending.values,
-    )
-    body = _ENCODER.encode(entry)
-    return _HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)) + body
+class _Column:
+    """One column of a pending frame, dictionary-encoded as it grows: a code per line (4
+    bytes) and each distinct value once, so a frame of thousands of lines stays small."""
+
+    __slots__ = ("codes", "table")
+
+    def __init__(self) -> None:
+        self.table: dict[str | None, int] = {}
+        self.codes = array("I")
+
+    def extend(self, column: list[str] | list[str | None]) -> None:
+        table = self.table
+        for value in dict.fromkeys(column):  # a Python step per distinct value only
+            if value not in table:
+                table[value] = len(table)
+        self.codes.extend(map(table.__getitem__, column))
+
+    def encoded(self) -> tuple[list[str | None], bytes]:
+        codes = self.codes
+        if _BIG_ENDIAN:  # pragma: no cover
+            codes = array("I", codes)
+            codes.byteswap()
+        # A view, not a copy: the encoder reads the buffer as it is.
+        return list(self.table), cast(bytes, memoryview(codes))
+
+
+class PendingFrame:
+    """Consecutive chunks of ``record.jsonl`` (each starting where the previous one ended),
+    described by one frame once it is written: a writer that appends a few lines at a time
+    still writes frames of many lines. Holds ~20 bytes a line and each distinct ref once."""
+
+    def __init__(self, start: int) -> None:
+        self.start = self.end = start
+        self.head = (0, 0)  # length and CRC-32 of the first line
+        self.tail = (0, 0)
+        self.types = _Column()
+        self.subjects = _Column()
+        self.keys = _Column()
+        self.values = array("d")
+
+    @property
+    def lines(self) -> int:
+        return len(self.values)
+
+    def extend(self, columns: ChunkColumns, data: bytes, end: int) -> None:
+        """Add the chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
+        if end - len(data) != self.end:
+            raise ValueError("a frame describes consecutive chunks only")
+        if not self.values:
+            first = data.index(b"\n") + 1
+            self.head = (first, line_crc(data[:first]))
+        last = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self.tail = (len(data) - last, line_crc(data[last:]))
+        self.types.extend(columns.types)
+        self.subjects.extend(columns.subjects)
+        self.keys.extend(columns.keys)
+        self.values.extend(columns.values)
+        self.end = end
+
+    def encode(self) -> bytes:
+        header, body = self.encode_parts()
+        return header + body
+
+    def encode_parts(self) -> tuple[bytes, bytes]:
+        """The frame as its header and its body (written with one ``os.writev``, no copy
+        joining them)."""
+        type_table, type_codes = self.types.encoded()
+        subject_table, subject_codes = self.subjects.encoded()
+        key_table, key_codes = self.keys.encoded()
+        values = self.values
+        if _BIG_ENDIAN:  # pragma: no cover
+            values = array("d", values)
+            values.byteswap()
+        entry = IndexEntry(
+            start=self.start,
+            end=self.end,
+            lines=self.lines,
+            head_length=self.head[0],
+            head_crc=self.head[1],
+            tail_length=self.tail[0],
+            tail_crc=self.tail[1],
+            types=cast(list[str], type_table),
+            subjects=subject_table,
+            keys=key_table,
+            type_codes=type_codes,
+            subject_codes=subject_codes,
+            key_codes=key_codes,
+            values=cast(bytes, memoryview(values)),
+        )
+        body = _ENCODER.encode(entry)
+        return _HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)), body
+
+
+def encode_frame(columns: ChunkColumns, data: bytes, end: int) -> bytes:
+    """The frame for one chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
+    pending = PendingFrame(end - len(data))
+    pending.extend(columns, data, end)
+    return pending.encode()
 
 
 def _well_formed(head: IndexHead) -> bool:
@@ -280,12 +323,13 @@ def _columns_fit(entry: IndexEntry) -> bool:
 
 
 class _FrameReader:
-    """Finds the whole frames of ``record.index`` in blocks: memory holds one block (or one
-    frame, if larger) and a small record per frame, not the file."""
+    """Finds the whole frames of ``record.index`` in blocks: memory holds one block, or one
+    frame (at most MAX_FRAME) if larger, and a small record per frame, not the file."""
 
-    def __init__(self, handle: BinaryIO, block_size: int) -> None:
+    def __init__(self, handle: BinaryIO, block_size: int, limit: int | None) -> None:
         self.handle = handle
         self.block_size = block_size
+        self.remaining = limit  # bytes still to read (None: to the end of the file)
         self.buffer = bytearray()
         self.base = 0  # file offset of buffer[0]
         self.at = 0  # position in buffer
@@ -298,50 +342,63 @@ class _FrameReader:
                 del self.buffer[: self.at]
                 self.base += self.at
                 self.at = 0
-            block = self.handle.read(max(self.block_size, need - (len(self.buffer) - self.at)))
+            size = max(self.block_size, need - (len(self.buffer) - self.at))
+            if self.remaining is not None:
+                size = min(size, self.remaining)
+            block = self.handle.read(size) if size else b""
             if not block:
                 self.eof = True
+            elif self.remaining is not None:
+                self.remaining -= len(block)
             self.buffer += block
         return len(self.buffer) - self.at >= need
 
     def next_magic(self, after: int) -> int:
         """The buffer position of the next magic at or past buffer position ``after``
-        (reading on as needed); -1 if there is none."""
-        skip = after - self.at  # relative: reading on may drop what is behind ``at``
+        (reading on as needed); -1 if there is none. What it has searched through is
+        dropped as it reads on, so a long stretch of garbage is never held whole."""
+        self.at = min(after, len(self.buffer))
         while True:
-            found = self.buffer.find(INDEX_MAGIC, self.at + skip)
+            found = self.buffer.find(INDEX_MAGIC, self.at)
             if found >= 0 or self.eof:
                 return found
-            skip = max(skip, len(self.buffer) - self.at - len(INDEX_MAGIC) + 1)
+            # Keep only the bytes that could begin a magic cut by the end of the buffer.
+            self.at = max(self.at, len(self.buffer) - len(INDEX_MAGIC) + 1)
             self.available(len(self.buffer) - self.at + self.block_size)
 
 
-def read_frames(handle: BinaryIO, block_size: int = 1 << 20) -> tuple[list[Frame], int]:
-    """The whole frames of an index file, and how many damaged frames were skipped.
+def read_frames(
+    handle: BinaryIO, block_size: int = 1 << 20, limit: int | None = None
+) -> tuple[list[Frame], int]:
+    """The whole frames of an index file (its first ``limit`` bytes), and how many damaged
+    frames were skipped.
 
     A damaged frame (a crash while it was written, or garbage) is skipped by searching for the
     next magic. An incomplete frame with nothing after it is one still being written: ignored,
     not counted.
     """
-    reader = _FrameReader(handle, block_size)
+    reader = _FrameReader(handle, block_size, limit)
     frames: list[Frame] = []
     damaged = 0
     while reader.available(_HEADER.size):
         magic, length, crc = _HEADER.unpack_from(reader.buffer, reader.at)
-        if magic == INDEX_MAGIC and length <= _MAX_FRAME:
+        if magic == INDEX_MAGIC and length <= MAX_FRAME:
             if reader.available(_HEADER.size + length):
                 body_at = reader.at + _HEADER.size
                 with memoryview(reader.buffer) as view:
                     head = _head_of(view[body_at : body_at + length], crc)
                 if head is not None:
-                    if head.lines >= 1:
-                        frames.append(Frame(reader.base + body_at, length, crc, head))
+                    frames.append(Frame(reader.base + body_at, length, crc, head))
                     reader.at = body_at + length
                     continue
-            elif reader.next_magic(reader.at + 1) < 0:
-                return frames, damaged  # the last frame, still being written
+                found = reader.next_magic(reader.at + 1)
+            else:
+                found = reader.next_magic(reader.at + 1)
+                if found < 0:
+                    return frames, damaged  # the last frame, still being written
+        else:
+            found = reader.next_magic(reader.at + 1)
         damaged += 1
-        found = reader.next_magic(reader.at + 1)
         if found < 0:
             return frames, damaged
         reader.at = found
@@ -369,7 +426,10 @@ def parse_frames(data: bytes) -> tuple[list[Frame], int]:
 def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
     """The whole entry of a frame found by ``read_frames``, read again from ``fd`` (the index
     file); None when its bytes are no longer the ones found, or do not decode to it."""
-    body = os.pread(fd, frame.length, frame.offset)
+    try:
+        body = os.pread(fd, frame.length, frame.offset)
+    except OSError:
+        return None  # its lines are parsed instead
     if len(body) != frame.length or zlib.crc32(body) != frame.crc:
         return None
     try:

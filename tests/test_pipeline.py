@@ -27,41 +27,44 @@ from .capture_files import metrics, read_lines
 
 
 class _SyscallLog:
-    """Records the order of write and fsync calls per file descriptor (spying on the real ones)."""
+    """Records the order of write and fsync calls per file (spying on the real ones)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.events: list[tuple[str, int]] = []
+        self.events: list[tuple[str, int, str]] = []
         self._lock = threading.Lock()
         real_write, real_fsync = os.write, os.fsync
 
         def write(fd: int, data: bytes) -> int:
             written = real_write(fd, data)
-            with self._lock:
-                self.events.append(("write", fd))
+            self._note("write", fd)
             return written
 
         def fsync(fd: int) -> None:
             real_fsync(fd)
-            with self._lock:
-                self.events.append(("fsync", fd))
+            self._note("fsync", fd)
 
         import contexta_async.sinks._jsonl as jsonl
 
         monkeypatch.setattr(jsonl.os, "write", write)
         monkeypatch.setattr(jsonl.os, "fsync", fsync)
 
-    def unsynced_fds(self) -> set[int]:
-        """Capture files (``*.jsonl``) written since their last fsync. ``record.index`` is
-        left out: it is derived data, never fsynced by design (readers verify it)."""
+    def _note(self, kind: str, fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
         with self._lock:
-            last: dict[int, str] = {}
-            for kind, fd in self.events:
-                last[fd] = kind
-        return {
-            fd
-            for fd, kind in last.items()
-            if kind == "write" and os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl")
-        }
+            self.events.append((kind, fd, name))
+
+    def capture_file_events(self) -> list[tuple[str, int]]:
+        """Writes and fsyncs of the capture files (``*.jsonl``). ``record.index`` is left
+        out: it is derived data, never fsynced by design (readers verify it)."""
+        with self._lock:
+            return [(kind, fd) for kind, fd, name in self.events if name.endswith(".jsonl")]
+
+    def unsynced_fds(self) -> set[int]:
+        """Capture files written since their last fsync."""
+        last: dict[int, str] = {}
+        for kind, fd in self.capture_file_events():
+            last[fd] = kind
+        return {fd for fd, kind in last.items() if kind == "write"}
 
 
 async def test_flush_returns_after_records_are_fsynced(
@@ -76,7 +79,8 @@ async def test_flush_returns_after_records_are_fsynced(
             # everything captured before flush() is in the file and was fsynced after writing
             assert log.unsynced_fds() == set()
             assert len(metrics(workspace)) == (round_ + 1) * 200
-    assert ("fsync", log.events[-1][1]) == log.events[-1]
+    events = log.capture_file_events()
+    assert ("fsync", events[-1][1]) == events[-1]
 
 
 def test_sync_flush_is_a_barrier_too(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,7 +261,7 @@ def test_fsync_can_be_turned_off(workspace: Path, monkeypatch: pytest.MonkeyPatc
     log = _SyscallLog(monkeypatch)
     with Contexta(workspace=workspace, fsync=False) as ctx, ctx.run("r") as run:
         run.metric("x", 1)
-    assert ("fsync" not in {kind for kind, _ in log.events}) and log.events
+    assert ("fsync" not in {kind for kind, _, _ in log.events}) and log.events
     assert ctx.statistics().fsyncs == 0
     assert len(metrics(workspace)) == 1
 

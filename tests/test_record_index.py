@@ -7,6 +7,7 @@ either file; the index may only make reading faster.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shutil
 import tempfile
@@ -46,9 +47,15 @@ def _capture(workspace: Path) -> Path:
     return workspace / "cache" / "capture"
 
 
+@pytest.fixture(autouse=True)
+def _small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Frames of ~200 lines rather than 8,192: these workspaces hold many frames.
+    monkeypatch.setattr(jsonl_sink, "FRAME_LINES", 200)
+
+
 async def _eval_workspace(workspace: Path, *, runs: int = 2, samples: int = 300) -> Path:
-    """Runs of one stage; small batches, so record.index holds many frames (captured through
-    the sync face in a worker thread: the tests' event loop runs in this one)."""
+    """Runs of one stage, in small batches (captured through the sync face in a worker
+    thread: the tests' event loop runs in this one)."""
     await anyio.to_thread.run_sync(partial(_capture_eval, workspace, runs, samples))
     return workspace
 
@@ -88,9 +95,7 @@ def _same_answer(indexed: object, plain: object) -> None:
         assert getattr(indexed, field) == getattr(plain, field), field
 
 
-async def test_each_durable_chunk_of_records_gets_a_frame_that_describes_its_lines(
-    tmp_path: Path,
-) -> None:
+async def test_frames_describe_every_record_line_of_one_writer_in_order(tmp_path: Path) -> None:
     await _eval_workspace(tmp_path, samples=250)
     record = (_capture(tmp_path) / "record.jsonl").read_bytes()
     index_file = _capture(tmp_path) / "record.index"
@@ -101,17 +106,17 @@ async def test_each_durable_chunk_of_records_gets_a_frame_that_describes_its_lin
     position = 0
     fd = os.open(index_file, os.O_RDONLY)
     try:
-        for frame in sorted(frames, key=lambda f: f.start):
-            # In order, never overlapping; a gap is a chunk too small to index.
-            assert frame.start >= position
-            gap = record[position : frame.start].count(b"\n")
-            assert gap < MIN_INDEXED_LINES * 2  # at most a small chunk of each sink write
+        for frame in frames:
+            # One writer: each frame starts where the one before ended (batches of 64 lines,
+            # coalesced into frames of at least FRAME_LINES = 200).
+            assert frame.start == position
             entry = read_entry(fd, frame)
             assert entry is not None
             lines = decoder.decode_lines(record[frame.start : frame.end])
             columns = expand_entry(entry)
             assert columns is not None
-            assert frame.lines == entry.lines == len(lines) >= MIN_INDEXED_LINES
+            assert frame.lines == entry.lines == len(lines)
+            assert frame.lines >= 200 or frame is frames[-1]  # the last one, written at close
             assert columns.types == [line.payload_type for line in lines]
             assert columns.subjects == [line.payload.payload.subject_ref for line in lines]
             assert columns.keys == [line.payload.payload.metric_key for line in lines]
@@ -122,18 +127,43 @@ async def test_each_durable_chunk_of_records_gets_a_frame_that_describes_its_lin
             position = frame.end
     finally:
         os.close(fd)
-    assert sum(frame.lines for frame in frames) > 0.9 * record.count(b"\n")
+    # The last frame was written at close: nothing is left undescribed.
+    assert position == len(record)
 
 
-def test_a_chunk_too_small_to_index_gets_no_frame(tmp_path: Path) -> None:
+def test_a_producer_writing_one_line_at_a_time_still_gets_frames(tmp_path: Path) -> None:
+    with Contexta(workspace=tmp_path) as ctx, ctx.run("r") as run:
+        for i in range(450):
+            run.metric("loss", 1 / (i + 1))
+            ctx.flush()  # a chunk of one line each time
+    frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
+    assert [frame.lines for frame in frames] == [200, 200, 50]
+
+
+def test_fewer_lines_than_a_frame_needs_get_no_frame(tmp_path: Path) -> None:
     with Contexta(workspace=tmp_path) as ctx, ctx.run("r") as run:
         for i in range(MIN_INDEXED_LINES - 1):
             run.metric("loss", 1 / (i + 1))
-        ctx.flush()
-        for i in range(MIN_INDEXED_LINES):
-            run.metric("loss", 1 / (i + 1))
+    assert not (_capture(tmp_path) / "record.index").exists()
+
+
+def test_another_writers_lines_in_between_end_a_frame(tmp_path: Path) -> None:
+    first = Contexta(workspace=tmp_path, config={"project_name": "a"})
+    second = Contexta(workspace=tmp_path, config={"project_name": "b"})
+    with first.run("r") as run_a, second.run("r") as run_b:
+        for stretch in range(3):
+            for run, ctx in ((run_a, first), (run_b, second)):
+                for i in range(40):
+                    run.metric("x", stretch * 100 + i)
+                ctx.flush()
+    first.close()
+    second.close()
     frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
-    assert [frame.lines for frame in frames] == [MIN_INDEXED_LINES]
+    frames.sort(key=lambda f: f.start)
+    # Six stretches of 40 lines, alternating writers: each its own frame, end to end.
+    assert [frame.lines for frame in frames] == [40] * 6
+    assert all(a.end == b.start for a, b in itertools.pairwise(frames))
+    assert frames[-1].end == (_capture(tmp_path) / "record.jsonl").stat().st_size
 
 
 async def test_compare_through_the_index_gives_the_answer_the_json_gives(tmp_path: Path) -> None:
@@ -267,12 +297,124 @@ async def test_a_failing_index_write_loses_no_record_and_is_logged(tmp_path: Pat
     with capture_logs() as logs:
         await _eval_workspace(tmp_path, samples=120)
     failures = [e for e in logs if e["event"] == "contexta_async.index_write_failed"]
-    assert failures and failures[0]["target"] == str(capture / "record.index")
+    # Logged once: the sink stops indexing until it is closed.
+    assert [f["target"] for f in failures] == [str(capture / "record.index")]
     # Every record was written and acknowledged, and reads the same as with an index.
     compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
     assert compared.read_report.records_from_index == 0
     assert compared.left.counts.metrics == 2 * 120 + 1
     assert compared.right.counts.events == 120
+
+
+async def test_a_bug_in_the_index_code_never_fails_a_durable_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(items: object) -> None:
+        raise TypeError("a bug in the index code")
+
+    monkeypatch.setattr(jsonl_sink, "columns_from_items", broken)
+    with capture_logs() as logs:
+        # flush() (every 100 samples, and at close) would raise DeliveryError if the lines
+        # were reported lost: they are durable, only their frame is missing.
+        await _eval_workspace(tmp_path, samples=120)
+    failures = [e for e in logs if e["event"] == "contexta_async.index_write_failed"]
+    assert len(failures) == 1 and "a bug in the index code" in failures[0]["error"]
+    assert not (_capture(tmp_path) / "degradation.jsonl").exists()
+    assert not (_capture(tmp_path) / "record.index").exists()
+    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    assert compared.left.counts.metrics == 2 * 120 + 1
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/zero", "fifo", "directory"])
+async def test_an_index_that_is_not_a_regular_file_is_not_read(tmp_path: Path, kind: str) -> None:
+    await _eval_workspace(tmp_path, samples=60)
+    index = _capture(tmp_path) / "record.index"
+    index.unlink()
+    if kind == "fifo":
+        os.mkfifo(index)  # opening it must not wait for a writer
+    elif kind == "directory":
+        index.mkdir()
+    else:
+        index.symlink_to("/dev/zero")  # endless: must never be followed
+    with capture_logs() as logs:
+        compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    assert compared.read_report.records_from_index == 0
+    assert compared.left.counts.metrics == 2 * 60 + 1
+    assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
+
+
+async def test_frames_that_no_longer_match_are_counted_even_when_none_is_left(
+    tmp_path: Path,
+) -> None:
+    await _eval_workspace(tmp_path, samples=100)
+    path = _capture(tmp_path) / "record.jsonl"
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\n") + 1] + data)  # the first line twice: all moved
+    frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
+    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    assert compared.read_report.records_from_index == 0
+    assert compared.read_report.index_entries_rejected == len(frames) > 1
+
+
+async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from contexta_async.readers import _parallel
+
+    await _eval_workspace(tmp_path, samples=300)
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+    calls = []
+    real_read_entry, real_scan_whole = _parallel.read_entry, _parallel._scan_whole
+
+    def read_entry(fd: int, frame: object) -> object:
+        calls.append(frame)
+        if len(calls) == 2:  # hold the scan inside its second frame
+            entered.set()
+            release.wait(10)
+        return real_read_entry(fd, frame)  # type: ignore[arg-type]
+
+    def scan_whole(*args: object) -> object:
+        try:
+            return real_scan_whole(*args)  # type: ignore[arg-type]
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(_parallel, "read_entry", read_entry)
+    monkeypatch.setattr(_parallel, "_scan_whole", scan_whole)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+
+            async def cancel_when_inside() -> None:
+                await anyio.to_thread.run_sync(entered.wait, 10)
+                scope.cancel()
+
+            group.start_soon(cancel_when_inside)
+            await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    # compare() returned (cancelled) while its scan thread was still held in a frame...
+    assert scope.cancelled_caught and not finished.is_set()
+    release.set()
+    # ...and the thread then stopped at the next frame instead of reading the rest.
+    assert await anyio.to_thread.run_sync(finished.wait, 10)
+    assert len(calls) == 2
+    assert len(load_index(str(_capture(tmp_path) / "record.jsonl")).entries) > 2
+
+
+def test_a_long_stretch_of_garbage_in_the_index_is_never_held_whole() -> None:
+    import tracemalloc
+
+    garbage = b"\0" * (24 << 20)  # e.g. a file extended with zeros by a crash
+    data = _tiny_frame(0, 0) + garbage + _tiny_frame(1, 100)
+    handle = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        frames, damaged = read_frames(handle, block_size=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [frame.start for frame in frames] == [0, 100] and damaged == 1
+    assert peak < 8 << 20  # a few blocks, not the 24 MiB stretch
 
 
 def test_a_sink_with_index_off_writes_no_index(tmp_path: Path) -> None:

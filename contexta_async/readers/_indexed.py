@@ -1,25 +1,30 @@
-"""Using ``record.index``: which of its entries still describe ``record.jsonl``.
+"""Using ``record.index``: which of its frames still describe ``record.jsonl``.
 
-An entry is trusted only when its frame is whole and the lines at both ends of its byte range
-are, byte for byte, the lines it was written for (length, newline before and after, CRC-32):
-two small reads per entry, a few hundred per million records. Everything else in the file
-(no index, a damaged frame, a chunk the writer did not index, lines appended since, a file
-rewritten by hand) is read from the JSON, so the index can only make reading faster.
+A frame is trusted only when it is whole and the lines at both ends of its byte range are,
+byte for byte, the lines it was written for (length, newline before and after, CRC-32): two
+small reads per frame, a few hundred per million records. Everything else in the file (no
+index, a damaged frame, lines the writer did not index, lines appended since, lines moved by
+an edit) is read from the JSON. What this check cannot see is an edit inside a frame's range
+that keeps every byte count (a digit changed by hand): docs/format.md says to delete the
+index after editing ``record.jsonl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from operator import attrgetter
-from typing import NamedTuple
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import structlog
 
 from .._record_index import Frame, index_path_for, read_frames
 
-__all__ = ["LoadedIndex", "load_index", "pieces"]
+__all__ = ["LoadedIndex", "load_index", "open_index", "pieces"]
 
 _log = structlog.get_logger("contexta_async")
 _START = attrgetter("start")
@@ -32,36 +37,42 @@ class LoadedIndex(NamedTuple):
 
 
 def load_index(record_path: str) -> LoadedIndex:
-    """The entries of ``record.index`` that match ``record.jsonl`` as it is now (blocking)."""
+    """The frames of ``record.index`` that match ``record.jsonl`` as it is now (blocking).
+
+    Any trouble with the index (missing, not a regular file, unreadable) means no index: the
+    lines are parsed instead, and what went wrong is logged.
+    """
     index_path = index_path_for(record_path)
     try:
-        with index_path.open("rb") as handle:
-            entries, rejected = read_frames(handle)
-    except FileNotFoundError:
-        return LoadedIndex([], 0, 0)
-    except OSError as exc:
-        _log.warning(
-            "contexta_async.index_unreadable",
-            target=str(index_path),
-            error=exc.strerror or str(exc),
-        )
-        return LoadedIndex([], 0, 0)
-    try:
+        with open_index(index_path) as handle:
+            if handle is None:
+                return LoadedIndex([], 0, 0)
+            size = os.fstat(handle.fileno()).st_size
+            frames, rejected = read_frames(handle, limit=size)
         fd = os.open(record_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return LoadedIndex([], 0, 0)  # the JSON path reports why the file cannot be read
+    except OSError as exc:
+        if not isinstance(exc, FileNotFoundError):
+            _log.warning(
+                "contexta_async.index_unreadable",
+                target=str(index_path),
+                error=exc.strerror or str(exc),
+            )
+        return LoadedIndex([], 0, 0)  # for record.jsonl, the JSON path reports why
     try:
         size = os.fstat(fd).st_size
-        # Entries past the size seen now describe lines written since: not read this time.
-        entries = sorted((e for e in entries if e.end <= size), key=_START)
+        # Frames past the size seen now describe lines written since: not read this time.
+        frames = sorted((f for f in frames if f.end <= size), key=_START)
         verified: list[Frame] = []
         covered = 0
-        for entry in entries:
-            if entry.start >= covered and _matches(fd, entry):
-                verified.append(entry)
-                covered = entry.end
+        for frame in frames:
+            if frame.start >= covered and _matches(fd, frame):
+                verified.append(frame)
+                covered = frame.end
             else:
                 rejected += 1
+    except OSError as exc:
+        _log.warning("contexta_async.index_unreadable", target=str(record_path), error=str(exc))
+        return LoadedIndex([], 0, 0)
     finally:
         os.close(fd)
     if rejected:
@@ -71,6 +82,22 @@ def load_index(record_path: str) -> LoadedIndex:
             rejected=rejected,
         )
     return LoadedIndex(verified, rejected, size)
+
+
+def open_index(index_path: Path) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """``record.index`` open for reading, or None when it is not a regular file (never
+    followed through a symlink, never waited on like a FIFO). Raises OSError."""
+    fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        _log.warning("contexta_async.index_unreadable", target=str(index_path), error="not a file")
+        return contextlib.nullcontext()
+    return os.fdopen(fd, "rb")
 
 
 def _is_line(fd: int, start: int, length: int, crc: int) -> bool:

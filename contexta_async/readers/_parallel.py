@@ -31,7 +31,7 @@ import msgspec
 from .._record_index import Frame, index_path_for, read_entry
 from ._decode import CHUNK_SIZE, Issues
 from ._errors import UnreadableFileError
-from ._indexed import LoadedIndex, pieces
+from ._indexed import LoadedIndex, open_index, pieces
 from ._scan import Accumulator, BlockFeeder, RecordScan
 
 __all__ = [
@@ -86,16 +86,20 @@ def scan_range(
     chunk_size: int,
     times: bool = False,
     entries: Sequence[Frame] = (),
+    stop_event: threading.Event | None = None,
 ) -> tuple[RecordScan, Issues]:
     """Scan the lines that start in ``[start, end)`` (``end`` None: to the end of the file),
     taking the parts that ``entries`` (verified index frames) describe from them and the rest
-    from the JSON (blocking: run in a child process or a worker thread)."""
+    from the JSON (blocking: run in a child process or a worker thread). ``stop_event`` set:
+    give up (ScanAbandoned) at the next frame or block."""
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
     with open(path, "rb") as handle, _index_file(path, bool(entries)) as index:
         begin = _line_start(handle, start)
         stop = end if end is None or last else _line_start(handle, end)
         for piece_start, piece_end, frame in pieces(entries, begin, stop):
+            if stop_event is not None and stop_event.is_set():
+                raise ScanAbandoned
             if frame is not None:
                 # One entry's columns in memory at a time: they are read when they are used.
                 entry = None if index is None else read_entry(index.fileno(), frame)
@@ -103,23 +107,36 @@ def scan_range(
                     issues.records_from_index += entry.lines
                     continue
                 issues.index_entries_rejected += 1
-            _scan_json(handle, BlockFeeder(acc, path, issues, piece_start), piece_end, chunk_size)
+            feeder = BlockFeeder(acc, path, issues, piece_start)
+            _scan_json(handle, feeder, piece_end, chunk_size, stop_event)
     return acc.finish(), issues
 
 
+class ScanAbandoned(Exception):
+    """A scan given up because its caller was cancelled."""
+
+
 def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    """``record.index`` open for reading; None (its frames are then read from the JSON) when
-    not wanted or gone since it was loaded."""
+    """``record.index`` open for reading; None (its frames' lines are then parsed) when not
+    wanted or no longer readable."""
     if wanted:
         with contextlib.suppress(OSError):
-            return open(index_path_for(path), "rb")
+            return open_index(index_path_for(path))
     return contextlib.nullcontext()
 
 
-def _scan_json(handle: BinaryIO, feeder: BlockFeeder, stop: int | None, chunk_size: int) -> None:
+def _scan_json(
+    handle: BinaryIO,
+    feeder: BlockFeeder,
+    stop: int | None,
+    chunk_size: int,
+    stop_event: threading.Event | None,
+) -> None:
     position = feeder.cutter.offset
     handle.seek(position)
     while stop is None or position < stop:
+        if stop_event is not None and stop_event.is_set():
+            raise ScanAbandoned
         block = handle.read(chunk_size if stop is None else min(chunk_size, stop - position))
         if not block:
             break
@@ -312,7 +329,6 @@ async def scan_records_parallel(
     entries: list[Frame] = []
     if index is not None and index.entries:
         entries, size = index.entries, index.size
-        issues.index_entries_rejected += index.rejected
     else:
         try:
             size = os.stat(path).st_size
@@ -400,11 +416,22 @@ async def scan_indexed(
     chunk_size: int = CHUNK_SIZE,
 ) -> RecordScan:
     """``scan_range`` over the whole file in a worker thread: the index's entries need no
-    decoding to speak of, so there is no block to hand over at a time."""
-    issues.index_entries_rejected += index.rejected
-    scan, found = await anyio.to_thread.run_sync(
-        _scan_whole, str(path), wanted, keep_values, chunk_size, index.entries
-    )
+    decoding to speak of, so there is no block to hand over at a time. Cancelled, it returns
+    at once and the thread stops at its next frame or block."""
+    stop_event = threading.Event()
+    try:
+        scan, found = await anyio.to_thread.run_sync(
+            _scan_whole,
+            str(path),
+            wanted,
+            keep_values,
+            chunk_size,
+            index.entries,
+            stop_event,
+            abandon_on_cancel=True,
+        )
+    finally:
+        stop_event.set()
     issues.absorb_all(found)
     return scan
 
@@ -415,10 +442,11 @@ def _scan_whole(
     keep_values: bool,
     chunk_size: int,
     entries: list[Frame],
+    stop_event: threading.Event,
 ) -> tuple[RecordScan, Issues]:
     try:
         scan, found = scan_range(
-            path, 0, None, True, wanted, keep_values, chunk_size, False, entries
+            path, 0, None, True, wanted, keep_values, chunk_size, False, entries, stop_event
         )
     except OSError as exc:
         raise UnreadableFileError(path, exc.strerror or str(exc)) from exc

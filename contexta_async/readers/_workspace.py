@@ -176,6 +176,7 @@ class Workspace:
         index = None
         if self.use_index and not times:
             index = await anyio.to_thread.run_sync(load_index, str(path))
+            issues.index_entries_rejected += index.rejected
         workers = self.workers
         if workers > 1:
             if index is not None and index.entries:

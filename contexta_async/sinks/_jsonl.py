@@ -13,9 +13,11 @@ import structlog
 
 from .._errors import ConfigurationError, ValidationError
 from .._record_index import (
+    FRAME_LINES,
+    MAX_FRAME,
     MIN_INDEXED_LINES,
+    PendingFrame,
     columns_from_items,
-    encode_frame,
     index_path_for,
 )
 from .._records import FAMILIES, RECORD, Item
@@ -79,10 +81,11 @@ class LocalJsonlSink(Sink):
     acknowledgement follows the whole write) is cut off before new lines are appended. With
     ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
 
-    With ``index=True`` (the default), after each chunk of RECORD lines is written (and
-    fsynced), a frame describing it is appended to ``record.index`` so that comparisons need
-    not parse the JSON (see docs/comparing.md). The index is derived data: it is not fsynced,
-    and failing to write it loses nothing (it is logged, and readers read the JSON instead).
+    With ``index=True`` (the default), the RECORD lines written (and fsynced) are also
+    described, a frame per run of consecutive chunks, in ``record.index``, so that comparisons
+    need not parse their JSON (see docs/format.md). The index is derived data: it is not
+    fsynced, and failing to write it loses nothing (it is logged once, indexing stops until
+    ``close()``, and readers parse the lines instead).
     """
 
     def __init__(
@@ -103,6 +106,8 @@ class LocalJsonlSink(Sink):
             raise ConfigurationError("index", "must be a bool", index)
         self.index = index
         self._index_fd: int | None = None
+        self._frame: PendingFrame | None = None  # consecutive chunks not described yet
+        self._index_failed = False
         self.storage_root = Path(storage_root).absolute()
         self.fsync = fsync
         self.name = name
@@ -196,34 +201,72 @@ class LocalJsonlSink(Sink):
             self._append_index(chunk, end)
 
     def _append_index(self, chunk: Chunk, end: int) -> None:
-        """Describe the chunk in ``record.index``; only after its lines are durable, so that no
-        frame ever describes lines that a crash could take back."""
-        if len(chunk.items) < MIN_INDEXED_LINES:
-            return  # read from the JSON, like any part of the file without a frame
-        pending = columns_from_items(chunk.items)
-        if pending is None:
+        """Describe the chunk in ``record.index``, once its lines are written (and fsynced,
+        with ``fsync=True``): no frame ever describes lines a crash could take back.
+
+        Consecutive chunks (nobody else appended in between) extend one pending frame, written
+        when it holds FRAME_LINES lines, when the next chunk is not consecutive, or at close:
+        a producer that captures a few lines at a time still gets frames of many lines. Lines
+        whose frame is not written yet are parsed by readers meanwhile.
+        """
+        if self._index_failed:
             return
-        target = index_path_for(chunk.target)
         try:
-            if self._index_fd is None:
-                self._index_fd = os.open(
-                    target,
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                    _FILE_MODE,
-                )
-            # One write: frames of several writers never interleave. A frame cut short (disk
-            # full, a crash) fails its CRC and readers skip it.
-            _write_all(self._index_fd, encode_frame(pending, chunk.data, end))
-        except OSError as exc:
-            logger.warning(
-                "contexta_async.index_write_failed",
-                target=str(target),
-                error=exc.strerror or str(exc),
-                errno=exc.errno,
+            start = end - len(chunk.data)
+            if self._frame is not None and self._frame.end != start:
+                self._write_frame()  # another writer appended in between
+            columns = columns_from_items(chunk.items)
+            if columns is None:
+                self._write_frame()  # these lines stay unindexed: parsed by readers
+                return
+            if self._frame is None:
+                self._frame = PendingFrame(start)
+            self._frame.extend(columns, chunk.data, end)
+            if self._frame.lines >= FRAME_LINES:
+                self._write_frame()
+        except Exception as exc:  # the records are durable whatever happens here
+            self._index_broken(exc)
+
+    def _write_frame(self) -> None:
+        frame, self._frame = self._frame, None
+        if frame is None or frame.lines < MIN_INDEXED_LINES:
+            return
+        header, body = frame.encode_parts()
+        if len(body) > MAX_FRAME:
+            return  # readers would take it for garbage: its lines are parsed instead
+        if self._index_fd is None:
+            self._index_fd = os.open(
+                index_path_for(self.file_path_for(RECORD)),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                _FILE_MODE,
             )
+        # One write: frames of several writers never interleave. A frame cut short (disk
+        # full, a crash) fails its CRC and readers skip it.
+        written = os.writev(self._index_fd, [header, body])
+        if written < len(header) + len(body):  # pragma: no cover - a short write to a file
+            _write_all(self._index_fd, (header + body)[written:])
+
+    def _index_broken(self, exc: BaseException) -> None:
+        """Stop indexing until ``close()``: logged once; readers parse the lines instead."""
+        self._index_failed = True
+        self._frame = None
+        logger.warning(
+            "contexta_async.index_write_failed",
+            target=str(index_path_for(self.file_path_for(RECORD))),
+            error=(exc.strerror if isinstance(exc, OSError) else None) or repr(exc),
+            errno=exc.errno if isinstance(exc, OSError) else None,
+        )
 
     def close(self) -> None:
-        """Close the open files; a later write opens them again."""
+        """Write the pending index frame, close the open files; a later write opens them
+        again (and tries the index again)."""
+        if not self._index_failed:
+            try:
+                self._write_frame()
+            except Exception as exc:  # as in _append_index
+                self._index_broken(exc)
+        self._frame = None
+        self._index_failed = False
         fds, self._fds = self._fds, {}
         if self._index_fd is not None:
             fds["index"] = self._index_fd

@@ -3,12 +3,12 @@
 
 A benchmark, not a test: it asserts nothing. The workspace is generated without the
 capture pipeline but with the library's own Structs and its local sink, so record.jsonl and
-record.index are byte for byte what a capture writes (one chunk per 8,192 records, the
-writer's default batch): two runs, one ``evaluate`` stage, N samples per run, each sample with
-six metrics (correct 0/1, judge.score 1-5, latency.ms, prompt.tokens, completion.tokens,
-cost.usd) and two events, plus the CONTEXT lines of every run, stage and sample (opened and
-closed). Every measurement runs in a fresh subprocess (its peak RSS is its own), three times;
-the median is reported.
+record.index are what a capture writes (one chunk per 64 records, the batch size of a capture
+running flat out, coalesced by the sink into index frames of 4,096 lines): two runs, one
+``evaluate`` stage, N samples per run, each sample with six metrics (correct 0/1,
+judge.score 1-5, latency.ms, prompt.tokens, completion.tokens, cost.usd) and two events,
+plus the CONTEXT lines of every run, stage and sample (opened and closed). Every measurement
+runs in a fresh subprocess (its peak RSS is its own), three times; the median is reported.
 
 Scenarios:
   list-runs         Workspace.list_runs(): statuses from CONTEXT, counts from every record
@@ -75,7 +75,10 @@ PROJECT = "bench"
 RUNS = ("baseline", "candidate")
 METRICS_PER_SAMPLE = 6
 EVENTS_PER_SAMPLE = 2
-BATCH = 8192  # Contexta's default max_batch_size: one chunk of record.jsonl per batch
+# One chunk of record.jsonl per 64 records: the batch size the writer settles at when 500
+# coroutines capture flat out (benchmarks/capture.py); the sink coalesces the chunks into
+# index frames of 4,096 lines, as it does in a capture.
+BATCH = 64
 
 
 def _stamp(i: int) -> str:
@@ -167,8 +170,9 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
     capture = workspace / "cache" / "capture"
     capture.mkdir(parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder(order="deterministic")
-    # RECORD lines go through the local sink, in chunks of the writer's default batch size:
-    # record.jsonl and record.index are byte for byte what a capture writes (no fsync here).
+    # RECORD lines go through the local sink, in chunks of BATCH lines: record.jsonl and
+    # record.index are what a capture writes (no fsync here), and the sink writes the index's
+    # last frame when it is closed.
     sink = LocalJsonlSink(capture, fsync=False)
     rng = random.Random(seed)
     tick = 0
@@ -264,9 +268,9 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             sink_name="local-jsonl",
                         )
                     )
-                if len(batch) >= BATCH:
-                    write_records(batch[:BATCH])
-                    batch = batch[BATCH:]
+                if len(batch) >= 8192:
+                    write_records(batch)
+                    batch = []
                     ctx.write(encoder.encode_lines(context))
                     context = []
             write_records(batch)

@@ -54,8 +54,9 @@ class ReadReport(_R):
 
     ``records_from_index`` counts the RECORD lines whose type, subject, key and value came
     from ``record.index`` instead of their JSON; ``index_entries_rejected`` the index frames
-    that were damaged or no longer matched ``record.jsonl`` (their lines were read from the
-    JSON: nothing is lost, it is only slower).
+    not used: damaged, no longer matching ``record.jsonl``, overlapping another, or naming a
+    scope that does not parse (their lines were parsed instead: nothing is lost, it is only
+    slower).
     """
 
     corrupt_lines: int = 0

@@ -122,11 +122,13 @@ class IndexEntry(msgspec.Struct, array_like=True, gc=False):
 
 
 class IndexColumns(NamedTuple):
-    """The per-line columns of one chunk, as readers use them."""
+    """The per-line columns of one frame, as readers use them."""
 
     types: list[str]
     subjects: list[str | None]
     keys: list[str | None]
+    # NaN where a line has no value (an event, whose key is None, so it is never used); typed
+    # as the parsed values it stands in for.
     values: list[float | None]
 
 

@@ -20,13 +20,13 @@ the body: an ``IndexEntry`` encoded as MessagePack.
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 import sys
 import zlib
 from array import array
 from collections.abc import Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple, cast
 
@@ -133,6 +133,7 @@ class IndexColumns(NamedTuple):
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
+_TYPE: Final = attrgetter("payload_type")
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
 # A frame describes at most FRAME_LINES lines (more only for a single larger chunk): ~25 bytes
@@ -168,33 +169,39 @@ class ChunkColumns(NamedTuple):
 
 def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
     """The columns of a chunk of RECORD items, or None when the index cannot describe them
-    exactly (a payload it does not know, or a value JSON would not read back as this float)."""
+    exactly (a payload it does not know, or a value JSON would not read back as this float).
+
+    Runs in the writer thread for every chunk (~0.2 us a record, next to ~1 us to encode its
+    JSON): one pass, bound methods, no call per item that can be avoided.
+    """
     subjects: list[str | None] = []
     keys: list[str | None] = []
     values: list[float] = []
+    add_subject, add_key, add_value = subjects.append, keys.append, values.append
     for item in items:
         record = item.payload
         if type(record) is not RecordPayload:
             return None
         body = record.payload
-        if type(body) is MetricPayload:
+        kind = type(body)
+        if kind is MetricPayload:
             value = body.value
             if type(value) is float:
-                if not math.isfinite(value):
-                    return None  # JSON holds it as null
+                if value - value != 0.0:
+                    return None  # NaN or infinity: JSON holds it as null
             elif type(value) is int and -(1 << 63) <= value < (1 << 64):
                 value = float(value)
             else:
                 return None  # bools, huge ints: not read back as this float
-            keys.append(body.metric_key)
-            values.append(value)
-        elif type(body) is EventPayload:
-            keys.append(None)
-            values.append(_NONE)
+            add_key(body.metric_key)
+            add_value(value)
+        elif kind is EventPayload:
+            add_key(None)
+            add_value(_NONE)
         else:
             return None
-        subjects.append(body.subject_ref)
-    return ChunkColumns([item.payload_type for item in items], subjects, keys, values)
+        add_subject(body.subject_ref)
+    return ChunkColumns(list(map(_TYPE, items)), subjects, keys, values)
 
 
 def columns_from_lines(

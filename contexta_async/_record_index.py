@@ -183,8 +183,7 @@ def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
         if type(record) is not RecordPayload:
             return None
         body = record.payload
-        kind = type(body)
-        if kind is MetricPayload:
+        if type(body) is MetricPayload:
             value = body.value
             if type(value) is float:
                 if value - value != 0.0:
@@ -195,7 +194,7 @@ def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
                 return None  # bools, huge ints: not read back as this float
             add_key(body.metric_key)
             add_value(value)
-        elif kind is EventPayload:
+        elif type(body) is EventPayload:
             add_key(None)
             add_value(_NONE)
         else:

@@ -1,11 +1,12 @@
 """The record index: a compact sidecar of ``record.jsonl`` that readers can trust or ignore.
 
 Comparing runs needs four things per record line (type, subject ref, metric key, value), but
-parsing ~1 KB of JSON per line to get them costs ~1 us. So the local sink, after each chunk of
-RECORD lines is written and fsynced, appends one *frame* to ``record.index`` describing that
-chunk: the byte range it occupies in ``record.jsonl``, the length and CRC-32 of its first and
-last line, and the four columns, dictionary-encoded (a table of distinct strings plus one
-little-endian uint32 code per line) with the values as float64 (NaN where a line has none).
+parsing ~1 KB of JSON per line to get them costs ~1 us. So the local sink describes the RECORD
+lines it has written (and fsynced) in *frames* appended to ``record.index``, one per run of
+consecutive chunks of up to a few thousand lines: the byte range the lines occupy in
+``record.jsonl``, the length and CRC-32 of the first and last line, and the four columns,
+dictionary-encoded (a table of distinct strings plus one little-endian uint32 code per line)
+with the values as float64 (NaN where a line has none).
 
 ``record.jsonl`` stays the only source of truth. The index is derived data: it is not fsynced,
 and a reader uses an entry only when its frame is whole (magic, length, CRC-32) and the lines
@@ -136,14 +137,15 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 _TYPE: Final = attrgetter("payload_type")
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
-# A frame describes at most FRAME_LINES lines (more only for a single larger chunk): ~25 bytes
-# a line. The writer writes no frame larger than MAX_FRAME and readers take a larger length
-# for garbage, so reading an index never holds more than this at once.
+# The writer ends a frame once it holds FRAME_LINES lines (so a frame holds fewer than
+# FRAME_LINES + one batch), ~25 bytes a line. It writes no frame larger than MAX_FRAME and
+# readers take a larger length for garbage, so reading an index never holds more at once.
 FRAME_LINES: Final = 4096
 MAX_FRAME: Final = 16 << 20
 # Fewer lines get no frame (they are parsed, which costs little): it keeps the readers' small
 # record per frame (~340 bytes) well below the lines it stands for.
 MIN_INDEXED_LINES: Final = 32
+_WASTE_FLOOR: Final = 64 << 20
 
 
 def line_crc(line: bytes | memoryview) -> int:
@@ -382,12 +384,18 @@ def read_frames(
     frames were skipped.
 
     A damaged frame (a crash while it was written, or garbage) is skipped by searching for the
-    next magic. An incomplete frame with nothing after it is one still being written: ignored,
-    not counted.
+    next magic (each false start in a damaged stretch counts). An incomplete frame with nothing
+    after it is one still being written: ignored, not counted.
     """
+    if block_size < 1:
+        raise ValueError("block_size must be at least 1")
     reader = _FrameReader(handle, block_size, limit)
     frames: list[Frame] = []
     damaged = 0
+    # Bytes checked for frames that were not: each false start is CRC'd over its claimed
+    # length and the search resumes one byte on, so a crafted index could cost quadratic
+    # time. Past this budget the rest of the index is left unread (its lines are parsed).
+    wasted_budget = _WASTE_FLOOR + 2 * (limit or 0)
     while reader.available(_HEADER.size):
         magic, length, crc = _HEADER.unpack_from(reader.buffer, reader.at)
         if magic == INDEX_MAGIC and length <= MAX_FRAME:
@@ -399,6 +407,9 @@ def read_frames(
                     frames.append(Frame(reader.base + body_at, length, crc, head))
                     reader.at = body_at + length
                     continue
+                wasted_budget -= length
+                if wasted_budget < 0:
+                    return frames, damaged + 1
                 found = reader.next_magic(reader.at + 1)
             else:
                 found = reader.next_magic(reader.at + 1)
@@ -417,12 +428,13 @@ def read_frames(
 
 
 def _head_of(body: memoryview, crc: int) -> IndexHead | None:
-    if zlib.crc32(body) != crc:
+    # Every body is a 14-field array (0x9e): a cheap test before the CRC of a false start.
+    if not body or body[0] != 0x9E or zlib.crc32(body) != crc:
         return None
     try:
         head = _HEAD_DECODER.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # RecursionError: a crafted body nesting arrays deep
     return head if _well_formed(head) else None
 
 
@@ -442,7 +454,7 @@ def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
         return None
     try:
         entry = _DECODER.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     if (entry.start, entry.end, entry.lines) != (frame.start, frame.end, frame.lines):
         return None

@@ -10,7 +10,9 @@ import io
 import itertools
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -415,6 +417,66 @@ def test_a_long_stretch_of_garbage_in_the_index_is_never_held_whole() -> None:
         tracemalloc.stop()
     assert [frame.start for frame in frames] == [0, 100] and damaged == 1
     assert peak < 8 << 20  # a few blocks, not the 24 MiB stretch
+
+
+def test_a_frame_nesting_arrays_deep_is_damage_not_a_crash() -> None:
+    ints = b"".join(msgspec.msgpack.encode(v) for v in [0, 100, 1, 100, 0, 100, 0])
+    body = b"\x9e" + ints + b"\x91" * 200_000 + b"\xc0" * 7  # a 14-field array, CRC valid
+    frame = INDEX_MAGIC + struct.pack("<II", len(body), zlib.crc32(body)) + body
+    frames, damaged = read_frames(io.BytesIO(frame + _tiny_frame(1, 100)))
+    assert [f.start for f in frames] == [100] and damaged == 1  # no RecursionError
+
+
+def test_crafted_false_starts_cost_bounded_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Headers every 13 bytes claiming 64 KiB bodies that start like a real one: each would be
+    # checksummed over its claimed length, then the search resumes a byte further on (~5 GB
+    # of CRC for this 1 MiB file). The budget (here 1 MiB + twice the file) stops it.
+    import contexta_async._record_index as record_index
+
+    monkeypatch.setattr(record_index, "_WASTE_FLOOR", 1 << 20)
+    lie = INDEX_MAGIC + struct.pack("<II", 64 << 10, 0) + b"\x9e"
+    data = lie * ((1 << 20) // len(lie))
+    checked = 0
+    real_crc32 = zlib.crc32
+
+    def crc32(data: bytes | memoryview, value: int = 0) -> int:
+        nonlocal checked
+        checked += len(data)
+        return real_crc32(data, value)
+
+    monkeypatch.setattr(record_index.zlib, "crc32", crc32)
+    frames, damaged = read_frames(io.BytesIO(data), limit=len(data))
+    assert frames == [] and damaged >= 1
+    assert checked <= (1 << 20) + 2 * len(data) + (64 << 10)
+
+
+def test_a_fifo_in_place_of_record_jsonl_never_blocks_loading_the_index(tmp_path: Path) -> None:
+    import threading
+
+    record = tmp_path / "record.jsonl"
+    os.mkfifo(record)
+    (tmp_path / "record.index").write_bytes(_tiny_frame(0, 0))
+    found: list[object] = []
+    loader = threading.Thread(target=lambda: found.append(load_index(str(record))), daemon=True)
+    loader.start()
+    loader.join(10)  # a guard against hanging the suite, not a measurement
+    if loader.is_alive():  # unblock it: opening the FIFO's other end releases the reader
+        os.close(os.open(record, os.O_WRONLY | os.O_NONBLOCK))
+    assert found == [load_index(str(tmp_path / "none.jsonl"))]
+
+
+def test_a_fifo_in_place_of_record_index_never_stalls_the_writer(tmp_path: Path) -> None:
+    capture = _capture(tmp_path)
+    capture.mkdir(parents=True)
+    os.mkfifo(capture / "record.index")
+    with capture_logs() as logs:
+        with Contexta(workspace=tmp_path, shutdown_timeout=30) as ctx, ctx.run("r") as run:
+            for i in range(5000):
+                run.metric("x", i)
+            ctx.flush()
+    assert any(e["event"] == "contexta_async.index_write_failed" for e in logs)
+    lines = (capture / "record.jsonl").read_bytes().count(b"\n")
+    assert lines == 5000
 
 
 def test_a_sink_with_index_off_writes_no_index(tmp_path: Path) -> None:

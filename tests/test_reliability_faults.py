@@ -324,3 +324,77 @@ def test_a_failed_directory_fsync_for_a_new_file_is_retried_before_acknowledging
     assert stats.retries == 1 and stats.failed == 0
     statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
     assert statuses == ["open", "completed"]
+
+
+def test_whole_lines_left_by_a_failed_write_that_could_not_be_cut_are_not_written_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk errors after the first lines of a chunk landed whole, and cutting them back
+    # off fails too: the retry must not append those lines a second time.
+    real_ftruncate = os.ftruncate
+    plan = {"write": 1, "ftruncate": 1}
+
+    def write(fd: int, data: Any) -> int:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if plan["write"] and path.endswith("record.jsonl") and len(data) > 4000:
+            plan["write"] -= 1
+            cut = bytes(data).rfind(b"\n", 0, len(data) // 2) + 1
+            _real_write(fd, bytes(data)[:cut])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return _real_write(fd, data)
+
+    def ftruncate(fd: int, length: int) -> None:
+        if plan["ftruncate"] and not plan["write"]:
+            plan["ftruncate"] -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with Contexta(
+        workspace=tmp_path, config={"project_name": "p"}, max_retries=3, retry_backoff=0.01
+    ) as ctx:
+        with ctx.run("a") as run:
+            run.metric("m", 0)
+            ctx.flush()
+            for i in range(1, 200):
+                run.metric("m", i)
+            ctx.flush()
+        stats = ctx.statistics()
+    assert plan == {"write": 0, "ftruncate": 0}  # both faults happened
+    assert stats.failed == 0
+    assert _values(tmp_path) == Counter(("run:p.a", i) for i in range(200))
+
+
+def test_one_sink_shared_by_two_clients_writes_every_line_once(tmp_path: Path) -> None:
+    import threading
+
+    from contexta_async.sinks import LocalJsonlSink
+
+    # flock does not exclude two threads writing through one descriptor: without the sink's
+    # own lock, one writer's torn-tail cut truncates the other's write in progress.
+    sink = LocalJsonlSink(tmp_path / "cache" / "capture")
+    clients = [
+        Contexta(
+            workspace=tmp_path, config={"project_name": f"p{i}"}, sinks=[sink], max_batch_size=64
+        )
+        for i in range(2)
+    ]
+    start = threading.Barrier(2)
+
+    def capture(ctx: Contexta) -> None:
+        start.wait()
+        with ctx.run("a") as run:
+            for i in range(20_000):
+                run.metric("m", i)
+        ctx.flush()
+
+    threads = [threading.Thread(target=capture, args=(ctx,)) for ctx in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ctx in clients:
+        ctx.close()
+    expected = Counter((f"run:p{c}.a", i) for c in range(2) for i in range(20_000))
+    assert _values(tmp_path) == expected

@@ -49,7 +49,16 @@ def load_index(record_path: str) -> LoadedIndex:
                 return LoadedIndex([], 0, 0)
             size = os.fstat(handle.fileno()).st_size
             frames, rejected = read_frames(handle, limit=size)
-        fd = os.open(record_path, os.O_RDONLY | os.O_CLOEXEC)
+        # Never wait on record.jsonl (a FIFO there): the JSON path says what is wrong with it.
+        fd = os.open(record_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            os.close(fd)
+            raise
+        if not regular:
+            os.close(fd)
+            return LoadedIndex([], 0, 0)
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError):
             _log.warning(

@@ -175,7 +175,8 @@ class Workspace:
         # Contexta 1.0.0 writes) is read from the JSON.
         index = None
         if self.use_index and not times:
-            index = await anyio.to_thread.run_sync(load_index, str(path))
+            # Bounded work, but a cancelled read need not wait for it.
+            index = await anyio.to_thread.run_sync(load_index, str(path), abandon_on_cancel=True)
             issues.index_entries_rejected += index.rejected
         workers = self.workers
         if workers > 1:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +57,23 @@ def _make_dirs(directory: Path) -> list[Path]:
             continue
         created.append(path)
     return created
+
+
+def _open_index(path: Path) -> int:
+    """``record.index`` open for appending; OSError unless it is a regular file (a FIFO there
+    must not stall the writer: O_NONBLOCK, then checked)."""
+    fd = os.open(
+        path,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+        _FILE_MODE,
+    )
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _cut_torn_tail(fd: int, size: int, target: str) -> int:
@@ -108,6 +128,12 @@ class LocalJsonlSink(Sink):
         self._index_fd: int | None = None
         self._frame: PendingFrame | None = None  # consecutive chunks not described yet
         self._index_failed = False
+        # A write that failed and could not be cut back: (its start, the file size it left),
+        # per family. The next write cuts it off if nothing was appended since.
+        self._leftovers: dict[str, tuple[int, int]] = {}
+        # One sink may serve several clients (threads): flock does not exclude threads that
+        # share a descriptor, so they take turns here.
+        self._lock = threading.Lock()
         self.storage_root = Path(storage_root).absolute()
         self.fsync = fsync
         self.name = name
@@ -172,10 +198,26 @@ class LocalJsonlSink(Sink):
 
     def write(self, chunk: Chunk) -> None:
         """Append the chunk with one ``write`` under ``flock``, then fsync (when enabled)."""
+        with self._lock:
+            end = self._write_locked(chunk)
+            if self.index and chunk.family == RECORD:
+                self._append_index(chunk, end)
+
+    def _write_locked(self, chunk: Chunk) -> int:
         fd = self._fd_for(chunk.family)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             start = os.fstat(fd).st_size
+            leftover = self._leftovers.pop(chunk.family, None)
+            if leftover is not None and leftover[1] == start:
+                # Whole lines a failed write left (its truncation failed too): never
+                # acknowledged, and retried in this very chunk, so they must go.
+                try:
+                    os.ftruncate(fd, leftover[0])
+                except OSError:
+                    self._leftovers[chunk.family] = leftover
+                    raise
+                start = leftover[0]
             if start > 0 and os.pread(fd, 1, start - 1) != b"\n":
                 # A writer died mid-line (every writer holds this lock while it writes): cut the
                 # unacknowledged fragment off so that every line in the file stays valid.
@@ -188,7 +230,8 @@ class LocalJsonlSink(Sink):
                 try:
                     os.ftruncate(fd, start)
                 except OSError:
-                    pass  # the next write cuts the fragment off before it appends
+                    with contextlib.suppress(OSError):
+                        self._leftovers[chunk.family] = (start, os.fstat(fd).st_size)
                 raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -197,8 +240,7 @@ class LocalJsonlSink(Sink):
                 os.fsync(fd)
             except OSError as exc:
                 raise FsyncError(exc.errno, f"fsync failed: {exc.strerror}", chunk.target) from exc
-        if self.index and chunk.family == RECORD:
-            self._append_index(chunk, end)
+        return end
 
     def _append_index(self, chunk: Chunk, end: int) -> None:
         """Describe the chunk in ``record.index``, once its lines are written (and fsynced,
@@ -235,11 +277,7 @@ class LocalJsonlSink(Sink):
         if len(body) > MAX_FRAME:
             return  # readers would take it for garbage: its lines are parsed instead
         if self._index_fd is None:
-            self._index_fd = os.open(
-                index_path_for(self.file_path_for(RECORD)),
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                _FILE_MODE,
-            )
+            self._index_fd = _open_index(index_path_for(self.file_path_for(RECORD)))
         # One write: frames of several writers never interleave. A frame cut short (disk
         # full, a crash) fails its CRC and readers skip it.
         written = os.writev(self._index_fd, [header, body])
@@ -260,6 +298,10 @@ class LocalJsonlSink(Sink):
     def close(self) -> None:
         """Write the pending index frame, close the open files; a later write opens them
         again (and tries the index again)."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if not self._index_failed:
             try:
                 self._write_frame()

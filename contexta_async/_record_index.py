@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import sys
 import zlib
@@ -52,6 +53,7 @@ __all__ = [
     "expand_entry",
     "index_path_for",
     "line_crc",
+    "open_regular",
     "parse_frames",
     "read_entry",
     "read_frames",
@@ -61,6 +63,21 @@ INDEX_MAGIC: Final = b"CXI1"
 _HEADER: Final = struct.Struct("<4sII")
 _NONE: Final = float("nan")
 _BIG_ENDIAN: Final = sys.byteorder == "big"
+
+
+def open_regular(path: str | Path, flags: int, mode: int = 0o644) -> int | None:
+    """A descriptor of ``path`` opened with ``flags`` (plus ``O_CLOEXEC`` and ``O_NONBLOCK``:
+    a FIFO is never waited on), or None when it is not a regular file. Raises OSError."""
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return fd
 
 
 def index_path_for(record_file: str | Path) -> Path:

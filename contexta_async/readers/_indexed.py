@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from operator import attrgetter
@@ -22,7 +21,7 @@ from typing import BinaryIO, NamedTuple
 
 import structlog
 
-from .._record_index import Frame, index_path_for, read_frames
+from .._record_index import Frame, index_path_for, open_regular, read_frames
 
 __all__ = ["LoadedIndex", "load_index", "open_index", "pieces"]
 
@@ -50,15 +49,10 @@ def load_index(record_path: str) -> LoadedIndex:
             size = os.fstat(handle.fileno()).st_size
             frames, rejected = read_frames(handle, limit=size)
         # Never wait on record.jsonl (a FIFO there): the JSON path says what is wrong with it.
-        fd = os.open(record_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        except OSError:
-            os.close(fd)
-            raise
-        if not regular:
-            os.close(fd)
+        found = open_regular(record_path, os.O_RDONLY)
+        if found is None:
             return LoadedIndex([], 0, 0)
+        fd = found
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError):
             _log.warning(
@@ -96,14 +90,8 @@ def load_index(record_path: str) -> LoadedIndex:
 def open_index(index_path: Path) -> contextlib.AbstractContextManager[BinaryIO | None]:
     """``record.index`` open for reading, or None when it is not a regular file (never
     followed through a symlink, never waited on like a FIFO). Raises OSError."""
-    fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        os.close(fd)
-        raise
-    if not regular:
-        os.close(fd)
+    fd = open_regular(index_path, os.O_RDONLY | os.O_NOFOLLOW)
+    if fd is None:
         _log.warning("contexta_async.index_unreadable", target=str(index_path), error="not a file")
         return contextlib.nullcontext()
     return os.fdopen(fd, "rb")

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from .._record_index import (
     PendingFrame,
     columns_from_items,
     index_path_for,
+    open_regular,
 )
 from .._records import FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, stamp_lines
@@ -61,18 +61,10 @@ def _make_dirs(directory: Path) -> list[Path]:
 
 def _open_index(path: Path) -> int:
     """``record.index`` open for appending; OSError unless it is a regular file (a FIFO there
-    must not stall the writer: O_NONBLOCK, then checked)."""
-    fd = os.open(
-        path,
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
-        _FILE_MODE,
-    )
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-    except BaseException:
-        os.close(fd)
-        raise
+    must not stall the writer)."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+    if fd is None:
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     return fd
 
 

@@ -554,3 +554,36 @@ def test_frames_are_found_and_damage_counted_whatever_the_read_size(
         for frame in frames:
             entry = read_entry(index.fileno(), frame)
             assert entry is not None and entry.subjects == [f"run:p.r{frame.start // 100}"]
+
+
+@pytest.mark.parametrize("where", ["checking frames", "reading a frame"])
+async def test_an_io_error_on_the_index_falls_back_to_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import errno
+
+    await _eval_workspace(tmp_path, samples=100)
+    expected = await Workspace(tmp_path, workers=1, use_index=False).compare("model-0", "model-1")
+    real_pread = os.pread
+    # Checking frames preads record.jsonl around each frame; reading a frame preads the index.
+    failing = "record.jsonl" if where == "checking frames" else "record.index"
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(failing):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    try:
+        with capture_logs() as logs:
+            got = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    finally:
+        monkeypatch.setattr(os, "pread", real_pread)
+    _same_answer(got, expected)
+    assert got.read_report.records_from_index == 0
+    if where == "checking frames":
+        assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
+    else:
+        assert got.read_report.index_entries_rejected == len(
+            load_index(str(_capture(tmp_path) / "record.jsonl")).entries
+        )

@@ -20,7 +20,6 @@ the body: an ``IndexEntry`` encoded as MessagePack.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import struct
@@ -52,9 +51,7 @@ __all__ = [
     "encode_frame",
     "expand_entry",
     "index_path_for",
-    "line_crc",
     "open_regular",
-    "parse_frames",
     "read_entry",
     "read_frames",
 ]
@@ -163,10 +160,6 @@ MAX_FRAME: Final = 16 << 20
 # record per frame (~340 bytes) well below the lines it stands for.
 MIN_INDEXED_LINES: Final = 32
 _WASTE_FLOOR: Final = 64 << 20
-
-
-def line_crc(line: bytes | memoryview) -> int:
-    return zlib.crc32(line)
 
 
 def _from_u32(data: bytes) -> Sequence[int]:
@@ -284,20 +277,16 @@ class PendingFrame:
             raise ValueError("a frame describes consecutive chunks only")
         if not self.values:
             first = data.index(b"\n") + 1
-            self.head = (first, line_crc(data[:first]))
+            self.head = (first, zlib.crc32(data[:first]))
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
-        self.tail = (len(data) - last, line_crc(data[last:]))
+        self.tail = (len(data) - last, zlib.crc32(data[last:]))
         self.types.extend(columns.types)
         self.subjects.extend(columns.subjects)
         self.keys.extend(columns.keys)
         self.values.extend(columns.values)
         self.end = end
 
-    def encode(self) -> bytes:
-        header, body = self.encode_parts()
-        return header + body
-
-    def encode_parts(self) -> tuple[bytes, bytes]:
+    def encode(self) -> tuple[bytes, bytes]:
         """The frame as its header and its body (written with one ``os.writev``, no copy
         joining them)."""
         type_table, type_codes = self.types.encoded()
@@ -327,7 +316,7 @@ def encode_frame(columns: ChunkColumns, data: bytes, end: int) -> bytes:
     """The frame for one chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
     pending = PendingFrame(end - len(data))
     pending.extend(columns, data, end)
-    return pending.encode()
+    return b"".join(pending.encode())
 
 
 def _well_formed(head: IndexHead) -> bool:
@@ -451,11 +440,6 @@ def _head_of(body: memoryview, crc: int) -> IndexHead | None:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None  # RecursionError: a crafted body nesting arrays deep
     return head if _well_formed(head) else None
-
-
-def parse_frames(data: bytes) -> tuple[list[Frame], int]:
-    """``read_frames`` of index bytes held in memory."""
-    return read_frames(io.BytesIO(data))
 
 
 def read_entry(fd: int, frame: Frame) -> IndexEntry | None:

@@ -249,7 +249,7 @@ def _check_scan(
         usable = 0
         if index_cuts is not None:
             usable = _write_index(path, index_cuts, set(dropped))
-            entries = load_index(str(path)).entries
+            entries = load_index(str(path)).frames
         # Pieces decoded at once, and how many appended values are folded into the latest
         # values at a time: both change only how the work is cut, never the answer.
         saved = _scan.DECODE_SIZE, _scan._FOLD_AT
@@ -266,7 +266,7 @@ def _check_scan(
                     wanted,
                     True,
                     chunk,
-                    entries=entries,
+                    frames=entries,
                 )
                 for i in range(workers)
             ]

@@ -28,10 +28,10 @@ from contexta_async import Contexta, ValidationError
 from contexta_async._record_index import (
     INDEX_MAGIC,
     MIN_INDEXED_LINES,
+    Frame,
     columns_from_lines,
     encode_frame,
     expand_entry,
-    parse_frames,
     read_entry,
     read_frames,
 )
@@ -43,6 +43,10 @@ from contexta_async.sinks import LocalJsonlSink
 from contexta_async.sinks import _jsonl as jsonl_sink
 
 from .test_readers_helpers import capture_llm_workspace
+
+
+def parse_frames(data: bytes) -> tuple[list[Frame], int]:
+    return read_frames(io.BytesIO(data))
 
 
 def _capture(workspace: Path) -> Path:
@@ -205,7 +209,7 @@ async def test_lines_inserted_into_the_file_send_the_entries_after_them_to_the_j
     path.write_bytes(b"".join([*lines[:middle], b"{not json\n", *lines[middle:]]))
     loaded = load_index(str(path))
     assert loaded.rejected > 0
-    assert all(entry.end <= sum(map(len, lines[:middle])) for entry in loaded.entries)
+    assert all(entry.end <= sum(map(len, lines[:middle])) for entry in loaded.frames)
     indexed, plain = await _compare_both_ways(tmp_path)
     _same_answer(indexed, plain)
     report = indexed.read_report  # type: ignore[attr-defined]
@@ -282,14 +286,14 @@ async def test_forked_readers_split_the_file_at_entry_boundaries_and_agree(
     path = _capture(tmp_path) / "record.jsonl"
     loaded = load_index(str(path))
     for workers in (2, 3):
-        starts = {entry.start for entry in loaded.entries} | {loaded.size}
-        assert set(_bounds(loaded.size, workers, loaded.entries)) <= starts
+        starts = {entry.start for entry in loaded.frames} | {loaded.size}
+        assert set(_bounds(loaded.size, workers, loaded.frames)) <= starts
     single = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
     monkeypatch.setattr(workspace_module, "PARALLEL_MIN_BYTES", 1)
     forked = await Workspace(tmp_path, workers=3).compare("model-0", "model-1")
     _same_answer(forked, single)
     assert forked.read_report == single.read_report
-    assert forked.read_report.records_from_index == sum(e.lines for e in loaded.entries)
+    assert forked.read_report.records_from_index == sum(e.lines for e in loaded.frames)
 
 
 async def test_a_failing_index_write_loses_no_record_and_is_logged(tmp_path: Path) -> None:
@@ -400,7 +404,7 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
     # ...and the thread then stopped at the next frame instead of reading the rest.
     assert await anyio.to_thread.run_sync(finished.wait, 10)
     assert len(calls) == 2
-    assert len(load_index(str(_capture(tmp_path) / "record.jsonl")).entries) > 2
+    assert len(load_index(str(_capture(tmp_path) / "record.jsonl")).frames) > 2
 
 
 def test_a_long_stretch_of_garbage_in_the_index_is_never_held_whole() -> None:
@@ -585,5 +589,5 @@ async def test_an_io_error_on_the_index_falls_back_to_parsing(
         assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
     else:
         assert got.read_report.index_entries_rejected == len(
-            load_index(str(_capture(tmp_path) / "record.jsonl")).entries
+            load_index(str(_capture(tmp_path) / "record.jsonl")).frames
         )

@@ -152,7 +152,7 @@ def test_acknowledged_records_survive_sigkill_and_a_new_writer_appends_cleanly(
         # record.index survived the kill too: every entry a reader trusts describes exactly
         # the lines in its range, and the recovery's lines are indexed.
         record_file = capture / "record.jsonl"
-        entries = load_index(str(record_file)).entries
+        entries = load_index(str(record_file)).frames
         frames_checked += len(entries)
         for entry in entries:
             assert _indexed_columns_match(record_file, entry), f"trial {trial}: {entry.start}"

@@ -68,7 +68,7 @@ def test_four_processes_share_one_workspace_without_interleaving_or_tearing_line
     # Each process indexed each of its chunks where the chunk landed, between the others'.
     loaded = load_index(str(tmp_path / "cache" / "capture" / "record.jsonl"))
     assert loaded.rejected == 0
-    assert sum(entry.lines for entry in loaded.entries) == len(records)
+    assert sum(entry.lines for entry in loaded.frames) == len(records)
     print(
         f"\nmultiprocess: {PROCESSES} processes x {RECORDS} records, {len(records)} lines "
         f"parsed, writers alternated {switches} times in record.jsonl"

@@ -30,9 +30,9 @@ _START = attrgetter("start")
 
 
 class LoadedIndex(NamedTuple):
-    entries: list[Frame]  # verified, in file order, not overlapping
-    rejected: int  # damaged frames and entries that no longer match the file
-    size: int  # the size of record.jsonl when the entries were checked
+    frames: list[Frame]  # verified, in file order, not overlapping
+    rejected: int  # damaged frames and frames that no longer match the file
+    size: int  # the size of record.jsonl when the frames were checked
 
 
 def load_index(record_path: str) -> LoadedIndex:
@@ -117,17 +117,17 @@ def _matches(fd: int, frame: Frame) -> bool:
 
 
 def pieces(
-    entries: Sequence[Frame], begin: int, stop: int | None
+    frames: Sequence[Frame], begin: int, stop: int | None
 ) -> Iterator[tuple[int, int | None, Frame | None]]:
-    """``[begin, stop)`` cut into the entries inside it and the gaps between them, in file
-    order: (start, end, entry or None for a gap). ``stop`` None: to the end of the file."""
+    """``[begin, stop)`` cut into the frames inside it and the gaps between them, in file
+    order: (start, end, frame or None for a gap). ``stop`` None: to the end of the file."""
     position = begin
-    for entry in entries:
-        if entry.start < begin or (stop is not None and entry.end > stop):
+    for frame in frames:
+        if frame.start < begin or (stop is not None and frame.end > stop):
             continue
-        if entry.start > position:
-            yield position, entry.start, None
-        yield entry.start, entry.end, entry
-        position = entry.end
+        if frame.start > position:
+            yield position, frame.start, None
+        yield frame.start, frame.end, frame
+        position = frame.end
     if stop is None or position < stop:
         yield position, stop, None

@@ -85,23 +85,23 @@ def scan_range(
     keep_values: bool,
     chunk_size: int,
     times: bool = False,
-    entries: Sequence[Frame] = (),
+    frames: Sequence[Frame] = (),
     stop_event: threading.Event | None = None,
 ) -> tuple[RecordScan, Issues]:
     """Scan the lines that start in ``[start, end)`` (``end`` None: to the end of the file),
-    taking the parts that ``entries`` (verified index frames) describe from them and the rest
+    taking the parts that ``frames`` (verified index frames) describe from them and the rest
     from the JSON (blocking: run in a child process or a worker thread). ``stop_event`` set:
     give up (ScanAbandoned) at the next frame or block."""
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
-    with open(path, "rb") as handle, _index_file(path, bool(entries)) as index:
+    with open(path, "rb") as handle, _index_file(path, bool(frames)) as index:
         begin = _line_start(handle, start)
         stop = end if end is None or last else _line_start(handle, end)
-        for piece_start, piece_end, frame in pieces(entries, begin, stop):
+        for piece_start, piece_end, frame in pieces(frames, begin, stop):
             if stop_event is not None and stop_event.is_set():
                 raise ScanAbandoned
             if frame is not None:
-                # One entry's columns in memory at a time: they are read when they are used.
+                # One frame's columns in memory at a time: they are read when they are used.
                 entry = None if index is None else read_entry(index.fileno(), frame)
                 if entry is not None and acc.feed_entry(entry):
                     issues.records_from_index += entry.lines
@@ -325,16 +325,16 @@ async def scan_records_parallel(
     index: LoadedIndex | None = None,
 ) -> RecordScan:
     """Like ``scan_records``, with ``workers`` forked processes over byte ranges of ``path``
-    (with ``index``, the parts its entries describe are taken from them)."""
-    entries: list[Frame] = []
-    if index is not None and index.entries:
-        entries, size = index.entries, index.size
+    (with ``index``, the parts its frames describe are taken from them)."""
+    frames: list[Frame] = []
+    if index is not None and index.frames:
+        frames, size = index.frames, index.size
     else:
         try:
             size = os.stat(path).st_size
         except OSError as exc:
             raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-    bounds = _bounds(size, workers, entries)
+    bounds = _bounds(size, workers, frames)
     children: list[tuple[int, _Pipe]] = []
     try:
         for i in range(workers):
@@ -347,7 +347,7 @@ async def scan_records_parallel(
                 keep_values,
                 chunk_size,
                 times,
-                entries,
+                frames,
             )
             read_fd, write_fd = os.pipe()
             try:
@@ -415,7 +415,7 @@ async def scan_indexed(
     keep_values: bool,
     chunk_size: int = CHUNK_SIZE,
 ) -> RecordScan:
-    """``scan_range`` over the whole file in a worker thread: the index's entries need no
+    """``scan_range`` over the whole file in a worker thread: the index's frames need no
     decoding to speak of, so there is no block to hand over at a time. Cancelled, it returns
     at once and the thread stops at its next frame or block."""
     stop_event = threading.Event()
@@ -426,7 +426,7 @@ async def scan_indexed(
             wanted,
             keep_values,
             chunk_size,
-            index.entries,
+            index.frames,
             stop_event,
             abandon_on_cancel=True,
         )
@@ -441,26 +441,26 @@ def _scan_whole(
     wanted: frozenset[str] | None,
     keep_values: bool,
     chunk_size: int,
-    entries: list[Frame],
+    frames: list[Frame],
     stop_event: threading.Event,
 ) -> tuple[RecordScan, Issues]:
     try:
         scan, found = scan_range(
-            path, 0, None, True, wanted, keep_values, chunk_size, False, entries, stop_event
+            path, 0, None, True, wanted, keep_values, chunk_size, False, frames, stop_event
         )
     except OSError as exc:
         raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
     return scan.arrange(), found
 
 
-def _bounds(size: int, workers: int, entries: Sequence[Frame]) -> list[int]:
-    """Equal byte ranges, each bound moved to the end of the index entry it falls inside."""
+def _bounds(size: int, workers: int, frames: Sequence[Frame]) -> list[int]:
+    """Equal byte ranges, each bound moved to the end of the index frame it falls inside."""
     bounds = [size * i // workers for i in range(workers + 1)]
-    starts = [entry.start for entry in entries]
+    starts = [frame.start for frame in frames]
     for i in range(1, workers):
         at = bisect_right(starts, bounds[i]) - 1
-        if at >= 0 and entries[at].start < bounds[i] < entries[at].end:
-            bounds[i] = entries[at].end
+        if at >= 0 and frames[at].start < bounds[i] < frames[at].end:
+            bounds[i] = frames[at].end
     return bounds
 
 

@@ -180,7 +180,7 @@ class Workspace:
             issues.index_entries_rejected += index.rejected
         workers = self.workers
         if workers > 1:
-            if index is not None and index.entries:
+            if index is not None and index.frames:
                 size = index.size
             else:
                 try:
@@ -202,7 +202,7 @@ class Workspace:
                     chunk_size=self.chunk_size,
                     index=index,
                 )
-        if index is not None and index.entries:
+        if index is not None and index.frames:
             return await scan_indexed(
                 path,
                 issues,

@@ -265,7 +265,7 @@ class LocalJsonlSink(Sink):
         frame, self._frame = self._frame, None
         if frame is None or frame.lines < MIN_INDEXED_LINES:
             return
-        header, body = frame.encode_parts()
+        header, body = frame.encode()
         if len(body) > MAX_FRAME:
             return  # readers would take it for garbage: its lines are parsed instead
         if self._index_fd is None:

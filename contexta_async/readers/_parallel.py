@@ -286,10 +286,10 @@ class _Pipe:
 
 class _Received(NamedTuple):
     scan: RecordScan
-    answer: _Answer  # all but the scan
+    issues: Issues
 
 
-def _receive(pipe: _Pipe) -> _Received | _Failure | None:
+def _receive(pipe: _Pipe, path: str) -> _Received | _Failure | None:
     """Read a child's answer from its pipe, decode it and rebuild its scan (in a worker
     thread, as soon as that child is done, while the others may still be scanning). None
     when the child died without a whole answer."""
@@ -305,7 +305,13 @@ def _receive(pipe: _Pipe) -> _Received | _Failure | None:
         return None  # nothing, or a partial answer: the child was killed while writing
     if isinstance(answer, _Failure):
         return answer
-    return _Received(_from_wire(answer.scan), answer)
+    found = Issues()
+    found.absorb(answer.corrupt, answer.problems)
+    if answer.torn:
+        found.torn_tails.append(path)
+    found.records_from_index = answer.records_from_index
+    found.index_entries_rejected = answer.index_entries_rejected
+    return _Received(_from_wire(answer.scan), found)
 
 
 def _reap(pid: int) -> None:
@@ -369,7 +375,9 @@ async def scan_records_parallel(
         answers: list[_Received | _Failure | None] = [None] * workers
 
         async def collect(number: int, pipe: _Pipe) -> None:
-            answers[number] = await anyio.to_thread.run_sync(_receive, pipe, abandon_on_cancel=True)
+            answers[number] = await anyio.to_thread.run_sync(
+                _receive, pipe, str(path), abandon_on_cancel=True
+            )
 
         async with anyio.create_task_group() as group:
             for number, (_, pipe) in enumerate(children):
@@ -395,12 +403,7 @@ async def scan_records_parallel(
             if received.kind in ("PermissionError", "FileNotFoundError", "OSError"):
                 raise UnreadableFileError(str(path), received.message)
             raise RuntimeError(f"reader process failed: {received.kind}: {received.message}")
-        answer = received.answer
-        issues.absorb(answer.corrupt, answer.problems)
-        if answer.torn:
-            issues.torn_tails.append(str(path))
-        issues.records_from_index += answer.records_from_index
-        issues.index_entries_rejected += answer.index_entries_rejected
+        issues.absorb_all(received.issues)
         scans.append(received.scan)
     # Merging and arranging ~100k values per run takes a while: off the event loop.
     return await anyio.to_thread.run_sync(_merged, scans)

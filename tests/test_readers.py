@@ -417,7 +417,7 @@ def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
     answer = _parallel._ANSWER.decode(raw)
     assert isinstance(answer, _parallel._Answer)
     assert (answer.corrupt, answer.torn) == (2, True)
-    assert (answer.records_from_index, answer.index_entries_rejected) == (5, 1)
+    assert (answer.records_from_index, answer.index_frames_rejected) == (5, 1)
     back = _parallel._from_wire(answer.scan)
     assert back.counts == scan.counts
     assert back.stage_refs == scan.stage_refs

@@ -215,7 +215,7 @@ async def test_lines_inserted_into_the_file_send_the_entries_after_them_to_the_j
     report = indexed.read_report  # type: ignore[attr-defined]
     assert report.corrupt_lines == 1
     assert 0 < report.records_from_index <= middle
-    assert report.index_entries_rejected == loaded.rejected
+    assert report.index_frames_rejected == loaded.rejected
 
 
 async def test_a_damaged_frame_is_skipped_and_the_frames_after_it_are_still_used(
@@ -236,7 +236,7 @@ async def test_a_damaged_frame_is_skipped_and_the_frames_after_it_are_still_used
     indexed, plain = await _compare_both_ways(tmp_path)
     _same_answer(indexed, plain)
     report = indexed.read_report  # type: ignore[attr-defined]
-    assert report.index_entries_rejected == 1
+    assert report.index_frames_rejected == 1
     assert report.records_from_index == sum(e.lines for e in entries) - entries[1].lines
 
 
@@ -260,7 +260,7 @@ async def test_lines_written_after_the_last_frame_are_read_from_the_json(tmp_pat
     _same_answer(indexed, plain)
     report = indexed.read_report  # type: ignore[attr-defined]
     assert report.records_from_index == sum(e.lines for e in entries[:-1])
-    assert report.index_entries_rejected == 0
+    assert report.index_frames_rejected == 0
 
 
 async def test_a_truncated_record_file_uses_only_the_entries_it_still_holds(
@@ -359,7 +359,7 @@ async def test_frames_that_no_longer_match_are_counted_even_when_none_is_left(
     frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
     compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
     assert compared.read_report.records_from_index == 0
-    assert compared.read_report.index_entries_rejected == len(frames) > 1
+    assert compared.read_report.index_frames_rejected == len(frames) > 1
 
 
 async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
@@ -588,6 +588,6 @@ async def test_an_io_error_on_the_index_falls_back_to_parsing(
     if where == "checking frames":
         assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
     else:
-        assert got.read_report.index_entries_rejected == len(
+        assert got.read_report.index_frames_rejected == len(
             load_index(str(_capture(tmp_path) / "record.jsonl")).frames
         )

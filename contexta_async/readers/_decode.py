@@ -212,7 +212,7 @@ class Issues:
         self._problems: list[tuple[str, int, str]] = []
         self.torn_tails: list[str] = []
         self.records_from_index = 0
-        self.index_entries_rejected = 0
+        self.index_frames_rejected = 0
 
     def corrupt(self, path: str, offset: int, reason: str) -> None:
         self.corrupt_lines += 1
@@ -233,7 +233,7 @@ class Issues:
         self.absorb(other.corrupt_lines, other.problems_raw())
         self.torn_tails.extend(other.torn_tails)
         self.records_from_index += other.records_from_index
-        self.index_entries_rejected += other.index_entries_rejected
+        self.index_frames_rejected += other.index_frames_rejected
 
     async def report(self) -> ReadReport:
         problems: list[LineProblem] = []
@@ -249,7 +249,7 @@ class Issues:
             problems=problems,
             torn_tails=list(self.torn_tails),
             records_from_index=self.records_from_index,
-            index_entries_rejected=self.index_entries_rejected,
+            index_frames_rejected=self.index_frames_rejected,
         )
 
 

@@ -80,7 +80,7 @@ def load_index(record_path: str) -> LoadedIndex:
         os.close(fd)
     if rejected:
         _log.info(
-            "contexta_async.index_entries_rejected",
+            "contexta_async.index_frames_rejected",
             target=str(index_path),
             rejected=rejected,
         )

@@ -53,7 +53,7 @@ class ReadReport(_R):
     that line was left out silently and is read once complete.
 
     ``records_from_index`` counts the RECORD lines whose type, subject, key and value came
-    from ``record.index`` instead of their JSON; ``index_entries_rejected`` the index frames
+    from ``record.index`` instead of their JSON; ``index_frames_rejected`` the index frames
     not used: damaged, no longer matching ``record.jsonl``, overlapping another, or naming a
     scope that does not parse (their lines were parsed instead: nothing is lost, it is only
     slower).
@@ -63,7 +63,7 @@ class ReadReport(_R):
     problems: list[LineProblem] = msgspec.field(default_factory=list)
     torn_tails: list[str] = msgspec.field(default_factory=list)
     records_from_index: int = 0
-    index_entries_rejected: int = 0
+    index_frames_rejected: int = 0
 
 
 class RecordCounts(_R):

@@ -106,7 +106,7 @@ def scan_range(
                 if entry is not None and acc.feed_entry(entry):
                     issues.records_from_index += entry.lines
                     continue
-                issues.index_entries_rejected += 1
+                issues.index_frames_rejected += 1
             feeder = BlockFeeder(acc, path, issues, piece_start)
             _scan_json(handle, feeder, piece_end, chunk_size, stop_event)
     return acc.finish(), issues
@@ -168,7 +168,7 @@ class _Answer(msgspec.Struct, array_like=True, tag="ok", gc=False):
     problems: list[tuple[str, int, str]]
     torn: bool
     records_from_index: int
-    index_entries_rejected: int
+    index_frames_rejected: int
 
 
 class _Failure(msgspec.Struct, array_like=True, tag="error", gc=False):
@@ -236,7 +236,7 @@ def _child(write_fd: int, args: tuple[Any, ...]) -> None:  # pragma: no cover - 
                     issues.problems_raw(),
                     bool(issues.torn_tails),
                     issues.records_from_index,
-                    issues.index_entries_rejected,
+                    issues.index_frames_rejected,
                 )
             )
         except BaseException as exc:
@@ -310,7 +310,7 @@ def _receive(pipe: _Pipe, path: str) -> _Received | _Failure | None:
     if answer.torn:
         found.torn_tails.append(path)
     found.records_from_index = answer.records_from_index
-    found.index_entries_rejected = answer.index_entries_rejected
+    found.index_frames_rejected = answer.index_frames_rejected
     return _Received(_from_wire(answer.scan), found)
 
 

@@ -177,7 +177,7 @@ class Workspace:
         if self.use_index and not times:
             # Bounded work, but a cancelled read need not wait for it.
             index = await anyio.to_thread.run_sync(load_index, str(path), abandon_on_cancel=True)
-            issues.index_entries_rejected += index.rejected
+            issues.index_frames_rejected += index.rejected
         workers = self.workers
         if workers > 1:
             if index is not None and index.frames:

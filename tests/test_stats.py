@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from contexta_async.readers import mcnemar_exact, paired_bootstrap_ci
+from contexta_async import ValidationError
+from contexta_async.readers import SADDLEPOINT_MIN_PAIRS, mcnemar_exact, paired_bootstrap_ci
 from contexta_async.readers._stats import _percentile, binomial_variate, paired_bootstrap_cis
 
 
@@ -213,3 +214,186 @@ def test_bootstrap_of_several_metrics_without_numpy_uses_pure_python(
     got = paired_bootstrap_cis(jobs, resamples=200, seed=2, workers=2)
     assert got == expected
     assert [interval.method for interval in got] == ["python", "python"]
+
+
+# ---- saddlepoint approximation of the bootstrap distribution ----------------------------------
+
+
+def _exact_bootstrap_levels(diffs: list[float], qs: tuple[float, ...]) -> list[float]:
+    """Quantiles of the exact bootstrap distribution of the mean: every multiset of n draws
+    (the compositions of n into n counts) with its multinomial probability. n = 10: 92,378."""
+    n = len(diffs)
+    log_factorial = [math.lgamma(i + 1) for i in range(n + 1)]
+    atoms = []
+    for bars in itertools.combinations(range(2 * n - 1), n - 1):
+        counts = [b - a - 1 for a, b in zip((-1, *bars), (*bars, 2 * n - 1), strict=True)]
+        log_p = log_factorial[n] - sum(log_factorial[c] for c in counts) - n * math.log(n)
+        atoms.append((sum(c * d for c, d in zip(counts, diffs, strict=True)) / n, math.exp(log_p)))
+    atoms.sort()
+    out = []
+    for q in qs:
+        total = 0.0
+        for value, p in atoms:
+            total += p
+            if total >= q:
+                out.append(value)
+                break
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_saddlepoint_interval_matches_the_exact_bootstrap_distribution_of_skewed_data(
+    seed: int,
+) -> None:
+    # Ten exponential differences: a skewed bootstrap distribution, enumerated exactly.
+    rng = random.Random(seed)
+    diffs = [rng.expovariate(1.0) for _ in range(10)]
+    low, high = _exact_bootstrap_levels(diffs, (0.025, 0.975))
+    mean = sum(diffs) / len(diffs)
+    se = float(np.std(diffs)) / math.sqrt(len(diffs))
+    for use_numpy in (True, False):
+        ours = paired_bootstrap_ci(diffs, method="saddlepoint", use_numpy=use_numpy)
+        assert ours.method == "saddlepoint"
+        assert abs(ours.low - low) < 0.02 * se
+        assert abs(ours.high - high) < 0.02 * se
+    # The skew matters at this precision: the normal interval misses the exact one.
+    assert abs(mean - 1.959964 * se - low) > 0.05 * se
+
+
+def _shaped(shape: str, n: int, rng: np.random.Generator) -> list[float]:
+    if shape == "normal":
+        values = rng.normal(0.1, 1.0, n)
+    elif shape == "skewed":
+        values = rng.pareto(2.5, n)
+    elif shape == "heavy-tailed":
+        values = rng.standard_t(3, n)
+    elif shape == "binary":
+        values = (rng.random(n) < 0.7).astype(float) - (rng.random(n) < 0.6)
+    elif shape == "integer":
+        values = rng.integers(50, 400, n) - rng.integers(50, 420, n).astype(float)
+    else:  # one difference carries about 40% of the spread
+        values = rng.normal(0.0, 1.0, n)
+        values[0] = 0.82 * math.sqrt(n)
+    return [float(v) for v in values]
+
+
+@pytest.mark.parametrize(
+    "shape", ["normal", "skewed", "heavy-tailed", "binary", "integer", "one large difference"]
+)
+def test_saddlepoint_interval_agrees_with_scipy_bootstrap_on_ten_thousand_pairs(
+    shape: str,
+) -> None:
+    n = SADDLEPOINT_MIN_PAIRS
+    diffs = _shaped(shape, n, np.random.default_rng(21))
+    ours = paired_bootstrap_ci(diffs)  # auto: approximated from 10,000 pairs on
+    assert ours.method == "saddlepoint"
+    theirs = stats.bootstrap(
+        (np.array(diffs),),
+        np.mean,
+        n_resamples=10_000,
+        batch=500,
+        method="percentile",
+        random_state=np.random.default_rng(22),
+    ).confidence_interval
+    # scipy's endpoints carry a Monte Carlo error of ~0.03 standard errors of the mean.
+    se = float(np.std(diffs)) / math.sqrt(n)
+    assert abs(ours.low - theirs.low) < 0.12 * se
+    assert abs(ours.high - theirs.high) < 0.12 * se
+
+
+@pytest.mark.parametrize("confidence", [0.001, 0.5, 0.99])
+def test_saddlepoint_interval_at_any_confidence_agrees_with_many_resamples(
+    confidence: float,
+) -> None:
+    # Near confidence 0 both ends lie on the same side of the mean (the distribution is
+    # skewed): the approximation must still find them.
+    rng = random.Random(8)
+    diffs = [rng.expovariate(1.0) for _ in range(1000)]
+    ours = paired_bootstrap_ci(diffs, confidence=confidence, method="saddlepoint")
+    resampled = paired_bootstrap_ci(
+        diffs, confidence=confidence, method="resample", resamples=100_000, seed=3
+    )
+    se = float(np.std(diffs)) / math.sqrt(len(diffs))
+    assert ours.low < ours.high
+    assert abs(ours.low - resampled.low) < 0.05 * se
+    assert abs(ours.high - resampled.high) < 0.05 * se
+
+
+def test_auto_approximates_from_ten_thousand_pairs_and_resamples_below() -> None:
+    rng = random.Random(15)
+    diffs = [rng.gauss(0.2, 1.0) for _ in range(SADDLEPOINT_MIN_PAIRS)]
+    approximated = paired_bootstrap_ci(diffs)
+    assert approximated.method == "saddlepoint"
+    # Deterministic: the seed and the resample count play no part.
+    assert paired_bootstrap_ci(diffs, seed=9, resamples=10) == approximated
+    assert paired_bootstrap_ci(diffs[:-1], resamples=200).method == "numpy"
+    assert paired_bootstrap_ci(diffs, method="resample", resamples=200).method == "numpy"
+    assert paired_bootstrap_ci(diffs[:50], method="saddlepoint").method == "saddlepoint"
+    python = paired_bootstrap_ci(diffs, use_numpy=False)
+    assert python.method == "saddlepoint"
+    assert (python.low, python.high) == (
+        pytest.approx(approximated.low, rel=1e-9),
+        pytest.approx(approximated.high, rel=1e-9),
+    )
+
+
+def test_auto_resamples_when_one_difference_dominates() -> None:
+    # One difference carries ~99% of the squared deviations: how often a resample draws it
+    # (about Poisson(1)) splits the bootstrap distribution into lumps; auto resamples.
+    rng = random.Random(16)
+    diffs = [rng.gauss(0.0, 1.0) for _ in range(SADDLEPOINT_MIN_PAIRS)]
+    diffs[0] = 1000.0
+    assert paired_bootstrap_ci(diffs, resamples=200).method == "numpy"
+    assert paired_bootstrap_ci(diffs, method="saddlepoint").method == "saddlepoint"
+
+
+def test_a_saddlepoint_that_does_not_settle_is_an_error_only_when_asked_for() -> None:
+    # A single 1 among 999 zeros: the resample mean is k/1000, k ~ Binomial(1000, 1/1000).
+    diffs = [0.0] * 999 + [1.0]
+    with pytest.raises(ValidationError, match="method: the saddlepoint approximation"):
+        paired_bootstrap_ci(diffs, method="saddlepoint")
+    with pytest.raises(ValidationError, match="method: must be 'auto', 'resample' or"):
+        paired_bootstrap_ci(diffs, method="exact")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "method"), [(10, "numpy"), (100, "numpy"), (3000, "saddlepoint")]
+)
+def test_auto_resamples_rare_changes_whose_bootstrap_distribution_is_lumpy(
+    changes: int, method: str
+) -> None:
+    # k changes (1) among 10,000 ties (0): the resample mean is (Binomial count)/n, on a
+    # lattice 1/sqrt(k) standard errors apart: 0.32 and 0.1 are lumps, 0.018 is smooth.
+    diffs = [1.0] * changes + [0.0] * (SADDLEPOINT_MIN_PAIRS - changes)
+    interval = paired_bootstrap_ci(diffs, resamples=20_000, seed=2)
+    assert interval.method == method
+    if method == "saddlepoint":
+        resampled = paired_bootstrap_ci(diffs, method="resample", resamples=20_000, seed=2)
+        se = float(np.std(diffs)) / math.sqrt(len(diffs))
+        assert abs(interval.low - resampled.low) < 0.08 * se
+        assert abs(interval.high - resampled.high) < 0.08 * se
+
+
+def test_several_metrics_mix_approximated_and_resampled_intervals_as_alone() -> None:
+    rng = random.Random(17)
+    big = SADDLEPOINT_MIN_PAIRS
+    dominated = [rng.gauss(0.0, 1.0) for _ in range(big)]
+    dominated[5] = 2000.0
+    jobs = [
+        [rng.gauss(0.1, 1.0) for _ in range(big)],
+        dominated,  # resampled: one difference dominates
+        [float(rng.random() < 0.7) - float(rng.random() < 0.6) for _ in range(big)],
+        [rng.expovariate(1.0) for _ in range(500)],  # resampled: fewer pairs
+        [0.5] * 20,
+    ]
+    alone = [paired_bootstrap_ci(diffs, resamples=100, seed=4) for diffs in jobs]
+    assert [interval.method for interval in alone] == [
+        "saddlepoint",
+        "numpy",
+        "saddlepoint",
+        "numpy",
+        "constant",
+    ]
+    assert paired_bootstrap_cis(jobs, resamples=100, seed=4, workers=2) == alone
+    resampled = paired_bootstrap_cis(jobs, resamples=100, seed=4, method="resample")
+    assert [interval.method for interval in resampled] == ["numpy"] * 4 + ["constant"]

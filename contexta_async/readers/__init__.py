@@ -42,16 +42,24 @@ from ._model import (
     Scope,
 )
 from ._report import render_html_report
-from ._stats import BootstrapInterval, mcnemar_exact, paired_bootstrap_ci
+from ._stats import (
+    SADDLEPOINT_MIN_PAIRS,
+    BootstrapInterval,
+    BootstrapMethod,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
 from ._workspace import Workspace, resolve_run_ref
 
 __all__ = [
     "MINIMIZE_WORDS",
+    "SADDLEPOINT_MIN_PAIRS",
     "AmbiguousMetricError",
     "AmbiguousRunError",
     "ArtifactChange",
     "BestRun",
     "BootstrapInterval",
+    "BootstrapMethod",
     "Direction",
     "EmptyWorkspaceError",
     "LineProblem",

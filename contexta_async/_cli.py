@@ -17,6 +17,7 @@ import msgspec
 
 from ._errors import ContextaError
 from .readers import (
+    SADDLEPOINT_MIN_PAIRS,
     BestRun,
     Direction,
     EmptyWorkspaceError,
@@ -109,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _stats_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--bootstrap",
+        choices=("auto", "resample", "saddlepoint"),
+        default="auto",
+        help="resample, approximate the bootstrap distribution by saddlepoint, or auto "
+        f"(the approximation from {SADDLEPOINT_MIN_PAIRS:,} matched samples on; default)",
+    )
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
     parser.add_argument(
         "--maximize", action="append", default=[], metavar="KEY", help="KEY is better higher"
@@ -396,6 +404,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
             confidence=args.confidence,
             resamples=args.resamples,
             seed=args.seed,
+            bootstrap=args.bootstrap,
             include_samples=args.samples,
         )
         if args.json:
@@ -446,6 +455,7 @@ async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         confidence=args.confidence,
         resamples=args.resamples,
         seed=args.seed,
+        bootstrap=args.bootstrap,
         include_samples=True,
     )
     page = render_html_report(result)

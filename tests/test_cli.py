@@ -220,3 +220,26 @@ def test_pick_best_run_example_checks_the_selected_run_from_disk(tmp_path: Path)
         "-w", str(tmp_path / ".contexta"), "best", "--metric", "correct", "helpful-only", "grounded"
     )
     assert code == 0 and "Winner: run:mock-openai-compare.grounded" in out
+
+
+def test_bootstrap_option_chooses_how_intervals_are_computed(llm_ws: Path) -> None:
+    for option, method in (
+        ("saddlepoint", "saddlepoint"),
+        ("resample", "numpy"),
+        ("auto", "numpy"),
+    ):
+        code, out, err = inproc(
+            "-w",
+            str(llm_ws),
+            "compare",
+            "helpful-only",
+            "grounded",
+            "--json",
+            "--bootstrap",
+            option,
+        )
+        assert code == 0, err
+        data = json.loads(out)
+        assert {p["method"] for p in data["paired"]} == {method}
+    code, _, err = inproc("-w", str(llm_ws), "compare", "a", "b", "--bootstrap", "exact")
+    assert code == 2 and "--bootstrap" in err and "invalid choice" in err

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import random
 import re
+import statistics
 from pathlib import Path
 
+import anyio
 import pytest
 from scipy import stats
 
-from contexta_async import Contexta
+from contexta_async import Contexta, ValidationError
 from contexta_async.readers import (
+    SADDLEPOINT_MIN_PAIRS,
     AmbiguousMetricError,
     MetricNotFoundError,
     Workspace,
@@ -241,3 +246,52 @@ def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
     assert natural_key("case-0042") == [(0, "case-"), (1, 42)]
     assert natural_key("v2.10") == [(0, "v"), (1, 2), (0, "."), (1, 10)]
     assert natural_key("12") == [(1, 12)]
+
+
+def _capture_large(workspace: Path) -> None:
+    """Two runs of SADDLEPOINT_MIN_PAIRS samples each: a skewed latency and a 0/1 metric."""
+    rng = random.Random(5)
+    with Contexta(workspace=workspace, config={"project_name": "big"}) as ctx:
+        for name, shift in (("base", 0.0), ("tuned", -4.0)):
+            with ctx.run(name) as run, run.stage("evaluate") as stage:
+                for i in range(SADDLEPOINT_MIN_PAIRS):
+                    with stage.sample(f"case-{i}") as sample:
+                        sample.metric("latency.ms", rng.lognormvariate(5.0, 0.5) + shift)
+                        sample.metric("correct", float(rng.random() < 0.7))
+
+
+async def test_large_runs_get_the_saddlepoint_interval_of_the_same_bootstrap(
+    tmp_path: Path,
+) -> None:
+    await anyio.to_thread.run_sync(_capture_large, tmp_path)
+    ws = Workspace(tmp_path)
+    auto = await ws.compare("base", "tuned", include_samples=True)
+    paired = {p.key: p for p in auto.paired}
+    assert paired["latency.ms"].n_matched == SADDLEPOINT_MIN_PAIRS
+    assert [paired[key].method for key in ("correct", "latency.ms")] == ["saddlepoint"] * 2
+    assert "bootstrap distribution by saddlepoint approximation (no resampling)" in auto.notes[-1]
+    assert "resamples" not in auto.notes[-1]
+    resampled = await ws.compare("base", "tuned", bootstrap="resample", resamples=4000, seed=1)
+    assert "4000 resamples, seed 1" in resampled.notes[-1]
+    assert "saddlepoint" not in resampled.notes[-1]
+    for again in resampled.paired:
+        assert again.method == "numpy"
+        approximated = paired[again.key]
+        samples = approximated.samples or []
+        se = statistics.pstdev(s.diff for s in samples) / math.sqrt(len(samples))
+        # 4000 resamples put each endpoint within ~0.04 standard errors of the bootstrap's.
+        assert approximated.ci_low is not None and again.ci_low is not None
+        assert approximated.ci_high is not None and again.ci_high is not None
+        assert abs(approximated.ci_low - again.ci_low) < 0.2 * se
+        assert abs(approximated.ci_high - again.ci_high) < 0.2 * se
+
+
+async def test_compare_rejects_a_bad_bootstrap_option_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "cache" / "capture").mkdir(parents=True)
+    ws = Workspace(tmp_path)  # empty: reading it would raise EmptyWorkspaceError
+    with pytest.raises(ValidationError, match="bootstrap: must be 'auto', 'resample' or"):
+        await ws.compare("a", "b", bootstrap="exact")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="confidence: must be between 0 and 1"):
+        await ws.compare("a", "b", confidence=1.5)
+    with pytest.raises(ValidationError, match="resamples: must be at least 1"):
+        await ws.compare("a", "b", resamples=0)

@@ -20,7 +20,7 @@ from ._model import (
     RankedRun,
     Scope,
 )
-from ._stats import mcnemar_exact, paired_bootstrap_cis
+from ._stats import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
 
 if TYPE_CHECKING:
     from ._files import ArtifactInfo
@@ -234,6 +234,7 @@ def paired_results(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    bootstrap: BootstrapMethod = "auto",
     include_samples: bool = False,
 ) -> list[PairedResult]:
     pairs = []
@@ -255,6 +256,7 @@ def paired_results(
             confidence=confidence,
             resamples=resamples,
             seed=seed,
+            method=bootstrap,
         )
     )
     results = []

@@ -152,11 +152,21 @@ def stage_order(summaries: Sequence[RunSummary]) -> list[str]:
     return order
 
 
-def pairing_note(confidence: float, resamples: int, seed: int) -> str:
+def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable[str]) -> str:
+    """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``)."""
+    used = set(methods)
+    resampled = bool(used & {"numpy", "python"})
+    how = []
+    if resampled:
+        how.append(f"{resamples} resamples, seed {seed}")
+    if "saddlepoint" in used:
+        where = " where method is saddlepoint" if resampled else ""
+        how.append(f"bootstrap distribution by saddlepoint approximation{where} (no resampling)")
     return (
         "paired analysis: samples matched by name within the stage (whatever their batch); "
-        f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left), "
-        f"{resamples} resamples, seed {seed}; McNemar p-value exact (binomial) for 0/1 metrics"
+        f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"
+        + "".join(f", {part}" for part in how)
+        + "; McNemar p-value exact (binomial) for 0/1 metrics"
     )
 
 

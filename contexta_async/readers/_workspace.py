@@ -56,6 +56,7 @@ from ._snapshot import (
     run_warnings,
     stage_order,
 )
+from ._stats import BootstrapMethod, check_options
 
 __all__ = ["Workspace", "resolve_run_ref"]
 
@@ -307,11 +308,18 @@ class Workspace:
         confidence: float = 0.95,
         resamples: int = 2000,
         seed: int = 0,
+        bootstrap: BootstrapMethod = "auto",
         include_samples: bool = False,
     ) -> RunComparison:
         """Compare two runs: metric deltas (right - left), paired per-sample statistics,
         artifact changes and warnings. ``directions`` overrides the inferred direction per
-        metric key; ``include_samples`` keeps every matched sample's values and difference."""
+        metric key; ``include_samples`` keeps every matched sample's values and difference.
+        ``bootstrap`` says how the intervals' bootstrap distribution is obtained:
+        ``"resample"`` (``resamples`` resamples, ``seed``), ``"saddlepoint"`` (approximated,
+        no resampling), or ``"auto"``: the approximation from ``SADDLEPOINT_MIN_PAIRS``
+        matched samples on, unless the distribution is lumpy (one difference dominates, or a
+        few changes among many ties); ``PairedResult.method`` tells which was used."""
+        check_options(confidence, resamples, bootstrap, method_field="bootstrap")
         snapshot, refs = await self._snapshot([left, right], keep_values=True)
         lref, rref = refs
         metrics = snapshot.scan.metrics
@@ -346,6 +354,7 @@ class Workspace:
                 confidence=confidence,
                 resamples=resamples,
                 seed=seed,
+                bootstrap=bootstrap,
                 include_samples=include_samples,
             ),
             # A cancelled compare returns at once; the thread finishes its pure computation.
@@ -360,7 +369,10 @@ class Workspace:
                 snapshot.artifacts.get(lref, []), snapshot.artifacts.get(rref, [])
             ),
             warnings=warnings,
-            notes=[LATEST_NOTE, pairing_note(confidence, resamples, seed)],
+            notes=[
+                LATEST_NOTE,
+                pairing_note(confidence, resamples, seed, (p.method for p in paired)),
+            ],
             read_report=snapshot.report,
         )
 

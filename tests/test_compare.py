@@ -229,7 +229,20 @@ async def test_html_report_is_self_contained(tmp_path: Path) -> None:
 
 
 def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
-    names = ["case-10", "case-2", "case-1", "b", "a10b2", "a10b10", "a9", "7", "case-٣", "v2.10"]
+    names = [
+        "case-10",
+        "case-2",
+        "case-1",
+        "b",
+        "a10b2",
+        "a10b10",
+        "a9",
+        "7",
+        "case-٣",
+        "v2.10",
+        "²",
+        "x²1",
+    ]
     assert sorted(names, key=natural_key) == [
         "a9",
         "a10b2",
@@ -240,12 +253,14 @@ def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
         "case-٣",  # an Arabic-Indic three
         "case-10",
         "v2.10",
+        "x²1",  # a superscript two is text, not a number
+        "²",
         "7",  # text parts sort before number parts
     ]
     # "<text><number>" names take a fast path; it builds the same key as the general one.
-    assert natural_key("case-0042") == [(0, "case-"), (1, 42)]
-    assert natural_key("v2.10") == [(0, "v"), (1, 2), (0, "."), (1, 10)]
-    assert natural_key("12") == [(1, 12)]
+    assert natural_key("case-0042") == (0, "case-", 1, 42)
+    assert natural_key("v2.10") == (0, "v", 1, 2, 0, ".", 1, 10)
+    assert natural_key("12") == (1, 12)
 
 
 def _capture_large(workspace: Path) -> None:

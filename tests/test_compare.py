@@ -21,7 +21,7 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
-from contexta_async.readers._compare import natural_key
+from contexta_async.readers._compare import _paired_values, natural_key
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10
 
@@ -310,3 +310,40 @@ async def test_compare_rejects_a_bad_bootstrap_option_before_reading(tmp_path: P
         await ws.compare("a", "b", confidence=1.5)
     with pytest.raises(ValidationError, match="resamples: must be at least 1"):
         await ws.compare("a", "b", resamples=0)
+
+
+async def test_samples_captured_in_another_order_are_paired_by_name(tmp_path: Path) -> None:
+    def capture() -> None:
+        with Contexta(workspace=tmp_path, config={"project_name": "order"}) as ctx:
+            for name, order in (("forward", range(40)), ("backward", range(39, -1, -1))):
+                with ctx.run(name) as run, run.stage("evaluate") as stage:
+                    for i in order:
+                        if name == "backward" and i == 7:
+                            continue  # one sample missing on the right
+                        with stage.sample(f"case-{i}") as sample:
+                            # right - left is 1 for every sample, paired by name
+                            sample.metric("score", float(i) + (name == "backward"))
+
+    await anyio.to_thread.run_sync(capture)
+    result = await Workspace(tmp_path).compare("forward", "backward", include_samples=True)
+    (score,) = result.paired
+    assert score.n_matched == 39 and score.unmatched_left == ["case-7"]
+    assert score.mean_diff == 1.0 and (score.ci_low, score.ci_high) == (1.0, 1.0)
+    assert [s.name for s in score.samples or []][:3] == ["case-0", "case-1", "case-2"]
+    assert all(s.diff == 1.0 and s.left == int(s.name[5:]) for s in score.samples or [])
+
+
+def test_pairing_matches_names_whatever_their_order_in_each_run() -> None:
+    left = {"a": 1.0, "b": 2.0, "c": 3.0}
+    same_order = {"a": 11.0, "b": 12.0, "c": 13.0}
+    other_order = {"c": 13.0, "a": 11.0, "b": 12.0}
+    fewer = {"c": 13.0, "a": 11.0, "z": 0.0}
+    for right in (same_order, other_order):
+        names, lvals, rvals = _paired_values(left, right)
+        assert dict(zip(names, zip(lvals, rvals, strict=True), strict=True)) == {
+            "a": (1.0, 11.0),
+            "b": (2.0, 12.0),
+            "c": (3.0, 13.0),
+        }
+    assert _paired_values(left, fewer) == (["a", "c"], [1.0, 3.0], [11.0, 13.0])
+    assert _paired_values(fewer, left) == (["c", "a"], [13.0, 11.0], [3.0, 1.0])

@@ -397,3 +397,21 @@ def test_several_metrics_mix_approximated_and_resampled_intervals_as_alone() -> 
     assert paired_bootstrap_cis(jobs, resamples=100, seed=4, workers=2) == alone
     resampled = paired_bootstrap_cis(jobs, resamples=100, seed=4, method="resample")
     assert [interval.method for interval in resampled] == ["numpy"] * 4 + ["constant"]
+
+
+@pytest.mark.parametrize("use_numpy", [False, True])
+def test_resampled_interval_does_not_depend_on_the_order_of_the_differences(
+    use_numpy: bool,
+) -> None:
+    # Samples paired in capture order (which concurrency changes) give the same interval.
+    rng = random.Random(18)
+    diffs = [rng.gauss(0.2, 1.0) for _ in range(500)]
+    shuffled = diffs[:]
+    rng.shuffle(shuffled)
+    first = paired_bootstrap_ci(diffs, resamples=300, seed=1, use_numpy=use_numpy)
+    assert first.method == ("numpy" if use_numpy else "python")
+    assert paired_bootstrap_ci(shuffled, resamples=300, seed=1, use_numpy=use_numpy) == first
+    assert (
+        paired_bootstrap_cis([shuffled, diffs], resamples=300, seed=1)
+        == [paired_bootstrap_ci(diffs, resamples=300, seed=1)] * 2
+    )

@@ -245,16 +245,12 @@ def paired_results(
     include_samples: bool = False,
 ) -> list[PairedResult]:
     pairs = []
-    seen: dict[str | None, _Seen] = {}  # per stage
     for stage, scope, _batch, key in _places((left, right), stage_order):
         if scope != "sample":
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        matched = _matched_names(seen.setdefault(stage, []), lmap, rmap)
-        lvals = list(map(lmap.__getitem__, matched))
-        rvals = list(map(rmap.__getitem__, matched))
-        pairs.append((stage, key, lmap, rmap, matched, lvals, rvals))
+        pairs.append((stage, key, lmap, rmap, *_paired_values(lmap, rmap)))
     diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
     # The bootstraps dominate the time: computed together (on several cores with numpy).
     intervals = iter(
@@ -329,20 +325,24 @@ def paired_results(
     return results
 
 
-_Seen = list[tuple[Mapping[str, float], Mapping[str, float], list[str]]]
-
-
-def _matched_names(seen: _Seen, lmap: Mapping[str, float], rmap: Mapping[str, float]) -> list[str]:
-    """The names in both maps, in plain string order (fast, and it fixes the bootstrap's
-    input order; natural order, "case-2" before "case-10", is only for lists shown to
-    people). The metrics of a stage usually share their samples: each pair of name sets is
-    intersected and sorted once, and remembered in ``seen``."""
-    for lseen, rseen, names in seen:
-        if lmap.keys() == lseen.keys() and rmap.keys() == rseen.keys():
-            return names
-    names = sorted(lmap.keys() & rmap.keys())
-    seen.append((lmap, rmap, names))
-    return names
+def _paired_values(
+    lmap: Mapping[str, float], rmap: Mapping[str, float]
+) -> tuple[list[str], list[float], list[float]]:
+    """The names in both maps and their values on each side, in the left map's order (the
+    order of capture). The order means nothing: every statistic of the pairs is independent
+    of it (sums are exact, the bootstrap resamples the sorted differences) and the lists
+    shown to people are sorted by name. When both runs hold the same samples in the same
+    order (a sequential eval), the stored values are taken as they are: a dict lookup per
+    sample and metric would cost more than all the rest of the pairing."""
+    names = list(lmap)
+    if len(names) == len(rmap) and names == list(rmap):
+        return names, list(lmap.values()), list(rmap.values())
+    matched = [name for name in names if name in rmap]
+    if len(matched) == len(names):
+        lvals = list(lmap.values())
+    else:
+        lvals = list(map(lmap.__getitem__, matched))
+    return matched, lvals, list(map(rmap.__getitem__, matched))
 
 
 def _unmatched(mine: Mapping[str, float], theirs: Mapping[str, float], matched: int) -> list[str]:

@@ -177,7 +177,7 @@ def check_options(
 class _Values:
     """The differences of one job, with their distinct values counted only when few."""
 
-    __slots__ = ("centred", "diffs", "distinct", "grouped")
+    __slots__ = ("_ordered", "centred", "diffs", "distinct", "grouped")
 
     def __init__(self, diffs: Sequence[float]) -> None:
         if not diffs:
@@ -186,6 +186,14 @@ class _Values:
         self.distinct = len(set(diffs))
         self.grouped: list[tuple[float, int]] | None = None
         self.centred: Centred | None = None
+        self._ordered: list[float] | None = None
+
+    def ordered(self) -> list[float]:
+        """The differences in ascending order: what index resampling draws from, so that
+        a seed gives the same interval whatever order the pairs came in."""
+        if self._ordered is None:
+            self._ordered = sorted(map(float, self.diffs))
+        return self._ordered
 
     def saddlepoint(self, method: str, use_numpy: bool) -> Centred | None:
         """The centred differences when ``method`` asks for a saddlepoint approximation."""
@@ -334,7 +342,10 @@ def paired_bootstrap_cis(
     with _Executor(workers) as pool:
         # Index draws in blocks, many per group: submitted first, so the threads share them.
         groups = [
-            (chosen, _numpy_index_blocks([jobs[i] for i in chosen], resamples, seed, pool))
+            (
+                chosen,
+                _numpy_index_blocks([values[i].ordered() for i in chosen], resamples, seed, pool),
+            )
             for chosen in by_length.values()
         ]
         singles = [
@@ -417,7 +428,7 @@ def _python_means(values: _Values, resamples: int, seed: int) -> list[float]:
                 total += left * distinct[last]
             means.append(total / n)
         return means
-    population = [float(d) for d in diffs]
+    population = values.ordered()
     choices = rng.choices
     return [math.fsum(choices(population, k=n)) / n for _ in range(resamples)]
 
@@ -430,7 +441,7 @@ def _numpy_means(values: _Values, resamples: int, seed: int) -> list[float] | No
     grouped = values.grouped_if(_NUMPY_GROUP_RATIO)
     if grouped is None:
         with _Executor(1) as inline:
-            return _numpy_index_blocks([values.diffs], resamples, seed, inline)()[0]
+            return _numpy_index_blocks([values.ordered()], resamples, seed, inline)()[0]
     rng = np.random.default_rng(seed)
     n = len(values.diffs)
     out: list[float] = []

@@ -168,7 +168,10 @@ def _record_item(
 def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> int:
     """Write the workspace; return the number of RECORD lines."""
     capture = workspace / "cache" / "capture"
-    capture.mkdir(parents=True, exist_ok=True)
+    if capture.exists():
+        # The sink appends: a second run into one --dir would time a workspace twice as big.
+        raise SystemExit(f"{workspace} already holds a workspace: give a new or empty --dir")
+    capture.mkdir(parents=True)
     encoder = msgspec.json.Encoder(order="deterministic")
     # RECORD lines go through the local sink, in chunks of BATCH lines: record.jsonl and
     # record.index are what a capture writes (no fsync here), and the sink writes the index's

@@ -2,10 +2,11 @@
 
 Pure Python (numpy is not a dependency); when numpy is importable the bootstrap uses it for
 speed. Either way the result is reproducible for a given seed and backend (``method`` names
-the backend). The bootstrap resamples the n paired differences with replacement; the mean of a
-resample depends only on how many times each distinct difference was drawn, so when there are
-few distinct differences (0/1 metrics have at most three) each resample is drawn as a
-multinomial count vector, in O(distinct values) instead of O(n).
+the backend), whatever the order of the differences (they are resampled sorted). The
+bootstrap resamples the n paired differences with replacement; the mean of a resample depends
+only on how many times each distinct difference was drawn, so when there are few distinct
+differences (0/1 metrics have at most three) each resample is drawn as a multinomial count
+vector, in O(distinct values) instead of O(n).
 
 From ``SADDLEPOINT_MIN_PAIRS`` differences on, the same bootstrap distribution is computed by
 saddlepoint approximation instead (``_saddlepoint``): resampling costs n x resamples draws

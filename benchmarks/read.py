@@ -14,7 +14,8 @@ Scenarios:
   list-runs         Workspace.list_runs(): statuses from CONTEXT, counts from every record
   compare-read      the read half of compare: scan, aggregate per (stage, key) and per sample
   compare           Workspace.compare(a, b): the above plus deltas, artifacts and the paired
-                    statistics (2000 bootstrap resamples per sample-level metric)
+                    statistics (bootstrap="auto": with 62,500 pairs per metric, the bootstrap
+                    distribution by saddlepoint approximation, not by resampling)
   paired-stats      the paired statistics alone, on runs already read (not on the clock)
   *-1proc           the same with workers=1 (no forked range readers)
   *-json            the same with use_index=False: every record line parsed from its JSON
@@ -34,6 +35,7 @@ Usage:
   .venv/bin/python benchmarks/read.py                # full run (~4 min on 2 cores)
   .venv/bin/python benchmarks/read.py --quick        # 100k records, one repeat
   .venv/bin/python benchmarks/read.py --json out.json
+  .venv/bin/python benchmarks/read.py --dir /tmp/new-dir   # keep the workspaces (a new dir)
   .venv/bin/python benchmarks/read.py --duckdb-python /tmp/duck/bin/python
 """
 
@@ -420,7 +422,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100k records, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--dir", help="where to generate the workspaces (default: a temp dir)")
+    parser.add_argument(
+        "--dir",
+        help="a new or empty directory to generate the workspaces in, kept (default: a temp dir)",
+    )
     parser.add_argument(
         "--duckdb-python",
         help="an interpreter with duckdb installed: also time DuckDB's read_json on the file",

@@ -5,65 +5,91 @@ the cumulant generating function of the resample mean T* is known exactly:
 ``K(ξ) = n log((1/n) Σ exp(ξ a_j / n))`` with ``a_j = d_j - mean(d)``. Lugannani and Rice's
 formula turns it into the distribution function of T*, and a percentile of the bootstrap
 distribution is the point where that function meets the level: no Monte Carlo error, and a
-few dozen passes over the data instead of ``resamples`` of them (Davison and Hinkley,
+few passes over the data instead of ``resamples`` of them (Davison and Hinkley,
 "Saddlepoint approximations in resampling methods", Biometrika 75, 1988; *Bootstrap Methods
 and their Application*, 1997, section 9.5).
 
 The approximation treats T* as continuous. T* is lumpy when one difference carries much of the
 spread (its count in a resample, about Poisson(1), splits the distribution), which
-``largest_share`` measures, or when the differences sit on a coarse lattice (rare 0/1 changes),
-which ``lattice_peak`` measures; a caller keeps resampling for such data.
+``largest_share`` measures, or when a few differences stand apart from the rest on a coarse
+lattice (a few equal timeouts among small latencies, rare 0/1 changes among ties), which
+``lattice_peak`` measures; a caller resamples such data instead.
 """
 
 from __future__ import annotations
 
 import cmath
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
-__all__ = ["Centred", "lattice_peak", "saddlepoint_quantiles"]
+__all__ = ["Centred", "centre", "lattice_peak", "saddlepoint_quantiles"]
 
 _ROOT_2PI: Final = math.sqrt(2.0 * math.pi)
 _MAX_STEPS: Final = 60
-# Newton stops once the distribution function is this close to its level: far below the
-# ~1e-3 resolution of a 2000-resample percentile.
+# Newton stops once the distribution function is this close to its level (far below the
+# ~1e-3 resolution of a 2000-resample percentile), or once λ stops moving (rounding noise).
 _LEVEL_TOLERANCE: Final = 1e-12
+_STEP_TOLERANCE: Final = 1e-12
 # lattice_peak looks for lumps at least this many standard errors apart (a 2000-resample
-# percentile is itself uncertain by ~0.06 standard errors).
+# percentile is itself uncertain by ~0.06 standard errors) ...
 _LUMP_RESOLUTION: Final = 0.05
+# ... in a histogram of the differences with this many bins per standard error of the sum:
+# at the highest frequency checked, rounding a difference to its bin moves its phase by at
+# most π / (_LUMP_RESOLUTION * _BINS_PER_SE) = 0.03 rad; and as no difference is further than
+# one standard error of the sum from the mean, there are at most 2 * _BINS_PER_SE + 1 bins.
+_BINS_PER_SE: Final = 2000
 
 
 class _Tilted(NamedTuple):
-    """Moments of the differences under exponential tilting by ``λ``: E[a], Var[a], log M."""
+    """Moments of the scaled differences under exponential tilting by ``λ``."""
 
     mean: float
     variance: float
+    third: float  # third central moment: d(variance)/dλ
     log_mgf: float
 
 
 class Centred:
-    """Differences centred on their mean, with what the approximation needs of them."""
+    """Differences centred on their mean and scaled to at most 1 in magnitude (so that no
+    data's scale can overflow or underflow the sums), with what the approximation needs."""
 
-    __slots__ = ("_tilt", "largest_share", "mean", "median_level", "n", "spread")
+    __slots__ = (
+        "_tilt",
+        "centred",
+        "largest_share",
+        "mean",
+        "median_level",
+        "n",
+        "scale",
+        "spread",
+    )
 
-    def __init__(self, diffs: Sequence[float], *, use_numpy: bool) -> None:
-        n = len(diffs)
-        if n < 2:
-            raise ValueError("the saddlepoint approximation needs at least two differences")
+    def __init__(
+        self,
+        mean: float,
+        scale: float,
+        centred: Any,  # a list of floats, or a numpy array (numpy is optional)
+        tilt: Callable[[float], _Tilted | None],
+        moments: tuple[float, float, float],
+    ) -> None:
+        squares, cubes, largest = moments
+        n = len(centred)
         self.n = n
-        self.mean = math.fsum(diffs) / n
-        tilt = _numpy_tilt if use_numpy else _python_tilt
-        tilt_at, squares, cubes, largest = tilt(diffs, self.mean)
-        self._tilt = tilt_at
-        #: The population standard deviation of the differences.
+        self.mean = mean
+        self.scale = scale
+        #: The scaled differences minus their mean, ascending.
+        self.centred = centred
+        self._tilt = tilt
+        #: The population standard deviation of the scaled differences.
         self.spread = math.sqrt(squares / n)
         #: The largest share of the sum of squared deviations one difference carries.
-        self.largest_share = largest / squares if squares > 0.0 else 1.0
+        self.largest_share = largest / squares
         # P(T* <= mean), the formula's limit at λ = 0: 1/2 + skewness of T* / (6 sqrt(2π)).
         # Levels below it lie at λ < 0, above it at λ > 0.
-        skewness = (cubes / n) / (squares / n) ** 1.5 if squares > 0.0 else 0.0
+        skewness = (cubes / n) / (squares / n) ** 1.5
         self.median_level = 0.5 + skewness / math.sqrt(n) / (6.0 * _ROOT_2PI)
 
     def tilted(self, lam: float) -> _Tilted | None:
@@ -71,92 +97,119 @@ class Centred:
         return self._tilt(lam)
 
 
+def centre(diffs: Sequence[float], *, use_numpy: bool) -> Centred | None:
+    """The differences prepared for the approximation, or None when it does not apply: fewer
+    than two, all equal, or not all finite."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    try:
+        mean = math.fsum(diffs) / n
+    except (OverflowError, ValueError):  # inf - inf, or a sum past the float range
+        return None
+    if not math.isfinite(mean):
+        return None
+    # Sorted: the sums below then do not depend on the order the pairs came in.
+    return (_numpy_centre if use_numpy else _python_centre)(diffs, mean)
+
+
 # Both tilts write the sums with ``expm1``: ``Σ exp(λa) = n + Σ expm1(λa)``, so that near
 # λ = 0 the small quantities the formula subtracts are not lost against n.
-_Tilt = tuple[Callable[[float], _Tilted | None], float, float, float]  # tilt, Σa², Σa³, max a²
 
 
-def _python_tilt(diffs: Sequence[float], mean: float) -> _Tilt:
-    n = len(diffs)
-    centred = [float(d) - mean for d in diffs]
+def _python_centre(diffs: Sequence[float], mean: float) -> Centred | None:
+    shifted = sorted(float(d) - mean for d in diffs)
+    scale = max(-shifted[0], shifted[-1])
+    if not (0.0 < scale < math.inf):
+        return None
+    centred = [a / scale for a in shifted]
     squared = [a * a for a in centred]
-    sum_a = math.fsum(centred)
-    sum_a2 = math.fsum(squared)
+    cubed = [a * a2 for a, a2 in zip(centred, squared, strict=True)]
+    n = len(centred)
+    sum_a, sum_a2, sum_a3 = math.fsum(centred), math.fsum(squared), math.fsum(cubed)
 
     def tilt(lam: float) -> _Tilted | None:
-        s0 = s1 = s2 = 0.0
+        s0 = s1 = s2 = s3 = 0.0
         try:
-            for a, a2 in zip(centred, squared, strict=True):
+            for a, a2, a3 in zip(centred, squared, cubed, strict=True):
                 e = math.expm1(lam * a)
                 s0 += e
                 s1 += a * e
                 s2 += a2 * e
+                s3 += a3 * e
         except OverflowError:
             return None
-        return _moments(n, sum_a, sum_a2, s0, s1, s2)
+        return _moments(n, (sum_a, sum_a2, sum_a3), (s0, s1, s2, s3))
 
-    return (
-        tilt,
-        sum_a2,
-        math.fsum(a * a2 for a, a2 in zip(centred, squared, strict=True)),
-        max(squared),
-    )
+    return Centred(mean, scale, centred, tilt, (sum_a2, sum_a3, max(squared)))
 
 
-def _numpy_tilt(diffs: Sequence[float], mean: float) -> _Tilt:
+def _numpy_centre(diffs: Sequence[float], mean: float) -> Centred | None:
     import numpy as np
 
-    n = len(diffs)
-    centred = np.asarray(diffs, dtype=np.float64) - mean
+    shifted = np.sort(np.asarray(diffs, dtype=np.float64)) - mean
+    scale = float(max(-shifted[0], shifted[-1]))
+    if not (0.0 < scale < math.inf):
+        return None
+    centred = shifted / scale
     squared = centred * centred
-    sum_a = float(centred.sum())
-    sum_a2 = float(squared.sum())
+    cubed = squared * centred
+    n = len(centred)
+    sums = (float(centred.sum()), float(squared.sum()), float(cubed.sum()))
 
     def tilt(lam: float) -> _Tilted | None:
         with np.errstate(over="ignore", invalid="ignore"):
             e = np.expm1(lam * centred)
-            s0 = float(e.sum())
-            s1 = float(centred @ e)
-            s2 = float(squared @ e)
-        return _moments(n, sum_a, sum_a2, s0, s1, s2)
+            tilted = (float(e.sum()), float(centred @ e), float(squared @ e), float(cubed @ e))
+        return _moments(n, sums, tilted)
 
-    return tilt, sum_a2, float(centred @ squared), float(squared.max())
+    return Centred(mean, scale, centred, tilt, (sums[1], sums[2], float(squared.max())))
 
 
 def _moments(
-    n: int, sum_a: float, sum_a2: float, s0: float, s1: float, s2: float
+    n: int, sums: tuple[float, float, float], tilted: tuple[float, float, float, float]
 ) -> _Tilted | None:
-    if not (math.isfinite(s0) and math.isfinite(s1) and math.isfinite(s2)):
+    if not all(map(math.isfinite, tilted)):
         return None
+    s0, s1, s2, s3 = tilted
     total = n + s0  # Σ exp(λa)
     if total <= 0.0:
         return None
-    mean = (sum_a + s1) / total
-    variance = (sum_a2 + s2) / total - mean * mean
-    return _Tilted(mean, variance, math.log1p(s0 / n))
+    first = (sums[0] + s1) / total
+    second = (sums[1] + s2) / total
+    third = (sums[2] + s3) / total
+    variance = second - first * first
+    central_third = third - 3.0 * first * second + 2.0 * first**3
+    return _Tilted(first, variance, central_third, math.log1p(s0 / n))
 
 
 def _level(centred: Centred, lam: float) -> tuple[float, float, float] | None:
-    """(P(T* - mean <= t), dP/dλ, t) at the saddlepoint ``λ`` (Lugannani-Rice), or None."""
+    """(P(T* - mean <= t), its derivative in λ, t) at the saddlepoint ``λ``, in scaled units
+    (Lugannani-Rice), or None."""
     moments = centred.tilted(lam)
     if moments is None or moments.variance <= 0.0:
         return None
     n = centred.n
     excess = lam * moments.mean - moments.log_mgf  # (ξt - K(ξ)) / n, >= 0
     w = math.copysign(math.sqrt(2.0 * n * max(excess, 0.0)), lam)
-    u = lam * math.sqrt(n * moments.variance)
+    root = math.sqrt(n * moments.variance)
+    u = lam * root
     if w == 0.0 or u == 0.0:
         return None
     density = math.exp(-0.5 * w * w) / _ROOT_2PI
     level = NormalDist().cdf(w) + density * (1.0 / w - 1.0 / u)
-    # dt/dλ is the tilted variance; the saddlepoint density of T* times it:
-    slope = density * math.sqrt(n * moments.variance)
+    # dw/dλ = nλv/w and du/dλ = sqrt(nv) + λ n κ3 / (2 sqrt(nv)), κ3 the third moment.
+    dw = n * lam * moments.variance / w
+    du = root + lam * n * moments.third / (2.0 * root)
+    slope = density * (dw * w / u - dw / (w * w) + du / (u * u))
     return level, slope, moments.mean
 
 
 def _quantile(centred: Centred, probability: float) -> float | None:
-    """The ``probability`` quantile of T*, by safeguarded Newton steps in λ from the normal
-    approximation; None when the steps do not settle."""
+    """The ``probability`` quantile of T* - mean in scaled units, by Newton steps in λ from
+    the normal approximation, kept inside the bracket found so far (bisecting when a step
+    would leave it, as lumpy data can make the level's slope mislead); None when the steps do
+    not settle."""
     normal = NormalDist()
     # The normal approximation's λ, measured from the level at λ = 0 (not from 1/2): so the
     # start has the sign of the answer, whose sign the steps below never change.
@@ -164,6 +217,7 @@ def _quantile(centred: Centred, probability: float) -> float | None:
     if z == 0.0:
         return None
     lam = z / (centred.spread * math.sqrt(centred.n))
+    below = above = math.nan  # λ known to give a level below / above the probability
     for _ in range(_MAX_STEPS):
         found = _level(centred, lam)
         if found is None:
@@ -171,66 +225,72 @@ def _quantile(centred: Centred, probability: float) -> float | None:
         level, slope, t = found
         gap = level - probability
         if abs(gap) <= _LEVEL_TOLERANCE:
-            return centred.mean + t
-        if slope <= 0.0:
-            return None
-        step = lam - gap / slope
+            return t
+        if gap < 0.0:
+            below = lam
+        else:
+            above = lam
+        step = lam - gap / slope if slope > 0.0 else math.nan
         # λ keeps its sign (λ = 0 is the mean, where the formula has no value) and moves by
-        # at most a factor of 4 a step.
-        if step / lam < 0.25:
-            step = lam * 0.25
-        elif step / lam > 4.0:
-            step = lam * 4.0
-        if step == lam:
-            return centred.mean + t
+        # at most a factor of 4 a step; inside a bracket, it stays inside.
+        if not math.isnan(step):
+            step = min(max(step / lam, 0.25), 4.0) * lam
+        if not (math.isnan(below) or math.isnan(above)):
+            if math.isnan(step) or not min(below, above) < step < max(below, above):
+                step = (below + above) / 2.0
+        elif math.isnan(step):
+            return None
+        if abs(step - lam) <= _STEP_TOLERANCE * abs(lam):
+            return t
         lam = step
     return None
 
 
 def saddlepoint_quantiles(centred: Centred, probabilities: Sequence[float]) -> list[float] | None:
-    """The bootstrap distribution's quantiles of the mean at ``probabilities`` (each strictly
-    between 0 and 1 and not 1/2), or None when the approximation breaks down (then resample)."""
+    """The bootstrap distribution's quantiles of the mean at ``probabilities`` (ascending,
+    each strictly between 0 and 1), or None when the approximation does not settle."""
     quantiles = []
     for probability in probabilities:
         q = _quantile(centred, probability)
-        if q is None or not math.isfinite(q):
+        if q is None:
             return None
-        quantiles.append(q)
-    if quantiles != sorted(quantiles):
+        quantiles.append(centred.mean + centred.scale * q)
+    if not all(map(math.isfinite, quantiles)) or quantiles != sorted(quantiles):
         return None
     return quantiles
 
 
-def lattice_peak(
-    grouped: Sequence[tuple[float, int]], centred: Centred, *, use_numpy: bool
-) -> float:
-    """How lumpy the bootstrap distribution of the mean is, for differences given as
-    (value, count) pairs: the largest modulus of its characteristic function away from the
-    origin, over frequencies that would reveal lumps spaced ``_LUMP_RESOLUTION`` standard
-    errors apart or more. Smooth data give ~0 (below 1e-3); data on a lattice that coarse
-    (e.g. a handful of 0/1 changes among thousands of ties) give up to 1.
+def lattice_peak(centred: Centred, *, use_numpy: bool) -> float:
+    """How lumpy the bootstrap distribution of the mean is: the largest modulus of its
+    characteristic function away from the origin, over frequencies that would reveal lumps
+    spaced ``_LUMP_RESOLUTION`` standard errors apart or more. Smooth data give ~0 (below
+    ~0.01); lumpy data (a few equal outliers, rare 0/1 changes among ties) up to 1.
 
     The resample sum's characteristic function is ψ(t)^n, ψ that of the differences; ψ^n
-    decays like exp(-(t·se)²/2) for a smooth sum (se its standard error) and comes back to 1
-    at t = 2π/δ when every difference is a multiple of δ. Checked on a grid from 4/se to
-    2π/(resolution·se) in steps of 0.5/se: each peak is ~2/se wide, so none is missed.
+    decays like exp(-(t·se)²/2) for a smooth sum (se its standard error) and comes back
+    towards 1 at t = 2π/δ when the differences that matter sit δ apart. Checked on a grid from
+    4/se to 2π/(resolution·se) in steps of 0.5/se (each peak is ~2/se wide, so none is
+    missed), over a histogram of the differences (``_BINS_PER_SE`` bins per se: a few
+    thousand bins whatever n).
     """
-    se = centred.spread * math.sqrt(centred.n)
-    if se <= 0.0:
-        return 1.0
+    n = centred.n
+    se = centred.spread * math.sqrt(n)
+    width = se / _BINS_PER_SE
     stop = 2.0 * math.pi / _LUMP_RESOLUTION
     frequencies = [(4.0 + 0.5 * j) / se for j in range(int((stop - 4.0) / 0.5) + 1)]
-    weights = [count / centred.n for _, count in grouped]
-    offsets = [value - centred.mean for value, _ in grouped]
     if use_numpy:
         import numpy as np
 
-        phases = np.outer(np.asarray(frequencies), np.asarray(offsets))
-        moduli = np.abs(np.exp(1j * phases) @ np.asarray(weights))
+        bins = np.rint(np.asarray(centred.centred) / width).astype(np.int64)
+        low = int(bins[0])  # the values are sorted
+        counts = np.bincount(bins - low)
+        used = np.flatnonzero(counts)
+        offsets = (used + low) * width
+        phases = np.outer(np.asarray(frequencies), offsets)
+        moduli = np.abs(np.exp(1j * phases) @ (counts[used] / n))
         largest = float(moduli.max())
     else:
-        largest = max(
-            abs(sum(w * cmath.exp(1j * t * x) for w, x in zip(weights, offsets, strict=True)))
-            for t in frequencies
-        )
-    return largest**centred.n if largest < 1.0 else 1.0
+        histogram = Counter(round(a / width) for a in centred.centred)
+        weights = [(b * width, count / n) for b, count in histogram.items()]
+        largest = max(abs(sum(p * cmath.exp(1j * t * x) for x, p in weights)) for t in frequencies)
+    return largest**n if largest < 1.0 else 1.0

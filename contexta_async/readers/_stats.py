@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
 from .._errors import ValidationError
-from ._saddlepoint import Centred, lattice_peak, saddlepoint_quantiles
+from ._saddlepoint import Centred, centre, lattice_peak, saddlepoint_quantiles
 
 __all__ = [
     "SADDLEPOINT_MIN_PAIRS",
@@ -56,8 +56,8 @@ SADDLEPOINT_MIN_PAIRS: Final = 10_000
 # in a resample splits the distribution into lumps the approximation smooths over. Up to
 # about 0.9 the approximation was measured within 0.05 standard errors of 40,000 resamples.
 _SADDLEPOINT_MAX_SHARE: Final = 0.5
-# ... or the differences take few values on a lattice coarse enough to make lumps (a few 0/1
-# changes among many ties): those are resampled (as multinomial counts, which is cheap).
+# ... or a few differences stand apart on a lattice coarse enough to make lumps (a few equal
+# timeouts, a few 0/1 changes among many ties): the peak is then near 1, and ~1e-3 otherwise.
 _SADDLEPOINT_MAX_LATTICE_PEAK: Final = 0.01
 
 BootstrapMethod = Literal["auto", "resample", "saddlepoint"]
@@ -178,7 +178,7 @@ def check_options(
 class _Values:
     """The differences of one job, with their distinct values counted only when few."""
 
-    __slots__ = ("_ordered", "centred", "diffs", "distinct", "grouped")
+    __slots__ = ("_ordered", "diffs", "distinct", "grouped")
 
     def __init__(self, diffs: Sequence[float]) -> None:
         if not diffs:
@@ -186,7 +186,6 @@ class _Values:
         self.diffs = diffs
         self.distinct = len(set(diffs))
         self.grouped: list[tuple[float, int]] | None = None
-        self.centred: Centred | None = None
         self._ordered: list[float] | None = None
 
     def ordered(self) -> list[float]:
@@ -197,22 +196,20 @@ class _Values:
         return self._ordered
 
     def saddlepoint(self, method: str, use_numpy: bool) -> Centred | None:
-        """The centred differences when ``method`` asks for a saddlepoint approximation."""
+        """The centred differences when ``method`` asks for a saddlepoint approximation and
+        it applies to them (for ``"auto"``: enough of them, and not lumpy)."""
         if method == "resample" or self.distinct == 1:
             return None
         if method == "auto" and len(self.diffs) < SADDLEPOINT_MIN_PAIRS:
             return None
-        if self.centred is None:
-            self.centred = Centred(self.diffs, use_numpy=use_numpy)
-        if method == "auto":
-            if self.centred.largest_share > _SADDLEPOINT_MAX_SHARE:
-                return None
-            grouped = self.grouped_if(_PYTHON_GROUP_RATIO)
-            if grouped is not None:
-                peak = lattice_peak(grouped, self.centred, use_numpy=use_numpy)
-                if peak > _SADDLEPOINT_MAX_LATTICE_PEAK:
-                    return None
-        return self.centred
+        centred = centre(self.diffs, use_numpy=use_numpy)
+        if centred is None or method == "saddlepoint":
+            return centred
+        if centred.largest_share > _SADDLEPOINT_MAX_SHARE:
+            return None
+        if lattice_peak(centred, use_numpy=use_numpy) > _SADDLEPOINT_MAX_LATTICE_PEAK:
+            return None
+        return centred
 
     def grouped_if(self, ratio: int) -> list[tuple[float, int]] | None:
         """(value, count) pairs when there are at most n / ``ratio`` distinct values (then
@@ -230,19 +227,11 @@ def _interval(means: list[float], confidence: float, method: str) -> BootstrapIn
     return BootstrapInterval(_percentile(means, tail), _percentile(means, 1.0 - tail), method)
 
 
-def _saddlepoint_interval(
-    centred: Centred, confidence: float, method: str
-) -> BootstrapInterval | None:
+def _saddlepoint_interval(centred: Centred, confidence: float) -> BootstrapInterval | None:
+    """The interval by saddlepoint approximation, or None where it does not settle."""
     tail = (1.0 - confidence) / 2.0
     quantiles = saddlepoint_quantiles(centred, (tail, 1.0 - tail))
     if quantiles is None:
-        if method == "saddlepoint":
-            raise ValidationError(
-                "method",
-                "the saddlepoint approximation does not settle for these differences "
-                "(one of them dominates, or the confidence is near 0); use 'resample'",
-                method,
-            )
         return None
     low, high = quantiles
     return BootstrapInterval(low, high, "saddlepoint")
@@ -261,8 +250,10 @@ def paired_bootstrap_ci(
 
     ``method="resample"`` draws ``resamples`` resamples (seeded); ``"saddlepoint"`` computes
     the bootstrap distribution's percentiles by saddlepoint approximation (no resampling:
-    ``resamples`` and ``seed`` do not apply); ``"auto"`` does the latter from
-    ``SADDLEPOINT_MIN_PAIRS`` differences on, unless one difference dominates the others.
+    ``resamples`` and ``seed`` do not apply) wherever the approximation settles, and
+    resamples where it does not (all-equal, non-finite or very lumpy differences); ``"auto"``
+    approximates from ``SADDLEPOINT_MIN_PAIRS`` differences on unless the bootstrap
+    distribution is lumpy, and resamples otherwise. The result's ``method`` says which.
     ``use_numpy=None`` uses numpy when it is importable; ``False`` forces pure Python.
     """
     check_options(confidence, resamples, method)
@@ -283,7 +274,7 @@ def _one(
     with_numpy = _has_numpy() if use_numpy is None else use_numpy
     centred = values.saddlepoint(method, with_numpy)
     if centred is not None:
-        interval = _saddlepoint_interval(centred, confidence, method)
+        interval = _saddlepoint_interval(centred, confidence)
         if interval is not None:
             return interval
     means: list[float] | None = None
@@ -334,7 +325,7 @@ def paired_bootstrap_cis(
     for i, v in enumerate(values):
         centred = v.saddlepoint(method, True)
         if centred is not None:
-            results[i] = _saddlepoint_interval(centred, confidence, method)
+            results[i] = _saddlepoint_interval(centred, confidence)
     by_length: dict[int, list[int]] = {}
     for i, v in enumerate(values):
         if results[i] is None and v.distinct > 1 and v.grouped_if(_NUMPY_GROUP_RATIO) is None:

@@ -242,12 +242,16 @@ def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
         "v2.10",
         "²",
         "x²1",
+        "case-01",
+        "a",
     ]
     assert sorted(names, key=natural_key) == [
+        "a",  # before its extensions
         "a9",
         "a10b2",
         "a10b10",
         "b",
+        "case-01",  # equal parts: then by the name itself
         "case-1",
         "case-2",
         "case-٣",  # an Arabic-Indic three
@@ -258,9 +262,9 @@ def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
         "7",  # text parts sort before number parts
     ]
     # "<text><number>" names take a fast path; it builds the same key as the general one.
-    assert natural_key("case-0042") == (0, "case-", 1, 42)
-    assert natural_key("v2.10") == (0, "v", 1, 2, 0, ".", 1, 10)
-    assert natural_key("12") == (1, 12)
+    assert natural_key("case-0042") == (0, "case-", 1, 42, -1, "case-0042")
+    assert natural_key("v2.10") == (0, "v", 1, 2, 0, ".", 1, 10, -1, "v2.10")
+    assert natural_key("12") == (1, 12, -1, "12")
 
 
 def _capture_large(workspace: Path) -> None:

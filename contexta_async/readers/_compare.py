@@ -83,17 +83,20 @@ def infer_direction(key: str) -> Direction:
 
 def natural_key(name: str) -> tuple[int | str, ...]:
     """Sort ``case-2`` before ``case-10``: the name's text and number parts in turn, each
-    after a tag (0 text, 1 number) so that a text is never compared with a number. A flat
-    tuple: sorting by it takes half the time a list of (tag, part) pairs does."""
+    after a tag (0 text, 1 number) so that a text is never compared with a number, then the
+    name itself after tag -1, so that names whose parts are equal ("case-01", "case-1") still
+    sort in one order (and a name sorts before its extensions). A flat tuple: sorting by it
+    takes half the time a list of (tag, part) pairs does."""
     # Fast path for the usual "<text><number>" names (the same key, built without a split).
     simple = _TEXT_NUMBER.fullmatch(name)
     if simple is not None:
-        return (0, simple[1], 1, int(simple[2]))
+        return (0, simple[1], 1, int(simple[2]), -1, name)
     key: list[int | str] = []
     for part in _DIGITS.split(name):
         if part:
             # isdecimal, not isdigit: "²" is a digit that \d does not match and int() rejects.
             key += (1, int(part)) if part.isdecimal() else (0, part)
+    key += (-1, name)
     return tuple(key)
 
 

@@ -21,7 +21,12 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
-from contexta_async.readers._compare import _paired_values, natural_key
+from contexta_async.readers._compare import (
+    RunMetrics,
+    _paired_values,
+    differing_samples,
+    natural_key,
+)
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10
 
@@ -351,3 +356,18 @@ def test_pairing_matches_names_whatever_their_order_in_each_run() -> None:
         }
     assert _paired_values(left, fewer) == (["a", "c"], [1.0, 3.0], [11.0, 13.0])
     assert _paired_values(fewer, left) == (["c", "a"], [13.0, 11.0], [3.0, 1.0])
+
+
+def test_sample_set_warning_counts_names_over_all_metrics_of_the_stage() -> None:
+    left, right = RunMetrics(), RunMetrics()
+    left.samples[("evaluate", "correct")] = {"a": 1.0, "b": 0.0, "c": 1.0}
+    left.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
+    right.samples[("evaluate", "correct")] = {"c": 1.0, "b": 1.0, "a": 0.0}  # another order
+    right.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
+    assert differing_samples(left, right, "evaluate") == (0, 0)
+    # "d" has only a latency on the left, "e" and "f" only a score on the right.
+    left.samples[("evaluate", "latency.ms")]["d"] = 4.0
+    right.samples[("evaluate", "score")] = {"e": 1.0, "f": 1.0}
+    assert differing_samples(left, right, "evaluate") == (1, 2)
+    assert differing_samples(left, right, "other-stage") == (0, 0)
+    assert sorted(left.sample_names("evaluate")) == ["a", "b", "c", "d"]

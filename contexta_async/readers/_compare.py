@@ -30,6 +30,7 @@ __all__ = [
     "RunMetrics",
     "artifact_changes",
     "collect_metrics",
+    "differing_samples",
     "infer_direction",
     "metric_deltas",
     "multi_rows",
@@ -110,12 +111,20 @@ class RunMetrics:
         self.samples: dict[tuple[str | None, str], dict[str, float]] = {}
         self.duplicates: set[tuple[str | None, str]] = set()
 
-    def sample_names(self, stage: str | None) -> set[str]:
-        names: set[str] = set()
-        for (st, _), values in self.samples.items():
-            if st == stage:
-                names.update(values)
-        return names
+    def sample_names(self, stage: str | None) -> list[str]:
+        """The names of the samples with a metric in ``stage``, each once."""
+        maps = [values for (st, _), values in self.samples.items() if st == stage]
+        if not maps:
+            return []
+        first = list(maps[0])
+        # Usually every metric holds the same samples in the same order (the same string
+        # objects, so comparing the lists is cheap): no set to build.
+        if all(len(values) == len(first) and list(values) == first for values in maps[1:]):
+            return first
+        names = set(first)
+        for values in maps[1:]:
+            names.update(values)
+        return list(names)
 
     def value(self, place: Place) -> tuple[float | None, int]:
         stage, scope, _, key = place
@@ -126,6 +135,15 @@ class RunMetrics:
             return math.fsum(values.values()) / len(values), len(values)
         found = self.latest.get(place)
         return found, 0 if found is None else 1
+
+
+def differing_samples(left: RunMetrics, right: RunMetrics, stage: str | None) -> tuple[int, int]:
+    """How many sample names of ``stage`` only the left run has, and only the right."""
+    left_names, right_names = left.sample_names(stage), right.sample_names(stage)
+    if left_names == right_names:
+        return 0, 0
+    left_set, right_set = set(left_names), set(right_names)
+    return len(left_set - right_set), len(right_set - left_set)
 
 
 _Parsed = tuple[str, Scope, str | None, str | None, str | None]

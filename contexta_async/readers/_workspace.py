@@ -15,6 +15,7 @@ import structlog
 from .._errors import ValidationError
 from ._compare import (
     artifact_changes,
+    differing_samples,
     infer_direction,
     metric_deltas,
     multi_rows,
@@ -335,13 +336,11 @@ class Workspace:
                 f"{rsum.dataset_ref} (right)"
             )
         for stage in order_all(order, lm, rm):
-            left_names, right_names = lm.sample_names(stage), rm.sample_names(stage)
-            only_left = left_names - right_names
-            only_right = right_names - left_names
+            only_left, only_right = differing_samples(lm, rm, stage)
             if only_left or only_right:
                 warnings.append(
-                    f"stage {stage}: the sample sets differ ({len(only_left)} only in left, "
-                    f"{len(only_right)} only in right)"
+                    f"stage {stage}: the sample sets differ ({only_left} only in left, "
+                    f"{only_right} only in right)"
                 )
         # The bootstraps take CPU seconds on large runs: off the event loop, in a thread.
         paired = await anyio.to_thread.run_sync(

@@ -9,8 +9,9 @@ differences (0/1 metrics have at most three) each resample is drawn as a multino
 vector, in O(distinct values) instead of O(n).
 
 From ``SADDLEPOINT_MIN_PAIRS`` differences on, the same bootstrap distribution is computed by
-saddlepoint approximation instead (``_saddlepoint``): resampling costs n x resamples draws
-there, and the approximation's error is far below the Monte Carlo error of 2000 resamples.
+saddlepoint approximation instead (``_saddlepoint``), unless it is lumpy: resampling costs
+n x resamples draws there, and on data without lumps the approximation's error is below the
+Monte Carlo error of 2000 resamples.
 """
 
 from __future__ import annotations

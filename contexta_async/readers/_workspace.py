@@ -317,9 +317,10 @@ class Workspace:
         metric key; ``include_samples`` keeps every matched sample's values and difference.
         ``bootstrap`` says how the intervals' bootstrap distribution is obtained:
         ``"resample"`` (``resamples`` resamples, ``seed``), ``"saddlepoint"`` (approximated,
-        no resampling), or ``"auto"``: the approximation from ``SADDLEPOINT_MIN_PAIRS``
-        matched samples on, unless the distribution is lumpy (one difference dominates, or a
-        few changes among many ties); ``PairedResult.method`` tells which was used."""
+        no resampling, wherever the approximation settles), or ``"auto"``: the approximation
+        from ``SADDLEPOINT_MIN_PAIRS`` matched samples on, unless the distribution is lumpy
+        (a few differences standing apart from the rest); ``PairedResult.method`` tells
+        which was used."""
         check_options(confidence, resamples, bootstrap, method_field="bootstrap")
         snapshot, refs = await self._snapshot([left, right], keep_values=True)
         lref, rref = refs

@@ -33,6 +33,7 @@ _MAX_STEPS: Final = 60
 # ~1e-3 resolution of a 2000-resample percentile), or once λ stops moving (rounding noise).
 _LEVEL_TOLERANCE: Final = 1e-12
 _STEP_TOLERANCE: Final = 1e-12
+_SETTLED_GAP: Final = 1e-6
 # lattice_peak looks for lumps at least this many standard errors apart (a 2000-resample
 # percentile is itself uncertain by ~0.06 standard errors) ...
 _LUMP_RESOLUTION: Final = 0.05
@@ -241,7 +242,8 @@ def _quantile(centred: Centred, probability: float) -> float | None:
         elif math.isnan(step):
             return None
         if abs(step - lam) <= _STEP_TOLERANCE * abs(lam):
-            return t
+            # λ stopped moving (rounding noise near the mean): accept only a level close by.
+            return t if abs(gap) <= _SETTLED_GAP else None
         lam = step
     return None
 

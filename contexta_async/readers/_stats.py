@@ -32,6 +32,7 @@ __all__ = [
     "BootstrapInterval",
     "BootstrapMethod",
     "binomial_variate",
+    "check_finite",
     "check_options",
     "mcnemar_exact",
     "paired_bootstrap_ci",
@@ -164,6 +165,13 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * fraction
 
 
+def check_finite(diffs: Sequence[float]) -> None:
+    """Raise ValidationError unless every difference is a finite number."""
+    for d in diffs:
+        if not math.isfinite(d):
+            raise ValidationError("diffs", "must all be finite numbers", d)
+
+
 def check_options(
     confidence: float, resamples: int, method: str, *, method_field: str = "method"
 ) -> None:
@@ -258,6 +266,7 @@ def paired_bootstrap_ci(
     ``use_numpy=None`` uses numpy when it is importable; ``False`` forces pure Python.
     """
     check_options(confidence, resamples, method)
+    check_finite(diffs)
     return _one(_Values(diffs), confidence, resamples, seed, use_numpy, method)
 
 
@@ -317,6 +326,8 @@ def paired_bootstrap_cis(
     if workers < 1:
         raise ValueError("workers must be at least 1")
     check_options(confidence, resamples, method)
+    for diffs in jobs:
+        check_finite(diffs)
     values = [_Values(diffs) for diffs in jobs]
     if not _has_numpy():
         return [_one(v, confidence, resamples, seed, False, method) for v in values]

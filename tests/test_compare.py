@@ -371,3 +371,27 @@ def test_sample_set_warning_counts_names_over_all_metrics_of_the_stage() -> None
     assert differing_samples(left, right, "evaluate") == (1, 2)
     assert differing_samples(left, right, "other-stage") == (0, 0)
     assert sorted(left.sample_names("evaluate")) == ["a", "b", "c", "d"]
+
+
+async def test_differences_past_the_float_range_get_no_interval_and_no_error(
+    tmp_path: Path,
+) -> None:
+    def capture() -> None:
+        with Contexta(workspace=tmp_path, config={"project_name": "huge"}) as ctx:
+            for name, sign in (("left", 1.0), ("right", -1.0)):
+                with ctx.run(name) as run, run.stage("evaluate") as stage:
+                    for i in range(3):
+                        with stage.sample(f"case-{i}") as sample:
+                            sample.metric("score", sign * 1.7e308)  # right - left overflows
+                            sample.metric("correct", float(i % 2))
+
+    await anyio.to_thread.run_sync(capture)
+    result = await Workspace(tmp_path).compare("left", "right")
+    paired = {p.key: p for p in result.paired}
+    score = paired["score"]
+    assert score.method == "non-finite" and (score.ci_low, score.ci_high) == (None, None)
+    assert score.mean_left == 1.7e308 and score.mean_right == -1.7e308
+    assert score.mean_diff == -math.inf and score.wins + score.losses == 3
+    assert paired["correct"].method == "constant"  # the other metrics are unaffected
+    row = next(m for m in result.metrics if m.key == "score")
+    assert row.left == 1.7e308  # the mean of three values near the float range

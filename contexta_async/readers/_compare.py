@@ -32,6 +32,7 @@ __all__ = [
     "collect_metrics",
     "differing_samples",
     "infer_direction",
+    "mean_of",
     "metric_deltas",
     "multi_rows",
     "natural_key",
@@ -101,6 +102,18 @@ def natural_key(name: str) -> tuple[int | str, ...]:
     return tuple(key)
 
 
+def mean_of(values: Sequence[float]) -> float:
+    """The mean, exactly rounded (``math.fsum``: independent of the order of the values);
+    inf or nan as IEEE arithmetic gives them where the sum leaves the float range."""
+    n = len(values)
+    try:
+        return math.fsum(values) / n
+    except OverflowError:  # the sum is past the float range, the mean may not be
+        return math.fsum(v / n for v in values)
+    except ValueError:  # inf - inf
+        return math.nan
+
+
 class RunMetrics:
     """One run's metrics: the latest value per place, and per-sample values by sample name."""
 
@@ -132,7 +145,7 @@ class RunMetrics:
             values = self.samples.get((stage, key))
             if not values:
                 return None, 0
-            return math.fsum(values.values()) / len(values), len(values)
+            return mean_of(list(values.values())), len(values)
         found = self.latest.get(place)
         return found, 0 if found is None else 1
 
@@ -273,10 +286,13 @@ def paired_results(
         rmap = right.samples.get((stage, key), {})
         pairs.append((stage, key, lmap, rmap, *_paired_values(lmap, rmap)))
     diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
+    # A difference can overflow (values near the float range, or a hand-edited file):
+    # such a metric gets no interval rather than a meaningless one.
+    finite = [bool(diffs) and all(map(math.isfinite, diffs)) for diffs in diffs_of]
     # The bootstraps dominate the time: computed together (on several cores with numpy).
     intervals = iter(
         paired_bootstrap_cis(
-            [diffs for diffs in diffs_of if diffs],
+            list(compress(diffs_of, finite)),
             confidence=confidence,
             resamples=resamples,
             seed=seed,
@@ -284,7 +300,9 @@ def paired_results(
         )
     )
     results = []
-    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs in zip(pairs, diffs_of, strict=True):
+    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs, usable in zip(
+        pairs, diffs_of, finite, strict=True
+    ):
         direction, inferred = _direction_for(key, directions)
         n = len(matched)
         binary = n > 0 and all(
@@ -305,8 +323,10 @@ def paired_results(
         low: float | None = None
         high: float | None = None
         method = "none"
-        if n:
+        if usable:
             low, high, method = next(intervals)
+        elif n:
+            method = "non-finite"
         results.append(
             PairedResult(
                 stage=stage,
@@ -316,9 +336,9 @@ def paired_results(
                 n_matched=n,
                 unmatched_left=_unmatched(lmap, rmap, n),
                 unmatched_right=_unmatched(rmap, lmap, n),
-                mean_left=math.fsum(lvals) / n if n else None,
-                mean_right=math.fsum(rvals) / n if n else None,
-                mean_diff=math.fsum(diffs) / n if n else None,
+                mean_left=mean_of(lvals) if n else None,
+                mean_right=mean_of(rvals) if n else None,
+                mean_diff=mean_of(diffs) if n else None,
                 ci_low=low,
                 ci_high=high,
                 confidence=confidence,

@@ -187,7 +187,8 @@ class PairedResult(_R):
     ``method`` says how the interval's bootstrap distribution was obtained: ``"numpy"`` or
     ``"python"`` (``resamples`` resamples with ``seed``), ``"saddlepoint"`` (approximated, no
     resampling: ``resamples`` and ``seed`` played no part), ``"constant"`` (every difference
-    equal) or ``"none"`` (no matched sample).
+    equal), ``"none"`` (no matched sample) or ``"non-finite"`` (a difference overflowed: no
+    interval).
     """
 
     stage: str | None

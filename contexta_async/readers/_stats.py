@@ -167,9 +167,9 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
 
 def check_finite(diffs: Sequence[float]) -> None:
     """Raise ValidationError unless every difference is a finite number."""
-    for d in diffs:
-        if not math.isfinite(d):
-            raise ValidationError("diffs", "must all be finite numbers", d)
+    if not all(map(math.isfinite, diffs)):
+        bad = next(d for d in diffs if not math.isfinite(d))
+        raise ValidationError("diffs", "must all be finite numbers", bad)
 
 
 def check_options(

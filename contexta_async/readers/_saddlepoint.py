@@ -58,7 +58,6 @@ class Centred:
     data's scale can overflow or underflow the sums), with what the approximation needs."""
 
     __slots__ = (
-        "_tilt",
         "centred",
         "largest_share",
         "mean",
@@ -66,6 +65,7 @@ class Centred:
         "n",
         "scale",
         "spread",
+        "tilted",
     )
 
     def __init__(
@@ -83,7 +83,8 @@ class Centred:
         self.scale = scale
         #: The scaled differences minus their mean, ascending.
         self.centred = centred
-        self._tilt = tilt
+        #: λ -> the moments tilted by λ, or None where they overflow.
+        self.tilted = tilt
         #: The population standard deviation of the scaled differences.
         self.spread = math.sqrt(squares / n)
         #: The largest share of the sum of squared deviations one difference carries.
@@ -93,22 +94,16 @@ class Centred:
         skewness = (cubes / n) / (squares / n) ** 1.5
         self.median_level = 0.5 + skewness / math.sqrt(n) / (6.0 * _ROOT_2PI)
 
-    def tilted(self, lam: float) -> _Tilted | None:
-        """The tilted moments, or None where they overflow."""
-        return self._tilt(lam)
-
 
 def centre(diffs: Sequence[float], *, use_numpy: bool) -> Centred | None:
-    """The differences prepared for the approximation, or None when it does not apply: fewer
-    than two, all equal, or not all finite."""
+    """The (finite) differences prepared for the approximation, or None when it does not
+    apply: fewer than two, all equal, or so large that sums leave the float range."""
     n = len(diffs)
     if n < 2:
         return None
     try:
         mean = math.fsum(diffs) / n
-    except (OverflowError, ValueError):  # inf - inf, or a sum past the float range
-        return None
-    if not math.isfinite(mean):
+    except OverflowError:
         return None
     # Sorted: the sums below then do not depend on the order the pairs came in.
     return (_numpy_centre if use_numpy else _python_centre)(diffs, mean)

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
 from .._errors import ValidationError
-from ._saddlepoint import Centred, centre, lattice_peak, saddlepoint_quantiles
+from ._saddlepoint import centre, lattice_peak, saddlepoint_quantiles
 
 __all__ = [
     "SADDLEPOINT_MIN_PAIRS",
@@ -204,21 +204,30 @@ class _Values:
             self._ordered = sorted(map(float, self.diffs))
         return self._ordered
 
-    def saddlepoint(self, method: str, use_numpy: bool) -> Centred | None:
-        """The centred differences when ``method`` asks for a saddlepoint approximation and
-        it applies to them (for ``"auto"``: enough of them, and not lumpy)."""
+    def approximated(
+        self, method: str, confidence: float, use_numpy: bool
+    ) -> BootstrapInterval | None:
+        """The interval by saddlepoint approximation when ``method`` asks for it and it
+        applies (for ``"auto"``: enough differences, and not lumpy) and settles; else None,
+        and the differences are resampled."""
         if method == "resample" or self.distinct == 1:
             return None
         if method == "auto" and len(self.diffs) < SADDLEPOINT_MIN_PAIRS:
             return None
         centred = centre(self.diffs, use_numpy=use_numpy)
-        if centred is None or method == "saddlepoint":
-            return centred
-        if centred.largest_share > _SADDLEPOINT_MAX_SHARE:
+        if centred is None:
             return None
-        if lattice_peak(centred, use_numpy=use_numpy) > _SADDLEPOINT_MAX_LATTICE_PEAK:
+        if method == "auto" and (
+            centred.largest_share > _SADDLEPOINT_MAX_SHARE
+            or lattice_peak(centred, use_numpy=use_numpy) > _SADDLEPOINT_MAX_LATTICE_PEAK
+        ):
             return None
-        return centred
+        tail = (1.0 - confidence) / 2.0
+        quantiles = saddlepoint_quantiles(centred, (tail, 1.0 - tail))
+        if quantiles is None:
+            return None
+        low, high = quantiles
+        return BootstrapInterval(low, high, "saddlepoint")
 
     def grouped_if(self, ratio: int) -> list[tuple[float, int]] | None:
         """(value, count) pairs when there are at most n / ``ratio`` distinct values (then
@@ -234,16 +243,6 @@ def _interval(means: list[float], confidence: float, method: str) -> BootstrapIn
     means.sort()
     tail = (1.0 - confidence) / 2.0
     return BootstrapInterval(_percentile(means, tail), _percentile(means, 1.0 - tail), method)
-
-
-def _saddlepoint_interval(centred: Centred, confidence: float) -> BootstrapInterval | None:
-    """The interval by saddlepoint approximation, or None where it does not settle."""
-    tail = (1.0 - confidence) / 2.0
-    quantiles = saddlepoint_quantiles(centred, (tail, 1.0 - tail))
-    if quantiles is None:
-        return None
-    low, high = quantiles
-    return BootstrapInterval(low, high, "saddlepoint")
 
 
 def paired_bootstrap_ci(
@@ -282,11 +281,9 @@ def _one(
         value = float(values.diffs[0])
         return BootstrapInterval(value, value, "constant")
     with_numpy = _has_numpy() if use_numpy is None else use_numpy
-    centred = values.saddlepoint(method, with_numpy)
-    if centred is not None:
-        interval = _saddlepoint_interval(centred, confidence)
-        if interval is not None:
-            return interval
+    interval = values.approximated(method, confidence, with_numpy)
+    if interval is not None:
+        return interval
     means: list[float] | None = None
     backend = "python"
     if use_numpy is not False:
@@ -335,9 +332,7 @@ def paired_bootstrap_cis(
     # that do not settle are resampled with the rest.
     results: list[BootstrapInterval | None] = [None] * len(jobs)
     for i, v in enumerate(values):
-        centred = v.saddlepoint(method, True)
-        if centred is not None:
-            results[i] = _saddlepoint_interval(centred, confidence)
+        results[i] = v.approximated(method, confidence, True)
     by_length: dict[int, list[int]] = {}
     for i, v in enumerate(values):
         if results[i] is None and v.distinct > 1 and v.grouped_if(_NUMPY_GROUP_RATIO) is None:

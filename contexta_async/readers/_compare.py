@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -102,7 +102,7 @@ def natural_key(name: str) -> tuple[int | str, ...]:
     return tuple(key)
 
 
-def mean_of(values: Sequence[float]) -> float:
+def mean_of(values: Collection[float]) -> float:
     """The mean, exactly rounded (``math.fsum``: independent of the order of the values);
     inf or nan as IEEE arithmetic gives them where the sum leaves the float range."""
     n = len(values)
@@ -145,7 +145,7 @@ class RunMetrics:
             values = self.samples.get((stage, key))
             if not values:
                 return None, 0
-            return mean_of(list(values.values())), len(values)
+            return mean_of(values.values()), len(values)
         found = self.latest.get(place)
         return found, 0 if found is None else 1
 

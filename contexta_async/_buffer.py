@@ -69,7 +69,7 @@ class BoundedBuffer(Generic[T]):
             return True
 
     def force_put(self, item: T) -> None:
-        """Queue ``item`` even past capacity (lifecycle lines that must not wait or be lost)."""
+        """Queue ``item`` even past capacity (lifecycle lines, which are never dropped)."""
         with self.lock:
             if self._closed:
                 raise _closed()

@@ -31,7 +31,7 @@ def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) 
         return
     for core in registry.open_runs():
         for item in core.close("cancelled", reason):
-            pipeline.submit_lifecycle(item)
+            pipeline.submit_closing(item)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

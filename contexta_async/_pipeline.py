@@ -253,14 +253,16 @@ class Pipeline:
             return READY
         return self._park(item)
 
-    async def _park(self, item: Item) -> None:
+    async def _park(self, item: Item, withdrawn: Callable[[], None] | None = None) -> None:
         waiter = AsyncWaiter()
         if self._buffer.put_or_park(item, waiter):
             return
         try:
             await waiter.wait()
         except BaseException:
-            self._buffer.unpark(waiter)  # cancelled while waiting: the line is not captured
+            # Cancelled while waiting: the line is not captured (unless it got in meanwhile).
+            if self._buffer.unpark(waiter) and withdrawn is not None:
+                withdrawn()
             raise
 
     def submit_blocking(self, item: Item) -> None:
@@ -270,13 +272,63 @@ class Pipeline:
         """
         if self.try_submit(item) or not self._on_full(item, may_wait=True):
             return
+        self._wait_parked(item, None)
+
+    def _wait_parked(self, item: Item, withdrawn: Callable[[], None] | None) -> None:
         waiter = ThreadWaiter()
         if self._buffer.put_or_park(item, waiter):
             return
-        waiter.wait()
+        try:
+            waiter.wait()
+        except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
+            if self._buffer.unpark(waiter) and withdrawn is not None:
+                withdrawn()
+            raise
 
-    def submit_lifecycle(self, item: Item) -> None:
-        """Queue a scope open/close line past the bound: it must neither wait nor be lost."""
+    # Lifecycle lines are never dropped or refused: a closing line without its opening line
+    # would be a format defect. An opening line waits for room under ``wait`` (so the queue
+    # stays bounded), and goes past the bound under ``drop_newest`` and ``raise``; a closing
+    # line always goes past the bound (closing must not wait: it runs on cancellation too).
+    # When an opening line is not queued after all (its wait was interrupted, or the context
+    # closed), ``withdrawn`` is called: the scope never opened and writes nothing.
+
+    def _queue_opening_now(self, item: Item, withdrawn: Callable[[], None]) -> bool:
+        """Queue the opening line if it need not wait (True); False: it must wait for room."""
+        try:
+            if self.try_submit(item):
+                return True
+            if self._overflow != "wait":
+                self._buffer.force_put(item)
+                return True
+        except BaseException:
+            withdrawn()
+            raise
+        return False
+
+    def submit_opening_blocking(self, item: Item, withdrawn: Callable[[], None]) -> None:
+        """Queue a scope's opening line from sync code (see the rule above)."""
+        if not self._queue_opening_now(item, withdrawn):
+            try:
+                self._wait_parked(item, withdrawn)
+            except ClosedScopeError:
+                withdrawn()
+                raise
+
+    def submit_opening(self, item: Item, withdrawn: Callable[[], None]) -> Awaitable[None]:
+        """Queue a scope's opening line from async code (see the rule above)."""
+        if self._queue_opening_now(item, withdrawn):
+            return READY
+        return self._park_opening(item, withdrawn)
+
+    async def _park_opening(self, item: Item, withdrawn: Callable[[], None]) -> None:
+        try:
+            await self._park(item, withdrawn)
+        except ClosedScopeError:
+            withdrawn()
+            raise
+
+    def submit_closing(self, item: Item) -> None:
+        """Queue a scope's closing line past the bound: it must neither wait nor be lost."""
         if not self._writer_started:
             self._ensure_writer()
         self._buffer.force_put(item)

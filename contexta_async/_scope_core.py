@@ -205,6 +205,18 @@ class ScopeCore:
         lines.append(self.context_item())
         return lines
 
+    def withdraw(self) -> None:
+        """Forget a scope whose opening line was never queued: it writes nothing, not even a
+        closing line (closing it afterwards is a no-op)."""
+        with self._lock:
+            if self.status != "open":
+                return
+            self.status = "cancelled"
+        if self.parent is not None:
+            with self.parent._lock:
+                self.parent._children.pop(id(self), None)
+        self.registry.discard(self)
+
     def ensure_open(self) -> None:
         if self.status != "open":
             raise ClosedScopeError(f"{self.ref} is {self.status}; capture needs an open scope")

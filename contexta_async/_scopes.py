@@ -52,7 +52,7 @@ _SYNC_CANCELLED: tuple[type, ...] = (KeyboardInterrupt, GeneratorExit, asyncio.C
 
 def _close(core: ScopeCore, status: Status, reason: str | None) -> None:
     for item in core.close(status, reason):
-        core.pipeline.submit_lifecycle(item)
+        core.pipeline.submit_closing(item)
 
 
 class Opening(Generic[S, A]):
@@ -79,8 +79,8 @@ class Opening(Generic[S, A]):
         core = self._core
         item = core.open()
         try:
-            core.pipeline.submit_blocking(item)
-        except BaseException as exc:
+            core.pipeline.submit_opening_blocking(item, core.withdraw)
+        except BaseException as exc:  # closes the scope only if its opening line was queued
             _close(core, *_exit_status(type(exc), exc, _SYNC_CANCELLED))
             raise
         return self._sync_face(core)  # type: ignore[call-arg]
@@ -97,8 +97,8 @@ class Opening(Generic[S, A]):
         core = self._core
         item = core.open()
         try:
-            await core.pipeline.submit_awaitable(item)
-        except BaseException as exc:
+            await core.pipeline.submit_opening(item, core.withdraw)
+        except BaseException as exc:  # closes the scope only if its opening line was queued
             cancelled = (anyio.get_cancelled_exc_class(), *_SYNC_CANCELLED)
             _close(core, *_exit_status(type(exc), exc, cancelled))
             raise

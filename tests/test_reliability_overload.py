@@ -8,6 +8,7 @@ must drop nothing, and the opt-in policies must account for every line they refu
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -227,3 +228,120 @@ async def test_the_nowait_face_raises_queue_full_under_the_default_policy(tmp_pa
                 run.metric_nowait("seq", i)
         await run.metric("seq", 1000)  # the awaited face waits for room instead
     assert ctx.statistics().dropped == 0
+
+
+# ---- lifecycle lines under overload ------------------------------------------------------
+
+
+def _lifecycles(workspace: Path) -> dict[str, list[str]]:
+    """The statuses each scope's CONTEXT lines carry, in file order."""
+    found: dict[str, list[str]] = {}
+    for line in read_family(workspace, "CONTEXT"):
+        found.setdefault(line["payload_ref"], []).append(line["payload"]["status"])
+    return found
+
+
+def _assert_complete_lifecycles(workspace: Path, samples: int) -> None:
+    lifecycles = _lifecycles(workspace)
+    sample_refs = [ref for ref in lifecycles if ref.startswith("sample:")]
+    assert len(sample_refs) == samples
+    for ref, statuses in lifecycles.items():
+        assert statuses == ["open", "completed"], (ref, statuses)
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "raise"])
+def test_a_full_queue_never_drops_or_refuses_a_scope_opening_line(
+    tmp_path: Path, policy: str
+) -> None:
+    samples = 300
+    refused = 0
+    with Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=_slow(tmp_path),
+        queue_size=20,
+        max_batch_size=20,
+        overflow=policy,  # type: ignore[arg-type]
+    ) as ctx:
+        with ctx.run("r") as run, run.stage("s") as stage:
+            for i in range(samples):
+                with stage.sample(f"case-{i}") as sample:
+                    for j in range(5):
+                        try:
+                            sample.metric("m", j)
+                        except QueueFullError:
+                            refused += 1
+        stats = ctx.statistics()
+    # The data lines did meet a full queue: dropped or refused...
+    assert stats.dropped + refused > 0
+    # ... but every scope that has a closing line has its opening line before it.
+    _assert_complete_lifecycles(tmp_path, samples)
+
+
+async def test_drop_newest_never_drops_an_awaited_scope_opening_line(tmp_path: Path) -> None:
+    samples = 300
+    async with _dropping(tmp_path) as ctx, ctx.run("r") as run, run.stage("s") as stage:
+        for i in range(samples):
+            async with stage.sample(f"case-{i}") as sample:
+                for j in range(5):
+                    await sample.metric("m", j)
+    assert ctx.statistics().dropped > 0
+    _assert_complete_lifecycles(tmp_path, samples)
+
+
+class GateSink(LocalJsonlSink):
+    """A LocalJsonlSink whose writes wait until the test opens the gate."""
+
+    def __init__(self, workspace: Path) -> None:
+        super().__init__(workspace / "cache" / "capture", name="local-jsonl")
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, chunk: Chunk) -> None:
+        self.entered.set()
+        self.gate.wait()
+        super().write(chunk)
+
+
+async def _until_parked(ctx: Contexta, producers: int) -> None:
+    # Polls a condition the test itself brings about; the cap only turns a bug into a failure.
+    with anyio.fail_after(30):
+        while ctx.statistics().waiting_producers < producers:  # noqa: ASYNC110 - no event to wait on
+            await anyio.sleep(0.001)
+
+
+async def test_an_opening_cancelled_while_it_waits_for_room_leaves_no_lines(
+    tmp_path: Path,
+) -> None:
+    sink = GateSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        queue_size=2,
+        max_batch_size=1,
+    )
+    try:
+        async with ctx, ctx.run("r") as run:
+            await anyio.to_thread.run_sync(sink.entered.wait)  # the writer holds the run's line
+            await run.metric("m", 1)
+            await run.metric("m", 2)  # the queue is full now
+
+            async def open_stage() -> None:
+                async with run.stage("never"):
+                    raise AssertionError("the stage cannot open while the queue is full")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_stage)
+                await _until_parked(ctx, 1)
+                tg.cancel_scope.cancel()
+            sink.gate.set()
+            async with run.stage("later"):
+                pass
+    finally:
+        sink.gate.set()
+    lifecycles = _lifecycles(tmp_path)
+    assert "stage:p.r.never" not in lifecycles
+    assert lifecycles["stage:p.r.later"] == ["open", "completed"]
+    assert lifecycles["run:p.r"] == ["open", "completed"]
+    assert _counts(tmp_path) == {"run:p.r": 2}

@@ -8,7 +8,6 @@ must drop nothing, and the opt-in policies must account for every line they refu
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -23,6 +22,7 @@ from contexta_async import Contexta, LocalJsonlSink, QueueFullError
 from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
+from ._sinks import GateSink, until_parked
 
 WRITE_DELAY = 0.002  # seconds per chunk, on top of the real write and fsync
 
@@ -289,27 +289,6 @@ async def test_drop_newest_never_drops_an_awaited_scope_opening_line(tmp_path: P
     _assert_complete_lifecycles(tmp_path, samples)
 
 
-class GateSink(LocalJsonlSink):
-    """A LocalJsonlSink whose writes wait until the test opens the gate."""
-
-    def __init__(self, workspace: Path) -> None:
-        super().__init__(workspace / "cache" / "capture", name="local-jsonl")
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def write(self, chunk: Chunk) -> None:
-        self.entered.set()
-        self.gate.wait()
-        super().write(chunk)
-
-
-async def _until_parked(ctx: Contexta, producers: int) -> None:
-    # Polls a condition the test itself brings about; the cap only turns a bug into a failure.
-    with anyio.fail_after(30):
-        while ctx.statistics().waiting_producers < producers:  # noqa: ASYNC110 - no event to wait on
-            await anyio.sleep(0.001)
-
-
 async def test_an_opening_cancelled_while_it_waits_for_room_leaves_no_lines(
     tmp_path: Path,
 ) -> None:
@@ -333,7 +312,7 @@ async def test_an_opening_cancelled_while_it_waits_for_room_leaves_no_lines(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(open_stage)
-                await _until_parked(ctx, 1)
+                await until_parked(ctx, 1)
                 tg.cancel_scope.cancel()
             sink.gate.set()
             async with run.stage("later"):

@@ -17,6 +17,7 @@ thread-safe queue.
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import time
@@ -140,6 +141,15 @@ def _close_at_exit() -> None:
         except Exception as exc:  # report, never raise out of interpreter shutdown
             logger.error("contexta_async.close_at_exit_failed", error=str(exc))
             print(f"contexta-async: {exc}", file=sys.stderr)
+
+
+def _reinit_pipelines_after_fork() -> None:
+    for pipeline in list(_open_pipelines):
+        pipeline.reinit_after_fork()
+
+
+# A forked child has no writer thread, and any lock a thread held at the fork stays held in it.
+os.register_at_fork(after_in_child=_reinit_pipelines_after_fork)
 
 
 def _degradation(
@@ -582,6 +592,36 @@ class Pipeline:
                 sink.close()
             except Exception as exc:
                 logger.error("contexta_async.sink_close_failed", sink=sink.name, error=str(exc))
+
+    # ---- fork ------------------------------------------------------------------------
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child: start afresh, as OpenTelemetry's batch processors do.
+
+        The writer thread was not copied, any lock may have been held by another thread at the
+        fork, and the queued lines, waiters and failures are the parent's (its writer writes
+        and reports them). The child keeps its options, sinks and closed state; its next
+        capture starts a writer of its own, and its flushes cover its own lines only.
+        """
+        self._state_lock = threading.Lock()
+        self._buffer = BoundedBuffer(self.options.queue_size)
+        self._processed = 0
+        self._flush_waiters = []
+        self._failures = []
+        self._reported = 0
+        self._pending_degradations = {s.name: [] for s in self.sinks}
+        self._drops = _Drops()
+        self._counts = Counter()
+        self._writer_started = False
+        self._writer_done = threading.Event()
+        self._host = None
+        self._fast_puts = 0
+        _open_pipelines.discard(self)
+        for sink in self.sinks:
+            try:
+                sink.reinit_after_fork()
+            except Exception as exc:  # the child must go on; its writes will report failures
+                logger.error("contexta_async.sink_fork_failed", sink=sink.name, error=repr(exc))
 
     @property
     def closed(self) -> bool:

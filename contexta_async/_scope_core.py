@@ -7,9 +7,11 @@ builds queue items; handing them to the pipeline is the face's job.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -49,12 +51,36 @@ _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
 _MAX_REASON: Final = 2048
 
 
+_registries: weakref.WeakSet[ScopeRegistry] = weakref.WeakSet()
+
+
+def _reinit_registries_after_fork() -> None:
+    for registry in list(_registries):
+        registry.reinit_after_fork()
+
+
+# Another thread may hold a registry's or a scope's lock at the fork: the child gets new ones.
+os.register_at_fork(after_in_child=_reinit_registries_after_fork)
+
+
 class ScopeRegistry:
     """The refs open in one context: a second open scope with the same ref is refused."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, ScopeCore] = {}
+        _registries.add(self)
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child: fresh locks, and the scopes open at the fork are forgotten here.
+
+        They stay usable in the child, but they are the parent's: closing the child's context,
+        or the child's exit, must not write a closing line for a run the parent is still in.
+        """
+        self._lock = threading.Lock()
+        for core in self._open.values():
+            core._lock = threading.Lock()
+        self._open = {}
 
     def add(self, core: ScopeCore) -> None:
         with self._lock:

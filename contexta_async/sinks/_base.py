@@ -67,3 +67,12 @@ class Sink(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; most sinks hold nothing to release
         """Release resources. Called once, after the last write."""
+
+    def reinit_after_fork(self) -> None:  # noqa: B027 - optional hook
+        """Called in a forked child process before it writes anything.
+
+        The child inherits this object as the parent left it, perhaps mid-write: a sink that
+        holds locks replaces them here (another thread may have held them at the fork), and
+        one that holds per-process state (open files, buffered lines of the parent) lets go of
+        it, so that the child writes only its own lines.
+        """

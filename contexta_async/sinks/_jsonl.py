@@ -311,5 +311,22 @@ class LocalJsonlSink(Sink):
             except OSError:
                 pass
 
+    def reinit_after_fork(self) -> None:
+        """In a forked child: a fresh lock; the parent's pending index frame and failed-write
+        leftovers stay the parent's; the inherited descriptors are closed (the child's copies
+        only) so that the child reopens the files: a descriptor shared with the parent shares
+        its ``flock`` too, which would no longer keep the two processes' writes apart."""
+        self._lock = threading.Lock()
+        self._frame = None
+        self._leftovers = {}
+        fds = list(self._fds.values())
+        if self._index_fd is not None:
+            fds.append(self._index_fd)
+        self._fds = {}
+        self._index_fd = None
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def __repr__(self) -> str:
         return f"LocalJsonlSink({str(self.storage_root)!r}, fsync={self.fsync}, index={self.index})"

@@ -33,6 +33,10 @@ class MemorySink(Sink):
         with self._lock:
             self._data.append(chunk.data)
 
+    def reinit_after_fork(self) -> None:
+        """A fresh lock (another thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def lines(self, family: str | None = None) -> list[dict[str, Any]]:
         """Every line written so far, decoded, optionally only one family's."""
         with self._lock:

@@ -17,6 +17,9 @@ Scenarios (see benchmarks/README.md and docs/performance.md for the method):
   latency-1/-500       an offered 10,000 records/s (one paced producer, or 500 producers at
                        1/500 of the rate each); for every record, the time from the capture call
                        to the moment the fsync of the chunk holding it completed.
+  saturation-1/-50/-500  event-loop health: 1, 50 or 500 coroutines capture flat out (no
+                       other await) while a 1 ms ticker measures how late the loop runs it
+                       (p50/p99/max); every call is timed for the worst single wait.
   sync                 the sync face: one thread, no event loop, ``with ctx.run(...)``,
                        ``stage.metric(...)`` in a loop, then ``ctx.flush()``.
   rss-*                peak RSS (``ru_maxrss``) of async-500 and sync at two record counts.
@@ -236,6 +239,89 @@ def _async_throughput(
     if sample:
         result["per_call"] = _summary_us(timings)
     return result
+
+
+async def _aflush(ctx: Any) -> None:
+    """The async flush, whichever face this version of the package has (for A/B runs)."""
+    aflush = getattr(ctx, "aflush", None)
+    await (aflush() if aflush is not None else ctx.flush())
+
+
+def _saturation(ws: Path, records: int, producers: int) -> dict[str, Any]:
+    """Event-loop health while ``producers`` coroutines capture flat out (no other await).
+
+    A 1 ms ticker in the same loop measures how late it wakes (p50/p99/max), and every call is
+    timed for the worst single wait; records/s is from the first capture to the flush.
+    """
+    per = records // producers
+    total = per * producers
+    worst_ns = [0]
+
+    async def main() -> dict[str, Any]:
+        perf = time.perf_counter_ns
+        ctx = _contexta(ws)
+        async with (
+            ctx,
+            ctx.run("saturation", dataset_ref="dataset:bench.synthetic") as run,
+            run.stage("evaluate") as stage,
+        ):
+            await stage.metric("warmup", 1.0)
+            await _aflush(ctx)
+            go = asyncio.Event()
+            opened = [0]
+            all_open = asyncio.Event()
+
+            async def producer(index: int) -> None:
+                async with stage.sample(f"case-{index}") as s:
+                    opened[0] += 1
+                    if opened[0] == producers:
+                        all_open.set()
+                    await go.wait()
+                    worst = 0
+                    for j in range(per):
+                        t0 = perf()
+                        await s.metric("correct", (j % 100) / 100, unit="ratio")
+                        took = perf() - t0
+                        if took > worst:
+                            worst = took
+                    worst_ns[0] = max(worst_ns[0], worst)
+
+            lags: list[int] = []
+            running = True
+
+            async def ticker() -> None:
+                while running:
+                    due = perf() + 1_000_000
+                    await asyncio.sleep(0.001)
+                    lags.append(max(0, perf() - due))
+
+            tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
+            await all_open.wait()
+            start = time.perf_counter()
+            go.set()
+            tick = asyncio.create_task(ticker())
+            await asyncio.gather(*tasks)
+            await _aflush(ctx)
+            seconds = time.perf_counter() - start
+            running = False
+            await tick
+        lag = sorted(lags)
+        return {
+            "seconds": seconds,
+            "ticks": len(lag),
+            "tick_p50_ms": _percentile(lag, 50) / 1e6,
+            "tick_p99_ms": _percentile(lag, 99) / 1e6,
+            "tick_max_ms": (lag[-1] / 1e6) if lag else float("nan"),
+        }
+
+    out = asyncio.run(main())
+    return {
+        "records": total,
+        "rate": total / out["seconds"],
+        **out,
+        "worst_call_ms": worst_ns[0] / 1e6,
+        "complete": _count_lines(ws / "cache" / "capture" / "record.jsonl") == total + 1,
+    }
 
 
 def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
@@ -639,6 +725,8 @@ def _child(scenario: str, params: dict[str, Any]) -> dict[str, Any]:
         return _async_throughput(ws, records, producers, sample=not scenario.startswith("rss"))
     if scenario == "async-500-thread":
         return _async_throughput(ws, records, 500, sample=True, writer="thread")
+    if scenario.startswith("saturation-"):
+        return _saturation(ws, records, int(scenario.rsplit("-", 1)[1]))
     if scenario in ("sync", "rss-sync"):
         return _sync_throughput(ws, records, sample=scenario == "sync")
     if scenario.startswith("latency-"):
@@ -741,6 +829,9 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
             {"rate": args.latency_rate, "duration": args.latency_seconds},
         ),
         ("sync", "sync", {"records": n}),
+        ("saturation-1", "saturation-1", {"records": n}),
+        ("saturation-50", "saturation-50", {"records": n}),
+        ("saturation-500", "saturation-500", {"records": n}),
         (f"rss-async-500@{rss_small}", "rss-async-500", {"records": rss_small}),
         (f"rss-async-500@{rss_large}", "rss-async-500", {"records": rss_large}),
         (f"rss-sync@{rss_small}", "rss-sync", {"records": rss_small}),
@@ -946,6 +1037,26 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
             f"{summary['async-500']['median_rate'] / 3400:.0f}x"
         )
 
+    saturation = [f"saturation-{n}" for n in (1, 50, 500)]
+    if any(runs_of(label) or errors_of(label) for label in saturation):
+        out("\n== Event loop under saturation (producers capture flat out; a 1 ms ticker) ==")
+        out("  medians of the runs: records/s, ticker lateness p50 / p99 / max, worst call")
+    for label in saturation:
+        runs = runs_of(label)
+        for err in errors_of(label):
+            out(f"  {label}: ERROR {err}")
+        if not runs:
+            continue
+        keys = ("rate", "tick_p50_ms", "tick_p99_ms", "tick_max_ms", "worst_call_ms")
+        summary[label] = {k: statistics.median(r[k] for r in runs) for k in keys}
+        m = summary[label]
+        out(
+            f"  {label:<15} {m['rate']:>9,.0f} rec/s   ticker {m['tick_p50_ms']:.2f} / "
+            f"{m['tick_p99_ms']:.2f} / {m['tick_max_ms']:.2f} ms   worst call "
+            f"{m['worst_call_ms']:.2f} ms   (p99 runs: "
+            f"{_fmt_runs([r['tick_p99_ms'] for r in runs], '.1f')})"
+        )
+
     out("\n== Targets (informational) ==")
 
     def target(name: str, value: float | None, ok: bool | None, shown: str) -> None:
@@ -974,6 +1085,13 @@ def _report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) 
         sync and sync["median_rate"],
         None if not sync else sync["median_rate"] >= 50_000,
         f"{sync['median_rate']:,.0f} rec/s" if sync else "not run",
+    )
+    sat = summary.get("saturation-500")
+    target(
+        "ticker p99 <= 10 ms with 500 producers capturing flat out",
+        sat and sat["tick_p99_ms"],
+        None if not sat else sat["tick_p99_ms"] <= 10.0,
+        f"p99 {sat['tick_p99_ms']:.1f} ms" if sat else "not run",
     )
     for kind in ("rss-async-500", "rss-sync"):
         rss = summary.get(kind)

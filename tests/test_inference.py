@@ -1,0 +1,291 @@
+"""Paired inference: every number against an independent computation.
+
+statsmodels and scipy where they have the method, exact enumeration for the small-sample
+interval, and simulated coverage with a known true difference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import statsmodels.api as sm
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import NormalIndPower
+
+from contexta_async import ValidationError
+from contexta_async.readers._inference import (
+    adjust_p_values,
+    cluster_bootstrap_ci,
+    clustered_error,
+    items_needed,
+    minimum_detectable_effect,
+    newcombe_paired_interval,
+    pairing_gain,
+    student_t_two_sided_p,
+)
+
+
+def _clustered_data(
+    rng: np.random.Generator, clusters: int, size: int, rho: float, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Differences with intra-cluster correlation ``rho`` (unit variance), clusters of
+    ``size`` items."""
+    codes = np.repeat(np.arange(clusters), size)
+    shared = rng.normal(0.0, math.sqrt(rho), clusters)[codes]
+    own = rng.normal(0.0, math.sqrt(1.0 - rho), clusters * size)
+    return shift + shared + own, codes
+
+
+# ---- clustered standard error --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", ["equal", "unequal"])
+def test_clustered_se_equals_statsmodels_cluster_robust_se_of_the_mean(sizes: str) -> None:
+    rng = np.random.default_rng(7)
+    if sizes == "equal":
+        diffs, codes = _clustered_data(rng, clusters=40, size=5, rho=0.3)
+    else:
+        codes = rng.integers(0, 25, 300)
+        codes = np.unique(codes, return_inverse=True)[1]
+        diffs = rng.normal(0.2, 1.0, 300) + rng.normal(0, 0.7, 25)[codes]
+    n_clusters = int(codes.max()) + 1
+    got = clustered_error(diffs, codes, n_clusters)
+    assert got is not None
+    # statsmodels' cluster-robust covariance with its default small-sample correction
+    # G/(G-1) * (N-1)/(N-K), which for a mean (K = 1) is the C/(C-1) applied here.
+    fit = sm.OLS(diffs, np.ones(len(diffs))).fit(cov_type="cluster", cov_kwds={"groups": codes})
+    assert got.se == pytest.approx(float(fit.bse[0]), rel=1e-10)
+    assert got.naive_se == pytest.approx(float(scipy.stats.sem(diffs)), rel=1e-12)
+    assert got.clusters == n_clusters
+    assert got.design_effect == pytest.approx(got.se**2 / got.naive_se**2)
+
+
+def test_one_item_per_cluster_gives_the_naive_se_and_a_design_effect_of_one() -> None:
+    rng = np.random.default_rng(3)
+    diffs = rng.normal(0.0, 2.0, 500)
+    clustered = clustered_error(diffs, np.arange(500), 500)
+    plain = clustered_error(diffs, None, 0)
+    assert clustered is not None and plain is not None
+    assert clustered.se == pytest.approx(plain.se, rel=1e-12)
+    assert clustered.design_effect == pytest.approx(1.0, rel=1e-12)
+    assert plain.clusters == 500
+
+
+def test_the_design_effect_follows_cluster_size_and_intra_cluster_correlation() -> None:
+    # Kish: deff = 1 + (m - 1) * rho for equal clusters of m items.
+    rng = np.random.default_rng(11)
+    diffs, codes = _clustered_data(rng, clusters=4000, size=5, rho=0.25)
+    got = clustered_error(diffs, codes, 4000)
+    assert got is not None and got.design_effect is not None
+    assert got.design_effect == pytest.approx(1 + 4 * 0.25, abs=0.12)
+
+
+def test_fewer_than_two_items_or_clusters_gives_no_standard_error() -> None:
+    assert clustered_error(np.array([1.0]), None, 0) is None
+    assert clustered_error(np.array([1.0, 2.0, 3.0]), np.zeros(3, dtype=np.intp), 1) is None
+
+
+# ---- coverage by simulation (known true difference) ----------------------------------------
+
+
+def test_clustered_normal_intervals_cover_the_true_difference_about_95_percent() -> None:
+    rng = np.random.default_rng(2024)
+    z = scipy.stats.norm.ppf(0.975)
+    covered_clustered = covered_naive = 0
+    datasets = 2000
+    for _ in range(datasets):
+        diffs, codes = _clustered_data(rng, clusters=60, size=8, rho=0.3, shift=0.5)
+        err = clustered_error(diffs, codes, 60)
+        assert err is not None
+        mean = diffs.mean()
+        covered_clustered += abs(mean - 0.5) <= z * err.se
+        covered_naive += abs(mean - 0.5) <= z * err.naive_se
+    assert 0.93 <= covered_clustered / datasets <= 0.97
+    # Ignoring the clusters (deff ~ 3.1 here) covers far less: the check has teeth.
+    assert covered_naive / datasets < 0.80
+
+
+def test_cluster_bootstrap_intervals_cover_the_true_difference_about_95_percent() -> None:
+    rng = np.random.default_rng(99)
+    datasets = 1000
+    covered = 0
+    for seed in range(datasets):
+        diffs, codes = _clustered_data(rng, clusters=80, size=6, rho=0.4, shift=-0.2)
+        low, high = cluster_bootstrap_ci(
+            diffs, codes, 80, confidence=0.95, resamples=1000, seed=seed
+        )
+        covered += low <= -0.2 <= high
+    assert 0.93 <= covered / datasets <= 0.97
+
+
+def test_cluster_bootstrap_with_one_item_per_cluster_matches_the_plain_bootstrap() -> None:
+    rng = np.random.default_rng(5)
+    diffs = rng.exponential(1.0, 400) - 1.0
+    low, high = cluster_bootstrap_ci(
+        diffs, np.arange(400), 400, confidence=0.9, resamples=50_000, seed=1
+    )
+    reference = scipy.stats.bootstrap(
+        (diffs,),
+        np.mean,
+        confidence_level=0.9,
+        n_resamples=50_000,
+        method="percentile",
+        random_state=2,
+    ).confidence_interval
+    se = diffs.std(ddof=1) / math.sqrt(len(diffs))
+    assert abs(low - reference.low) < 0.05 * se
+    assert abs(high - reference.high) < 0.05 * se
+
+
+# ---- p-values and power ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("t", "df"), [(0.0, 5), (1.3, 3), (-2.7, 12), (4.1, 200), (0.2, 1)])
+def test_student_t_p_value_equals_scipy(t: float, df: float) -> None:
+    assert student_t_two_sided_p(t, df) == pytest.approx(
+        2 * scipy.stats.t.sf(abs(t), df), rel=1e-9, abs=1e-15
+    )
+
+
+@pytest.mark.parametrize(("alpha", "power"), [(0.05, 0.8), (0.01, 0.9), (0.1, 0.5)])
+def test_minimum_detectable_effect_and_items_needed_agree_with_statsmodels(
+    alpha: float, power: float
+) -> None:
+    se, items = 0.012, 400
+    sd = se * math.sqrt(items)  # the SD of one item's difference
+    mde = minimum_detectable_effect(se, alpha=alpha, power=power)
+    effect = 0.01
+    needed = items_needed(effect, se, items, alpha=alpha, power=power)
+    # The formula counts the tail on the effect's side only: statsmodels' one-sided normal
+    # power at alpha/2 is exactly that.
+    one_tail = NormalIndPower()
+    solved = one_tail.solve_power(
+        effect_size=mde / sd, alpha=alpha / 2, power=power, ratio=0, alternative="larger"
+    )
+    assert solved == pytest.approx(items, rel=1e-7)  # the solver's own tolerance
+    exact = one_tail.solve_power(
+        effect_size=effect / sd, alpha=alpha / 2, power=power, ratio=0, alternative="larger"
+    )
+    assert needed == math.ceil(exact - 1e-6)
+    # The far tail it ignores is negligible at the usual 0.05 / 0.8: two-sided agrees.
+    if (alpha, power) == (0.05, 0.8):
+        two_sided = one_tail.solve_power(
+            effect_size=mde / sd, alpha=alpha, power=power, ratio=0, alternative="two-sided"
+        )
+        assert two_sided == pytest.approx(items, rel=1e-5)
+        assert mde == pytest.approx(2.8016 * se, rel=1e-4)
+
+
+def test_power_inputs_are_checked_by_name() -> None:
+    with pytest.raises(ValidationError) as caught:
+        minimum_detectable_effect(0.1, power=1.2)
+    assert caught.value.field == "power"
+    with pytest.raises(ValidationError) as caught:
+        items_needed(0.0, 0.1, 100)
+    assert caught.value.field == "effect"
+
+
+# ---- small samples: paired difference of proportions ----------------------------------------
+
+
+def _exact_coverage(
+    n: int, probabilities: tuple[float, float, float, float], interval: object
+) -> float:
+    """Exact coverage: every multinomial outcome of n pairs, weighted by its probability."""
+    p_both, p_left, p_right, _ = probabilities
+    true_diff = (p_both + p_right) - (p_both + p_left)
+    covered = 0.0
+    for both in range(n + 1):
+        for left in range(n + 1 - both):
+            for right in range(n + 1 - both - left):
+                neither = n - both - left - right
+                weight = math.exp(
+                    math.lgamma(n + 1)
+                    - sum(math.lgamma(k + 1) for k in (both, left, right, neither))
+                    + sum(
+                        k * math.log(p) if k else 0.0
+                        for k, p in zip((both, left, right, neither), probabilities, strict=True)
+                    )
+                )
+                low, high = interval(both, left, right, neither)  # type: ignore[operator]
+                if low - 1e-12 <= true_diff <= high + 1e-12:
+                    covered += weight
+    return covered
+
+
+def _wald(both: int, left: int, right: int, neither: int) -> tuple[float, float]:
+    n = both + left + right + neither
+    diff = (right - left) / n
+    se = math.sqrt(max(0.0, (left + right) / n - diff * diff) / n)
+    return diff - 1.96 * se, diff + 1.96 * se
+
+
+SETTINGS = [
+    (20, (0.6, 0.1, 0.2, 0.1)),
+    (30, (0.7, 0.05, 0.15, 0.1)),
+    (40, (0.35, 0.15, 0.15, 0.35)),
+    (50, (0.8, 0.02, 0.08, 0.1)),
+]
+
+
+@pytest.mark.parametrize(("n", "probabilities"), SETTINGS)
+def test_newcombe_interval_holds_its_coverage_at_small_n(
+    n: int, probabilities: tuple[float, float, float, float]
+) -> None:
+    coverage = _exact_coverage(n, probabilities, newcombe_paired_interval)
+    assert 0.93 <= coverage <= 0.985
+
+
+def test_the_wald_interval_is_too_narrow_where_newcombe_is_not() -> None:
+    n, probabilities = 25, (0.85, 0.02, 0.06, 0.07)
+    assert _exact_coverage(n, probabilities, _wald) < 0.90  # 0.78
+    assert _exact_coverage(n, probabilities, newcombe_paired_interval) >= 0.93
+
+
+def test_newcombe_interval_contains_the_estimate_and_stays_in_bounds() -> None:
+    for both, left, right, neither in itertools.product(range(4), repeat=4):
+        if both + left + right + neither == 0:
+            continue
+        low, high = newcombe_paired_interval(both, left, right, neither)
+        n = both + left + right + neither
+        assert -1.0 <= low <= (right - left) / n <= high <= 1.0
+
+
+# ---- many comparisons ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [("holm", "holm"), ("bh", "fdr_bh")])
+def test_adjusted_p_values_equal_statsmodels_multipletests(ours: str, theirs: str) -> None:
+    rng = np.random.default_rng(1)
+    p_values = list(np.concatenate([rng.uniform(0, 0.02, 4), rng.uniform(0, 1, 11)]))
+    expected = multipletests(p_values, method=theirs)[1]
+    got = adjust_p_values([*p_values[:7], None, *p_values[7:]], ours)  # type: ignore[arg-type]
+    assert got[7] is None  # a metric without a test is left out of the family
+    assert [g for g in got if g is not None] == pytest.approx(list(expected), rel=1e-12)
+
+
+def test_an_unknown_adjustment_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError) as caught:
+        adjust_p_values([0.1], "bonferroni")  # type: ignore[arg-type]
+    assert caught.value.field == "adjustment"
+
+
+# ---- what pairing bought ---------------------------------------------------------------------
+
+
+def test_pairing_gain_reports_the_correlation_and_both_standard_errors() -> None:
+    rng = np.random.default_rng(8)
+    ability = rng.normal(0, 1, 300)
+    left = ability + rng.normal(0, 0.5, 300)
+    right = ability + 0.1 + rng.normal(0, 0.5, 300)
+    gain = pairing_gain(left, right)
+    assert gain is not None and gain.correlation is not None
+    assert gain.correlation == pytest.approx(scipy.stats.pearsonr(left, right)[0], rel=1e-12)
+    assert gain.paired_se == pytest.approx(scipy.stats.sem(right - left), rel=1e-12)
+    unpaired = math.sqrt(left.var(ddof=1) / 300 + right.var(ddof=1) / 300)
+    assert gain.unpaired_se == pytest.approx(unpaired, rel=1e-12)
+    assert gain.paired_se < gain.unpaired_se / 2  # strongly correlated items: pairing pays

@@ -99,7 +99,7 @@ async def _task(
                         model.captured[value] = stack[-1][2]
                 elif kind == "flush":
                     acknowledged = set(model.captured)  # captured before flush was called
-                    await ctx.flush()
+                    await ctx.aflush()
                     missing = acknowledged - _values_on_disk(workspace)
                     if missing:
                         model.flush_violations.append(f"flush returned before {missing}")

@@ -16,10 +16,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import trio
 
 __all__ = ["READY", "AsyncWaiter", "ThreadWaiter", "Waiter", "async_waiter"]
 
@@ -63,50 +59,50 @@ class _AsyncioWaiter(AsyncWaiter):
 
 
 class _TrioWaiter(AsyncWaiter):
-    __slots__ = ("_event", "_run_finished", "_thread", "_token")
+    __slots__ = ("_event", "_thread", "_token")
 
-    def __init__(self, trio_module: Any) -> None:
-        self._token: trio.lowlevel.TrioToken = trio_module.lowlevel.current_trio_token()
-        self._event: trio.Event = trio_module.Event()
-        self._run_finished: type[Exception] = trio_module.RunFinishedError
+    def __init__(self) -> None:
+        import trio  # only ever reached inside a trio run: trio is already imported
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._event = trio.Event()
         self._thread = threading.get_ident()
 
     def wake(self) -> None:
         if threading.get_ident() == self._thread:
             self._event.set()
-        else:
-            try:
-                self._token.run_sync_soon(self._event.set)
-            except self._run_finished:  # that run is over: nobody is left to wake
-                pass
+            return
+        import trio
+
+        try:
+            self._token.run_sync_soon(self._event.set)
+        except trio.RunFinishedError:  # that run is over: nobody is left to wake
+            pass
 
     async def wait(self) -> None:
         await self._event.wait()
 
 
-def _in_trio() -> Any:
-    """The trio module when the current task is a trio task, else None.
+def _in_trio() -> bool:
+    """True when the current task is a trio task.
 
     trio is looked up, never imported: if nothing imported it, no trio run can be going on.
     sniffio (a dependency of trio) names the library of the current task, as anyio does.
     """
-    trio_module = sys.modules.get("trio")
-    if trio_module is None:
-        return None
+    if "trio" not in sys.modules:
+        return False
     import sniffio
 
     try:
-        library = sniffio.current_async_library()
+        return sniffio.current_async_library() == "trio"
     except sniffio.AsyncLibraryNotFoundError:
-        return None
-    return trio_module if library == "trio" else None
+        return False
 
 
 def async_waiter() -> AsyncWaiter:
     """A waiter for the running event loop: asyncio or trio (the two anyio backends)."""
-    trio_module = _in_trio()
-    if trio_module is not None:
-        return _TrioWaiter(trio_module)
+    if _in_trio():
+        return _TrioWaiter()
     return _AsyncioWaiter(asyncio.get_running_loop())
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -147,6 +148,7 @@ async def _scenario(
     return model, ctx
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(
     max_examples=150,
     deadline=None,
@@ -155,11 +157,11 @@ async def _scenario(
 )
 @given(programs=PROGRAMS, queue_size=st.integers(1, 6), batch=st.integers(1, 6))
 def test_the_files_equal_a_model_of_what_was_captured(
-    programs: list[list[tuple[Any, ...]]], queue_size: int, batch: int
+    backend: str, programs: list[list[tuple[Any, ...]]], queue_size: int, batch: int
 ) -> None:
     with tempfile.TemporaryDirectory(dir=_SHM) as directory:
         workspace = Path(directory)
-        model, ctx = anyio.run(_scenario, workspace, programs, queue_size, batch)
+        model, ctx = anyio.run(_scenario, workspace, programs, queue_size, batch, backend=backend)
         records = read_family(workspace, "RECORD")
         contexts = read_family(workspace, "CONTEXT")
         assert read_family(workspace, "DEGRADATION") == []

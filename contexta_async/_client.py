@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,7 +17,6 @@ from ._pipeline import OverflowPolicy, Pipeline, PipelineOptions, Statistics
 from ._refs import is_valid_ref, normalize_name
 from ._scope_core import ScopeCore, ScopeRegistry
 from ._scopes import AsyncRun, Opening, Run
-from ._waiters import READY
 from .sinks import LocalJsonlSink, Sink
 
 __all__ = ["Contexta"]
@@ -32,13 +30,6 @@ def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) 
     for core in registry.open_runs():
         for item in core.close("cancelled", reason):
             pipeline.submit_closing(item)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class Contexta:
@@ -162,18 +153,24 @@ class Contexta:
 
     # ---- durability and shutdown -----------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> Awaitable[None]:
-        """Return once every line captured before the call is written and fsynced.
+    def flush(self, timeout: float | None = None) -> None:
+        """Block this thread until every line captured before the call is written and fsynced.
 
-        In async code, ``await ctx.flush()``. In sync code (no running event loop in this
-        thread) ``ctx.flush()`` blocks until done. Raises DeliveryError naming the lines and
-        runs that a sink could not make durable since the last flush, and FlushTimeoutError
-        when ``timeout`` seconds pass first (the lines stay queued).
+        Always blocking, on any thread. On a thread that runs an event loop it stalls that
+        loop until the flush is done: async code awaits :meth:`aflush` instead. Raises
+        DeliveryError naming the lines and runs that a sink could not make durable since the
+        last flush, and FlushTimeoutError when ``timeout`` seconds pass first (the lines stay
+        queued).
         """
-        if _running_loop() is None:
-            self._pipeline.flush_blocking(timeout)
-            return READY
-        return self._pipeline.flush(timeout)
+        self._pipeline.flush_blocking(timeout)
+
+    async def aflush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the same signature as flush()
+        """Like :meth:`flush`, awaited: ``await ctx.aflush()`` waits without blocking the loop.
+
+        Works on every anyio backend (asyncio and trio). Cancelling the wait leaves the lines
+        queued; they are still written.
+        """
+        await self._pipeline.flush(timeout)
 
     def close(self) -> None:
         """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking."""

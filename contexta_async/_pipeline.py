@@ -44,7 +44,7 @@ from ._errors import (
     ValidationError,
 )
 from ._records import DEGRADATION, DegradationRecord, Item
-from ._waiters import READY, AsyncWaiter, ThreadWaiter
+from ._waiters import READY, AsyncWaiter, ThreadWaiter, async_waiter
 from .sinks import Chunk, FsyncError, Sink
 
 __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
@@ -264,7 +264,7 @@ class Pipeline:
         return self._park(item)
 
     async def _park(self, item: Item, withdrawn: Callable[[], None] | None = None) -> None:
-        waiter = AsyncWaiter()
+        waiter = async_waiter()
         if self._buffer.put_or_park(item, waiter):
             return
         try:
@@ -514,7 +514,7 @@ class Pipeline:
         _check_timeout(timeout)
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._reported)
-        target, start, must_wait = self._register_flush(waiter := AsyncWaiter())
+        target, start, must_wait = self._register_flush(waiter := async_waiter())
         if must_wait:
             with anyio.move_on_after(timeout) as scope:
                 await waiter.wait()

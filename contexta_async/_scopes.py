@@ -11,6 +11,7 @@ also has ``*_nowait`` variants that never wait (see the ``overflow`` option).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,15 @@ def _exit_status(
 _SYNC_CANCELLED: tuple[type, ...] = (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)
 
 
+def _sync_cancelled() -> tuple[type, ...]:
+    """What counts as cancellation when a sync ``with`` exits: asyncio's and, if trio is loaded,
+    trio's Cancelled (a sync scope inside a trio task sees trio's cancellation, not asyncio's)."""
+    trio_module = sys.modules.get("trio")
+    if trio_module is None:
+        return _SYNC_CANCELLED
+    return (*_SYNC_CANCELLED, trio_module.Cancelled)
+
+
 def _close(core: ScopeCore, status: Status, reason: str | None) -> None:
     for item in core.close(status, reason):
         core.pipeline.submit_closing(item)
@@ -81,7 +91,7 @@ class Opening(Generic[S, A]):
         try:
             core.pipeline.submit_opening_blocking(item, core.withdraw)
         except BaseException as exc:  # closes the scope only if its opening line was queued
-            _close(core, *_exit_status(type(exc), exc, _SYNC_CANCELLED))
+            _close(core, *_exit_status(type(exc), exc, _sync_cancelled()))
             raise
         return self._sync_face(core)  # type: ignore[call-arg]
 
@@ -91,7 +101,7 @@ class Opening(Generic[S, A]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _close(self._core, *_exit_status(exc_type, exc, _SYNC_CANCELLED))
+        _close(self._core, *_exit_status(exc_type, exc, _sync_cancelled()))
 
     async def __aenter__(self) -> A:
         core = self._core

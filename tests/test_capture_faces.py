@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
@@ -69,7 +68,7 @@ async def test_async_face_awaits_captures_inside_an_owned_context(workspace: Pat
                 assert isinstance(sample, AsyncSample)
                 await sample.metric("correct", 1.0)
                 await sample.event("judge.note", message="looks right", level="debug")
-            await ctx.flush()
+            await ctx.aflush()
             # flush is a barrier: the lines are in the file before the context closes
             keys = [line["payload"]["payload"]["metric_key"] for line in metrics(workspace)]
             assert keys == ["correct"]
@@ -94,14 +93,17 @@ async def test_async_runs_work_without_entering_the_context(workspace: Path) -> 
     async with anyio.create_task_group() as tg:
         for name in ("alpha", "beta", "gamma"):
             tg.start_soon(one_run, name)
-    await ctx.flush()
+    await ctx.aflush()
     assert len(metrics(workspace)) == 60
     await ctx.aclose()
     status = last_status(workspace)
     assert {status[f"run:p.{n}"] for n in ("alpha", "beta", "gamma")} == {"completed"}
 
 
-def test_a_scope_can_be_entered_async_from_a_sync_created_opening(workspace: Path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_scope_can_be_entered_async_from_a_sync_created_opening(
+    workspace: Path, backend: str
+) -> None:
     ctx = Contexta(workspace=workspace)
     opening = ctx.run("mixed")
     assert opening.ref == "run:default.mixed"
@@ -110,7 +112,7 @@ def test_a_scope_can_be_entered_async_from_a_sync_created_opening(workspace: Pat
         async with opening as run:
             await run.metric("score", 3)
 
-    asyncio.run(main())
+    anyio.run(main, backend=backend)
     ctx.close()
     [line] = metrics(workspace)
     assert line["payload"]["payload"]["value"] == 3
@@ -331,5 +333,5 @@ async def test_sync_face_inside_an_entered_async_context_never_deadlocks(workspa
         with ctx.run("sync-in-async") as run:
             for i in range(200):
                 run.metric("x", i)
-        await ctx.flush()
+        await ctx.aflush()
     assert [m["payload"]["payload"]["value"] for m in metrics(workspace)] == list(range(200))

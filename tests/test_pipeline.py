@@ -75,7 +75,7 @@ async def test_flush_returns_after_records_are_fsynced(
         for round_ in range(5):
             for i in range(200):
                 await run.metric("x", round_ * 1000 + i)
-            await ctx.flush()
+            await ctx.aflush()
             # everything captured before flush() is in the file and was fsynced after writing
             assert log.unsynced_fds() == set()
             assert len(metrics(workspace)) == (round_ + 1) * 200
@@ -99,7 +99,7 @@ async def test_writer_groups_records_into_few_fsyncs(workspace: Path) -> None:
     async with Contexta(workspace=workspace, max_batch_size=4096) as ctx, ctx.run("r") as run:
         for i in range(20_000):
             await run.metric("x", i)
-        await ctx.flush()
+        await ctx.aflush()
         stats = ctx.statistics()
     assert stats.enqueued == 20_001  # 20k metrics + the run's open line
     assert stats.written == 20_001
@@ -115,7 +115,7 @@ async def test_light_load_writes_without_waiting_for_a_timer(workspace: Path) ->
     async with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
         for _ in range(20):
             await run.metric("x", 1)
-            await ctx.flush()
+            await ctx.aflush()
         stats = ctx.statistics()
     assert stats.batches >= 20  # each lone record formed its own batch right away
 
@@ -250,7 +250,7 @@ async def test_statistics_report_the_pipeline_counters(workspace: Path) -> None:
         before = ctx.statistics()
         async with ctx.run("r") as run:
             await run.metric("x", 1)
-        await ctx.flush()
+        await ctx.aflush()
         after = ctx.statistics()
     assert before.enqueued == before.written == 0
     assert after.enqueued == 3 and after.written == 3
@@ -273,9 +273,9 @@ async def test_async_flush_timeout_raises_and_keeps_the_lines_queued(workspace: 
     async with Contexta(workspace=workspace, sinks=[sink]) as ctx, ctx.run("r") as run:
         await run.metric("x", 1)
         with pytest.raises(FlushTimeoutError) as info:
-            await ctx.flush(timeout=0.01)
+            await ctx.aflush(timeout=0.01)
         assert info.value.pending >= 1
-        await ctx.flush()  # nothing was lost by the timeout
+        await ctx.aflush()  # nothing was lost by the timeout
     assert len(metrics(workspace)) == 1
 
 

@@ -66,6 +66,9 @@ async def test_a_task_cancelled_by_its_task_group_closes_its_sample_and_stage_as
     assert _values(tmp_path, "run:p.r") == [1, 2]
 
 
+# asyncio only: this is about asyncio's own cancellation (Task.cancel, asyncio.timeout); the
+# task-group test above and the trio test below cover the backend-neutral and trio ways.
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.parametrize("how", ["task.cancel", "asyncio.timeout"])
 async def test_an_asyncio_cancelled_task_closes_its_scopes_as_cancelled(
     tmp_path: Path, how: str
@@ -97,6 +100,24 @@ async def test_an_asyncio_cancelled_task_closes_its_scopes_as_cancelled(
     }
     reasons = [line["payload"]["failure_reason"] for line in read_family(tmp_path, "CONTEXT")]
     assert "CancelledError" in reasons
+
+
+async def test_a_cancelled_sync_scope_inside_a_task_closes_as_cancelled_on_every_backend(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    # The sync face inside async code: `with` exits with the backend's own cancellation
+    # exception (trio.Cancelled on trio), which must read as cancelled, not failed.
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with anyio.CancelScope() as scope:
+            with ctx.run("r") as run:
+                run.metric("m", 1)
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+    assert _statuses(tmp_path) == {"run:p.r": "cancelled"}
+    reasons = [line["payload"]["failure_reason"] for line in read_family(tmp_path, "CONTEXT")]
+    named = {reason.split(":")[0] for reason in reasons if reason}
+    assert named == {"CancelledError" if anyio_backend == "asyncio" else "Cancelled"}
 
 
 async def test_closing_the_context_under_cancellation_still_drains_everything_captured(

@@ -138,17 +138,17 @@ async def test_a_write_that_keeps_failing_is_reported_by_flush_then_as_degradati
         workspace=tmp_path, config={"project_name": "p"}, max_retries=2, retry_backoff=0.001
     ) as ctx:
         async with ctx.run("a") as a, ctx.run("b") as b:
-            await ctx.flush()
+            await ctx.aflush()
             faults.writes = [error] * 3  # the first try and both retries fail
             for i in range(30):
                 await a.metric("m", i)  # producers never see the fault
             for i in range(12):
                 b.metric_nowait("m", i)
             with pytest.raises(DeliveryError) as caught:
-                await ctx.flush()
+                await ctx.aflush()
             # The disk is back: new captures are written, with the story of the loss.
             await a.metric("m", 100)
-            await ctx.flush()  # the failure was reported once, not again
+            await ctx.aflush()  # the failure was reported once, not again
         stats = ctx.statistics()
     assert caught.value.failed == 42
     assert caught.value.runs == {"run:p.a": 30, "run:p.b": 12}
@@ -173,7 +173,7 @@ async def test_a_failed_fsync_is_reported_even_after_a_later_fsync_of_the_same_f
         Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx,
         ctx.run("a") as run,
     ):
-        await ctx.flush()
+        await ctx.aflush()
         faults.fsyncs = [errno.EIO]
         for i in range(10):  # queued without yielding: the writer takes them as one batch
             await run.metric("m", i)
@@ -184,7 +184,7 @@ async def test_a_failed_fsync_is_reported_even_after_a_later_fsync_of_the_same_f
         # This flush's own fsync succeeds and covers the same file. The earlier lines may
         # already be gone from the page cache ("fsyncgate"): they must still be reported.
         with pytest.raises(DeliveryError) as caught:
-            await ctx.flush()
+            await ctx.aflush()
     stats = ctx.statistics()
     assert caught.value.failed == 10 and caught.value.runs == {"run:p.a": 10}
     assert "fsync failed" in str(caught.value)

@@ -76,7 +76,7 @@ async def _overload(workspace: Path, records: int) -> tuple[int, list[float]]:
             async with ctx.run("r") as run, anyio.create_task_group() as producers:
                 for _ in range(4):
                     producers.start_soon(producer, run, records // 4)
-            await ctx.flush()
+            await ctx.aflush()
             done.set()
         _, peak = tracemalloc.get_traced_memory()
         stats = ctx.statistics()

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,9 @@ class Boom(Exception):
 class Model:
     captured: dict[int, str] = field(default_factory=dict)  # value -> subject ref
     uncertain: set[int] = field(default_factory=set)  # interrupted while waiting for room
+    # Scopes interrupted while their opening line waited for room: either the line got in and
+    # the scope closed with this status, or it was withdrawn and left no line at all.
+    withdrawable: dict[str, str] = field(default_factory=dict)
     expected: dict[str, str] = field(default_factory=dict)  # ref -> final status
     next_value: int = 0
     flush_violations: list[str] = field(default_factory=list)
@@ -99,7 +103,7 @@ async def _task(
                         model.captured[value] = stack[-1][2]
                 elif kind == "flush":
                     acknowledged = set(model.captured)  # captured before flush was called
-                    await ctx.flush()
+                    await ctx.aflush()
                     missing = acknowledged - _values_on_disk(workspace)
                     if missing:
                         model.flush_violations.append(f"flush returned before {missing}")
@@ -119,8 +123,8 @@ async def _task(
         except BaseException as exc:
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             status = "cancelled" if cancelled else "failed"
-            if entering is not None:  # its __aenter__ closed it with this status
-                model.expected[entering] = status
+            if entering is not None:
+                model.withdrawable[entering] = status
             while stack:
                 child, _, ref = stack.pop()
                 await child.__aexit__(type(exc), exc, exc.__traceback__)
@@ -147,6 +151,7 @@ async def _scenario(
     return model, ctx
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(
     max_examples=150,
     deadline=None,
@@ -155,11 +160,11 @@ async def _scenario(
 )
 @given(programs=PROGRAMS, queue_size=st.integers(1, 6), batch=st.integers(1, 6))
 def test_the_files_equal_a_model_of_what_was_captured(
-    programs: list[list[tuple[Any, ...]]], queue_size: int, batch: int
+    backend: str, programs: list[list[tuple[Any, ...]]], queue_size: int, batch: int
 ) -> None:
     with tempfile.TemporaryDirectory(dir=_SHM) as directory:
         workspace = Path(directory)
-        model, ctx = anyio.run(_scenario, workspace, programs, queue_size, batch)
+        model, ctx = anyio.run(_scenario, workspace, programs, queue_size, batch, backend=backend)
         records = read_family(workspace, "RECORD")
         contexts = read_family(workspace, "CONTEXT")
         assert read_family(workspace, "DEGRADATION") == []
@@ -182,6 +187,14 @@ def test_the_files_equal_a_model_of_what_was_captured(
         assert seen.get(value) == subject, f"record {value} lost or misplaced"
     assert set(seen) <= set(model.captured) | model.uncertain
 
-    # The newest CONTEXT line of every scope holds the status the model expects.
-    newest = {line["payload_ref"]: line["payload"]["status"] for line in contexts}
+    # Every scope's first CONTEXT line opens it; the newest holds the status the model expects.
+    first: dict[str, str] = {}
+    newest: dict[str, str] = {}
+    for line in contexts:
+        first.setdefault(line["payload_ref"], line["payload"]["status"])
+        newest[line["payload_ref"]] = line["payload"]["status"]
+    assert set(first.values()) <= {"open"}, "a scope closed without its opening line"
+    for ref, status in model.withdrawable.items():
+        if ref in newest:  # its opening line got in before the interruption: closed with it
+            assert newest.pop(ref) == status
     assert newest == model.expected

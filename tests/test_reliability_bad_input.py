@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import decimal
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 from contexta_async import (
     ConfigurationError,
     Contexta,
+    DeliveryError,
     LocalJsonlSink,
     MemorySink,
     ValidationError,
 )
+from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
 
@@ -443,6 +446,87 @@ def test_an_invalid_flush_timeout_is_a_validation_error_not_a_type_error(
         assert caught.value.field == "timeout"
         ctx.flush(timeout=30)
     assert len(read_family(tmp_path, "RECORD")) == 1
+
+
+# ---- the writer: a line that cannot be encoded costs only itself ---------------------------
+
+
+class _GatedSink(LocalJsonlSink):
+    """Holds its first write until released: everything queued meanwhile forms one batch."""
+
+    def __init__(self, workspace: Path) -> None:
+        super().__init__(workspace / "cache" / "capture", name="local-jsonl")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, chunk: Chunk) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        super().write(chunk)
+
+
+def _batch_with_one_unencodable_line(workspace: Path) -> tuple[DeliveryError, int]:
+    """2,000 good metrics of run ``other`` around one event of run ``bad`` whose message
+    cannot be encoded (put past validation, as a bug or a custom path could), all in one
+    batch. Returns the error flush() raised and the largest batch."""
+    sink = _GatedSink(workspace)
+    with (
+        Contexta(workspace=workspace, sinks=[sink], config={"project_name": "p"}) as ctx,
+        ctx.run("other") as other,
+        ctx.run("bad") as bad,
+    ):
+        assert sink.entered.wait(30)  # the writer holds the opening lines; the rest queue up
+        for i in range(1000):
+            other.metric("m", i)
+        item = bad._core.event_item("e", "ok", "info", None)
+        item.payload.payload.message = _SURROGATE  # what validation now refuses at the call
+        bad._core.pipeline.submit_blocking(item)
+        for i in range(1000, 2000):
+            other.metric("m", i)
+        sink.release.set()
+        with pytest.raises(DeliveryError) as caught:
+            ctx.flush()
+        largest = ctx.statistics().largest_batch
+    return caught.value, largest
+
+
+def test_a_line_that_cannot_be_encoded_is_lost_alone_and_the_rest_of_its_batch_is_written(
+    tmp_path: Path,
+) -> None:
+    error, largest = _batch_with_one_unencodable_line(tmp_path)
+    assert largest >= 2001  # the bad line shared its batch with the good ones
+    assert (error.failed, error.runs) == (1, {"run:p.bad": 1})
+    values = [
+        line["payload"]["payload"]["value"]
+        for line in read_family(tmp_path, "RECORD")
+        if line["payload"]["envelope"]["run_ref"] == "run:p.other"
+    ]
+    assert values == list(range(2000))
+    assert [
+        line["payload"]["payload"]["event_key"]
+        for line in read_family(tmp_path, "RECORD")
+        if line["payload_type"] == "EventRecord"
+    ] == []
+    degradations = read_family(tmp_path, "DEGRADATION")
+    assert [
+        (d["payload"]["run_ref"], d["payload"]["count"], d["payload"]["degradation_kind"])
+        for d in degradations
+    ] == [("run:p.bad", 1, "delivery_failed")]
+    assert "surrogates not allowed" in degradations[0]["payload"]["reason"]
+    statuses = {
+        line["payload_ref"]: line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")
+    }
+    assert statuses == {"run:p.other": "completed", "run:p.bad": "completed"}
+
+
+def test_an_encoding_failure_names_the_sink_once(tmp_path: Path) -> None:
+    error, _ = _batch_with_one_unencodable_line(tmp_path)
+    assert len(error.errors) == 1
+    message = error.errors[0]
+    assert message.startswith("local-jsonl: encoding: 'utf-8' codec can't encode"), message
+    assert message.count("local-jsonl") == 1
+    assert str(error).count("local-jsonl") == 1
 
 
 def test_a_scope_failed_by_an_exception_whose_message_cannot_be_encoded_is_still_closed(

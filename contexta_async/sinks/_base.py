@@ -75,7 +75,11 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
-        """Encode ``items`` into chunks, stamping ``captured_at`` and the sink's name."""
+        """Encode ``items`` into chunks, stamping ``captured_at`` and the sink's name.
+
+        Must have no side effects: when it raises, the writer calls it again with each item
+        alone, to find the lines at fault, and then with the others (which it writes).
+        """
 
     @abc.abstractmethod
     def write(self, chunk: Chunk) -> None:

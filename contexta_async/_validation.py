@@ -177,7 +177,8 @@ def _check_text(value: object, field: str, max_length: int) -> str:
         raise ValidationError(field, "must not be blank", value)
     if len(value) > max_length:
         raise ValidationError(field, f"must be at most {max_length} characters", value)
-    check_string(value, field)
+    if "\x00" in value or not value.isascii():  # the common case without a call
+        check_string(value, field)
     return value
 
 
@@ -244,53 +245,67 @@ def check_attributes(value: object, field: str = "attributes") -> dict[str, Any]
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError(field, "must be a mapping with string keys", value)
-    budget = _Budget()
+    budget = [MAX_ATTRIBUTE_VALUES, MAX_ATTRIBUTE_TEXT]  # values, characters left
     return _copy_json(value, field, 1, budget)  # type: ignore[no-any-return]
 
 
-class _Budget:
-    """What is left of the per-mapping limits on values and on characters."""
-
-    __slots__ = ("text", "values")
-
-    def __init__(self) -> None:
-        self.values = MAX_ATTRIBUTE_VALUES
-        self.text = MAX_ATTRIBUTE_TEXT
-
-    def spend_text(self, length: int, path: str) -> None:
-        self.text -= length
-        if self.text < 0:
-            raise ValidationError(
-                path, f"holds more than {MAX_ATTRIBUTE_TEXT} characters of keys and strings", None
-            )
+def _text_exceeded(path: str) -> ValidationError:
+    return ValidationError(
+        path, f"holds more than {MAX_ATTRIBUTE_TEXT} characters of keys and strings", None
+    )
 
 
-def _copy_json(value: object, path: str, depth: int, budget: _Budget) -> Any:
-    budget.values -= 1
-    if budget.values < 0:
+def _check_attribute_key(key: object, path: str) -> None:
+    if not isinstance(key, str):
+        raise ValidationError(path, "keys must be strings", key)
+    if len(key) > MAX_ATTRIBUTE_KEY_LENGTH:
+        raise ValidationError(
+            path, f"keys must be at most {MAX_ATTRIBUTE_KEY_LENGTH} characters", key
+        )
+    check_string(key, path, "keys ")
+
+
+def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
         raise ValidationError(path, f"holds more than {MAX_ATTRIBUTE_VALUES} values", None)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         if len(value) > MAX_STRING_LENGTH:
             raise ValidationError(path, f"string longer than {MAX_STRING_LENGTH}", value)
-        check_string(value, path)
-        budget.spend_text(len(value), path)
+        if "\x00" in value or not value.isascii():  # the common case without a call
+            check_string(value, path)
+        budget[1] -= len(value)
+        if budget[1] < 0:
+            raise _text_exceeded(path)
         return value
     if isinstance(value, (int, float)) or hasattr(value, "__float__"):
         return check_metric_value(value, path)[0]
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise ValidationError(path, f"nests deeper than {MAX_ATTRIBUTE_DEPTH} levels", None)
     if isinstance(value, Mapping):
-        for key in value:
-            if not isinstance(key, str):
-                raise ValidationError(path, "keys must be strings", key)
-            if len(key) > MAX_ATTRIBUTE_KEY_LENGTH:
-                raise ValidationError(
-                    path, f"keys must be at most {MAX_ATTRIBUTE_KEY_LENGTH} characters", key
-                )
-            check_string(key, path, "keys ")
-            budget.spend_text(len(key), path)
+        # The keys checked together, in C: one look at their concatenation finds the common
+        # case good; only a doubtful mapping has its keys looked at one by one.
+        try:
+            keys = "".join(value)
+        except TypeError:
+            keys = None
+        if (
+            keys is None
+            or "\x00" in keys
+            or not keys.isascii()
+            or (
+                len(keys) > MAX_ATTRIBUTE_KEY_LENGTH
+                and max(map(len, value)) > MAX_ATTRIBUTE_KEY_LENGTH
+            )
+        ):
+            for key in value:
+                _check_attribute_key(key, path)
+            keys = "".join(value)
+        budget[1] -= len(keys)
+        if budget[1] < 0:
+            raise _text_exceeded(path)
         return {
             key: _copy_json(value[key], f"{path}[{key!r}]", depth + 1, budget)
             for key in sorted(value)

@@ -8,6 +8,7 @@ import stat
 from dataclasses import dataclass
 
 from ._errors import ValidationError
+from ._validation import check_string
 
 __all__ = ["ArtifactFile", "inspect_artifact", "resolve_artifact_path"]
 
@@ -30,8 +31,9 @@ def resolve_artifact_path(path: object, field: str = "path") -> str:
         raise ValidationError(field, "must be a text path, not bytes", path)
     if not text.strip():
         raise ValidationError(field, "must not be blank", path)
-    if "\x00" in text:
-        raise ValidationError(field, "must not contain NUL bytes", path)
+    # No NUL; and no lone surrogate, which os.fsdecode makes of a name that is not UTF-8: the
+    # path is written into the line, and UTF-8 cannot encode it.
+    check_string(text, field)
     return os.path.abspath(text)
 
 

@@ -31,15 +31,35 @@ class ContextaError(Exception):
         """The facts behind the error, as a JSON-safe mapping."""
 
 
+_MAX_SHOWN = 80
+_MAX_FIELD = 160
+
+
+def _abbreviate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, keeping both ends (for a field path, the
+    start names the argument and the end the key nearest the offending value)."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 3) // 2
+    return f"{text[: limit - 3 - tail]}...{text[-tail:]}"
+
+
 class ValidationError(ContextaError, ValueError):
-    """An argument broke a rule. ``field`` names the argument, ``rule`` the rule it broke."""
+    """An argument broke a rule. ``field`` names the argument, ``rule`` the rule it broke.
+
+    The message stays short whatever the input: the value is shown cut to 80 characters, and
+    ``field`` (a path such as ``attributes['a'][0]``) to 160, keeping its start and its end.
+    """
 
     code = "validation_error"
 
     def __init__(self, field: str, rule: str, value: Any = None) -> None:
+        if isinstance(value, str) and len(value) > _MAX_SHOWN:
+            value = value[:_MAX_SHOWN]  # repr of a 10 MB string only to cut it would cost
         shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        if len(shown) > _MAX_SHOWN:
+            shown = shown[: _MAX_SHOWN - 3] + "..."
+        field = _abbreviate(field, _MAX_FIELD)
         super().__init__(
             f"{field}: {rule} (got {shown})",
             details={"field": field, "rule": rule},

@@ -2,8 +2,10 @@
 
 The writer takes everything queued (up to ``max_batch_size``), has every sink encode the batch
 once and write + fsync it per file, then acknowledges the batch: flush() waiters whose records
-are now durable wake up. There is no timer: under light load a record is durable about one
-fsync after it was queued; under load batches grow.
+are now durable wake up. A batch that fails to encode is encoded again line by line, so that
+only the lines at fault are lost (and reported), never the rest of their batch. There is no
+timer: under light load a record is durable about one fsync after it was queued; under load
+batches grow.
 
 The writer is one daemon thread per context, started on first use (or by ``async with
 Contexta()``). Encoding needs the GIL wherever it runs, so a thread costs the event loop nothing
@@ -44,6 +46,7 @@ from ._errors import (
     ValidationError,
 )
 from ._records import DEGRADATION, DegradationRecord, Item
+from ._validation import writable_text
 from ._waiters import READY, AsyncWaiter, ThreadWaiter, async_waiter
 from .sinks import Chunk, FsyncError, Sink
 
@@ -53,6 +56,7 @@ logger = structlog.get_logger("contexta_async")
 
 OverflowPolicy = Literal["wait", "drop_newest", "raise"]
 _POLICIES: Final = ("wait", "drop_newest", "raise")
+_ENCODING: Final = "encoding"  # the target named for lines that failed to encode
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 
 
@@ -417,11 +421,38 @@ class Pipeline:
             self._pending_degradations[sink.name] = []
             try:
                 chunks = sink.prepare(items, captured_at)
-            except Exception as exc:  # an encoding bug must not kill the writer
-                self._record_failure(sink, Chunk("*", sink.name, b"", items), exc)
-                continue
+            except Exception:  # a line that cannot be encoded must not cost the others theirs
+                chunks = self._prepare_apart(sink, items, captured_at)
             for chunk in chunks:
                 self._write_chunk(sink, chunk)
+
+    def _prepare_apart(self, sink: Sink, items: list[Item], captured_at: str) -> list[Chunk]:
+        """The batch failed to encode: find the line(s) at fault by encoding each line alone,
+        report only those as lost, and encode the rest together again.
+
+        Only this rare path pays for it; a batch that encodes (nearly always: validation
+        refuses at the call what cannot be encoded) is encoded once, whole.
+        """
+        good: list[Item] = []
+        bad: list[Item] = []
+        first: Exception | None = None
+        for item in items:
+            try:
+                sink.prepare([item], captured_at)
+            except Exception as exc:
+                bad.append(item)
+                first = first or exc
+            else:
+                good.append(item)
+        try:
+            chunks = sink.prepare(good, captured_at) if good else []
+        except Exception as exc:  # no single line at fault: a sink bug; the batch is lost
+            self._record_failure(sink, Chunk("*", _ENCODING, b"", items), exc)
+            return []
+        if bad:
+            assert first is not None
+            self._record_failure(sink, Chunk("*", _ENCODING, b"", bad), first)
+        return chunks
 
     def _write_chunk(self, sink: Sink, chunk: Chunk) -> None:
         delay = self.options.retry_backoff
@@ -463,13 +494,16 @@ class Pipeline:
         runs: Counter[str] = Counter(
             item.run_ref or "(none)" for item in chunk.items if item.family != DEGRADATION
         )
-        error = f"{sink.name}: {chunk.target}: {exc}"
+        # The reason is written into DEGRADATION lines: it must be writable, or that line
+        # would fail (and be retried) forever.
+        reason = writable_text(str(exc))
+        error = f"{sink.name}: {chunk.target}: {reason}"
         logger.error(
             "contexta_async.write_failed",
             sink=sink.name,
             target=chunk.target,
             lines=count,
-            error=str(exc),
+            error=reason,
         )
         lost = sum(runs.values())
         if lost:
@@ -483,7 +517,7 @@ class Pipeline:
         kept = [item for item in chunk.items if item.family == DEGRADATION]
         pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
         pending.extend(
-            _degradation(run_ref, n, "delivery_failed", now, now, str(exc), sink.name)
+            _degradation(run_ref, n, "delivery_failed", now, now, reason, sink.name)
             for run_ref, n in runs.items()
         )
 

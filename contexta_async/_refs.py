@@ -5,6 +5,8 @@ Contexta 1.0.0 lowercases a name and turns every run of characters outside ``[a-
 Here non-ASCII names are first folded to ASCII (NFKD, combining marks dropped) and then get a
 suffix ``-x`` + 8 hex digits of the SHA-256 of the stripped, NFC-normalised name, so that two
 different names never share a ref while ASCII names normalise exactly as in Contexta.
+
+A name holding NUL or a lone surrogate (which UTF-8 cannot encode) is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import unicodedata
 
 from ._errors import ValidationError
+from ._validation import check_string
 
 __all__ = [
     "MAX_COMPONENT_LENGTH",
@@ -36,13 +39,12 @@ def normalize_name(name: object, *, field: str) -> str:
     """Return the ref component for a user-supplied name, or raise ValidationError."""
     if not isinstance(name, str):
         raise ValidationError(field, "must be a string", name)
-    if "\x00" in name:
-        raise ValidationError(field, "must not contain NUL bytes", name)
     stripped = name.strip()
     if not stripped:
         raise ValidationError(field, "must not be blank", name)
     if len(stripped) > _MAX_NAME_LENGTH:
         raise ValidationError(field, f"must be at most {_MAX_NAME_LENGTH} characters", name)
+    check_string(name, field)  # no NUL, nothing UTF-8 cannot encode (the name is written too)
     if stripped.isascii():
         component = _NOT_ALNUM.sub("-", stripped.lower()).strip("-")
     else:

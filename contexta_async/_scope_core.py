@@ -221,8 +221,10 @@ class ScopeCore:
         for child in children:
             lines.extend(child.close(status, reason))
         self.closed_at = format_timestamp(time.time_ns())
-        if reason is not None and len(reason) > _MAX_REASON:
-            reason = reason[: _MAX_REASON - 3] + "..."
+        if reason is not None:
+            if len(reason) > _MAX_REASON:
+                reason = reason[: _MAX_REASON - 3] + "..."
+            reason = v.writable_text(reason)  # an exception's message may hold a surrogate
         self.failure_reason = reason
         if self.parent is not None:
             with self.parent._lock:

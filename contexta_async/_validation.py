@@ -2,8 +2,11 @@
 
 Limits (documented in docs/reliability.md): a key at most 255 characters; a unit, tag key or
 summary basis at most 255; a tag value at most 1,024; at most 64 tags; a message at most 65,536
-characters; attributes and metadata at most 16 levels deep, 10,000 values in all and 65,536
-characters per string.
+characters; attributes and metadata at most 16 levels deep, 10,000 values in all, keys at most
+1,024 characters, 65,536 characters per string and 524,288 characters of keys and strings in
+all. No string anywhere may hold NUL or a lone surrogate (which UTF-8 cannot encode): such a
+string would make its line unwritable. Together these bound one encoded line: see
+``MAX_LINE_BYTES``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ __all__ = [
     "AGGREGATION_SCOPES",
     "EVENT_LEVELS",
     "MAX_ATTRIBUTE_DEPTH",
+    "MAX_ATTRIBUTE_KEY_LENGTH",
+    "MAX_ATTRIBUTE_TEXT",
     "MAX_ATTRIBUTE_VALUES",
+    "MAX_LINE_BYTES",
     "MAX_MESSAGE_LENGTH",
     "MAX_STRING_LENGTH",
     "MAX_TAGS",
@@ -32,8 +38,10 @@ __all__ = [
     "check_message",
     "check_metric_value",
     "check_optional_text",
+    "check_string",
     "check_tags",
     "check_unit",
+    "writable_text",
 ]
 
 AGGREGATION_SCOPES: Final = frozenset({"run", "stage", "operation", "step", "slice"})
@@ -46,6 +54,13 @@ MAX_MESSAGE_LENGTH: Final = 65_536
 MAX_STRING_LENGTH: Final = 65_536
 MAX_ATTRIBUTE_DEPTH: Final = 16
 MAX_ATTRIBUTE_VALUES: Final = 10_000
+MAX_ATTRIBUTE_KEY_LENGTH: Final = 1024
+MAX_ATTRIBUTE_TEXT: Final = 524_288  # characters of keys and strings in one mapping, in all
+# What the limits above guarantee for one encoded line (the worst case is an ARTIFACT line,
+# which holds its attributes twice, every character a 6-byte JSON escape such as \u0001):
+# 2 x 6 x 524,288 bytes of text, plus structure, paths and refs, stays under 8 MiB. The bound
+# is checked at the call, where counting characters is cheap, not by encoding there.
+MAX_LINE_BYTES: Final = 8 * 1024 * 1024
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
@@ -130,6 +145,31 @@ def check_optional_text(
     return _check_text(value, field, max_length)
 
 
+def check_string(value: str, field: str, subject: str = "") -> None:
+    """Refuse NUL, and what UTF-8 cannot encode (lone surrogates, e.g. from
+    ``os.fsdecode``): either would make the line that holds the string unwritable or
+    unreadable. ``subject`` starts the rule, e.g. ``"keys "``."""
+    if "\x00" in value:
+        raise ValidationError(field, f"{subject}must not contain NUL bytes", value)
+    if not value.isascii():  # O(1) in CPython: the common case costs nothing more
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(
+                field, f"{subject}must be encodable as UTF-8 (no lone surrogates)", value
+            ) from None
+
+
+def writable_text(text: str) -> str:
+    """``text`` with NUL and what UTF-8 cannot encode written as backslash escapes: for text
+    the library writes but does not take as an argument (an exception's message)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _check_text(value: object, field: str, max_length: int) -> str:
     if not isinstance(value, str):
         raise ValidationError(field, "must be a string", value)
@@ -137,8 +177,8 @@ def _check_text(value: object, field: str, max_length: int) -> str:
         raise ValidationError(field, "must not be blank", value)
     if len(value) > max_length:
         raise ValidationError(field, f"must be at most {max_length} characters", value)
-    if "\x00" in value:
-        raise ValidationError(field, "must not contain NUL bytes", value)
+    if "\x00" in value or not value.isascii():  # the common case without a call
+        check_string(value, field)
     return value
 
 
@@ -195,13 +235,34 @@ def check_artifact_kind(kind: object, field: str = "kind") -> str:
 
 
 def check_attributes(value: object, field: str = "attributes") -> dict[str, Any]:
-    """A JSON-safe mapping (str keys; None, bool, finite numbers, str, lists, mappings); copied."""
+    """A JSON-safe mapping (str keys; None, bool, finite numbers, str, lists, mappings); copied.
+
+    At most 16 levels deep and 10,000 values in all; keys at most 1,024 characters, strings at
+    most 65,536, and 524,288 characters of keys and strings in all; no NUL or lone surrogate in
+    any key or string, at any depth.
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise ValidationError(field, "must be a mapping with string keys", value)
-    budget = [MAX_ATTRIBUTE_VALUES]
+    budget = [MAX_ATTRIBUTE_VALUES, MAX_ATTRIBUTE_TEXT]  # values, characters left
     return _copy_json(value, field, 1, budget)  # type: ignore[no-any-return]
+
+
+def _text_exceeded(path: str) -> ValidationError:
+    return ValidationError(
+        path, f"holds more than {MAX_ATTRIBUTE_TEXT} characters of keys and strings", None
+    )
+
+
+def _check_attribute_key(key: object, path: str) -> None:
+    if not isinstance(key, str):
+        raise ValidationError(path, "keys must be strings", key)
+    if len(key) > MAX_ATTRIBUTE_KEY_LENGTH:
+        raise ValidationError(
+            path, f"keys must be at most {MAX_ATTRIBUTE_KEY_LENGTH} characters", key
+        )
+    check_string(key, path, "keys ")
 
 
 def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
@@ -213,15 +274,38 @@ def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
     if isinstance(value, str):
         if len(value) > MAX_STRING_LENGTH:
             raise ValidationError(path, f"string longer than {MAX_STRING_LENGTH}", value)
+        if "\x00" in value or not value.isascii():  # the common case without a call
+            check_string(value, path)
+        budget[1] -= len(value)
+        if budget[1] < 0:
+            raise _text_exceeded(path)
         return value
     if isinstance(value, (int, float)) or hasattr(value, "__float__"):
         return check_metric_value(value, path)[0]
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise ValidationError(path, f"nests deeper than {MAX_ATTRIBUTE_DEPTH} levels", None)
     if isinstance(value, Mapping):
-        for key in value:
-            if not isinstance(key, str):
-                raise ValidationError(path, "keys must be strings", key)
+        # The keys checked together, in C: one look at their concatenation finds the common
+        # case good; only a doubtful mapping has its keys looked at one by one.
+        try:
+            keys = "".join(value)
+        except TypeError:
+            keys = None
+        if (
+            keys is None
+            or "\x00" in keys
+            or not keys.isascii()
+            or (
+                len(keys) > MAX_ATTRIBUTE_KEY_LENGTH
+                and max(map(len, value)) > MAX_ATTRIBUTE_KEY_LENGTH
+            )
+        ):
+            for key in value:
+                _check_attribute_key(key, path)
+            keys = "".join(value)
+        budget[1] -= len(keys)
+        if budget[1] < 0:
+            raise _text_exceeded(path)
         return {
             key: _copy_json(value[key], f"{path}[{key!r}]", depth + 1, budget)
             for key in sorted(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import decimal
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,22 @@ import pytest
 from contexta_async import (
     ConfigurationError,
     Contexta,
+    DeliveryError,
     LocalJsonlSink,
     MemorySink,
     ValidationError,
 )
+from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
+
+_SURROGATE = "x \ud800"  # a lone surrogate: a str Python holds but UTF-8 cannot encode
+_SURROGATE_FILE = os.fsdecode(b"model-\xff.bin")  # -> "model-\udcff.bin"
+
+
+def _file(path: Path) -> Path:
+    path.write_bytes(b"weights")
+    return path
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -243,6 +254,116 @@ CASES: list[tuple[str, Call, str]] = [
         lambda ctx, st, s, p: st.register_artifact("model", p, attributes={"a": object()}),
         "attributes['a']",
     ),
+    # strings UTF-8 cannot encode (a lone surrogate), in every string-bearing argument
+    ("run-name-surrogate", lambda ctx, st, s, p: ctx.run(f"r {_SURROGATE}"), "run name"),
+    ("stage-name-surrogate", lambda ctx, st, s, p: st.batch(_SURROGATE), "batch name"),
+    ("sample-name-surrogate", lambda ctx, st, s, p: st.sample(f"é{_SURROGATE}"), "sample name"),
+    ("key-surrogate", lambda ctx, st, s, p: s.metric(f"m{_SURROGATE}", 1), "key"),
+    ("unit-surrogate", lambda ctx, st, s, p: s.metric("m", 1, unit=_SURROGATE), "unit"),
+    (
+        "basis-surrogate",
+        lambda ctx, st, s, p: s.metric("m", 1, summary_basis=_SURROGATE),
+        "summary_basis",
+    ),
+    (
+        "tag-key-surrogate",
+        lambda ctx, st, s, p: s.metric("m", 1, tags={_SURROGATE: "v"}),
+        "tags key",
+    ),
+    (
+        "tag-value-surrogate",
+        lambda ctx, st, s, p: s.metric("m", 1, tags={"k": _SURROGATE}),
+        "tags['k']",
+    ),
+    ("event-key-surrogate", lambda ctx, st, s, p: s.event(_SURROGATE, message="m"), "key"),
+    ("message-surrogate", lambda ctx, st, s, p: s.event("e", message=_SURROGATE), "message"),
+    ("level-surrogate", lambda ctx, st, s, p: s.event("e", message="m", level=_SURROGATE), "level"),
+    (
+        "attrs-key-surrogate",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": {_SURROGATE: 1}}),
+        "attributes['a']",
+    ),
+    (
+        "attrs-value-surrogate",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": [{"b": _SURROGATE}]}),
+        "attributes['a'][0]['b']",
+    ),
+    (
+        "metadata-key-surrogate",
+        lambda ctx, st, s, p: ctx.run("x", metadata={_SURROGATE: 1}),
+        "metadata",
+    ),
+    (
+        "metadata-value-surrogate",
+        lambda ctx, st, s, p: ctx.run("x", metadata={"a": _SURROGATE}),
+        "metadata['a']",
+    ),
+    (
+        "code_revision-surrogate",
+        lambda ctx, st, s, p: ctx.run("x", code_revision=_SURROGATE),
+        "code_revision",
+    ),
+    (
+        "dataset_ref-surrogate",
+        lambda ctx, st, s, p: ctx.run("x", dataset_ref=f"dataset:a{_SURROGATE}"),
+        "dataset_ref",
+    ),
+    ("kind-surrogate", lambda ctx, st, s, p: st.register_artifact(_SURROGATE, p), "kind"),
+    (
+        "path-surrogate",  # what os.fsdecode makes of a file name that is not UTF-8
+        lambda ctx, st, s, p: st.register_artifact("model", _file(p.parent / _SURROGATE_FILE)),
+        "path",
+    ),
+    (
+        "artifact-attrs-surrogate",
+        lambda ctx, st, s, p: st.register_artifact("model", p, attributes={"a": _SURROGATE}),
+        "attributes['a']",
+    ),
+    # NUL everywhere, nested too
+    (
+        "attrs-key-nul",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a\x00": 1}),
+        "attributes",
+    ),
+    (
+        "attrs-value-nul",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": "b\x00"}),
+        "attributes['a']",
+    ),
+    (
+        "attrs-nested-value-nul",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"a": [{"b": ["\x00"]}]}),
+        "attributes['a'][0]['b'][0]",
+    ),
+    (
+        "metadata-nested-key-nul",
+        lambda ctx, st, s, p: ctx.run("x", metadata={"a": {"\x00": 1}}),
+        "metadata['a']",
+    ),
+    # sizes: keys, the text of one mapping in all, and error text bounded
+    (
+        "attrs-key-1025",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"k" * 1025: 1}),
+        "attributes",
+    ),
+    (
+        "attrs-key-10-mb",
+        lambda ctx, st, s, p: s.event("e", message="m", attributes={"k" * 10_000_000: 1}),
+        "attributes",
+    ),
+    (
+        "metadata-key-1025",
+        lambda ctx, st, s, p: ctx.run("x", metadata={"a": {"k" * 1025: 1}}),
+        "metadata['a']",
+    ),
+    (
+        "attrs-text-over-budget",
+        # 8 strings of 65,536 characters: 524,288 of text, plus the key "a": one over
+        lambda ctx, st, s, p: s.event(
+            "e", message="m", attributes={"a": ["x" * 65_536 for _ in range(8)]}
+        ),
+        "attributes['a'][7]",
+    ),
 ]
 
 
@@ -325,3 +446,133 @@ def test_an_invalid_flush_timeout_is_a_validation_error_not_a_type_error(
         assert caught.value.field == "timeout"
         ctx.flush(timeout=30)
     assert len(read_family(tmp_path, "RECORD")) == 1
+
+
+# ---- the writer: a line that cannot be encoded costs only itself ---------------------------
+
+
+class _GatedSink(LocalJsonlSink):
+    """Holds its first write until released: everything queued meanwhile forms one batch."""
+
+    def __init__(self, workspace: Path) -> None:
+        super().__init__(workspace / "cache" / "capture", name="local-jsonl")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, chunk: Chunk) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        super().write(chunk)
+
+
+def _batch_with_one_unencodable_line(workspace: Path) -> tuple[DeliveryError, int]:
+    """2,000 good metrics of run ``other`` around one event of run ``bad`` whose message
+    cannot be encoded (put past validation, as a bug or a custom path could), all in one
+    batch. Returns the error flush() raised and the largest batch."""
+    sink = _GatedSink(workspace)
+    with (
+        Contexta(workspace=workspace, sinks=[sink], config={"project_name": "p"}) as ctx,
+        ctx.run("other") as other,
+        ctx.run("bad") as bad,
+    ):
+        assert sink.entered.wait(30)  # the writer holds the opening lines; the rest queue up
+        for i in range(1000):
+            other.metric("m", i)
+        item = bad._core.event_item("e", "ok", "info", None)
+        item.payload.payload.message = _SURROGATE  # what validation now refuses at the call
+        bad._core.pipeline.submit_blocking(item)
+        for i in range(1000, 2000):
+            other.metric("m", i)
+        sink.release.set()
+        with pytest.raises(DeliveryError) as caught:
+            ctx.flush()
+        largest = ctx.statistics().largest_batch
+    return caught.value, largest
+
+
+def test_a_line_that_cannot_be_encoded_is_lost_alone_and_the_rest_of_its_batch_is_written(
+    tmp_path: Path,
+) -> None:
+    error, largest = _batch_with_one_unencodable_line(tmp_path)
+    assert largest >= 2001  # the bad line shared its batch with the good ones
+    assert (error.failed, error.runs) == (1, {"run:p.bad": 1})
+    values = [
+        line["payload"]["payload"]["value"]
+        for line in read_family(tmp_path, "RECORD")
+        if line["payload"]["envelope"]["run_ref"] == "run:p.other"
+    ]
+    assert values == list(range(2000))
+    assert [
+        line["payload"]["payload"]["event_key"]
+        for line in read_family(tmp_path, "RECORD")
+        if line["payload_type"] == "EventRecord"
+    ] == []
+    degradations = read_family(tmp_path, "DEGRADATION")
+    assert [
+        (d["payload"]["run_ref"], d["payload"]["count"], d["payload"]["degradation_kind"])
+        for d in degradations
+    ] == [("run:p.bad", 1, "delivery_failed")]
+    assert "surrogates not allowed" in degradations[0]["payload"]["reason"]
+    statuses = {
+        line["payload_ref"]: line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")
+    }
+    assert statuses == {"run:p.other": "completed", "run:p.bad": "completed"}
+
+
+def test_an_encoding_failure_names_the_sink_once(tmp_path: Path) -> None:
+    error, _ = _batch_with_one_unencodable_line(tmp_path)
+    assert len(error.errors) == 1
+    message = error.errors[0]
+    assert message.startswith("local-jsonl: encoding: 'utf-8' codec can't encode"), message
+    assert message.count("local-jsonl") == 1
+    assert str(error).count("local-jsonl") == 1
+
+
+def test_a_scope_failed_by_an_exception_whose_message_cannot_be_encoded_is_still_closed(
+    tmp_path: Path,
+) -> None:
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with pytest.raises(RuntimeError), ctx.run("r") as run:
+            run.metric("m", 1)
+            raise RuntimeError(f"bad {_SURROGATE}\x00")
+    closing = read_family(tmp_path, "CONTEXT")[-1]["payload"]
+    assert closing["status"] == "failed"
+    assert closing["failure_reason"] == "RuntimeError: bad x \\ud800\\x00"  # escaped, not lost
+    assert read_family(tmp_path, "DEGRADATION") == []
+
+
+def test_a_line_at_every_limit_at_once_stays_under_the_documented_line_size(
+    tmp_path: Path,
+) -> None:
+    from contexta_async._validation import MAX_LINE_BYTES
+
+    # The largest line: an ARTIFACT line holds its attributes twice; every character of text is
+    # a control character, which JSON writes as a 6-byte escape; the values left are long floats.
+    text = ["\x01" * 65_536] * 7 + ["\x01" * 65_535]  # with the key "a": 524,288 characters
+    floats = [-1.2345678901234567e-300] * (10_000 - 2 - len(text))  # the mapping and the list
+    attributes = {"a": text + floats}
+    artifact = tmp_path / ("d" * 200) / ("f" * 200)
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"w")
+    workspace = tmp_path / "ws"
+    with (
+        Contexta(workspace=workspace, config={"project_name": "p"}) as ctx,
+        ctx.run(
+            "r" * 60,
+            metadata=attributes,
+            tags={"\x01" * 253 + f"{i:02}": "\x01" * 1024 for i in range(64)},
+        ) as run,
+        run.stage("s" * 60) as stage,
+        stage.batch("b" * 60) as batch,
+        batch.sample("c" * 60) as sample,
+    ):
+        stage.register_artifact("k" * 63, artifact, attributes=attributes)
+        sample.event("e" * 255, message="\x01" * 65_536, attributes=attributes)
+    sizes = [
+        len(line)
+        for name in ("artifact", "record", "context")
+        for line in (workspace / "cache" / "capture" / f"{name}.jsonl").read_bytes().splitlines()
+    ]
+    assert max(sizes) > 6 * 1024 * 1024  # the case is near the worst one
+    assert max(sizes) < MAX_LINE_BYTES

@@ -274,3 +274,87 @@ def test_validation_errors_are_value_errors_with_code_and_details() -> None:
     assert error.code == "validation_error"
     assert error.details == {"field": "stage name", "rule": "must not be blank"}
     assert str(error).startswith("stage name: must not be blank")
+
+
+# ---- strings UTF-8 cannot encode, NUL, sizes ------------------------------------------------
+
+_SURROGATE = "x \ud800"  # a lone surrogate: Python holds it, UTF-8 cannot encode it
+
+
+async def test_the_async_face_refuses_unencodable_strings_at_the_call(workspace: Path) -> None:
+    async with (
+        Contexta(workspace=workspace, config={"project_name": "p"}) as ctx,
+        ctx.run("r") as run,
+        run.stage("s") as stage,
+    ):
+        calls: list[tuple[Any, str]] = [
+            (lambda: ctx.run(_SURROGATE), "run name"),
+            (lambda: run.stage(_SURROGATE), "stage name"),
+            (lambda: stage.batch(_SURROGATE), "batch name"),
+            (lambda: stage.sample(_SURROGATE), "sample name"),
+            (lambda: ctx.run("x", code_revision=_SURROGATE), "code_revision"),
+            (lambda: ctx.run("x", metadata={"m": [_SURROGATE]}), "metadata['m'][0]"),
+            (lambda: stage.metric("m", 1, unit=_SURROGATE), "unit"),
+            (lambda: stage.metric("m", 1, tags={"t": _SURROGATE}), "tags['t']"),
+            (lambda: stage.event("e", message=_SURROGATE), "message"),
+            (lambda: stage.event("e", message="m", attributes={_SURROGATE: 1}), "attributes"),
+            (lambda: stage.metric_nowait("m", 1, unit=_SURROGATE), "unit"),
+            (lambda: stage.event_nowait("e", message="m\x00"), "message"),
+        ]
+        for call, field in calls:
+            with pytest.raises(ValidationError) as info:
+                result = call()
+                if hasattr(result, "__await__"):
+                    await result
+            assert info.value.field == field, str(info.value)
+        await stage.metric("after", 1)
+    assert [line["payload"]["payload"]["metric_key"] for line in metrics(workspace)] == ["after"]
+    assert not (workspace / "cache" / "capture" / "degradation.jsonl").exists()
+
+
+@pytest.mark.parametrize("project_name", [_SURROGATE, "p\x00"])
+def test_a_project_name_utf8_cannot_encode_is_refused(workspace: Path, project_name: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Contexta(workspace=workspace, config={"project_name": project_name})
+    assert info.value.field == "config.project_name"
+
+
+@pytest.mark.parametrize("name", [_SURROGATE, "a\x00", "n" * 256])
+def test_a_sink_name_that_cannot_be_written_is_refused(tmp_path: Path, name: str) -> None:
+    from contexta_async import LocalJsonlSink, MemorySink
+
+    for make in (lambda: LocalJsonlSink(tmp_path, name=name), lambda: MemorySink(name=name)):
+        with pytest.raises(ConfigurationError) as info:
+            make()
+        assert info.value.field == "name"
+
+
+def test_an_error_about_a_value_under_long_keys_stays_short(workspace: Path) -> None:
+    # 16 levels of 1,024-character keys: the path to the value is 16 KB long.
+    attributes: dict[str, Any] = {}
+    node = attributes
+    for level in range(15):
+        node[f"{level:x}" * 1024] = {}
+        node = node[f"{level:x}" * 1024]
+    node["bad"] = "x" * 10_000 + "\x00"
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        with pytest.raises(ValidationError) as info:
+            run.event("e", message="m", attributes=attributes)
+    error = info.value
+    assert error.rule == "must not contain NUL bytes"
+    assert len(error.field) <= 160 and len(str(error)) < 400
+    assert error.field.startswith("attributes['0000") and error.field.endswith("['bad']")
+    assert error.details["field"] == error.field
+
+
+def test_keys_and_text_at_the_documented_limits_are_accepted(workspace: Path) -> None:
+    from contexta_async._validation import MAX_ATTRIBUTE_KEY_LENGTH, MAX_ATTRIBUTE_TEXT
+
+    assert (MAX_ATTRIBUTE_KEY_LENGTH, MAX_ATTRIBUTE_TEXT) == (1024, 524_288)
+    # seven strings of 65,536 characters, one of 65,535, and the key "a": 524,288 in all
+    text = ["x" * 65_536] * 7 + ["x" * 65_535]
+    with Contexta(workspace=workspace) as ctx, ctx.run("r", metadata={"k" * 1024: 1}) as run:
+        run.event("e", message="m", attributes={"a": text})
+        run.event("e", message="m", attributes={"é" * 1024: "ü\U0001f600"})
+        with pytest.raises(ValidationError, match="524288 characters"):
+            run.event("e", message="m", attributes={"a": text, "b": ""})  # the key "b"

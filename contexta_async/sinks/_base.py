@@ -6,9 +6,25 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._errors import ConfigurationError, ValidationError
 from .._records import CaptureLine, Item
+from .._validation import check_string
 
-__all__ = ["Chunk", "FsyncError", "Sink", "stamp_lines"]
+__all__ = ["Chunk", "FsyncError", "Sink", "check_sink_name", "stamp_lines"]
+
+
+def check_sink_name(name: object) -> str:
+    """A sink's name is written into every line it writes: a non-blank string without NUL or
+    anything UTF-8 cannot encode, at most 255 characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError("name", "must be a non-blank string", name)
+    if len(name) > 255:
+        raise ConfigurationError("name", "must be at most 255 characters", name)
+    try:
+        check_string(name, "name")
+    except ValidationError as exc:
+        raise ConfigurationError("name", exc.rule, name) from None
+    return name
 
 
 class FsyncError(OSError):
@@ -59,7 +75,11 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
-        """Encode ``items`` into chunks, stamping ``captured_at`` and the sink's name."""
+        """Encode ``items`` into chunks, stamping ``captured_at`` and the sink's name.
+
+        Must have no side effects: when it raises, the writer calls it again with each item
+        alone, to find the lines at fault, and then with the others (which it writes).
+        """
 
     @abc.abstractmethod
     def write(self, chunk: Chunk) -> None:

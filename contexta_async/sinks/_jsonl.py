@@ -24,7 +24,7 @@ from .._record_index import (
     open_regular,
 )
 from .._records import FAMILIES, RECORD, Item
-from ._base import Chunk, FsyncError, Sink, stamp_lines
+from ._base import Chunk, FsyncError, Sink, check_sink_name, stamp_lines
 
 __all__ = ["LocalJsonlSink"]
 
@@ -110,8 +110,7 @@ class LocalJsonlSink(Sink):
     ) -> None:
         if not isinstance(storage_root, (str, os.PathLike)):
             raise ConfigurationError("storage_root", "must be a path", storage_root)
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError("name", "must be a non-blank string", name)
+        check_sink_name(name)
         if not isinstance(fsync, bool):
             raise ConfigurationError("fsync", "must be a bool", fsync)
         if not isinstance(index, bool):

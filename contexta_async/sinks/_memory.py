@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from .._records import Item
-from ._base import Chunk, Sink, stamp_lines
+from ._base import Chunk, Sink, check_sink_name, stamp_lines
 
 __all__ = ["MemorySink"]
 
@@ -18,7 +18,7 @@ class MemorySink(Sink):
     """Encodes lines exactly as LocalJsonlSink does and keeps them in a list."""
 
     def __init__(self, *, name: str = "memory") -> None:
-        self.name = name
+        self.name = check_sink_name(name)
         self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
         self._lock = threading.Lock()
         self._data: list[bytes] = []

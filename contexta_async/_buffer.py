@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ._errors import ClosedScopeError
@@ -19,6 +20,7 @@ from ._waiters import Waiter
 __all__ = ["BoundedBuffer"]
 
 T = TypeVar("T")
+W = TypeVar("W", bound=Waiter)
 
 
 def _closed() -> ClosedScopeError:
@@ -84,6 +86,39 @@ class BoundedBuffer(Generic[T]):
                 self._append_locked(item)
                 return True
             self._parked.append((item, waiter))
+            return False
+
+    def put_or_park_opening(
+        self, item: T, make_waiter: Callable[[], W], *, past_bound: bool
+    ) -> W | None:
+        """Queue a scope's opening line (None) or park it with a new waiter (returned).
+
+        ``past_bound``: it may go past the capacity, up to twice the capacity, and overtake
+        parked items (lifecycle lines are never dropped or refused, and stay bounded).
+        """
+        with self.lock:
+            if self._closed:
+                raise _closed()
+            queued = len(self._items)
+            if (queued < self.capacity and not self._parked) or (
+                past_bound and queued < 2 * self.capacity
+            ):
+                self._append_locked(item)
+                return None
+            waiter = make_waiter()
+            self._parked.append((item, waiter))
+            return waiter
+
+    def queue_parked_now(self, item: T) -> bool:
+        """Move ``item`` from the parked ones into the queue now (past the capacity) and wake
+        its producer; False if it is not parked (already queued, or never parked)."""
+        with self.lock:
+            for index, (parked, waiter) in enumerate(self._parked):
+                if parked is item:
+                    del self._parked[index]
+                    self._append_locked(item)
+                    waiter.wake()
+                    return True
             return False
 
     def unpark(self, waiter: Waiter) -> bool:

@@ -27,7 +27,7 @@ _CAPTURE_DIR = ("cache", "capture")
 def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) -> None:
     if pipeline.closed:
         return
-    for core in registry.open_runs():
+    for core in registry.close_all():
         for item in core.close("cancelled", reason):
             pipeline.submit_closing(item)
 

@@ -27,7 +27,7 @@ import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -47,7 +47,7 @@ from ._errors import (
 )
 from ._records import DEGRADATION, DegradationRecord, Item
 from ._validation import writable_text
-from ._waiters import READY, AsyncWaiter, ThreadWaiter, async_waiter
+from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, async_waiter
 from .sinks import Chunk, FsyncError, Sink
 
 __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
@@ -132,6 +132,8 @@ class _Drops:
 
 
 _open_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not, for fork
+W = TypeVar("W", bound=Waiter)
 
 
 @atexit.register
@@ -148,7 +150,7 @@ def _close_at_exit() -> None:
 
 
 def _reinit_pipelines_after_fork() -> None:
-    for pipeline in list(_open_pipelines):
+    for pipeline in list(_all_pipelines):
         pipeline.reinit_after_fork()
 
 
@@ -208,6 +210,7 @@ class Pipeline:
         self._host: threading.Thread | None = None
         self._closed = False
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
+        _all_pipelines.add(self)
         self._fast_puts = 0
 
     # ---- producers -------------------------------------------------------------------
@@ -267,16 +270,14 @@ class Pipeline:
             return READY
         return self._park(item)
 
-    async def _park(self, item: Item, withdrawn: Callable[[], None] | None = None) -> None:
+    async def _park(self, item: Item) -> None:
         waiter = async_waiter()
         if self._buffer.put_or_park(item, waiter):
             return
         try:
             await waiter.wait()
         except BaseException:
-            # Cancelled while waiting: the line is not captured (unless it got in meanwhile).
-            if self._buffer.unpark(waiter) and withdrawn is not None:
-                withdrawn()
+            self._buffer.unpark(waiter)  # cancelled while waiting: the line is not captured
             raise
 
     def submit_blocking(self, item: Item) -> None:
@@ -286,60 +287,38 @@ class Pipeline:
         """
         if self.try_submit(item) or not self._on_full(item, may_wait=True):
             return
-        self._wait_parked(item, None)
-
-    def _wait_parked(self, item: Item, withdrawn: Callable[[], None] | None) -> None:
         waiter = ThreadWaiter()
         if self._buffer.put_or_park(item, waiter):
             return
         try:
             waiter.wait()
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
-            if self._buffer.unpark(waiter) and withdrawn is not None:
-                withdrawn()
+            self._buffer.unpark(waiter)
             raise
 
-    # Lifecycle lines are never dropped or refused: a closing line without its opening line
-    # would be a format defect. An opening line waits for room under ``wait`` (so the queue
-    # stays bounded), and goes past the bound under ``drop_newest`` and ``raise``; a closing
-    # line always goes past the bound (closing must not wait: it runs on cancellation too).
-    # When an opening line is not queued after all (its wait was interrupted, or the context
-    # closed), ``withdrawn`` is called: the scope never opened and writes nothing.
+    # ---- lifecycle lines ---------------------------------------------------------------
+    # Never dropped or refused: a closing line without its opening line would be a format
+    # defect. An opening line waits for room under ``wait``; under ``drop_newest`` and
+    # ``raise`` it goes past the bound, up to twice ``queue_size`` lines in all, so memory
+    # stays bounded (beyond that it waits too). A closing line always goes past the bound:
+    # closing runs on cancellation and must not wait. ScopeCore keeps the two in order.
 
-    def _queue_opening_now(self, item: Item, withdrawn: Callable[[], None]) -> bool:
-        """Queue the opening line if it need not wait (True); False: it must wait for room."""
-        try:
-            if self.try_submit(item):
-                return True
-            if self._overflow != "wait":
-                self._buffer.force_put(item)
-                return True
-        except BaseException:
-            withdrawn()
-            raise
-        return False
+    def queue_opening(self, item: Item, make_waiter: Callable[[], W]) -> W | None:
+        """Queue an opening line now (None), or park it with a new waiter that is woken once
+        it is queued. Never blocks."""
+        if not self._writer_started:
+            self._ensure_writer()
+        return self._buffer.put_or_park_opening(
+            item, make_waiter, past_bound=self._overflow != "wait"
+        )
 
-    def submit_opening_blocking(self, item: Item, withdrawn: Callable[[], None]) -> None:
-        """Queue a scope's opening line from sync code (see the rule above)."""
-        if not self._queue_opening_now(item, withdrawn):
-            try:
-                self._wait_parked(item, withdrawn)
-            except ClosedScopeError:
-                withdrawn()
-                raise
+    def unpark(self, waiter: Waiter) -> bool:
+        """Withdraw a parked line: True if it was still parked (it will never be written)."""
+        return self._buffer.unpark(waiter)
 
-    def submit_opening(self, item: Item, withdrawn: Callable[[], None]) -> Awaitable[None]:
-        """Queue a scope's opening line from async code (see the rule above)."""
-        if self._queue_opening_now(item, withdrawn):
-            return READY
-        return self._park_opening(item, withdrawn)
-
-    async def _park_opening(self, item: Item, withdrawn: Callable[[], None]) -> None:
-        try:
-            await self._park(item, withdrawn)
-        except ClosedScopeError:
-            withdrawn()
-            raise
+    def queue_parked_now(self, item: Item) -> None:
+        """If ``item`` is parked, queue it now (past the bound) and wake its producer."""
+        self._buffer.queue_parked_now(item)
 
     def submit_closing(self, item: Item) -> None:
         """Queue a scope's closing line past the bound: it must neither wait nor be lost."""

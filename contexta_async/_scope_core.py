@@ -12,8 +12,8 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from . import _validation as v
 from ._artifacts import ArtifactFile
@@ -39,12 +39,14 @@ from ._records import (
     VerificationPolicy,
 )
 from ._refs import join_ref, normalize_name
+from ._waiters import Waiter
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
 __all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 
+W = TypeVar("W", bound=Waiter)
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
@@ -69,21 +71,29 @@ class ScopeRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, ScopeCore] = {}
+        self._closing = False
         _registries.add(self)
 
     def reinit_after_fork(self) -> None:
-        """In a forked child: fresh locks, and the scopes open at the fork are forgotten here.
+        """In a forked child: fresh locks, and the scopes open at the fork become inherited.
 
-        They stay usable in the child, but they are the parent's: closing the child's context,
-        or the child's exit, must not write a closing line for a run the parent is still in.
+        They stay usable in the child, but they are the parent's: the child writes no closing
+        line for them (closing the child's context, or its exit, must not end a run the parent
+        is still in), and its records in an inherited run count from a new random start, so
+        that they never take a ref the parent's next record takes.
         """
         self._lock = threading.Lock()
         for core in self._open.values():
             core._lock = threading.Lock()
+            core.inherited = True
+            if core.kind == "run":
+                core._record_counter = itertools.count(secrets.randbits(47))
         self._open = {}
 
     def add(self, core: ScopeCore) -> None:
         with self._lock:
+            if self._closing:
+                raise ClosedScopeError("the Contexta context is closed")
             if core.ref in self._open:
                 raise DuplicateScopeError(
                     f"{core.ref} is already open in this context; close it first or choose "
@@ -97,9 +107,16 @@ class ScopeRegistry:
             if self._open.get(core.ref) is core:
                 del self._open[core.ref]
 
-    def open_runs(self) -> list[ScopeCore]:
+    def close_all(self) -> list[ScopeCore]:
+        """Refuse new scopes from now on; return the open scopes that closing the context
+        closes (runs, and in a forked child the scopes it opened under inherited ones)."""
         with self._lock:
-            return [core for core in self._open.values() if core.kind == "run"]
+            self._closing = True
+            return [
+                core
+                for core in self._open.values()
+                if core.parent is None or core.parent.inherited
+            ]
 
 
 class ScopeCore:
@@ -111,10 +128,12 @@ class ScopeCore:
         "_event_prefix",
         "_lock",
         "_metric_prefix",
+        "_parked_opening",
         "_record_counter",
         "batch_ref",
         "closed_at",
         "failure_reason",
+        "inherited",
         "kind",
         "name",
         "order_index",
@@ -157,6 +176,8 @@ class ScopeCore:
         self._child_order = 0
         self._lock = threading.Lock()
         self.order_index = 0
+        self.inherited = False  # open when this process was forked from the one that opened it
+        self._parked_opening: Item | None = None  # the opening line, while it waits for room
         if parent is None:
             assert project is not None
             self.run = self
@@ -212,8 +233,12 @@ class ScopeCore:
         if status not in _FINAL_STATUSES:
             raise ValidationError("status", f"must be one of {list(_FINAL_STATUSES)}", status)
         with self._lock:
-            if self.status != "open" or self.started_at is None:
+            if self.status != "open" or self.started_at is None or self.inherited:
                 return []
+            if self._parked_opening is not None:
+                # Its opening line still waits for room: it goes in now, ahead of this one.
+                self.pipeline.queue_parked_now(self._parked_opening)
+                self._parked_opening = None
             self.status = status
             children = list(self._children.values())
             self._children.clear()
@@ -233,13 +258,41 @@ class ScopeCore:
         lines.append(self.context_item())
         return lines
 
-    def withdraw(self) -> None:
-        """Forget a scope whose opening line was never queued: it writes nothing, not even a
-        closing line (closing it afterwards is a no-op)."""
+    # The opening line is queued, or parked, under this scope's lock: a close from another
+    # thread finds it either queued (its closing line goes after it) or parked (close queues
+    # it first), never in between; and a scope whose opening line is withdrawn writes nothing.
+
+    def queue_opening(self, item: Item, make_waiter: Callable[[], W]) -> W | None:
+        """Queue the opening line (None), or park it: wait on the waiter returned, then call
+        ``opening_queued``, or ``opening_abandoned`` if the wait is interrupted."""
+        try:
+            with self._lock:
+                try:
+                    waiter = self.pipeline.queue_opening(item, make_waiter)
+                except BaseException:  # the context is closed: the scope never opened
+                    self.status = "cancelled"
+                    raise
+                self._parked_opening = None if waiter is None else item
+        except BaseException:
+            self._forget()
+            raise
+        return waiter
+
+    def opening_queued(self) -> None:
         with self._lock:
-            if self.status != "open":
+            self._parked_opening = None
+
+    def opening_abandoned(self, waiter: Waiter) -> None:
+        """The wait for room was interrupted: a line still parked is withdrawn, and the scope
+        never opened (no line at all); a line already queued stays, and closing follows."""
+        with self._lock:
+            self._parked_opening = None
+            if self.status != "open" or not self.pipeline.unpark(waiter):
                 return
             self.status = "cancelled"
+        self._forget()
+
+    def _forget(self) -> None:
         if self.parent is not None:
             with self.parent._lock:
                 self.parent._children.pop(id(self), None)

@@ -21,6 +21,7 @@ import anyio
 from . import _validation as v
 from ._artifacts import inspect_artifact, resolve_artifact_path
 from ._scope_core import ScopeCore, Status
+from ._waiters import ThreadWaiter, async_waiter
 
 __all__ = [
     "AsyncBatch",
@@ -89,7 +90,14 @@ class Opening(Generic[S, A]):
         core = self._core
         item = core.open()
         try:
-            core.pipeline.submit_opening_blocking(item, core.withdraw)
+            waiter = core.queue_opening(item, ThreadWaiter)
+            if waiter is not None:
+                try:
+                    waiter.wait()
+                except BaseException:
+                    core.opening_abandoned(waiter)
+                    raise
+                core.opening_queued()
         except BaseException as exc:  # closes the scope only if its opening line was queued
             _close(core, *_exit_status(type(exc), exc, _sync_cancelled()))
             raise
@@ -107,7 +115,14 @@ class Opening(Generic[S, A]):
         core = self._core
         item = core.open()
         try:
-            await core.pipeline.submit_opening(item, core.withdraw)
+            waiter = core.queue_opening(item, async_waiter)
+            if waiter is not None:
+                try:
+                    await waiter.wait()
+                except BaseException:
+                    core.opening_abandoned(waiter)
+                    raise
+                core.opening_queued()
         except BaseException as exc:  # closes the scope only if its opening line was queued
             cancelled = (anyio.get_cancelled_exc_class(), *_SYNC_CANCELLED)
             _close(core, *_exit_status(type(exc), exc, cancelled))

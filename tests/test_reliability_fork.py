@@ -7,7 +7,6 @@ its own lines once, never the parent's queued ones, and never hang.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from contexta_async import Contexta
+from contexta_async._pipeline import _close_at_exit
 from contexta_async.readers._indexed import load_index
 
 from ._children.verify import read_family
@@ -123,13 +123,19 @@ def test_multiprocessing_fork_children_capture_through_the_inherited_context(
         ctx.flush()
         fork = multiprocessing.get_context("fork")
         children = [
-            fork.Process(target=_capture_in_child, args=(ctx, f"child-{n}")) for n in range(3)
+            fork.Process(target=_capture_in_child, args=(ctx, f"child-{n}"), daemon=True)
+            for n in range(3)
         ]
-        for process in children:
-            process.start()
-        for process in children:
-            process.join(CHILD_DEADLINE)
-            assert process.exitcode == 0, "a child hung or failed"
+        try:
+            for process in children:
+                process.start()
+            for process in children:
+                process.join(CHILD_DEADLINE)
+                assert process.exitcode == 0, "a child hung or failed"
+        finally:
+            for process in children:  # a hung child must not hang pytest's exit too
+                if process.is_alive():
+                    process.kill()
         run.metric("m", 100)
     ctx.close()
     metrics = _metrics(tmp_path)
@@ -158,12 +164,69 @@ def test_a_forked_child_that_exits_normally_does_not_cancel_the_parents_run(
 
         def child() -> None:
             run.metric("m", 2)
-            # What interpreter exit runs, the at-exit close of open runs among it (inside
-            # pytest the child cannot leave through sys.exit).
-            atexit._run_exitfuncs()
+            # What interpreter exit runs for this library: the at-exit close of open runs
+            # (inside pytest the child cannot leave through sys.exit).
+            _close_at_exit()
 
         assert _run_forked(child) == 0
         run.metric("m", 3)
     ctx.close()
     assert _statuses(tmp_path)["run:p.parent"] == ["open", "completed"]
     assert sorted(v for (_, v) in _metrics(tmp_path)) == [1, 2, 3]
+
+
+def test_a_child_closing_an_inherited_run_writes_no_line_for_it(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"})
+    with ctx.run("parent") as run:
+        run.metric("m", 1)
+
+        def child() -> None:
+            # What leaving the parent's `with` block does in a child that unwinds (sys.exit).
+            run.close("failed", reason="SystemExit: 0")
+            ctx.close()
+
+        assert _run_forked(child) == 0
+        run.metric("m", 2)
+    ctx.close()
+    assert _statuses(tmp_path)["run:p.parent"] == ["open", "completed"]
+
+
+def test_a_child_closing_its_context_closes_the_stages_it_opened_in_an_inherited_run(
+    tmp_path: Path,
+) -> None:
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"})
+    with ctx.run("parent") as run:
+        run.metric("m", 1)
+
+        def child() -> None:
+            stage = run.stage("child-stage").__enter__()
+            stage.metric("x", 1)
+            ctx.close()  # the stage is still open: closing the context closes it
+
+        assert _run_forked(child) == 0
+    ctx.close()
+    statuses = _statuses(tmp_path)
+    assert statuses["stage:p.parent.child-stage"] == ["open", "cancelled"]
+    assert statuses["run:p.parent"] == ["open", "completed"]
+
+
+def test_records_a_child_captures_in_an_inherited_run_never_share_a_ref_with_the_parents(
+    tmp_path: Path,
+) -> None:
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"})
+    with ctx.run("parent") as run:
+        run.metric("m", 0)
+
+        def child() -> None:
+            for i in range(1, 51):
+                run.metric("m", i)
+            ctx.close()
+
+        assert _run_forked(child) == 0
+        for i in range(51, 101):
+            run.metric("m", i)
+    ctx.close()
+    lines = [line for line in read_family(tmp_path, "RECORD")]
+    refs = [line["payload_ref"] for line in lines]
+    assert len(lines) == 101
+    assert len(set(refs)) == len(refs), "a child's record took a ref the parent also took"

@@ -8,6 +8,7 @@ must drop nothing, and the opt-in policies must account for every line they refu
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -18,7 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from contexta_async import Contexta, LocalJsonlSink, QueueFullError
+from contexta_async import ClosedScopeError, Contexta, LocalJsonlSink, QueueFullError
 from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
@@ -324,3 +325,122 @@ async def test_an_opening_cancelled_while_it_waits_for_room_leaves_no_lines(
     assert lifecycles["stage:p.r.later"] == ["open", "completed"]
     assert lifecycles["run:p.r"] == ["open", "completed"]
     assert _counts(tmp_path) == {"run:p.r": 2}
+
+
+async def test_closing_a_scope_whose_opening_waits_for_room_queues_the_opening_first(
+    tmp_path: Path,
+) -> None:
+    sink = GateSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        queue_size=2,
+        max_batch_size=1,
+    )
+    try:
+        async with ctx, ctx.run("r") as run:
+            await anyio.to_thread.run_sync(sink.entered.wait)
+            await run.metric("m", 1)
+            await run.metric("m", 2)  # the queue is full
+
+            async def open_stage() -> None:
+                async with run.stage("s"):
+                    pass
+
+            # Closing queues the waiting opening line at once: the task gets in and out
+            # without the writer making room (fail_after turns a hang into a failure).
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(open_stage)
+                    await until_parked(ctx, 1)
+                    run.close()  # closes the stage too, while its opening line waits
+            sink.gate.set()
+    finally:
+        sink.gate.set()
+    lifecycles = _lifecycles(tmp_path)
+    assert lifecycles["stage:p.r.s"] == ["open", "completed"]
+    assert lifecycles["run:p.r"] == ["open", "completed"]
+
+
+async def test_closing_the_context_while_a_run_waits_to_open_closes_it_after_its_opening(
+    tmp_path: Path,
+) -> None:
+    sink = GateSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        queue_size=2,
+        max_batch_size=1,
+    )
+    statuses: list[str] = []
+    try:
+        async with ctx:
+            async with ctx.run("r") as run:
+                await anyio.to_thread.run_sync(sink.entered.wait)
+                await run.metric("m", 1)
+                await run.metric("m", 2)
+
+            async def open_run() -> None:
+                async with ctx.run("late") as late:
+                    statuses.append(late.status)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_run)
+                await until_parked(ctx, 1)
+                ctx._close_open_runs()  # what aclose() does first, while "late" waits
+                sink.gate.set()
+    finally:
+        sink.gate.set()
+    assert statuses == ["cancelled"]  # entered, already closed by the context
+    assert _lifecycles(tmp_path)["run:p.late"] == ["open", "cancelled"]
+
+
+def test_no_run_opens_once_the_context_has_begun_closing(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"})
+    with ctx.run("warm") as run:
+        run.metric("m", 0)
+    ctx._close_open_runs()  # the first half of close(), as another thread runs it
+    with pytest.raises(ClosedScopeError):
+        ctx.run("late").__enter__()
+    ctx.close()
+    assert "run:p.late" not in _lifecycles(tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "raise"])
+def test_opening_lines_past_the_bound_stay_within_twice_the_queue_size(
+    tmp_path: Path, policy: str
+) -> None:
+    sink = GateSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        queue_size=10,
+        max_batch_size=10,
+        overflow=policy,  # type: ignore[arg-type]
+    )
+    opened = threading.Event()
+
+    def capture() -> None:
+        with ctx.run("r") as run, run.stage("s") as stage:
+            for i in range(200):
+                with stage.sample(f"c{i}"):
+                    pass
+        opened.set()
+
+    worker = threading.Thread(target=capture)
+    worker.start()
+    try:
+        # The disk stalls: the openings fill the queue to twice its size, then wait.
+        with anyio.from_thread.start_blocking_portal() as portal:
+            portal.call(until_parked, ctx, 1)
+        assert ctx.statistics().queued <= 2 * 10
+        assert not opened.is_set()
+    finally:
+        sink.gate.set()
+        worker.join(30)
+    ctx.close()
+    assert ctx.statistics().peak_queued <= 2 * 10 + 1  # + a closing line
+    _assert_complete_lifecycles(tmp_path, 200)

@@ -93,6 +93,6 @@ class Sink(abc.ABC):
 
         The child inherits this object as the parent left it, perhaps mid-write: a sink that
         holds locks replaces them here (another thread may have held them at the fork), and
-        one that holds per-process state (open files, buffered lines of the parent) lets go of
-        it, so that the child writes only its own lines.
+        one that holds per-process state (open files, lines of the parent not yet written)
+        lets go of it, so that the child writes only its own lines.
         """

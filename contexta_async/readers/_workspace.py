@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, get_args
@@ -228,7 +228,7 @@ class Workspace:
         key: str | None = None,
         stage: str | None = None,
         sample: str | None = None,
-    ) -> AsyncIterator[RecordRow]:
+    ) -> AsyncGenerator[RecordRow, None]:
         """Stream the records of one run in capture order, then its artifacts.
 
         Filters: ``kind`` (metric, event, span, artifact), ``key`` (metric key, event key, span
@@ -286,10 +286,9 @@ class Workspace:
         check_options(confidence, resamples, bootstrap, method_field="bootstrap")
         snapshot, refs = await self._snapshot([left, right], keep_values=True)
         lref, rref = refs
-        metrics = snapshot.scan.metrics
         lsum, rsum = snapshot.summary(lref), snapshot.summary(rref)
         order = stage_order([lsum, rsum])
-        lm, rm = metrics[lref], metrics[rref]
+        lm, rm = snapshot.metrics(lref), snapshot.metrics(rref)
         warnings = run_warnings([lsum, rsum], [lm, rm], snapshot.report)
         if lref == rref:
             warnings.insert(0, "both sides name the same run")
@@ -346,9 +345,8 @@ class Workspace:
             raise ValidationError("runs", "must name at least one run", runs)
         snapshot, refs = await self._snapshot(list(runs), keep_values=True)
         unique = list(dict.fromkeys(refs))
-        metrics = snapshot.scan.metrics
         summaries = [snapshot.summary(ref) for ref in unique]
-        ordered = [metrics[ref] for ref in unique]
+        ordered = [snapshot.metrics(ref) for ref in unique]
         warnings = run_warnings(summaries, ordered, snapshot.report)
         datasets = {s.dataset_ref for s in summaries}
         if len(datasets) > 1:

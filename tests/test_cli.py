@@ -267,6 +267,10 @@ def test_runs_without_records_are_shown_and_compared_with_no_metrics(tmp_path: P
                 assert (code, err) == (0, "")
                 assert f"! {ref} has no metrics (it holds no records)" in out
                 assert "pass.rate" in out  # the other run's metrics, with nothing beside them
+            page = tmp_path / f"{name}.html"
+            code, out, err = inproc("-w", str(ws), "report", name, "grounded", "-o", str(page))
+            assert (code, err) == (0, "")
+            assert f"{ref} has no metrics (it holds no records)" in page.read_text()
             code, out, err = inproc("-w", str(ws), "compare", name, "grounded", "--json")
             assert code == 0
             assert [p["n_matched"] for p in json.loads(out)["paired"]] == [0, 0]

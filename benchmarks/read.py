@@ -17,16 +17,15 @@ Scenarios:
                     statistics (bootstrap="auto": with 62,500 pairs per metric, the bootstrap
                     distribution by saddlepoint approximation, not by resampling)
   paired-stats      the paired statistics alone, on runs already read (not on the clock)
-  *-1proc           the same with workers=1 (no forked range readers)
   *-json            the same with use_index=False: every record line parsed from its JSON
                     (what a workspace without record.index costs, e.g. one Contexta 1.0.0 wrote)
 
-Each run also reports its CPU time (this process's threads and the forked readers), and the
-load average is printed at the start and the end: on a machine shared with other work, CPU
-seconds vary less than wall time. Peak RSS is measured for three shapes: 1M records with
-62,500 samples per run; 1M records with 15,625 samples per run, each metric captured 4 times
-(same file size, a 4x smaller answer); 250k records with 15,625 samples per run (a 4x smaller
-file, the same answer).
+Each run also reports its CPU time (all of this process's threads), and the load average is
+printed at the start and the end: on a machine shared with other work, CPU seconds vary less
+than wall time. Peak RSS is measured for three shapes: 1M records with 62,500 samples per run;
+1M records with 15,625 samples per run, each metric captured 4 times (same file size, a 4x
+smaller answer); 250k records with 15,625 samples per run (a 4x smaller file, the same
+answer).
 
 With --duckdb-python, DuckDB's read_json is timed on the same file in the same run, with one
 and two threads, as a reference (see _DUCKDB_SCRIPT for the two queries).
@@ -303,22 +302,19 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     from contexta_async.readers._compare import paired_results
     from contexta_async.readers._snapshot import stage_order
 
-    workers = 1 if "-1proc" in scenario else None
     use_index = "-json" not in scenario
-    base = scenario.removesuffix("-1proc").removesuffix("-json")
+    base = scenario.removesuffix("-json")
     times: list[float] = []
     cpu: list[float] = []
     records = 0
 
     def cpu_now() -> float:
-        # This process (all its threads) and its reaped children (the forked readers).
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        own = resource.getrusage(resource.RUSAGE_SELF)  # all of this process's threads
+        return own.ru_utime + own.ru_stime
 
     async def once() -> None:
         nonlocal records
-        ws = Workspace(workspace, workers=workers, use_index=use_index)
+        ws = Workspace(workspace, use_index=use_index)
         cpu_started = cpu_now()
         started = time.perf_counter()
         if base == "list-runs":
@@ -345,14 +341,12 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     for _ in range(repeat):
         anyio.run(once)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "scenario": scenario,
         "records": records,
         "times": times,
         "cpu_s": cpu,
         "peak_rss_mib": round(own / 1024, 1),
-        "peak_rss_children_mib": round(children / 1024, 1),
     }
 
 
@@ -464,17 +458,11 @@ def main() -> None:
             "compare-read",
             "compare",
             "paired-stats",
-            "list-runs-1proc",
-            "compare-read-1proc",
-            "compare-1proc",
             "list-runs-json",
             "compare-read-json",
             "compare-json",
         ]
-        print(
-            f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'cpu s':>6} "
-            f"{'rss MiB':>8} {'child MiB':>9}"
-        )
+        print(f"{'scenario':<20} {'median s':>9} {'records/s':>12} {'cpu s':>6} {'rss MiB':>8}")
         for scenario in scenarios:
             r = _run_child(scenario, main_ws, repeat)
             r["median_s"] = statistics.median(r["times"])
@@ -487,7 +475,7 @@ def main() -> None:
             print(
                 f"{scenario:<20} {r['median_s']:>9.3f} {rate:>12} "
                 f"{r['median_cpu_s']:>6.2f} "
-                f"{r['peak_rss_mib']:>8} {r['peak_rss_children_mib']:>9}   "
+                f"{r['peak_rss_mib']:>8}   "
                 f"runs: {', '.join(f'{t:.3f}' for t in r['times'])}"
             )
         if args.duckdb_python:
@@ -516,8 +504,8 @@ def main() -> None:
             size = (ws / "cache" / "capture" / "record.jsonl").stat().st_size
             print(
                 f"rss {label:<24} {r['records']:>9,} records {size / 2**20:>6,.0f} MiB "
-                f"{shape_samples:>7,} samples/run: compare peak RSS {r['peak_rss_mib']} MiB "
-                f"(children {r['peak_rss_children_mib']} MiB), {r['median_s']:.3f}s"
+                f"{shape_samples:>7,} samples/run: compare peak RSS {r['peak_rss_mib']} MiB, "
+                f"{r['median_s']:.3f}s"
             )
     finally:
         if not args.dir:

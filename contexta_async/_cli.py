@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Any, NoReturn, TextIO
 
 import anyio
@@ -204,14 +205,24 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     summary = table.runs[0]
     records = []
     if args.records or args.kind or args.key or args.stage or args.sample:
-        async for row in ws.records(
+        rows = ws.records(
             summary.ref, kind=args.kind, key=args.key, stage=args.stage, sample=args.sample
-        ):
-            records.append(row)
-            if len(records) >= args.limit:
-                break
+        )
+        async with aclosing(rows):  # left early at --limit: closed now, not at loop shutdown
+            async for row in rows:
+                records.append(row)
+                if len(records) >= args.limit:
+                    break
     if args.json:
-        _json({"run": summary, "metrics": table.rows, "records": records}, out)
+        _json(
+            {
+                "run": summary,
+                "metrics": table.rows,
+                "records": records,
+                "warnings": table.warnings,
+            },
+            out,
+        )
         return 0
     out.write(f"{summary.ref}\n")
     for label, value in [
@@ -249,6 +260,9 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
             ],
             out,
         )
+    else:
+        still = " yet: the run is still open" if summary.status == "open" else ""
+        out.write(f"\nMetrics: none (the run holds no metric records{still})\n")
     if records:
         out.write(f"\nRecords (first {len(records)})\n")
         _table(

@@ -15,7 +15,7 @@ from contexta_async import Contexta
 from contexta_async.__main__ import main
 from contexta_async._cli import run_cli
 
-from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
+from .test_readers_helpers import capture_llm_workspace, copy_fixture_10, with_empty_runs
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -243,3 +243,48 @@ def test_bootstrap_option_chooses_how_intervals_are_computed(llm_ws: Path) -> No
         assert {p["method"] for p in data["paired"]} == {method}
     code, _, err = inproc("-w", str(llm_ws), "compare", "a", "b", "--bootstrap", "exact")
     assert code == 2 and "--bootstrap" in err and "invalid choice" in err
+
+
+def test_runs_without_records_are_shown_and_compared_with_no_metrics(tmp_path: Path) -> None:
+    # "empty" finished having captured nothing; "live" is open with nothing captured yet.
+    with with_empty_runs(tmp_path / "ws") as ws:
+        for name, still in (("empty", ""), ("live", " yet: the run is still open")):
+            ref = f"run:mock-openai-compare.{name}"
+            code, out, err = inproc("-w", str(ws), "show", name)
+            assert (code, err) == (0, "")
+            assert out.startswith(f"{ref}\n")
+            assert f"Metrics: none (the run holds no metric records{still})" in out
+            code, out, err = inproc("-w", str(ws), "show", name, "--json")
+            assert (code, err) == (0, "")
+            shown = json.loads(out)
+            assert shown["metrics"] == []
+            assert (
+                f"{ref} has no metrics (it holds no records): nothing of it to compare"
+                in (shown["warnings"])
+            )
+            for pair in ((name, "grounded"), ("grounded", name)):
+                code, out, err = inproc("-w", str(ws), "compare", *pair)
+                assert (code, err) == (0, "")
+                assert f"! {ref} has no metrics (it holds no records)" in out
+                assert "pass.rate" in out  # the other run's metrics, with nothing beside them
+            page = tmp_path / f"{name}.html"
+            code, out, err = inproc("-w", str(ws), "report", name, "grounded", "-o", str(page))
+            assert (code, err) == (0, "")
+            assert f"{ref} has no metrics (it holds no records)" in page.read_text()
+            code, out, err = inproc("-w", str(ws), "compare", name, "grounded", "--json")
+            assert code == 0
+            assert [p["n_matched"] for p in json.loads(out)["paired"]] == [0, 0]
+        code, out, err = inproc("-w", str(ws), "compare", "empty", "live", "grounded")
+        assert (code, err) == (0, "")
+        assert out.count("has no metrics (it holds no records)") == 2
+        code, out, err = inproc(
+            "-w", str(ws), "best", "empty", "live", "grounded", "--metric", "pass.rate"
+        )
+        assert (code, err) == (0, "")
+        assert "Winner: run:mock-openai-compare.grounded" in out
+        assert (
+            "Missing the metric: run:mock-openai-compare.empty, run:mock-openai-compare.live" in out
+        )
+        code, out, err = inproc("-w", str(ws), "best", "empty", "live", "--metric", "pass.rate")
+        assert (code, out) == (1, "")
+        assert err == "contexta-async: error: no run holds metric 'pass.rate'\n"

@@ -6,6 +6,7 @@ import math
 import random
 import re
 import statistics
+import warnings
 from pathlib import Path
 
 import anyio
@@ -28,7 +29,7 @@ from contexta_async.readers._compare import (
     natural_key,
 )
 
-from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10
+from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10, with_empty_runs
 
 
 # trio: readers branch. The readers read through aiofiles, which runs on asyncio only, until the
@@ -402,3 +403,65 @@ async def test_differences_past_the_float_range_get_no_interval_and_no_error(
     assert paired["correct"].method == "constant"  # the other metrics are unaffected
     row = next(m for m in result.metrics if m.key == "score")
     assert row.left == 1.7e308  # the mean of three values near the float range
+
+
+def test_runs_without_records_are_compared_as_having_no_metrics_and_said_so(
+    tmp_path: Path,
+) -> None:
+    # "empty" finished having captured nothing; "live" is open with nothing captured yet.
+    refs = {name: f"run:mock-openai-compare.{name}" for name in ("empty", "live", "grounded")}
+
+    async def read() -> None:
+        ws = Workspace(tmp_path / "ws")
+        for name in ("empty", "live"):
+            ref = refs[name]
+            said = f"{ref} has no metrics (it holds no records): nothing of it to compare"
+            for left, right in ((name, "grounded"), ("grounded", name)):
+                result = await ws.compare(left, right)
+                # The other run's per-sample metrics, with no sample to pair them with.
+                assert result.paired and all(p.n_matched == 0 for p in result.paired)
+                assert all(p.mean_diff is None and p.ci_low is None for p in result.paired)
+                assert result.metrics and all(
+                    (m.left if left == name else m.right) is None for m in result.metrics
+                )
+                assert all(m.delta is None for m in result.metrics)
+                assert said in result.warnings
+            alone = await ws.compare(name, name)
+            assert (alone.metrics, alone.paired) == ([], [])
+            assert said in alone.warnings
+        live = await ws.compare("live", "grounded")
+        assert f"{refs['live']} is still open: its data may be incomplete" in live.warnings
+        table = await ws.compare_many(["empty", "live", "grounded"])
+        assert table.rows and all(row.values[:2] == [None, None] for row in table.rows)
+        assert all(row.best == [refs["grounded"]] for row in table.rows)
+        assert sum("has no metrics" in w for w in table.warnings) == 2
+        best = await ws.best_run(["empty", "live", "grounded"], "pass.rate")
+        assert (best.winners, best.missing) == ([refs["grounded"]], [refs["empty"], refs["live"]])
+        with pytest.raises(MetricNotFoundError, match=r"'pass\.rate'"):
+            await ws.best_run(["empty", "live"], "pass.rate")
+        assert (await ws.get_run("empty")).counts.total == 0
+
+    with with_empty_runs(tmp_path / "ws"):
+        anyio.run(read)
+
+
+def test_compare_over_values_near_the_float_range_warns_of_nothing(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for name, sign in (("low", -1.0), ("high", 1.0)):
+        with ctx.run(name) as run, run.stage("evaluate") as stage:
+            for i in range(40):
+                with stage.sample(f"case-{i}") as sample:
+                    sample.metric("score", sign * (0.85e308 if i % 3 else 0.5e308))
+    ctx.close()
+
+    async def compare() -> object:
+        return await Workspace(tmp_path / "ws").compare("low", "high")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow RuntimeWarning, in any thread
+        result = anyio.run(compare)
+    (paired,) = result.paired  # type: ignore[attr-defined]
+    assert paired.n_matched == 40
+    assert paired.ci_low is not None and paired.ci_high is not None
+    assert math.isfinite(paired.ci_low) and math.isfinite(paired.ci_high)
+    assert paired.ci_low <= paired.mean_diff <= paired.ci_high

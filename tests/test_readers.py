@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import time
 from pathlib import Path
 
 import anyio
@@ -20,14 +18,11 @@ from contexta_async.readers import (
     UnreadableFileError,
     Workspace,
     WorkspaceNotFoundError,
-    _parallel,
     _scan,
-    _workspace,
     resolve_run_ref,
 )
 from contexta_async.readers._decode import Issues
-from contexta_async.readers._parallel import scan_range
-from contexta_async.readers._scan import RecordScan
+from contexta_async.readers._indexed_scan import scan_file
 
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 
@@ -286,159 +281,22 @@ async def test_reader_lists_and_streams_while_another_task_captures(tmp_path: Pa
     assert paired["correct"].mean_diff == 0.0
 
 
-async def test_forked_range_scan_gives_the_same_answer_as_one_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ws_path = capture_llm_workspace(tmp_path / "ws")
-    single = await Workspace(ws_path, workers=1).compare("helpful-only", "grounded")
-    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
-    parallel_ws = Workspace(ws_path, workers=3, chunk_size=4096)
-    forked = await parallel_ws.compare("helpful-only", "grounded")
-    assert forked.metrics == single.metrics
-    assert forked.paired == single.paired
-    assert forked.left.counts == single.left.counts
-    assert [r.ref for r in await parallel_ws.list_runs()] == [
-        r.ref for r in await Workspace(ws_path, workers=1).list_runs()
-    ]
-
-
-def _note_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The pids of the processes forked from now on (the forked readers), as they come."""
-    forked: list[int] = []
-    fork = os.fork
-
-    def noting_fork() -> int:
-        pid = fork()
-        if pid:
-            forked.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", noting_fork)
-    return forked
-
-
-def _die(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _deny(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
-    raise PermissionError(13, "Permission denied")
-
-
-def _break(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
-    raise KeyError("bug")
-
-
-@pytest.mark.parametrize(
-    ("in_child", "error", "message"),
-    [
-        (_die, UnreadableFileError, "died without an answer"),
-        (_deny, UnreadableFileError, "Permission denied"),
-        (_break, RuntimeError, "reader process failed: KeyError"),
-    ],
-)
-async def test_a_forked_reader_that_dies_or_fails_makes_the_read_fail_clearly(
+async def test_corrupt_lines_and_a_torn_tail_are_reported_whatever_the_block_size(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    in_child: object,
-    error: type[Exception],
-    message: str,
-) -> None:
-    ws_path = capture_llm_workspace(tmp_path / "ws")
-    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(_parallel, "scan_range", in_child)  # inherited by the forked readers
-    forked = _note_forks(monkeypatch)
-    with pytest.raises(error, match=message):
-        await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")
-    assert len(forked) == 2
-    for pid in forked:  # every reader was reaped: none is left behind as a zombie
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-
-
-def _stall(*_args: object) -> None:  # pragma: no cover - runs in a forked reader
-    time.sleep(60)
-
-
-async def test_a_cancelled_forked_read_kills_and_reaps_its_readers_and_closes_its_pipes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ws_path = capture_llm_workspace(tmp_path / "ws")
-    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(_parallel, "scan_range", _stall)  # the readers never answer
-    forked = _note_forks(monkeypatch)
-    open_before = len(os.listdir("/proc/self/fd"))
-    with anyio.move_on_after(0.5) as scope:
-        await Workspace(ws_path, workers=2).compare("helpful-only", "grounded")
-    assert scope.cancelled_caught
-    assert len(forked) == 2
-    for pid in forked:  # killed and reaped: no reader goes on scanning, none left a zombie
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
-    # The threads left reading the pipes see them end (their writers are dead) and close
-    # them; wait for that, up to 10 s.
-    for _ in range(200):
-        if len(os.listdir("/proc/self/fd")) <= open_before:
-            break
-        await anyio.sleep(0.05)
-    assert len(os.listdir("/proc/self/fd")) <= open_before
-
-
-async def test_forked_readers_report_corrupt_lines_and_a_torn_tail_like_one_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws_path = capture_llm_workspace(tmp_path / "ws")
     record = _record_file(ws_path)
     lines = record.read_bytes().splitlines(keepends=True)
     broken = [*lines[:3], b"not json at all\n", *lines[3:], b'{"captured_at": "2026-']
     record.write_bytes(b"".join(broken))
-    single = await Workspace(ws_path, workers=1).compare("helpful-only", "grounded")
-    monkeypatch.setattr(_workspace, "PARALLEL_MIN_BYTES", 0)
-    forked = await Workspace(ws_path, workers=3, chunk_size=4096).compare(
-        "helpful-only", "grounded"
-    )
-    assert forked.read_report == single.read_report
-    assert forked.read_report.corrupt_lines == 1
-    assert forked.read_report.torn_tails == [str(record)]
-    assert forked.metrics == single.metrics
-    assert forked.paired == single.paired
-    assert (forked.left.counts, forked.right.counts) == (single.left.counts, single.right.counts)
-
-
-def test_a_forked_readers_aggregate_survives_its_msgpack_encoding() -> None:
-    scan = RecordScan()
-    scan.counts.update({("run:p.a", "MetricRecord"): 5, ("run:p.a", "Custom"): 1})
-    scan.stage_refs = {"stage:p.a.eval", None}
-    scan.first_time = {"run:p.a": "2026-01-01T00:00:00Z"}
-    scan.last_time = {"run:p.a": "2026-01-01T00:00:09Z"}
-    scan.samples = {
-        ("stage:p.a.eval", "correct"): {"case-1": 1.0, "case-2": 0.0},
-        ("stage:p.a.eval", "score"): {"case-1": 3.0, "case-2": None},
-        ("batch:p.a.eval.b1", "late"): {"case-2": 7.0},
-        ("stage:p.a.other", "x"): {},
-    }
-    scan.others = {("run:p.a", "loss"): 0.25, ("batch:p.a.eval.b1", "acc"): float("inf")}
-    scan.kept = {"run:p.a"}
-    scan.records = 6
-    raw = msgspec.msgpack.encode(_parallel._Answer(_parallel._to_wire(scan), 2, [], True, 5, 1))
-    answer = _parallel._ANSWER.decode(raw)
-    assert isinstance(answer, _parallel._Answer)
-    assert (answer.corrupt, answer.torn) == (2, True)
-    assert (answer.records_from_index, answer.index_frames_rejected) == (5, 1)
-    back = _parallel._from_wire(answer.scan)
-    assert back.counts == scan.counts
-    assert back.stage_refs == scan.stage_refs
-    assert (back.first_time, back.last_time) == (scan.first_time, scan.last_time)
-    assert (back.samples, back.others, back.kept) == (scan.samples, scan.others, scan.kept)
-    assert back.records == 6
-    # Metrics of the same samples share one list of names on the pipe, and so their strings.
-    assert len(answer.scan.names) == 3
-    shared = [next(iter(back.samples[("stage:p.a.eval", key)])) for key in ("correct", "score")]
-    assert shared[0] is shared[1]
-    failure = _parallel._ANSWER.decode(
-        msgspec.msgpack.encode(_parallel._Failure("PermissionError", "denied"))
-    )
-    assert failure == _parallel._Failure("PermissionError", "denied")
+    whole = await Workspace(ws_path).compare("helpful-only", "grounded")
+    small = await Workspace(ws_path, chunk_size=4096).compare("helpful-only", "grounded")
+    assert small.read_report == whole.read_report
+    assert small.read_report.corrupt_lines == 1
+    assert small.read_report.torn_tails == [str(record)]
+    assert small.metrics == whole.metrics
+    assert small.paired == whole.paired
+    assert (small.left.counts, small.right.counts) == (whole.left.counts, whole.right.counts)
 
 
 @pytest.mark.parametrize("piece", [200, 3000])
@@ -450,11 +308,9 @@ async def test_blocks_decoded_in_small_pieces_give_the_same_answer_and_problem_l
     record = _record_file(ws_path)
     lines = record.read_bytes().splitlines(keepends=True)
     record.write_bytes(b"".join([*lines[:7], b"{not json\n", *lines[7:]]))
-    whole = await Workspace(ws_path, workers=1).compare("helpful-only", "grounded")
+    whole = await Workspace(ws_path).compare("helpful-only", "grounded")
     monkeypatch.setattr(_scan, "DECODE_SIZE", piece)
-    pieces = await Workspace(ws_path, workers=1, chunk_size=8192).compare(
-        "helpful-only", "grounded"
-    )
+    pieces = await Workspace(ws_path, chunk_size=8192).compare("helpful-only", "grounded")
     assert pieces.read_report == whole.read_report
     assert [(p.line, p.offset) for p in pieces.read_report.problems] == [
         (8, sum(map(len, lines[:7])))
@@ -464,21 +320,12 @@ async def test_blocks_decoded_in_small_pieces_give_the_same_answer_and_problem_l
     assert pieces.left.counts == whole.left.counts
 
 
-def test_byte_ranges_cover_every_line_exactly_once(tmp_path: Path) -> None:
+def test_a_scan_in_small_blocks_counts_every_line_once(tmp_path: Path) -> None:
     ws_path = capture_llm_workspace(tmp_path / "ws")
     record = _record_file(ws_path)
-    size = record.stat().st_size
-    whole, found = scan_range(str(record), 0, size, True, None, False, 4096)
+    whole, found = scan_file(str(record), None, False, 4096)
     assert (found.corrupt_lines, found.torn_tails) == (0, [])
-    for parts in (2, 5, 13, 40):
-        bounds = [size * i // parts for i in range(parts + 1)]
-        counted = 0
-        for i in range(parts):
-            scan, _ = scan_range(
-                str(record), bounds[i], bounds[i + 1], i == parts - 1, None, False, 4096
-            )
-            counted += scan.records
-        assert counted == whole.records == len(record.read_bytes().splitlines())
+    assert whole.records == len(record.read_bytes().splitlines())
 
 
 async def test_issues_report_turns_offsets_into_line_numbers(tmp_path: Path) -> None:
@@ -496,8 +343,6 @@ def test_workspace_rejects_bad_options(tmp_path: Path) -> None:
     capture_llm_workspace(tmp_path / "ws")
     with pytest.raises(ValueError, match="chunk_size"):
         Workspace(tmp_path / "ws", chunk_size=10)
-    with pytest.raises(ValueError, match="workers"):
-        Workspace(tmp_path / "ws", workers=0)
     assert os.fspath(Workspace(tmp_path / "ws").path) == str((tmp_path / "ws").absolute())
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from contexta_async import Contexta
@@ -61,3 +63,19 @@ def capture_llm_workspace(workspace: Path, *, extra_right_case: bool = True) -> 
 def copy_fixture_10(target: Path) -> Path:
     shutil.copytree(FIXTURE_10, target)
     return target
+
+
+@contextlib.contextmanager
+def with_empty_runs(workspace: Path) -> Iterator[Path]:
+    """The LLM workspace plus two runs without a single RECORD line: ``empty`` (finished, it
+    captured nothing) and ``live`` (just opened, still open while the block runs)."""
+    capture_llm_workspace(workspace)
+    ctx = Contexta(workspace=workspace, config={"project_name": "mock-openai-compare"})
+    try:
+        with ctx.run("empty"):
+            pass
+        with ctx.run("live"):
+            ctx.flush()  # the run's opening line is on disk; nothing else is
+            yield workspace
+    finally:
+        ctx.close()

@@ -30,7 +30,7 @@ from contexta_async.readers._compare import RunMetrics
 from contexta_async.readers._decode import CHUNK_SIZE, Issues, ScanLine, read_blocks
 from contexta_async.readers._files import run_matches
 from contexta_async.readers._indexed import load_index
-from contexta_async.readers._parallel import _bounds, scan_range
+from contexta_async.readers._indexed_scan import scan_file
 
 
 # trio: readers branch. The readers read through aiofiles, which runs on asyncio only, until the
@@ -246,14 +246,12 @@ def _check_scan(
     piece: int,
     chunk: int,
     fold_at: int,
-    workers: int,
     index_cuts: list[int] | None = None,
     dropped: frozenset[int] = frozenset(),
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "record.jsonl"
         _write(path, lines)
-        size = path.stat().st_size
         entries: list[Frame] = []
         usable = 0
         if index_cuts is not None:
@@ -264,29 +262,12 @@ def _check_scan(
         saved = _scan.DECODE_SIZE, _scan._FOLD_AT
         _scan.DECODE_SIZE, _scan._FOLD_AT = piece, fold_at  # type: ignore[misc]
         try:
-            # One scan, or several byte ranges merged in file order (as forked readers do).
-            bounds = _bounds(size, workers, entries)
-            scans = [
-                scan_range(
-                    str(path),
-                    bounds[i],
-                    bounds[i + 1],
-                    i == workers - 1,
-                    wanted,
-                    True,
-                    chunk,
-                    frames=entries,
-                )
-                for i in range(workers)
-            ]
+            scan, found = scan_file(str(path), wanted, True, chunk, frames=entries)
         finally:
             _scan.DECODE_SIZE, _scan._FOLD_AT = saved  # type: ignore[misc]
-    assert [(found.corrupt_lines, found.torn_tails) for _, found in scans] == [(0, [])] * workers
+    assert (found.corrupt_lines, found.torn_tails) == (0, [])
     # Every line of an indexed chunk the reader can use came from the index, none twice.
-    assert sum(found.records_from_index for _, found in scans) == usable
-    scan = scans[0][0]
-    for later, _ in scans[1:]:
-        scan.merge(later)
+    assert found.records_from_index == usable
     scan.arrange()
     counts, stages, metrics = _reference(lines, wanted)
     assert scan.records == len(lines)
@@ -314,7 +295,6 @@ def _check_scan(
     piece=st.sampled_from([300, 5000, 512 << 10]),
     chunk=st.sampled_from([4096, CHUNK_SIZE]),
     fold_at=st.sampled_from([1, 7, 1 << 13]),
-    workers=st.sampled_from([1, 3]),
     index_cuts=st.one_of(st.none(), st.lists(st.integers(1, 30), max_size=8)),
     dropped=st.frozensets(st.integers(0, 8), max_size=3),
 )
@@ -324,7 +304,6 @@ def test_scan_agrees_with_a_line_by_line_reference(
     piece: int,
     chunk: int,
     fold_at: int,
-    workers: int,
     index_cuts: list[int] | None,
     dropped: frozenset[int],
 ) -> None:
@@ -337,7 +316,6 @@ def test_scan_agrees_with_a_line_by_line_reference(
         piece,
         chunk,
         fold_at,
-        workers,
         index_cuts,
         dropped,
     )
@@ -347,16 +325,15 @@ def test_scan_agrees_with_a_line_by_line_reference(
 @given(
     parts=st.lists(_regular(most=150), min_size=1, max_size=3),
     piece=st.sampled_from([60_000, 512 << 10]),
-    workers=st.sampled_from([1, 2]),
     index_cuts=st.one_of(st.none(), st.lists(st.integers(1, 400), max_size=4)),
 )
 def test_scan_of_long_regular_blocks_cut_anywhere_agrees_with_the_reference(
-    parts: list[list[dict[str, Any]]], piece: int, workers: int, index_cuts: list[int] | None
+    parts: list[list[dict[str, Any]]], piece: int, index_cuts: list[int] | None
 ) -> None:
-    # Blocks of hundreds of lines that repeat one pattern, cut by pieces, ranges and index
+    # Blocks of hundreds of lines that repeat one pattern, cut by pieces and index
     # entries at any line: the sliced grouping runs on blocks that start inside a sample.
     lines = [line for part in parts for line in part]
-    _check_scan(lines, None, piece, CHUNK_SIZE, 1 << 13, workers, index_cuts)
+    _check_scan(lines, None, piece, CHUNK_SIZE, 1 << 13, index_cuts)
 
 
 async def test_a_record_line_that_names_no_scope_is_counted_as_corrupt(tmp_path: Path) -> None:
@@ -371,7 +348,7 @@ async def test_a_record_line_that_names_no_scope_is_counted_as_corrupt(tmp_path:
     (capture / "record.jsonl").write_bytes(
         b"".join([good_line, b'{"not json\n', lost_line, good_line])
     )
-    ws = Workspace(tmp_path / "ws", workers=1)
+    ws = Workspace(tmp_path / "ws")
     runs = await ws.list_runs()
     assert [(r.ref, r.counts.metrics, r.counts.spans) for r in runs] == [("run:p.a", 2, 0)]
     assert ws.last_report.corrupt_lines == 2
@@ -391,7 +368,7 @@ def test_a_run_whose_ref_does_not_parse_is_counted_and_can_be_asked_for(tmp_path
     path = tmp_path / "record.jsonl"
     _write(path, [other, legacy])
     for wanted in (None, frozenset({"legacy"})):
-        scan, found = scan_range(str(path), 0, path.stat().st_size, True, wanted, True, CHUNK_SIZE)
+        scan, found = scan_file(str(path), wanted, True, CHUNK_SIZE)
         scan.arrange()
         assert found.corrupt_lines == 0
         assert scan.counts == {("run:p.b", "MetricRecord"): 1, ("run:legacy", "MetricRecord"): 1}

@@ -38,7 +38,6 @@ from contexta_async._record_index import (
 from contexta_async.readers import Workspace
 from contexta_async.readers._decode import ScanLine
 from contexta_async.readers._indexed import load_index
-from contexta_async.readers._parallel import _bounds
 from contexta_async.sinks import LocalJsonlSink
 from contexta_async.sinks import _jsonl as jsonl_sink
 
@@ -89,11 +88,11 @@ def _capture_eval(workspace: Path, runs: int, samples: int) -> None:
 
 async def _compare_both_ways(workspace: Path) -> tuple[object, object]:
     """compare() with the index as it is, then with record.index moved away."""
-    indexed = await Workspace(workspace, workers=1).compare("model-0", "model-1")
+    indexed = await Workspace(workspace).compare("model-0", "model-1")
     index = _capture(workspace) / "record.index"
     shutil.move(index, index.with_suffix(".away"))
     try:
-        plain = await Workspace(workspace, workers=1).compare("model-0", "model-1")
+        plain = await Workspace(workspace).compare("model-0", "model-1")
     finally:
         shutil.move(index.with_suffix(".away"), index)
     return indexed, plain
@@ -195,14 +194,14 @@ async def test_the_llm_example_workspace_reads_the_same_with_and_without_its_ind
     # Its chunks are a few lines each: index them all the same.
     monkeypatch.setattr(jsonl_sink, "MIN_INDEXED_LINES", 1)
     ws = capture_llm_workspace(tmp_path / "ws")
-    indexed = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
-    runs = await Workspace(ws, workers=1).list_runs()
+    indexed = await Workspace(ws).compare("helpful-only", "grounded")
+    runs = await Workspace(ws).list_runs()
     (_capture(ws) / "record.index").unlink()
-    plain = await Workspace(ws, workers=1).compare("helpful-only", "grounded")
+    plain = await Workspace(ws).compare("helpful-only", "grounded")
     _same_answer(indexed, plain)
     records = sum(c.metrics + c.events for c in (plain.left.counts, plain.right.counts))
     assert indexed.read_report.records_from_index == records  # every record line
-    assert await Workspace(ws, workers=1).list_runs() == runs
+    assert await Workspace(ws).list_runs() == runs
 
 
 async def test_lines_inserted_into_the_file_send_the_entries_after_them_to_the_json(
@@ -284,23 +283,14 @@ async def test_a_truncated_record_file_uses_only_the_entries_it_still_holds(
     assert report.records_from_index > 0
 
 
-async def test_forked_readers_split_the_file_at_entry_boundaries_and_agree(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import contexta_async.readers._workspace as workspace_module
-
+async def test_every_line_of_a_verified_frame_is_taken_from_the_index(tmp_path: Path) -> None:
     await _eval_workspace(tmp_path, samples=400)
     path = _capture(tmp_path) / "record.jsonl"
     loaded = load_index(str(path))
-    for workers in (2, 3):
-        starts = {entry.start for entry in loaded.frames} | {loaded.size}
-        assert set(_bounds(loaded.size, workers, loaded.frames)) <= starts
-    single = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
-    monkeypatch.setattr(workspace_module, "PARALLEL_MIN_BYTES", 1)
-    forked = await Workspace(tmp_path, workers=3).compare("model-0", "model-1")
-    _same_answer(forked, single)
-    assert forked.read_report == single.read_report
-    assert forked.read_report.records_from_index == sum(e.lines for e in loaded.frames)
+    indexed = await Workspace(tmp_path).compare("model-0", "model-1")
+    parsed = await Workspace(tmp_path, use_index=False).compare("model-0", "model-1")
+    _same_answer(indexed, parsed)
+    assert indexed.read_report.records_from_index == sum(e.lines for e in loaded.frames)
 
 
 async def test_a_failing_index_write_loses_no_record_and_is_logged(tmp_path: Path) -> None:
@@ -313,7 +303,7 @@ async def test_a_failing_index_write_loses_no_record_and_is_logged(tmp_path: Pat
     # Logged once: the sink stops indexing until it is closed.
     assert [f["target"] for f in failures] == [str(capture / "record.index")]
     # Every record was written and acknowledged, and reads the same as with an index.
-    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    compared = await Workspace(tmp_path).compare("model-0", "model-1")
     assert compared.read_report.records_from_index == 0
     assert compared.left.counts.metrics == 2 * 120 + 1
     assert compared.right.counts.events == 120
@@ -334,7 +324,7 @@ async def test_a_bug_in_the_index_code_never_fails_a_durable_record(
     assert len(failures) == 1 and "a bug in the index code" in failures[0]["error"]
     assert not (_capture(tmp_path) / "degradation.jsonl").exists()
     assert not (_capture(tmp_path) / "record.index").exists()
-    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    compared = await Workspace(tmp_path).compare("model-0", "model-1")
     assert compared.left.counts.metrics == 2 * 120 + 1
 
 
@@ -350,7 +340,7 @@ async def test_an_index_that_is_not_a_regular_file_is_not_read(tmp_path: Path, k
     else:
         index.symlink_to("/dev/zero")  # endless: must never be followed
     with capture_logs() as logs:
-        compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+        compared = await Workspace(tmp_path).compare("model-0", "model-1")
     assert compared.read_report.records_from_index == 0
     assert compared.left.counts.metrics == 2 * 60 + 1
     assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
@@ -364,7 +354,7 @@ async def test_frames_that_no_longer_match_are_counted_even_when_none_is_left(
     data = path.read_bytes()
     path.write_bytes(data[: data.index(b"\n") + 1] + data)  # the first line twice: all moved
     frames, _ = parse_frames((_capture(tmp_path) / "record.index").read_bytes())
-    compared = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+    compared = await Workspace(tmp_path).compare("model-0", "model-1")
     assert compared.read_report.records_from_index == 0
     assert compared.read_report.index_frames_rejected == len(frames) > 1
 
@@ -374,12 +364,12 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
 ) -> None:
     import threading
 
-    from contexta_async.readers import _parallel
+    from contexta_async.readers import _indexed_scan
 
     await _eval_workspace(tmp_path, samples=300)
     entered, release, finished = threading.Event(), threading.Event(), threading.Event()
     calls = []
-    real_read_entry, real_scan_whole = _parallel.read_entry, _parallel._scan_whole
+    real_read_entry, real_scan_whole = _indexed_scan.read_entry, _indexed_scan._scan_whole
 
     def read_entry(fd: int, frame: object) -> object:
         calls.append(frame)
@@ -394,8 +384,8 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
         finally:
             finished.set()
 
-    monkeypatch.setattr(_parallel, "read_entry", read_entry)
-    monkeypatch.setattr(_parallel, "_scan_whole", scan_whole)
+    monkeypatch.setattr(_indexed_scan, "read_entry", read_entry)
+    monkeypatch.setattr(_indexed_scan, "_scan_whole", scan_whole)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:
 
@@ -404,7 +394,7 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
                 scope.cancel()
 
             group.start_soon(cancel_when_inside)
-            await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+            await Workspace(tmp_path).compare("model-0", "model-1")
     # compare() returned (cancelled) while its scan thread was still held in a frame...
     assert scope.cancelled_caught and not finished.is_set()
     release.set()
@@ -502,8 +492,8 @@ async def test_use_index_false_parses_every_line_and_gives_the_same_answer(
     tmp_path: Path,
 ) -> None:
     await _eval_workspace(tmp_path, samples=100)
-    indexed = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
-    parsed = await Workspace(tmp_path, workers=1, use_index=False).compare("model-0", "model-1")
+    indexed = await Workspace(tmp_path).compare("model-0", "model-1")
+    parsed = await Workspace(tmp_path, use_index=False).compare("model-0", "model-1")
     _same_answer(indexed, parsed)
     assert indexed.read_report.records_from_index == _framed_lines(tmp_path) > 0
     assert parsed.read_report.records_from_index == 0
@@ -574,7 +564,7 @@ async def test_an_io_error_on_the_index_falls_back_to_parsing(
     import errno
 
     await _eval_workspace(tmp_path, samples=100)
-    expected = await Workspace(tmp_path, workers=1, use_index=False).compare("model-0", "model-1")
+    expected = await Workspace(tmp_path, use_index=False).compare("model-0", "model-1")
     real_pread = os.pread
     # Checking frames preads record.jsonl around each frame; reading a frame preads the index.
     failing = "record.jsonl" if where == "checking frames" else "record.index"
@@ -587,7 +577,7 @@ async def test_an_io_error_on_the_index_falls_back_to_parsing(
     monkeypatch.setattr(os, "pread", pread)
     try:
         with capture_logs() as logs:
-            got = await Workspace(tmp_path, workers=1).compare("model-0", "model-1")
+            got = await Workspace(tmp_path).compare("model-0", "model-1")
     finally:
         monkeypatch.setattr(os, "pread", real_pread)
     _same_answer(got, expected)

@@ -144,7 +144,7 @@ async def test_reading_and_appending_to_hostile_files_never_executes_or_unpickle
     ):
         await run.metric("m", 1)
         ref = await run.register_artifact("model", trap)  # read to hash it, nothing more
-    reader = Workspace(workspace, workers=1)
+    reader = Workspace(workspace)
     try:
         runs = await reader.list_runs()
         assert any(summary.ref == "run:p.r" for summary in runs)
@@ -178,7 +178,7 @@ FORBIDDEN_MODULES = {
 
 def test_the_package_contains_no_code_that_could_execute_file_contents() -> None:
     """No eval/exec, no pickle or other unsafe loaders; file contents are only ever decoded as
-    JSON (and a forked reader's aggregate as MessagePack into typed Structs)."""
+    JSON."""
     root = Path(contexta_async.__file__).parent
     problems = []
     for source in sorted(root.rglob("*.py")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ from scipy import stats
 
 from contexta_async import ValidationError
 from contexta_async.readers import SADDLEPOINT_MIN_PAIRS, mcnemar_exact, paired_bootstrap_ci
-from contexta_async.readers._stats import _percentile, binomial_variate, paired_bootstrap_cis
+from contexta_async.readers._stats import (
+    BootstrapMethod,
+    _percentile,
+    binomial_variate,
+    paired_bootstrap_cis,
+)
 
 
 @pytest.mark.parametrize(
@@ -516,3 +522,27 @@ def test_resampled_interval_does_not_depend_on_the_order_of_the_differences(
         paired_bootstrap_cis([shuffled, diffs], resamples=300, seed=1)
         == [paired_bootstrap_ci(diffs, resamples=300, seed=1)] * 2
     )
+
+
+@pytest.mark.parametrize("method", ["resample", "saddlepoint", "auto"])
+@pytest.mark.parametrize("n", [12, 400, SADDLEPOINT_MIN_PAIRS])
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_differences_near_the_float_range_give_a_finite_interval_and_no_warning(
+    method: BootstrapMethod, n: int, use_numpy: bool
+) -> None:
+    # Their sums pass the float range (1.8e308), their means never do: the interval is that of
+    # the same differences scaled down, scaled back up, and numpy warns of nothing.
+    rng = random.Random(n)
+    huge = [rng.choice([1.7e308, -1.7e308, 1.0e308, 0.0]) + 0.0 for _ in range(n)]
+    small = [d / 2.0**600 for d in huge]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, in any thread, fails the call
+        if use_numpy:
+            (got,) = paired_bootstrap_cis([huge], resamples=300, method=method)
+            (expected,) = paired_bootstrap_cis([small], resamples=300, method=method)
+        else:
+            got = paired_bootstrap_ci(huge, resamples=300, method=method, use_numpy=False)
+            expected = paired_bootstrap_ci(small, resamples=300, method=method, use_numpy=False)
+    assert math.isfinite(got.low) and math.isfinite(got.high)
+    assert got.low <= math.fsum(d / n for d in huge) <= got.high
+    assert (got.low / 2.0**600, got.high / 2.0**600, got.method) == expected

@@ -2,9 +2,10 @@
 
 A capture line holds ~40 fields; the readers need a handful. Decoding into Structs that name
 only those fields lets msgspec skip the rest without building Python objects for them, which
-is most of the cost of reading. Files are read with aiofiles in large blocks (one thread hop
-per block, never per line); each block is cut after its last newline and decoded with
-``Decoder.decode_lines``; the partial line after it waits for the next block.
+is most of the cost of reading. Files are read in large blocks in anyio's worker threads (one
+thread hop per block, never per line, on asyncio and trio alike); each block is cut
+after its last newline and decoded with ``Decoder.decode_lines``; the partial line after it
+waits for the next block.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final, Generic, NamedTuple, TypeVar
 
-import aiofiles
+import anyio
+import anyio.to_thread
 import msgspec
 
 from ._errors import UnreadableFileError
@@ -260,7 +262,7 @@ async def _line_numbers(path: Path, offsets: list[int]) -> list[int]:
     lines_before = 0
     position = 0
     try:
-        async with aiofiles.open(path, "rb") as handle:
+        async with await anyio.open_file(path, "rb") as handle:
             while wanted and position <= wanted[-1]:
                 block = await handle.read(CHUNK_SIZE)
                 if not block:
@@ -394,13 +396,19 @@ async def read_blocks(
     """
     cutter = LineCutter()
     try:
-        async with aiofiles.open(path, "rb") as handle:
-            while data := await handle.read(chunk_size):
-                for block in cutter.cut(data):
-                    yield block
+        handle = await anyio.to_thread.run_sync(open, path, "rb")
     except FileNotFoundError:
         return
     except OSError as exc:
         raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    # Closed here, not in a worker thread: a caller that stops iterating early leaves this
+    # generator to be closed at any time, even while its event loop shuts down.
+    with handle:
+        try:
+            while data := await anyio.to_thread.run_sync(handle.read, chunk_size):
+                for block in cutter.cut(data):
+                    yield block
+        except OSError as exc:
+            raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
     if cutter.torn:
         issues.torn_tails.append(str(path))

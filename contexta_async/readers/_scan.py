@@ -17,17 +17,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import compress, groupby, repeat
 from operator import attrgetter, eq, itemgetter, methodcaller
-from pathlib import Path
 from typing import Any, Final, cast
 
-import aiofiles
-import anyio
 import msgspec
 
 from .._record_index import IndexEntry, expand_entry
 from ._compare import RunMetrics, collect_metrics
 from ._decode import (
-    CHUNK_SIZE,
     ENVELOPE,
     CountLine,
     Issues,
@@ -35,10 +31,9 @@ from ._decode import (
     LineDecoder,
     ScanLine,
 )
-from ._errors import UnreadableFileError
 from ._files import run_matches
 
-__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "RecordScan", "scan_records"]
+__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "RecordScan"]
 
 DECODE_SIZE: Final = 512 << 10
 
@@ -101,8 +96,7 @@ class RecordScan:
     """Per-run counts and stages of every run; the metric values of the wanted runs.
 
     ``samples`` and ``others`` hold the latest values by the parent or subject ref they were
-    captured under, so the scans of consecutive parts of a file merge exactly (later values
-    win); ``arrange`` then groups them by run into ``metrics``.
+    captured under; ``arrange`` then groups them by run into ``metrics``.
     """
 
     def __init__(self) -> None:
@@ -121,25 +115,8 @@ class RecordScan:
     def run_refs(self) -> set[str]:
         return {run for run, _ in self.counts}
 
-    def merge(self, later: RecordScan) -> None:
-        """Fold in the scan of a later part of the same file."""
-        self.counts.update(later.counts)
-        self.stage_refs.update(later.stage_refs)
-        for run, stamp in later.first_time.items():
-            self.first_time.setdefault(run, stamp)
-        self.last_time.update(later.last_time)
-        for place, values in later.samples.items():
-            mine = self.samples.get(place)
-            if mine is None:
-                self.samples[place] = values
-            else:
-                mine.update(values)
-        self.others.update(later.others)
-        self.kept |= later.kept
-        self.records += later.records
-
     def arrange(self) -> RecordScan:
-        """Group the kept values by run (once every part is merged)."""
+        """Group the kept values by run (once the whole file is scanned)."""
         self.metrics = collect_metrics(self.samples, self.others, self.kept)
         self.samples = {}
         self.others = {}
@@ -481,7 +458,7 @@ class Accumulator:
                 others[(subject, key)] = value
 
     def finish(self) -> RecordScan:
-        """The scan of this part of the file (``RecordScan.arrange`` it once all are merged)."""
+        """The scan of what was fed (``RecordScan.arrange`` it to group the values by run)."""
         scan = self.scan
         if self.wanted is None:
             scan.kept = scan.run_refs()
@@ -538,63 +515,9 @@ class BlockFeeder:
                 self.issues.absorb(found.corrupt_lines, found.problems_raw())
 
     def close(self) -> bool:
-        """At the end of the file (or range): True, and the file noted as torn, when a partial
-        last line is left over (a line still being written)."""
+        """At the end of the file (or of a stretch before an index frame): True, and the file
+        noted as torn, when a partial last line is left over (a line still being written)."""
         torn = self.cutter.torn
         if torn:
             self.issues.torn_tails.append(self.path)
         return torn
-
-
-async def scan_records(
-    path: Path,
-    issues: Issues,
-    *,
-    wanted: frozenset[str] | None = None,
-    keep_values: bool = True,
-    times: bool = False,
-    chunk_size: int = CHUNK_SIZE,
-) -> RecordScan:
-    """Scan ``record.jsonl`` in this process. With ``keep_values``, keep the latest value per
-    (subject, key) of the ``wanted`` runs (every run when ``wanted`` is None).
-
-    The next block is read (in aiofiles' worker thread, which releases the GIL) while this one
-    is decoded, so reading and decoding overlap; at most three blocks are held.
-    """
-    acc = Accumulator(wanted, keep_values, times)
-    feeder = BlockFeeder(acc, str(path), issues)
-    failure: OSError | None = None
-    try:
-        handle = await aiofiles.open(path, "rb")
-    except FileNotFoundError:
-        return acc.finish().arrange()
-    except OSError as exc:
-        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-    send, receive = anyio.create_memory_object_stream[bytes](1)
-
-    async def produce() -> None:
-        nonlocal failure
-        async with send:
-            try:
-                while block := await handle.read(chunk_size):
-                    await send.send(block)
-            except OSError as exc:
-                failure = exc
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(produce)
-            async with receive:
-                async for block in receive:
-                    feeder.feed(block)
-    finally:
-        await handle.close()
-    if failure is not None:
-        raise UnreadableFileError(str(path), failure.strerror or str(failure)) from failure
-    feeder.close()
-    # Folding and arranging the values of a large file takes a while: off the event loop.
-    return await anyio.to_thread.run_sync(_finished, acc)
-
-
-def _finished(acc: Accumulator) -> RecordScan:
-    return acc.finish().arrange()

@@ -92,6 +92,12 @@ class Snapshot:
     def refs(self) -> set[str]:
         return set(self.runs) | self.scan.run_refs() | set(self.artifacts)
 
+    def metrics(self, ref: str) -> RunMetrics:
+        """The metric values kept for ``ref``: none for a run without RECORD lines (one that
+        captured nothing, or was only just opened), which the scan never saw."""
+        found = self.scan.metrics.get(ref)
+        return RunMetrics() if found is None else found
+
     def summary(self, ref: str) -> RunSummary:
         info = self.runs.get(ref)
         from_context = info is not None and info.status != "unknown"
@@ -179,6 +185,9 @@ def run_warnings(
             warnings.append(f"{summary.ref} is still open: its data may be incomplete")
         elif summary.status in ("failed", "cancelled"):
             warnings.append(f"{summary.ref} {summary.status}")
+        if not m.latest and not m.samples:
+            why = "it holds no records" if summary.counts.total == 0 else "none were captured"
+            warnings.append(f"{summary.ref} has no metrics ({why}): nothing of it to compare")
         for st, name in sorted(m.duplicates, key=lambda d: (d[0] or "", d[1])):
             warnings.append(
                 f"{summary.ref}: stage {st} holds several samples named {name!r} (in different "

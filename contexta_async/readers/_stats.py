@@ -58,6 +58,10 @@ SADDLEPOINT_MIN_PAIRS: Final = 10_000
 # in a resample splits the distribution into lumps the approximation smooths over. Up to
 # about 0.9 the approximation was measured within 0.05 standard errors of 40,000 resamples.
 _SADDLEPOINT_MAX_SHARE: Final = 0.5
+# Differences so large that a sum of n of them (or of their squares, in the saddlepoint) could
+# pass the float range, though no mean of them does: resampled scaled down by a power of two
+# (exact), and the interval scaled back.
+_SCALE_ABOVE_EXPONENT: Final = 500
 # ... or a few differences stand apart on a lattice coarse enough to make lumps (a few equal
 # timeouts, a few 0/1 changes among many ties): the peak is then near 1, and ~1e-3 otherwise.
 _SADDLEPOINT_MAX_LATTICE_PEAK: Final = 0.01
@@ -266,7 +270,28 @@ def paired_bootstrap_ci(
     """
     check_options(confidence, resamples, method)
     check_finite(diffs)
-    return _one(_Values(diffs), confidence, resamples, seed, use_numpy, method)
+    scale = _scale_of(diffs)
+    interval = _one(_Values(_scaled(diffs, scale)), confidence, resamples, seed, use_numpy, method)
+    return _unscaled(interval, scale)
+
+
+def _scale_of(diffs: Sequence[float]) -> int:
+    """The power of two to divide ``diffs`` by so that n of them sum well inside the float
+    range; 0 for any difference below about 1e150 / n (the values are then used as they are)."""
+    biggest = max(map(abs, diffs), default=0.0)
+    exponent = math.frexp(biggest)[1] + len(diffs).bit_length() - _SCALE_ABOVE_EXPONENT
+    return max(0, exponent)
+
+
+def _scaled(diffs: Sequence[float], scale: int) -> Sequence[float]:
+    return [math.ldexp(d, -scale) for d in diffs] if scale else diffs
+
+
+def _unscaled(interval: BootstrapInterval, scale: int) -> BootstrapInterval:
+    if not scale:
+        return interval
+    low, high, method = interval
+    return BootstrapInterval(math.ldexp(low, scale), math.ldexp(high, scale), method)
 
 
 def _one(
@@ -325,9 +350,13 @@ def paired_bootstrap_cis(
     check_options(confidence, resamples, method)
     for diffs in jobs:
         check_finite(diffs)
-    values = [_Values(diffs) for diffs in jobs]
+    scales = [_scale_of(diffs) for diffs in jobs]
+    values = [_Values(_scaled(diffs, scale)) for diffs, scale in zip(jobs, scales, strict=True)]
     if not _has_numpy():
-        return [_one(v, confidence, resamples, seed, False, method) for v in values]
+        return [
+            _unscaled(_one(v, confidence, resamples, seed, False, method), scale)
+            for v, scale in zip(values, scales, strict=True)
+        ]
     # Saddlepoint intervals first, on the caller's thread (a few milliseconds each): the ones
     # that do not settle are resampled with the rest.
     results: list[BootstrapInterval | None] = [None] * len(jobs)
@@ -358,7 +387,7 @@ def paired_bootstrap_cis(
                 results[i] = _interval(means, confidence, "numpy")
         for i, future in singles:
             results[i] = future.result()
-    done = [r for r in results if r is not None]
+    done = [_unscaled(r, scale) for r, scale in zip(results, scales, strict=True) if r is not None]
     assert len(done) == len(jobs)
     return done
 
@@ -451,7 +480,10 @@ def _numpy_means(values: _Values, resamples: int, seed: int) -> list[float] | No
     while done < resamples:
         size = min(rows, resamples - done)
         counts = rng.multinomial(n, probs, size=size)
-        out.extend((counts @ distinct / n).tolist())
+        # Differences near the float range: a sum may overflow to inf, which the interval
+        # then shows; numpy's warning is no concern of the caller's.
+        with np.errstate(over="ignore", invalid="ignore"):
+            out.extend((counts @ distinct / n).tolist())
         done += size
     return out
 
@@ -491,13 +523,16 @@ def _numpy_index_blocks(
         # intp indices: int32 ones are drawn a little faster but converted before gathering.
         index = rng.integers(0, n, size=(size, n), dtype=np.intp)
         means: list[Any] = []
-        for values in packed:
-            drawn = values[index]
-            if drawn.dtype == np.complex128:
-                means.append(drawn.real.mean(axis=1))
-                means.append(drawn.imag.mean(axis=1))
-            else:
-                means.append(drawn.mean(axis=1))
+        # A sum near the float range may overflow (inf, shown by the interval): no warning
+        # (errstate is per thread, so it is set here, in the thread that sums).
+        with np.errstate(over="ignore", invalid="ignore"):
+            for values in packed:
+                drawn = values[index]
+                if drawn.dtype == np.complex128:
+                    means.append(drawn.real.mean(axis=1))
+                    means.append(drawn.imag.mean(axis=1))
+                else:
+                    means.append(drawn.mean(axis=1))
         return means
 
     futures = [pool.submit(block, number) for number in range(len(starts))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, get_args
@@ -27,11 +27,11 @@ from ._errors import (
     AmbiguousMetricError,
     EmptyWorkspaceError,
     MetricNotFoundError,
-    UnreadableFileError,
     WorkspaceNotFoundError,
 )
 from ._files import read_artifacts, read_context
 from ._indexed import load_index
+from ._indexed_scan import scan_indexed
 from ._model import (
     BestRun,
     Direction,
@@ -42,9 +42,8 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._parallel import PARALLEL_MIN_BYTES, default_workers, scan_indexed, scan_records_parallel
 from ._rows import artifact_row, record_row
-from ._scan import RecordScan, scan_records
+from ._scan import RecordScan
 from ._snapshot import (
     LATEST_NOTE,
     STATUSES,
@@ -71,14 +70,13 @@ class Workspace:
     """A workspace on disk, read asynchronously.
 
     ``path`` is the workspace directory (``.contexta``) or its capture folder
-    (``.contexta/cache/capture``). Files are read in ``chunk_size`` blocks with aiofiles; the
-    event loop is never blocked by file I/O. Each method reads the files afresh, so a
-    workspace that is still being written can be read again for newer data; the last line of a
-    file still being written is left out until complete, and corrupt lines are skipped and
-    counted (``last_report`` and each result's ``read_report``).
-
-    A ``record.jsonl`` of 64 MiB or more is scanned by ``workers`` forked processes (default:
-    the usable cores, at most 8; ``workers=1`` keeps everything in this process).
+    (``.contexta/cache/capture``). Files are read in ``chunk_size`` blocks in worker
+    threads (anyio's), and ``record.jsonl`` is scanned and aggregated in one: the event loop
+    is never blocked by file I/O or decoding, and every method works the same on asyncio and
+    trio. Each method reads the files afresh, so a workspace that is still being written can
+    be read again for newer data; the last line of a file still being written is left out
+    until complete, and corrupt lines are skipped and counted (``last_report`` and each
+    result's ``read_report``).
 
     Listing and comparing take what they need of each record from ``record.index`` (written
     by the local sink) wherever it verifiably matches ``record.jsonl``, and parse the JSON
@@ -90,15 +88,12 @@ class Workspace:
         path: str | os.PathLike[str] = ".contexta",
         *,
         chunk_size: int = CHUNK_SIZE,
-        workers: int | None = None,
         use_index: bool = True,
     ) -> None:
         if not isinstance(use_index, bool):
             raise ValidationError("use_index", "must be a bool", use_index)
         if chunk_size < 4096:
             raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
-        if workers is not None and workers < 1:
-            raise ValidationError("workers", "must be at least 1", workers)
         root = Path(path).absolute()
         if (root / "cache" / "capture").is_dir():
             capture = root / "cache" / "capture"
@@ -111,7 +106,6 @@ class Workspace:
         self.path = root
         self.capture_dir = capture
         self.chunk_size = chunk_size
-        self.workers = default_workers() if workers is None else workers
         self.use_index = use_index
         self.last_report = ReadReport()
 
@@ -144,7 +138,7 @@ class Workspace:
                 self._file("artifact"), issues, chunk_size=self.chunk_size
             )
 
-        # The record scan may run in forked processes: read the small files meanwhile.
+        # The record scan runs in a worker thread: read the small files meanwhile.
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(records)
@@ -180,42 +174,10 @@ class Workspace:
             # Bounded work, but a cancelled read need not wait for it.
             index = await anyio.to_thread.run_sync(load_index, str(path), abandon_on_cancel=True)
             issues.index_frames_rejected += index.rejected
-        workers = self.workers
-        if workers > 1:
-            if index is not None and index.frames:
-                size = index.size
-            else:
-                try:
-                    size = (await anyio.Path(path).stat()).st_size
-                except FileNotFoundError:
-                    size = 0
-                except OSError as exc:
-                    raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-            # At least half the threshold per process, so small files are not split thin.
-            workers = min(workers, max(1, size // max(1, PARALLEL_MIN_BYTES // 2)))
-            if size >= PARALLEL_MIN_BYTES and workers > 1:
-                return await scan_records_parallel(
-                    path,
-                    issues,
-                    workers=workers,
-                    wanted=wanted,
-                    keep_values=keep_values,
-                    times=times,
-                    chunk_size=self.chunk_size,
-                    index=index,
-                )
-        if index is not None and index.frames:
-            return await scan_indexed(
-                path,
-                issues,
-                index,
-                wanted=wanted,
-                keep_values=keep_values,
-                chunk_size=self.chunk_size,
-            )
-        return await scan_records(
+        return await scan_indexed(
             path,
             issues,
+            index,
             wanted=wanted,
             keep_values=keep_values,
             times=times,
@@ -266,7 +228,7 @@ class Workspace:
         key: str | None = None,
         stage: str | None = None,
         sample: str | None = None,
-    ) -> AsyncIterator[RecordRow]:
+    ) -> AsyncGenerator[RecordRow, None]:
         """Stream the records of one run in capture order, then its artifacts.
 
         Filters: ``kind`` (metric, event, span, artifact), ``key`` (metric key, event key, span
@@ -324,10 +286,9 @@ class Workspace:
         check_options(confidence, resamples, bootstrap, method_field="bootstrap")
         snapshot, refs = await self._snapshot([left, right], keep_values=True)
         lref, rref = refs
-        metrics = snapshot.scan.metrics
         lsum, rsum = snapshot.summary(lref), snapshot.summary(rref)
         order = stage_order([lsum, rsum])
-        lm, rm = metrics[lref], metrics[rref]
+        lm, rm = snapshot.metrics(lref), snapshot.metrics(rref)
         warnings = run_warnings([lsum, rsum], [lm, rm], snapshot.report)
         if lref == rref:
             warnings.insert(0, "both sides name the same run")
@@ -384,9 +345,8 @@ class Workspace:
             raise ValidationError("runs", "must name at least one run", runs)
         snapshot, refs = await self._snapshot(list(runs), keep_values=True)
         unique = list(dict.fromkeys(refs))
-        metrics = snapshot.scan.metrics
         summaries = [snapshot.summary(ref) for ref in unique]
-        ordered = [metrics[ref] for ref in unique]
+        ordered = [snapshot.metrics(ref) for ref in unique]
         warnings = run_warnings(summaries, ordered, snapshot.report)
         datasets = {s.dataset_ref for s in summaries}
         if len(datasets) > 1:

@@ -32,13 +32,6 @@ from contexta_async.readers._compare import (
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10, with_empty_runs
 
 
-# trio: readers branch. The readers read through aiofiles, which runs on asyncio only, until the
-# readers' trio support is merged; then delete this fixture so these tests run on both backends.
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_compare_two_captured_runs(tmp_path: Path) -> None:
     ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
     result = await ws.compare("helpful-only", "grounded")

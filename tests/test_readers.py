@@ -27,13 +27,6 @@ from contexta_async.readers._indexed_scan import scan_file
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 
 
-# trio: readers branch. The readers read through aiofiles, which runs on asyncio only, until the
-# readers' trio support is merged; then delete this fixture so these tests run on both backends.
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _capture_statuses(workspace: Path) -> None:
     ctx = Contexta(workspace=workspace, config={"project_name": "alpha"})
     with ctx.run("ok-run", dataset_ref="dataset:x.one") as run:

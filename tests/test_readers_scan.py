@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,14 +30,6 @@ from contexta_async.readers._decode import CHUNK_SIZE, Issues, ScanLine, read_bl
 from contexta_async.readers._files import run_matches
 from contexta_async.readers._indexed import load_index
 from contexta_async.readers._indexed_scan import scan_file
-
-
-# trio: readers branch. The readers read through aiofiles, which runs on asyncio only, until the
-# readers' trio support is merged; then delete this fixture so these tests run on both backends.
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 _STAGES = ("s1", "s2")
 _SAMPLES = tuple(f"c{i}" for i in range(6))

@@ -44,13 +44,6 @@ from contexta_async.sinks import _jsonl as jsonl_sink
 from .test_readers_helpers import capture_llm_workspace
 
 
-# trio: readers branch. Most tests here read through the readers, which use aiofiles (asyncio
-# only) until the readers' trio support is merged; then delete this fixture.
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def parse_frames(data: bytes) -> tuple[list[Frame], int]:
     return read_frames(io.BytesIO(data))
 

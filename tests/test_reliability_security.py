@@ -122,8 +122,6 @@ def _hostile_lines(markers: Iterator[Path]) -> bytes:
     return b"\n".join([pickled.replace(b"\n", b" "), yaml, jsonpickle, dunder]) + b"\n"
 
 
-# trio: readers branch (the readers use aiofiles, asyncio only, until their trio support lands)
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_reading_and_appending_to_hostile_files_never_executes_or_unpickles(
     tmp_path: Path,
 ) -> None:

@@ -113,9 +113,7 @@ class ScopeRegistry:
         with self._lock:
             self._closing = True
             return [
-                core
-                for core in self._open.values()
-                if core.parent is None or core.parent.inherited
+                core for core in self._open.values() if core.parent is None or core.parent.inherited
             ]
 
 

@@ -31,10 +31,12 @@ class StoreConnectionError(StoreError):
 
     code = "store_connection"
 
+    _what = "cannot reach PostgreSQL at"
+
     def __init__(self, target: str, reason: str, *, attempts: int = 1) -> None:
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(
-            f"cannot reach PostgreSQL at {target}{tried}: {reason}",
+            f"{self._what} {target}{tried}: {reason}",
             details={"target": target, "reason": reason, "attempts": attempts},
         )
         self.target = target
@@ -50,6 +52,7 @@ class StoreAuthenticationError(StoreConnectionError):
     """
 
     code = "store_authentication"
+    _what = "PostgreSQL refused the credentials at"
 
 
 class SchemaVersionError(StoreError):

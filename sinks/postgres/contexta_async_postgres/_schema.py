@@ -149,8 +149,12 @@ def ddl() -> str:
 
 
 def _store_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    # pg_class read through a fresh snapshot, not to_regclass(): name lookups go through a
+    # cache that an advisory lock does not refresh, and would miss a concurrent creator's table.
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_version",)
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'schema_version')",
+        (SCHEMA,),
     ).fetchone()
     if not row or not row[0]:
         return None

@@ -207,3 +207,32 @@ def test_a_file_shorter_than_its_shipped_position_is_refused(tmp_path: Path, db:
     record.write_bytes(record.read_bytes()[:100])
     with pytest.raises(ShipPositionError, match=r"record.jsonl: is 100 bytes long"):
         ship(ws, db)
+
+
+def test_concurrent_first_users_create_the_schema_once(db: Database) -> None:
+    import threading
+
+    import psycopg
+
+    from contexta_async_postgres._schema import ensure_schema
+
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+    versions: list[int] = []
+
+    def first_use() -> None:
+        with psycopg.connect(db.url) as conn:
+            barrier.wait()
+            try:
+                versions.append(ensure_schema(conn, "t"))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert versions == [SCHEMA_VERSION] * 6
+    assert db.query("SELECT version FROM contexta.schema_version") == [(SCHEMA_VERSION,)]

@@ -25,20 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "sinks" / "postgres" / "tests"))
 
 from _cluster import Cluster, find_bindir  # noqa: E402
+from contexta_async_postgres import Shipper  # noqa: E402
 
 from contexta_async import Contexta  # noqa: E402
-from contexta_async_postgres import Shipper  # noqa: E402
 
 PASSWORD = "bench"
 
 
 def capture(workspace: Path, records: int, per_sample: int) -> None:
-    with Contexta(workspace=workspace, config={"project_name": "bench"}) as ctx:
-        with ctx.run("ship") as run, run.stage("evaluate") as stage:
-            for i in range(records // per_sample):
-                with stage.sample(f"case-{i}") as sample:
-                    for m in range(per_sample):
-                        sample.metric(f"m{m}", (i * 7 + m) % 13 / 13)
+    with (
+        Contexta(workspace=workspace, config={"project_name": "bench"}) as ctx,
+        ctx.run("ship") as run,
+        run.stage("evaluate") as stage,
+    ):
+        for i in range(records // per_sample):
+            with stage.sample(f"case-{i}") as sample:
+                for m in range(per_sample):
+                    sample.metric(f"m{m}", (i * 7 + m) % 13 / 13)
 
 
 def main() -> int:
@@ -63,7 +66,9 @@ def main() -> int:
         with cluster.admin() as conn:
             conn.execute(f"CREATE ROLE shipper LOGIN CREATEDB PASSWORD '{PASSWORD}'")
             version = conn.execute("SHOW server_version").fetchone()
-        print(f"PostgreSQL {version[0] if version else '?'} at 127.0.0.1:{cluster.port}, {settings}")
+        print(
+            f"PostgreSQL {version[0] if version else '?'} at 127.0.0.1:{cluster.port}, {settings}"
+        )
         print(f"cpus: {os.cpu_count()} (shared machine: figures are noisy)")
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             ws = Path(tmp) / "ws"

@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _cluster import Cluster, find_bindir  # noqa: E402
-from pgtest import PASSWORD, Database, capture  # noqa: E402
+from _cluster import Cluster, find_bindir
+from pgtest import PASSWORD, Database, capture
 
 _names = itertools.count()
 
@@ -59,5 +59,3 @@ def big_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = tmp_path_factory.mktemp("big") / "ws"
     capture(ws, samples=range(20_000), metrics_per_sample=2)
     return ws
-
-

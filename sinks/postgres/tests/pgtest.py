@@ -133,8 +133,17 @@ def ship_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``contexta-async --workspace WS ship --to URL ...`` in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "contexta_async", "--workspace", str(workspace), "ship",
-         "--to", url, *args],
+        [
+            sys.executable,
+            "-m",
+            "contexta_async",
+            "--workspace",
+            str(workspace),
+            "ship",
+            "--to",
+            url,
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -146,8 +155,17 @@ def ship_cli(
 
 def start_ship(workspace: Path, url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "contexta_async", "--workspace", str(workspace), "ship",
-         "--to", url, *args],
+        [
+            sys.executable,
+            "-m",
+            "contexta_async",
+            "--workspace",
+            str(workspace),
+            "ship",
+            "--to",
+            url,
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

@@ -115,7 +115,9 @@ def test_server_down_for_longer_than_the_retries_exits_non_zero_and_a_rerun_comp
         cluster.start()
     assert proc.returncode == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"contexta-async: error: cannot reach PostgreSQL at 127.0.0.1:{cluster.port}/")
+    assert last.startswith(
+        f"contexta-async: error: cannot reach PostgreSQL at 127.0.0.1:{cluster.port}/"
+    )
     assert "after 3 attempts" in last
     assert PASSWORD not in out + err
     _assert_prefix(db, ws)
@@ -174,7 +176,9 @@ def test_wrong_password_names_the_host_never_the_password_and_is_not_retried(
 ) -> None:
     ws = copy_workspace(big_template, tmp_path / "ws")
     wrong = "Wr0ng-p@ss:word/x"
-    url = cluster.url(db.name, password=wrong.replace("@", "%40").replace(":", "%3A").replace("/", "%2F"))
+    url = cluster.url(
+        db.name, password=wrong.replace("@", "%40").replace(":", "%3A").replace("/", "%2F")
+    )
     done = ship_cli(ws, url, "--follow", "--retries", "5")
     assert done.returncode == 1
     assert done.stderr.splitlines() == [

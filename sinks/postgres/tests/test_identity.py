@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from contexta_async_postgres import WorkspaceIdentityError, workspace_id
+from contexta_async_postgres._identity import workspace_root
 from pgtest import capture
 
 from contexta_async import ValidationError
-from contexta_async_postgres import WorkspaceIdentityError, workspace_id
-from contexta_async_postgres._identity import workspace_root
 
 
 def test_workspace_id_is_created_once_with_mode_0644_and_kept(tmp_path: Path) -> None:

@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+from contexta_async_postgres import (
+    SCHEMA_VERSION,
+    SchemaVersionError,
+    Shipper,
+    ShipPositionError,
+    ShipResult,
+)
 from pgtest import (
     Database,
     capture,
@@ -16,16 +23,9 @@ from pgtest import (
     workspace_lines,
 )
 
-from contexta_async_postgres import (
-    SCHEMA_VERSION,
-    SchemaVersionError,
-    ShipPositionError,
-    Shipper,
-)
 
-
-def ship(workspace: Path, db: Database, **options: object) -> object:
-    with Shipper(workspace, db.url, **options) as shipper:  # type: ignore[arg-type]
+def ship(workspace: Path, db: Database, batch_lines: int = 50_000) -> ShipResult:
+    with Shipper(workspace, db.url, batch_lines=batch_lines) as shipper:
         return shipper.ship()
 
 
@@ -37,11 +37,11 @@ def test_every_whole_line_is_stored_exactly_once_and_a_second_ship_is_a_no_op(
     total = sum(len(v) for v in expected.values())
 
     first = ship(ws, db, batch_lines=17)  # many batches per file
-    assert first.lines_shipped == total  # type: ignore[attr-defined]
+    assert first.lines_shipped == total
     assert store_lines(db, ws) == expected
 
     again = ship(ws, db)
-    assert again.lines_shipped == 0 and again.batches == 0  # type: ignore[attr-defined]
+    assert again.lines_shipped == 0 and again.batches == 0
     assert store_lines(db, ws) == expected
     positions = dict(db.query("SELECT file, byte_offset FROM contexta.positions"))
     for file in expected:
@@ -55,7 +55,7 @@ def test_lines_appended_later_are_shipped_from_the_remembered_position(
     ship(ws, db)
     capture(ws, run="second")
     result = ship(ws, db)
-    assert result.lines_shipped > 0  # type: ignore[attr-defined]
+    assert result.lines_shipped > 0
     assert store_lines(db, ws) == workspace_lines(ws)
     assert {r[0] for r in db.query("SELECT run_ref FROM contexta.runs")} == {
         "run:proj.first",
@@ -73,7 +73,12 @@ def test_typed_columns_hold_the_payload_and_raw_holds_the_line(
         "FROM contexta.metric_records WHERE sample_ref LIKE '%case-1'"
     )
     assert metric[0][:6] == (
-        "correct", 1.0, "float", "sample:proj.eval.evaluate.case-1", "run:proj.eval", True
+        "correct",
+        1.0,
+        "float",
+        "sample:proj.eval.evaluate.case-1",
+        "run:proj.eval",
+        True,
     )
     assert json.loads(str(metric[0][6]))["payload"]["payload"]["metric_key"] == "correct"
     event = db.query("SELECT key, level, message FROM contexta.event_records ORDER BY 1 LIMIT 1")
@@ -88,18 +93,18 @@ def test_a_torn_tail_waits_until_its_newline_arrives(tmp_path: Path, db: Databas
     ws = capture(tmp_path / "ws")
     record = ws / "cache" / "capture" / "record.jsonl"
     whole = record.read_bytes()
-    last = whole[: -1].rsplit(b"\n", 1)[1] + b"\n"  # a real line, written again in two parts
+    last = whole[:-1].rsplit(b"\n", 1)[1] + b"\n"  # a real line, written again in two parts
     with record.open("ab") as f:
         f.write(last[:40])
     result = ship(ws, db)
-    assert result.waiting_bytes == 40  # type: ignore[attr-defined]
+    assert result.waiting_bytes == 40
     assert store_lines(db, ws)["record.jsonl"] == workspace_lines(ws)["record.jsonl"]
     assert len(store_lines(db, ws)["record.jsonl"]) == whole.count(b"\n")
 
     with record.open("ab") as f:
         f.write(last[40:])
     result = ship(ws, db)
-    assert result.lines_shipped == 1 and result.waiting_bytes == 0  # type: ignore[attr-defined]
+    assert result.lines_shipped == 1 and result.waiting_bytes == 0
     assert store_lines(db, ws) == workspace_lines(ws)
 
 
@@ -116,21 +121,21 @@ def test_a_corrupt_line_is_skipped_logged_counted_and_never_shipped(
     capture(ws, run="after")
     with structlog.testing.capture_logs() as logs:
         result = ship(ws, db)
-    assert result.lines_skipped == 3  # type: ignore[attr-defined]
-    assert [c.byte_offset for c in result.corrupt][0] == bad_at  # type: ignore[attr-defined]
-    assert "not valid JSON" in result.corrupt[0].reason  # type: ignore[attr-defined]
-    assert "'SPAN' does not belong in record.jsonl" in result.corrupt[1].reason  # type: ignore[attr-defined]
+    assert result.lines_skipped == 3
+    assert result.corrupt[0].byte_offset == bad_at
+    assert "not valid JSON" in result.corrupt[0].reason
+    assert "'SPAN' does not belong in record.jsonl" in result.corrupt[1].reason
     warned = [e for e in logs if e["event"] == "contexta_async.ship_corrupt_line"]
-    assert [e["byte_offset"] for e in warned] == [c.byte_offset for c in result.corrupt]  # type: ignore[attr-defined]
+    assert [e["byte_offset"] for e in warned] == [c.byte_offset for c in result.corrupt]
     assert all(e["log_level"] == "warning" and e["file"] == "record.jsonl" for e in warned)
 
     expected = workspace_lines(ws)
-    bad = {c.byte_offset for c in result.corrupt}  # type: ignore[attr-defined]
+    bad = {c.byte_offset for c in result.corrupt}
     expected["record.jsonl"] = [(o, line) for o, line in expected["record.jsonl"] if o not in bad]
     assert store_lines(db, ws) == expected
     skipped = db.query("SELECT lines_skipped FROM contexta.positions WHERE file = 'record.jsonl'")
     assert skipped == [(3,)]
-    assert ship(ws, db).lines_skipped == 0  # type: ignore[attr-defined]  # the position moved past
+    assert ship(ws, db).lines_skipped == 0  # the position moved past
 
 
 def test_a_line_of_a_known_family_with_an_odd_field_is_shipped_raw(
@@ -150,7 +155,7 @@ def test_a_line_of_a_known_family_with_an_odd_field_is_shipped_raw(
     with (ws / "cache" / "capture" / "record.jsonl").open("a") as f:
         f.write(odd_shape + "\n" + no_such_day + "\n")
     result = ship(ws, db)
-    assert result.lines_skipped == 0  # type: ignore[attr-defined]
+    assert result.lines_skipped == 0
     assert store_lines(db, ws) == workspace_lines(ws)
     query = "SELECT captured_at, record_type, key, value FROM contexta.records WHERE raw = %s"
     assert db.query(query, (odd_shape,)) == [(None, None, None, None)]
@@ -213,7 +218,6 @@ def test_concurrent_first_users_create_the_schema_once(db: Database) -> None:
     import threading
 
     import psycopg
-
     from contexta_async_postgres._schema import ensure_schema
 
     barrier = threading.Barrier(6)

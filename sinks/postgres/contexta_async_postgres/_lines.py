@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,17 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["COLUMNS", "TABLES", "Corrupt", "LineParser"]
+__all__ = [
+    "COLUMNS",
+    "COPY_SIGNATURE",
+    "COPY_TRAILER",
+    "STAGING_CODES",
+    "STAGING_TIME",
+    "STAGING_TYPES",
+    "TABLES",
+    "Corrupt",
+    "LineParser",
+]
 
 # Column lists (after workspace_id, byte_offset) per table; kept in one place so the DDL, the
 # staging COPY and the INSERT ... SELECT cannot disagree.
@@ -104,7 +115,35 @@ Str = str | None
 # strict calendar check of ``LineParser(strict=True)`` when the server refused a batch.
 Ts = str | None
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)\Z")
-_ESCAPE = re.compile(r"[\\\t\n\r]")
+
+# How each column travels in the binary COPY into the staging table. Timestamps travel as
+# text and are cast by the INSERT ... SELECT (the server parses them; a date it refuses makes
+# the shipper parse the batch again with the calendar check).
+_TEXT, _TIME, _FLOAT8, _INT4, _INT8_CODE = range(5)
+STAGING_TIME: Final = _TIME
+STAGING_CODES: Final[dict[str, int]] = {
+    **{c: _TEXT for cols in COLUMNS.values() for c in cols},
+    **{c: _TIME for cols in COLUMNS.values() for c in cols if c.endswith("_at")},
+    "value": _FLOAT8,
+    "order_index": _INT4,
+    "size_bytes": _INT8_CODE,
+    "count": _INT8_CODE,
+}
+STAGING_TYPES: Final[dict[int, str]] = {
+    _TEXT: "text",
+    _TIME: "text",
+    _FLOAT8: "double precision",
+    _INT4: "integer",
+    _INT8_CODE: "bigint",
+}
+COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER: Final = struct.pack("!h", -1)
+_FIELDS = struct.Struct("!h").pack
+_LEN = struct.Struct("!i").pack
+_INT = struct.Struct("!ii").pack
+_INT8 = struct.Struct("!iq").pack
+_FLOAT = struct.Struct("!id").pack
+_NULL = _LEN(-1)
 
 
 class _LooseLine(msgspec.Struct):
@@ -242,8 +281,8 @@ Value = str | int | float | None
 
 
 class LineParser:
-    """Parses the whole lines of one family file into rows of its table, each already in
-    PostgreSQL's COPY text format (one ``\\t``-separated line ending in ``\\n``).
+    """Parses the whole lines of one family file into rows of its staging table, each already
+    in PostgreSQL's binary COPY format (the raw line travels as it is: no escaping).
 
     ``strict=True`` also checks every timestamp against the calendar (a typed column gets
     NULL for a date the server would refuse); the shipper parses a batch again that way only
@@ -258,7 +297,8 @@ class LineParser:
         self.family = family
         self.table = TABLES[family]
         self.strict = strict
-        self._prefix = f"{workspace_id}\t"
+        # Binary COPY: each row is a field count, then (length, bytes) per field.
+        self._head = _FIELDS(len(COLUMNS[self.table]) + 2) + _LEN(16) + workspace_id.bytes
         self._width = len(COLUMNS[self.table]) - 3  # typed columns: all but the first two, raw
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             {
@@ -275,12 +315,12 @@ class LineParser:
             "DEGRADATION": _degradation,
         }[family]
         self._loose = msgspec.json.Decoder(_LooseLine)
-        # Per value (captured_at, payload_type, typed columns): is it a timestamp column?
-        self._is_time = tuple(c.endswith("_at") for c in COLUMNS[self.table][:-1])
+        # Per value (captured_at, payload_type, typed columns): how it is sent.
+        self._codes = tuple(STAGING_CODES[c] for c in COLUMNS[self.table][:-1])
 
-    def parse(self, line: bytes, offset: int) -> str | Corrupt:
-        """The COPY row for one whole line (without its newline) at ``offset``, or why the
-        line is corrupt."""
+    def parse(self, line: bytes, offset: int) -> bytes | Corrupt:
+        """The binary COPY row for one whole line (without its newline) at ``offset``, or why
+        the line is corrupt."""
         captured: Value = None
         kind: Value = None
         try:
@@ -307,27 +347,31 @@ class LineParser:
             # Escapes can decode to what a text column refuses (NUL, lone surrogates); only the
             # typed copies are cleaned, the raw line stays as written.
             values = tuple(_clean(v) if isinstance(v, str) else v for v in values)
-        # Typed strings can hold a character COPY must escape only through a JSON escape (a
-        # backslash in the line); the raw line also through JSON whitespace (tab, CR).
-        special = b"\\" in line or b"\t" in line or b"\r" in line
         strict = self.strict
-        parts = [self._prefix, str(offset)]
-        for is_time, value in zip(self._is_time, values, strict=True):
+        parts = [self._head, _INT8(8, offset)]
+        for code, value in zip(self._codes, values, strict=True):
             if value is None:
-                parts.append("\t\\N")
-            elif type(value) is str:
-                if is_time:
-                    ok = _timestamp_ok(value, strict)
-                    parts.append("\t" + value if ok else "\t\\N")
+                parts.append(_NULL)
+            elif code == _TEXT:
+                data = value.encode()  # type: ignore[union-attr]
+                parts.append(_LEN(len(data)))
+                parts.append(data)
+            elif code == _TIME:
+                if _timestamp_ok(value, strict):  # type: ignore[arg-type]
+                    data = value.encode()  # type: ignore[union-attr]
+                    parts.append(_LEN(len(data)))
+                    parts.append(data)
                 else:
-                    parts.append("\t" + (_escape(value) if special else value))
-            elif type(value) is float:
-                parts.append("\t" + repr(value))
+                    parts.append(_NULL)
+            elif code == _FLOAT8:
+                parts.append(_FLOAT(8, float(value)))
+            elif code == _INT4:
+                parts.append(_INT(4, value))
             else:
-                parts.append("\t" + str(value))
-        raw = line.decode("utf-8")  # valid UTF-8: the decoder accepted it
-        parts.append("\t" + (_escape(raw) if special else raw) + "\n")
-        return "".join(parts)
+                parts.append(_INT8(8, value))
+        parts.append(_LEN(len(line)))
+        parts.append(line)  # the raw line, byte for byte (valid UTF-8: the decoder accepted it)
+        return b"".join(parts)
 
 
 def _timestamp_ok(value: str, strict: bool) -> bool:
@@ -422,15 +466,6 @@ def _degradation(line: _DegradationLine) -> tuple[Value, ...]:
         d.reason,
         d.first_observed_at,
         d.last_observed_at,
-    )
-
-
-def _escape(value: str) -> str:
-    """COPY text format: backslash, tab, newline and carriage return are escaped."""
-    if _ESCAPE.search(value) is None:
-        return value
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     )
 
 

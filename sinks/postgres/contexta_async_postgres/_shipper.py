@@ -38,8 +38,17 @@ from contexta_async import ValidationError
 
 from ._errors import ShipPositionError, StoreConnectionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
-from ._lines import COLUMNS, Corrupt, LineParser
-from ._schema import COLUMN_TYPES, SCHEMA, ensure_schema
+from ._lines import (
+    COLUMNS,
+    COPY_SIGNATURE,
+    COPY_TRAILER,
+    STAGING_CODES,
+    STAGING_TIME,
+    STAGING_TYPES,
+    Corrupt,
+    LineParser,
+)
+from ._schema import SCHEMA, ensure_schema
 from ._target import Target, parse_target
 
 __all__ = ["ShipProgress", "ShipResult", "Shipper"]
@@ -49,6 +58,7 @@ logger = structlog.get_logger("contexta_async")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
+_COPY_BLOCK = 1 << 20  # bytes per COPY write
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,7 @@ class Shipper:
         self._conn: Connection | None = None
         # file -> (size, mtime) when it last had nothing new: no round trip until it changes
         self._caught_up: dict[str, tuple[int, int]] = {}
+        self._ahead: dict[str, _Ahead] = {}  # file -> its next batch, being parsed
         self._parsers = {
             file: LineParser(self.workspace_id, file, family)
             for file, family in FAMILY_FILES.items()
@@ -165,7 +176,7 @@ class Shipper:
                             sql.SQL(", ").join(
                                 sql.SQL("{} {}").format(
                                     sql.Identifier(c),
-                                    sql.SQL(COLUMN_TYPES.get(c, "text")),
+                                    sql.SQL(STAGING_TYPES[STAGING_CODES[c]]),
                                 )
                                 for c in columns
                             ),
@@ -247,6 +258,9 @@ class Shipper:
 
     def close(self) -> None:
         """Close the connection (nothing is pending between batches)."""
+        for ahead in self._ahead.values():
+            ahead.result()
+        self._ahead.clear()
         self._drop()
 
     def __enter__(self) -> Shipper:
@@ -337,21 +351,31 @@ class Shipper:
                 position = int(row[0]) if row else 0
                 result.positions[file] = position
                 _check_position(fd, file, position, size)
-                data = _whole_lines(fd, position, size, self.batch_bytes)
-                if not data:
-                    self._caught_up[file] = (size, mtime)
-                    return 0, size - position
                 parser = self._parsers[file]
-                rows, corrupt, used = self._parse(parser, data, position)
+                ahead = self._ahead.pop(file, None)
+                parsed = (
+                    ahead.result() if ahead is not None and ahead.position == position else None
+                )
+                if parsed is None:
+                    data = _whole_lines(fd, position, size, self.batch_bytes)
+                    if not data:
+                        self._caught_up[file] = (size, mtime)
+                        return 0, size - position
+                    parsed = self._parse_batch(parser, data, position)
+                if position + parsed.used < size:
+                    # Parse the next batch while the server stores this one. Whole lines below
+                    # the settled size never change, so it is valid if the position matches.
+                    self._ahead[file] = _Ahead(self, parser, path, position + parsed.used, size)
                 try:
                     with conn.transaction():  # a savepoint: the batch may be parsed again
-                        inserted = self._store(conn, parser.table, rows) if rows else 0
+                        inserted = self._store(conn, parser.table, parsed)
                 except (psycopg.errors.DataError, psycopg.errors.DatetimeFieldOverflow):
                     # A timestamp of the right shape that is no date (2026-02-30): check
                     # every one against the calendar this time; those columns get NULL.
                     strict = LineParser(self.workspace_id, file, parser.family, strict=True)
-                    rows, corrupt, used = self._parse(strict, data, position)
-                    inserted = self._store(conn, parser.table, rows) if rows else 0
+                    parsed = self._parse_batch(strict, parsed.data, position)
+                    inserted = self._store(conn, parser.table, parsed)
+                rows, corrupt, used = parsed.rows, parsed.corrupt, parsed.used
                 conn.execute(
                     sql.SQL(
                         "UPDATE {}.positions SET byte_offset = %s, "
@@ -365,7 +389,7 @@ class Shipper:
         # Committed: only now does this call count it.
         result.positions[file] = position + used
         result.lines_shipped += inserted
-        result.lines_already_stored += len(rows) - inserted
+        result.lines_already_stored += rows - inserted
         result.lines_skipped += len(corrupt)
         result.bytes_shipped += used
         result.batches += 1
@@ -388,44 +412,101 @@ class Shipper:
                     remaining_bytes=max(0, size - position - used),
                 )
             )
-        return len(rows) + len(corrupt), 0
+        return rows + len(corrupt), 0
 
-    def _parse(
-        self, parser: LineParser, data: bytes, position: int
-    ) -> tuple[list[str], list[Corrupt], int]:
-        """COPY rows and corrupt lines of at most ``batch_lines`` lines; bytes they span."""
+    def _parse_batch(self, parser: LineParser, data: bytes, position: int) -> _Parsed:
+        """At most ``batch_lines`` lines of ``data`` as one binary COPY payload."""
         parse = parser.parse
-        rows: list[str] = []
         corrupt: list[Corrupt] = []
-        offset = position
         lines = data.split(b"\n")
         lines.pop()  # data ends with a newline: the last piece is empty
         if len(lines) > self.batch_lines:
             del lines[self.batch_lines :]
+        rows: list[bytes] = [COPY_SIGNATURE]
+        offset = position
         for line in lines:
             parsed = parse(line, offset)
+            offset += len(line) + 1
             if isinstance(parsed, Corrupt):
                 corrupt.append(parsed)
             else:
                 rows.append(parsed)
-            offset += len(line) + 1
-        return rows, corrupt, offset - position
+        count = len(rows) - 1
+        rows.append(COPY_TRAILER)
+        return _Parsed(position, data, b"".join(rows), count, corrupt, offset - position)
 
-    def _store(self, conn: Connection, table: str, rows: list[str]) -> int:
+    def _store(self, conn: Connection, table: str, parsed: _Parsed) -> int:
+        """COPY the batch into the staging table, insert what is new; rows inserted."""
+        if not parsed.rows:
+            return 0
         stage = sql.Identifier(f"stage_{table}")
-        columns = sql.SQL(", ").join(
-            sql.Identifier(c) for c in ("workspace_id", "byte_offset", *COLUMNS[table])
+        names = ("workspace_id", "byte_offset", *COLUMNS[table])
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        # Timestamps were staged as text: the server parses them here.
+        select = sql.SQL(", ").join(
+            sql.SQL("{}::timestamptz").format(sql.Identifier(c))
+            if STAGING_CODES.get(c) == STAGING_TIME
+            else sql.Identifier(c)
+            for c in names
         )
         with conn.cursor() as cur:
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(stage, columns)
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
             with cur.copy(copy_sql) as copy:
-                copy.write("".join(rows).encode())
+                view = memoryview(parsed.body)
+                for start in range(0, len(view), _COPY_BLOCK):
+                    copy.write(view[start : start + _COPY_BLOCK])
             cur.execute(
                 sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                    sql.Identifier(SCHEMA), sql.Identifier(table), columns, columns, stage
+                    sql.Identifier(SCHEMA), sql.Identifier(table), columns, select, stage
                 )
             )
             return cur.rowcount
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """One batch, parsed: the binary COPY payload and what it spans."""
+
+    position: int
+    data: bytes
+    body: bytes
+    rows: int
+    corrupt: list[Corrupt]
+    used: int
+
+
+class _Ahead:
+    """The next batch of a file, read and parsed on a thread while the server stores the
+    current one (the main thread waits on the server with the GIL released)."""
+
+    def __init__(
+        self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], position: int, size: int
+    ) -> None:
+        self.position = position
+        self._parsed: _Parsed | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(shipper, parser, path, size),
+            name="contexta-async-ship-ahead",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], size: int) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                data = _whole_lines(fd, self.position, size, shipper.batch_bytes)
+            finally:
+                os.close(fd)
+            if data:
+                self._parsed = shipper._parse_batch(parser, data, self.position)
+        except Exception:  # the main thread reads and parses the batch itself
+            self._parsed = None
+
+    def result(self) -> _Parsed | None:
+        self._thread.join()
+        return self._parsed
 
 
 def _settled_size(fd: int) -> tuple[int, int]:

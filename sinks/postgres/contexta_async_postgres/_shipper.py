@@ -49,7 +49,7 @@ from ._lines import (
     LineParser,
 )
 from ._schema import SCHEMA, ensure_schema
-from ._target import Target, parse_target
+from ._target import APPLICATION_NAME, Target, parse_target
 
 __all__ = ["ShipProgress", "ShipResult", "Shipper"]
 
@@ -154,12 +154,9 @@ class Shipper:
     # ---- connection ---------------------------------------------------------------------
 
     def _connect(self) -> Connection:
-        try:
-            conn: Connection = psycopg.connect(
-                self.target.url, application_name="contexta-async-ship", connect_timeout=10
-            )
-        except psycopg.OperationalError:
-            raise
+        conn: Connection = psycopg.connect(
+            self.target.url, application_name=APPLICATION_NAME, connect_timeout=10
+        )
         try:
             ensure_schema(conn, self.target.display)
             with conn.transaction():

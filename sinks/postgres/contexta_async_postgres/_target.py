@@ -17,9 +17,10 @@ from contexta_async import ValidationError
 
 from ._errors import StoreAuthenticationError, StoreConnectionError
 
-__all__ = ["Target", "parse_target"]
+__all__ = ["APPLICATION_NAME", "Target", "parse_target"]
 
 APPLICATION_NAME = "contexta-async-ship"
+"""How a shipper's sessions show in ``pg_stat_activity``."""
 
 # SQLSTATEs that retrying cannot fix: bad credentials or authorisation, no such database.
 _AUTH_STATES = {"28000", "28P01"}
@@ -58,13 +59,6 @@ class Target:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
-
-    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        """A new connection (not autocommit), or a one-line error naming the host."""
-        try:
-            return psycopg.connect(self.url, application_name=APPLICATION_NAME, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise self.connection_error(exc) from None
 
     def connection_error(self, exc: BaseException, *, attempts: int = 1) -> StoreConnectionError:
         """The error to raise for ``exc`` (a libpq failure), with the password redacted."""

@@ -143,6 +143,7 @@ class Shipper:
         self.retry_first_connect = retry_first_connect
         self.progress = progress
         self._conn: Connection | None = None
+        self._connected_once = False
         # file -> (size, mtime) when it last had nothing new: no round trip until it changes
         self._caught_up: dict[str, tuple[int, int]] = {}
         self._ahead: dict[str, _Ahead] = {}  # file -> its next batch, being parsed
@@ -158,50 +159,63 @@ class Shipper:
             self.target.url, application_name=APPLICATION_NAME, connect_timeout=10
         )
         try:
-            ensure_schema(conn, self.target.display)
-            with conn.transaction():
-                # The staging tables hold one batch; keep it in memory (the default is 8 MB).
-                # Must be set before the session's first temporary table.
-                conn.execute("SET temp_buffers = '128MB'")
-                for table, columns in COLUMNS.items():
-                    conn.execute(
-                        sql.SQL(
-                            "CREATE TEMP TABLE IF NOT EXISTS {} "
-                            "(workspace_id uuid, byte_offset bigint, {}) ON COMMIT DELETE ROWS"
-                        ).format(
-                            sql.Identifier(f"stage_{table}"),
-                            sql.SQL(", ").join(
-                                sql.SQL("{} {}").format(
-                                    sql.Identifier(c),
-                                    sql.SQL(STAGING_TYPES[STAGING_CODES[c]]),
-                                )
-                                for c in columns
-                            ),
-                        )
-                    )
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.workspaces (workspace_id, hostname, path) "
-                        "VALUES (%s, %s, %s) ON CONFLICT (workspace_id) DO UPDATE SET "
-                        "last_shipped_at = now(), hostname = EXCLUDED.hostname, "
-                        "path = EXCLUDED.path"
-                    ).format(sql.Identifier(SCHEMA)),
-                    (self.workspace_id, socket.gethostname(), str(self.root.resolve())),
-                )
+            self._prepare(conn)
+        except psycopg.OperationalError:
+            conn.close()
+            raise  # the connection went: retried like a refused one
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(
+                f"the store at {self.target.display} refused to set up the shipper's session: "
+                + self.target.redact(_first_line(exc))
+            ) from None
         except BaseException:
             conn.close()
             raise
+        self._connected_once = True
         return conn
+
+    def _prepare(self, conn: Connection) -> None:
+        """Create the schema on first use, the session's staging tables, the workspace row."""
+        ensure_schema(conn, self.target.display)
+        with conn.transaction():
+            # The staging tables hold one batch; keep it in memory (the default is 8 MB).
+            # Must be set before the session's first temporary table.
+            conn.execute("SET temp_buffers = '128MB'")
+            for table, columns in COLUMNS.items():
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE IF NOT EXISTS {} "
+                        "(workspace_id uuid, byte_offset bigint, {}) ON COMMIT DELETE ROWS"
+                    ).format(
+                        sql.Identifier(f"stage_{table}"),
+                        sql.SQL(", ").join(
+                            sql.SQL("{} {}").format(
+                                sql.Identifier(c),
+                                sql.SQL(STAGING_TYPES[STAGING_CODES[c]]),
+                            )
+                            for c in columns
+                        ),
+                    )
+                )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.workspaces (workspace_id, hostname, path) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (workspace_id) DO UPDATE SET "
+                    "last_shipped_at = now(), hostname = EXCLUDED.hostname, "
+                    "path = EXCLUDED.path"
+                ).format(sql.Identifier(SCHEMA)),
+                (self.workspace_id, socket.gethostname(), str(self.root.resolve())),
+            )
 
     def _ensure_connection(self, stop: threading.Event | None, result: ShipResult) -> Connection:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
-        first = self._conn is None and result.reconnects == 0 and result.batches == 0
         try:
             self._conn = self._connect()
             return self._conn
         except psycopg.OperationalError as exc:
-            if first and not self.retry_first_connect:
+            if not self._connected_once and not self.retry_first_connect:
                 raise self.target.connection_error(exc) from None
             return self._reconnect(exc, stop, result)
 
@@ -223,7 +237,7 @@ class Shipper:
                 attempt=attempt,
                 of=self.retries,
                 delay=delay,
-                error=self.target.redact(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+                error=self.target.redact(_first_line(exc)),
             )
             if stop is not None:
                 if stop.wait(delay):
@@ -296,12 +310,12 @@ class Shipper:
                 conn = self._ensure_connection(stop, result)
                 try:
                     handled, torn = self._batch(conn, file, result)
+                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    continue  # rolled back whole: the batch is simply tried again
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     if not (conn.closed or conn.broken):
                         raise self._store_error(exc, file) from None
                     self._reconnect(exc, stop, result)
-                    continue
-                except psycopg.errors.SerializationFailure:
                     continue
                 except psycopg.Error as exc:
                     raise self._store_error(exc, file) from None
@@ -315,7 +329,7 @@ class Shipper:
     def _store_error(self, exc: psycopg.Error, file: str) -> StoreError:
         return StoreError(
             f"the store at {self.target.display} refused a batch of {file}: "
-            + self.target.redact(str(exc).splitlines()[0] if str(exc) else repr(exc))
+            + self.target.redact(_first_line(exc))
         )
 
     def _batch(self, conn: Connection, file: str, result: ShipResult) -> tuple[int, int]:
@@ -504,6 +518,11 @@ class _Ahead:
     def result(self) -> _Parsed | None:
         self._thread.join()
         return self._parsed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _settled_size(fd: int) -> tuple[int, int]:

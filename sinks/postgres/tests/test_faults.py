@@ -207,3 +207,20 @@ def test_libpq_password_file_and_environment_supply_what_the_url_leaves_out(
     done = ship_cli(ws, url, env={**env, "PGPASSFILE": str(passfile)})
     assert done.returncode == 0, done.stderr
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_a_user_who_may_not_create_the_schema_gets_one_line_not_a_traceback(
+    tmp_path: Path, cluster: Cluster, big_template: Path
+) -> None:
+    ws = copy_workspace(big_template, tmp_path / "ws")
+    with cluster.admin() as conn:
+        conn.execute("DROP ROLE IF EXISTS reader")
+        conn.execute(f"CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute("DROP DATABASE IF EXISTS notmine")
+        conn.execute("CREATE DATABASE notmine")  # owned by postgres: reader may not CREATE
+    done = ship_cli(ws, cluster.url("notmine", user="reader", password=PASSWORD))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"contexta-async: error: the store at 127.0.0.1:{cluster.port}/notmine refused to set "
+        "up the shipper's session: permission denied for database notmine"
+    ]

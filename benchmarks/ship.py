@@ -104,6 +104,26 @@ def main() -> int:
                 with cluster.admin() as conn:
                     conn.execute(f"DROP DATABASE {name}")
             print(f"median: {statistics.median(rates):,.0f} records/s over {len(rates)} run(s)")
+            # The client's share alone (read + parse + encode for COPY, no server): what one
+            # shipper process can feed a server that runs on another machine.
+            parse_rates: list[float] = []
+            with Shipper(ws, cluster.url("postgres", password=PASSWORD)) as shipper:
+                for _ in range(args.repeat):
+                    started = time.perf_counter()
+                    for f in files:
+                        parser = shipper._parsers[f.name]
+                        data = f.read_bytes()
+                        position = 0
+                        while position < len(data):
+                            end = min(len(data), position + 64 * 2**20)
+                            end = data.rfind(b"\n", position, end) + 1 or len(data)
+                            parsed = shipper._parse_batch(parser, data[position:end], position)
+                            position += parsed.used
+                    parse_rates.append(args.records / (time.perf_counter() - started))
+            print(
+                f"client side alone (read, parse, encode; no server): median "
+                f"{statistics.median(parse_rates):,.0f} records/s over {len(parse_rates)} run(s)"
+            )
     finally:
         cluster.remove()
     return 0

@@ -108,3 +108,12 @@ def test_a_progress_line_is_drawn_only_on_a_terminal(tmp_path: Path, db: Databas
     assert proc.returncode == 0
     assert b"\rshipping: " in seen and b" lines/s" in seen
     assert out.startswith("shipped ")
+
+
+def test_a_folder_that_is_no_workspace_is_one_line_and_exit_1(tmp_path: Path, db: Database) -> None:
+    done = ship_cli(tmp_path / "nope", db.url)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "contexta-async: error: workspace: must be a workspace directory holding cache/capture/ "
+        f"(got {str(tmp_path / 'nope')!r})\n"
+    )

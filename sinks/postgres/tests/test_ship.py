@@ -108,6 +108,21 @@ def test_a_torn_tail_waits_until_its_newline_arrives(tmp_path: Path, db: Databas
     assert store_lines(db, ws) == workspace_lines(ws)
 
 
+def test_a_torn_tail_cut_off_by_the_next_writer_is_never_shipped(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", run="first")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    with record.open("ab") as f:
+        f.write(b'{"captured_at":"2026-11-26T07:06:27.785890Z","family":"RECORD","pay')
+    ship(ws, db)  # the fragment waits
+    capture(ws, run="second")  # the next writer cuts the fragment off, then appends
+    assert b'"pay{' not in record.read_bytes()
+    result = ship(ws, db)
+    assert result.lines_skipped == 0 and result.waiting_bytes == 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+
+
 def test_a_corrupt_line_is_skipped_logged_counted_and_never_shipped(
     tmp_path: Path, db: Database
 ) -> None:

@@ -2,9 +2,9 @@
 
 A line is shipped when it is a JSON object whose ``family`` is the one its file holds. Its
 typed columns are filled where the payload has the expected shape; a line of a known family
-whose payload has another shape (a newer payload type, a hand-edited value) is still shipped,
-raw and with only the family-level columns. Anything else is *corrupt*: reported, counted and
-never shipped. The raw line itself is always kept, byte for byte, for fidelity.
+whose fields have another type than expected (a newer payload type, a hand-edited value) is
+still shipped, raw, with its typed columns empty. Anything else is *corrupt*: reported,
+counted and never shipped. The raw line itself is always kept, byte for byte, for fidelity.
 """
 
 from __future__ import annotations
@@ -329,8 +329,8 @@ class LineParser:
             captured, kind = head.captured_at, head.payload_type
             typed = self._typed(head)
         except msgspec.ValidationError:
-            # A known shape with an odd field (a newer payload type, a hand edit): shipped raw,
-            # with only the columns every line has. Not an object with a family: corrupt.
+            # An odd field (a newer payload type, a hand edit): shipped raw, typed columns
+            # empty. Not even an object with a string family: corrupt.
             try:
                 family = self._loose.decode(line).family
             except msgspec.ValidationError as exc:

@@ -15,6 +15,7 @@ from ._errors import (
     LifecycleError,
     QueueFullError,
     ShutdownTimeoutError,
+    StoreNotInstalledError,
     ValidationError,
 )
 from ._pipeline import Statistics
@@ -58,6 +59,7 @@ __all__ = [
     "Sink",
     "Stage",
     "Statistics",
+    "StoreNotInstalledError",
     "ValidationError",
     "__version__",
 ]

@@ -1,6 +1,8 @@
-"""The ``contexta-async`` command line: list runs, show one, compare, pick the best, report.
+"""The ``contexta-async`` command line: list runs, show one, compare, pick the best, report,
+ship to a store.
 
-Every command reads the workspace through the async readers, run with ``anyio.run``.
+Every reading command reads the workspace through the async readers, run with ``anyio.run``;
+``ship`` is handed to the store distribution that serves the URL's scheme (``stores.py``).
 Human-readable tables by default, ``--json`` for machines; errors go to stderr with exit
 status 1 (2 for a usage error).
 """
@@ -29,6 +31,7 @@ from .readers import (
     render_html_report,
 )
 from .readers._report import format_number
+from .stores import ShipRequest, load_store_backend
 
 __all__ = ["build_parser", "run_cli"]
 
@@ -105,6 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("right", metavar="RIGHT")
     report.add_argument("--output", "-o", required=True, help="the HTML file to write")
     _stats_options(report)
+
+    ship = sub.add_parser(
+        "ship",
+        parents=[common],
+        help="forward the workspace's lines to a store (needs the store's distribution)",
+        description="Forward every whole line of the workspace to a store, from the position "
+        "already shipped, one transaction per batch: a rerun never duplicates or loses a line. "
+        "The store's distribution does the work (postgresql://: contexta-async-postgres).",
+    )
+    ship.add_argument("--to", required=True, metavar="URL", help="e.g. postgresql://host/db")
+    ship.add_argument(
+        "--follow", action="store_true", help="keep shipping new lines until SIGINT/SIGTERM"
+    )
+    ship.add_argument("--batch-lines", type=int, default=50_000, help="most lines per transaction")
+    ship.add_argument(
+        "--retries",
+        type=int,
+        default=8,
+        help="reconnection attempts, with backoff, after a dropped connection (default 8)",
+    )
+    ship.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        help="with --follow: seconds between looks when nothing is new (default 0.5)",
+    )
     return parser
 
 
@@ -506,6 +535,42 @@ class _UsageError(Exception):
         self.parser = parser
 
 
+def _ship(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO, err: TextIO
+) -> int:
+    """Hand ``ship`` to the backend the URL's scheme names (synchronous: no event loop)."""
+    try:
+        if args.batch_lines < 1:
+            raise _UsageError("--batch-lines must be at least 1")
+        if args.retries < 0:
+            raise _UsageError("--retries must be 0 or more")
+        if not args.poll_interval > 0:
+            raise _UsageError("--poll-interval must be positive")
+        backend = load_store_backend(args.to)
+        request = ShipRequest(
+            workspace=args.workspace,
+            url=args.to,
+            follow=args.follow,
+            batch_lines=args.batch_lines,
+            retries=args.retries,
+            poll_interval=args.poll_interval,
+            json=args.json,
+            out=out,
+            err=err,
+        )
+        return backend.ship_command(request)
+    except _UsageError as exc:
+        parser.print_usage(err)
+        err.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except ContextaError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write(f"{PROG}: interrupted\n")
+        return 130
+
+
 _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "runs": _runs,
     "show": _show,
@@ -530,6 +595,8 @@ def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | Non
         return int(exc.code or 0)
     args.workspace = getattr(args, "workspace", ".contexta")
     args.json = getattr(args, "json", False)
+    if args.command == "ship":
+        return _ship(args, parser, stdout, stderr)
 
     async def main() -> int:
         ws = Workspace(args.workspace)

@@ -15,6 +15,7 @@ __all__ = [
     "LifecycleError",
     "QueueFullError",
     "ShutdownTimeoutError",
+    "StoreNotInstalledError",
     "ValidationError",
 ]
 
@@ -74,6 +75,28 @@ class ConfigurationError(ValidationError):
     """An option given to ``Contexta(...)`` or a sink is invalid."""
 
     code = "configuration_error"
+
+
+class StoreNotInstalledError(ConfigurationError):
+    """A store URL names a scheme whose distribution is not installed (``scheme`` says which).
+
+    The core keeps its small dependency set: each external store is its own distribution,
+    found through the ``contexta_async.stores`` entry point group.
+    """
+
+    code = "store_not_installed"
+
+    def __init__(self, field: str, scheme: str, distribution: str) -> None:
+        super().__init__(
+            field,
+            f"the {scheme}:// scheme needs the {distribution} distribution: "
+            f"pip install {distribution}",
+            scheme,
+        )
+        self.scheme = scheme
+        """The URL scheme, e.g. ``"postgresql"`` (never the whole URL: it may hold a password)."""
+        self.distribution = distribution
+        """The distribution to install."""
 
 
 class LifecycleError(ContextaError):

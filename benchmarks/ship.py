@@ -1,0 +1,133 @@
+"""Ship one large workspace into a local PostgreSQL server: records/s, median of several runs.
+
+Starts a throwaway cluster on loopback (needs the server binaries and
+``pip install -e sinks/postgres``), captures the workspace once with the real capture API
+(``--records`` RECORD lines: samples of ``--metrics-per-sample`` metrics, each sample also
+writes its two CONTEXT lines), then ships it ``--repeat`` times, each time into a fresh
+database, with ``Shipper(...).ship()`` (what ``contexta-async ship`` runs). Prints every run
+and the median. A benchmark, not a test: it asserts only that every line arrived.
+
+    .venv/bin/python benchmarks/ship.py                    # 1,000,000 records, 3 runs
+    .venv/bin/python benchmarks/ship.py --records 100000 --repeat 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "sinks" / "postgres" / "tests"))
+
+from _cluster import Cluster, find_bindir  # noqa: E402
+from contexta_async_postgres import Shipper  # noqa: E402
+
+from contexta_async import Contexta  # noqa: E402
+
+PASSWORD = "bench"
+
+
+def capture(workspace: Path, records: int, per_sample: int) -> None:
+    with (
+        Contexta(workspace=workspace, config={"project_name": "bench"}) as ctx,
+        ctx.run("ship") as run,
+        run.stage("evaluate") as stage,
+    ):
+        for i in range(records // per_sample):
+            with stage.sample(f"case-{i}") as sample:
+                for m in range(per_sample):
+                    sample.metric(f"m{m}", (i * 7 + m) % 13 / 13)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--metrics-per-sample", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-lines", type=int, default=50_000)
+    parser.add_argument("--workdir", default=None, help="where the workspace is captured")
+    args = parser.parse_args()
+
+    bindir = find_bindir()
+    if bindir is None:
+        print("PostgreSQL server binaries not found (apt-get install postgresql)")
+        return 1
+    # The server as it ships, durable (fsync on, synchronous_commit on), with room for WAL so
+    # that a 1 GB load is not dominated by forced checkpoints.
+    settings = {"max_wal_size": "4GB", "shared_buffers": "256MB"}
+    cluster = Cluster(bindir, settings=settings)
+    try:
+        cluster.start()
+        with cluster.admin() as conn:
+            conn.execute(f"CREATE ROLE shipper LOGIN CREATEDB PASSWORD '{PASSWORD}'")
+            version = conn.execute("SHOW server_version").fetchone()
+        print(
+            f"PostgreSQL {version[0] if version else '?'} at 127.0.0.1:{cluster.port}, {settings}"
+        )
+        print(f"cpus: {os.cpu_count()} (shared machine: figures are noisy)")
+        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            ws = Path(tmp) / "ws"
+            started = time.perf_counter()
+            capture(ws, args.records, args.metrics_per_sample)
+            files = sorted((ws / "cache" / "capture").glob("*.jsonl"))
+            lines = sum(f.read_bytes().count(b"\n") for f in files)
+            size = sum(f.stat().st_size for f in files)
+            print(
+                f"workspace: {args.records:,} records, {lines:,} lines, {size / 2**20:,.0f} MiB "
+                f"(captured in {time.perf_counter() - started:.1f} s)"
+            )
+            rates: list[float] = []
+            for i in range(args.repeat):
+                name = f"bench{i}"
+                with cluster.admin() as conn:
+                    conn.execute(f"CREATE DATABASE {name} OWNER shipper")
+                # A fresh identity per run: the store is new, and so is the position.
+                (ws / "cache" / "workspace-id").unlink(missing_ok=True)
+                url = cluster.url(name, password=PASSWORD)
+                started = time.perf_counter()
+                with Shipper(ws, url, batch_lines=args.batch_lines) as shipper:
+                    result = shipper.ship()
+                seconds = time.perf_counter() - started
+                assert result.lines_shipped == lines, (result.lines_shipped, lines)
+                rate = args.records / seconds
+                rates.append(rate)
+                print(
+                    f"  run {i + 1}: {seconds:6.2f} s  {rate:>10,.0f} records/s  "
+                    f"{lines / seconds:>10,.0f} lines/s  {size / 2**20 / seconds:6.1f} MiB/s  "
+                    f"({result.batches} batches)"
+                )
+                with cluster.admin() as conn:
+                    conn.execute(f"DROP DATABASE {name}")
+            print(f"median: {statistics.median(rates):,.0f} records/s over {len(rates)} run(s)")
+            # The client's share alone (read + parse + encode for COPY, no server): what one
+            # shipper process can feed a server that runs on another machine.
+            parse_rates: list[float] = []
+            with Shipper(ws, cluster.url("postgres", password=PASSWORD)) as shipper:
+                for _ in range(args.repeat):
+                    started = time.perf_counter()
+                    for f in files:
+                        parser = shipper._parsers[f.name]
+                        data = f.read_bytes()
+                        position = 0
+                        while position < len(data):
+                            end = min(len(data), position + 64 * 2**20)
+                            end = data.rfind(b"\n", position, end) + 1 or len(data)
+                            parsed = shipper._parse_batch(parser, data[position:end], position)
+                            position += parsed.used
+                    parse_rates.append(args.records / (time.perf_counter() - started))
+            print(
+                f"client side alone (read, parse, encode; no server): median "
+                f"{statistics.median(parse_rates):,.0f} records/s over {len(parse_rates)} run(s)"
+            )
+    finally:
+        cluster.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""contexta-async-postgres: ship contexta-async workspaces to PostgreSQL.
+
+``Shipper(workspace, "postgresql://...").ship()`` forwards every whole line of a workspace,
+from the position the store already holds, one transaction per batch; the CLI does the same
+with ``contexta-async --workspace WS ship --to postgresql://... [--follow]``.
+"""
+
+from ._errors import (
+    SchemaVersionError,
+    ShipPositionError,
+    StoreAuthenticationError,
+    StoreConnectionError,
+    StoreError,
+    WorkspaceIdentityError,
+)
+from ._identity import workspace_id
+from ._lines import Corrupt
+from ._schema import SCHEMA, SCHEMA_VERSION
+from ._shipper import Shipper, ShipProgress, ShipResult
+
+__version__ = "0.1.0"
+"""The installed version of contexta-async-postgres."""
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Corrupt",
+    "SchemaVersionError",
+    "ShipPositionError",
+    "ShipProgress",
+    "ShipResult",
+    "Shipper",
+    "StoreAuthenticationError",
+    "StoreConnectionError",
+    "StoreError",
+    "WorkspaceIdentityError",
+    "__version__",
+    "workspace_id",
+]

@@ -1,0 +1,558 @@
+"""The shipper: forwards a workspace's whole lines to PostgreSQL, idempotently.
+
+One transaction per batch of one file:
+
+1. lock the file's row in ``positions`` (``SELECT ... FOR UPDATE``) and read the offset the
+   store has shipped the file up to: a second shipper of the same workspace waits here, then
+   starts where the first one stopped;
+2. read whole lines (ending in ``\\n``) from that offset; an unterminated last line (a writer
+   still writing, or one that died mid-write, whose fragment the next writer cuts off) waits;
+3. COPY the rows into a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
+   NOTHING`` into the family's table, keyed by (workspace_id, byte_offset): a line can never
+   be stored twice, whatever happens;
+4. move the position past the batch (corrupt lines included: they are skipped, logged and
+   counted, never shipped) and COMMIT.
+
+A crash or a dropped connection anywhere before the COMMIT leaves neither the rows nor the new
+position; after it, both. So a retry, a rerun, a SIGKILL mid-batch, a server crash or a second
+shipper never duplicates or loses a line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from contexta_async import ValidationError
+
+from ._errors import ShipPositionError, StoreConnectionError, StoreError
+from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
+from ._lines import (
+    COLUMNS,
+    COPY_SIGNATURE,
+    COPY_TRAILER,
+    STAGING_CODES,
+    STAGING_TIME,
+    STAGING_TYPES,
+    Corrupt,
+    LineParser,
+)
+from ._schema import SCHEMA, ensure_schema
+from ._target import APPLICATION_NAME, Target, parse_target
+
+__all__ = ["ShipProgress", "ShipResult", "Shipper"]
+
+logger = structlog.get_logger("contexta_async")
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
+_COPY_BLOCK = 1 << 20  # bytes per COPY write
+
+
+@dataclass(frozen=True, slots=True)
+class ShipProgress:
+    """Where a shipping pass stands, after each committed batch."""
+
+    lines: int
+    """Lines stored so far by this shipper."""
+    bytes: int
+    """Bytes of the workspace's files handled so far (shipped or skipped)."""
+    skipped: int
+    """Corrupt lines skipped so far."""
+    remaining_bytes: int
+    """Bytes of whole lines seen in the files and not yet handled (a lower bound)."""
+
+
+@dataclass(slots=True)
+class ShipResult:
+    """What a call to :meth:`Shipper.ship` or :meth:`Shipper.follow` did."""
+
+    workspace_id: str
+    """The workspace's identity (``cache/workspace-id``)."""
+    target: str
+    """``host:port/database`` of the store (never the password)."""
+    lines_shipped: int = 0
+    """Lines this call stored."""
+    lines_already_stored: int = 0
+    """Lines this call found already stored (the conflict guard; 0 unless something else
+    wrote them)."""
+    lines_skipped: int = 0
+    """Corrupt lines skipped (logged as ``contexta_async.ship_corrupt_line``)."""
+    bytes_shipped: int = 0
+    """Bytes handled (shipped or skipped)."""
+    batches: int = 0
+    """Transactions committed."""
+    reconnects: int = 0
+    """Times the connection dropped and was made again."""
+    waiting_bytes: int = 0
+    """Bytes of unterminated last lines left waiting at the end (a torn or unfinished line)."""
+    positions: dict[str, int] = field(default_factory=dict)
+    """File -> byte offset the store holds it up to, at the end."""
+    corrupt: list[Corrupt] = field(default_factory=list)
+    """The first corrupt lines skipped (at most 100)."""
+
+
+class Shipper:
+    """Ships one workspace to one PostgreSQL store. Not thread-safe: one thread uses it.
+
+    ``retries`` bounds the reconnection attempts after a dropped connection (backoff from
+    ``backoff`` seconds, doubling up to ``max_backoff``); the first connection is retried only
+    when ``retry_first_connect`` is true (``--follow``), so a wrong URL fails at once.
+    """
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike[str],
+        url: str,
+        *,
+        batch_lines: int = 50_000,
+        batch_bytes: int = 64 * 1024 * 1024,
+        retries: int = 8,
+        backoff: float = 0.25,
+        max_backoff: float = 5.0,
+        retry_first_connect: bool = False,
+        progress: Callable[[ShipProgress], None] | None = None,
+    ) -> None:
+        if batch_lines < 1:
+            raise ValidationError("batch_lines", "must be at least 1", batch_lines)
+        if batch_bytes < 1:
+            raise ValidationError("batch_bytes", "must be at least 1", batch_bytes)
+        if retries < 0:
+            raise ValidationError("retries", "must be 0 or more", retries)
+        self.target: Target = parse_target(url)
+        self.root = workspace_root(workspace)
+        self.capture = capture_dir(self.root)
+        self.workspace_id: uuid.UUID = workspace_id(self.root)
+        self.batch_lines = batch_lines
+        self.batch_bytes = batch_bytes
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.retry_first_connect = retry_first_connect
+        self.progress = progress
+        self._conn: Connection | None = None
+        self._connected_once = False
+        # file -> (size, mtime) when it last had nothing new: no round trip until it changes
+        self._caught_up: dict[str, tuple[int, int]] = {}
+        self._ahead: dict[str, _Ahead] = {}  # file -> its next batch, being parsed
+        self._parsers = {
+            file: LineParser(self.workspace_id, file, family)
+            for file, family in FAMILY_FILES.items()
+        }
+
+    # ---- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        conn: Connection = psycopg.connect(
+            self.target.url, application_name=APPLICATION_NAME, connect_timeout=10
+        )
+        try:
+            self._prepare(conn)
+        except psycopg.OperationalError:
+            conn.close()
+            raise  # the connection went: retried like a refused one
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(
+                f"the store at {self.target.display} refused to set up the shipper's session: "
+                + self.target.redact(_first_line(exc))
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        self._connected_once = True
+        return conn
+
+    def _prepare(self, conn: Connection) -> None:
+        """Create the schema on first use, the session's staging tables, the workspace row."""
+        ensure_schema(conn, self.target.display)
+        with conn.transaction():
+            # The staging tables hold one batch; keep it in memory (the default is 8 MB).
+            # Must be set before the session's first temporary table.
+            conn.execute("SET temp_buffers = '128MB'")
+            for table, columns in COLUMNS.items():
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE IF NOT EXISTS {} "
+                        "(workspace_id uuid, byte_offset bigint, {}) ON COMMIT DELETE ROWS"
+                    ).format(
+                        sql.Identifier(f"stage_{table}"),
+                        sql.SQL(", ").join(
+                            sql.SQL("{} {}").format(
+                                sql.Identifier(c),
+                                sql.SQL(STAGING_TYPES[STAGING_CODES[c]]),
+                            )
+                            for c in columns
+                        ),
+                    )
+                )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.workspaces (workspace_id, hostname, path) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (workspace_id) DO UPDATE SET "
+                    "last_shipped_at = now(), hostname = EXCLUDED.hostname, "
+                    "path = EXCLUDED.path"
+                ).format(sql.Identifier(SCHEMA)),
+                (self.workspace_id, socket.gethostname(), str(self.root.resolve())),
+            )
+
+    def _ensure_connection(self, stop: threading.Event | None, result: ShipResult) -> Connection:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        try:
+            self._conn = self._connect()
+            return self._conn
+        except psycopg.OperationalError as exc:
+            if not self._connected_once and not self.retry_first_connect:
+                raise self.target.connection_error(exc) from None
+            return self._reconnect(exc, stop, result)
+
+    def _reconnect(
+        self, exc: BaseException, stop: threading.Event | None, result: ShipResult
+    ) -> Connection:
+        self._drop()
+        delay = self.backoff
+        attempt = 0
+        while True:
+            if self.target.is_permanent(exc):
+                raise self.target.connection_error(exc) from None
+            if attempt >= self.retries:
+                raise self.target.connection_error(exc, attempts=attempt + 1) from None
+            attempt += 1
+            logger.warning(
+                "contexta_async.ship_retry",
+                target=self.target.display,
+                attempt=attempt,
+                of=self.retries,
+                delay=delay,
+                error=self.target.redact(_first_line(exc)),
+            )
+            if stop is not None:
+                if stop.wait(delay):
+                    raise StoreConnectionError(
+                        self.target.display,
+                        "stopped while reconnecting; what is not shipped ships on the next run",
+                    )
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+            try:
+                self._conn = self._connect()
+            except psycopg.OperationalError as again:
+                exc = again
+                continue
+            result.reconnects += 1
+            logger.info(
+                "contexta_async.ship_reconnected", target=self.target.display, attempt=attempt
+            )
+            return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken; nothing to save
+                pass
+
+    def close(self) -> None:
+        """Close the connection (nothing is pending between batches)."""
+        for ahead in self._ahead.values():
+            ahead.result()
+        self._ahead.clear()
+        self._drop()
+
+    def __enter__(self) -> Shipper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- shipping -----------------------------------------------------------------------
+
+    def ship(self, stop: threading.Event | None = None) -> ShipResult:
+        """Ship every whole line now in the workspace; return when caught up (or ``stop``)."""
+        result = self._new_result()
+        self._pass(stop, result)
+        return result
+
+    def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> ShipResult:
+        """Ship, then keep shipping new lines as they appear, until ``stop`` is set."""
+        if not poll_interval > 0:
+            raise ValidationError("poll_interval", "must be positive", poll_interval)
+        result = self._new_result()
+        while not stop.is_set():
+            if not self._pass(stop, result):
+                stop.wait(poll_interval)
+        return result
+
+    def _new_result(self) -> ShipResult:
+        return ShipResult(workspace_id=str(self.workspace_id), target=self.target.display)
+
+    def _pass(self, stop: threading.Event | None, result: ShipResult) -> bool:
+        """One pass over the files until each is caught up; whether anything was shipped."""
+        did = False
+        waiting = 0
+        for file in FAMILY_FILES:
+            while stop is None or not stop.is_set():
+                conn = self._ensure_connection(stop, result)
+                try:
+                    handled, torn = self._batch(conn, file, result)
+                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    continue  # rolled back whole: the batch is simply tried again
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if not (conn.closed or conn.broken):
+                        raise self._store_error(exc, file) from None
+                    self._reconnect(exc, stop, result)
+                    continue
+                except psycopg.Error as exc:
+                    raise self._store_error(exc, file) from None
+                if handled == 0:
+                    waiting += torn
+                    break
+                did = True
+        result.waiting_bytes = waiting
+        return did
+
+    def _store_error(self, exc: psycopg.Error, file: str) -> StoreError:
+        return StoreError(
+            f"the store at {self.target.display} refused a batch of {file}: "
+            + self.target.redact(_first_line(exc))
+        )
+
+    def _batch(self, conn: Connection, file: str, result: ShipResult) -> tuple[int, int]:
+        """Ship one batch of ``file``: (lines handled, bytes of an unterminated tail)."""
+        path = self.capture / file
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return 0, 0
+        try:
+            size, mtime = _settled_size(fd)
+            if self._caught_up.get(file) == (size, mtime):
+                return 0, 0  # nothing appended since the store last had it all
+            schema = sql.Identifier(SCHEMA)
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.positions (workspace_id, file) VALUES (%s, %s) "
+                        "ON CONFLICT DO NOTHING"
+                    ).format(schema),
+                    (self.workspace_id, file),
+                )
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT byte_offset FROM {}.positions "
+                        "WHERE workspace_id = %s AND file = %s FOR UPDATE"
+                    ).format(schema),
+                    (self.workspace_id, file),
+                ).fetchone()
+                position = int(row[0]) if row else 0
+                result.positions[file] = position
+                _check_position(fd, file, position, size)
+                parser = self._parsers[file]
+                ahead = self._ahead.pop(file, None)
+                parsed = (
+                    ahead.result() if ahead is not None and ahead.position == position else None
+                )
+                if parsed is None:
+                    data = _whole_lines(fd, position, size, self.batch_bytes)
+                    if not data:
+                        self._caught_up[file] = (size, mtime)
+                        return 0, size - position
+                    parsed = self._parse_batch(parser, data, position)
+                if position + parsed.used < size:
+                    # Parse the next batch while the server stores this one. Whole lines below
+                    # the settled size never change, so it is valid if the position matches.
+                    self._ahead[file] = _Ahead(self, parser, path, position + parsed.used, size)
+                try:
+                    with conn.transaction():  # a savepoint: the batch may be parsed again
+                        inserted = self._store(conn, parser.table, parsed)
+                except (psycopg.errors.DataError, psycopg.errors.DatetimeFieldOverflow):
+                    # A timestamp of the right shape that is no date (2026-02-30): check
+                    # every one against the calendar this time; those columns get NULL.
+                    strict = LineParser(self.workspace_id, file, parser.family, strict=True)
+                    parsed = self._parse_batch(strict, parsed.data, position)
+                    inserted = self._store(conn, parser.table, parsed)
+                rows, corrupt, used = parsed.rows, parsed.corrupt, parsed.used
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {}.positions SET byte_offset = %s, "
+                        "lines_shipped = lines_shipped + %s, lines_skipped = lines_skipped + %s,"
+                        " updated_at = now() WHERE workspace_id = %s AND file = %s"
+                    ).format(schema),
+                    (position + used, inserted, len(corrupt), self.workspace_id, file),
+                )
+        finally:
+            os.close(fd)
+        # Committed: only now does this call count it.
+        result.positions[file] = position + used
+        result.lines_shipped += inserted
+        result.lines_already_stored += rows - inserted
+        result.lines_skipped += len(corrupt)
+        result.bytes_shipped += used
+        result.batches += 1
+        for bad in corrupt:
+            logger.warning(
+                "contexta_async.ship_corrupt_line",
+                file=bad.file,
+                byte_offset=bad.byte_offset,
+                reason=bad.reason,
+                workspace=str(self.root),
+            )
+            if len(result.corrupt) < _KEEP_CORRUPT:
+                result.corrupt.append(bad)
+        if self.progress is not None:
+            self.progress(
+                ShipProgress(
+                    lines=result.lines_shipped,
+                    bytes=result.bytes_shipped,
+                    skipped=result.lines_skipped,
+                    remaining_bytes=max(0, size - position - used),
+                )
+            )
+        return rows + len(corrupt), 0
+
+    def _parse_batch(self, parser: LineParser, data: bytes, position: int) -> _Parsed:
+        """At most ``batch_lines`` lines of ``data`` as one binary COPY payload."""
+        parse = parser.parse
+        corrupt: list[Corrupt] = []
+        lines = data.split(b"\n")
+        lines.pop()  # data ends with a newline: the last piece is empty
+        if len(lines) > self.batch_lines:
+            del lines[self.batch_lines :]
+        rows: list[bytes] = [COPY_SIGNATURE]
+        offset = position
+        for line in lines:
+            parsed = parse(line, offset)
+            offset += len(line) + 1
+            if isinstance(parsed, Corrupt):
+                corrupt.append(parsed)
+            else:
+                rows.append(parsed)
+        count = len(rows) - 1
+        rows.append(COPY_TRAILER)
+        return _Parsed(position, data, b"".join(rows), count, corrupt, offset - position)
+
+    def _store(self, conn: Connection, table: str, parsed: _Parsed) -> int:
+        """COPY the batch into the staging table, insert what is new; rows inserted."""
+        if not parsed.rows:
+            return 0
+        stage = sql.Identifier(f"stage_{table}")
+        names = ("workspace_id", "byte_offset", *COLUMNS[table])
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+        # Timestamps were staged as text: the server parses them here.
+        select = sql.SQL(", ").join(
+            sql.SQL("{}::timestamptz").format(sql.Identifier(c))
+            if STAGING_CODES.get(c) == STAGING_TIME
+            else sql.Identifier(c)
+            for c in names
+        )
+        with conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
+            with cur.copy(copy_sql) as copy:
+                view = memoryview(parsed.body)
+                for start in range(0, len(view), _COPY_BLOCK):
+                    copy.write(view[start : start + _COPY_BLOCK])
+            cur.execute(
+                sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(table), columns, select, stage
+                )
+            )
+            return cur.rowcount
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """One batch, parsed: the binary COPY payload and what it spans."""
+
+    position: int
+    data: bytes
+    body: bytes
+    rows: int
+    corrupt: list[Corrupt]
+    used: int
+
+
+class _Ahead:
+    """The next batch of a file, read and parsed on a thread while the server stores the
+    current one (the main thread waits on the server with the GIL released)."""
+
+    def __init__(
+        self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], position: int, size: int
+    ) -> None:
+        self.position = position
+        self._parsed: _Parsed | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(shipper, parser, path, size),
+            name="contexta-async-ship-ahead",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], size: int) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                data = _whole_lines(fd, self.position, size, shipper.batch_bytes)
+            finally:
+                os.close(fd)
+            if data:
+                self._parsed = shipper._parse_batch(parser, data, self.position)
+        except Exception:  # the main thread reads and parses the batch itself
+            self._parsed = None
+
+    def result(self) -> _Parsed | None:
+        self._thread.join()
+        return self._parsed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _settled_size(fd: int) -> tuple[int, int]:
+    """The file's size (and mtime) between two appends: writers append under an exclusive
+    flock, so a shared one waits for a write in progress (or the cut of a torn tail)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        st = os.fstat(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_position(fd: int, file: str, position: int, size: int) -> None:
+    if position > size:
+        raise ShipPositionError(file, position, f"is {size} bytes long")
+    if position > 0 and os.pread(fd, 1, position - 1) != b"\n":
+        raise ShipPositionError(file, position, "the byte before the position is not a line end")
+
+
+def _whole_lines(fd: int, position: int, size: int, batch_bytes: int) -> bytes:
+    """The whole lines from ``position``: about ``batch_bytes`` of them (more if one line is
+    longer), ending with a newline; empty if there is no whole line yet."""
+    want = min(batch_bytes, size - position)
+    while want > 0:
+        data = os.pread(fd, want, position)
+        end = data.rfind(b"\n")
+        if end >= 0:
+            return data[: end + 1]
+        if position + len(data) >= size:
+            return b""  # only an unterminated tail
+        want = min(want * 2, size - position)
+    return b""

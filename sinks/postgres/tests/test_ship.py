@@ -1,0 +1,257 @@
+"""Shipping a workspace: every whole line exactly once, typed columns, torn and corrupt lines,
+shards merged, the schema's version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import structlog
+from contexta_async_postgres import (
+    SCHEMA_VERSION,
+    SchemaVersionError,
+    Shipper,
+    ShipPositionError,
+    ShipResult,
+)
+from pgtest import (
+    Database,
+    capture,
+    capture_open,
+    store_lines,
+    workspace_lines,
+)
+
+
+def ship(workspace: Path, db: Database, batch_lines: int = 50_000) -> ShipResult:
+    with Shipper(workspace, db.url, batch_lines=batch_lines) as shipper:
+        return shipper.ship()
+
+
+def test_every_whole_line_is_stored_exactly_once_and_a_second_ship_is_a_no_op(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(50))
+    expected = workspace_lines(ws)
+    total = sum(len(v) for v in expected.values())
+
+    first = ship(ws, db, batch_lines=17)  # many batches per file
+    assert first.lines_shipped == total
+    assert store_lines(db, ws) == expected
+
+    again = ship(ws, db)
+    assert again.lines_shipped == 0 and again.batches == 0
+    assert store_lines(db, ws) == expected
+    positions = dict(db.query("SELECT file, byte_offset FROM contexta.positions"))
+    for file in expected:
+        assert positions[file] == (ws / "cache" / "capture" / file).stat().st_size
+
+
+def test_lines_appended_later_are_shipped_from_the_remembered_position(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", run="first")
+    ship(ws, db)
+    capture(ws, run="second")
+    result = ship(ws, db)
+    assert result.lines_shipped > 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+    assert {r[0] for r in db.query("SELECT run_ref FROM contexta.runs")} == {
+        "run:proj.first",
+        "run:proj.second",
+    }
+
+
+def test_typed_columns_hold_the_payload_and_raw_holds_the_line(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(2))
+    ship(ws, db)
+    metric = db.query(
+        "SELECT key, value, value_type, sample_ref, run_ref, recorded_at IS NOT NULL, raw "
+        "FROM contexta.metric_records WHERE sample_ref LIKE '%case-1'"
+    )
+    assert metric[0][:6] == (
+        "correct",
+        1.0,
+        "float",
+        "sample:proj.eval.evaluate.case-1",
+        "run:proj.eval",
+        True,
+    )
+    assert json.loads(str(metric[0][6]))["payload"]["payload"]["metric_key"] == "correct"
+    event = db.query("SELECT key, level, message FROM contexta.event_records ORDER BY 1 LIMIT 1")
+    assert event == [("answer", "info", "answered\tcase 0 \\ \u00fc")]
+    run = db.query("SELECT status, dataset_ref, started_at < ended_at, shards FROM contexta.runs")
+    assert run == [("completed", "dataset:cases", True, 1)]
+    samples = db.query("SELECT name, status FROM contexta.samples ORDER BY name")
+    assert samples == [("case-0", "completed"), ("case-1", "completed")]
+
+
+def test_a_torn_tail_waits_until_its_newline_arrives(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    whole = record.read_bytes()
+    last = whole[:-1].rsplit(b"\n", 1)[1] + b"\n"  # a real line, written again in two parts
+    with record.open("ab") as f:
+        f.write(last[:40])
+    result = ship(ws, db)
+    assert result.waiting_bytes == 40
+    assert store_lines(db, ws)["record.jsonl"] == workspace_lines(ws)["record.jsonl"]
+    assert len(store_lines(db, ws)["record.jsonl"]) == whole.count(b"\n")
+
+    with record.open("ab") as f:
+        f.write(last[40:])
+    result = ship(ws, db)
+    assert result.lines_shipped == 1 and result.waiting_bytes == 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_a_torn_tail_cut_off_by_the_next_writer_is_never_shipped(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", run="first")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    with record.open("ab") as f:
+        f.write(b'{"captured_at":"2026-11-26T07:06:27.785890Z","family":"RECORD","pay')
+    ship(ws, db)  # the fragment waits
+    capture(ws, run="second")  # the next writer cuts the fragment off, then appends
+    assert b'"pay{' not in record.read_bytes()
+    result = ship(ws, db)
+    assert result.lines_skipped == 0 and result.waiting_bytes == 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_a_corrupt_line_is_skipped_logged_counted_and_never_shipped(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", run="before")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    bad_at = record.stat().st_size
+    with record.open("ab") as f:
+        f.write(b'{"family":"RECORD","payload":{"envel\n')  # cut, glued: not JSON
+        f.write(b'{"family":"SPAN","payload":{}}\n')  # not a family of this file
+        f.write(b"[1, 2]\n")  # JSON, but not a line of the format
+    capture(ws, run="after")
+    with structlog.testing.capture_logs() as logs:
+        result = ship(ws, db)
+    assert result.lines_skipped == 3
+    assert result.corrupt[0].byte_offset == bad_at
+    assert "not valid JSON" in result.corrupt[0].reason
+    assert "'SPAN' does not belong in record.jsonl" in result.corrupt[1].reason
+    warned = [e for e in logs if e["event"] == "contexta_async.ship_corrupt_line"]
+    assert [e["byte_offset"] for e in warned] == [c.byte_offset for c in result.corrupt]
+    assert all(e["log_level"] == "warning" and e["file"] == "record.jsonl" for e in warned)
+
+    expected = workspace_lines(ws)
+    bad = {c.byte_offset for c in result.corrupt}
+    expected["record.jsonl"] = [(o, line) for o, line in expected["record.jsonl"] if o not in bad]
+    assert store_lines(db, ws) == expected
+    skipped = db.query("SELECT lines_skipped FROM contexta.positions WHERE file = 'record.jsonl'")
+    assert skipped == [(3,)]
+    assert ship(ws, db).lines_skipped == 0  # the position moved past
+
+
+def test_a_line_of_a_known_family_with_an_odd_field_is_shipped_raw(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws")
+    odd_shape = (
+        '{"captured_at":"2026-11-30T00:00:00.000000Z","family":"RECORD","payload":'
+        '{"envelope":{"record_type":"metric"},"payload":{"value":true}},'
+        '"payload_ref":null,"payload_type":"MetricRecord","sink_name":"x"}'
+    )
+    no_such_day = (
+        '{"captured_at":"2026-02-30T00:00:00.000000Z","family":"RECORD","payload":'
+        '{"envelope":{"record_type":"metric"},"payload":{"metric_key":"k","value":2}},'
+        '"payload_ref":null,"payload_type":"MetricRecord","sink_name":"x"}'
+    )
+    with (ws / "cache" / "capture" / "record.jsonl").open("a") as f:
+        f.write(odd_shape + "\n" + no_such_day + "\n")
+    result = ship(ws, db)
+    assert result.lines_skipped == 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+    query = "SELECT captured_at, record_type, key, value FROM contexta.records WHERE raw = %s"
+    assert db.query(query, (odd_shape,)) == [(None, None, None, None)]
+    # The server refused the date; the batch was parsed again with a calendar check.
+    assert db.query(query, (no_such_day,)) == [(None, "metric", "k", 2.0)]
+
+
+def test_shards_of_one_run_merge_into_one_run(tmp_path: Path, db: Database) -> None:
+    # Two workers capture the same run, each a slice of the samples.
+    a = capture(tmp_path / "a", samples=range(0, 3))
+    b = capture(tmp_path / "b", samples=range(3, 5))
+    ship(a, db)
+    ship(b, db)
+    runs = db.query("SELECT run_ref, status, shards FROM contexta.runs")
+    assert runs == [("run:proj.eval", "completed", 2)]
+    started, ended = db.query("SELECT started_at, ended_at FROM contexta.runs")[0]
+    shard_times = db.query(
+        "SELECT min(started_at), max(ended_at) FROM contexta.scope_shards WHERE kind = 'run'"
+    )[0]
+    assert (started, ended) == shard_times
+    names = [r[0] for r in db.query("SELECT name FROM contexta.samples ORDER BY name")]
+    assert names == [f"case-{i}" for i in range(5)]
+    assert db.query("SELECT count(*) FROM contexta.metric_records WHERE key = 'correct'") == [(5,)]
+
+    # A third shard still running: the run is open, and has no end yet.
+    c = capture_open(tmp_path / "c", samples=range(5, 6))
+    ship(c, db)
+    assert db.query("SELECT status, ended_at, shards FROM contexta.runs") == [("open", None, 3)]
+    # A fourth that failed: the run failed, whatever the others say.
+    d = capture(tmp_path / "d", samples=range(6, 7), fail=True)
+    ship(d, db)
+    status, reason = db.query("SELECT status, failure_reason FROM contexta.runs")[0]
+    assert status == "failed" and "boom" in str(reason)
+    assert db.query("SELECT count(*) FROM contexta.samples") == [(7,)]
+
+
+def test_a_store_with_a_newer_schema_is_refused_before_anything_is_written(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws")
+    ship(ws, db)
+    before = store_lines(db, ws)
+    db.query(f"UPDATE contexta.schema_version SET version = {SCHEMA_VERSION + 1} RETURNING 1")
+    capture(ws, run="later")
+    with pytest.raises(SchemaVersionError, match=r"schema version 2, newer than this client's 1"):
+        ship(ws, db)
+    assert store_lines(db, ws) == before
+
+
+def test_a_file_shorter_than_its_shipped_position_is_refused(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws")
+    ship(ws, db)
+    record = ws / "cache" / "capture" / "record.jsonl"
+    record.write_bytes(record.read_bytes()[:100])
+    with pytest.raises(ShipPositionError, match=r"record.jsonl: is 100 bytes long"):
+        ship(ws, db)
+
+
+def test_concurrent_first_users_create_the_schema_once(db: Database) -> None:
+    import threading
+
+    import psycopg
+    from contexta_async_postgres._schema import ensure_schema
+
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+    versions: list[int] = []
+
+    def first_use() -> None:
+        with psycopg.connect(db.url) as conn:
+            barrier.wait()
+            try:
+                versions.append(ensure_schema(conn, "t"))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert versions == [SCHEMA_VERSION] * 6
+    assert db.query("SELECT version FROM contexta.schema_version") == [(SCHEMA_VERSION,)]

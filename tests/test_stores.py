@@ -1,0 +1,68 @@
+"""``contexta-async ship`` finds the store's distribution through an entry point; without it,
+the error says what to install and never shows the URL (it may hold a password)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from contexta_async import StoreNotInstalledError, ValidationError, stores
+from contexta_async._cli import run_cli
+
+URL = "postgresql://user:pa55-secret@db.example:5432/evals"
+
+
+def _ship(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli(["--workspace", "ws", "ship", *args], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_scheme_whose_distribution_is_missing_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on a machine where contexta-async-postgres is not installed: no entry point.
+    monkeypatch.setattr(stores, "_entry_points", lambda scheme: [])
+    with pytest.raises(StoreNotInstalledError) as caught:
+        stores.load_store_backend(URL)
+    assert caught.value.scheme == "postgresql"
+    assert caught.value.distribution == "contexta-async-postgres"
+    code, out, err = _ship("--to", URL)
+    assert (code, out) == (1, "")
+    assert err == (
+        "contexta-async: error: --to: the postgresql:// scheme needs the contexta-async-postgres "
+        "distribution: pip install contexta-async-postgres (got 'postgresql')\n"
+    )
+    code, _, err = _ship("--to", URL.replace("postgresql", "postgres", 1))
+    assert code == 1 and "pip install contexta-async-postgres" in err
+
+
+def test_a_url_without_a_known_scheme_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValidationError, match="--to: no installed store serves this scheme"):
+        stores.load_store_backend("mysql://user:pa55-secret@h/db")
+    code, _, err = _ship("--to", "user:pa55-secret@h/db")
+    assert code == 1 and "--to: must be a store URL" in err
+    assert "pa55-secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--batch-lines", "0"], "--batch-lines must be at least 1"),
+        (["--retries", "-1"], "--retries must be 0 or more"),
+        (["--poll-interval", "0"], "--poll-interval must be positive"),
+    ],
+)
+def test_ship_options_out_of_range_are_usage_errors(
+    option: list[str], message: str, tmp_path: Path
+) -> None:
+    code, _, err = _ship("--to", URL, *option)
+    assert code == 2 and message in err
+
+
+def test_url_scheme_is_the_lower_cased_part_before_the_separator() -> None:
+    assert stores.url_scheme("PostgreSQL://h/db") == "postgresql"
+    assert stores.url_scheme("/some/path") == ""
+    assert stores.url_scheme("://h") == ""

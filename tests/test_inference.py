@@ -289,3 +289,62 @@ def test_pairing_gain_reports_the_correlation_and_both_standard_errors() -> None
     unpaired = math.sqrt(left.var(ddof=1) / 300 + right.var(ddof=1) / 300)
     assert gain.unpaired_se == pytest.approx(unpaired, rel=1e-12)
     assert gain.paired_se < gain.unpaired_se / 2  # strongly correlated items: pairing pays
+
+
+def test_cluster_bootstrap_weights_clusters_by_their_size() -> None:
+    # Unequal clusters: the resampled statistic is the mean over every drawn item (a ratio),
+    # not the mean of cluster means. A brute-force resampling of the same design agrees.
+    rng = np.random.default_rng(21)
+    sizes = np.arange(1, 41)  # larger clusters sit higher: weighting matters
+    codes = np.repeat(np.arange(40), sizes)
+    diffs = rng.normal(0, 1, len(codes)) + np.repeat(np.linspace(-2, 2, 40), sizes)
+    low, high = cluster_bootstrap_ci(diffs, codes, 40, confidence=0.9, resamples=20_000, seed=4)
+    members = [diffs[codes == c] for c in range(40)]
+    brute = np.empty(20_000)
+    draw = np.random.default_rng(5)
+    for i in range(20_000):
+        drawn = draw.integers(0, 40, 40)
+        brute[i] = np.concatenate([members[c] for c in drawn]).mean()
+    ref_low, ref_high = np.quantile(brute, [0.05, 0.95])
+    spread = ref_high - ref_low
+    assert abs(low - ref_low) < 0.03 * spread
+    assert abs(high - ref_high) < 0.03 * spread
+    cluster_means = np.array([m.mean() for m in members])
+    # The unweighted mean of cluster means is a different statistic, visibly so here.
+    assert abs(np.mean(cluster_means) - diffs.mean()) > 0.1 * spread
+
+
+def test_a_cluster_bootstrap_needs_two_clusters_with_items() -> None:
+    diffs = np.array([0.5, 1.0, 1.5])
+    with pytest.raises(ValidationError) as caught:
+        cluster_bootstrap_ci(
+            diffs, np.zeros(3, dtype=np.intp), 3, confidence=0.95, resamples=100, seed=0
+        )
+    assert caught.value.field == "clusters"
+
+
+def test_standard_errors_near_the_float_range_stay_finite_and_scale_exactly() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, 200)
+    codes = np.repeat(np.arange(20), 10)
+    small = clustered_error(base, codes, 20)
+    huge = clustered_error(base * 1e300, codes, 20)
+    assert small is not None and huge is not None
+    assert huge.se == pytest.approx(small.se * 1e300, rel=1e-12)
+    assert huge.naive_se == pytest.approx(small.naive_se * 1e300, rel=1e-12)
+    equal = clustered_error(np.full(10, 1.7e308), None, 0)
+    assert equal is not None and equal.se == 0.0
+
+
+@pytest.mark.parametrize("df", [1e8, 1e12, 1e15, math.inf])
+def test_student_t_p_value_at_huge_degrees_of_freedom_is_the_normal_one(df: float) -> None:
+    assert student_t_two_sided_p(1.7, df) == pytest.approx(2 * scipy.stats.norm.sf(1.7), rel=1e-7)
+
+
+def test_newcombe_refuses_bad_counts_and_confidence_by_name() -> None:
+    with pytest.raises(ValidationError) as caught:
+        newcombe_paired_interval(3.5, 1, 1, 1)  # type: ignore[arg-type]
+    assert caught.value.field == "counts"
+    with pytest.raises(ValidationError) as caught:
+        newcombe_paired_interval(3, 1, 1, 1, confidence=1.5)
+    assert caught.value.field == "confidence"

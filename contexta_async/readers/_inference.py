@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ValidationError
-from ._errors import ReaderError
 
 __all__ = [
     "Adjustment",
@@ -67,18 +66,24 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     n = len(diffs)
     if n < 2:
         return None
-    mean = float(np.mean(diffs))
-    centred = diffs - mean
+    # Scaled by the largest magnitude first: values near the float range neither overflow
+    # the mean nor the squares (the SEs scale back exactly).
+    scale = float(np.max(np.abs(diffs)))
+    if scale == 0.0 or not math.isfinite(scale):
+        scale = 1.0
+    scaled = diffs / scale
+    centred = scaled - float(np.mean(scaled))
     naive_var = float(np.dot(centred, centred)) / (n - 1) / n
-    naive_se = math.sqrt(naive_var)
+    naive_se = math.sqrt(naive_var) * scale
     if codes is None:
         return ClusteredError(naive_se, naive_se, n, 1.0 if naive_var > 0 else None)
-    if n_clusters < 2:
-        return None
     sums = np.bincount(codes, weights=centred, minlength=n_clusters)
-    var = n_clusters / (n_clusters - 1) * float(np.dot(sums, sums)) / (n * n)
+    used = int(np.count_nonzero(np.bincount(codes, minlength=n_clusters)))
+    if used < 2:
+        return None
+    var = used / (used - 1) * float(np.dot(sums, sums)) / (n * n)
     design = var / naive_var if naive_var > 0 else None
-    return ClusteredError(math.sqrt(var), naive_se, n_clusters, design)
+    return ClusteredError(math.sqrt(var) * scale, naive_se, used, design)
 
 
 def cluster_bootstrap_ci(
@@ -95,10 +100,15 @@ def cluster_bootstrap_ci(
     Each resample draws ``n_clusters`` clusters with replacement (multinomial counts) and
     takes the mean over every item of the drawn clusters (a ratio: clusters differ in size).
     """
-    if n_clusters < 1 or len(diffs) == 0:
-        raise ReaderError("cluster bootstrap needs at least one cluster with values")
-    sums = np.bincount(codes, weights=diffs, minlength=n_clusters)
     sizes = np.bincount(codes, minlength=n_clusters).astype(np.float64)
+    used = sizes > 0
+    sums = np.bincount(codes, weights=diffs, minlength=n_clusters)[used]
+    sizes = sizes[used]
+    n_clusters = len(sizes)  # clusters without items take no part in the draw
+    if n_clusters < 2:
+        raise ValidationError(
+            "clusters", "a cluster bootstrap needs at least 2 clusters", n_clusters
+        )
     rng = np.random.default_rng(seed)
     even = np.full(n_clusters, 1.0 / n_clusters)
     means = np.empty(resamples)
@@ -150,10 +160,12 @@ def _incomplete_beta(a: float, b: float, x: float) -> float:
 
 def student_t_two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
-    if math.isnan(t) or df <= 0:
+    if math.isnan(t) or not df > 0:
         return math.nan
     if math.isinf(t):
         return 0.0
+    if df > 1e7:  # the continued fraction loses accuracy; t is normal to ~1e-8 there
+        return 2.0 * _NORMAL.cdf(-abs(t))
     return _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
@@ -214,9 +226,16 @@ def newcombe_paired_interval(
     paired data"). Holds its coverage near the nominal level down to a few dozen pairs, where
     the Wald interval is too narrow.
     """
+    counts = (both, left_only, right_only, neither)
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts) or not any(
+        counts
+    ):
+        raise ValidationError("counts", "must be non-negative integers, at least one pair", counts)
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+        raise ValidationError("confidence", "must be a number between 0 and 1", confidence)
+    if not 0 < confidence < 1:
+        raise ValidationError("confidence", "must be between 0 and 1 (exclusive)", confidence)
     n = both + left_only + right_only + neither
-    if n < 1 or min(both, left_only, right_only, neither) < 0:
-        raise ValidationError("counts", "must be non-negative with at least one pair", n)
     z = _NORMAL.inv_cdf(1.0 - (1.0 - confidence) / 2.0)
     p_left = (both + left_only) / n
     p_right = (both + right_only) / n

@@ -22,8 +22,12 @@ class ArtifactFile:
     hash_value: str | None
 
 
-def resolve_artifact_path(path: object, field: str = "path") -> str:
-    """Make the path absolute without touching the file system (no following for writing)."""
+MAX_PATH_LENGTH = 4096  # characters of an artifact path as given (Linux's PATH_MAX)
+
+
+def resolve_artifact_path(path: object, field: str = "path") -> tuple[str, str]:
+    """The path as given (its ``os.fspath`` text, written as the artifact's ``source``) and
+    made absolute, without touching the file system (no following for writing)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ValidationError(field, "must be a str or os.PathLike", path)
     text = os.fspath(path)
@@ -31,10 +35,15 @@ def resolve_artifact_path(path: object, field: str = "path") -> str:
         raise ValidationError(field, "must be a text path, not bytes", path)
     if not text.strip():
         raise ValidationError(field, "must not be blank", path)
+    if len(text) > MAX_PATH_LENGTH:
+        raise ValidationError(field, f"must be at most {MAX_PATH_LENGTH} characters", text)
     # No NUL; and no lone surrogate, which os.fsdecode makes of a name that is not UTF-8: the
     # path is written into the line, and UTF-8 cannot encode it.
     check_string(text, field)
-    return os.path.abspath(text)
+    absolute = os.path.abspath(text)
+    if len(absolute) > MAX_PATH_LENGTH:
+        raise ValidationError(field, f"must be at most {MAX_PATH_LENGTH} characters", absolute)
+    return text, absolute
 
 
 def inspect_artifact(

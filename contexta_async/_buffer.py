@@ -5,11 +5,19 @@ queued (up to a batch size) in one call. A producer that finds the queue full pa
 with a waiter; when the writer makes room, parked items move into the queue in arrival order
 and their producers are woken, so waiting producers are served first-come first-served and no
 newcomer can overtake them.
+
+Woken producers pass the turn on: the writer wakes the first, and each, once it runs, wakes the
+next (``pass_turn``). Hundreds of producers whose lines went in at once therefore resume one
+after another, each in its own turn of its event loop, instead of all in one turn that would
+hold every other task of the loop (a service's request handlers, a ticker) for the whole herd.
+Should the turn stall (a producer's loop is gone), the writer wakes the rest at its next batch
+once half a second went by without a turn passed on (it looks at least every 0.1 s).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -20,6 +28,7 @@ from ._waiters import Waiter
 __all__ = ["BoundedBuffer"]
 
 T = TypeVar("T")
+_TURN_STALLED = 0.5  # seconds without a turn passed on before the writer wakes them all
 W = TypeVar("W", bound=Waiter)
 
 
@@ -35,6 +44,8 @@ class BoundedBuffer(Generic[T]):
         self._items: deque[T] = deque()
         self._parked: deque[tuple[T, Waiter]] = deque()
         self._reader: Waiter | None = None
+        self._turns: deque[Waiter] = deque()  # queued producers still to be woken, in order
+        self._turn_passed = 0.0
         self._closed = False
         self.appended = 0  # sequence number of the newest queued item (0: none yet)
         self.peak = 0
@@ -141,18 +152,61 @@ class BoundedBuffer(Generic[T]):
             if not items:
                 if reader is not None and not self._closed:
                     self._reader = reader
-                return [], self.appended
+                idle: deque[Waiter] | None = None
+                if self._turns and time.monotonic() - self._turn_passed > _TURN_STALLED:
+                    idle, self._turns = self._turns, deque()
+                seq = self.appended
+            else:
+                seq = -1
+        if seq >= 0:
+            for waiter in idle or ():  # nobody passed the turn on for a while: wake them all
+                waiter.wake()
+            return [], seq
+        with self.lock:
             if len(items) <= max_items:
                 batch = list(items)
                 items.clear()
             else:
                 batch = [items.popleft() for _ in range(max_items)]
             last_seq = self.appended - len(items)
+            stalled: deque[Waiter] = deque()
+            now = time.monotonic()
+            if self._turns and now - self._turn_passed > _TURN_STALLED:
+                stalled, self._turns = self._turns, deque()
             while self._parked and len(items) < self.capacity:
                 item, waiter = self._parked.popleft()
                 self._append_locked(item)
-                waiter.wake()
-            return batch, last_seq
+                self._turns.append(waiter)
+        for waiter in stalled:  # nobody passed the turn on for a while: wake them all
+            waiter.wake()
+        self.pass_turn()
+        return batch, last_seq
+
+    def release_turns(self) -> None:
+        """Wake every producer still waiting for its turn (the writer stops)."""
+        with self.lock:
+            waiting, self._turns = self._turns, deque()
+        for waiter in waiting:
+            waiter.wake()
+
+    @property
+    def turns_pending(self) -> bool:
+        """Producers whose lines went in still wait to be woken (the writer checks on them)."""
+        return bool(self._turns)
+
+    def pass_turn(self, leaving: Waiter | None = None) -> None:
+        """Wake the next producer whose line went in (``leaving``: one that will not wait
+        for its turn any more, e.g. it was cancelled)."""
+        with self.lock:
+            if leaving is not None:
+                try:
+                    self._turns.remove(leaving)
+                except ValueError:
+                    pass
+            self._turn_passed = time.monotonic()
+            while self._turns:
+                if self._turns.popleft().wake():
+                    return
 
     def close(self) -> None:
         """Refuse new items; items already queued or parked stay to be drained."""

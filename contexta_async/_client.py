@@ -18,6 +18,7 @@ from ._refs import is_valid_ref, normalize_name
 from ._scope_core import ScopeCore, ScopeRegistry
 from ._scopes import AsyncRun, Opening, Run
 from .sinks import LocalJsonlSink, Sink
+from .sinks._base import check_sink_name
 
 __all__ = ["Contexta"]
 
@@ -97,6 +98,10 @@ class Contexta:
             for sink in chosen:
                 if not isinstance(sink, Sink):
                     raise ConfigurationError("sinks", "every sink must subclass Sink", sink)
+                try:  # the name is written into every line
+                    check_sink_name(sink.name)
+                except ValidationError as exc:
+                    raise ConfigurationError("sinks", f"sink name {exc.rule}", sink.name) from None
             if len(set(names)) != len(names):
                 raise ConfigurationError("sinks", "sink names must be unique", names)
         self.sinks: tuple[Sink, ...] = chosen

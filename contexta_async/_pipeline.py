@@ -56,6 +56,7 @@ logger = structlog.get_logger("contexta_async")
 
 OverflowPolicy = Literal["wait", "drop_newest", "raise"]
 _POLICIES: Final = ("wait", "drop_newest", "raise")
+_TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
 _ENCODING: Final = "encoding"  # the target named for lines that failed to encode
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 
@@ -190,6 +191,12 @@ def _check_timeout(timeout: object) -> None:
         )
 
 
+def _blocking_timeout(seconds: float | None) -> float | None:
+    """A timeout for threading's waits: None (no limit) from inf or anything past what the
+    platform can wait (``threading.TIMEOUT_MAX``)."""
+    return None if seconds is None or seconds >= threading.TIMEOUT_MAX else seconds
+
+
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], options: PipelineOptions) -> None:
         self.sinks = tuple(sinks)
@@ -277,8 +284,9 @@ class Pipeline:
         try:
             await waiter.wait()
         except BaseException:
-            self._buffer.unpark(waiter)  # cancelled while waiting: the line is not captured
+            self.waiting_ended(waiter)  # cancelled: the line is not captured unless it got in
             raise
+        self._buffer.pass_turn()
 
     def submit_blocking(self, item: Item) -> None:
         """Queue ``item``, blocking this thread while the queue is full.
@@ -293,8 +301,9 @@ class Pipeline:
         try:
             waiter.wait()
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
-            self._buffer.unpark(waiter)
+            self.waiting_ended(waiter)
             raise
+        self._buffer.pass_turn()
 
     # ---- lifecycle lines ---------------------------------------------------------------
     # Never dropped or refused: a closing line without its opening line would be a format
@@ -312,9 +321,17 @@ class Pipeline:
             item, make_waiter, past_bound=self._overflow != "wait"
         )
 
-    def unpark(self, waiter: Waiter) -> bool:
-        """Withdraw a parked line: True if it was still parked (it will never be written)."""
-        return self._buffer.unpark(waiter)
+    def waiting_ended(self, waiter: Waiter) -> bool:
+        """A producer stops waiting before being woken (cancelled, interrupted): withdraw its
+        line if still parked (True: it will never be written), else give up its turn."""
+        if self._buffer.unpark(waiter):
+            return True
+        self._buffer.pass_turn(leaving=waiter)
+        return False
+
+    def pass_turn(self) -> None:
+        """A producer woken after waiting for room runs: wake the next one (see _buffer)."""
+        self._buffer.pass_turn()
 
     def queue_parked_now(self, item: Item) -> None:
         """If ``item`` is parked, queue it now (past the bound) and wake its producer."""
@@ -351,7 +368,9 @@ class Pipeline:
                     batch, last_seq = buffer.take(self._max_batch, waiter)
                     if not batch:
                         if not buffer.closed:
-                            waiter.wait()
+                            # Producers still waiting for their turn: look again soon, in case
+                            # the one that should pass it on never runs.
+                            waiter.wait(_TURN_CHECK if buffer.turns_pending else None)
                             continue
                         if self._has_degradations():
                             # One last try at the DEGRADATION lines still owed to the sinks.
@@ -362,6 +381,7 @@ class Pipeline:
             logger.error("contexta_async.writer_crashed", error=repr(exc))
             raise
         finally:
+            buffer.release_turns()
             self._writer_done.set()
             self._wake_flushers(final=True)
 
@@ -493,8 +513,9 @@ class Pipeline:
         # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
         now = _clock.now()
         pending = self._pending_degradations[sink.name]
-        kept = [item for item in chunk.items if item.family == DEGRADATION]
-        pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
+        if chunk.target != _ENCODING:  # a line that failed to encode would fail again
+            kept = [item for item in chunk.items if item.family == DEGRADATION]
+            pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
         pending.extend(
             _degradation(run_ref, n, "delivery_failed", now, now, reason, sink.name)
             for run_ref, n in runs.items()
@@ -540,7 +561,7 @@ class Pipeline:
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._reported)
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
-        if must_wait and not waiter.wait(timeout):
+        if must_wait and not waiter.wait(_blocking_timeout(timeout)):
             raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)
         self._check_flush(target, start)
 
@@ -573,7 +594,7 @@ class Pipeline:
         if not self._begin_close():
             return
         if self._host is not None:
-            self._host.join(self.options.shutdown_timeout)
+            self._host.join(_blocking_timeout(self.options.shutdown_timeout))
         self._finish_close()
 
     async def aclose(self) -> None:
@@ -583,7 +604,9 @@ class Pipeline:
         if self._host is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    self._host.join, self.options.shutdown_timeout, abandon_on_cancel=True
+                    self._host.join,
+                    _blocking_timeout(self.options.shutdown_timeout),
+                    abandon_on_cancel=True,
                 )
         self._finish_close()
 

@@ -230,6 +230,8 @@ class ScopeCore:
         """
         if status not in _FINAL_STATUSES:
             raise ValidationError("status", f"must be one of {list(_FINAL_STATUSES)}", status)
+        if reason is not None and not isinstance(reason, str):
+            raise ValidationError("reason", "must be a string or None", reason)
         with self._lock:
             if self.status != "open" or self.started_at is None or self.inherited:
                 return []
@@ -279,13 +281,14 @@ class ScopeCore:
     def opening_queued(self) -> None:
         with self._lock:
             self._parked_opening = None
+        self.pipeline.pass_turn()
 
     def opening_abandoned(self, waiter: Waiter) -> None:
         """The wait for room was interrupted: a line still parked is withdrawn, and the scope
         never opened (no line at all); a line already queued stays, and closing follows."""
         with self._lock:
             self._parked_opening = None
-            if self.status != "open" or not self.pipeline.unpark(waiter):
+            if not self.pipeline.waiting_ended(waiter) or self.status != "open":
                 return
             self.status = "cancelled"
         self._forget()
@@ -404,14 +407,14 @@ class ScopeCore:
         payload = MetricPayload(
             aggregation_scope=(
                 aggregation_scope
-                if aggregation_scope == "step"
+                if type(aggregation_scope) is str and aggregation_scope == "step"
                 else v.check_aggregation_scope(aggregation_scope)
             ),
             metric_key=v.check_key(key),
             subject_ref=self.ref,
             summary_basis=(
                 summary_basis
-                if summary_basis == "raw_observation"
+                if type(summary_basis) is str and summary_basis == "raw_observation"
                 else v.check_optional_text(summary_basis, "summary_basis") or ""
             ),
             tags=v.check_tags(tags),

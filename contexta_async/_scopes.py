@@ -44,9 +44,12 @@ def _exit_status(
 ) -> tuple[Status, str | None]:
     if exc_type is None:
         return "completed", None
-    if issubclass(exc_type, cancelled):
-        return "cancelled", f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
-    return "failed", f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ fails must not keep its scope open
+        message = ""
+    reason = f"{exc_type.__name__}: {message}" if message else exc_type.__name__
+    return ("cancelled" if issubclass(exc_type, cancelled) else "failed"), reason
 
 
 _SYNC_CANCELLED: tuple[type, ...] = (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError)
@@ -192,8 +195,8 @@ def _check_artifact_args(
     kind: object, path: object, attributes: object
 ) -> tuple[str, str, str, dict[str, Any]]:
     checked_kind = v.check_artifact_kind(kind)
-    absolute = resolve_artifact_path(path)
-    return checked_kind, str(path), absolute, v.check_attributes(attributes)
+    source, absolute = resolve_artifact_path(path)
+    return checked_kind, source, absolute, v.check_attributes(attributes)
 
 
 # ---- opening children: the same on both faces ----------------------------------------------

@@ -25,7 +25,8 @@ class AsyncWaiter:
 
     __slots__ = ()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """End the wait; False when nobody is left to wake (the loop is closed)."""
         raise NotImplementedError
 
     async def wait(self) -> None:
@@ -45,14 +46,17 @@ class _AsyncioWaiter(AsyncWaiter):
         self._future: asyncio.Future[None] = loop.create_future()
         self._thread = threading.get_ident()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
         if threading.get_ident() == self._thread:
+            if self._loop.is_closed():  # set_result would schedule onto a closed loop
+                return False
             _resolve(self._future)
-        else:
-            try:
-                self._loop.call_soon_threadsafe(_resolve, self._future)
-            except RuntimeError:  # that loop is closed: nobody is left to wake
-                pass
+            return True
+        try:
+            self._loop.call_soon_threadsafe(_resolve, self._future)
+        except RuntimeError:  # that loop is closed: nobody is left to wake
+            return False
+        return True
 
     async def wait(self) -> None:
         await self._future
@@ -68,16 +72,17 @@ class _TrioWaiter(AsyncWaiter):
         self._event = trio.Event()
         self._thread = threading.get_ident()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
         if threading.get_ident() == self._thread:
             self._event.set()
-            return
+            return True
         import trio
 
         try:
             self._token.run_sync_soon(self._event.set)
         except trio.RunFinishedError:  # that run is over: nobody is left to wake
-            pass
+            return False
+        return True
 
     async def wait(self) -> None:
         await self._event.wait()
@@ -112,8 +117,9 @@ class ThreadWaiter:
     def __init__(self) -> None:
         self._event = threading.Event()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
         self._event.set()
+        return True
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -397,3 +398,22 @@ async def test_other_tasks_run_while_a_workspace_is_read(tmp_path: Path) -> None
         finished = True
     assert blocks >= 10
     assert beats >= blocks  # the loop ran the heartbeat between blocks, never starved
+
+
+async def test_a_fifo_in_the_capture_folder_is_reported_not_waited_on(tmp_path: Path) -> None:
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with ctx.run("r") as run:
+            run.metric("m", 1)
+    capture = tmp_path / "cache" / "capture"
+    (capture / "artifact.jsonl").unlink(missing_ok=True)
+    os.mkfifo(capture / "artifact.jsonl")
+    with anyio.fail_after(10), pytest.raises(UnreadableFileError) as caught:
+        await Workspace(tmp_path).list_runs()
+    assert "not a regular file" in str(caught.value)
+
+
+def test_the_mean_of_values_past_the_float_range_and_infinities_is_nan() -> None:
+    from contexta_async.readers._compare import mean_of
+
+    assert math.isnan(mean_of([1.7e308, 1.7e308, math.inf, -math.inf]))
+    assert mean_of([1.7e308, 1.7e308, 1.7e308]) == pytest.approx(1.7e308)

@@ -576,3 +576,103 @@ def test_a_line_at_every_limit_at_once_stays_under_the_documented_line_size(
     ]
     assert max(sizes) > 6 * 1024 * 1024  # the case is near the worst one
     assert max(sizes) < MAX_LINE_BYTES
+
+
+# ---- found in review: arguments that got past the call ----------------------------------------
+
+
+class _TwoFacedPath(os.PathLike[str]):
+    """A path whose str() is not its fspath()."""
+
+    def __init__(self, fspath: str, text: str) -> None:
+        self._fspath = fspath
+        self._text = text
+
+    def __fspath__(self) -> str:
+        return self._fspath
+
+    def __str__(self) -> str:
+        return self._text
+
+
+def test_an_artifact_records_its_path_as_opened_and_refuses_overlong_paths(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"x")
+    with Contexta(workspace=tmp_path / "ws", config={"project_name": "p"}) as ctx:
+        with ctx.run("r") as run:
+            with pytest.raises(ValidationError) as caught:
+                run.register_artifact("model", "./" * 5_000 + str(target))
+            assert caught.value.field == "path"
+            run.register_artifact("model", _TwoFacedPath(str(target), "bad \ud800 \x00"))
+        ctx.flush()
+    (line,) = read_family(tmp_path / "ws", "ARTIFACT")
+    assert line["payload"]["request"]["source"] == str(target)
+
+
+def test_closing_with_a_reason_that_is_not_text_is_refused_and_the_scope_still_closes(
+    tmp_path: Path,
+) -> None:
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with ctx.run("r") as run:
+            with pytest.raises(ValidationError) as caught:
+                run.close("failed", reason=12345)  # type: ignore[arg-type]
+            assert caught.value.field == "reason"
+            assert run.status == "open"
+    statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
+    assert statuses == ["open", "completed"]
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+def test_a_scope_left_by_an_exception_whose_str_fails_closes_as_failed(tmp_path: Path) -> None:
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with pytest.raises(_Unprintable), ctx.run("r"):
+            raise _Unprintable
+    closing = read_family(tmp_path, "CONTEXT")[-1]["payload"]
+    assert (closing["status"], closing["failure_reason"]) == ("failed", "_Unprintable")
+
+
+def test_timeouts_beyond_what_the_platform_can_wait_mean_no_limit(tmp_path: Path) -> None:
+    ctx = Contexta(
+        workspace=tmp_path, config={"project_name": "p"}, shutdown_timeout=float("inf")
+    )
+    with ctx.run("r") as run:
+        run.metric("m", 1)
+    ctx.flush(timeout=float("inf"))
+    ctx.flush(timeout=1e12)
+    ctx.close()
+    assert ctx.closed and ctx.statistics().written == 3
+
+
+def test_a_custom_sink_with_an_unwritable_name_is_refused_at_construction(tmp_path: Path) -> None:
+    class Named(MemorySink):
+        pass
+
+    sink = Named()
+    sink.name = "bad \x00 name"
+    with pytest.raises(ConfigurationError) as caught:
+        Contexta(workspace=tmp_path, sinks=[sink])
+    assert caught.value.field == "sinks"
+
+
+def test_an_aggregation_scope_that_only_compares_equal_to_step_is_refused(
+    tmp_path: Path,
+) -> None:
+    class EqualsAnything:
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = object.__hash__
+
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        with ctx.run("r") as run:
+            with pytest.raises(ValidationError):
+                run.metric("m", 1.0, aggregation_scope=EqualsAnything())  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                run.metric("m", 1.0, summary_basis=EqualsAnything())  # type: ignore[arg-type]
+        ctx.flush()

@@ -7,6 +7,7 @@ must drop nothing, and the opt-in policies must account for every line they refu
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -444,3 +445,52 @@ def test_opening_lines_past_the_bound_stay_within_twice_the_queue_size(
     ctx.close()
     assert ctx.statistics().peak_queued <= 2 * 10 + 1  # + a closing line
     _assert_complete_lifecycles(tmp_path, 200)
+
+
+async def test_producers_woken_together_resume_one_loop_turn_at_a_time(tmp_path: Path) -> None:
+    # Fifty producers wait for room; one writer batch lets all their lines in. They resume one
+    # after another, each passing the turn to the next, so the loop's other tasks (here a task
+    # that only yields) run between them instead of after the whole herd.
+    sink = GateSink(tmp_path)
+    producers = 50
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        queue_size=producers,
+        max_batch_size=producers,
+    )
+    resumed = 0
+    seen: list[int] = []
+    done = anyio.Event()
+    try:
+        async with ctx, ctx.run("r") as run:
+            await anyio.to_thread.run_sync(sink.entered.wait)  # the writer holds the run's line
+            for i in range(producers):
+                await run.metric("fill", i)  # the queue is full
+
+            async def producer(i: int) -> None:
+                nonlocal resumed
+                await run.metric("m", i)  # waits for room
+                resumed += 1
+                if resumed == producers:
+                    done.set()
+
+            async def other_task() -> None:
+                while not done.is_set():
+                    seen.append(resumed)
+                    await anyio.lowlevel.checkpoint()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(producers):
+                    tg.start_soon(producer, i)
+                await until_parked(ctx, producers)
+                tg.start_soon(other_task)
+                sink.gate.set()
+            seen.append(resumed)
+    finally:
+        sink.gate.set()
+    steps = [b - a for a, b in itertools.pairwise(seen)]
+    assert seen[-1] == producers and len(steps) >= producers // 3
+    assert max(steps) <= 3, f"up to {max(steps)} producers resumed in one turn of the loop"
+    assert _counts(tmp_path) == {"run:p.r": 2 * producers}

@@ -107,10 +107,11 @@ def mean_of(values: Collection[float]) -> float:
     inf or nan as IEEE arithmetic gives them where the sum leaves the float range."""
     n = len(values)
     try:
-        return math.fsum(values) / n
-    except OverflowError:  # the sum is past the float range, the mean may not be
-        return math.fsum(v / n for v in values)
-    except ValueError:  # inf - inf
+        try:
+            return math.fsum(values) / n
+        except OverflowError:  # the sum is past the float range, the mean may not be
+            return math.fsum(v / n for v in values)
+    except ValueError:  # inf - inf (raised by either sum)
         return math.nan
 
 

@@ -10,14 +10,16 @@ waits for the next block.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Final, Generic, NamedTuple, TypeVar
+from typing import Any, BinaryIO, Final, Generic, NamedTuple, TypeVar
 
 import anyio
 import anyio.to_thread
 import msgspec
 
+from .._record_index import open_regular
 from ._errors import UnreadableFileError
 from ._model import LineProblem, ReadReport
 
@@ -385,6 +387,20 @@ class LineCutter:
         return bool(self.tail.strip())
 
 
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading; UnreadableFileError unless it is a regular file (a FIFO
+    put there must not hang the reader). FileNotFoundError passes through."""
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+    if fd is None:
+        raise UnreadableFileError(str(path), "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 async def read_blocks(
     path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE
 ) -> AsyncIterator[Block]:
@@ -396,11 +412,9 @@ async def read_blocks(
     """
     cutter = LineCutter()
     try:
-        handle = await anyio.to_thread.run_sync(open, path, "rb")
+        handle = await anyio.to_thread.run_sync(open_regular_file, path)
     except FileNotFoundError:
         return
-    except OSError as exc:
-        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
     # Closed here, not in a worker thread: a caller that stops iterating early leaves this
     # generator to be closed at any time, even while its event loop shuts down.
     with handle:

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from .._record_index import Frame, index_path_for, read_entry
-from ._decode import CHUNK_SIZE, Issues
+from ._decode import CHUNK_SIZE, Issues, open_regular_file
 from ._errors import UnreadableFileError
 from ._indexed import LoadedIndex, open_index, pieces
 from ._scan import Accumulator, BlockFeeder, RecordScan
@@ -49,7 +49,7 @@ def scan_file(
     issues = Issues()
     acc = Accumulator(wanted, keep_values, times)
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the index
+        handle = open_regular_file(path)  # closed below, after the index
     except FileNotFoundError:
         return acc.finish(), issues
     with handle, _index_file(path, bool(frames)) as index:

@@ -6,9 +6,9 @@ with a waiter; when the writer makes room, parked items move into the queue in a
 and their producers are woken, so waiting producers are served first-come first-served and no
 newcomer can overtake them.
 
-Woken producers pass the turn on: the writer wakes the first, and each, once it runs, wakes the
-next (``pass_turn``). Hundreds of producers whose lines went in at once therefore resume one
-after another, each in its own turn of its event loop, instead of all in one turn that would
+Woken producers pass the turn on: the writer wakes the first 4, and the last of them, once it
+runs, wakes the next 4 (``pass_turn``). Hundreds of producers whose lines went in at once
+therefore resume a group per turn of their event loop, instead of all in one turn that would
 hold every other task of the loop (a service's request handlers, a ticker) for the whole herd.
 Should the turn stall (a producer's loop is gone), the writer wakes the rest at its next batch
 once half a second went by without a turn passed on (it looks at least every 0.1 s).
@@ -29,6 +29,7 @@ __all__ = ["BoundedBuffer"]
 
 T = TypeVar("T")
 _TURN_STALLED = 0.5  # seconds without a turn passed on before the writer wakes them all
+_TURN_GROUP = 4  # producers woken per turn: the loop's other tasks wait for 4, not hundreds
 W = TypeVar("W", bound=Waiter)
 
 
@@ -45,6 +46,7 @@ class BoundedBuffer(Generic[T]):
         self._parked: deque[tuple[T, Waiter]] = deque()
         self._reader: Waiter | None = None
         self._turns: deque[Waiter] = deque()  # queued producers still to be woken, in order
+        self._holder: Waiter | None = None  # the producer that passes the turn on next
         self._turn_passed = 0.0
         self._closed = False
         self.appended = 0  # sequence number of the newest queued item (0: none yet)
@@ -154,7 +156,7 @@ class BoundedBuffer(Generic[T]):
                     self._reader = reader
                 idle: deque[Waiter] | None = None
                 if self._turns and time.monotonic() - self._turn_passed > _TURN_STALLED:
-                    idle, self._turns = self._turns, deque()
+                    idle, self._turns, self._holder = self._turns, deque(), None
                 seq = self.appended
             else:
                 seq = -1
@@ -172,7 +174,7 @@ class BoundedBuffer(Generic[T]):
             stalled: deque[Waiter] = deque()
             now = time.monotonic()
             if self._turns and now - self._turn_passed > _TURN_STALLED:
-                stalled, self._turns = self._turns, deque()
+                stalled, self._turns, self._holder = self._turns, deque(), None
             while self._parked and len(items) < self.capacity:
                 item, waiter = self._parked.popleft()
                 self._append_locked(item)
@@ -185,7 +187,7 @@ class BoundedBuffer(Generic[T]):
     def release_turns(self) -> None:
         """Wake every producer still waiting for its turn (the writer stops)."""
         with self.lock:
-            waiting, self._turns = self._turns, deque()
+            waiting, self._turns, self._holder = self._turns, deque(), None
         for waiter in waiting:
             waiter.wake()
 
@@ -194,19 +196,26 @@ class BoundedBuffer(Generic[T]):
         """Producers whose lines went in still wait to be woken (the writer checks on them)."""
         return bool(self._turns)
 
-    def pass_turn(self, leaving: Waiter | None = None) -> None:
-        """Wake the next producer whose line went in (``leaving``: one that will not wait
-        for its turn any more, e.g. it was cancelled)."""
+    def pass_turn(self, waiter: Waiter | None = None, *, leaving: bool = False) -> None:
+        """``waiter``'s producer runs again (or, ``leaving``, stopped waiting for its turn):
+        if it held the turn, wake the next group. None: the writer starts a turn if none is
+        going on."""
         with self.lock:
-            if leaving is not None:
+            if leaving and waiter is not None:
                 try:
-                    self._turns.remove(leaving)
+                    self._turns.remove(waiter)
                 except ValueError:
                     pass
+            if waiter is not self._holder:
+                return
+            self._holder = None
             self._turn_passed = time.monotonic()
-            while self._turns:
-                if self._turns.popleft().wake():
-                    return
+            woken = 0
+            while self._turns and woken < _TURN_GROUP:
+                candidate = self._turns.popleft()
+                if candidate.wake():
+                    woken += 1
+                    self._holder = candidate  # the last of the group passes the turn on
 
     def close(self) -> None:
         """Refuse new items; items already queued or parked stay to be drained."""

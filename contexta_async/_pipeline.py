@@ -286,7 +286,7 @@ class Pipeline:
         except BaseException:
             self.waiting_ended(waiter)  # cancelled: the line is not captured unless it got in
             raise
-        self._buffer.pass_turn()
+        self._buffer.pass_turn(waiter)
 
     def submit_blocking(self, item: Item) -> None:
         """Queue ``item``, blocking this thread while the queue is full.
@@ -303,7 +303,7 @@ class Pipeline:
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
             self.waiting_ended(waiter)
             raise
-        self._buffer.pass_turn()
+        self._buffer.pass_turn(waiter)
 
     # ---- lifecycle lines ---------------------------------------------------------------
     # Never dropped or refused: a closing line without its opening line would be a format
@@ -326,12 +326,12 @@ class Pipeline:
         line if still parked (True: it will never be written), else give up its turn."""
         if self._buffer.unpark(waiter):
             return True
-        self._buffer.pass_turn(leaving=waiter)
+        self._buffer.pass_turn(waiter, leaving=True)
         return False
 
-    def pass_turn(self) -> None:
-        """A producer woken after waiting for room runs: wake the next one (see _buffer)."""
-        self._buffer.pass_turn()
+    def pass_turn(self, waiter: Waiter) -> None:
+        """A producer woken after waiting for room runs: the turn goes on (see _buffer)."""
+        self._buffer.pass_turn(waiter)
 
     def queue_parked_now(self, item: Item) -> None:
         """If ``item`` is parked, queue it now (past the bound) and wake its producer."""

@@ -278,10 +278,10 @@ class ScopeCore:
             raise
         return waiter
 
-    def opening_queued(self) -> None:
+    def opening_queued(self, waiter: Waiter) -> None:
         with self._lock:
             self._parked_opening = None
-        self.pipeline.pass_turn()
+        self.pipeline.pass_turn(waiter)
 
     def opening_abandoned(self, waiter: Waiter) -> None:
         """The wait for room was interrupted: a line still parked is withdrawn, and the scope

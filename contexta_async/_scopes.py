@@ -100,7 +100,7 @@ class Opening(Generic[S, A]):
                 except BaseException:
                     core.opening_abandoned(waiter)
                     raise
-                core.opening_queued()
+                core.opening_queued(waiter)
         except BaseException as exc:  # closes the scope only if its opening line was queued
             _close(core, *_exit_status(type(exc), exc, _sync_cancelled()))
             raise
@@ -125,7 +125,7 @@ class Opening(Generic[S, A]):
                 except BaseException:
                     core.opening_abandoned(waiter)
                     raise
-                core.opening_queued()
+                core.opening_queued(waiter)
         except BaseException as exc:  # closes the scope only if its opening line was queued
             cancelled = (anyio.get_cancelled_exc_class(), *_SYNC_CANCELLED)
             _close(core, *_exit_status(type(exc), exc, cancelled))

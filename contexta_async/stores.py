@@ -9,7 +9,7 @@ group under the URL scheme it serves (``postgresql``, ``postgres``); the object 
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TextIO, runtime_checkable
 
 from ._errors import StoreNotInstalledError, ValidationError
@@ -38,8 +38,9 @@ class ShipRequest:
 
     workspace: str
     """The workspace directory (or its capture folder), as given."""
-    url: str
-    """The store URL, as given. It may hold a password: never print or log it as is."""
+    url: str = field(repr=False)
+    """The store URL, as given. It may hold a password: never print or log it as is (it is
+    left out of this object's repr)."""
     follow: bool
     """Keep shipping new lines until SIGINT or SIGTERM (otherwise ship what is there, exit)."""
     batch_lines: int

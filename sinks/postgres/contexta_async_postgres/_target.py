@@ -76,8 +76,23 @@ class Target:
         return _looks_like_auth(_one_line(exc)) or "does not exist" in str(exc)
 
 
+def _raw_password(url: str) -> str:
+    """The password as written in the URL's authority (empty if none); ValidationError when the
+    authority is ambiguous: an unencoded ``@`` or ``/`` in a password makes libpq split the URL
+    elsewhere, and parts of the password would then be shown as host or database."""
+    rest = url.partition("://")[2]
+    authority, _, after = rest.partition("/")
+    if authority.count("@") > 1 or ("@" not in authority and "@" in after.partition("?")[0]):
+        raise ValidationError(
+            "to", "must percent-encode '@' and '/' in the user name and password", "..."
+        )
+    userinfo = authority.rpartition("@")[0]
+    return userinfo.partition(":")[2]
+
+
 def parse_target(url: str) -> Target:
     """Parse a ``postgresql://`` or ``postgres://`` URL (ValidationError naming ``--to``)."""
+    raw_password = _raw_password(url)
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
@@ -88,7 +103,7 @@ def parse_target(url: str) -> Target:
     user = str(params.get("user") or env.get("PGUSER") or "")
     dbname = str(params.get("dbname") or env.get("PGDATABASE") or user or "postgres")
     password = str(params.get("password") or "")
-    found = [password, env.get("PGPASSWORD", "")]
+    found = [password, raw_password, urllib.parse.unquote(raw_password), env.get("PGPASSWORD", "")]
     # Every spelling of the password that may appear in a message: as given, URL-quoted.
     forms: set[str] = set()
     for secret in found:

@@ -149,6 +149,13 @@ def _stats_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
     parser.add_argument(
+        "--adjust",
+        choices=("holm", "bh", "none"),
+        default="holm",
+        help="adjust the paired p-values across metrics: Holm (default), Benjamini-Hochberg, "
+        "or none",
+    )
+    parser.add_argument(
         "--maximize", action="append", default=[], metavar="KEY", help="KEY is better higher"
     )
     parser.add_argument(
@@ -340,7 +347,18 @@ def _write_pair(result: RunComparison, out: TextIO, samples: bool) -> None:
         level = f"{result.paired[0].confidence:.0%}"
         out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
         _table(
-            ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", f"{level} CI", "W/L/T", "MCNEMAR P"],
+            [
+                "STAGE",
+                "KEY",
+                "DIRECTION",
+                "N",
+                "MEAN DIFF",
+                f"{level} CI",
+                "W/L/T",
+                "MCNEMAR P",
+                f"P ({result.adjustment.upper()})",
+                "MDE 80%",
+            ],
             [
                 [
                     p.stage or "(run)",
@@ -352,6 +370,8 @@ def _write_pair(result: RunComparison, out: TextIO, samples: bool) -> None:
                     f"{format_number(p.ci_high, signed=True)}]",
                     f"{p.wins}/{p.losses}/{p.ties}",
                     format_number(p.mcnemar_p),
+                    format_number(p.p_adjusted),
+                    format_number(p.mde),
                 ]
                 for p in result.paired
             ],
@@ -449,6 +469,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
             seed=args.seed,
             bootstrap=args.bootstrap,
             include_samples=args.samples,
+            adjustment=args.adjust,
         )
         if args.json:
             _json(result, out)
@@ -500,6 +521,7 @@ async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         seed=args.seed,
         bootstrap=args.bootstrap,
         include_samples=True,
+        adjustment=args.adjust,
     )
     page = render_html_report(result)
     target = anyio.Path(args.output)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import statsmodels.api as sm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 
-from contexta_async import ValidationError
+from contexta_async import Contexta, ValidationError
+from contexta_async.readers import Workspace
 from contexta_async.readers._inference import (
     adjust_p_values,
     cluster_bootstrap_ci,
@@ -348,3 +350,67 @@ def test_newcombe_refuses_bad_counts_and_confidence_by_name() -> None:
     with pytest.raises(ValidationError) as caught:
         newcombe_paired_interval(3, 1, 1, 1, confidence=1.5)
     assert caught.value.field == "confidence"
+
+
+# ---- in the comparison ----------------------------------------------------------------------
+
+
+def _capture_paired(workspace: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two runs of 40 samples: a 0/1 metric and a continuous one, correlated across runs."""
+    rng = np.random.default_rng(17)
+    ability = rng.normal(0, 1, 40)
+    left_score = ability + rng.normal(0, 0.4, 40)
+    right_score = ability + 0.3 + rng.normal(0, 0.4, 40)
+    left_ok = (rng.uniform(0, 1, 40) < 0.6).astype(float)
+    right_ok = np.where(rng.uniform(0, 1, 40) < 0.3, 1.0 - left_ok, left_ok)
+    with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        for name, scores, oks in (("left", left_score, left_ok), ("right", right_score, right_ok)):
+            with ctx.run(name) as run, run.stage("eval") as stage:
+                for i in range(40):
+                    with stage.sample(f"case-{i}") as sample:
+                        sample.metric("score", float(scores[i]))
+                        sample.metric("correct", float(oks[i]))
+    return left_score, right_score, left_ok, right_ok
+
+
+async def test_compare_reports_se_correlation_power_and_adjusted_p_values(tmp_path: Path) -> None:
+    left, right, left_ok, right_ok = _capture_paired(tmp_path)
+    result = await Workspace(tmp_path).compare("left", "right")
+    by_key = {p.key: p for p in result.paired}
+    score, correct = by_key["score"], by_key["correct"]
+
+    diffs = right - left
+    assert score.se == pytest.approx(scipy.stats.sem(diffs), rel=1e-9)
+    unpaired = math.sqrt(left.var(ddof=1) / 40 + right.var(ddof=1) / 40)
+    assert score.unpaired_se == pytest.approx(unpaired, rel=1e-9)
+    assert score.correlation == pytest.approx(scipy.stats.pearsonr(left, right)[0], rel=1e-9)
+    assert score.mde == pytest.approx(
+        (scipy.stats.norm.ppf(0.975) + scipy.stats.norm.ppf(0.8)) * score.se, rel=1e-9
+    )
+    assert score.p_test == "paired-t"
+    assert score.p_value == pytest.approx(scipy.stats.ttest_rel(right, left).pvalue, rel=1e-7)
+
+    assert correct.p_test == "mcnemar-exact" and correct.p_value == correct.mcnemar_p
+    changed = right_ok - left_ok
+    exact = scipy.stats.binomtest(int((changed > 0).sum()), int((changed != 0).sum()), 0.5).pvalue
+    assert correct.p_value == pytest.approx(exact, rel=1e-9)
+    assert correct.small_n_low is not None and correct.small_n_high is not None
+    assert correct.small_n_low <= correct.mean_diff <= correct.small_n_high
+
+    raw = [p.p_value for p in result.paired]
+    assert result.adjustment == "holm"
+    holm = multipletests(raw, method="holm")[1]
+    assert [p.p_adjusted for p in result.paired] == pytest.approx(list(holm), rel=1e-12)
+    bh = await Workspace(tmp_path).compare("left", "right", adjustment="bh")
+    assert [p.p_adjusted for p in bh.paired] == pytest.approx(
+        list(multipletests(raw, method="fdr_bh")[1]), rel=1e-12
+    )
+
+
+async def test_an_unknown_adjustment_is_refused_before_the_workspace_is_read(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cache" / "capture").mkdir(parents=True)  # empty: reading it would fail
+    with pytest.raises(ValidationError) as caught:
+        await Workspace(tmp_path).compare("a", "b", adjustment="sidak")  # type: ignore[arg-type]
+    assert caught.value.field == "adjustment"

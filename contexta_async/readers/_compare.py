@@ -7,9 +7,19 @@ import operator
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import compress, repeat
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
 
 from .._refs import split_ref
+from ._inference import (
+    Adjustment,
+    adjust_p_values,
+    minimum_detectable_effect,
+    newcombe_paired_interval,
+    pairing_gain,
+    student_t_two_sided_p,
+)
 from ._model import (
     ArtifactChange,
     Direction,
@@ -278,6 +288,7 @@ def paired_results(
     seed: int = 0,
     bootstrap: BootstrapMethod = "auto",
     include_samples: bool = False,
+    adjustment: Adjustment = "holm",
 ) -> list[PairedResult]:
     pairs = []
     for stage, scope, _batch, key in _places((left, right), stage_order):
@@ -328,8 +339,10 @@ def paired_results(
             low, high, method = next(intervals)
         elif n:
             method = "non-finite"
+        extra = _inference_of(lvals, rvals, diffs, binary, p_value, confidence) if usable else {}
         results.append(
             PairedResult(
+                **extra,
                 stage=stage,
                 key=key,
                 direction=direction,
@@ -364,7 +377,48 @@ def paired_results(
                 else None,
             )
         )
+    adjusted = adjust_p_values([r.p_value for r in results], adjustment)
+    for result, p_adjusted in zip(results, adjusted, strict=True):
+        result.p_adjusted = p_adjusted
     return results
+
+
+def _inference_of(
+    lvals: list[float],
+    rvals: list[float],
+    diffs: list[float],
+    binary: bool,
+    mcnemar_p: float | None,
+    confidence: float,
+) -> dict[str, Any]:
+    """SE, what pairing bought, power, the p-value and (0/1 metrics) Newcombe's interval."""
+    n = len(diffs)
+    if n < 2:
+        return {}
+    with np.errstate(all="ignore"):
+        gain = pairing_gain(np.asarray(lvals), np.asarray(rvals))
+    if gain is None or not math.isfinite(gain.paired_se):
+        return {}
+    se = gain.paired_se
+    found: dict[str, Any] = {
+        "se": se,
+        "unpaired_se": gain.unpaired_se if math.isfinite(gain.unpaired_se) else None,
+        "correlation": gain.correlation,
+        "mde": minimum_detectable_effect(se),
+    }
+    if binary:
+        both = sum(1 for lv, rv in zip(lvals, rvals, strict=True) if lv == 1.0 and rv == 1.0)
+        left_only = sum(1 for d in diffs if d < 0)
+        right_only = sum(1 for d in diffs if d > 0)
+        low, high = newcombe_paired_interval(
+            both, left_only, right_only, n - both - left_only - right_only, confidence=confidence
+        )
+        found.update(p_value=mcnemar_p, p_test="mcnemar-exact", small_n_low=low, small_n_high=high)
+    elif se > 0:
+        found.update(p_value=student_t_two_sided_p(mean_of(diffs) / se, n - 1), p_test="paired-t")
+    else:
+        found.update(p_value=1.0 if mean_of(diffs) == 0 else 0.0, p_test="paired-t")
+    return found
 
 
 def _paired_values(

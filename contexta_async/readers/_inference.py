@@ -22,6 +22,7 @@ import numpy.typing as npt
 from .._errors import ValidationError
 
 __all__ = [
+    "ADJUSTMENTS",
     "Adjustment",
     "ClusteredError",
     "PairingGain",

@@ -215,6 +215,28 @@ class PairedResult(_R):
     regressed: list[str]
     fixed: list[str]
     samples: list[PairedSample] | None = None
+    se: float | None = None
+    """Standard error of the mean difference: s/√n of the paired differences."""
+    unpaired_se: float | None = None
+    """The SE had the runs been measured on different items, √(var_left/n + var_right/n):
+    next to ``se``, what pairing bought."""
+    correlation: float | None = None
+    """Pearson correlation of the two runs' per-sample values (None if either is constant)."""
+    mde: float | None = None
+    """Minimum detectable effect: the smallest true difference a two-sided test at alpha 0.05
+    detects with 80 % power, (z₀.₉₇₅ + z₀.₈) × se ≈ 2.80 × se."""
+    p_value: float | None = None
+    """Two-sided p-value of no difference: ``p_test`` says which test."""
+    p_test: str | None = None
+    """``"mcnemar-exact"`` (0/1 metrics) or ``"paired-t"`` (Student's t, n − 1 df)."""
+    p_adjusted: float | None = None
+    """``p_value`` adjusted across the paired metrics of the comparison
+    (``RunComparison.adjustment``)."""
+    small_n_low: float | None = None
+    """0/1 metrics: Newcombe's interval (method 10) for the paired difference of proportions,
+    at ``confidence``; it keeps its coverage at a few dozen pairs, where normal intervals are
+    too narrow."""
+    small_n_high: float | None = None
 
 
 class RunComparison(_R):
@@ -228,6 +250,9 @@ class RunComparison(_R):
     warnings: list[str]
     notes: list[str]
     read_report: ReadReport
+    adjustment: str = "holm"
+    """How ``PairedResult.p_adjusted`` was adjusted across metrics: ``"holm"`` (family-wise
+    error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or ``"none"``."""
 
 
 class MultiRunRow(_R):

@@ -15,6 +15,7 @@ from ._model import ReadReport, RecordCounts, RunStatus, RunSummary
 from ._scan import RecordScan
 
 __all__ = [
+    "INFERENCE_NOTES",
     "LATEST_NOTE",
     "STATUSES",
     "TYPE_KIND",
@@ -156,6 +157,20 @@ def stage_order(summaries: Sequence[RunSummary]) -> list[str]:
     for s in summaries:
         order.extend(st for st in s.stages if st not in order)
     return order
+
+
+_INFERENCE = (
+    "p_value: exact McNemar for 0/1 metrics, paired t (n - 1 df) otherwise; se = s/sqrt(n) of "
+    "the differences, unpaired_se as if the runs had different items; mde: smallest true "
+    "difference detected with 80% power at two-sided alpha 0.05 (2.80 se); small_n_low/high: "
+    "Newcombe's interval for 0/1 metrics"
+)
+INFERENCE_NOTES = {
+    "holm": _INFERENCE + "; p_adjusted: Holm (family-wise) across the paired metrics",
+    "bh": _INFERENCE + "; p_adjusted: Benjamini-Hochberg (false discovery rate) across the "
+    "paired metrics",
+    "none": _INFERENCE + "; p_adjusted: not adjusted",
+}
 
 
 def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable[str]) -> str:

@@ -32,6 +32,7 @@ from ._errors import (
 from ._files import read_artifacts, read_context
 from ._indexed import load_index
 from ._indexed_scan import scan_indexed
+from ._inference import ADJUSTMENTS, Adjustment
 from ._model import (
     BestRun,
     Direction,
@@ -45,6 +46,7 @@ from ._model import (
 from ._rows import artifact_row, record_row
 from ._scan import RecordScan
 from ._snapshot import (
+    INFERENCE_NOTES,
     LATEST_NOTE,
     STATUSES,
     Snapshot,
@@ -273,6 +275,7 @@ class Workspace:
         seed: int = 0,
         bootstrap: BootstrapMethod = "auto",
         include_samples: bool = False,
+        adjustment: Adjustment = "holm",
     ) -> RunComparison:
         """Compare two runs: metric deltas (right - left), paired per-sample statistics,
         artifact changes and warnings. ``directions`` overrides the inferred direction per
@@ -284,6 +287,8 @@ class Workspace:
         (a few differences standing apart from the rest); ``PairedResult.method`` tells
         which was used."""
         check_options(confidence, resamples, bootstrap, method_field="bootstrap")
+        if adjustment not in ADJUSTMENTS:
+            raise ValidationError("adjustment", f"must be one of {list(ADJUSTMENTS)}", adjustment)
         snapshot, refs = await self._snapshot([left, right], keep_values=True)
         lref, rref = refs
         lsum, rsum = snapshot.summary(lref), snapshot.summary(rref)
@@ -317,6 +322,7 @@ class Workspace:
                 seed=seed,
                 bootstrap=bootstrap,
                 include_samples=include_samples,
+                adjustment=adjustment,
             ),
             # A cancelled compare returns at once; the thread finishes its pure computation.
             abandon_on_cancel=True,
@@ -332,9 +338,11 @@ class Workspace:
             warnings=warnings,
             notes=[
                 LATEST_NOTE,
+                INFERENCE_NOTES[adjustment],
                 pairing_note(confidence, resamples, seed, (p.method for p in paired)),
             ],
             read_report=snapshot.report,
+            adjustment=adjustment,
         )
 
     async def compare_many(

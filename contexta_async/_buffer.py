@@ -151,38 +151,33 @@ class BoundedBuffer(Generic[T]):
         """
         with self.lock:
             items = self._items
+            stalled = self._stalled_turns_locked()
             if not items:
                 if reader is not None and not self._closed:
                     self._reader = reader
-                idle: deque[Waiter] | None = None
-                if self._turns and time.monotonic() - self._turn_passed > _TURN_STALLED:
-                    idle, self._turns, self._holder = self._turns, deque(), None
-                seq = self.appended
+                batch, last_seq = [], self.appended
             else:
-                seq = -1
-        if seq >= 0:
-            for waiter in idle or ():  # nobody passed the turn on for a while: wake them all
-                waiter.wake()
-            return [], seq
-        with self.lock:
-            if len(items) <= max_items:
-                batch = list(items)
-                items.clear()
-            else:
-                batch = [items.popleft() for _ in range(max_items)]
-            last_seq = self.appended - len(items)
-            stalled: deque[Waiter] = deque()
-            now = time.monotonic()
-            if self._turns and now - self._turn_passed > _TURN_STALLED:
-                stalled, self._turns, self._holder = self._turns, deque(), None
-            while self._parked and len(items) < self.capacity:
-                item, waiter = self._parked.popleft()
-                self._append_locked(item)
-                self._turns.append(waiter)
+                if len(items) <= max_items:
+                    batch = list(items)
+                    items.clear()
+                else:
+                    batch = [items.popleft() for _ in range(max_items)]
+                last_seq = self.appended - len(items)
+                while self._parked and len(items) < self.capacity:
+                    item, waiter = self._parked.popleft()
+                    self._append_locked(item)
+                    self._turns.append(waiter)
         for waiter in stalled:  # nobody passed the turn on for a while: wake them all
             waiter.wake()
-        self.pass_turn()
+        if batch:
+            self.pass_turn()
         return batch, last_seq
+
+    def _stalled_turns_locked(self) -> deque[Waiter]:
+        if self._turns and time.monotonic() - self._turn_passed > _TURN_STALLED:
+            stalled, self._turns, self._holder = self._turns, deque(), None
+            return stalled
+        return deque()
 
     def release_turns(self) -> None:
         """Wake every producer still waiting for its turn (the writer stops)."""

@@ -97,7 +97,15 @@ def load_store_backend(url: str, *, field: str = "--to") -> StoreBackend:
         raise ValidationError(
             field, f"no installed store serves this scheme (known: {known})", scheme
         )
-    backend = found[0].load()
+    try:
+        backend = found[0].load()
+    except ImportError as exc:  # installed, but something it needs is not (e.g. its driver)
+        raise ValidationError(
+            field,
+            f"the {scheme} store ({found[0].value}) cannot be loaded: {exc}; reinstall "
+            f"{_DISTRIBUTIONS.get(scheme, 'its distribution')}",
+            scheme,
+        ) from None
     if not isinstance(backend, StoreBackend):
         raise ValidationError(
             field, f"the {scheme} entry point ({found[0].value}) is not a StoreBackend", scheme

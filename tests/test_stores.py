@@ -66,3 +66,20 @@ def test_url_scheme_is_the_lower_cased_part_before_the_separator() -> None:
     assert stores.url_scheme("PostgreSQL://h/db") == "postgresql"
     assert stores.url_scheme("/some/path") == ""
     assert stores.url_scheme("://h") == ""
+
+
+def test_a_store_that_is_installed_but_cannot_load_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As with contexta-async-postgres installed but its driver (psycopg) missing.
+    class Broken:
+        value = "contexta_async_postgres:backend"
+
+        def load(self) -> object:
+            raise ImportError("no module named 'psycopg'")
+
+    monkeypatch.setattr(stores, "_entry_points", lambda scheme: [Broken()])
+    code, out, err = _ship("--to", URL)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and "cannot be loaded" in err and "psycopg" in err
+    assert "Traceback" not in err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -145,7 +146,8 @@ class Shipper:
         self._conn: Connection | None = None
         self._connected_once = False
         # file -> (size, mtime) when it last had nothing new: no round trip until it changes
-        self._caught_up: dict[str, tuple[int, int]] = {}
+        # file -> (size, mtime, bytes of an unfinished last line) when the store had it all
+        self._caught_up: dict[str, tuple[int, int, int]] = {}
         self._ahead: dict[str, _Ahead] = {}  # file -> its next batch, being parsed
         self._parsers = {
             file: LineParser(self.workspace_id, file, family)
@@ -336,13 +338,18 @@ class Shipper:
         """Ship one batch of ``file``: (lines handled, bytes of an unterminated tail)."""
         path = self.capture / file
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return 0, 0
+        except OSError as exc:  # a symlink (ELOOP), no permission...: one line, no traceback
+            raise StoreError(f"{path}: cannot be read: {exc.strerror or exc}") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"{path}: cannot be read: not a regular file")
             size, mtime = _settled_size(fd)
-            if self._caught_up.get(file) == (size, mtime):
-                return 0, 0  # nothing appended since the store last had it all
+            caught_up = self._caught_up.get(file)
+            if caught_up is not None and caught_up[:2] == (size, mtime):
+                return 0, caught_up[2]  # nothing appended since the store last had it all
             schema = sql.Identifier(SCHEMA)
             with conn.transaction():
                 conn.execute(
@@ -370,7 +377,7 @@ class Shipper:
                 if parsed is None:
                     data = _whole_lines(fd, position, size, self.batch_bytes)
                     if not data:
-                        self._caught_up[file] = (size, mtime)
+                        self._caught_up[file] = (size, mtime, size - position)
                         return 0, size - position
                     parsed = self._parse_batch(parser, data, position)
                 if position + parsed.used < size:

@@ -14,6 +14,7 @@ from contexta_async_postgres import (
     Shipper,
     ShipPositionError,
     ShipResult,
+    StoreError,
 )
 from pgtest import (
     Database,
@@ -255,3 +256,33 @@ def test_concurrent_first_users_create_the_schema_once(db: Database) -> None:
     assert errors == []
     assert versions == [SCHEMA_VERSION] * 6
     assert db.query("SELECT version FROM contexta.schema_version") == [(SCHEMA_VERSION,)]
+
+
+def test_a_waiting_torn_tail_is_still_reported_on_every_later_pass(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    with record.open("ab") as f:
+        f.write(b'{"captured_at":"2026')  # a writer mid-line
+    with Shipper(ws, db.url) as shipper:
+        first = shipper.ship()
+        again = shipper.ship()  # nothing appended: the shipper knows it is caught up
+    assert first.waiting_bytes == again.waiting_bytes == len(b'{"captured_at":"2026')
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_family_file_that_is_not_a_regular_file_is_a_one_line_error(
+    tmp_path: Path, db: Database, kind: str
+) -> None:
+    ws = capture(tmp_path / "ws")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    moved = tmp_path / "elsewhere.jsonl"
+    record.rename(moved)
+    if kind == "symlink":
+        record.symlink_to(moved)
+    else:
+        record.mkdir()
+    with pytest.raises(StoreError) as caught:
+        ship(ws, db)
+    assert "record.jsonl: cannot be read" in str(caught.value)

@@ -168,7 +168,7 @@ def _async_throughput(
                 go = asyncio.Event()
                 # Warm up: open the files (mkdir + directory fsync) before the clock starts.
                 await stage.metric("warmup", 1.0)
-                await ctx.aflush()
+                await _aflush(ctx)
                 base_rss = _maxrss_kib()
 
                 opened = [0]
@@ -207,7 +207,7 @@ def _async_throughput(
                 go.set()
                 tick = asyncio.create_task(ticker())
                 await asyncio.gather(*tasks)
-                await ctx.aflush()
+                await _aflush(ctx)
                 seconds = time.perf_counter() - start
                 cpu = _cpu_since(usage)
                 running = False
@@ -406,7 +406,7 @@ def _latency(
                 run.stage("evaluate") as stage,
             ):
                 await stage.metric("warmup", -1)
-                await ctx.aflush()
+                await _aflush(ctx)
                 sink.acks.clear()
                 start = perf() + 20_000_000  # 20 ms for all producers to be ready
 
@@ -425,7 +425,7 @@ def _latency(
 
                 await asyncio.gather(*(producer(i) for i in range(producers)))
                 end = perf()
-                await ctx.aflush()
+                await _aflush(ctx)
             await ctx.aclose()
             stats = _stats_dict(ctx)
         return {"offered_seconds": (end - start) / 1e9, "stats": stats}
@@ -626,7 +626,7 @@ def _breakdown(ws: Path, records: int) -> dict[str, Any]:
             for j in range(n):
                 await s.metric("correct", (j % 100) / 100, unit="ratio")
             result["awaited_call_us"] = (time.perf_counter_ns() - t0) / n / 1000
-            await ctx.aflush()
+            await _aflush(ctx)
             # 3. stamping + msgspec encode_lines of one batch, per record
             from contexta_async._clock import now
 
@@ -648,7 +648,7 @@ def _breakdown(ws: Path, records: int) -> dict[str, Any]:
             for item in items:
                 buffer.try_put(item)
             result["queue_put_us"] = (time.perf_counter_ns() - t0) / batch_size / 1000
-            await ctx.aflush()
+            await _aflush(ctx)
 
     asyncio.run(main())
     return result
@@ -684,7 +684,7 @@ def _profile(ws: Path, records: int, top: int) -> dict[str, Any]:
                 start = time.perf_counter()
                 loop_prof.enable()
                 await asyncio.gather(*(producer(i) for i in range(producers)))
-                await ctx.aflush()
+                await _aflush(ctx)
                 loop_prof.disable()
                 return time.perf_counter() - start
 

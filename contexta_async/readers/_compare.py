@@ -323,8 +323,10 @@ def paired_results(
         # lt(0.0, d) is 0.0 < d: a positive difference.
         better = operator.lt if direction == "maximize" else operator.gt
         worse = operator.gt if direction == "maximize" else operator.lt
-        wins = sum(map(better, repeat(0.0), diffs))
-        losses = sum(map(worse, repeat(0.0), diffs))
+        rises = sum(map(operator.lt, repeat(0.0), diffs))
+        falls = sum(map(operator.gt, repeat(0.0), diffs))
+        wins, losses = (rises, falls) if direction == "maximize" else (falls, rises)
+        mean_diff = mean_of(diffs) if n else None
         regressed: list[str] = []
         fixed: list[str] = []
         p_value = None
@@ -339,7 +341,9 @@ def paired_results(
             low, high, method = next(intervals)
         elif n:
             method = "non-finite"
-        extra = _inference_of(lvals, rvals, diffs, binary, p_value, confidence) if usable else {}
+        extra = {}
+        if usable and mean_diff is not None:
+            extra = _inference_of(lvals, rvals, mean_diff, p_value, rises, falls, confidence)
         results.append(
             PairedResult(
                 **extra,
@@ -352,7 +356,7 @@ def paired_results(
                 unmatched_right=_unmatched(rmap, lmap, n),
                 mean_left=mean_of(lvals) if n else None,
                 mean_right=mean_of(rvals) if n else None,
-                mean_diff=mean_of(diffs) if n else None,
+                mean_diff=mean_diff,
                 ci_low=low,
                 ci_high=high,
                 confidence=confidence,
@@ -386,13 +390,15 @@ def paired_results(
 def _inference_of(
     lvals: list[float],
     rvals: list[float],
-    diffs: list[float],
-    binary: bool,
+    mean_diff: float,
     mcnemar_p: float | None,
+    rises: int,
+    falls: int,
     confidence: float,
 ) -> dict[str, Any]:
-    """SE, what pairing bought, power, the p-value and (0/1 metrics) Newcombe's interval."""
-    n = len(diffs)
+    """SE, what pairing bought, power, the p-value and (0/1 metrics, which have ``mcnemar_p``)
+    Newcombe's interval. ``rises``/``falls``: pairs higher/lower in the right run."""
+    n = len(lvals)
     if n < 2:
         return {}
     with np.errstate(all="ignore"):
@@ -406,18 +412,22 @@ def _inference_of(
         "correlation": gain.correlation,
         "mde": minimum_detectable_effect(se),
     }
-    if binary:
-        both = sum(1 for lv, rv in zip(lvals, rvals, strict=True) if lv == 1.0 and rv == 1.0)
-        left_only = sum(1 for d in diffs if d < 0)
-        right_only = sum(1 for d in diffs if d > 0)
+    if mcnemar_p is not None:
+        # 0/1 values: a fall is 1 -> 0 (left only), a rise 0 -> 1 (right only).
+        both = lvals.count(1.0) - falls
         low, high = newcombe_paired_interval(
-            both, left_only, right_only, n - both - left_only - right_only, confidence=confidence
+            both, falls, rises, n - both - falls - rises, confidence=confidence
         )
-        found.update(p_value=mcnemar_p, p_test="mcnemar-exact", small_n_low=low, small_n_high=high)
+        found.update(
+            p_value=mcnemar_p,
+            p_test="mcnemar-exact",
+            small_n_low=low,
+            small_n_high=high,
+        )
     elif se > 0:
-        found.update(p_value=student_t_two_sided_p(mean_of(diffs) / se, n - 1), p_test="paired-t")
+        found.update(p_value=student_t_two_sided_p(mean_diff / se, n - 1), p_test="paired-t")
     else:
-        found.update(p_value=1.0 if mean_of(diffs) == 0 else 0.0, p_test="paired-t")
+        found.update(p_value=1.0 if mean_diff == 0 else 0.0, p_test="paired-t")
     return found
 
 

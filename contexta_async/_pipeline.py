@@ -201,9 +201,16 @@ class Pipeline:
     def __init__(self, sinks: Sequence[Sink], options: PipelineOptions) -> None:
         self.sinks = tuple(sinks)
         self.options = options
-        self._buffer: BoundedBuffer[Item] = BoundedBuffer(options.queue_size)
         self._max_batch = options.max_batch_size
         self._overflow = options.overflow
+        self._closed = False
+        self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
+        self._start_afresh()
+        _all_pipelines.add(self)
+
+    def _start_afresh(self) -> None:
+        """The state of this process's pipeline: set at creation, and again after a fork."""
+        self._buffer: BoundedBuffer[Item] = BoundedBuffer(self.options.queue_size)
         self._state_lock = threading.Lock()
         self._processed = 0  # sequence number up to which every line was handled
         self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
@@ -215,9 +222,6 @@ class Pipeline:
         self._writer_started = False
         self._writer_done = threading.Event()
         self._host: threading.Thread | None = None
-        self._closed = False
-        self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
-        _all_pipelines.add(self)
         self._fast_puts = 0
 
     # ---- producers -------------------------------------------------------------------
@@ -639,19 +643,7 @@ class Pipeline:
         and reports them). The child keeps its options, sinks and closed state; its next
         capture starts a writer of its own, and its flushes cover its own lines only.
         """
-        self._state_lock = threading.Lock()
-        self._buffer = BoundedBuffer(self.options.queue_size)
-        self._processed = 0
-        self._flush_waiters = []
-        self._failures = []
-        self._reported = 0
-        self._pending_degradations = {s.name: [] for s in self.sinks}
-        self._drops = _Drops()
-        self._counts = Counter()
-        self._writer_started = False
-        self._writer_done = threading.Event()
-        self._host = None
-        self._fast_puts = 0
+        self._start_afresh()
         _open_pipelines.discard(self)
         for sink in self.sinks:
             try:

@@ -251,10 +251,7 @@ class ScopeCore:
                 reason = reason[: _MAX_REASON - 3] + "..."
             reason = v.writable_text(reason)  # an exception's message may hold a surrogate
         self.failure_reason = reason
-        if self.parent is not None:
-            with self.parent._lock:
-                self.parent._children.pop(id(self), None)
-        self.registry.discard(self)
+        self._forget()
         lines.append(self.context_item())
         return lines
 
@@ -294,6 +291,7 @@ class ScopeCore:
         self._forget()
 
     def _forget(self) -> None:
+        """No longer open: out of the parent's children and the registry."""
         if self.parent is not None:
             with self.parent._lock:
                 self.parent._children.pop(id(self), None)

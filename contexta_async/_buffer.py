@@ -23,14 +23,13 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ._errors import ClosedScopeError
-from ._waiters import Waiter
+from ._waiters import Waiter, WaiterT
 
 __all__ = ["BoundedBuffer"]
 
 T = TypeVar("T")
 _TURN_STALLED = 0.5  # seconds without a turn passed on before the writer wakes them all
 _TURN_GROUP = 4  # producers woken per turn: the loop's other tasks wait for 4, not hundreds
-W = TypeVar("W", bound=Waiter)
 
 
 def _closed() -> ClosedScopeError:
@@ -102,8 +101,8 @@ class BoundedBuffer(Generic[T]):
             return False
 
     def put_or_park_opening(
-        self, item: T, make_waiter: Callable[[], W], *, past_bound: bool
-    ) -> W | None:
+        self, item: T, make_waiter: Callable[[], WaiterT], *, past_bound: bool
+    ) -> WaiterT | None:
         """Queue a scope's opening line (None) or park it with a new waiter (returned).
 
         ``past_bound``: it may go past the capacity, up to twice the capacity, and overtake

@@ -27,7 +27,7 @@ import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 import anyio
 import anyio.lowlevel
@@ -47,7 +47,7 @@ from ._errors import (
 )
 from ._records import DEGRADATION, DegradationRecord, Item
 from ._validation import writable_text
-from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, async_waiter
+from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, WaiterT, async_waiter
 from .sinks import Chunk, FsyncError, Sink
 
 __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
@@ -134,7 +134,6 @@ class _Drops:
 
 _open_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not, for fork
-W = TypeVar("W", bound=Waiter)
 
 
 @atexit.register
@@ -316,7 +315,7 @@ class Pipeline:
     # stays bounded (beyond that it waits too). A closing line always goes past the bound:
     # closing runs on cancellation and must not wait. ScopeCore keeps the two in order.
 
-    def queue_opening(self, item: Item, make_waiter: Callable[[], W]) -> W | None:
+    def queue_opening(self, item: Item, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
         """Queue an opening line now (None), or park it with a new waiter that is woken once
         it is queued. Never blocks."""
         if not self._writer_started:

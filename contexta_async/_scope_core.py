@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _validation as v
 from ._artifacts import ArtifactFile
@@ -39,14 +39,13 @@ from ._records import (
     VerificationPolicy,
 )
 from ._refs import join_ref, normalize_name
-from ._waiters import Waiter
+from ._waiters import Waiter, WaiterT
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
 __all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 
-W = TypeVar("W", bound=Waiter)
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
@@ -259,7 +258,7 @@ class ScopeCore:
     # thread finds it either queued (its closing line goes after it) or parked (close queues
     # it first), never in between; and a scope whose opening line is withdrawn writes nothing.
 
-    def queue_opening(self, item: Item, make_waiter: Callable[[], W]) -> W | None:
+    def queue_opening(self, item: Item, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
         """Queue the opening line (None), or park it: wait on the waiter returned, then call
         ``opening_queued``, or ``opening_abandoned`` if the wait is interrupted."""
         try:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from typing import TypeVar
 
-__all__ = ["READY", "AsyncWaiter", "ThreadWaiter", "Waiter", "async_waiter"]
+__all__ = ["READY", "AsyncWaiter", "ThreadWaiter", "Waiter", "WaiterT", "async_waiter"]
 
 
 class AsyncWaiter:
@@ -126,6 +127,7 @@ class ThreadWaiter:
 
 
 Waiter = AsyncWaiter | ThreadWaiter
+WaiterT = TypeVar("WaiterT", bound=Waiter)  # a waiter of the kind the caller made
 
 
 class _Ready:

@@ -145,12 +145,18 @@ def _contexta(ws: Path, **extra: Any) -> Any:
 
 
 def _async_throughput(
-    ws: Path, records: int, producers: int, sample: bool, writer: str = "owned"
+    ws: Path,
+    records: int,
+    producers: int,
+    sample: bool,
+    writer: str = "owned",
+    time_every: int = SAMPLE_EVERY,
 ) -> dict[str, Any]:
     """``writer="owned"``: the producers run inside ``async with Contexta()``; ``"thread"``:
     the context is never entered (``ctx = Contexta()`` then ``async with ctx.run()``). Since
     038aa90 the writer is a daemon thread in both cases; the two labels stay so that older
-    results remain comparable, and their spread shows the machine's noise."""
+    results remain comparable, and their spread shows the machine's noise. With ``sample``,
+    every ``time_every``-th call is timed."""
     per = records // producers
     total = per * producers
     timings: list[int] = []
@@ -182,7 +188,7 @@ def _async_throughput(
                         await go.wait()
                         mine: list[int] = []
                         for j in range(per):
-                            if sample and j % SAMPLE_EVERY == 0:
+                            if sample and j % time_every == 0:
                                 t0 = perf()
                                 await s.metric("correct", (j % 100) / 100, unit="ratio")
                                 mine.append(perf() - t0)
@@ -217,6 +223,7 @@ def _async_throughput(
         lag = sorted(lags)
         loop_lag = {
             "ticks": len(lag),
+            "p50_ms": _percentile(lag, 50) / 1e6,
             "p99_ms": _percentile(lag, 99) / 1e6,
             "max_ms": (lag[-1] / 1e6) if lag else float("nan"),
         }
@@ -238,6 +245,7 @@ def _async_throughput(
     }
     if sample:
         result["per_call"] = _summary_us(timings)
+        result["worst_call_ms"] = max(timings, default=0) / 1e6
     return result
 
 
@@ -248,79 +256,21 @@ async def _aflush(ctx: Any) -> None:
 
 
 def _saturation(ws: Path, records: int, producers: int) -> dict[str, Any]:
-    """Event-loop health while ``producers`` coroutines capture flat out (no other await).
-
-    A 1 ms ticker in the same loop measures how late it wakes (p50/p99/max), and every call is
-    timed for the worst single wait; records/s is from the first capture to the flush.
-    """
-    per = records // producers
-    total = per * producers
-    worst_ns = [0]
-
-    async def main() -> dict[str, Any]:
-        perf = time.perf_counter_ns
-        ctx = _contexta(ws)
-        async with (
-            ctx,
-            ctx.run("saturation", dataset_ref="dataset:bench.synthetic") as run,
-            run.stage("evaluate") as stage,
-        ):
-            await stage.metric("warmup", 1.0)
-            await _aflush(ctx)
-            go = asyncio.Event()
-            opened = [0]
-            all_open = asyncio.Event()
-
-            async def producer(index: int) -> None:
-                async with stage.sample(f"case-{index}") as s:
-                    opened[0] += 1
-                    if opened[0] == producers:
-                        all_open.set()
-                    await go.wait()
-                    worst = 0
-                    for j in range(per):
-                        t0 = perf()
-                        await s.metric("correct", (j % 100) / 100, unit="ratio")
-                        took = perf() - t0
-                        if took > worst:
-                            worst = took
-                    worst_ns[0] = max(worst_ns[0], worst)
-
-            lags: list[int] = []
-            running = True
-
-            async def ticker() -> None:
-                while running:
-                    due = perf() + 1_000_000
-                    await asyncio.sleep(0.001)
-                    lags.append(max(0, perf() - due))
-
-            tasks = [asyncio.create_task(producer(i)) for i in range(producers)]
-            await all_open.wait()
-            start = time.perf_counter()
-            go.set()
-            tick = asyncio.create_task(ticker())
-            await asyncio.gather(*tasks)
-            await _aflush(ctx)
-            seconds = time.perf_counter() - start
-            running = False
-            await tick
-        lag = sorted(lags)
-        return {
-            "seconds": seconds,
-            "ticks": len(lag),
-            "tick_p50_ms": _percentile(lag, 50) / 1e6,
-            "tick_p99_ms": _percentile(lag, 99) / 1e6,
-            "tick_max_ms": (lag[-1] / 1e6) if lag else float("nan"),
-        }
-
-    out = asyncio.run(main())
+    """Event-loop health while ``producers`` coroutines capture flat out (no other await):
+    the async throughput run with every call timed, reported as the 1 ms ticker's lateness
+    (p50/p99/max), the worst single call and records/s."""
+    result = _async_throughput(ws, records, producers, sample=True, time_every=1)
+    lag = result["loop_lag"]
     return {
-        "records": total,
-        "rate": total / out["seconds"],
-        **out,
-        "worst_call_ms": worst_ns[0] / 1e6,
-        "complete": _count_lines(ws / "cache" / "capture" / "record.jsonl") == total + 1,
+        "records": result["records"],
+        "rate": result["rate"],
+        "seconds": result["seconds"],
+        "ticks": lag["ticks"],
+        "tick_p50_ms": lag["p50_ms"],
+        "tick_p99_ms": lag["p99_ms"],
+        "tick_max_ms": lag["max_ms"],
+        "worst_call_ms": result["worst_call_ms"],
+        "complete": result["complete"],
     }
 
 
@@ -360,6 +310,7 @@ def _sync_throughput(ws: Path, records: int, sample: bool) -> dict[str, Any]:
     }
     if sample:
         result["per_call"] = _summary_us(timings)
+        result["worst_call_ms"] = max(timings, default=0) / 1e6
     return result
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from ._decode import FullRecordLine
-from ._files import ArtifactInfo
+from collections.abc import Collection
+
+from .._format.lines import FullRecordLine
+from .._format.refs import last_component
 from ._model import RecordRow
-from ._snapshot import TYPE_KIND
+from ._source import TYPE_KIND, ArtifactInfo
 
 __all__ = ["artifact_row", "record_row"]
 
-
-def _name(ref: str | None) -> str | None:
-    return None if ref is None else ref.rsplit(".", 1)[-1]
+_name = last_component
 
 
 def _matches(value: str | None, wanted: str | None) -> bool:
@@ -19,13 +19,13 @@ def _matches(value: str | None, wanted: str | None) -> bool:
         return True
     if value is None:
         return False
-    return value == wanted or value.rsplit(".", 1)[-1] == wanted
+    return value == wanted or last_component(value) == wanted
 
 
 def record_row(
     line: FullRecordLine,
     ref: str,
-    kinds: set[str],
+    kinds: Collection[str],
     key: str | None,
     stage: str | None,
     sample: str | None,

@@ -1,0 +1,203 @@
+"""The local-file source: a workspace folder's capture files (the default ``RecordSource``).
+
+Every read is blocking work done in anyio's worker threads, so the event loop stays free and
+the same code serves asyncio and trio: ``record.jsonl`` is scanned in one thread
+(``_scan.scan_file``: from ``record.index`` where it verifiably matches, from the JSON
+elsewhere) while the small files are read in another. ``records`` steps through
+``record.jsonl`` one block per thread hop, so a stream holds one block of rows at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncGenerator, Collection, Generator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from .._format.lines import FullRecordLine
+from .._format.refs import run_matches
+from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError
+from ._files import read_artifacts, read_context
+from ._index import load_index
+from ._model import ReadReport, RecordRow
+from ._read import CHUNK_SIZE, Issues, LineDecoder, read_file
+from ._rows import artifact_row, record_row
+from ._scan import scan_file
+from ._source import ArtifactInfo, RowFilter, RunInfo, SourceData, resolve_run_ref
+
+__all__ = ["LocalSource"]
+
+_log = structlog.get_logger("contexta_async")
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a task group's failure (readers raise one at a time)."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+class LocalSource:
+    """The capture files of ``capture_dir``, read in ``chunk_size`` blocks; ``use_index``:
+    take what ``record.index`` verifiably describes from it (same answers, faster)."""
+
+    def __init__(
+        self,
+        capture_dir: Path,
+        *,
+        root: Path | None = None,
+        chunk_size: int = CHUNK_SIZE,
+        use_index: bool = True,
+    ) -> None:
+        self.capture_dir = capture_dir
+        self.root = capture_dir if root is None else root
+        self.chunk_size = chunk_size
+        self.use_index = use_index
+        self.last_report = ReadReport()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _file(self, family: str) -> Path:
+        return self.capture_dir / f"{family}.jsonl"
+
+    def _small_files(
+        self, issues: Issues
+    ) -> tuple[dict[str, RunInfo], dict[str, list[ArtifactInfo]]]:
+        runs = read_context(self._file("context"), issues, chunk_size=self.chunk_size)
+        artifacts = read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
+        return runs, artifacts
+
+    def _scan(
+        self, wanted: frozenset[str] | None, values: bool, stop: threading.Event
+    ) -> tuple[Any, Issues]:
+        path = str(self._file("record"))
+        # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace);
+        # the index holds no record times, so such a workspace is read from the JSON.
+        times = not _nonempty(self._file("context"))
+        frames = []
+        issues = Issues()
+        if self.use_index and not times:
+            index = load_index(path)
+            issues.index_frames_rejected += index.rejected
+            frames = index.frames
+        scan, found = scan_file(
+            path, wanted, values, self.chunk_size, times=times, frames=frames, stop_event=stop
+        )
+        found.index_frames_rejected += issues.index_frames_rejected
+        return scan, found
+
+    async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
+        wanted = None if runs is None else frozenset(runs)
+        small_issues = Issues()
+        found: dict[str, Any] = {}
+        stop = threading.Event()
+
+        async def scan() -> None:
+            # Cancelled, the read returns at once; the thread stops at its next frame or block.
+            found["scan"] = await anyio.to_thread.run_sync(
+                self._scan, wanted, values, stop, abandon_on_cancel=True
+            )
+
+        async def small() -> None:
+            found["small"] = await anyio.to_thread.run_sync(
+                self._small_files, small_issues, abandon_on_cancel=True
+            )
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(scan)
+                group.start_soon(small)
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        finally:
+            stop.set()
+        scan_result, scan_issues = found["scan"]
+        runs_info, artifacts = found["small"]
+        issues = small_issues.merge(scan_issues)
+        report = await anyio.to_thread.run_sync(issues.report)
+        self.last_report = report
+        return SourceData(runs_info, scan_result, artifacts, report)
+
+    async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
+        issues = Issues()
+        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
+        known = set(runs) | set(artifacts)
+        ref: str | None = None
+        if runs:
+            # Every run writes a CONTEXT line when it opens: the run is known from it (or
+            # from its artifacts) without reading record.jsonl first.
+            try:
+                ref = resolve_run_ref(run, known)
+            except UnknownRunError:
+                ref = None  # perhaps a run known only from its records: found while streaming
+        lines = self._rows(run, ref, known, rows, issues)
+        try:
+            while (block := await anyio.to_thread.run_sync(next, lines, None)) is not None:
+                for row in block:
+                    yield row
+        finally:
+            lines.close()  # closes the file: no worker thread needed (the loop may be closing)
+        self.last_report = await anyio.to_thread.run_sync(issues.report)
+
+    def _rows(
+        self, name: str, ref: str | None, known: set[str], rows: RowFilter, issues: Issues
+    ) -> Generator[list[RecordRow], None, None]:
+        """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
+        the one ``name`` names among the runs of the artifacts and the record lines, found as
+        they come: AmbiguousRunError at a second one, UnknownRunError if none."""
+        path = self._file("record")
+        resolved = ref is not None
+        candidates = set() if resolved else {r for r in known if run_matches(r, name)}
+        if len(candidates) > 1:
+            raise AmbiguousRunError(name, sorted(candidates))
+        if candidates:
+            (ref,) = candidates
+        if not resolved or rows.kinds & {"metric", "event", "span"}:
+            decoder = LineDecoder(FullRecordLine)
+            marker = f'"run_ref":"{ref}"'.encode()
+            seen: set[str] = set()
+            for block in read_file(path, issues, chunk_size=self.chunk_size):
+                if resolved and block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:
+                    continue  # compact lines, none of this run: skip decoding the block
+                out = []
+                for line in decoder.decode(block.view(), str(path), block.offset, issues):
+                    run = line.payload.envelope.run_ref
+                    if not resolved and run not in seen:
+                        seen.add(run)
+                        if run_matches(run, name) and run not in candidates:
+                            candidates.add(run)
+                            if len(candidates) > 1:
+                                raise AmbiguousRunError(name, sorted(candidates))
+                            ref = run
+                    if run == ref:
+                        row = record_row(line, ref, rows.kinds, rows.key, rows.stage, rows.sample)
+                        if row is not None:
+                            out.append(row)
+                yield out
+            known |= seen
+        if ref is None:
+            if not known:
+                raise EmptyWorkspaceError(self.describe())
+            ref = resolve_run_ref(name, known)  # raises: nothing named it
+        if "artifact" in rows.kinds:
+            artifacts = read_artifacts(
+                self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
+            )
+            yield [
+                row
+                for item in artifacts.get(ref, [])
+                if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+            ]

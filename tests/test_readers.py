@@ -22,8 +22,8 @@ from contexta_async.readers import (
     _scan,
     resolve_run_ref,
 )
+from contexta_async.readers._local import scan_file
 from contexta_async.readers._read import Issues
-from contexta_async.readers._scan import scan_file
 
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 

@@ -24,8 +24,8 @@ from contexta_async._format.refs import run_matches
 from contexta_async.readers import Workspace, _scan
 from contexta_async.readers._aggregate import RunMetrics, run_metrics
 from contexta_async.readers._index import load_index
+from contexta_async.readers._local import scan_file
 from contexta_async.readers._read import CHUNK_SIZE, Issues, read_file
-from contexta_async.readers._scan import scan_file
 
 from .index_builders import columns_from_lines, encode_frame
 

@@ -349,12 +349,12 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
 ) -> None:
     import threading
 
-    from contexta_async.readers import _local, _scan
+    from contexta_async.readers import _local
 
     await _eval_workspace(tmp_path, samples=300)
     entered, release, finished = threading.Event(), threading.Event(), threading.Event()
     calls = []
-    real_read_entry, real_scan_file = _scan.read_entry, _local.scan_file
+    real_read_entry, real_scan_file = _local.read_entry, _local.scan_file
 
     def read_entry(fd: int, frame: object) -> object:
         calls.append(frame)
@@ -369,7 +369,7 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
         finally:
             finished.set()
 
-    monkeypatch.setattr(_scan, "read_entry", read_entry)
+    monkeypatch.setattr(_local, "read_entry", read_entry)
     monkeypatch.setattr(_local, "scan_file", scan_file)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:

@@ -2,9 +2,10 @@
 ignore.
 
 Comparing runs needs four things per record line (type, subject ref, metric key, value), but
-parsing ~1 KB of JSON per line to get them costs ~1 us. So the local sink describes the RECORD
-lines it has written (and fsynced) in *frames* appended to ``record.index``, one per run of
-consecutive chunks of up to a few thousand lines: the byte range the lines occupy in
+parsing ~1 KB of JSON per line to get them costs most of a comparison (docs/performance.md,
+Readers). So the local sink describes the RECORD lines it has written (and fsynced) in
+*frames* appended to ``record.index``, one per run of consecutive chunks of up to a few
+thousand lines: the byte range the lines occupy in
 ``record.jsonl``, the length and CRC-32 of the first and last line, and the four columns,
 dictionary-encoded (a table of distinct strings plus one little-endian uint32 code per line)
 with the values as float64 (NaN where a line has none).

@@ -2,34 +2,50 @@
 
 Every read is blocking work done in anyio's worker threads, so the event loop stays free and
 the same code serves asyncio and trio: ``record.jsonl`` is scanned in one thread
-(``_scan.scan_file``: from ``record.index`` where it verifiably matches, from the JSON
-elsewhere) while the small files are read in another. ``records`` steps through
-``record.jsonl`` one block per thread hop, so a stream holds one block of rows at a time.
+(``scan_file``: from ``record.index`` where it verifiably matches, from the JSON elsewhere,
+aggregated as it goes by ``_scan.Accumulator``) while the small files are read in another.
+``records`` steps through ``record.jsonl`` one block per thread hop, so a stream holds one
+block of rows at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import AsyncGenerator, Collection, Generator
+from collections.abc import AsyncGenerator, Collection, Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
 import structlog
 
+from .._format.index import Frame, index_path_for
 from .._format.lines import FullRecordLine
 from .._format.refs import run_matches
-from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError
+from ._errors import (
+    AmbiguousRunError,
+    EmptyWorkspaceError,
+    UnknownRunError,
+    UnreadableFileError,
+)
 from ._files import read_artifacts, read_context
-from ._index import load_index
+from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
-from ._read import CHUNK_SIZE, Issues, LineDecoder, read_file
+from ._read import (
+    CHUNK_SIZE,
+    Issues,
+    LineDecoder,
+    ReadAbandoned,
+    open_regular_file,
+    read_blocks,
+    read_file,
+)
 from ._rows import artifact_row, record_row
-from ._scan import scan_file
-from ._source import ArtifactInfo, RowFilter, RunInfo, SourceData, resolve_run_ref
+from ._scan import Accumulator, BlockFeeder
+from ._source import ArtifactInfo, RecordScan, RowFilter, RunInfo, SourceData, resolve_run_ref
 
-__all__ = ["LocalSource"]
+__all__ = ["LocalSource", "scan_file"]
 
 _log = structlog.get_logger("contexta_async")
 
@@ -82,7 +98,7 @@ class LocalSource:
 
     def _scan(
         self, wanted: frozenset[str] | None, values: bool, stop: threading.Event
-    ) -> tuple[Any, Issues]:
+    ) -> tuple[RecordScan, Issues]:
         path = str(self._file("record"))
         # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace);
         # the index holds no record times, so such a workspace is read from the JSON.
@@ -201,3 +217,55 @@ class LocalSource:
                 for item in artifacts.get(ref, [])
                 if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
             ]
+
+
+def scan_file(
+    path: str,
+    wanted: frozenset[str] | None,
+    keep_values: bool,
+    chunk_size: int = CHUNK_SIZE,
+    *,
+    times: bool = False,
+    frames: Sequence[Frame] = (),
+    stop_event: threading.Event | None = None,
+) -> tuple[RecordScan, Issues]:
+    """Scan ``record.jsonl`` (blocking: the source runs it in a worker thread), in file
+    order: the parts that ``frames`` (verified index frames) describe from their columns,
+    the rest from the JSON. A missing file is an empty scan. ``stop_event`` set: give up
+    (``ReadAbandoned``) at the next frame or block."""
+    issues = Issues()
+    acc = Accumulator(wanted, keep_values, times)
+    try:
+        handle = open_regular_file(path)  # closed below, after the index
+    except FileNotFoundError:
+        return acc.finish(), issues
+    try:
+        with handle, _index_file(path, bool(frames)) as index:
+            for piece_start, piece_end, frame in pieces(frames, 0, None):
+                if stop_event is not None and stop_event.is_set():
+                    raise ReadAbandoned
+                if frame is not None:
+                    # One frame's columns in memory at a time: read when they are used.
+                    entry = None if index is None else read_entry(index.fileno(), frame)
+                    if entry is not None and acc.feed_entry(entry):
+                        issues.records_from_index += entry.lines
+                        continue
+                    issues.index_frames_rejected += 1
+                feeder = BlockFeeder(acc, path, issues, piece_start)
+                for block in read_blocks(
+                    handle, feeder.cutter, piece_end, chunk_size=chunk_size, stop_event=stop_event
+                ):
+                    feeder.feed(block)
+                feeder.close()
+    except OSError as exc:
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
+    return acc.finish(), issues
+
+
+def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """``record.index`` open for reading; None (its frames' lines are then parsed) when not
+    wanted or no longer readable."""
+    if wanted:
+        with contextlib.suppress(OSError):
+            return open_index(index_path_for(path))
+    return contextlib.nullcontext()

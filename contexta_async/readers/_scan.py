@@ -12,35 +12,23 @@ they were last folded into it.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from itertools import compress, groupby, repeat
 from operator import attrgetter, eq, itemgetter
-from typing import Any, BinaryIO, Final, cast
+from typing import Any, Final, cast
 
 import msgspec
 
-from .._format.index import Frame, IndexEntry, index_path_for
+from .._format.index import IndexEntry
 from .._format.lines import ENVELOPE, CountLine, ScanLine
 from .._format.refs import SPLIT_LAST, ScopeRef, parse_sample_head, parse_scope, run_matches
-from ._errors import UnreadableFileError
-from ._index import expand_entry, open_index, pieces, read_entry
-from ._read import (
-    CHUNK_SIZE,
-    Block,
-    Issues,
-    LineCutter,
-    LineDecoder,
-    ReadAbandoned,
-    open_regular_file,
-    read_blocks,
-)
+from ._index import expand_entry
+from ._read import Block, Issues, LineCutter, LineDecoder
 from ._source import RecordScan
 
-__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "scan_file"]
+__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder"]
 
 DECODE_SIZE: Final = 512 << 10
 
@@ -474,55 +462,3 @@ class BlockFeeder:
         if torn:
             self.issues.torn_tails.append(self.path)
         return torn
-
-
-def scan_file(
-    path: str,
-    wanted: frozenset[str] | None,
-    keep_values: bool,
-    chunk_size: int = CHUNK_SIZE,
-    *,
-    times: bool = False,
-    frames: Sequence[Frame] = (),
-    stop_event: threading.Event | None = None,
-) -> tuple[RecordScan, Issues]:
-    """Scan ``record.jsonl`` (blocking: the source runs it in a worker thread), in file
-    order: the parts that ``frames`` (verified index frames) describe from their columns,
-    the rest from the JSON. A missing file is an empty scan. ``stop_event`` set: give up
-    (``ReadAbandoned``) at the next frame or block."""
-    issues = Issues()
-    acc = Accumulator(wanted, keep_values, times)
-    try:
-        handle = open_regular_file(path)  # closed below, after the index
-    except FileNotFoundError:
-        return acc.finish(), issues
-    try:
-        with handle, _index_file(path, bool(frames)) as index:
-            for piece_start, piece_end, frame in pieces(frames, 0, None):
-                if stop_event is not None and stop_event.is_set():
-                    raise ReadAbandoned
-                if frame is not None:
-                    # One frame's columns in memory at a time: read when they are used.
-                    entry = None if index is None else read_entry(index.fileno(), frame)
-                    if entry is not None and acc.feed_entry(entry):
-                        issues.records_from_index += entry.lines
-                        continue
-                    issues.index_frames_rejected += 1
-                feeder = BlockFeeder(acc, path, issues, piece_start)
-                for block in read_blocks(
-                    handle, feeder.cutter, piece_end, chunk_size=chunk_size, stop_event=stop_event
-                ):
-                    feeder.feed(block)
-                feeder.close()
-    except OSError as exc:
-        raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
-    return acc.finish(), issues
-
-
-def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    """``record.index`` open for reading; None (its frames' lines are then parsed) when not
-    wanted or no longer readable."""
-    if wanted:
-        with contextlib.suppress(OSError):
-            return open_index(index_path_for(path))
-    return contextlib.nullcontext()

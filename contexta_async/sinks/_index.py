@@ -73,7 +73,8 @@ def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
 class _Column:
     """One column of a pending frame, dictionary-encoded as it grows: an int per line and
     each distinct value once. The codes stay a list until the frame is written: extending an
-    ``array`` converts item by item on every chunk, converting a list once is ~3x cheaper."""
+    ``array`` converts item by item on every chunk, converting a list once is cheaper
+    (docs/performance.md, Readers)."""
 
     __slots__ = ("codes", "table")
 

@@ -61,18 +61,11 @@ class Issues:
         if len(self._problems) < _MAX_PROBLEMS:
             self._problems.append((path, offset, reason))
 
-    def problems_raw(self) -> list[tuple[str, int, str]]:
-        return list(self._problems)
-
-    def absorb(self, corrupt: int, problems: list[tuple[str, int, str]]) -> None:
-        """Add what a trial decoding of a block found."""
-        self.corrupt_lines += corrupt
-        room = _MAX_PROBLEMS - len(self._problems)
-        self._problems.extend(problems[: max(0, room)])
-
     def merge(self, other: Issues) -> Issues:
-        """This read's findings followed by ``other``'s (another file's, read meanwhile)."""
-        self.absorb(other.corrupt_lines, other.problems_raw())
+        """This read's findings followed by ``other``'s (another file's read meanwhile, or a
+        trial decoding of a block)."""
+        self.corrupt_lines += other.corrupt_lines
+        self._problems.extend(other._problems[: max(0, _MAX_PROBLEMS - len(self._problems))])
         self.torn_tails.extend(other.torn_tails)
         self.records_from_index += other.records_from_index
         self.index_frames_rejected += other.index_frames_rejected

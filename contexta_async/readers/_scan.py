@@ -453,7 +453,7 @@ class BlockFeeder:
             self.acc.feed(lines)
         else:
             if found.corrupt_lines:
-                self.issues.absorb(found.corrupt_lines, found.problems_raw())
+                self.issues.merge(found)
 
     def close(self) -> bool:
         """At the end of the file (or of a stretch before an index frame): True, and the file

@@ -39,7 +39,6 @@ __all__ = [
     "parse_sample_head",
     "parse_scope",
     "run_matches",
-    "split_ref",
 ]
 
 MAX_COMPONENT_LENGTH = 63
@@ -100,12 +99,6 @@ def is_valid_ref(ref: object) -> bool:
 def components(ref: str) -> str:
     """``"run:p.r"`` -> ``"p.r"``: the components of a ref, without its kind."""
     return ref.split(":", 1)[-1]
-
-
-def split_ref(ref: str) -> tuple[str, list[str]]:
-    """``"stage:p.r.s"`` -> ``("stage", ["p", "r", "s"])``."""
-    kind, _, value = ref.partition(":")
-    return kind, value.split(".")
 
 
 def last_component(ref: str | None) -> str | None:

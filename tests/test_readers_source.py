@@ -112,3 +112,25 @@ async def test_records_of_a_run_known_only_from_its_records_are_found_in_the_one
     ws = Workspace(path)
     rows = [row async for row in ws.records("grounded", kind="metric", key="correct")]
     assert [row.sample for row in rows] == [f"case-{n}" for n in (1, 2, 3, 4, 5, 10, 99)]
+
+
+async def test_records_stream_in_bounded_memory_however_large_the_file(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = capture_llm_workspace(tmp_path / "ws")
+    record = path / "cache" / "capture" / "record.jsonl"
+    data = record.read_bytes()
+    with record.open("ab") as handle:
+        for _ in range((24 << 20) // len(data) + 1):
+            handle.write(data)  # ~24 MiB: the same lines again and again
+    ws = Workspace(path, chunk_size=256 << 10)
+    rows = 0
+    tracemalloc.start()
+    try:
+        async for _ in ws.records("grounded", kind="metric"):
+            rows += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows > 5_000
+    assert peak < 8 << 20, peak  # a block's rows at a time, not the file's

@@ -134,3 +134,11 @@ async def test_records_stream_in_bounded_memory_however_large_the_file(tmp_path:
         tracemalloc.stop()
     assert rows > 5_000
     assert peak < 8 << 20, peak  # a block's rows at a time, not the file's
+
+
+def test_a_bad_records_filter_is_refused_at_the_call(tmp_path: Path) -> None:
+    from contexta_async import ValidationError
+
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    with pytest.raises(ValidationError, match="kind"):
+        ws.records("grounded", kind="metrics")  # type: ignore[arg-type]

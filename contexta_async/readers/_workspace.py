@@ -160,7 +160,7 @@ class Workspace:
 
     # ---- records -----------------------------------------------------------------------
 
-    async def records(
+    def records(
         self,
         run: str,
         *,
@@ -172,19 +172,14 @@ class Workspace:
         """Stream the records of one run in capture order, then its artifacts.
 
         Filters: ``kind`` (metric, event, span, artifact), ``key`` (metric key, event key, span
-        name or artifact kind), ``stage`` and ``sample`` (a name or a full ref). The files are
-        read once, a block at a time: memory stays bounded however large the run.
+        name or artifact kind), ``stage`` and ``sample`` (a name or a full ref); a bad filter
+        raises ValidationError at the call. The files are read once, a block at a time: memory
+        stays bounded however large the run.
         """
         kinds = set(_KINDS) if kind is None else {kind} if isinstance(kind, str) else set(kind)
         if not kinds <= _KINDS:
             raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
-        rows = RowFilter(frozenset(kinds), key, stage, sample)
-        stream = self.source.records(run, rows)
-        try:
-            async for row in stream:
-                yield row
-        finally:
-            await stream.aclose()
+        return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
 
     # ---- comparison --------------------------------------------------------------------
 

@@ -180,17 +180,9 @@ class Aggregate:
             info = RunInfo(ref)
         counts = RecordCounts()
         for (run, payload_type), n in self.scan.counts.items():
-            if run != ref:
-                continue
-            kind = TYPE_KIND.get(payload_type)
-            if kind == "metric":
-                counts.metrics += n
-            elif kind == "event":
-                counts.events += n
-            elif kind == "span":
-                counts.spans += n
-            else:
-                counts.other += n
+            if run == ref:  # RecordCounts.metrics, .events, .spans or .other
+                field = f"{TYPE_KIND[payload_type]}s" if payload_type in TYPE_KIND else "other"
+                setattr(counts, field, getattr(counts, field) + n)
         counts.artifacts = len(self.artifacts.get(ref, ()))
         stages = [s for s, _ in sorted(info.stages.items(), key=lambda item: item[1])]
         extra = {

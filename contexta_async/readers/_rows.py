@@ -11,8 +11,6 @@ from ._source import TYPE_KIND, ArtifactInfo
 
 __all__ = ["artifact_row", "record_row"]
 
-_name = last_component
-
 
 def _matches(value: str | None, wanted: str | None) -> bool:
     if wanted is None:
@@ -55,9 +53,9 @@ def record_row(
         ref=env.record_ref or line.payload_ref or "",
         run_ref=ref,
         key=name,
-        stage=_name(env.stage_execution_ref),
-        batch=_name(env.batch_execution_ref),
-        sample=_name(env.sample_observation_ref),
+        stage=last_component(env.stage_execution_ref),
+        batch=last_component(env.batch_execution_ref),
+        sample=last_component(env.sample_observation_ref),
         recorded_at=env.recorded_at,
         value=body.value,
         value_type=body.value_type,

@@ -26,8 +26,6 @@ LAYERS = {
     "_index": 1,
     "_source": 1,
     "_scan": 1,
-    "_files": 1,
-    "_rows": 1,
     "_local": 1,
     # per run/stage/sample/key values and run summaries
     "_aggregate": 2,

@@ -5,31 +5,30 @@ the same code serves asyncio and trio: ``record.jsonl`` is scanned in one thread
 (``scan_file``: from ``record.index`` where it verifiably matches, from the JSON elsewhere,
 aggregated as it goes by ``_scan.Accumulator``) while the small files are read in another.
 ``records`` steps through ``record.jsonl`` one block per thread hop, so a stream holds one
-block of rows at a time.
+block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and read whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, Collection, Generator, Sequence
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import FullRecordLine
-from .._format.refs import run_matches
+from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from .._format.refs import components, last_component, run_matches
 from ._errors import (
     AmbiguousRunError,
     EmptyWorkspaceError,
     UnknownRunError,
     UnreadableFileError,
 )
-from ._files import read_artifacts, read_context
 from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
@@ -40,12 +39,27 @@ from ._read import (
     open_regular_file,
     read_blocks,
     read_file,
+    read_lines,
 )
-from ._rows import artifact_row, record_row
 from ._scan import Accumulator, BlockFeeder
-from ._source import ArtifactInfo, RecordScan, RowFilter, RunInfo, SourceData, resolve_run_ref
+from ._source import (
+    TYPE_KIND,
+    ArtifactInfo,
+    RecordScan,
+    RowFilter,
+    RunInfo,
+    SourceData,
+    resolve_run_ref,
+)
 
-__all__ = ["LocalSource", "scan_file"]
+__all__ = [
+    "LocalSource",
+    "artifact_row",
+    "read_artifacts",
+    "read_context",
+    "record_row",
+    "scan_file",
+]
 
 _log = structlog.get_logger("contexta_async")
 
@@ -63,6 +77,158 @@ def _nonempty(path: Path) -> bool:
         return path.stat().st_size > 0
     except OSError:
         return False
+
+
+# ---- the small files: runs and stages from context.jsonl, artifacts ------------------
+
+# Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
+# a JSON string is escaped, so these bytes only occur as the line's own payload_type.
+_RUN_LINE: Final = b'"payload_type":"Run"'
+_STAGE_LINE: Final = b'"payload_type":"StageExecution"'
+
+
+def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> dict[str, RunInfo]:
+    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
+    runs: dict[str, RunInfo] = {}
+    decoder = LineDecoder(ContextLine)
+    name = str(path)
+    for block in read_file(path, issues, chunk_size=chunk_size):
+        buffer = block.buffer
+        starts: list[int] = []
+        for pattern in (_RUN_LINE, _STAGE_LINE):
+            at = block.find(pattern)
+            while at >= 0:
+                starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
+                at = block.find(pattern, at + len(pattern))
+        starts.sort()
+        for start in starts:
+            end = buffer.find(b"\n", start, block.end)
+            line = memoryview(buffer)[start : end + 1]
+            for value in decoder.decode(line, name, block.offset + start - block.start, issues):
+                _apply_context(runs, value)
+    return runs
+
+
+def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
+    body = line.payload
+    info = runs.get(body.run_ref)
+    if info is None:
+        info = runs[body.run_ref] = RunInfo(body.run_ref)
+    if line.payload_type == "Run":
+        if body.name:
+            info.name = body.name
+        if body.project_ref:
+            info.project = components(body.project_ref)
+        info.status = body.status
+        info.started_at = body.started_at
+        info.ended_at = body.ended_at
+        info.dataset_ref = body.dataset_ref
+        info.failure_reason = body.failure_reason
+        info.tags = dict(body.tags or {})
+    elif line.payload_type == "StageExecution":
+        stage = last_component(body.stage_execution_ref or "") or body.stage_name or "?"
+        info.stages.setdefault(stage, body.order_index)
+
+
+def read_artifacts(
+    path: Path,
+    issues: Issues,
+    *,
+    wanted: Iterable[str] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> dict[str, list[ArtifactInfo]]:
+    """Artifacts per run ref, in capture order."""
+    chosen = None if wanted is None else frozenset(wanted)
+    out: dict[str, list[ArtifactInfo]] = {}
+    for lines in read_lines(path, ArtifactLine, issues, chunk_size=chunk_size):
+        for line in lines:
+            run = line.payload.manifest.run_ref
+            if chosen is None or run in chosen:
+                out.setdefault(run, []).append(ArtifactInfo(line))
+    return out
+
+
+# ---- records and artifacts as RecordRow, with the stream's filters ---------------------
+
+
+def _matches(value: str | None, wanted: str | None) -> bool:
+    if wanted is None:
+        return True
+    if value is None:
+        return False
+    return value == wanted or last_component(value) == wanted
+
+
+def record_row(
+    line: FullRecordLine,
+    ref: str,
+    kinds: Collection[str],
+    key: str | None,
+    stage: str | None,
+    sample: str | None,
+) -> RecordRow | None:
+    env = line.payload.envelope
+    if env.run_ref != ref:
+        return None
+    kind = TYPE_KIND.get(line.payload_type)
+    if kind is None or kind not in kinds:
+        return None
+    body = line.payload.payload
+    name = (
+        body.metric_key
+        if kind == "metric"
+        else body.event_key
+        if kind == "event"
+        else body.span_name
+    ) or ""
+    if key is not None and name != key:
+        return None
+    if not _matches(env.stage_execution_ref, stage):
+        return None
+    if not _matches(env.sample_observation_ref, sample):
+        return None
+    return RecordRow(
+        kind=kind,  # type: ignore[arg-type]
+        ref=env.record_ref or line.payload_ref or "",
+        run_ref=ref,
+        key=name,
+        stage=last_component(env.stage_execution_ref),
+        batch=last_component(env.batch_execution_ref),
+        sample=last_component(env.sample_observation_ref),
+        recorded_at=env.recorded_at,
+        value=body.value,
+        value_type=body.value_type,
+        unit=body.unit,
+        tags=body.tags or {},
+        level=body.level,
+        message=body.message,
+        attributes=body.attributes or {},
+        status=body.status,
+    )
+
+
+def artifact_row(
+    item: ArtifactInfo, key: str | None, stage: str | None, sample: str | None
+) -> RecordRow | None:
+    if key is not None and item.kind != key:
+        return None
+    if stage is not None and stage not in (item.stage, item.stage_ref):
+        return None
+    if sample is not None and sample not in (item.sample, item.sample_ref):
+        return None
+    return RecordRow(
+        kind="artifact",
+        ref=item.ref,
+        run_ref=item.run_ref,
+        key=item.kind,
+        stage=item.stage,
+        batch=item.batch,
+        sample=item.sample,
+        recorded_at=item.recorded_at,
+        hash_value=item.hash_value,
+        location_ref=item.location_ref,
+        size_bytes=item.size_bytes,
+    )
 
 
 class LocalSource:

@@ -169,14 +169,15 @@ class RecordSource(Protocol):
     - ``runs``: a ``RunInfo`` per run ref known from run metadata (CONTEXT lines; a store's
       runs table), with its stages by name and order;
     - ``scan``: a ``RecordScan``: ``counts`` of records per (run ref, payload_type) and
-      ``stage_refs`` for every run; ``first_time``/``last_time`` per run only for runs
-      missing from ``runs``; with ``values=True``, the latest value of each metric: per
-      sample in ``samples[(stage or batch ref, key)][sample name]`` and for run-, stage- and
-      batch-level metrics in ``others[(scope ref, key)]``, in capture order (the last value
-      captured wins), for the runs in ``kept``: every run when ``runs`` is None, else every
-      run that one of the names in ``runs`` names (``refs.run_matches``: a full ref or a
-      suffix of whole components). A value is None where the line held none. Scope refs
-      follow the grammar of ``contexta_async._format.refs``;
+      ``stage_refs`` for every run; ``first_time``/``last_time``, the first and last record
+      time per run, used only for runs missing from ``runs`` (the local source fills them
+      for a workspace without CONTEXT lines); with ``values=True``, the latest value of each
+      metric: per sample in ``samples[(stage or batch ref, key)][sample name]`` and for run-,
+      stage- and batch-level metrics in ``others[(scope ref, key)]``, in capture order (the
+      last value captured wins), for the runs in ``kept``: every run when ``runs`` is None,
+      else every run that one of the names in ``runs`` names (``refs.run_matches``: a full
+      ref or a suffix of whole components). A value is None where the line held none. Scope
+      refs follow the grammar of ``contexta_async._format.refs``;
     - ``artifacts``: an ``ArtifactInfo`` per ARTIFACT line, per run ref;
     - ``report``: what was skipped (corrupt lines, torn tails, index use).
 
@@ -190,7 +191,8 @@ class RecordSource(Protocol):
     order, metrics, events and spans first, then artifacts, filtered by ``rows``, holding a
     bounded amount of memory. ``last_report`` is what the last finished read skipped.
 
-    Every method is async and must not block the event loop (on asyncio and trio).
+    Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
+    and trio): blocking work goes to worker threads.
     """
 
     last_report: ReadReport

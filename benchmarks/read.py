@@ -57,7 +57,7 @@ from typing import Any
 import msgspec
 
 import contexta_async
-from contexta_async._records import (
+from contexta_async._format.lines import (
     CONTEXT,
     RECORD,
     CaptureLine,
@@ -299,8 +299,8 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     import anyio
 
     from contexta_async.readers import Workspace
-    from contexta_async.readers._compare import paired_results
-    from contexta_async.readers._snapshot import stage_order
+    from contexta_async.readers._aggregate import stage_order
+    from contexta_async.readers._pairing import paired_results
 
     use_index = "-json" not in scenario
     base = scenario.removesuffix("-json")
@@ -321,14 +321,14 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
             runs = await ws.list_runs()
             records = sum(r.counts.metrics + r.counts.events for r in runs)
         elif base == "compare-read":
-            snapshot, _ = await ws._snapshot(list(RUNS), keep_values=True)
-            records = snapshot.scan.records
+            agg, _ = await ws._read(list(RUNS), values=True)
+            records = agg.scan.records
         elif base == "paired-stats":
             # The statistics alone: the runs are read first, outside the clock.
-            snapshot, refs = await ws._snapshot(list(RUNS), keep_values=True)
-            left, right = (snapshot.scan.metrics[ref] for ref in refs)
-            order = stage_order([snapshot.summary(ref) for ref in refs])
-            records = snapshot.scan.records
+            agg, refs = await ws._read(list(RUNS), values=True)
+            left, right = (agg.metrics(ref) for ref in refs)
+            order = stage_order([agg.summary(ref) for ref in refs])
+            records = agg.scan.records
             cpu_started = cpu_now()
             started = time.perf_counter()
             paired_results(left, right, order)

@@ -13,8 +13,8 @@ import anyio
 
 from . import _validation as v
 from ._errors import ClosedScopeError, ConfigurationError, ValidationError
+from ._format.refs import is_valid_ref, normalize_name
 from ._pipeline import OverflowPolicy, Pipeline, PipelineOptions, Statistics
-from ._refs import is_valid_ref, normalize_name
 from ._scope_core import ScopeCore, ScopeRegistry
 from ._scopes import AsyncRun, Opening, Run
 from .sinks import LocalJsonlSink, Sink

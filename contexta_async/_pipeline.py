@@ -45,7 +45,7 @@ from ._errors import (
     ShutdownTimeoutError,
     ValidationError,
 )
-from ._records import DEGRADATION, DegradationRecord, Item
+from ._format.lines import DEGRADATION, DegradationRecord, Item
 from ._validation import writable_text
 from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, WaiterT, async_waiter
 from .sinks import Chunk, FsyncError, Sink

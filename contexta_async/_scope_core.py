@@ -19,7 +19,7 @@ from . import _validation as v
 from ._artifacts import ArtifactFile
 from ._clock import format_timestamp
 from ._errors import ClosedScopeError, DuplicateScopeError, LifecycleError, ValidationError
-from ._records import (
+from ._format.lines import (
     ARTIFACT,
     CONTEXT,
     RECORD,
@@ -38,7 +38,7 @@ from ._records import (
     StageExecution,
     VerificationPolicy,
 )
-from ._refs import join_ref, normalize_name
+from ._format.refs import components, join_ref, normalize_name
 from ._waiters import Waiter, WaiterT
 
 if TYPE_CHECKING:
@@ -185,8 +185,8 @@ class ScopeCore:
             # (a random 48-bit start, counting up), so two processes reusing a run name do not
             # collide either.
             self._record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
-            self._metric_prefix = f"record:{self.ref[4:]}.metric-"
-            self._event_prefix = f"record:{self.ref[4:]}.event-"
+            self._metric_prefix = f"record:{components(self.ref)}.metric-"
+            self._event_prefix = f"record:{components(self.ref)}.event-"
         else:
             self.run = parent.run
             self.project_ref = parent.project_ref
@@ -448,7 +448,7 @@ class ScopeCore:
         self.ensure_open()
         run = self.run
         suffix = "%012x" % next(run._record_counter)  # noqa: UP031
-        artifact_ref = f"artifact:{run.ref[4:]}.{kind.replace('_', '-')}-{suffix}"
+        artifact_ref = f"artifact:{components(run.ref)}.{kind.replace('_', '-')}-{suffix}"
         stamp = format_timestamp(time.time_ns())
         payload = ArtifactPayload(
             binding_status="BOUND" if found.exists else "PENDING",

@@ -22,12 +22,8 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
-from contexta_async.readers._compare import (
-    RunMetrics,
-    _paired_values,
-    differing_samples,
-    natural_key,
-)
+from contexta_async.readers._aggregate import RunMetrics, differing_samples, natural_key
+from contexta_async.readers._pairing import _paired_values
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10, with_empty_runs
 

@@ -156,3 +156,31 @@ def test_record_refs_are_unique_twelve_hex_digits(workspace: Path) -> None:
     refs = [line["payload_ref"] for line in read_lines(workspace, "RECORD")]
     assert len(set(refs)) == 1000
     assert all(re.fullmatch(r"record:p\.r\.metric-[0-9a-f]{12}", ref) for ref in refs)
+
+
+def test_the_ref_parser_says_what_each_scope_ref_names() -> None:
+    from contexta_async._format.refs import ScopeRef, parse_sample_head, parse_scope
+
+    run, stage, batch = "run:p.r", "stage:p.r.s", "batch:p.r.s.b"
+    assert parse_scope(run) == ScopeRef("run", run, None, None, None, None, None)
+    assert parse_scope(stage) == ScopeRef("stage", run, stage, None, "s", None, None)
+    assert parse_scope(batch) == ScopeRef("batch", run, stage, None, "s", "b", None)
+    assert parse_scope("sample:p.r.s.n") == ScopeRef("sample", run, stage, stage, "s", None, "n")
+    assert parse_scope("sample:p.r.s.b.n") == ScopeRef("sample", run, stage, batch, "s", "b", "n")
+    # A sample ref's head (as the scan splits it off) names the place of any sample under it.
+    assert parse_sample_head("sample:p.r.s.b") == parse_scope("sample:p.r.s.b.n")._replace(
+        name=None
+    )
+    for odd in ("run:legacy", "run:p.r.x", "stage:p.r", "batch:p..s.b", "sample:p.r.s.", "x:p.r"):
+        assert parse_scope(odd) is None, odd
+    assert parse_sample_head("sample:p.r") is None and parse_sample_head("stage:p.r.s") is None
+
+
+def test_run_names_are_full_refs_or_suffixes_of_whole_components() -> None:
+    from contexta_async._format.refs import components, last_component, run_matches
+
+    ref = "run:mock-openai-compare.grounded"
+    assert all(run_matches(ref, n) for n in (ref, "grounded", "mock-openai-compare.grounded"))
+    assert not any(run_matches(ref, n) for n in ("rounded", "run:grounded", "compare.grounded"))
+    assert components(ref) == "mock-openai-compare.grounded"
+    assert last_component("sample:p.r.s.case-1") == "case-1" and last_component(None) is None

@@ -20,7 +20,7 @@ from contexta_async import (
     QueueFullError,
     Sink,
 )
-from contexta_async._records import Item
+from contexta_async._format.lines import Item
 from contexta_async.sinks import Chunk
 
 from .capture_files import metrics, read_lines

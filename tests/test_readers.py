@@ -22,8 +22,8 @@ from contexta_async.readers import (
     _scan,
     resolve_run_ref,
 )
-from contexta_async.readers._decode import Issues
-from contexta_async.readers._indexed_scan import scan_file
+from contexta_async.readers._local import scan_file
+from contexta_async.readers._read import Issues
 
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 
@@ -328,7 +328,7 @@ async def test_issues_report_turns_offsets_into_line_numbers(tmp_path: Path) -> 
     issues = Issues()
     issues.corrupt(str(path), 5, "x")
     issues.corrupt(str(path), 0, "y")
-    report = await issues.report()
+    report = issues.report()
     assert [(p.line, p.offset) for p in report.problems] == [(3, 5), (1, 0)]
     assert msgspec.json.decode(msgspec.json.encode(report))["corrupt_lines"] == 2
 
@@ -413,7 +413,7 @@ async def test_a_fifo_in_the_capture_folder_is_reported_not_waited_on(tmp_path: 
 
 
 def test_the_mean_of_values_past_the_float_range_and_infinities_is_nan() -> None:
-    from contexta_async.readers._compare import mean_of
+    from contexta_async.readers._aggregate import mean_of
 
     assert math.isnan(mean_of([1.7e308, 1.7e308, math.inf, -math.inf]))
     assert mean_of([1.7e308, 1.7e308, 1.7e308]) == pytest.approx(1.7e308)

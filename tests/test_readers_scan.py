@@ -18,18 +18,16 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contexta_async._record_index import (
-    Frame,
-    columns_from_lines,
-    encode_frame,
-    index_path_for,
-)
+from contexta_async._format.index import Frame, index_path_for
+from contexta_async._format.lines import ScanLine
+from contexta_async._format.refs import run_matches
 from contexta_async.readers import Workspace, _scan
-from contexta_async.readers._compare import RunMetrics
-from contexta_async.readers._decode import CHUNK_SIZE, Issues, ScanLine, read_blocks
-from contexta_async.readers._files import run_matches
-from contexta_async.readers._indexed import load_index
-from contexta_async.readers._indexed_scan import scan_file
+from contexta_async.readers._aggregate import RunMetrics, run_metrics
+from contexta_async.readers._index import load_index
+from contexta_async.readers._local import scan_file
+from contexta_async.readers._read import CHUNK_SIZE, Issues, read_file
+
+from .index_builders import columns_from_lines, encode_frame
 
 _STAGES = ("s1", "s2")
 _SAMPLES = tuple(f"c{i}" for i in range(6))
@@ -188,8 +186,8 @@ def _reference(
                 metrics[run].duplicates.add((stage, name))
     for run, places in latest.items():
         metrics[run].latest = {place: v for place, v in places.items() if v is not None}
-    for run_metrics in metrics.values():  # a (stage, key) whose values are all None is absent
-        run_metrics.samples = {place: v for place, v in run_metrics.samples.items() if v}
+    for of_run in metrics.values():  # a (stage, key) whose values are all None is absent
+        of_run.samples = {place: v for place, v in of_run.samples.items() if v}
     return counts, stages, metrics
 
 
@@ -259,14 +257,14 @@ def _check_scan(
     assert (found.corrupt_lines, found.torn_tails) == (0, [])
     # Every line of an indexed chunk the reader can use came from the index, none twice.
     assert found.records_from_index == usable
-    scan.arrange()
+    arranged = run_metrics(scan)
     counts, stages, metrics = _reference(lines, wanted)
     assert scan.records == len(lines)
     assert scan.counts == counts
     assert scan.stage_refs == stages
-    assert scan.metrics.keys() == metrics.keys()
+    assert arranged.keys() == metrics.keys()
     for run, expected in metrics.items():
-        got = scan.metrics[run]
+        got = arranged[run]
         assert got.latest == expected.latest, run
         assert got.duplicates == expected.duplicates, run
         # A name in two batches of a stage is reported as a duplicate; which of its values
@@ -360,11 +358,11 @@ def test_a_run_whose_ref_does_not_parse_is_counted_and_can_be_asked_for(tmp_path
     _write(path, [other, legacy])
     for wanted in (None, frozenset({"legacy"})):
         scan, found = scan_file(str(path), wanted, True, CHUNK_SIZE)
-        scan.arrange()
+        arranged = run_metrics(scan)
         assert found.corrupt_lines == 0
         assert scan.counts == {("run:p.b", "MetricRecord"): 1, ("run:legacy", "MetricRecord"): 1}
         # Its values name no place a comparison can show: kept out, the run still listed.
-        assert scan.metrics["run:legacy"].latest == {}
+        assert arranged["run:legacy"].latest == {}
 
 
 @settings(max_examples=60, deadline=None)
@@ -373,7 +371,7 @@ def test_a_run_whose_ref_does_not_parse_is_counted_and_can_be_asked_for(tmp_path
     torn=st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"x")),
     chunk=st.integers(1, 700),
 )
-async def test_read_blocks_yield_every_complete_line_once_at_its_offset(
+def test_read_file_yields_every_complete_line_once_at_its_offset(
     lines: list[bytes], torn: bytes, chunk: int
 ) -> None:
     whole = b"".join(line + b"\n" for line in lines)
@@ -381,7 +379,7 @@ async def test_read_blocks_yield_every_complete_line_once_at_its_offset(
         path = Path(tmp) / "f.jsonl"
         path.write_bytes(whole + torn)
         issues = Issues()
-        blocks = [block async for block in read_blocks(path, issues, chunk_size=chunk)]
+        blocks = list(read_file(path, issues, chunk_size=chunk))
     assert b"".join(bytes(block.view()) for block in blocks) == whole
     for block in blocks:
         assert whole[block.offset : block.offset + block.end - block.start] == bytes(block.view())

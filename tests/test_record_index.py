@@ -25,22 +25,14 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from contexta_async import Contexta, ValidationError
-from contexta_async._record_index import (
-    INDEX_MAGIC,
-    MIN_INDEXED_LINES,
-    Frame,
-    columns_from_lines,
-    encode_frame,
-    expand_entry,
-    read_entry,
-    read_frames,
-)
+from contexta_async._format.index import INDEX_MAGIC, MIN_INDEXED_LINES, Frame
+from contexta_async._format.lines import ScanLine
 from contexta_async.readers import Workspace
-from contexta_async.readers._decode import ScanLine
-from contexta_async.readers._indexed import load_index
+from contexta_async.readers._index import expand_entry, load_index, read_entry, read_frames
 from contexta_async.sinks import LocalJsonlSink
 from contexta_async.sinks import _jsonl as jsonl_sink
 
+from .index_builders import columns_from_lines, encode_frame
 from .test_readers_helpers import capture_llm_workspace
 
 
@@ -357,12 +349,12 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
 ) -> None:
     import threading
 
-    from contexta_async.readers import _indexed_scan
+    from contexta_async.readers import _local
 
     await _eval_workspace(tmp_path, samples=300)
     entered, release, finished = threading.Event(), threading.Event(), threading.Event()
     calls = []
-    real_read_entry, real_scan_whole = _indexed_scan.read_entry, _indexed_scan._scan_whole
+    real_read_entry, real_scan_file = _local.read_entry, _local.scan_file
 
     def read_entry(fd: int, frame: object) -> object:
         calls.append(frame)
@@ -371,14 +363,14 @@ async def test_a_cancelled_indexed_read_returns_at_once_and_its_thread_stops(
             release.wait(10)
         return real_read_entry(fd, frame)  # type: ignore[arg-type]
 
-    def scan_whole(*args: object) -> object:
+    def scan_file(*args: object, **kwargs: object) -> object:
         try:
-            return real_scan_whole(*args)  # type: ignore[arg-type]
+            return real_scan_file(*args, **kwargs)  # type: ignore[arg-type]
         finally:
             finished.set()
 
-    monkeypatch.setattr(_indexed_scan, "read_entry", read_entry)
-    monkeypatch.setattr(_indexed_scan, "_scan_whole", scan_whole)
+    monkeypatch.setattr(_local, "read_entry", read_entry)
+    monkeypatch.setattr(_local, "scan_file", scan_file)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:
 
@@ -425,7 +417,7 @@ def test_crafted_false_starts_cost_bounded_work(monkeypatch: pytest.MonkeyPatch)
     # Headers every 13 bytes claiming 64 KiB bodies that start like a real one: each would be
     # checksummed over its claimed length, then the search resumes a byte further on (~5 GB
     # of CRC for this 1 MiB file). The budget (here 1 MiB + twice the file) stops it.
-    import contexta_async._record_index as record_index
+    import contexta_async.readers._index as record_index
 
     monkeypatch.setattr(record_index, "_WASTE_FLOOR", 1 << 20)
     lie = INDEX_MAGIC + struct.pack("<II", 64 << 10, 0) + b"\x9e"

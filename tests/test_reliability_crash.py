@@ -21,9 +21,9 @@ import msgspec
 import pytest
 
 from contexta_async import Contexta
-from contexta_async._record_index import Frame, expand_entry, index_path_for, read_entry
-from contexta_async.readers._decode import ScanLine
-from contexta_async.readers._indexed import load_index
+from contexta_async._format.index import Frame, index_path_for
+from contexta_async._format.lines import ScanLine
+from contexta_async.readers._index import expand_entry, load_index, read_entry
 
 from ._children.verify import FAMILY_FILES as FILES
 from ._children.verify import parse_strict, read_bytes, read_family

@@ -21,7 +21,7 @@ import pytest
 
 from contexta_async import Contexta
 from contexta_async._pipeline import _close_at_exit
-from contexta_async.readers._indexed import load_index
+from contexta_async.readers._index import load_index
 
 from ._children.verify import read_family
 from ._sinks import GateSink

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from contexta_async.readers._indexed import load_index
+from contexta_async.readers._index import load_index
 
 from ._children.verify import read_family
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from contexta_async import ConfigurationError, Contexta, ValidationError
-from contexta_async._refs import normalize_name
+from contexta_async._format.refs import normalize_name
 
 from .capture_files import metrics
 

@@ -10,7 +10,6 @@ best = await ws.best_run(["helpful-only", "grounded"], "pass.rate")
 ```
 """
 
-from ._compare import MINIMIZE_WORDS, infer_direction
 from ._errors import (
     AmbiguousMetricError,
     AmbiguousRunError,
@@ -41,6 +40,7 @@ from ._model import (
     RunSummary,
     Scope,
 )
+from ._pairing import MINIMIZE_WORDS, infer_direction
 from ._report import render_html_report
 from ._stats import (
     SADDLEPOINT_MIN_PAIRS,

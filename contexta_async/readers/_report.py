@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import Final
 
-from ._compare import infer_direction
 from ._model import PairedResult, RunComparison, RunSummary
+from ._pairing import infer_direction
 
 __all__ = ["format_number", "render_html_report"]
 

@@ -16,24 +16,19 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import compress, groupby, repeat
-from operator import attrgetter, eq, itemgetter, methodcaller
+from operator import attrgetter, eq, itemgetter
 from typing import Any, Final, cast
 
 import msgspec
 
-from .._record_index import IndexEntry, expand_entry
-from ._compare import RunMetrics, collect_metrics
-from ._decode import (
-    ENVELOPE,
-    CountLine,
-    Issues,
-    LineCutter,
-    LineDecoder,
-    ScanLine,
-)
-from ._files import run_matches
+from .._format.index import IndexEntry
+from .._format.lines import ENVELOPE, CountLine, ScanLine
+from .._format.refs import SPLIT_LAST, ScopeRef, parse_sample_head, parse_scope, run_matches
+from ._index import expand_entry
+from ._read import Block, Issues, LineCutter, LineDecoder
+from ._source import RecordScan
 
-__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder", "RecordScan"]
+__all__ = ["DECODE_SIZE", "Accumulator", "BlockFeeder"]
 
 DECODE_SIZE: Final = 512 << 10
 
@@ -43,7 +38,6 @@ _SUBJECT = attrgetter("subject_ref")
 _KEY = attrgetter("metric_key")
 _VALUE = attrgetter("value")
 
-_RPARTITION_DOT = methodcaller("rpartition", ".")
 _HEAD = _FIRST = itemgetter(0)
 _NAME = itemgetter(2)
 
@@ -66,61 +60,12 @@ def _count_types(types: list[str]) -> Iterable[tuple[str, int]]:
     return Counter(types).items()
 
 
-def _sample_parent(head: str) -> _Where | None:
-    """``sample:p.r.s`` or ``sample:p.r.s.b`` (a sample ref without its name) -> where."""
-    parts = head[len("sample:") :].split(".")
-    if len(parts) not in (3, 4) or not all(parts):
-        return None
-    run = sys.intern(f"run:{parts[0]}.{parts[1]}")
-    stage = sys.intern(f"stage:{parts[0]}.{parts[1]}.{parts[2]}")
-    parent = stage if len(parts) == 3 else sys.intern("batch:" + head[len("sample:") :])
-    return run, stage, parent
-
-
-def _scope_of(subject: str) -> _Where | None:
-    """``run:p.r``, ``stage:p.r.s`` or ``batch:p.r.s.b`` -> where."""
-    kind, _, value = subject.partition(":")
-    parts = value.split(".")
-    if not all(parts) or (kind, len(parts)) not in (("run", 2), ("stage", 3), ("batch", 4)):
-        return None
-    run = sys.intern(f"run:{parts[0]}.{parts[1]}")
-    stage = None if kind == "run" else sys.intern(f"stage:{parts[0]}.{parts[1]}.{parts[2]}")
-    return run, stage, None
+def _where(scope: ScopeRef | None) -> _Where | None:
+    return None if scope is None else (scope.run_ref, scope.stage_ref, scope.parent_ref)
 
 
 class UnattributableLine(Exception):
     """A line names no scope: no usable ``subject_ref`` and no valid envelope."""
-
-
-class RecordScan:
-    """Per-run counts and stages of every run; the metric values of the wanted runs.
-
-    ``samples`` and ``others`` hold the latest values by the parent or subject ref they were
-    captured under; ``arrange`` then groups them by run into ``metrics``.
-    """
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.stage_refs: set[str | None] = set()
-        self.first_time: dict[str, str] = {}
-        self.last_time: dict[str, str] = {}
-        # (parent ref of the samples, metric key) -> sample name -> the value captured last.
-        self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
-        # (subject ref, metric key) -> the value captured last (run/stage/batch metrics).
-        self.others: dict[tuple[str, str], float | None] = {}
-        self.kept: set[str] = set()  # the runs whose values were kept
-        self.metrics: dict[str, RunMetrics] = {}
-        self.records = 0
-
-    def run_refs(self) -> set[str]:
-        return {run for run, _ in self.counts}
-
-    def arrange(self) -> RecordScan:
-        """Group the kept values by run (once the whole file is scanned)."""
-        self.metrics = collect_metrics(self.samples, self.others, self.kept)
-        self.samples = {}
-        self.others = {}
-        return self
 
 
 class _Column:
@@ -299,7 +244,7 @@ class Accumulator:
         distinct = list(subjects)
         if None not in distinct:
             refs = cast(list[str], distinct)
-            split = list(map(_RPARTITION_DOT, refs))
+            split = list(map(SPLIT_LAST, refs))
             heads = self._heads
             wheres = list(map(heads.get, map(_HEAD, split)))
             first = wheres[0]
@@ -326,7 +271,7 @@ class Accumulator:
                 if where is _UNSEEN:
                     if len(heads) > _MAX_CACHED_SCOPES:
                         heads.clear()
-                    where = heads[head] = _sample_parent(head)
+                    where = heads[head] = _where(parse_sample_head(head))
                 if where is None or not name:
                     block.bad.append(subject)
                     continue
@@ -336,7 +281,7 @@ class Accumulator:
                 if where is _UNSEEN:
                     if len(scopes) > _MAX_CACHED_SCOPES:
                         scopes.clear()
-                    where = scopes[subject] = _scope_of(subject)
+                    where = scopes[subject] = _where(parse_scope(subject))
                 if where is None:
                     block.bad.append(subject)
                     continue
@@ -458,7 +403,7 @@ class Accumulator:
                 others[(subject, key)] = value
 
     def finish(self) -> RecordScan:
-        """The scan of what was fed (``RecordScan.arrange`` it to group the values by run)."""
+        """The scan of what was fed."""
         scan = self.scan
         if self.wanted is None:
             scan.kept = scan.run_refs()
@@ -470,11 +415,8 @@ class Accumulator:
 
 
 class BlockFeeder:
-    """Cuts raw blocks into complete lines and feeds them to an Accumulator.
-
-    The complete lines are decoded in place through a memoryview (no copy of the block); only
-    the partial line carried over from the previous block is glued to the start of this one.
-    """
+    """Decodes blocks of complete lines (cut by its ``cutter``) and feeds them to an
+    Accumulator, in place through a memoryview (no copy of the block)."""
 
     def __init__(self, acc: Accumulator, path: str, issues: Issues, offset: int = 0) -> None:
         self.acc = acc
@@ -483,20 +425,19 @@ class BlockFeeder:
         self.issues = issues
         self.cutter = LineCutter(offset)
 
-    def feed(self, data: bytes) -> None:
-        for block in self.cutter.cut(data):
-            # Decoded in pieces of about DECODE_SIZE: a piece and the objects decoded from it
-            # stay in a core's cache while they are aggregated (~9% less CPU than 2 MiB).
-            buffer, start, cut = block.buffer, block.start, block.end
-            view = memoryview(buffer)
-            while start < cut:
-                end = cut
-                if end - start > DECODE_SIZE:
-                    end = buffer.rfind(b"\n", start, start + DECODE_SIZE) + 1
-                    if end <= start:  # a line longer than a piece
-                        end = buffer.find(b"\n", start) + 1
-                self._decode(view[start:end], block.offset + start - block.start)
-                start = end
+    def feed(self, block: Block) -> None:
+        # Decoded in pieces of about DECODE_SIZE: a piece and the objects decoded from it
+        # stay in a core's cache while they are aggregated (docs/performance.md, Readers).
+        buffer, start, cut = block.buffer, block.start, block.end
+        view = memoryview(buffer)
+        while start < cut:
+            end = cut
+            if end - start > DECODE_SIZE:
+                end = buffer.rfind(b"\n", start, start + DECODE_SIZE) + 1
+                if end <= start:  # a line longer than a piece
+                    end = buffer.find(b"\n", start) + 1
+            self._decode(view[start:end], block.offset + start - block.start)
+            start = end
 
     def _decode(self, data: memoryview, offset: int) -> None:
         found = Issues()  # kept only if the piece is fed as decoded
@@ -512,7 +453,7 @@ class BlockFeeder:
             self.acc.feed(lines)
         else:
             if found.corrupt_lines:
-                self.issues.absorb(found.corrupt_lines, found.problems_raw())
+                self.issues.merge(found)
 
     def close(self) -> bool:
         """At the end of the file (or of a stretch before an index frame): True, and the file

@@ -1,4 +1,8 @@
-"""Workspace: list runs, stream their records, compare them. Every method is async."""
+"""Workspace: list runs, stream their records, compare them. Every method is async.
+
+It only orchestrates: a ``RecordSource`` reads (the local files by default), the aggregate
+layer arranges what it read, the analysis layer builds the answer.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,18 @@ import os
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, get_args
+from typing import Final, get_args
 
 import anyio
 import anyio.to_thread
 import structlog
 
 from .._errors import ValidationError
-from ._compare import (
-    artifact_changes,
-    differing_samples,
-    infer_direction,
-    metric_deltas,
-    multi_rows,
-    paired_results,
-    rank_runs,
-)
-from ._decode import CHUNK_SIZE, FullRecordLine, Issues, LineDecoder, read_blocks
-from ._errors import (
-    AmbiguousMetricError,
-    EmptyWorkspaceError,
-    MetricNotFoundError,
-    WorkspaceNotFoundError,
-)
-from ._files import read_artifacts, read_context
-from ._indexed import load_index
-from ._indexed_scan import scan_indexed
+from ._aggregate import STATUSES, Aggregate
+from ._analysis import best_run, compare_many, compare_two
+from ._errors import EmptyWorkspaceError, WorkspaceNotFoundError
 from ._inference import ADJUSTMENTS, Adjustment
+from ._local import LocalSource
 from ._model import (
     BestRun,
     Direction,
@@ -43,21 +32,8 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._rows import artifact_row, record_row
-from ._scan import RecordScan
-from ._snapshot import (
-    INFERENCE_NOTES,
-    LATEST_NOTE,
-    STATUSES,
-    Snapshot,
-    first_error,
-    nonempty,
-    order_all,
-    pairing_note,
-    resolve_run_ref,
-    run_warnings,
-    stage_order,
-)
+from ._read import CHUNK_SIZE
+from ._source import RecordSource, RowFilter, resolve_run_ref
 from ._stats import BootstrapMethod, check_options
 
 __all__ = ["Workspace", "resolve_run_ref"]
@@ -69,7 +45,7 @@ _KINDS: Final = frozenset(get_args(RecordKind))
 
 
 class Workspace:
-    """A workspace on disk, read asynchronously.
+    """A workspace, read asynchronously.
 
     ``path`` is the workspace directory (``.contexta``) or its capture folder
     (``.contexta/cache/capture``). Files are read in ``chunk_size`` blocks in worker
@@ -83,6 +59,9 @@ class Workspace:
     Listing and comparing take what they need of each record from ``record.index`` (written
     by the local sink) wherever it verifiably matches ``record.jsonl``, and parse the JSON
     elsewhere; ``use_index=False`` parses all of it (same answers, slower).
+
+    ``source`` replaces the local files with another ``RecordSource`` (a store): every
+    answer is then computed from it by the same code (``path`` is then only its name).
     """
 
     def __init__(
@@ -91,100 +70,59 @@ class Workspace:
         *,
         chunk_size: int = CHUNK_SIZE,
         use_index: bool = True,
+        source: RecordSource | None = None,
     ) -> None:
         if not isinstance(use_index, bool):
             raise ValidationError("use_index", "must be a bool", use_index)
         if chunk_size < 4096:
             raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
         root = Path(path).absolute()
-        if (root / "cache" / "capture").is_dir():
-            capture = root / "cache" / "capture"
-        elif root.is_dir() and (
-            root.name == "capture" or any((root / name).exists() for name in _FILES)
-        ):
-            capture = root
-        else:
-            raise WorkspaceNotFoundError(str(root))
         self.path = root
-        self.capture_dir = capture
         self.chunk_size = chunk_size
         self.use_index = use_index
-        self.last_report = ReadReport()
+        self.capture_dir = root
+        if source is None:
+            if (root / "cache" / "capture").is_dir():
+                capture = root / "cache" / "capture"
+            elif root.is_dir() and (
+                root.name == "capture" or any((root / name).exists() for name in _FILES)
+            ):
+                capture = root
+            else:
+                raise WorkspaceNotFoundError(str(root))
+            self.capture_dir = capture
+            source = LocalSource(capture, root=root, chunk_size=chunk_size, use_index=use_index)
+        self.source: RecordSource = source
+
+    @property
+    def last_report(self) -> ReadReport:
+        """What the last finished read skipped."""
+        return self.source.last_report
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.path)!r})"
 
-    def _file(self, family: str) -> Path:
-        return self.capture_dir / f"{family}.jsonl"
-
-    async def _snapshot(
-        self, names: Sequence[str] | None = None, *, keep_values: bool = False
-    ) -> tuple[Snapshot, list[str]]:
-        """Read the workspace; with ``names``, resolve them and keep their metric values."""
-        issues = Issues()
-        # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace).
-        times = not await nonempty(self._file("context"))
-        wanted = None if names is None else frozenset(names)
-        found: dict[str, Any] = {}
-
-        async def context() -> None:
-            found["runs"] = await read_context(
-                self._file("context"), issues, chunk_size=self.chunk_size
-            )
-
-        async def records() -> None:
-            found["scan"] = await self._scan_records(issues, wanted, keep_values, times)
-
-        async def artifacts() -> None:
-            found["artifacts"] = await read_artifacts(
-                self._file("artifact"), issues, chunk_size=self.chunk_size
-            )
-
-        # The record scan runs in a worker thread: read the small files meanwhile.
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(records)
-                group.start_soon(context)
-                group.start_soon(artifacts)
-        except BaseExceptionGroup as failed:
-            raise first_error(failed) from None
-        snapshot = Snapshot(found["runs"], found["scan"], found["artifacts"], ReadReport())
-        refs: list[str] = []
-        if names is not None:
-            known = snapshot.refs()
-            if not known:
-                raise EmptyWorkspaceError(str(self.path))
-            refs = [resolve_run_ref(n, known) for n in names]
-        snapshot.report = await issues.report()
-        self.last_report = snapshot.report
-        if snapshot.report.corrupt_lines:
+    async def _read(
+        self, names: Sequence[str] | None = None, *, values: bool = False
+    ) -> tuple[Aggregate, list[str]]:
+        """Read the workspace; with ``names``, resolve them (and with ``values``, keep the
+        metric values of the runs they name)."""
+        data = await self.source.read(names, values=values)
+        if data.report.corrupt_lines:
             _log.warning(
                 "corrupt lines skipped",
-                workspace=str(self.path),
-                corrupt_lines=snapshot.report.corrupt_lines,
+                workspace=self.source.describe(),
+                corrupt_lines=data.report.corrupt_lines,
             )
-        return snapshot, refs
-
-    async def _scan_records(
-        self, issues: Issues, wanted: frozenset[str] | None, keep_values: bool, times: bool
-    ) -> RecordScan:
-        path = self._file("record")
-        # The index holds no record times: a workspace that needs them (no CONTEXT lines, as
-        # Contexta 1.0.0 writes) is read from the JSON.
-        index = None
-        if self.use_index and not times:
-            # Bounded work, but a cancelled read need not wait for it.
-            index = await anyio.to_thread.run_sync(load_index, str(path), abandon_on_cancel=True)
-            issues.index_frames_rejected += index.rejected
-        return await scan_indexed(
-            path,
-            issues,
-            index,
-            wanted=wanted,
-            keep_values=keep_values,
-            times=times,
-            chunk_size=self.chunk_size,
-        )
+        # Arranging the values by run is per-sample work: off the event loop too.
+        agg = await anyio.to_thread.run_sync(Aggregate, data, abandon_on_cancel=True)
+        refs: list[str] = []
+        if names is not None:
+            known = agg.refs()
+            if not known:
+                raise EmptyWorkspaceError(self.source.describe())
+            refs = [resolve_run_ref(n, known) for n in names]
+        return agg, refs
 
     # ---- listing -----------------------------------------------------------------------
 
@@ -198,10 +136,10 @@ class Workspace:
         statuses = {status} if isinstance(status, str) else None if status is None else set(status)
         if statuses is not None and not statuses <= STATUSES:
             raise ValidationError("status", f"must be among {sorted(STATUSES)}", sorted(statuses))
-        snapshot, _ = await self._snapshot()
+        agg, _ = await self._read()
         out = []
-        for ref in snapshot.refs():
-            summary = snapshot.summary(ref)
+        for ref in agg.refs():
+            summary = agg.summary(ref)
             if project is not None and summary.project != project:
                 continue
             if statuses is not None and summary.status not in statuses:
@@ -212,17 +150,17 @@ class Workspace:
 
     async def resolve(self, run: str) -> str:
         """The full ref of ``run`` (a full ref or a unique suffix)."""
-        _, refs = await self._snapshot([run])
+        _, refs = await self._read([run])
         return refs[0]
 
     async def get_run(self, run: str) -> RunSummary:
         """The summary of one run, named by full ref or unique suffix."""
-        snapshot, refs = await self._snapshot([run])
-        return snapshot.summary(refs[0])
+        agg, refs = await self._read([run])
+        return agg.summary(refs[0])
 
     # ---- records -----------------------------------------------------------------------
 
-    async def records(
+    def records(
         self,
         run: str,
         *,
@@ -234,33 +172,14 @@ class Workspace:
         """Stream the records of one run in capture order, then its artifacts.
 
         Filters: ``kind`` (metric, event, span, artifact), ``key`` (metric key, event key, span
-        name or artifact kind), ``stage`` and ``sample`` (a name or a full ref).
+        name or artifact kind), ``stage`` and ``sample`` (a name or a full ref); a bad filter
+        raises ValidationError at the call. The files are read once, a block at a time: memory
+        stays bounded however large the run.
         """
         kinds = set(_KINDS) if kind is None else {kind} if isinstance(kind, str) else set(kind)
         if not kinds <= _KINDS:
             raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
-        ref = await self.resolve(run)
-        issues = Issues()
-        marker = f'"run_ref":"{ref}"'.encode()
-        decoder = LineDecoder(FullRecordLine)
-        path = self._file("record")
-        if kinds & {"metric", "event", "span"}:
-            async for block in read_blocks(path, issues, chunk_size=self.chunk_size):
-                if block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:
-                    continue  # compact lines, none of this run: skip decoding the block
-                for line in decoder.decode(block.view(), str(path), block.offset, issues):
-                    row = record_row(line, ref, kinds, key, stage, sample)
-                    if row is not None:
-                        yield row
-        if "artifact" in kinds:
-            artifacts = await read_artifacts(
-                self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
-            )
-            for item in artifacts.get(ref, []):
-                row = artifact_row(item, key, stage, sample)
-                if row is not None:
-                    yield row
-        self.last_report = await issues.report()
+        return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
 
     # ---- comparison --------------------------------------------------------------------
 
@@ -289,33 +208,14 @@ class Workspace:
         check_options(confidence, resamples, bootstrap, method_field="bootstrap")
         if adjustment not in ADJUSTMENTS:
             raise ValidationError("adjustment", f"must be one of {list(ADJUSTMENTS)}", adjustment)
-        snapshot, refs = await self._snapshot([left, right], keep_values=True)
-        lref, rref = refs
-        lsum, rsum = snapshot.summary(lref), snapshot.summary(rref)
-        order = stage_order([lsum, rsum])
-        lm, rm = snapshot.metrics(lref), snapshot.metrics(rref)
-        warnings = run_warnings([lsum, rsum], [lm, rm], snapshot.report)
-        if lref == rref:
-            warnings.insert(0, "both sides name the same run")
-        if lsum.dataset_ref != rsum.dataset_ref:
-            warnings.append(
-                f"the runs used different datasets: {lsum.dataset_ref} (left) vs "
-                f"{rsum.dataset_ref} (right)"
-            )
-        for stage in order_all(order, lm, rm):
-            only_left, only_right = differing_samples(lm, rm, stage)
-            if only_left or only_right:
-                warnings.append(
-                    f"stage {stage}: the sample sets differ ({only_left} only in left, "
-                    f"{only_right} only in right)"
-                )
+        agg, (lref, rref) = await self._read([left, right], values=True)
         # The bootstraps take CPU seconds on large runs: off the event loop, in a thread.
-        paired = await anyio.to_thread.run_sync(
+        return await anyio.to_thread.run_sync(
             partial(
-                paired_results,
-                lm,
-                rm,
-                order,
+                compare_two,
+                agg,
+                lref,
+                rref,
                 directions=directions,
                 confidence=confidence,
                 resamples=resamples,
@@ -327,23 +227,6 @@ class Workspace:
             # A cancelled compare returns at once; the thread finishes its pure computation.
             abandon_on_cancel=True,
         )
-        return RunComparison(
-            left=lsum,
-            right=rsum,
-            metrics=metric_deltas(lm, rm, order),
-            paired=paired,
-            artifacts=artifact_changes(
-                snapshot.artifacts.get(lref, []), snapshot.artifacts.get(rref, [])
-            ),
-            warnings=warnings,
-            notes=[
-                LATEST_NOTE,
-                INFERENCE_NOTES[adjustment],
-                pairing_note(confidence, resamples, seed, (p.method for p in paired)),
-            ],
-            read_report=snapshot.report,
-            adjustment=adjustment,
-        )
 
     async def compare_many(
         self, runs: Sequence[str], *, directions: Mapping[str, Direction] | None = None
@@ -351,24 +234,8 @@ class Workspace:
         """Every metric of every run in one table, with the best run(s) per row."""
         if not runs:
             raise ValidationError("runs", "must name at least one run", runs)
-        snapshot, refs = await self._snapshot(list(runs), keep_values=True)
-        unique = list(dict.fromkeys(refs))
-        summaries = [snapshot.summary(ref) for ref in unique]
-        ordered = [snapshot.metrics(ref) for ref in unique]
-        warnings = run_warnings(summaries, ordered, snapshot.report)
-        datasets = {s.dataset_ref for s in summaries}
-        if len(datasets) > 1:
-            warnings.append(
-                "the runs used different datasets: "
-                + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
-            )
-        return MultiRunComparison(
-            runs=summaries,
-            rows=multi_rows(unique, ordered, stage_order(summaries), directions),
-            warnings=warnings,
-            notes=[LATEST_NOTE],
-            read_report=snapshot.report,
-        )
+        agg, refs = await self._read(list(runs), values=True)
+        return compare_many(agg, refs, directions)
 
     async def best_run(
         self,
@@ -386,35 +253,4 @@ class Workspace:
         """
         if direction is not None and direction not in ("maximize", "minimize"):
             raise ValidationError("direction", "must be 'maximize' or 'minimize'", direction)
-        comparison = await self.compare_many(runs)
-        rows = [
-            row
-            for row in comparison.rows
-            if row.key == metric and (stage is None or row.stage == stage)
-        ]
-        if not rows or all(v is None for row in rows for v in row.values):
-            raise MetricNotFoundError(metric, stage)
-        if len(rows) > 1:
-            places = [
-                f"{row.stage or '(run)'}/{row.scope}" + (f"/{row.batch}" if row.batch else "")
-                for row in rows
-            ]
-            raise AmbiguousMetricError(metric, places)
-        row = rows[0]
-        chosen: Direction = direction or infer_direction(metric)
-        refs = [s.ref for s in comparison.runs]
-        ranking, winners, missing = rank_runs(list(zip(refs, row.values, strict=True)), chosen)
-        return BestRun(
-            metric=metric,
-            stage=row.stage,
-            scope=row.scope,
-            batch=row.batch,
-            basis=row.basis,
-            direction=chosen,
-            direction_inferred=direction is None,
-            winners=winners,
-            tie=len(winners) > 1,
-            ranking=ranking,
-            missing=missing,
-            read_report=comparison.read_report,
-        )
+        return best_run(await self.compare_many(runs), metric, direction, stage)

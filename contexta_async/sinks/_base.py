@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._errors import ConfigurationError, ValidationError
-from .._records import CaptureLine, Item
+from .._format.lines import CaptureLine, Item
 from .._validation import check_string
 
 __all__ = ["Chunk", "FsyncError", "Sink", "check_sink_name", "stamp_lines"]

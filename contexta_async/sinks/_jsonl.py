@@ -14,17 +14,10 @@ import msgspec
 import structlog
 
 from .._errors import ConfigurationError, ValidationError
-from .._record_index import (
-    FRAME_LINES,
-    MAX_FRAME,
-    MIN_INDEXED_LINES,
-    PendingFrame,
-    columns_from_items,
-    index_path_for,
-    open_regular,
-)
-from .._records import FAMILIES, RECORD, Item
+from .._format.index import FRAME_LINES, MAX_FRAME, MIN_INDEXED_LINES, index_path_for, open_regular
+from .._format.lines import FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, check_sink_name, stamp_lines
+from ._index import PendingFrame, columns_from_items
 
 __all__ = ["LocalJsonlSink"]
 
@@ -128,7 +121,7 @@ class LocalJsonlSink(Sink):
         self.storage_root = Path(storage_root).absolute()
         self.fsync = fsync
         self.name = name
-        self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
+        self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _format.lines
         self._fds: dict[str, int] = {}
         self._unsynced_dirs: set[Path] = set()  # directories holding entries not yet fsynced
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from .._records import Item
+from .._format.lines import Item
 from ._base import Chunk, Sink, check_sink_name, stamp_lines
 
 __all__ = ["MemorySink"]
@@ -19,7 +19,7 @@ class MemorySink(Sink):
 
     def __init__(self, *, name: str = "memory") -> None:
         self.name = check_sink_name(name)
-        self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _records
+        self._encoder = msgspec.json.Encoder()  # keys arrive sorted: see _format.lines
         self._lock = threading.Lock()
         self._data: list[bytes] = []
 

@@ -1,9 +1,13 @@
-"""msgspec Structs for every line the library writes.
+"""msgspec Structs for every line the library writes, and the narrow ones the readers decode.
 
-Fields are declared in alphabetical order, and every mapping a user passes in (tags, attributes,
-metadata) is copied with its keys sorted at validation time, so every object in a line has
-sorted keys, as in Contexta 1.0.0's ``json.dumps(sort_keys=True)`` output, without paying for
-the encoder to sort on the hot path.
+A format change shows in this one module: the Structs written (first half) and the readers'
+Structs (second half), which name only the fields the readers use so that msgspec skips the
+rest of a line without building Python objects for it (most of the cost of reading).
+
+Written lines: fields are declared in alphabetical order, and every mapping a user passes in
+(tags, attributes, metadata) is copied with its keys sorted at validation time, so every object
+in a line has sorted keys, as in Contexta 1.0.0's ``json.dumps(sort_keys=True)`` output,
+without paying for the encoder to sort on the hot path.
 """
 
 from __future__ import annotations
@@ -16,25 +20,32 @@ __all__ = [
     "ARTIFACT",
     "CONTEXT",
     "DEGRADATION",
+    "ENVELOPE",
     "FAMILIES",
     "PRODUCER_REF",
     "RECORD",
     "SCHEMA_VERSION",
+    "ArtifactLine",
     "ArtifactManifest",
     "ArtifactPayload",
     "ArtifactRequest",
     "ArtifactSource",
     "BatchExecution",
     "CaptureLine",
+    "ContextLine",
     "CorrelationRefs",
+    "CountLine",
     "DegradationRecord",
     "Envelope",
     "EventPayload",
+    "FullRecordLine",
     "Item",
     "MetricPayload",
+    "ReadEnvelope",
     "RecordPayload",
     "Run",
     "SampleObservation",
+    "ScanLine",
     "StageExecution",
     "VerificationPolicy",
 ]
@@ -47,6 +58,9 @@ RECORD: Final = "RECORD"
 ARTIFACT: Final = "ARTIFACT"
 DEGRADATION: Final = "DEGRADATION"
 FAMILIES: Final = (CONTEXT, RECORD, ARTIFACT, DEGRADATION)
+
+
+# ==== written: every line capture produces ================================================
 
 
 class _Line(msgspec.Struct, kw_only=True, gc=False):
@@ -250,3 +264,164 @@ class Item(msgspec.Struct, gc=False, array_like=True):
     payload_ref: str | None
     run_ref: str | None
     payload: Any
+
+
+# ==== read: what the readers decode of each line ==========================================
+
+
+class _N(msgspec.Struct, gc=False):
+    """Base: untracked by the cyclic GC (no cycles), unknown fields ignored."""
+
+
+# ---- RECORD lines, for scanning (list runs, compare) -----------------------------------
+
+
+class ReadEnvelope(_N):
+    """The refs of the scopes around a record, and its time."""
+
+    run_ref: str
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+    recorded_at: str = ""
+
+    def innermost(self) -> str:
+        return (
+            self.sample_observation_ref
+            or self.batch_execution_ref
+            or self.stage_execution_ref
+            or self.run_ref
+        )
+
+
+class _CountBody(_N):
+    # Metrics and events name the innermost scope around them; spans do not (None).
+    subject_ref: str | None = None
+
+
+class _ScanBody(_N):
+    # An event or span has neither: its key is None and it is skipped when grouping metrics.
+    metric_key: str | None = None
+    subject_ref: str | None = None
+    value: float | None = None
+
+
+class _CountPayload(_N):
+    # The envelope repeats what subject_ref says in ~600 bytes: it is kept raw (msgspec only
+    # finds where it ends) and decoded for the few lines that need it.
+    envelope: msgspec.Raw
+    payload: _CountBody
+
+
+class _ScanPayload(_N):
+    envelope: msgspec.Raw
+    payload: _ScanBody
+
+
+class CountLine(_N):
+    """A RECORD line as counting needs it: its type and the scope it belongs to."""
+
+    payload: _CountPayload
+    payload_type: str = ""
+
+
+class ScanLine(_N):
+    """A RECORD line as the comparison needs it: CountLine plus the metric key and value."""
+
+    payload: _ScanPayload
+    payload_type: str = ""
+
+
+ENVELOPE: Final = msgspec.json.Decoder(ReadEnvelope)
+
+
+# ---- RECORD lines, for streaming (every field a user may want) -------------------------
+
+
+class _FullEnvelope(_N):
+    run_ref: str
+    record_ref: str = ""
+    record_type: str = ""
+    recorded_at: str = ""
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+
+
+class _FullBody(_N):
+    metric_key: str | None = None
+    value: float | None = None
+    value_type: str | None = None
+    unit: str | None = None
+    aggregation_scope: str | None = None
+    tags: dict[str, str] | None = None
+    event_key: str | None = None
+    level: str | None = None
+    message: str | None = None
+    attributes: dict[str, Any] | None = None
+    span_name: str | None = None
+    status: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class _FullRecordPayload(_N):
+    envelope: _FullEnvelope
+    payload: _FullBody
+
+
+class FullRecordLine(_N):
+    payload: _FullRecordPayload
+    payload_type: str = ""
+    payload_ref: str | None = None
+
+
+# ---- ARTIFACT lines ----------------------------------------------------------------------
+
+
+class _Manifest(_N):
+    artifact_ref: str
+    artifact_kind: str
+    run_ref: str
+    stage_execution_ref: str | None = None
+    batch_execution_ref: str | None = None
+    sample_observation_ref: str | None = None
+    hash_value: str | None = None
+    location_ref: str | None = None
+    size_bytes: int | None = None
+    created_at: str = ""
+    attributes: dict[str, Any] | None = None
+
+
+class _ArtifactPayload(_N):
+    manifest: _Manifest
+    binding_status: str = ""
+
+
+class ArtifactLine(_N):
+    payload: _ArtifactPayload
+
+
+# ---- CONTEXT lines -----------------------------------------------------------------------
+
+
+class _ContextBody(_N):
+    run_ref: str
+    status: str = "unknown"
+    name: str | None = None
+    project_ref: str | None = None
+    dataset_ref: str | None = None
+    started_at: str | None = None
+    observed_at: str | None = None
+    ended_at: str | None = None
+    failure_reason: str | None = None
+    stage_name: str | None = None
+    stage_execution_ref: str | None = None
+    order_index: int = 0
+    tags: dict[str, str] | None = None
+
+
+class ContextLine(_N):
+    payload: _ContextBody
+    payload_type: str
+    payload_ref: str | None = None

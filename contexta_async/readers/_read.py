@@ -1,214 +1,52 @@
-"""Narrow msgspec Structs for the capture lines, and chunked, non-blocking reading.
+"""Reading capture files, blocking, in large blocks: the source's only way into a file.
 
-A capture line holds ~40 fields; the readers need a handful. Decoding into Structs that name
-only those fields lets msgspec skip the rest without building Python objects for them, which
-is most of the cost of reading. Files are read in large blocks in anyio's worker threads (one
-thread hop per block, never per line, on asyncio and trio alike); each block is cut
-after its last newline and decoded with ``Decoder.decode_lines``; the partial line after it
-waits for the next block.
+Every read runs in a worker thread (the source hands it to anyio's ``to_thread``), never on
+the event loop. A file is read in ``chunk_size`` blocks; each block is cut after its last
+newline and its complete lines are decoded in place (``Decoder.decode_lines``); the partial
+line after them waits for the next block. Corrupt lines are counted in ``Issues``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Generic, NamedTuple, TypeVar
+from typing import BinaryIO, Final, Generic, NamedTuple, TypeVar
 
-import anyio
-import anyio.to_thread
 import msgspec
 
-from .._record_index import open_regular
+from .._format.index import open_regular
 from ._errors import UnreadableFileError
 from ._model import LineProblem, ReadReport
 
 __all__ = [
     "CHUNK_SIZE",
-    "ENVELOPE",
-    "ArtifactLine",
     "Block",
-    "ContextLine",
-    "CountLine",
-    "Envelope",
-    "FullRecordLine",
     "Issues",
     "LineCutter",
     "LineDecoder",
-    "ScanLine",
+    "ReadAbandoned",
+    "open_regular_file",
     "read_blocks",
+    "read_file",
+    "read_lines",
 ]
 
 CHUNK_SIZE: Final = 2 << 20
 _MAX_PROBLEMS: Final = 50
 
 
-class _N(msgspec.Struct, gc=False):
-    """Base: untracked by the cyclic GC (no cycles), unknown fields ignored."""
-
-
-# ---- RECORD lines, for scanning (list runs, compare) -----------------------------------
-
-
-class Envelope(_N):
-    """The refs of the scopes around a record, and its time."""
-
-    run_ref: str
-    stage_execution_ref: str | None = None
-    batch_execution_ref: str | None = None
-    sample_observation_ref: str | None = None
-    recorded_at: str = ""
-
-    def innermost(self) -> str:
-        return (
-            self.sample_observation_ref
-            or self.batch_execution_ref
-            or self.stage_execution_ref
-            or self.run_ref
-        )
-
-
-class _CountBody(_N):
-    # Metrics and events name the innermost scope around them; spans do not (None).
-    subject_ref: str | None = None
-
-
-class _ScanBody(_N):
-    # An event or span has neither: its key is None and it is skipped when grouping metrics.
-    metric_key: str | None = None
-    subject_ref: str | None = None
-    value: float | None = None
-
-
-class _CountPayload(_N):
-    # The envelope repeats what subject_ref says in ~600 bytes: it is kept raw (msgspec only
-    # finds where it ends) and decoded for the few lines that need it.
-    envelope: msgspec.Raw
-    payload: _CountBody
-
-
-class _ScanPayload(_N):
-    envelope: msgspec.Raw
-    payload: _ScanBody
-
-
-class CountLine(_N):
-    """A RECORD line as counting needs it: its type and the scope it belongs to."""
-
-    payload: _CountPayload
-    payload_type: str = ""
-
-
-class ScanLine(_N):
-    """A RECORD line as the comparison needs it: CountLine plus the metric key and value."""
-
-    payload: _ScanPayload
-    payload_type: str = ""
-
-
-ENVELOPE: Final = msgspec.json.Decoder(Envelope)
-
-
-# ---- RECORD lines, for streaming (every field a user may want) -------------------------
-
-
-class _FullEnvelope(_N):
-    run_ref: str
-    record_ref: str = ""
-    record_type: str = ""
-    recorded_at: str = ""
-    stage_execution_ref: str | None = None
-    batch_execution_ref: str | None = None
-    sample_observation_ref: str | None = None
-
-
-class _FullBody(_N):
-    metric_key: str | None = None
-    value: float | None = None
-    value_type: str | None = None
-    unit: str | None = None
-    aggregation_scope: str | None = None
-    tags: dict[str, str] | None = None
-    event_key: str | None = None
-    level: str | None = None
-    message: str | None = None
-    attributes: dict[str, Any] | None = None
-    span_name: str | None = None
-    status: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-
-
-class _FullRecordPayload(_N):
-    envelope: _FullEnvelope
-    payload: _FullBody
-
-
-class FullRecordLine(_N):
-    payload: _FullRecordPayload
-    payload_type: str = ""
-    payload_ref: str | None = None
-
-
-# ---- ARTIFACT lines ----------------------------------------------------------------------
-
-
-class _Manifest(_N):
-    artifact_ref: str
-    artifact_kind: str
-    run_ref: str
-    stage_execution_ref: str | None = None
-    batch_execution_ref: str | None = None
-    sample_observation_ref: str | None = None
-    hash_value: str | None = None
-    location_ref: str | None = None
-    size_bytes: int | None = None
-    created_at: str = ""
-    attributes: dict[str, Any] | None = None
-
-
-class _ArtifactPayload(_N):
-    manifest: _Manifest
-    binding_status: str = ""
-
-
-class ArtifactLine(_N):
-    payload: _ArtifactPayload
-
-
-# ---- CONTEXT lines -----------------------------------------------------------------------
-
-
-class _ContextBody(_N):
-    run_ref: str
-    status: str = "unknown"
-    name: str | None = None
-    project_ref: str | None = None
-    dataset_ref: str | None = None
-    started_at: str | None = None
-    observed_at: str | None = None
-    ended_at: str | None = None
-    failure_reason: str | None = None
-    stage_name: str | None = None
-    stage_execution_ref: str | None = None
-    order_index: int = 0
-    tags: dict[str, str] | None = None
-
-
-class ContextLine(_N):
-    payload: _ContextBody
-    payload_type: str
-    payload_ref: str | None = None
-
-
-# ---- reading -----------------------------------------------------------------------------
+class ReadAbandoned(Exception):
+    """A read given up because its caller was cancelled."""
 
 
 class Issues:
     """Collects corrupt lines (all counted, the first few kept) across the files of one read.
 
     Lines are located by byte offset while reading (counting newlines in every block would
-    cost as much as decoding it); ``report()`` turns the kept offsets into line numbers.
+    cost as much as decoding it); ``report()`` (blocking) turns the kept offsets into line
+    numbers.
     """
 
     def __init__(self) -> None:
@@ -223,27 +61,21 @@ class Issues:
         if len(self._problems) < _MAX_PROBLEMS:
             self._problems.append((path, offset, reason))
 
-    def problems_raw(self) -> list[tuple[str, int, str]]:
-        return list(self._problems)
-
-    def absorb(self, corrupt: int, problems: list[tuple[str, int, str]]) -> None:
-        """Add what another process found."""
-        self.corrupt_lines += corrupt
-        room = _MAX_PROBLEMS - len(self._problems)
-        self._problems.extend(problems[: max(0, room)])
-
-    def absorb_all(self, other: Issues) -> None:
-        """Add everything another scan found."""
-        self.absorb(other.corrupt_lines, other.problems_raw())
+    def merge(self, other: Issues) -> Issues:
+        """This read's findings followed by ``other``'s (another file's read meanwhile, or a
+        trial decoding of a block)."""
+        self.corrupt_lines += other.corrupt_lines
+        self._problems.extend(other._problems[: max(0, _MAX_PROBLEMS - len(self._problems))])
         self.torn_tails.extend(other.torn_tails)
         self.records_from_index += other.records_from_index
         self.index_frames_rejected += other.index_frames_rejected
+        return self
 
-    async def report(self) -> ReadReport:
+    def report(self) -> ReadReport:
         problems: list[LineProblem] = []
         for path in dict.fromkeys(p for p, _, _ in self._problems):
             mine = [(o, r) for p, o, r in self._problems if p == path]
-            lines = await _line_numbers(Path(path), [o for o, _ in mine])
+            lines = _line_numbers(Path(path), [o for o, _ in mine])
             problems.extend(
                 LineProblem(file=path, line=line, offset=o, reason=r)
                 for (o, r), line in zip(mine, lines, strict=True)
@@ -257,16 +89,16 @@ class Issues:
         )
 
 
-async def _line_numbers(path: Path, offsets: list[int]) -> list[int]:
+def _line_numbers(path: Path, offsets: list[int]) -> list[int]:
     """1-based line numbers of the given byte offsets (only read when problems were found)."""
     wanted = sorted(set(offsets))
     found: dict[int, int] = {}
     lines_before = 0
     position = 0
     try:
-        async with await anyio.open_file(path, "rb") as handle:
+        with path.open("rb") as handle:
             while wanted and position <= wanted[-1]:
-                block = await handle.read(CHUNK_SIZE)
+                block = handle.read(CHUNK_SIZE)
                 if not block:
                     break
                 end = position + len(block)
@@ -401,28 +233,56 @@ def open_regular_file(path: str | Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-async def read_blocks(
-    path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE
-) -> AsyncIterator[Block]:
-    """Yield the complete lines of ``path`` block by block.
+def read_blocks(
+    handle: BinaryIO,
+    cutter: LineCutter,
+    stop: int | None = None,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    stop_event: threading.Event | None = None,
+) -> Iterator[Block]:
+    """The complete lines of ``handle`` from ``cutter.offset`` up to byte ``stop`` (None: the
+    end of the file), block by block (blocking). ``stop_event`` set: ReadAbandoned at the
+    next block."""
+    position = cutter.offset
+    handle.seek(position)
+    while stop is None or position < stop:
+        if stop_event is not None and stop_event.is_set():
+            raise ReadAbandoned
+        data = handle.read(chunk_size if stop is None else min(chunk_size, stop - position))
+        if not data:
+            break
+        position += len(data)
+        yield from cutter.cut(data)
 
-    A last line without its newline is a line still being written: it is left out, silently
-    (its file is noted in ``issues.torn_tails``), and read complete next time.
-    A missing file yields nothing.
-    """
-    cutter = LineCutter()
+
+def read_file(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> Iterator[Block]:
+    """The complete lines of ``path``, block by block (blocking); a missing file yields
+    nothing. A last line without its newline is a line still being written: it is left out,
+    silently (its file is noted in ``issues.torn_tails``), and read complete next time."""
     try:
-        handle = await anyio.to_thread.run_sync(open_regular_file, path)
+        handle = open_regular_file(path)
     except FileNotFoundError:
         return
-    # Closed here, not in a worker thread: a caller that stops iterating early leaves this
-    # generator to be closed at any time, even while its event loop shuts down.
+    cutter = LineCutter()
     with handle:
-        try:
-            while data := await anyio.to_thread.run_sync(handle.read, chunk_size):
-                for block in cutter.cut(data):
-                    yield block
-        except OSError as exc:
-            raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+        blocks = read_blocks(handle, cutter, chunk_size=chunk_size)
+        while True:
+            try:
+                block = next(blocks, None)
+            except OSError as exc:
+                raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
+            if block is None:
+                break
+            yield block
     if cutter.torn:
         issues.torn_tails.append(str(path))
+
+
+def read_lines(
+    path: Path, kind: type[T], issues: Issues, *, chunk_size: int = CHUNK_SIZE
+) -> Iterator[list[T]]:
+    """``read_file``, each block's lines decoded as ``kind``."""
+    decoder = LineDecoder(kind)
+    for block in read_file(path, issues, chunk_size=chunk_size):
+        yield decoder.decode(block.view(), str(path), block.offset, issues)

@@ -1,0 +1,224 @@
+"""The aggregate layer: a source's latest values and counts arranged per run, stage, sample
+and metric key (``RunMetrics``), and run summaries. Works on any source's ``SourceData``."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Final, get_args
+
+from .._format.refs import parse_scope
+from ._model import RecordCounts, RunStatus, RunSummary, Scope
+from ._source import TYPE_KIND, RecordScan, RunInfo, SourceData
+
+__all__ = [
+    "STATUSES",
+    "Aggregate",
+    "Place",
+    "RunMetrics",
+    "collect_metrics",
+    "differing_samples",
+    "mean_of",
+    "natural_key",
+    "order_all",
+    "run_metrics",
+    "stage_order",
+]
+
+STATUSES: Final = frozenset(get_args(RunStatus))
+_DIGITS = re.compile(r"(\d+)")
+_TEXT_NUMBER = re.compile(r"(\D+)(\d+)")
+
+Place = tuple[str | None, Scope, str | None, str]  # (stage, scope, batch, key)
+
+
+def natural_key(name: str) -> tuple[int | str, ...]:
+    """Sort ``case-2`` before ``case-10``: the name's text and number parts in turn, each
+    after a tag (0 text, 1 number) so that a text is never compared with a number, then the
+    name itself after tag -1, so that names whose parts are equal ("case-01", "case-1") still
+    sort in one order (and a name sorts before its extensions). A flat tuple: sorting by it
+    sorts faster than a list of (tag, part) pairs (docs/performance.md, Readers)."""
+    # Fast path for the usual "<text><number>" names (the same key, built without a split).
+    simple = _TEXT_NUMBER.fullmatch(name)
+    if simple is not None:
+        return (0, simple[1], 1, int(simple[2]), -1, name)
+    key: list[int | str] = []
+    for part in _DIGITS.split(name):
+        if part:
+            # isdecimal, not isdigit: "²" is a digit that \d does not match and int() rejects.
+            key += (1, int(part)) if part.isdecimal() else (0, part)
+    key += (-1, name)
+    return tuple(key)
+
+
+def mean_of(values: Collection[float]) -> float:
+    """The mean, exactly rounded (``math.fsum``: independent of the order of the values);
+    inf or nan as IEEE arithmetic gives them where the sum leaves the float range."""
+    n = len(values)
+    try:
+        try:
+            return math.fsum(values) / n
+        except OverflowError:  # the sum is past the float range, the mean may not be
+            return math.fsum(v / n for v in values)
+    except ValueError:  # inf - inf (raised by either sum)
+        return math.nan
+
+
+class RunMetrics:
+    """One run's metrics: the latest value per place, and per-sample values by sample name."""
+
+    __slots__ = ("duplicates", "latest", "samples")
+
+    def __init__(self) -> None:
+        self.latest: dict[Place, float] = {}
+        self.samples: dict[tuple[str | None, str], dict[str, float]] = {}
+        self.duplicates: set[tuple[str | None, str]] = set()
+
+    def sample_names(self, stage: str | None) -> list[str]:
+        """The names of the samples with a metric in ``stage``, each once."""
+        maps = [values for (st, _), values in self.samples.items() if st == stage]
+        if not maps:
+            return []
+        first = list(maps[0])
+        # Usually every metric holds the same samples in the same order (the same string
+        # objects, so comparing the lists is cheap): no set to build.
+        if all(len(values) == len(first) and list(values) == first for values in maps[1:]):
+            return first
+        names = set(first)
+        for values in maps[1:]:
+            names.update(values)
+        return list(names)
+
+    def value(self, place: Place) -> tuple[float | None, int]:
+        stage, scope, _, key = place
+        if scope == "sample":
+            values = self.samples.get((stage, key))
+            if not values:
+                return None, 0
+            return mean_of(values.values()), len(values)
+        found = self.latest.get(place)
+        return found, 0 if found is None else 1
+
+
+def differing_samples(left: RunMetrics, right: RunMetrics, stage: str | None) -> tuple[int, int]:
+    """How many sample names of ``stage`` only the left run has, and only the right."""
+    left_names, right_names = left.sample_names(stage), right.sample_names(stage)
+    if left_names == right_names:
+        return 0, 0
+    left_set, right_set = set(left_names), set(right_names)
+    return len(left_set - right_set), len(right_set - left_set)
+
+
+def collect_metrics(
+    samples: Mapping[tuple[str, str], dict[str, float | None]],
+    others: Mapping[tuple[str, str], float | None],
+    runs: Iterable[str],
+) -> dict[str, RunMetrics]:
+    """Arrange scanned values by run: sample values per (stage, key) whatever their batch,
+    and the latest run/stage/batch values per place. The dicts of ``samples`` are taken
+    over, not copied (they are large)."""
+    out = {run: RunMetrics() for run in runs}
+    for (parent, key), values in samples.items():
+        scope = parse_scope(parent)
+        if scope is None:
+            continue
+        metrics = out.get(scope.run_ref)
+        if metrics is None:
+            continue
+        present: dict[str, float] = (
+            {name: v for name, v in values.items() if v is not None}
+            if None in values.values()
+            else values  # type: ignore[assignment]
+        )
+        bucket = metrics.samples.get((scope.stage, key))
+        if bucket is None:
+            metrics.samples[(scope.stage, key)] = present
+        else:  # a second batch of this stage: a name seen in both is a duplicate
+            for name in bucket.keys() & present.keys():
+                metrics.duplicates.add((scope.stage, name))
+            bucket.update(present)
+    for (subject, key), value in others.items():
+        scope = parse_scope(subject)
+        if scope is None or value is None or scope.kind == "sample":
+            continue
+        metrics = out.get(scope.run_ref)
+        if metrics is not None:
+            place: Place = (scope.stage, scope.kind, scope.batch, key)  # type: ignore[assignment]
+            metrics.latest[place] = value
+    return out
+
+
+def run_metrics(scan: RecordScan) -> dict[str, RunMetrics]:
+    """The kept values of a scan, by run (the scan's sample dicts are taken over)."""
+    return collect_metrics(scan.samples, scan.others, scan.kept)
+
+
+class Aggregate:
+    """One read of a workspace, arranged: run refs, run summaries, metrics by run."""
+
+    def __init__(self, data: SourceData) -> None:
+        self.runs = data.runs
+        self.scan = data.scan
+        self.artifacts = data.artifacts
+        self.report = data.report
+        self._metrics = run_metrics(data.scan)
+
+    def refs(self) -> set[str]:
+        return set(self.runs) | self.scan.run_refs() | set(self.artifacts)
+
+    def metrics(self, ref: str) -> RunMetrics:
+        """The metric values kept for ``ref``: none for a run without RECORD lines (one that
+        captured nothing, or was only just opened), which the scan never saw."""
+        found = self._metrics.get(ref)
+        return RunMetrics() if found is None else found
+
+    def summary(self, ref: str) -> RunSummary:
+        info = self.runs.get(ref)
+        from_context = info is not None and info.status != "unknown"
+        if info is None:
+            info = RunInfo(ref)
+        counts = RecordCounts()
+        for (run, payload_type), n in self.scan.counts.items():
+            if run == ref:  # RecordCounts.metrics, .events, .spans or .other
+                field = f"{TYPE_KIND[payload_type]}s" if payload_type in TYPE_KIND else "other"
+                setattr(counts, field, getattr(counts, field) + n)
+        counts.artifacts = len(self.artifacts.get(ref, ()))
+        stages = [s for s, _ in sorted(info.stages.items(), key=lambda item: item[1])]
+        extra = {
+            scope.stage
+            for st in self.scan.stage_refs
+            if st is not None and (scope := parse_scope(st)) is not None and scope.run_ref == ref
+        }
+        stages.extend(sorted(s for s in extra if s is not None and s not in info.stages))
+        status = info.status if info.status in STATUSES else "unknown"
+        return RunSummary(
+            ref=ref,
+            name=info.name,
+            project=info.project,
+            status=status,  # type: ignore[arg-type]
+            started_at=info.started_at if from_context else self.scan.first_time.get(ref),
+            ended_at=info.ended_at if from_context else self.scan.last_time.get(ref),
+            dataset_ref=info.dataset_ref,
+            stages=stages,
+            counts=counts,
+            failure_reason=info.failure_reason,
+            tags=info.tags,
+            source="context" if from_context else "records",
+        )
+
+
+def order_all(order: list[str], *metrics: RunMetrics) -> list[str | None]:
+    stages: list[str | None] = list(order)
+    for m in metrics:
+        for st, _ in m.samples:
+            if st not in stages:
+                stages.append(st)
+    return stages
+
+
+def stage_order(summaries: Sequence[RunSummary]) -> list[str]:
+    order: list[str] = []
+    for s in summaries:
+        order.extend(st for st in s.stages if st not in order)
+    return order

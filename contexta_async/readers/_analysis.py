@@ -1,0 +1,347 @@
+"""The analysis layer: the answers (two runs compared, N runs in a table, the best run)
+built from an ``Aggregate``, with their deltas, artifact changes, warnings and notes in one
+place. Paired analysis is in ``_pairing``; statistics in ``_stats`` and ``_inference``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, Literal
+
+from ._aggregate import Aggregate, RunMetrics, differing_samples, order_all, stage_order
+from ._errors import AmbiguousMetricError, MetricNotFoundError
+from ._inference import Adjustment
+from ._model import (
+    ArtifactChange,
+    BestRun,
+    Direction,
+    MetricDelta,
+    MultiRunComparison,
+    MultiRunRow,
+    RankedRun,
+    ReadReport,
+    RunComparison,
+    RunSummary,
+)
+from ._pairing import direction_for, infer_direction, paired_results, places
+from ._source import ArtifactInfo
+from ._stats import BootstrapMethod
+
+__all__ = [
+    "INFERENCE_NOTES",
+    "LATEST_NOTE",
+    "artifact_changes",
+    "best_run",
+    "compare_many",
+    "compare_two",
+    "metric_deltas",
+    "multi_rows",
+    "pairing_note",
+    "rank_runs",
+    "run_warnings",
+]
+
+LATEST_NOTE: Final = (
+    "run-, stage- and batch-level metrics show the latest captured value; sample-level "
+    "metrics show the mean over samples of each sample's latest value (count = samples)"
+)
+
+
+_INFERENCE = (
+    "p_value: exact McNemar for 0/1 metrics, paired t (n - 1 df) otherwise; se = s/sqrt(n) of "
+    "the differences, unpaired_se as if the runs had different items; mde: smallest true "
+    "difference detected with 80% power at two-sided alpha 0.05 (2.80 se); small_n_low/high: "
+    "Newcombe's interval for 0/1 metrics"
+)
+INFERENCE_NOTES = {
+    "holm": _INFERENCE + "; p_adjusted: Holm (family-wise) across the paired metrics",
+    "bh": _INFERENCE + "; p_adjusted: Benjamini-Hochberg (false discovery rate) across the "
+    "paired metrics",
+    "none": _INFERENCE + "; p_adjusted: not adjusted",
+}
+
+
+def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable[str]) -> str:
+    """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``)."""
+    used = set(methods)
+    resampled = bool(used & {"numpy", "python"})
+    how = []
+    if resampled:
+        how.append(f"{resamples} resamples, seed {seed}")
+    if "saddlepoint" in used:
+        where = " where method is saddlepoint" if resampled else ""
+        how.append(f"bootstrap distribution by saddlepoint approximation{where} (no resampling)")
+    return (
+        "paired analysis: samples matched by name within the stage (whatever their batch); "
+        f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"
+        + "".join(f", {part}" for part in how)
+        + "; McNemar p-value exact (binomial) for 0/1 metrics"
+    )
+
+
+def run_warnings(
+    summaries: Sequence[RunSummary], metrics: Sequence[RunMetrics], report: ReadReport
+) -> list[str]:
+    warnings = []
+    for summary, m in zip(summaries, metrics, strict=True):
+        if summary.status == "open":
+            warnings.append(f"{summary.ref} is still open: its data may be incomplete")
+        elif summary.status in ("failed", "cancelled"):
+            warnings.append(f"{summary.ref} {summary.status}")
+        if not m.latest and not m.samples:
+            why = "it holds no records" if summary.counts.total == 0 else "none were captured"
+            warnings.append(f"{summary.ref} has no metrics ({why}): nothing of it to compare")
+        for st, name in sorted(m.duplicates, key=lambda d: (d[0] or "", d[1])):
+            warnings.append(
+                f"{summary.ref}: stage {st} holds several samples named {name!r} (in different "
+                f"batches); one value is used for it"
+            )
+    if report.corrupt_lines:
+        first = report.problems[0] if report.problems else None
+        where = f" (first: {first.file}:{first.line})" if first else ""
+        warnings.append(f"{report.corrupt_lines} corrupt line(s) were skipped{where}")
+    return warnings
+
+
+def metric_deltas(
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]
+) -> list[MetricDelta]:
+    rows = []
+    for place in places((left, right), stage_order):
+        lv, lc = left.value(place)
+        rv, rc = right.value(place)
+        delta = None if lv is None or rv is None else rv - lv
+        relative = None if delta is None or lv is None or lv == 0 else delta / abs(lv)
+        stage, scope, batch, key = place
+        rows.append(
+            MetricDelta(
+                stage=stage,
+                scope=scope,
+                batch=batch,
+                key=key,
+                basis="mean" if scope == "sample" else "latest",
+                left=lv,
+                right=rv,
+                delta=delta,
+                relative_change=relative,
+                left_count=lc,
+                right_count=rc,
+            )
+        )
+    return rows
+
+
+def artifact_changes(
+    left: Sequence[ArtifactInfo], right: Sequence[ArtifactInfo]
+) -> list[ArtifactChange]:
+    """Pair artifacts by (place, kind) in capture order; report unpaired and differing ones."""
+
+    def group(items: Sequence[ArtifactInfo]) -> dict[tuple[str, str], list[ArtifactInfo]]:
+        out: dict[tuple[str, str], list[ArtifactInfo]] = {}
+        for item in items:
+            out.setdefault((item.place, item.kind), []).append(item)
+        return out
+
+    lgroups, rgroups = group(left), group(right)
+    changes = []
+    for place, kind in sorted(lgroups.keys() | rgroups.keys()):
+        ls, rs = lgroups.get((place, kind), []), rgroups.get((place, kind), [])
+        for i in range(max(len(ls), len(rs))):
+            a = ls[i] if i < len(ls) else None
+            b = rs[i] if i < len(rs) else None
+            change: Literal["added", "removed", "changed"]
+            if a is None:
+                change = "added"
+            elif b is None:
+                change = "removed"
+            elif a.hash_value != b.hash_value or a.location_ref != b.location_ref:
+                change = "changed"
+            else:
+                continue
+            changes.append(
+                ArtifactChange(
+                    change=change,
+                    kind=kind,
+                    place=place or "(run)",
+                    left_ref=a.ref if a else None,
+                    right_ref=b.ref if b else None,
+                    left_hash=a.hash_value if a else None,
+                    right_hash=b.hash_value if b else None,
+                    left_location=a.location_ref if a else None,
+                    right_location=b.location_ref if b else None,
+                )
+            )
+    return changes
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def rank_runs(
+    values: Sequence[tuple[str, float | None]], direction: Direction
+) -> tuple[list[RankedRun], list[str], list[str]]:
+    """Competition ranking (1, 1, 3...) of the runs that have a value; ties share a rank.
+
+    Returns (ranking, winners, missing). Runs without a value come last, unranked.
+    """
+    present = [(run, v) for run, v in values if v is not None and not math.isnan(v)]
+    missing = [run for run, v in values if v is None or math.isnan(v)]
+    present.sort(key=lambda item: item[1], reverse=direction == "maximize")
+    ranking: list[RankedRun] = []
+    for position, (run, value) in enumerate(present):
+        previous = ranking[-1] if ranking else None
+        tied = previous is not None and previous.value is not None and _same(value, previous.value)
+        rank = previous.rank if tied and previous is not None else position + 1
+        ranking.append(RankedRun(run=run, value=value, rank=rank))
+    winners = [r.run for r in ranking if r.rank == 1]
+    ranking.extend(RankedRun(run=run, value=None, rank=None) for run in missing)
+    return ranking, winners, missing
+
+
+def multi_rows(
+    refs: Sequence[str],
+    metrics: Sequence[RunMetrics],
+    stage_order: Sequence[str],
+    directions: Mapping[str, Direction] | None = None,
+) -> list[MultiRunRow]:
+    rows = []
+    for place in places(metrics, stage_order):
+        stage, scope, batch, key = place
+        pairs = [m.value(place) for m in metrics]
+        direction, inferred = direction_for(key, directions)
+        _, winners, _ = rank_runs(
+            [(ref, v) for ref, (v, _) in zip(refs, pairs, strict=True)], direction
+        )
+        rows.append(
+            MultiRunRow(
+                stage=stage,
+                scope=scope,
+                batch=batch,
+                key=key,
+                basis="mean" if scope == "sample" else "latest",
+                values=[v for v, _ in pairs],
+                counts=[c for _, c in pairs],
+                direction=direction,
+                direction_inferred=inferred,
+                best=winners,
+            )
+        )
+    return rows
+
+
+def compare_two(
+    agg: Aggregate,
+    lref: str,
+    rref: str,
+    *,
+    directions: Mapping[str, Direction] | None,
+    confidence: float,
+    resamples: int,
+    seed: int,
+    bootstrap: BootstrapMethod,
+    include_samples: bool,
+    adjustment: Adjustment,
+) -> RunComparison:
+    """Two runs compared (blocking: the bootstraps take CPU seconds on large runs)."""
+    lsum, rsum = agg.summary(lref), agg.summary(rref)
+    order = stage_order([lsum, rsum])
+    lm, rm = agg.metrics(lref), agg.metrics(rref)
+    warnings = run_warnings([lsum, rsum], [lm, rm], agg.report)
+    if lref == rref:
+        warnings.insert(0, "both sides name the same run")
+    if lsum.dataset_ref != rsum.dataset_ref:
+        warnings.append(
+            f"the runs used different datasets: {lsum.dataset_ref} (left) vs "
+            f"{rsum.dataset_ref} (right)"
+        )
+    for stage in order_all(order, lm, rm):
+        only_left, only_right = differing_samples(lm, rm, stage)
+        if only_left or only_right:
+            warnings.append(
+                f"stage {stage}: the sample sets differ ({only_left} only in left, "
+                f"{only_right} only in right)"
+            )
+    paired = paired_results(
+        lm,
+        rm,
+        order,
+        directions=directions,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+        bootstrap=bootstrap,
+        include_samples=include_samples,
+        adjustment=adjustment,
+    )
+    return RunComparison(
+        left=lsum,
+        right=rsum,
+        metrics=metric_deltas(lm, rm, order),
+        paired=paired,
+        artifacts=artifact_changes(agg.artifacts.get(lref, []), agg.artifacts.get(rref, [])),
+        warnings=warnings,
+        notes=[
+            LATEST_NOTE,
+            INFERENCE_NOTES[adjustment],
+            pairing_note(confidence, resamples, seed, (p.method for p in paired)),
+        ],
+        read_report=agg.report,
+        adjustment=adjustment,
+    )
+
+
+def compare_many(
+    agg: Aggregate, refs: Sequence[str], directions: Mapping[str, Direction] | None
+) -> MultiRunComparison:
+    """Every metric of every run in one table, with the best run(s) per row."""
+    unique = list(dict.fromkeys(refs))
+    summaries = [agg.summary(ref) for ref in unique]
+    ordered = [agg.metrics(ref) for ref in unique]
+    warnings = run_warnings(summaries, ordered, agg.report)
+    datasets = {s.dataset_ref for s in summaries}
+    if len(datasets) > 1:
+        warnings.append(
+            "the runs used different datasets: "
+            + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
+        )
+    return MultiRunComparison(
+        runs=summaries,
+        rows=multi_rows(unique, ordered, stage_order(summaries), directions),
+        warnings=warnings,
+        notes=[LATEST_NOTE],
+        read_report=agg.report,
+    )
+
+
+def best_run(
+    comparison: MultiRunComparison, metric: str, direction: Direction | None, stage: str | None
+) -> BestRun:
+    """The best run(s) of a table by ``metric`` (see ``Workspace.best_run``)."""
+    rows = [r for r in comparison.rows if r.key == metric and stage in (None, r.stage)]
+    if not rows or all(v is None for row in rows for v in row.values):
+        raise MetricNotFoundError(metric, stage)
+    if len(rows) > 1:
+        where = [
+            f"{row.stage or '(run)'}/{row.scope}" + (f"/{row.batch}" if row.batch else "")
+            for row in rows
+        ]
+        raise AmbiguousMetricError(metric, where)
+    row = rows[0]
+    chosen: Direction = direction or infer_direction(metric)
+    refs = [s.ref for s in comparison.runs]
+    ranking, winners, missing = rank_runs(list(zip(refs, row.values, strict=True)), chosen)
+    return BestRun(
+        metric=metric,
+        stage=row.stage,
+        scope=row.scope,
+        batch=row.batch,
+        basis=row.basis,
+        direction=chosen,
+        direction_inferred=direction is None,
+        winners=winners,
+        tie=len(winners) > 1,
+        ranking=ranking,
+        missing=missing,
+        read_report=comparison.read_report,
+    )

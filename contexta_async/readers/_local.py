@@ -1,0 +1,437 @@
+"""The local-file source: a workspace folder's capture files (the default ``RecordSource``).
+
+Every read is blocking work done in anyio's worker threads, so the event loop stays free and
+the same code serves asyncio and trio: ``record.jsonl`` is scanned in one thread
+(``scan_file``: from ``record.index`` where it verifiably matches, from the JSON elsewhere,
+aggregated as it goes by ``_scan.Accumulator``) while the small files are read in another.
+``records`` steps through ``record.jsonl`` one block per thread hop, so a stream holds one
+block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and read whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from .._format.index import Frame, index_path_for
+from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from .._format.refs import components, last_component, run_matches
+from ._errors import (
+    AmbiguousRunError,
+    EmptyWorkspaceError,
+    UnknownRunError,
+    UnreadableFileError,
+)
+from ._index import load_index, open_index, pieces, read_entry
+from ._model import ReadReport, RecordRow
+from ._read import (
+    CHUNK_SIZE,
+    Issues,
+    LineDecoder,
+    ReadAbandoned,
+    open_regular_file,
+    read_blocks,
+    read_file,
+    read_lines,
+)
+from ._scan import Accumulator, BlockFeeder
+from ._source import (
+    TYPE_KIND,
+    ArtifactInfo,
+    RecordScan,
+    RowFilter,
+    RunInfo,
+    SourceData,
+    resolve_run_ref,
+)
+
+__all__ = [
+    "LocalSource",
+    "artifact_row",
+    "read_artifacts",
+    "read_context",
+    "record_row",
+    "scan_file",
+]
+
+_log = structlog.get_logger("contexta_async")
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a task group's failure (readers raise one at a time)."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+# ---- the small files: runs and stages from context.jsonl, artifacts ------------------
+
+# Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
+# a JSON string is escaped, so these bytes only occur as the line's own payload_type.
+_RUN_LINE: Final = b'"payload_type":"Run"'
+_STAGE_LINE: Final = b'"payload_type":"StageExecution"'
+
+
+def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> dict[str, RunInfo]:
+    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
+    runs: dict[str, RunInfo] = {}
+    decoder = LineDecoder(ContextLine)
+    name = str(path)
+    for block in read_file(path, issues, chunk_size=chunk_size):
+        buffer = block.buffer
+        starts: list[int] = []
+        for pattern in (_RUN_LINE, _STAGE_LINE):
+            at = block.find(pattern)
+            while at >= 0:
+                starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
+                at = block.find(pattern, at + len(pattern))
+        starts.sort()
+        for start in starts:
+            end = buffer.find(b"\n", start, block.end)
+            line = memoryview(buffer)[start : end + 1]
+            for value in decoder.decode(line, name, block.offset + start - block.start, issues):
+                _apply_context(runs, value)
+    return runs
+
+
+def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
+    body = line.payload
+    info = runs.get(body.run_ref)
+    if info is None:
+        info = runs[body.run_ref] = RunInfo(body.run_ref)
+    if line.payload_type == "Run":
+        if body.name:
+            info.name = body.name
+        if body.project_ref:
+            info.project = components(body.project_ref)
+        info.status = body.status
+        info.started_at = body.started_at
+        info.ended_at = body.ended_at
+        info.dataset_ref = body.dataset_ref
+        info.failure_reason = body.failure_reason
+        info.tags = dict(body.tags or {})
+    elif line.payload_type == "StageExecution":
+        stage = last_component(body.stage_execution_ref or "") or body.stage_name or "?"
+        info.stages.setdefault(stage, body.order_index)
+
+
+def read_artifacts(
+    path: Path,
+    issues: Issues,
+    *,
+    wanted: Iterable[str] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> dict[str, list[ArtifactInfo]]:
+    """Artifacts per run ref, in capture order."""
+    chosen = None if wanted is None else frozenset(wanted)
+    out: dict[str, list[ArtifactInfo]] = {}
+    for lines in read_lines(path, ArtifactLine, issues, chunk_size=chunk_size):
+        for line in lines:
+            run = line.payload.manifest.run_ref
+            if chosen is None or run in chosen:
+                out.setdefault(run, []).append(ArtifactInfo(line))
+    return out
+
+
+# ---- records and artifacts as RecordRow, with the stream's filters ---------------------
+
+
+def _matches(value: str | None, wanted: str | None) -> bool:
+    if wanted is None:
+        return True
+    if value is None:
+        return False
+    return value == wanted or last_component(value) == wanted
+
+
+def record_row(
+    line: FullRecordLine,
+    ref: str,
+    kinds: Collection[str],
+    key: str | None,
+    stage: str | None,
+    sample: str | None,
+) -> RecordRow | None:
+    env = line.payload.envelope
+    if env.run_ref != ref:
+        return None
+    kind = TYPE_KIND.get(line.payload_type)
+    if kind is None or kind not in kinds:
+        return None
+    body = line.payload.payload
+    name = (
+        body.metric_key
+        if kind == "metric"
+        else body.event_key
+        if kind == "event"
+        else body.span_name
+    ) or ""
+    if key is not None and name != key:
+        return None
+    if not _matches(env.stage_execution_ref, stage):
+        return None
+    if not _matches(env.sample_observation_ref, sample):
+        return None
+    return RecordRow(
+        kind=kind,  # type: ignore[arg-type]
+        ref=env.record_ref or line.payload_ref or "",
+        run_ref=ref,
+        key=name,
+        stage=last_component(env.stage_execution_ref),
+        batch=last_component(env.batch_execution_ref),
+        sample=last_component(env.sample_observation_ref),
+        recorded_at=env.recorded_at,
+        value=body.value,
+        value_type=body.value_type,
+        unit=body.unit,
+        tags=body.tags or {},
+        level=body.level,
+        message=body.message,
+        attributes=body.attributes or {},
+        status=body.status,
+    )
+
+
+def artifact_row(
+    item: ArtifactInfo, key: str | None, stage: str | None, sample: str | None
+) -> RecordRow | None:
+    if key is not None and item.kind != key:
+        return None
+    if stage is not None and stage not in (item.stage, item.stage_ref):
+        return None
+    if sample is not None and sample not in (item.sample, item.sample_ref):
+        return None
+    return RecordRow(
+        kind="artifact",
+        ref=item.ref,
+        run_ref=item.run_ref,
+        key=item.kind,
+        stage=item.stage,
+        batch=item.batch,
+        sample=item.sample,
+        recorded_at=item.recorded_at,
+        hash_value=item.hash_value,
+        location_ref=item.location_ref,
+        size_bytes=item.size_bytes,
+    )
+
+
+class LocalSource:
+    """The capture files of ``capture_dir``, read in ``chunk_size`` blocks; ``use_index``:
+    take what ``record.index`` verifiably describes from it (same answers, faster)."""
+
+    def __init__(
+        self,
+        capture_dir: Path,
+        *,
+        root: Path | None = None,
+        chunk_size: int = CHUNK_SIZE,
+        use_index: bool = True,
+    ) -> None:
+        self.capture_dir = capture_dir
+        self.root = capture_dir if root is None else root
+        self.chunk_size = chunk_size
+        self.use_index = use_index
+        self.last_report = ReadReport()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _file(self, family: str) -> Path:
+        return self.capture_dir / f"{family}.jsonl"
+
+    def _small_files(
+        self, issues: Issues
+    ) -> tuple[dict[str, RunInfo], dict[str, list[ArtifactInfo]]]:
+        runs = read_context(self._file("context"), issues, chunk_size=self.chunk_size)
+        artifacts = read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
+        return runs, artifacts
+
+    def _scan(
+        self, wanted: frozenset[str] | None, values: bool, stop: threading.Event
+    ) -> tuple[RecordScan, Issues]:
+        path = str(self._file("record"))
+        # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace);
+        # the index holds no record times, so such a workspace is read from the JSON.
+        times = not _nonempty(self._file("context"))
+        frames = []
+        issues = Issues()
+        if self.use_index and not times:
+            index = load_index(path)
+            issues.index_frames_rejected += index.rejected
+            frames = index.frames
+        scan, found = scan_file(
+            path, wanted, values, self.chunk_size, times=times, frames=frames, stop_event=stop
+        )
+        found.index_frames_rejected += issues.index_frames_rejected
+        return scan, found
+
+    async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
+        wanted = None if runs is None else frozenset(runs)
+        small_issues = Issues()
+        found: dict[str, Any] = {}
+        stop = threading.Event()
+
+        async def scan() -> None:
+            # Cancelled, the read returns at once; the thread stops at its next frame or block.
+            found["scan"] = await anyio.to_thread.run_sync(
+                self._scan, wanted, values, stop, abandon_on_cancel=True
+            )
+
+        async def small() -> None:
+            found["small"] = await anyio.to_thread.run_sync(
+                self._small_files, small_issues, abandon_on_cancel=True
+            )
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(scan)
+                group.start_soon(small)
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        finally:
+            stop.set()
+        scan_result, scan_issues = found["scan"]
+        runs_info, artifacts = found["small"]
+        issues = small_issues.merge(scan_issues)
+        report = await anyio.to_thread.run_sync(issues.report)
+        self.last_report = report
+        return SourceData(runs_info, scan_result, artifacts, report)
+
+    async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
+        issues = Issues()
+        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
+        known = set(runs) | set(artifacts)
+        ref: str | None = None
+        if runs:
+            # Every run writes a CONTEXT line when it opens: the run is known from it (or
+            # from its artifacts) without reading record.jsonl first.
+            try:
+                ref = resolve_run_ref(run, known)
+            except UnknownRunError:
+                ref = None  # perhaps a run known only from its records: found while streaming
+        lines = self._rows(run, ref, known, rows, issues)
+        try:
+            while (block := await anyio.to_thread.run_sync(next, lines, None)) is not None:
+                for row in block:
+                    yield row
+        finally:
+            lines.close()  # closes the file: no worker thread needed (the loop may be closing)
+        self.last_report = await anyio.to_thread.run_sync(issues.report)
+
+    def _rows(
+        self, name: str, ref: str | None, known: set[str], rows: RowFilter, issues: Issues
+    ) -> Generator[list[RecordRow], None, None]:
+        """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
+        the one ``name`` names among the runs of the artifacts and the record lines, found as
+        they come: AmbiguousRunError at a second one, UnknownRunError if none."""
+        path = self._file("record")
+        resolved = ref is not None
+        candidates = set() if resolved else {r for r in known if run_matches(r, name)}
+        if len(candidates) > 1:
+            raise AmbiguousRunError(name, sorted(candidates))
+        if candidates:
+            (ref,) = candidates
+        if not resolved or rows.kinds & {"metric", "event", "span"}:
+            decoder = LineDecoder(FullRecordLine)
+            marker = f'"run_ref":"{ref}"'.encode()
+            seen: set[str] = set()
+            for block in read_file(path, issues, chunk_size=self.chunk_size):
+                if resolved and block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:
+                    continue  # compact lines, none of this run: skip decoding the block
+                out = []
+                for line in decoder.decode(block.view(), str(path), block.offset, issues):
+                    run = line.payload.envelope.run_ref
+                    if not resolved and run not in seen:
+                        seen.add(run)
+                        if run_matches(run, name) and run not in candidates:
+                            candidates.add(run)
+                            if len(candidates) > 1:
+                                raise AmbiguousRunError(name, sorted(candidates))
+                            ref = run
+                    if run == ref:
+                        row = record_row(line, ref, rows.kinds, rows.key, rows.stage, rows.sample)
+                        if row is not None:
+                            out.append(row)
+                yield out
+            known |= seen
+        if ref is None:
+            if not known:
+                raise EmptyWorkspaceError(self.describe())
+            ref = resolve_run_ref(name, known)  # raises: nothing named it
+        if "artifact" in rows.kinds:
+            artifacts = read_artifacts(
+                self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
+            )
+            yield [
+                row
+                for item in artifacts.get(ref, [])
+                if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+            ]
+
+
+def scan_file(
+    path: str,
+    wanted: frozenset[str] | None,
+    keep_values: bool,
+    chunk_size: int = CHUNK_SIZE,
+    *,
+    times: bool = False,
+    frames: Sequence[Frame] = (),
+    stop_event: threading.Event | None = None,
+) -> tuple[RecordScan, Issues]:
+    """Scan ``record.jsonl`` (blocking: the source runs it in a worker thread), in file
+    order: the parts that ``frames`` (verified index frames) describe from their columns,
+    the rest from the JSON. A missing file is an empty scan. ``stop_event`` set: give up
+    (``ReadAbandoned``) at the next frame or block."""
+    issues = Issues()
+    acc = Accumulator(wanted, keep_values, times)
+    try:
+        handle = open_regular_file(path)  # closed below, after the index
+    except FileNotFoundError:
+        return acc.finish(), issues
+    try:
+        with handle, _index_file(path, bool(frames)) as index:
+            for piece_start, piece_end, frame in pieces(frames, 0, None):
+                if stop_event is not None and stop_event.is_set():
+                    raise ReadAbandoned
+                if frame is not None:
+                    # One frame's columns in memory at a time: read when they are used.
+                    entry = None if index is None else read_entry(index.fileno(), frame)
+                    if entry is not None and acc.feed_entry(entry):
+                        issues.records_from_index += entry.lines
+                        continue
+                    issues.index_frames_rejected += 1
+                feeder = BlockFeeder(acc, path, issues, piece_start)
+                for block in read_blocks(
+                    handle, feeder.cutter, piece_end, chunk_size=chunk_size, stop_event=stop_event
+                ):
+                    feeder.feed(block)
+                feeder.close()
+    except OSError as exc:
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
+    return acc.finish(), issues
+
+
+def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """``record.index`` open for reading; None (its frames' lines are then parsed) when not
+    wanted or no longer readable."""
+    if wanted:
+        with contextlib.suppress(OSError):
+            return open_index(index_path_for(path))
+    return contextlib.nullcontext()

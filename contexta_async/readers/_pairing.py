@@ -1,0 +1,267 @@
+"""Paired per-sample analysis of two runs' sample-level metrics (analysis layer): matched
+samples, wins and losses, the bootstrap interval, McNemar, SE, power and adjusted p-values.
+The statistics themselves are in ``_stats`` and ``_inference``."""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Mapping, Sequence
+from itertools import compress, repeat
+from typing import Any, Final
+
+import numpy as np
+
+from ._aggregate import Place, RunMetrics, mean_of, natural_key
+from ._inference import (
+    Adjustment,
+    adjust_p_values,
+    minimum_detectable_effect,
+    newcombe_paired_interval,
+    pairing_gain,
+    student_t_two_sided_p,
+)
+from ._model import Direction, PairedResult, PairedSample
+from ._stats import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
+
+__all__ = ["MINIMIZE_WORDS", "direction_for", "infer_direction", "paired_results", "places"]
+
+# A metric whose key holds one of these words (as a dot- or dash-separated part) is better
+# when lower. Contexta 1.0.0 always prefers the higher value, which is wrong for a loss.
+MINIMIZE_WORDS: Final = frozenset(
+    {
+        "loss",
+        "losses",
+        "error",
+        "errors",
+        "err",
+        "latency",
+        "cost",
+        "costs",
+        "token",
+        "tokens",
+        "time",
+        "duration",
+        "perplexity",
+        "mse",
+        "mae",
+        "rmse",
+        "wer",
+        "cer",
+        "attempts",
+        "retries",
+        "failed",
+        "failures",
+        "timeouts",
+    }
+)
+_SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
+
+
+def infer_direction(key: str) -> Direction:
+    """``"minimize"`` when a part of ``key`` names a cost (loss, error, latency, cost, tokens,
+    time, duration...), else ``"maximize"``."""
+    parts = re.split(r"[.\-_]", key.lower())
+    return "minimize" if any(part in MINIMIZE_WORDS for part in parts) else "maximize"
+
+
+def places(metrics: Sequence[RunMetrics], stage_order: Sequence[str]) -> list[Place]:
+    places: set[Place] = set()
+    for m in metrics:
+        places.update(m.latest)
+        places.update((stage, "sample", None, key) for stage, key in m.samples)
+    order = {name: i for i, name in enumerate(stage_order)}
+
+    def sort_key(place: Place) -> tuple[int, str, int, str, str]:
+        stage, scope, batch, key = place
+        rank = -1 if stage is None else order.get(stage, len(order))
+        return (rank, stage or "", _SCOPE_RANK[scope], batch or "", key)
+
+    return sorted(places, key=sort_key)
+
+
+def direction_for(key: str, directions: Mapping[str, Direction] | None) -> tuple[Direction, bool]:
+    if directions and key in directions:
+        return directions[key], False
+    return infer_direction(key), True
+
+
+def paired_results(
+    left: RunMetrics,
+    right: RunMetrics,
+    stage_order: Sequence[str],
+    *,
+    directions: Mapping[str, Direction] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    bootstrap: BootstrapMethod = "auto",
+    include_samples: bool = False,
+    adjustment: Adjustment = "holm",
+) -> list[PairedResult]:
+    pairs = []
+    for stage, scope, _batch, key in places((left, right), stage_order):
+        if scope != "sample":
+            continue
+        lmap = left.samples.get((stage, key), {})
+        rmap = right.samples.get((stage, key), {})
+        pairs.append((stage, key, lmap, rmap, *_paired_values(lmap, rmap)))
+    diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
+    # A difference can overflow (values near the float range, or a hand-edited file):
+    # such a metric gets no interval rather than a meaningless one.
+    finite = [bool(diffs) and all(map(math.isfinite, diffs)) for diffs in diffs_of]
+    # The bootstraps dominate the time: computed together (on several cores with numpy).
+    intervals = iter(
+        paired_bootstrap_cis(
+            list(compress(diffs_of, finite)),
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+            method=bootstrap,
+        )
+    )
+    results = []
+    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs, usable in zip(
+        pairs, diffs_of, finite, strict=True
+    ):
+        direction, inferred = direction_for(key, directions)
+        n = len(matched)
+        binary = n > 0 and all(
+            values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals)
+        )
+        # lt(0.0, d) is 0.0 < d: a positive difference.
+        better = operator.lt if direction == "maximize" else operator.gt
+        worse = operator.gt if direction == "maximize" else operator.lt
+        rises = sum(map(operator.lt, repeat(0.0), diffs))
+        falls = sum(map(operator.gt, repeat(0.0), diffs))
+        wins, losses = (rises, falls) if direction == "maximize" else (falls, rises)
+        mean_diff = mean_of(diffs) if n else None
+        regressed: list[str] = []
+        fixed: list[str] = []
+        p_value = None
+        if binary:
+            regressed = sorted(compress(matched, map(worse, repeat(0.0), diffs)), key=natural_key)
+            fixed = sorted(compress(matched, map(better, repeat(0.0), diffs)), key=natural_key)
+            p_value = mcnemar_exact(len(regressed), len(fixed))
+        low: float | None = None
+        high: float | None = None
+        method = "none"
+        if usable:
+            low, high, method = next(intervals)
+        elif n:
+            method = "non-finite"
+        extra = {}
+        if usable and mean_diff is not None:
+            extra = _inference_of(lvals, rvals, mean_diff, p_value, rises, falls, confidence)
+        results.append(
+            PairedResult(
+                **extra,
+                stage=stage,
+                key=key,
+                direction=direction,
+                direction_inferred=inferred,
+                n_matched=n,
+                unmatched_left=_unmatched(lmap, rmap, n),
+                unmatched_right=_unmatched(rmap, lmap, n),
+                mean_left=mean_of(lvals) if n else None,
+                mean_right=mean_of(rvals) if n else None,
+                mean_diff=mean_diff,
+                ci_low=low,
+                ci_high=high,
+                confidence=confidence,
+                resamples=resamples,
+                seed=seed,
+                method=method,
+                binary=binary,
+                wins=wins,
+                losses=losses,
+                ties=n - wins - losses,
+                mcnemar_p=p_value,
+                regressed=regressed,
+                fixed=fixed,
+                samples=sorted(
+                    (
+                        PairedSample(name=name, left=lv, right=rv, diff=d)
+                        for name, lv, rv, d in zip(matched, lvals, rvals, diffs, strict=True)
+                    ),
+                    key=lambda s: natural_key(s.name),
+                )
+                if include_samples
+                else None,
+            )
+        )
+    adjusted = adjust_p_values([r.p_value for r in results], adjustment)
+    for result, p_adjusted in zip(results, adjusted, strict=True):
+        result.p_adjusted = p_adjusted
+    return results
+
+
+def _inference_of(
+    lvals: list[float],
+    rvals: list[float],
+    mean_diff: float,
+    mcnemar_p: float | None,
+    rises: int,
+    falls: int,
+    confidence: float,
+) -> dict[str, Any]:
+    """SE, what pairing bought, power, the p-value and (0/1 metrics, which have ``mcnemar_p``)
+    Newcombe's interval. ``rises``/``falls``: pairs higher/lower in the right run."""
+    n = len(lvals)
+    if n < 2:
+        return {}
+    with np.errstate(all="ignore"):
+        gain = pairing_gain(np.asarray(lvals), np.asarray(rvals))
+    if gain is None or not math.isfinite(gain.paired_se):
+        return {}
+    se = gain.paired_se
+    found: dict[str, Any] = {
+        "se": se,
+        "unpaired_se": gain.unpaired_se if math.isfinite(gain.unpaired_se) else None,
+        "correlation": gain.correlation,
+        "mde": minimum_detectable_effect(se),
+    }
+    if mcnemar_p is not None:
+        # 0/1 values: a fall is 1 -> 0 (left only), a rise 0 -> 1 (right only).
+        both = lvals.count(1.0) - falls
+        low, high = newcombe_paired_interval(
+            both, falls, rises, n - both - falls - rises, confidence=confidence
+        )
+        found.update(
+            p_value=mcnemar_p,
+            p_test="mcnemar-exact",
+            small_n_low=low,
+            small_n_high=high,
+        )
+    elif se > 0:
+        found.update(p_value=student_t_two_sided_p(mean_diff / se, n - 1), p_test="paired-t")
+    else:
+        found.update(p_value=1.0 if mean_diff == 0 else 0.0, p_test="paired-t")
+    return found
+
+
+def _paired_values(
+    lmap: Mapping[str, float], rmap: Mapping[str, float]
+) -> tuple[list[str], list[float], list[float]]:
+    """The names in both maps and their values on each side, in the left map's order (the
+    order of capture). The order means nothing: every statistic of the pairs is independent
+    of it (sums are exact, the bootstrap resamples the sorted differences) and the lists
+    shown to people are sorted by name. When both runs hold the same samples in the same
+    order (a sequential eval), the stored values are taken as they are: a dict lookup per
+    sample and metric would cost more than all the rest of the pairing."""
+    names = list(lmap)
+    if len(names) == len(rmap) and names == list(rmap):
+        return names, list(lmap.values()), list(rmap.values())
+    matched = [name for name in names if name in rmap]
+    if len(matched) == len(names):
+        lvals = list(lmap.values())
+    else:
+        lvals = list(map(lmap.__getitem__, matched))
+    return matched, lvals, list(map(rmap.__getitem__, matched))
+
+
+def _unmatched(mine: Mapping[str, float], theirs: Mapping[str, float], matched: int) -> list[str]:
+    if len(mine) == matched:
+        return []  # every name matched (the usual case): no set difference to build
+    return sorted(mine.keys() - theirs.keys(), key=natural_key)

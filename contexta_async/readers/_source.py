@@ -1,0 +1,206 @@
+"""The seam between where records live and the answers: ``RecordSource``.
+
+A source turns a workspace into what the answers are computed from; every answer (list_runs,
+get_run, compare, compare_many, best_run) is computed from a ``SourceData`` by the same
+aggregate and analysis code, and ``records`` streams rows, whatever the source. The
+local-file source (``_local.LocalSource``) is the default; a store (PostgreSQL) is a second
+implementation of this Protocol.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncGenerator, Collection, Iterable
+from typing import Final, NamedTuple, Protocol
+
+from .._format.lines import ArtifactLine
+from .._format.refs import components, last_component, run_matches
+from ._errors import AmbiguousRunError, UnknownRunError
+from ._model import ReadReport, RecordKind, RecordRow
+
+__all__ = [
+    "TYPE_KIND",
+    "ArtifactInfo",
+    "RecordScan",
+    "RecordSource",
+    "RowFilter",
+    "RunInfo",
+    "SourceData",
+    "resolve_run_ref",
+]
+
+# payload_type -> record kind; other types are counted as "other".
+TYPE_KIND: Final = {
+    "MetricRecord": "metric",
+    "StructuredEventRecord": "event",
+    "TraceSpanRecord": "span",
+}
+
+
+def resolve_run_ref(name: str, refs: Iterable[str]) -> str:
+    """The run ref ``name`` stands for: the full ref, or a unique suffix of whole components
+    (``grounded`` and ``mock-openai-compare.grounded`` both name
+    ``run:mock-openai-compare.grounded``)."""
+    known = sorted(refs)
+    if name.strip() in known:
+        return name.strip()
+    matches = [ref for ref in known if run_matches(ref, name)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise AmbiguousRunError(name, matches)
+    raise UnknownRunError(name, known)
+
+
+class RunInfo:
+    """What the CONTEXT lines say about one run (the newest line wins)."""
+
+    __slots__ = (
+        "dataset_ref",
+        "ended_at",
+        "failure_reason",
+        "name",
+        "project",
+        "ref",
+        "stages",
+        "started_at",
+        "status",
+        "tags",
+    )
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        value = components(ref)
+        self.project = value.split(".", 1)[0]
+        self.name = last_component(value) or ""
+        self.status = "unknown"
+        self.started_at: str | None = None
+        self.ended_at: str | None = None
+        self.dataset_ref: str | None = None
+        self.failure_reason: str | None = None
+        self.tags: dict[str, str] = {}
+        self.stages: dict[str, int] = {}  # stage name -> order index
+
+
+class ArtifactInfo:
+    """One ARTIFACT line, narrowed; ``place`` is its scope relative to the run
+    (``""`` for the run itself, ``"evaluate"``, ``"evaluate.case-1"``...)."""
+
+    __slots__ = (
+        "batch",
+        "hash_value",
+        "kind",
+        "location_ref",
+        "place",
+        "recorded_at",
+        "ref",
+        "run_ref",
+        "sample",
+        "sample_ref",
+        "size_bytes",
+        "stage",
+        "stage_ref",
+    )
+
+    def __init__(self, line: ArtifactLine) -> None:
+        manifest = line.payload.manifest
+        self.ref = manifest.artifact_ref
+        self.kind = manifest.artifact_kind
+        self.run_ref = manifest.run_ref
+        self.hash_value = manifest.hash_value
+        self.location_ref = manifest.location_ref
+        self.size_bytes = manifest.size_bytes
+        self.recorded_at = manifest.created_at
+        self.stage_ref = manifest.stage_execution_ref
+        self.sample_ref = manifest.sample_observation_ref
+        self.stage = last_component(manifest.stage_execution_ref)
+        self.batch = last_component(manifest.batch_execution_ref)
+        self.sample = last_component(manifest.sample_observation_ref)
+        self.place = ".".join(p for p in (self.stage, self.batch, self.sample) if p)
+
+
+class RecordScan:
+    """What the RECORD lines say: per-run counts and stages of every run, and the latest
+    metric values of the wanted runs, by the scope ref they were captured under."""
+
+    def __init__(self) -> None:
+        # (run ref, payload_type) -> lines.
+        self.counts: Counter[tuple[str, str]] = Counter()
+        # The stage refs records were captured under (None: a run-level record).
+        self.stage_refs: set[str | None] = set()
+        # First and last record time per run: only filled for runs without CONTEXT lines.
+        self.first_time: dict[str, str] = {}
+        self.last_time: dict[str, str] = {}
+        # (stage or batch ref of the samples, metric key) -> sample name -> the latest value.
+        self.samples: dict[tuple[str, str], dict[str, float | None]] = {}
+        # (scope ref, metric key) -> the latest value (run, stage and batch metrics).
+        self.others: dict[tuple[str, str], float | None] = {}
+        self.kept: set[str] = set()  # the runs whose values are in samples and others
+        self.records = 0
+
+    def run_refs(self) -> set[str]:
+        return {run for run, _ in self.counts}
+
+
+class SourceData(NamedTuple):
+    """One read of a workspace: everything the answers are computed from."""
+
+    runs: dict[str, RunInfo]  # from CONTEXT lines
+    scan: RecordScan
+    artifacts: dict[str, list[ArtifactInfo]]  # per run ref, in capture order
+    report: ReadReport
+
+
+class RowFilter(NamedTuple):
+    """The filters of ``Workspace.records``: kinds, and key/stage/sample (a name or a full
+    ref), None for any."""
+
+    kinds: frozenset[RecordKind]
+    key: str | None = None
+    stage: str | None = None
+    sample: str | None = None
+
+
+class RecordSource(Protocol):
+    """Where a workspace's records come from.
+
+    ``read(runs, values=...)`` returns a ``SourceData``:
+
+    - ``runs``: a ``RunInfo`` per run ref known from run metadata (CONTEXT lines; a store's
+      runs table), with its stages by name and order;
+    - ``scan``: a ``RecordScan``: ``counts`` of records per (run ref, payload_type) and
+      ``stage_refs`` for every run; ``first_time``/``last_time``, the first and last record
+      time per run, used only for runs missing from ``runs`` (the local source fills them
+      for a workspace without CONTEXT lines); with ``values=True``, the latest value of each
+      metric: per sample in ``samples[(stage or batch ref, key)][sample name]`` and for run-,
+      stage- and batch-level metrics in ``others[(scope ref, key)]``, in capture order (the
+      last value captured wins), for the runs in ``kept``: every run when ``runs`` is None,
+      else every run that one of the names in ``runs`` names (``refs.run_matches``: a full
+      ref or a suffix of whole components). A value is None where the line held none. Scope
+      refs follow the grammar of ``contexta_async._format.refs``;
+    - ``artifacts``: an ``ArtifactInfo`` per ARTIFACT line, per run ref;
+    - ``report``: what was skipped (corrupt lines, torn tails, index use).
+
+    A store that aggregates in SQL returns the latest value per sample (and per scope and
+    key) it computed, not raw lines: the aggregate and analysis code only ever sees these
+    values.
+
+    ``records(run, rows)`` streams the records of the run ``run`` names (a full ref or a
+    unique suffix, resolved as ``resolve_run_ref`` does; ``UnknownRunError``,
+    ``AmbiguousRunError``, ``EmptyWorkspaceError`` otherwise) as ``RecordRow`` in capture
+    order, metrics, events and spans first, then artifacts, filtered by ``rows``, holding a
+    bounded amount of memory. ``last_report`` is what the last finished read skipped.
+
+    Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
+    and trio): blocking work goes to worker threads.
+    """
+
+    last_report: ReadReport
+
+    def describe(self) -> str:
+        """Where the records are, for messages (a folder, a store URL without secrets)."""
+        ...
+
+    async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData: ...
+
+    def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]: ...

@@ -1,0 +1,158 @@
+"""The writing half of ``record.index`` (the layout is in ``contexta_async._format.index``):
+the columns of a chunk of RECORD items, and a pending frame that describes consecutive chunks.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Final, NamedTuple, cast
+
+import msgspec
+
+from .._format.index import HEADER, INDEX_MAGIC, IndexEntry
+from .._format.lines import EventPayload, Item, MetricPayload, RecordPayload
+
+__all__ = ["ChunkColumns", "PendingFrame", "columns_from_items"]
+
+_NONE: Final = float("nan")
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_TYPE: Final = attrgetter("payload_type")
+
+
+class ChunkColumns(NamedTuple):
+    """The per-line columns of a chunk as the writer has them (NaN: no value)."""
+
+    types: list[str]
+    subjects: list[str | None]
+    keys: list[str | None]
+    values: list[float]
+
+
+def columns_from_items(items: Sequence[Item]) -> ChunkColumns | None:
+    """The columns of a chunk of RECORD items, or None when the index cannot describe them
+    exactly (a payload it does not know, or a value JSON would not read back as this float).
+
+    Runs in the writer thread for every chunk: one pass, bound methods, no call per item that
+    can be avoided (docs/performance.md has its cost next to encoding the JSON).
+    """
+    subjects: list[str | None] = []
+    keys: list[str | None] = []
+    values: list[float] = []
+    add_subject, add_key, add_value = subjects.append, keys.append, values.append
+    for item in items:
+        record = item.payload
+        if type(record) is not RecordPayload:
+            return None
+        body = record.payload
+        if type(body) is MetricPayload:
+            value = body.value
+            if type(value) is float:
+                if value - value != 0.0:
+                    return None  # NaN or infinity: JSON holds it as null
+            elif type(value) is int and -(1 << 63) <= value < (1 << 64):
+                value = float(value)
+            else:
+                return None  # bools, huge ints: not read back as this float
+            add_key(body.metric_key)
+            add_value(value)
+        elif type(body) is EventPayload:
+            add_key(None)
+            add_value(_NONE)
+        else:
+            return None
+        add_subject(body.subject_ref)
+    return ChunkColumns(list(map(_TYPE, items)), subjects, keys, values)
+
+
+class _Column:
+    """One column of a pending frame, dictionary-encoded as it grows: an int per line and
+    each distinct value once. The codes stay a list until the frame is written: extending an
+    ``array`` converts item by item on every chunk, converting a list once is cheaper
+    (docs/performance.md, Readers)."""
+
+    __slots__ = ("codes", "table")
+
+    def __init__(self) -> None:
+        self.table: dict[str | None, int] = {}
+        self.codes: list[int] = []
+
+    def extend(self, column: list[str] | list[str | None]) -> None:
+        table = self.table
+        for value in dict.fromkeys(column):  # a Python step per distinct value only
+            if value not in table:
+                table[value] = len(table)
+        self.codes.extend(map(table.__getitem__, column))
+
+    def encoded(self) -> tuple[list[str | None], bytes]:
+        codes = array("I", self.codes)
+        if codes.itemsize != 4:  # pragma: no cover - 4 on every platform CPython supports
+            raise ValueError("no 4-byte unsigned array type")
+        if _BIG_ENDIAN:  # pragma: no cover - the tests run on little-endian machines
+            codes.byteswap()
+        return list(self.table), codes.tobytes()
+
+
+class PendingFrame:
+    """Consecutive chunks of ``record.jsonl`` (each starting where the previous one ended),
+    described by one frame once it is written: a writer that appends a few lines at a time
+    still writes frames of many lines. Holds ~40 bytes a line (three list slots and a float)
+    and each distinct ref once."""
+
+    def __init__(self, start: int) -> None:
+        self.start = self.end = start
+        self.head = (0, 0)  # length and CRC-32 of the first line
+        self.tail = (0, 0)
+        self.types = _Column()
+        self.subjects = _Column()
+        self.keys = _Column()
+        self.values: list[float] = []
+
+    @property
+    def lines(self) -> int:
+        return len(self.values)
+
+    def extend(self, columns: ChunkColumns, data: bytes, end: int) -> None:
+        """Add the chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
+        if end - len(data) != self.end:
+            raise ValueError("a frame describes consecutive chunks only")
+        if not self.values:
+            first = data.index(b"\n") + 1
+            self.head = (first, zlib.crc32(data[:first]))
+        last = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self.tail = (len(data) - last, zlib.crc32(data[last:]))
+        self.types.extend(columns.types)
+        self.subjects.extend(columns.subjects)
+        self.keys.extend(columns.keys)
+        self.values.extend(columns.values)
+        self.end = end
+
+    def encode(self) -> tuple[bytes, bytes]:
+        """The frame as its header and its body (written with one ``os.writev``, no copy
+        joining them)."""
+        type_table, type_codes = self.types.encoded()
+        subject_table, subject_codes = self.subjects.encoded()
+        key_table, key_codes = self.keys.encoded()
+        entry = IndexEntry(
+            start=self.start,
+            end=self.end,
+            lines=self.lines,
+            head_length=self.head[0],
+            head_crc=self.head[1],
+            tail_length=self.tail[0],
+            tail_crc=self.tail[1],
+            types=cast(list[str], type_table),
+            subjects=subject_table,
+            keys=key_table,
+            type_codes=type_codes,
+            subject_codes=subject_codes,
+            key_codes=key_codes,
+            values=struct.pack(f"<{len(self.values)}d", *self.values),
+        )
+        body = _ENCODER.encode(entry)
+        return HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)), body

@@ -1,0 +1,144 @@
+"""The RecordSource seam: answers come from whatever source, records are read once."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncGenerator, Collection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from contexta_async._format.refs import run_matches
+from contexta_async.readers import RecordRow, Workspace
+from contexta_async.readers._local import LocalSource
+from contexta_async.readers._source import RecordSource, RowFilter, SourceData
+
+from .test_readers_helpers import capture_llm_workspace
+
+
+class PerSampleSource:
+    """A source that, like a store aggregating in SQL, hands over the latest value per sample
+    (and per scope and key) computed on its own, here from the JSON line by line; runs,
+    counts and artifacts come from the local files."""
+
+    def __init__(self, capture: Path) -> None:
+        self.local = LocalSource(capture)
+        self.capture = capture
+        self.last_report = self.local.last_report
+
+    def describe(self) -> str:
+        return "per-sample test source"
+
+    async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
+        data = await self.local.read(runs, values=False)
+        scan = data.scan
+        assert not scan.samples and not scan.others
+        if values:
+            scan.kept = {
+                r for r in scan.run_refs() if runs is None or any(run_matches(r, n) for n in runs)
+            }
+            for text in (self.capture / "record.jsonl").read_text().splitlines():
+                line = json.loads(text)
+                envelope, body = line["payload"]["envelope"], line["payload"]["payload"]
+                if "metric_key" not in body or envelope["run_ref"] not in scan.kept:
+                    continue
+                subject, key = body["subject_ref"], body["metric_key"]
+                if subject.startswith("sample:"):
+                    parent = envelope["batch_execution_ref"] or envelope["stage_execution_ref"]
+                    sample = subject.rsplit(".", 1)[1]
+                    scan.samples.setdefault((parent, key), {})[sample] = body["value"]
+                else:
+                    scan.others[(subject, key)] = body["value"]
+        self.last_report = data.report
+        return data
+
+    def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
+        return self.local.records(run, rows)
+
+
+def _answers(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+async def test_a_source_returning_per_sample_values_gives_the_same_answers(
+    tmp_path: Path,
+) -> None:
+    path = capture_llm_workspace(tmp_path / "ws")
+    source = PerSampleSource(path / "cache" / "capture")
+    checked: RecordSource = source  # it implements the Protocol (checked by mypy)
+    local, seam = Workspace(path), Workspace("a store", source=checked)
+    for ws in (local, seam):
+        assert ws.last_report == local.last_report
+    pair = ("helpful-only", "grounded")
+    for method, args, kwargs in [
+        ("list_runs", (), {}),
+        ("get_run", ("grounded",), {}),
+        ("compare", pair, {"include_samples": True}),
+        ("compare_many", (list(pair),), {}),
+        ("best_run", (list(pair), "correct"), {}),
+    ]:
+        expected = await getattr(local, method)(*args, **kwargs)
+        assert _answers(await getattr(seam, method)(*args, **kwargs)) == _answers(expected)
+    rows = [row async for row in seam.records("grounded", kind="metric")]
+    assert rows == [row async for row in local.records("grounded", kind="metric")]
+
+
+async def test_records_read_record_jsonl_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = capture_llm_workspace(tmp_path / "ws")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(file).endswith("record.jsonl"):
+            opened.append(str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    rows = [row async for row in Workspace(path).records("grounded", kind="metric")]
+    assert len(rows) == 2 * 6 + 1 + 2 and len(opened) == 1  # 6 samples x 2, case-99, pass.rate x 2
+
+
+async def test_records_of_a_run_known_only_from_its_records_are_found_in_the_one_pass(
+    tmp_path: Path,
+) -> None:
+    path = capture_llm_workspace(tmp_path / "ws")
+    (path / "cache" / "capture" / "context.jsonl").write_text("")  # as in Contexta 1.0.0
+    (path / "cache" / "capture" / "artifact.jsonl").write_text("")
+    ws = Workspace(path)
+    rows = [row async for row in ws.records("grounded", kind="metric", key="correct")]
+    assert [row.sample for row in rows] == [f"case-{n}" for n in (1, 2, 3, 4, 5, 10, 99)]
+
+
+async def test_records_stream_in_bounded_memory_however_large_the_file(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = capture_llm_workspace(tmp_path / "ws")
+    record = path / "cache" / "capture" / "record.jsonl"
+    data = record.read_bytes()
+    with record.open("ab") as handle:
+        for _ in range((24 << 20) // len(data) + 1):
+            handle.write(data)  # ~24 MiB: the same lines again and again
+    ws = Workspace(path, chunk_size=256 << 10)
+    rows = 0
+    tracemalloc.start()
+    try:
+        async for _ in ws.records("grounded", kind="metric"):
+            rows += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows > 5_000
+    assert peak < 8 << 20, peak  # a block's rows at a time, not the file's
+
+
+def test_a_bad_records_filter_is_refused_at_the_call(tmp_path: Path) -> None:
+    from contexta_async import ValidationError
+
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    with pytest.raises(ValidationError, match="kind"):
+        ws.records("grounded", kind="metrics")  # type: ignore[arg-type]

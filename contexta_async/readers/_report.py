@@ -103,9 +103,7 @@ def _chart(result: PairedResult) -> str:
     )
 
 
-def _names(
-    names: Sequence[str], limit: int = 50, link: Callable[[str], str] | None = None
-) -> str:
+def _names(names: Sequence[str], limit: int = 50, link: Callable[[str], str] | None = None) -> str:
     if not names:
         return "none"
     if link is None:

@@ -67,6 +67,7 @@ class ViewState:
         self.poll_interval = poll_interval
         self.lock = anyio.Lock()
         self.ready = anyio.Event()
+        self.closing = False
         self._changed = anyio.Event()
         self._comparisons: dict[tuple[str, str], tuple[tuple[int, int], RunComparison]] = {}
 
@@ -88,6 +89,11 @@ class ViewState:
                 _log.warning("view poll failed", workspace=str(self.workspace.path), error=str(exc))
                 self.ready.set()
             await anyio.sleep(self.poll_interval)
+
+    def close(self) -> None:
+        """End the event streams (the server is shutting down: they never end otherwise)."""
+        self.closing = True
+        self._changed.set()
 
     async def wait_change(self, at_most: float) -> None:
         with anyio.move_on_after(at_most):
@@ -206,7 +212,7 @@ async def _events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
         sent = -1
-        while True:
+        while not state.closing:
             if state.tail.version != sent:
                 sent = state.tail.version
                 yield f"data: {json.dumps(state.versions(), separators=(',', ':'))}\n\n"

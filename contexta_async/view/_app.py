@@ -108,7 +108,8 @@ class ViewState:
 
     async def comparison(self, left: str, right: str) -> RunComparison:
         """``Workspace.compare`` of the two runs, computed again only once either changed."""
-        versions = (self.tail.runs[left].version, self.tail.runs[right].version)
+        async with self.lock:
+            versions = (self.tail.runs[left].version, self.tail.runs[right].version)
         cached = self._comparisons.get((left, right))
         if cached is not None and cached[0] == versions:
             return cached[1]
@@ -176,9 +177,9 @@ async def _compare(request: Request) -> Response:
             left = state.resolve(request.path_params["left"])
             right = state.resolve(request.path_params["right"])
             version = max(state.tail.runs[left].version, state.tail.runs[right].version)
-            # The comparison reads the files itself (the readers' own scan, the numbers
-            # `compare --json` prints); the tail's versions say when to read them again.
-            comparison = await state.comparison(left, right)
+        # Outside the lock (the tail keeps polling): the readers' own read of the files, the
+        # numbers `compare --json` prints; the tail's versions say when to read them again.
+        comparison = await state.comparison(left, right)
     except (UnknownRunError, AmbiguousRunError) as exc:
         return _not_found(request, str(exc))
     except ReaderError as exc:

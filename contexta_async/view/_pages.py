@@ -232,7 +232,7 @@ def _samples(run: RunState, detail: RunDetail, page_number: int) -> str:
     pages = max(1, math.ceil(total / SAMPLES_PER_PAGE))
     page_number = min(max(page_number, 1), pages)
     shown = detail.samples[(page_number - 1) * SAMPLES_PER_PAGE : page_number * SAMPLES_PER_PAGE]
-    keys = sorted({key for key in _sample_keys(detail)})
+    keys = sorted(_sample_keys(detail, shown))
     parts = [
         f"<h2>Samples <span class=muted>({total})</span></h2>",
         "<table id=samples><tr><th>stage</th><th>batch</th><th>sample</th>"
@@ -263,10 +263,10 @@ def _samples(run: RunState, detail: RunDetail, page_number: int) -> str:
     return "".join(parts)
 
 
-def _sample_keys(detail: RunDetail) -> set[str]:
-    # The keys of a few samples stand for all: scanning every value per render would cost.
+def _sample_keys(detail: RunDetail, subjects: Sequence[str]) -> set[str]:
+    """The metric keys the shown samples hold (not every value of the run: that would cost)."""
     keys: set[str] = set()
-    for subject in detail.samples[:SAMPLES_PER_PAGE]:
+    for subject in subjects:
         keys.update(k for k in detail.keys if (subject, k) in detail.values)
     return keys
 

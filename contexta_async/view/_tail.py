@@ -167,10 +167,6 @@ class RunState:
         value = ref.split(":", 1)[-1]
         return cls(ref=ref, name=value.rsplit(".", 1)[-1], project=value.split(".", 1)[0])
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
 
 def _name(ref: str | None) -> str | None:
     return None if ref is None else ref.rsplit(".", 1)[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -274,3 +275,48 @@ def test_create_app_without_starlette_raises_missing_extra(
     monkeypatch.setitem(sys.modules, "starlette", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'contexta-async\[view\]'"):
         create_app(workspace)
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_view_command_serves_on_loopback_until_interrupted(workspace: Path) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "contexta_async", "--workspace", str(workspace), "view"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            try:
+                status, body = raw_get(f"http://127.0.0.1:{port}", "/")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the view did not start"
+                time.sleep(0.05)
+        assert status == 200 and "run:view.candidate" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert f"http://127.0.0.1:{port}/" in out.decode()
+
+
+def test_view_command_rejects_a_bad_port(workspace: Path) -> None:
+    code = (
+        "import sys\nfrom contexta_async._cli import run_cli\n"
+        f"sys.exit(run_cli(['--workspace', {str(workspace)!r}, 'view', '--port', '70000']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "--port must be between 0 and 65535" in done.stderr

@@ -64,11 +64,13 @@ def capture_runs(workspace: Path) -> None:
 
 
 @contextmanager
-def running_view(workspace: Path, **options: Any) -> Iterator[str]:
-    """A real uvicorn server in a thread on a free loopback port; yields its base URL."""
+def running_view(workspace: Path, port: int = 0, **options: Any) -> Iterator[str]:
+    """A real uvicorn server in a thread on a loopback port (by default a free one); yields
+    its base URL."""
     app = create_app(workspace, poll_interval=0.05, **options)
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same port again, at once
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = view_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

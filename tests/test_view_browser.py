@@ -2,7 +2,7 @@
 
 The server is a real uvicorn in a thread on a free loopback port (test_view.running_view);
 the pages are rendered by chromium, scripts and all, and read back from its DOM. Without
-chromium and chromidriver these tests skip, and fail under CI=true (.ci/run installs them).
+chromium and chromium-driver these tests skip, and fail under CI=true (.ci/run installs them).
 """
 
 from __future__ import annotations
@@ -224,3 +224,18 @@ def test_an_open_run_page_shows_new_values_without_a_reload(
     capture_run(workspace, "growing", [1.0, 0.0, 0.0])
     _wait_text(browser, "Samples (3)")
     assert browser.execute_script("return window.__notReloaded === true;")
+
+
+def test_a_page_catches_up_after_the_server_restarts(browser: Any, workspace: Path) -> None:
+    with running_view(workspace) as base:
+        browser.get(base + "/")
+        _wait_text(browser, "candidate")
+        _wait_text(browser, "live", "#live")
+        browser.execute_script("window.__notReloaded = true;")
+    _wait_text(browser, "reconnecting", "#live")
+    # Captured while no server runs; the new server's versions start again from 0.
+    capture_run(workspace, "while-down", [1.0])
+    port = int(base.rsplit(":", 1)[1])
+    with running_view(workspace, port=port):
+        _wait_text(browser, "while-down")
+        assert browser.execute_script("return window.__notReloaded === true;")

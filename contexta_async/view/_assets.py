@@ -66,9 +66,16 @@ SCRIPT: Final = """
       if (again) { again = false; refresh(); }
     });
   }
-  var source = new EventSource("/events");
-  source.onopen = function () { live.textContent = "live"; live.className = "on"; };
-  source.onerror = function () { live.textContent = "reconnecting"; live.className = "off"; };
+  var source = new EventSource("/events"), lost = false;
+  source.onopen = function () {
+    live.textContent = "live"; live.className = "on";
+    // Back after a lost connection (perhaps a restarted server, whose versions start
+    // again from 0): the page may be behind, whatever the next versions say.
+    if (lost) { lost = false; refresh(); }
+  };
+  source.onerror = function () {
+    lost = true; live.textContent = "reconnecting"; live.className = "off";
+  };
   source.onmessage = function (event) {
     var versions = JSON.parse(event.data);
     var shown = Number(main().getAttribute("data-version"));

@@ -195,6 +195,37 @@ def test_tail_starts_over_when_a_file_is_replaced(tmp_path: Path) -> None:
     assert sum(tail.runs["run:view.first"].counts.values()) == 2
 
 
+def test_tail_counts_from_record_index_what_the_json_says(tmp_path: Path) -> None:
+    root = tmp_path / ".contexta"
+    config = {"project_name": "view"}
+    with Contexta(workspace=root, config=config) as ctx:
+        # Two runs captured together (frames holding both) and one alone (frames of one run).
+        with ctx.run("left") as left, ctx.run("right") as right:
+            for i in range(3000):
+                left.metric("step.loss", 1.0 / (i + 1))
+                right.event("tick", message=f"tick {i}")
+        with ctx.run("alone") as alone, alone.stage("evaluate") as stage:
+            for i in range(1500):
+                with stage.sample(f"case-{i}") as sample:
+                    sample.metric("correct", float(i % 2))
+                    sample.metric("judge.score", 3.0)
+    capture = root / "cache" / "capture"
+    from_json = WorkspaceTail(capture, use_index=False)
+    from_json.poll()
+    from_index = WorkspaceTail(capture)
+    from_index.index_from = 0
+    from_index.poll()
+    assert from_index.lines_from_index > 0
+    assert {r.ref: dict(r.counts) for r in from_index.runs.values()} == {
+        r.ref: dict(r.counts) for r in from_json.runs.values()
+    }
+    assert dict(from_index.runs["run:view.alone"].counts) == {"metrics": 3000}
+    # Then it goes on from where the frames end, with what is appended.
+    capture_run(root, "later", [1.0])
+    assert from_index.poll()
+    assert dict(from_index.runs["run:view.later"].counts) == {"metrics": 3, "events": 1}
+
+
 # ---- the HTTP guard -----------------------------------------------------------------------
 
 

@@ -516,11 +516,19 @@ def _fold_values(detail: RunDetail, lines: list[_ValueLine]) -> None:
 
 def _fold_events(detail: RunDetail, ref: str, block: Block) -> None:
     """The run's newest events, kept as raw lines (decoded when a page shows them)."""
-    if block.find(_EVENT_LINE) < 0:
-        return
     marker = _marker(ref)
-    raw = block.view().tobytes().split(b"\n")
-    detail.events.extend(line for line in raw if _EVENT_LINE in line and marker in line)
+    buffer = block.buffer
+    found: list[bytes] = []
+    # From the block's end back: only its newest events can be among the run's newest.
+    at = buffer.rfind(_EVENT_LINE, block.start, block.end)
+    while at >= 0 and len(found) < _MAX_EVENTS:
+        start = buffer.rfind(b"\n", block.start, at) + 1 or block.start
+        end = buffer.find(b"\n", at, block.end)
+        line = buffer[max(start, block.start) : end]
+        if marker in line:
+            found.append(line)
+        at = buffer.rfind(_EVENT_LINE, block.start, start) if start > block.start else -1
+    detail.events.extend(reversed(found))
 
 
 def _subject_run(subject: str) -> str | None:

@@ -86,7 +86,11 @@ class ViewState:
             try:
                 await self.refresh()
             except Exception as exc:  # a bad read is logged and retried, the server stays up
-                _log.warning("view poll failed", workspace=str(self.workspace.path), error=str(exc))
+                _log.warning(
+                    "contexta_async.view_poll_failed",
+                    workspace=str(self.workspace.path),
+                    error=str(exc),
+                )
                 self.ready.set()
             await anyio.sleep(self.poll_interval)
 

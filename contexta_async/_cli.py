@@ -1,5 +1,5 @@
 """The ``contexta-async`` command line: list runs, show one, compare, pick the best, report,
-ship to a store.
+ship to a store, serve a live view.
 
 Every reading command reads the workspace through the async readers, run with ``anyio.run``;
 ``ship`` is handed to the store distribution that serves the URL's scheme (``stores.py``).
@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="with --follow: seconds between looks when nothing is new (default 0.5)",
+    )
+
+    view = sub.add_parser(
+        "view",
+        parents=[common],
+        help="serve a live page of the workspace to the browser (needs contexta-async[view])",
+        description="Serve the runs, one run, and two runs compared as pages that update "
+        "while runs are being captured. Read-only; binds to loopback unless --host says "
+        "otherwise.",
+    )
+    view.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    view.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    view.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.25,
+        help="seconds between reads of what was appended (default 0.25)",
     )
     return parser
 
@@ -593,6 +610,34 @@ def _ship(
         return 130
 
 
+def _view(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO, err: TextIO
+) -> int:
+    """Serve the view until interrupted (uvicorn runs its own event loop)."""
+    try:
+        if not 0 <= args.port <= 65535:
+            raise _UsageError("--port must be between 0 and 65535")
+        if not args.poll_interval > 0:
+            raise _UsageError("--poll-interval must be positive")
+        from .view import serve
+
+        ws = Workspace(args.workspace)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        out.write(f"{PROG} view of {ws.path}: http://{host}:{args.port}/ (Ctrl-C stops it)\n")
+        out.flush()
+        serve(ws, host=args.host, port=args.port, poll_interval=args.poll_interval)
+        return 0
+    except _UsageError as exc:
+        parser.print_usage(err)
+        err.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except ContextaError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "runs": _runs,
     "show": _show,
@@ -619,6 +664,8 @@ def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | Non
     args.json = getattr(args, "json", False)
     if args.command == "ship":
         return _ship(args, parser, stdout, stderr)
+    if args.command == "view":
+        return _view(args, parser, stdout, stderr)
 
     async def main() -> int:
         ws = Workspace(args.workspace)

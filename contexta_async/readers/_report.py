@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from html import escape
 from typing import Final
 
 from ._model import PairedResult, RunComparison, RunSummary
 from ._pairing import infer_direction
 
-__all__ = ["format_number", "render_html_report"]
+__all__ = ["STYLE", "format_number", "render_html_report", "report_sections"]
 
 _MAX_BARS: Final = 400
 _WIDTH: Final = 640
 _HEIGHT: Final = 180
 
-_STYLE: Final = """
+STYLE: Final = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1f24;
 max-width:72rem}
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}h3{font-size:1rem}
@@ -102,10 +103,13 @@ def _chart(result: PairedResult) -> str:
     )
 
 
-def _names(names: Sequence[str], limit: int = 50) -> str:
+def _names(names: Sequence[str], limit: int = 50, link: Callable[[str], str] | None = None) -> str:
     if not names:
         return "none"
-    shown = ", ".join(escape(n) for n in names[:limit])
+    if link is None:
+        shown = ", ".join(escape(n) for n in names[:limit])
+    else:
+        shown = ", ".join(f'<a href="{escape(link(n))}">{escape(n)}</a>' for n in names[:limit])
     return shown + (f" … and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -113,10 +117,23 @@ def render_html_report(comparison: RunComparison, *, title: str | None = None) -
     """The page for ``comparison``; charts need ``compare(..., include_samples=True)``."""
     left, right = comparison.left, comparison.right
     heading = title or f"{left.ref} vs {right.ref}"
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(heading)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{escape(heading)}</h1>{report_sections(comparison)}</body></html>\n"
+    )
+
+
+def report_sections(
+    comparison: RunComparison, *, sample_link: Callable[[str | None, str], str] | None = None
+) -> str:
+    """The report's sections (summary to notes), for a page of its own or another's.
+
+    ``sample_link(stage, sample)``, if given, is the address each fixed or regressed sample
+    links to.
+    """
+    left, right = comparison.left, comparison.right
     parts = [
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-        f"<title>{escape(heading)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{escape(heading)}</h1>",
         "<h2>Summary</h2><table><tr><th></th><th>run</th><th>status</th><th>dataset</th>"
         "<th>stages</th><th>metrics</th><th>events</th><th>artifacts</th><th>started</th>"
         "<th>ended</th></tr>",
@@ -169,8 +186,10 @@ def render_html_report(comparison: RunComparison, *, title: str | None = None) -
             parts.append(f"<h3>{escape(p.stage or '(run)')} / {escape(p.key)}</h3>")
             parts.append(_chart(p))
             if p.binary:
+                link = None if sample_link is None else partial(sample_link, p.stage)
                 parts.append(
-                    f"<p>Fixed: {_names(p.fixed)}</p><p>Regressed: {_names(p.regressed)}</p>"
+                    f"<p>Fixed: {_names(p.fixed, link=link)}</p>"
+                    f"<p>Regressed: {_names(p.regressed, link=link)}</p>"
                 )
             if p.unmatched_left or p.unmatched_right:
                 parts.append(
@@ -195,5 +214,5 @@ def render_html_report(comparison: RunComparison, *, title: str | None = None) -
     report = comparison.read_report
     if report.corrupt_lines:
         parts.append(f"<li class=warn>{report.corrupt_lines} corrupt line(s) skipped</li>")
-    parts.append("</ul></body></html>\n")
+    parts.append("</ul>")
     return "".join(parts)

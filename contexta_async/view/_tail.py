@@ -22,18 +22,10 @@ from typing import Final, cast
 
 import msgspec
 
-from .._record_index import expand_entry, index_path_for, read_entry
-from ..readers._decode import (
-    ArtifactLine,
-    Block,
-    ContextLine,
-    FullRecordLine,
-    Issues,
-    LineCutter,
-    LineDecoder,
-    open_regular_file,
-)
-from ..readers._indexed import load_index, open_index, pieces
+from .._format.index import index_path_for
+from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from ..readers._index import expand_entry, load_index, open_index, pieces, read_entry
+from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular_file
 
 __all__ = ["EventView", "RunDetail", "RunState", "WorkspaceTail", "event_views"]
 

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ValidationError
+from ._stats import safe_exponent
 
 __all__ = [
     "ADJUSTMENTS",
@@ -67,15 +68,16 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     n = len(diffs)
     if n < 2:
         return None
-    # Scaled by the largest magnitude first: values near the float range neither overflow
-    # the mean nor the squares (the SEs scale back exactly).
-    scale = float(np.max(np.abs(diffs)))
-    if scale == 0.0 or not math.isfinite(scale):
-        scale = 1.0
-    scaled = diffs / scale
+    # Values near the float range (or tiny ones) are scaled by a power of two first: neither
+    # the mean nor the squares overflow (or underflow), and the SEs scale back exactly.
+    exponent = safe_exponent(diffs)
+    scaled = np.ldexp(diffs, -exponent) if exponent else diffs
     centred = scaled - float(np.mean(scaled))
+    # Corrected two-pass: the rounding error of the first mean is taken out (equal values
+    # give exactly 0).
+    centred -= float(np.mean(centred))
     naive_var = float(np.dot(centred, centred)) / (n - 1) / n
-    naive_se = math.sqrt(naive_var) * scale
+    naive_se = math.ldexp(math.sqrt(naive_var), exponent)
     if codes is None:
         return ClusteredError(naive_se, naive_se, n, 1.0 if naive_var > 0 else None)
     sums = np.bincount(codes, weights=centred, minlength=n_clusters)
@@ -84,7 +86,7 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
         return None
     var = used / (used - 1) * float(np.dot(sums, sums)) / (n * n)
     design = var / naive_var if naive_var > 0 else None
-    return ClusteredError(math.sqrt(var) * scale, naive_se, used, design)
+    return ClusteredError(math.ldexp(math.sqrt(var), exponent), naive_se, used, design)
 
 
 def cluster_bootstrap_ci(

@@ -6,10 +6,15 @@ interval, and simulated coverage with a known true difference.
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import math
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import scipy.stats
@@ -18,17 +23,22 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 
 from contexta_async import Contexta, ValidationError
-from contexta_async.readers import Workspace
+from contexta_async._cli import run_cli
+from contexta_async.readers import (
+    Workspace,
+    items_needed,
+    minimum_detectable_effect,
+    render_html_report,
+)
 from contexta_async.readers._inference import (
     adjust_p_values,
     cluster_bootstrap_ci,
     clustered_error,
-    items_needed,
-    minimum_detectable_effect,
     newcombe_paired_interval,
     pairing_gain,
     student_t_two_sided_p,
 )
+from contexta_async.readers._report import format_number
 
 
 def _clustered_data(
@@ -189,6 +199,24 @@ def test_power_inputs_are_checked_by_name() -> None:
     with pytest.raises(ValidationError) as caught:
         items_needed(0.0, 0.1, 100)
     assert caught.value.field == "effect"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((math.inf, 0.1, 100), "effect"),
+        ((0.1, -0.1, 100), "se"),
+        ((0.1, math.nan, 100), "se"),
+        ((0.1, 0.1, 0), "items"),
+        ((0.1, 0.1, 2.5), "items"),
+    ],
+)
+def test_items_needed_names_the_argument_that_breaks_its_rule(
+    args: tuple[float, float, int], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        items_needed(*args)
+    assert caught.value.field == field
 
 
 # ---- small samples: paired difference of proportions ----------------------------------------
@@ -414,3 +442,131 @@ async def test_an_unknown_adjustment_is_refused_before_the_workspace_is_read(
     with pytest.raises(ValidationError) as caught:
         await Workspace(tmp_path).compare("a", "b", adjustment="sidak")  # type: ignore[arg-type]
     assert caught.value.field == "adjustment"
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run_cli(list(argv), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_compare_target_effect_gives_the_items_needed_per_metric_as_statsmodels_does(
+    tmp_path: Path,
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli(
+        "--workspace", str(tmp_path), "compare", "left", "right", "--json", "--target-effect", "0.1"
+    )
+    assert status == 0, err
+    answer = json.loads(out)
+    power = answer["power"]
+    assert (power["target_effect"], power["alpha"], power["power"]) == (0.1, 0.05, 0.8)
+    by_key = {p["key"]: p for p in answer["paired"]}
+    assert sorted(row["key"] for row in power["metrics"]) == sorted(by_key)
+    for row in power["metrics"]:
+        paired = by_key[row["key"]]
+        assert (row["se"], row["n_matched"]) == (paired["se"], paired["n_matched"])
+        sd = paired["se"] * math.sqrt(paired["n_matched"])
+        # Two-sided at alpha 0.05, the far tail ignored: statsmodels' one-sided power at 0.025.
+        exact = NormalIndPower().solve_power(
+            effect_size=0.1 / sd, alpha=0.025, power=0.8, ratio=0, alternative="larger"
+        )
+        assert row["items_needed"] == math.ceil(exact - 1e-6)
+    status, table, err = _cli(
+        "--workspace", str(tmp_path), "compare", "left", "right", "--target-effect", "0.1"
+    )
+    assert status == 0, err
+    assert "Items needed to detect a difference of 0.1 (80% power, two-sided alpha 0.05)" in table
+    for row in power["metrics"]:
+        assert re.search(rf"\beval\s+{row['key']}\s+40\s+\S+\s+{row['items_needed']}\n", table)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("left", "right", "--target-effect", "0"), "--target-effect: must be a finite, non-zero"),
+        (("left", "right", "--target-effect", "nan"), "--target-effect: must be a finite"),
+        (("left", "right", "left", "--target-effect", "0.1"), "--target-effect needs two runs"),
+    ],
+)
+def test_compare_target_effect_is_refused_as_a_usage_error(
+    tmp_path: Path, argv: tuple[str, ...], message: str
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", *argv)
+    assert (status, out) == (2, "")
+    assert message in err
+
+
+class _Cells(HTMLParser):
+    """The rows of the report's "How sure are we" table: data-metric -> cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self._row: list[str] | None = None
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "tr" and "data-metric" in found:
+            self._row = self.rows.setdefault(found["data-metric"] or "", [])
+        elif tag == "td" and self._row is not None:
+            self._row.append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self._in_cell = False
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._row is not None and self._in_cell:
+            self._row[-1] += data
+
+
+def test_report_how_sure_section_shows_the_numbers_of_compare_json(tmp_path: Path) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", "left", "right", "--json")
+    assert status == 0, err
+    paired = json.loads(out)["paired"]
+    page = tmp_path / "report.html"
+    status, _, err = _cli(
+        "--workspace", str(tmp_path), "report", "left", "right", "--output", str(page)
+    )
+    assert status == 0, err
+    html = page.read_text(encoding="utf-8")
+    assert "<h2 id=how-sure>How sure are we</h2>" in html
+    cells = _Cells()
+    cells.feed(html)
+    assert sorted(cells.rows) == sorted(f"eval / {p['key']}" for p in paired)
+    for p in paired:
+        row = cells.rows[f"eval / {p['key']}"]
+        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row
+        assert (metric, n) == (f"eval / {p['key']}", str(p["n_matched"]))
+        assert mean_diff == format_number(p["mean_diff"], signed=True)
+        low, high = (format_number(p[k], signed=True) for k in ("ci_low", "ci_high"))
+        assert ci == f"[{low}, {high}]"
+        test = {"mcnemar-exact": "exact McNemar", "paired-t": "paired t"}[p["p_test"]]
+        assert p_raw == f"{format_number(p['p_value'])} ({test})"
+        assert p_adjusted == format_number(p["p_adjusted"])
+        assert (mde, se, unpaired) == tuple(
+            format_number(p[k]) for k in ("mde", "se", "unpaired_se")
+        )
+        assert corr == format_number(p["correlation"])
+        clear = p["p_adjusted"] < 0.05
+        assert reading.startswith("right is better" if clear else "no clear difference")
+
+
+async def test_report_how_sure_section_escapes_every_user_string(tmp_path: Path) -> None:
+    _capture_paired(tmp_path)
+    result = await Workspace(tmp_path).compare("left", "right")
+    hostile = "<img src=x onerror=alert(1)>'\""
+    result.paired = [
+        msgspec.structs.replace(p, stage=hostile, key=hostile + p.key) for p in result.paired
+    ]
+    html = render_html_report(result)
+    section = html[html.index("id=how-sure") : html.index("<h2>Metrics</h2>")]
+    assert "<img" not in section and hostile not in section
+    assert "&lt;img src=x onerror=alert(1)&gt;&#x27;&quot;" in section

@@ -28,6 +28,7 @@ __all__ = [
     "ClusteredError",
     "PairingGain",
     "adjust_p_values",
+    "check_effect",
     "cluster_bootstrap_ci",
     "clustered_error",
     "items_needed",
@@ -179,23 +180,8 @@ def _z(alpha: float, power: float) -> float:
     return _NORMAL.inv_cdf(1.0 - alpha / 2.0) + _NORMAL.inv_cdf(power)
 
 
-def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest true difference a two-sided test at ``alpha`` detects with ``power``.
-
-    ``(z_{1-alpha/2} + z_power) * se`` (normal approximation; the far tail is ignored): 2.80 SE
-    at the defaults.
-    """
-    return _z(alpha, power) * se
-
-
-def items_needed(
-    effect: float, se: float, items: int, *, alpha: float = 0.05, power: float = 0.8
-) -> int:
-    """Items needed to detect ``effect`` with ``power``, if the SE shrinks as 1/sqrt(items).
-
-    ``se`` is the (clustered) SE measured on ``items`` items, so the design effect carries over
-    as long as clusters keep their size.
-    """
+def check_effect(effect: float) -> None:
+    """Raise ValidationError unless ``effect`` is a finite, non-zero number."""
     if (
         isinstance(effect, bool)
         or not isinstance(effect, (int, float))
@@ -203,8 +189,41 @@ def items_needed(
         or effect == 0
     ):
         raise ValidationError("effect", "must be a finite, non-zero number", effect)
-    if items < 1 or not math.isfinite(se) or se < 0.0:
-        raise ValidationError("se", "must be a finite SE measured over at least one item", se)
+
+
+def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at ``alpha`` detects with ``power``.
+
+    ``se`` is the standard error of the mean difference (``PairedResult.se``). The answer is
+    ``(z_{1-alpha/2} + z_power) * se`` (normal approximation, ignoring the far tail): 2.80 SE
+    at the defaults, which is ``PairedResult.mde``::
+
+        minimum_detectable_effect(paired.se, power=0.9)
+
+    Raises ValidationError (field ``alpha`` or ``power``) for a level outside (0, 1).
+    """
+    return _z(alpha, power) * se
+
+
+def items_needed(
+    effect: float, se: float, items: int, *, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """The number of items (paired samples) needed to detect a true difference of ``effect``
+    with ``power`` by a two-sided test at ``alpha``.
+
+    ``se`` is the standard error of the mean difference measured on ``items`` items, for
+    example ``items_needed(0.02, paired.se, paired.n_matched)``. The SE is assumed to shrink as
+    1/sqrt(items): ``ceil(((z_{1-alpha/2} + z_power) * se * sqrt(items) / |effect|) ** 2)``,
+    at least 1.
+
+    Raises ValidationError naming ``effect`` (not finite, or 0), ``se`` (not finite, or
+    negative), ``items`` (below 1), ``alpha`` or ``power`` (outside (0, 1)).
+    """
+    check_effect(effect)
+    if isinstance(se, bool) or not isinstance(se, (int, float)) or not math.isfinite(se) or se < 0:
+        raise ValidationError("se", "must be a finite, non-negative standard error", se)
+    if isinstance(items, bool) or not isinstance(items, int) or items < 1:
+        raise ValidationError("items", "must be an integer of at least 1", items)
     spread = se * math.sqrt(items)
     return max(1, math.ceil((_z(alpha, power) * spread / abs(effect)) ** 2))
 

@@ -58,7 +58,8 @@ SADDLEPOINT_MIN_PAIRS: Final = 10_000
 # in a resample splits the distribution into lumps the approximation smooths over.
 _SADDLEPOINT_MAX_SHARE: Final = 0.5
 # ... or a few differences stand apart on a lattice coarse enough to make lumps (a few equal
-# timeouts, a few 0/1 changes among many ties): the peak is then near 1, and ~1e-3 otherwise.
+# timeouts, a few 0/1 changes among many ties): the peak is then near 1, and far below this
+# for smooth data (docs/performance.md, "Readers").
 _SADDLEPOINT_MAX_LATTICE_PEAK: Final = 0.01
 # safe_exponent: values whose largest magnitude has a binary exponent in this range are used
 # as they are (a sum of n of them, or of their squares, stays far inside the float range).

@@ -362,6 +362,11 @@ def test_standard_errors_near_the_float_range_stay_finite_and_scale_exactly() ->
     assert small is not None and huge is not None
     assert huge.se == pytest.approx(small.se * 1e300, rel=1e-12)
     assert huge.naive_se == pytest.approx(small.naive_se * 1e300, rel=1e-12)
+    # ... and tiny ones, whose squares would fall into the subnormals unscaled.
+    tiny = clustered_error(base * 1e-300, codes, 20)
+    assert tiny is not None
+    assert tiny.se == pytest.approx(small.se * 1e-300, rel=1e-12, abs=0)
+    assert tiny.naive_se == pytest.approx(small.naive_se * 1e-300, rel=1e-12, abs=0)
     equal = clustered_error(np.full(10, 1.7e308), None, 0)
     assert equal is not None and equal.se == 0.0
 

@@ -575,3 +575,33 @@ async def test_report_how_sure_section_escapes_every_user_string(tmp_path: Path)
     section = html[html.index("id=how-sure") : html.index("<h2>Metrics</h2>")]
     assert "<img" not in section and hostile not in section
     assert "&lt;img src=x onerror=alert(1)&gt;&#x27;&quot;" in section
+
+
+async def test_values_near_the_float_range_get_their_standard_errors_and_p_value(
+    tmp_path: Path,
+) -> None:
+    # Their variances pass the float range, though their spread does not: scaled by a power
+    # of two first, they get the SE, p and MDE of the same values scaled down.
+    rng = np.random.default_rng(5)
+    left = rng.uniform(-0.4e308, 0.4e308, 30)
+    right = left * 0.5 + rng.uniform(-0.4e308, 0.4e308, 30)
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        for name, values in (("left", left), ("right", right)):
+            with ctx.run(name) as run, run.stage("eval") as stage:
+                for i in range(30):
+                    with stage.sample(f"case-{i}") as sample:
+                        sample.metric("score", float(values[i]))
+    (score,) = (await Workspace(tmp_path).compare("left", "right")).paired
+    small_left, small_right = left / 2.0**1000, right / 2.0**1000
+    assert score.se == pytest.approx(
+        scipy.stats.sem(small_right - small_left) * 2.0**1000, rel=1e-9
+    )
+    unpaired = math.sqrt(small_left.var(ddof=1) / 30 + small_right.var(ddof=1) / 30)
+    assert score.unpaired_se == pytest.approx(unpaired * 2.0**1000, rel=1e-9)
+    assert score.correlation == pytest.approx(
+        scipy.stats.pearsonr(small_left, small_right)[0], rel=1e-9
+    )
+    assert score.p_value == pytest.approx(
+        scipy.stats.ttest_rel(small_right, small_left).pvalue, rel=1e-7
+    )
+    assert score.mde == pytest.approx(minimum_detectable_effect(score.se), rel=1e-12)

@@ -326,10 +326,17 @@ class PairingGain(NamedTuple):
 
 def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
     """Pearson correlation of the paired values; SE of the mean difference paired and as if the
-    runs had been measured on different items (sqrt(var_l/n + var_r/n)). None below 2 pairs."""
+    runs had been measured on different items (sqrt(var_l/n + var_r/n)). None below 2 pairs.
+
+    Values near the float range (or tiny ones) are scaled by a power of two first, as in
+    ``clustered_error``: their variances neither overflow nor underflow.
+    """
     n = len(left)
     if n < 2:
         return None
+    exponent = safe_exponent(np.concatenate((left, right)))
+    if exponent:
+        left, right = np.ldexp(left, -exponent), np.ldexp(right, -exponent)
     var_left = float(np.var(left, ddof=1))
     var_right = float(np.var(right, ddof=1))
     var_diff = float(np.var(right - left, ddof=1))
@@ -338,5 +345,7 @@ def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
         covariance = float(np.dot(left - left.mean(), right - right.mean())) / (n - 1)
         correlation = max(-1.0, min(1.0, covariance / math.sqrt(var_left * var_right)))
     return PairingGain(
-        correlation, math.sqrt(var_diff / n), math.sqrt(var_left / n + var_right / n)
+        correlation,
+        math.ldexp(math.sqrt(var_diff / n), exponent),
+        math.ldexp(math.sqrt(var_left / n + var_right / n), exponent),
     )

@@ -604,4 +604,5 @@ async def test_values_near_the_float_range_get_their_standard_errors_and_p_value
     assert score.p_value == pytest.approx(
         scipy.stats.ttest_rel(small_right, small_left).pvalue, rel=1e-7
     )
+    assert score.se is not None
     assert score.mde == pytest.approx(minimum_detectable_effect(score.se), rel=1e-12)

@@ -27,15 +27,17 @@ than wall time. Peak RSS is measured for three shapes: 1M records with 62,500 sa
 smaller answer); 250k records with 15,625 samples per run (a 4x smaller file, the same
 answer).
 
-With --duckdb-python, DuckDB's read_json is timed on the same file in the same run, with one
-and two threads, as a reference (see _DUCKDB_SCRIPT for the two queries).
+The anchor: DuckDB (the `bench` extra, all cores) computes per run and metric the mean over
+samples of each sample's latest value from the same record.jsonl (read_ndjson, "latest" by
+file order: _DUCKDB_QUERY); the run prints its time, compare's time over it, and a check that
+its means equal compare's. --no-duckdb skips it.
 
 Usage:
   .venv/bin/python benchmarks/read.py                # full run (~4 min on 2 cores)
   .venv/bin/python benchmarks/read.py --quick        # 100k records, one repeat
   .venv/bin/python benchmarks/read.py --json out.json
   .venv/bin/python benchmarks/read.py --dir /tmp/new-dir   # keep the workspaces (a new dir)
-  .venv/bin/python benchmarks/read.py --duckdb-python /tmp/duck/bin/python
+  .venv/bin/python benchmarks/read.py --no-duckdb      # without the `bench` extra
 """
 
 from __future__ import annotations
@@ -350,47 +352,88 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
     }
 
 
-# DuckDB's read_json on the same file, for reference: run in another interpreter (DuckDB is
-# not a dependency), given by --duckdb-python. "list-runs" counts lines per run and type
-# (schema inferred, as a user would query); "compare-read" keeps the last value per
-# (subject, metric key) of the metric lines, reading only the columns it needs.
-_DUCKDB_SCRIPT = """
-import duckdb, json, sys, time
-path, repeat = sys.argv[1], int(sys.argv[2])
-columns = "{payload: 'STRUCT(payload STRUCT(subject_ref VARCHAR, metric_key VARCHAR, "
-columns += "value DOUBLE))', payload_type: 'VARCHAR'}"
-queries = {
-    "list-runs": f"SELECT payload.envelope.run_ref, payload_type, count(*) "
-    f"FROM read_json('{path}', format='newline_delimited') GROUP BY ALL",
-    "compare-read": f"SELECT payload.payload.subject_ref, payload.payload.metric_key, "
-    f"last(payload.payload.value) FROM read_json('{path}', format='newline_delimited', "
-    f"columns={columns}) WHERE payload.payload.metric_key IS NOT NULL GROUP BY ALL",
-}
-out = {"version": duckdb.__version__, "times": {}}
-for threads in (1, 2):
-    con = duckdb.connect()
-    con.execute(f"SET threads={threads}")
-    con.execute("SET enable_progress_bar=false")
-    for label, query in queries.items():
-        times = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            con.execute(query).fetchall()
-            times.append(time.perf_counter() - started)
-        out["times"][f"duckdb-{label}-{threads}thread"] = times
-print(json.dumps(out))
+# DuckDB on the same record.jsonl: the performance anchor (issue 12). The query computes what
+# compare's metric table shows for sample-level metrics: per run and metric key, the mean over
+# samples of each sample's latest value. "Latest" is the line written last (capture order is
+# file order, docs/format.md): row_number() OVER () numbers the lines in file order (DuckDB
+# keeps the scan's order for a window with an empty OVER clause) and arg_max keeps the value of
+# the highest number per (run, sample, key). DuckDB runs on all cores (its default).
+_DUCKDB_COLUMNS = (
+    "{payload: 'STRUCT(envelope STRUCT(run_ref VARCHAR), "
+    "payload STRUCT(subject_ref VARCHAR, metric_key VARCHAR, value DOUBLE))', "
+    "payload_type: 'VARCHAR'}"
+)
+_DUCKDB_QUERY = """
+WITH metric AS (
+    SELECT payload.envelope.run_ref AS run, payload.payload.subject_ref AS sample,
+           payload.payload.metric_key AS key, payload.payload.value AS value,
+           row_number() OVER () AS line
+    FROM read_ndjson(?, columns = {columns})
+    WHERE payload_type = 'MetricRecord' AND starts_with(payload.payload.subject_ref, 'sample:')
+), latest AS (
+    SELECT run, sample, key, arg_max(value, line) AS value FROM metric GROUP BY ALL
+)
+SELECT run, key, avg(value) AS mean, count(*) AS samples FROM latest GROUP BY ALL ORDER BY ALL
 """
 
 
-def _duckdb(python: str, record_file: Path, repeat: int) -> dict[str, Any]:
-    done = subprocess.run(
-        [python, "-c", _DUCKDB_SCRIPT, str(record_file), str(repeat)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def _measure_duckdb(record_file: str, repeat: int) -> dict[str, Any]:
+    """DuckDB's per-run, per-metric means (see _DUCKDB_QUERY), timed like a scenario."""
+    import duckdb  # the `bench` extra: pip install -e '.[bench]'
+
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    query = _DUCKDB_QUERY.format(columns=_DUCKDB_COLUMNS)
+    times: list[float] = []
+    cpu: list[float] = []
+    rows: list[Any] = []
+    for _ in range(repeat):
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_started = own.ru_utime + own.ru_stime
+        started = time.perf_counter()
+        rows = con.execute(query, [record_file]).fetchall()
+        times.append(time.perf_counter() - started)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        cpu.append(own.ru_utime + own.ru_stime - cpu_started)
+    threads = con.execute("SELECT current_setting('threads')").fetchone()
+    return {
+        "scenario": "duckdb-means",
+        "version": duckdb.__version__,
+        "threads": threads[0] if threads else None,
+        "times": times,
+        "cpu_s": cpu,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "means": [[run, key, mean, samples] for run, key, mean, samples in rows],
+    }
+
+
+def _compare_means(workspace: str) -> list[list[Any]]:
+    """compare's sample-level means per run and key, in the rows DuckDB gives."""
+    import anyio
+
+    from contexta_async.readers import Workspace
+
+    async def compare() -> Any:
+        return await Workspace(workspace).compare(*RUNS)
+
+    result = anyio.run(compare)
+    rows = []
+    for row in result.metrics:
+        if row.scope == "sample":
+            rows.append([result.left.ref, row.key, row.left, row.left_count])
+            rows.append([result.right.ref, row.key, row.right, row.right_count])
+    return sorted(rows)
+
+
+def _check_duckdb(duck: list[list[Any]], ours: list[list[Any]]) -> str:
+    """'equal' when DuckDB's means are compare's (to 1e-12, relative: DuckDB's avg sums in
+    another order than compare's exactly rounded fsum), else what differs."""
+    if [row[:2] + row[3:] for row in duck] != [row[:2] + row[3:] for row in ours]:
+        return f"DIFFERENT rows: duckdb {duck} vs compare {ours}"
+    for (run, key, mean, _), (_, _, expected, _) in zip(duck, ours, strict=True):
+        if abs(mean - expected) > 1e-12 * max(abs(expected), 1e-300):
+            return f"DIFFERENT mean of {key} in {run}: duckdb {mean!r}, compare {expected!r}"
+    return "equal"
 
 
 def _load() -> str:
@@ -409,6 +452,37 @@ def _run_child(scenario: str, workspace: Path, repeat: int) -> dict[str, Any]:
     return result
 
 
+def _duckdb_anchor(workspace: Path, repeat: int, results: list[dict[str, Any]]) -> None:
+    """DuckDB's per-run, per-metric means beside compare's time, their ratio, and a check
+    that both give the same means."""
+    duck = _run_child("duckdb-means", workspace, repeat)
+    duck["median_s"] = statistics.median(duck["times"])
+    duck["median_cpu_s"] = statistics.median(duck["cpu_s"])
+    compare = next(r for r in results if r["scenario"] == "compare")
+    duck["records"] = compare["records"]
+    duck["compare_over_duckdb"] = compare["median_s"] / duck["median_s"]
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", "compare-means", str(workspace), "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    duck["check"] = _check_duckdb(duck["means"], json.loads(done.stdout))
+    results.append(duck)
+    rate = compare["records"] / duck["median_s"]
+    print(
+        f"{'duckdb-means':<20} {duck['median_s']:>9.3f} {rate:>12,.0f} "
+        f"{duck['median_cpu_s']:>6.2f} {duck['peak_rss_mib']:>8}   "
+        f"runs: {', '.join(f'{t:.3f}' for t in duck['times'])}  "
+        f"(duckdb {duck['version']}, {duck['threads']} threads)"
+    )
+    print(
+        f"compare / duckdb-means: {duck['compare_over_duckdb']:.2f} "
+        f"(compare {compare['median_s']:.3f} s, duckdb {duck['median_s']:.3f} s); "
+        f"means check: {duck['check']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -421,14 +495,21 @@ def main() -> None:
         help="a new or empty directory to generate the workspaces in, kept (default: a temp dir)",
     )
     parser.add_argument(
-        "--duckdb-python",
-        help="an interpreter with duckdb installed: also time DuckDB's read_json on the file",
+        "--no-duckdb",
+        action="store_true",
+        help="skip the DuckDB anchor (it needs the `bench` extra: pip install -e '.[bench]')",
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         scenario, workspace, repeat = args.child
-        print(json.dumps(_measure(scenario, workspace, int(repeat))))
+        if scenario == "duckdb-means":
+            record_file = str(Path(workspace) / "cache" / "capture" / "record.jsonl")
+            print(json.dumps(_measure_duckdb(record_file, int(repeat))))
+        elif scenario == "compare-means":
+            print(json.dumps(_compare_means(workspace)))
+        else:
+            print(json.dumps(_measure(scenario, workspace, int(repeat))))
         return
     per_sample = METRICS_PER_SAMPLE + EVENTS_PER_SAMPLE
     total = 100_000 if args.quick else 1_000_000
@@ -478,17 +559,8 @@ def main() -> None:
                 f"{r['peak_rss_mib']:>8}   "
                 f"runs: {', '.join(f'{t:.3f}' for t in r['times'])}"
             )
-        if args.duckdb_python:
-            duck = _duckdb(
-                args.duckdb_python, main_ws / "cache" / "capture" / "record.jsonl", repeat
-            )
-            for label, times in duck["times"].items():
-                median = statistics.median(times)
-                results.append({"scenario": label, "records": records, "times": times})
-                print(
-                    f"{label:<30} {median:>9.3f} {records / median:>12,.0f}   "
-                    f"runs: {', '.join(f'{t:.3f}' for t in times)}  (duckdb {duck['version']})"
-                )
+        if not args.no_duckdb:
+            _duckdb_anchor(main_ws, repeat, results)
         # Peak RSS follows the answer (samples x keys), not the file.
         shapes = [
             ("same file, answer / 4", samples // 4, 4),

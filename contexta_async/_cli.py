@@ -13,12 +13,12 @@ import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, NoReturn, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 import anyio
 import msgspec
 
-from ._errors import ContextaError
+from ._errors import ContextaError, ValidationError
 from .readers import (
     SADDLEPOINT_MIN_PAIRS,
     BestRun,
@@ -28,14 +28,19 @@ from .readers import (
     RunComparison,
     RunSummary,
     Workspace,
+    items_needed,
     render_html_report,
 )
+from .readers._inference import check_effect
 from .readers._report import format_number
 from .stores import ShipRequest, load_store_backend
 
 __all__ = ["build_parser", "run_cli"]
 
 PROG = "contexta-async"
+# compare --target-effect: the power and level the items needed are computed for.
+_ALPHA: Final = 0.05
+_POWER: Final = 0.8
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     _stats_options(compare)
     compare.add_argument(
         "--samples", action="store_true", help="with two runs: list every matched sample"
+    )
+    compare.add_argument(
+        "--target-effect",
+        type=_target_effect,
+        metavar="EFFECT",
+        help="with two runs: per paired metric, the items needed to detect a true difference "
+        "of EFFECT (in the metric's units) with 80%% power at two-sided alpha 0.05",
     )
 
     best = sub.add_parser("best", parents=[common], help="the best run by one metric")
@@ -177,6 +189,58 @@ def _stats_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--minimize", action="append", default=[], metavar="KEY", help="KEY is better lower"
+    )
+
+
+def _target_effect(text: str) -> float:
+    try:
+        effect = float(text)
+        check_effect(effect)
+    except (ValueError, ValidationError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite, non-zero number (got {text!r})"
+        ) from exc
+    return effect
+
+
+def _power(result: RunComparison, effect: float) -> dict[str, Any]:
+    """Items needed per paired metric to detect ``effect`` at the CLI's fixed 80 % power and
+    two-sided alpha 0.05 (None where the metric has no standard error)."""
+    rows = [
+        {
+            "stage": p.stage,
+            "key": p.key,
+            "n_matched": p.n_matched,
+            "se": p.se,
+            "items_needed": (
+                items_needed(effect, p.se, p.n_matched, alpha=_ALPHA, power=_POWER)
+                if p.se is not None and p.n_matched >= 1
+                else None
+            ),
+        }
+        for p in result.paired
+    ]
+    return {"target_effect": effect, "alpha": _ALPHA, "power": _POWER, "metrics": rows}
+
+
+def _write_power(power: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"\nItems needed to detect a difference of {format_number(power['target_effect'])} "
+        f"({power['power']:.0%} power, two-sided alpha {power['alpha']:g})\n"
+    )
+    _table(
+        ["STAGE", "KEY", "N", "SE", "ITEMS NEEDED"],
+        [
+            [
+                row["stage"] or "(run)",
+                row["key"],
+                str(row["n_matched"]),
+                format_number(row["se"]),
+                "-" if row["items_needed"] is None else str(row["items_needed"]),
+            ]
+            for row in power["metrics"]
+        ],
+        out,
     )
 
 
@@ -339,7 +403,9 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _write_pair(result: RunComparison, out: TextIO, samples: bool) -> None:
+def _write_pair(
+    result: RunComparison, out: TextIO, samples: bool, power: dict[str, Any] | None = None
+) -> None:
     out.write(_run_line("left:  ", result.left) + "\n")
     out.write(_run_line("right: ", result.right) + "\n\n")
     out.write("Metrics (delta = right - left)\n")
@@ -435,6 +501,8 @@ def _write_pair(result: RunComparison, out: TextIO, samples: bool) -> None:
             ],
             out,
         )
+    if power is not None:
+        _write_power(power, out)
     _write_warnings(result.warnings, result.notes, out)
 
 
@@ -475,6 +543,8 @@ def _write_warnings(warnings: Sequence[str], notes: Sequence[str], out: TextIO) 
 async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     if len(args.runs) < 2:
         raise _UsageError("compare needs at least two runs")
+    if args.target_effect is not None and len(args.runs) != 2:
+        raise _UsageError("--target-effect needs two runs (a paired comparison)")
     directions = _directions(args)
     if len(args.runs) == 2:
         result = await ws.compare(
@@ -488,10 +558,11 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
             include_samples=args.samples,
             adjustment=args.adjust,
         )
+        power = None if args.target_effect is None else _power(result, args.target_effect)
         if args.json:
-            _json(result, out)
+            _json(result if power is None else {**msgspec.to_builtins(result), "power": power}, out)
         else:
-            _write_pair(result, out, args.samples)
+            _write_pair(result, out, args.samples, power)
         return 0
     many = await ws.compare_many(args.runs, directions=directions)
     if args.json:

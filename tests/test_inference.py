@@ -6,10 +6,15 @@ interval, and simulated coverage with a known true difference.
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import math
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import scipy.stats
@@ -18,17 +23,22 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 
 from contexta_async import Contexta, ValidationError
-from contexta_async.readers import Workspace
+from contexta_async._cli import run_cli
+from contexta_async.readers import (
+    Workspace,
+    items_needed,
+    minimum_detectable_effect,
+    render_html_report,
+)
 from contexta_async.readers._inference import (
     adjust_p_values,
     cluster_bootstrap_ci,
     clustered_error,
-    items_needed,
-    minimum_detectable_effect,
     newcombe_paired_interval,
     pairing_gain,
     student_t_two_sided_p,
 )
+from contexta_async.readers._report import format_number
 
 
 def _clustered_data(
@@ -191,6 +201,24 @@ def test_power_inputs_are_checked_by_name() -> None:
     assert caught.value.field == "effect"
 
 
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((math.inf, 0.1, 100), "effect"),
+        ((0.1, -0.1, 100), "se"),
+        ((0.1, math.nan, 100), "se"),
+        ((0.1, 0.1, 0), "items"),
+        ((0.1, 0.1, 2.5), "items"),
+    ],
+)
+def test_items_needed_names_the_argument_that_breaks_its_rule(
+    args: tuple[float, float, int], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        items_needed(*args)
+    assert caught.value.field == field
+
+
 # ---- small samples: paired difference of proportions ----------------------------------------
 
 
@@ -334,6 +362,11 @@ def test_standard_errors_near_the_float_range_stay_finite_and_scale_exactly() ->
     assert small is not None and huge is not None
     assert huge.se == pytest.approx(small.se * 1e300, rel=1e-12)
     assert huge.naive_se == pytest.approx(small.naive_se * 1e300, rel=1e-12)
+    # ... and tiny ones, whose squares would fall into the subnormals unscaled.
+    tiny = clustered_error(base * 1e-300, codes, 20)
+    assert tiny is not None
+    assert tiny.se == pytest.approx(small.se * 1e-300, rel=1e-12, abs=0)
+    assert tiny.naive_se == pytest.approx(small.naive_se * 1e-300, rel=1e-12, abs=0)
     equal = clustered_error(np.full(10, 1.7e308), None, 0)
     assert equal is not None and equal.se == 0.0
 
@@ -414,3 +447,162 @@ async def test_an_unknown_adjustment_is_refused_before_the_workspace_is_read(
     with pytest.raises(ValidationError) as caught:
         await Workspace(tmp_path).compare("a", "b", adjustment="sidak")  # type: ignore[arg-type]
     assert caught.value.field == "adjustment"
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run_cli(list(argv), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_compare_target_effect_gives_the_items_needed_per_metric_as_statsmodels_does(
+    tmp_path: Path,
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli(
+        "--workspace", str(tmp_path), "compare", "left", "right", "--json", "--target-effect", "0.1"
+    )
+    assert status == 0, err
+    answer = json.loads(out)
+    power = answer["power"]
+    assert (power["target_effect"], power["alpha"], power["power"]) == (0.1, 0.05, 0.8)
+    by_key = {p["key"]: p for p in answer["paired"]}
+    assert sorted(row["key"] for row in power["metrics"]) == sorted(by_key)
+    for row in power["metrics"]:
+        paired = by_key[row["key"]]
+        assert (row["se"], row["n_matched"]) == (paired["se"], paired["n_matched"])
+        sd = paired["se"] * math.sqrt(paired["n_matched"])
+        # Two-sided at alpha 0.05, the far tail ignored: statsmodels' one-sided power at 0.025.
+        exact = NormalIndPower().solve_power(
+            effect_size=0.1 / sd, alpha=0.025, power=0.8, ratio=0, alternative="larger"
+        )
+        assert row["items_needed"] == math.ceil(exact - 1e-6)
+    status, table, err = _cli(
+        "--workspace", str(tmp_path), "compare", "left", "right", "--target-effect", "0.1"
+    )
+    assert status == 0, err
+    assert "Items needed to detect a difference of 0.1 (80% power, two-sided alpha 0.05)" in table
+    for row in power["metrics"]:
+        assert re.search(rf"\beval\s+{row['key']}\s+40\s+\S+\s+{row['items_needed']}\n", table)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("left", "right", "--target-effect", "0"), "--target-effect: must be a finite, non-zero"),
+        (("left", "right", "--target-effect", "nan"), "--target-effect: must be a finite"),
+        (("left", "right", "left", "--target-effect", "0.1"), "--target-effect needs two runs"),
+    ],
+)
+def test_compare_target_effect_is_refused_as_a_usage_error(
+    tmp_path: Path, argv: tuple[str, ...], message: str
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", *argv)
+    assert (status, out) == (2, "")
+    assert message in err
+
+
+class _Cells(HTMLParser):
+    """The rows of the report's "How sure are we" table: data-metric -> cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self._row: list[str] | None = None
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "tr" and "data-metric" in found:
+            self._row = self.rows.setdefault(found["data-metric"] or "", [])
+        elif tag == "td" and self._row is not None:
+            self._row.append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self._in_cell = False
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._row is not None and self._in_cell:
+            self._row[-1] += data
+
+
+def test_report_how_sure_section_shows_the_numbers_of_compare_json(tmp_path: Path) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", "left", "right", "--json")
+    assert status == 0, err
+    paired = json.loads(out)["paired"]
+    page = tmp_path / "report.html"
+    status, _, err = _cli(
+        "--workspace", str(tmp_path), "report", "left", "right", "--output", str(page)
+    )
+    assert status == 0, err
+    html = page.read_text(encoding="utf-8")
+    assert "<h2 id=how-sure>How sure are we</h2>" in html
+    cells = _Cells()
+    cells.feed(html)
+    assert sorted(cells.rows) == sorted(f"eval / {p['key']}" for p in paired)
+    for p in paired:
+        row = cells.rows[f"eval / {p['key']}"]
+        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row
+        assert (metric, n) == (f"eval / {p['key']}", str(p["n_matched"]))
+        assert mean_diff == format_number(p["mean_diff"], signed=True)
+        low, high = (format_number(p[k], signed=True) for k in ("ci_low", "ci_high"))
+        assert ci == f"[{low}, {high}]"
+        test = {"mcnemar-exact": "exact McNemar", "paired-t": "paired t"}[p["p_test"]]
+        assert p_raw == f"{format_number(p['p_value'])} ({test})"
+        assert p_adjusted == format_number(p["p_adjusted"])
+        assert (mde, se, unpaired) == tuple(
+            format_number(p[k]) for k in ("mde", "se", "unpaired_se")
+        )
+        assert corr == format_number(p["correlation"])
+        clear = p["p_adjusted"] < 0.05
+        assert reading.startswith("right is better" if clear else "no clear difference")
+
+
+async def test_report_how_sure_section_escapes_every_user_string(tmp_path: Path) -> None:
+    _capture_paired(tmp_path)
+    result = await Workspace(tmp_path).compare("left", "right")
+    hostile = "<img src=x onerror=alert(1)>'\""
+    result.paired = [
+        msgspec.structs.replace(p, stage=hostile, key=hostile + p.key) for p in result.paired
+    ]
+    html = render_html_report(result)
+    section = html[html.index("id=how-sure") : html.index("<h2>Metrics</h2>")]
+    assert "<img" not in section and hostile not in section
+    assert "&lt;img src=x onerror=alert(1)&gt;&#x27;&quot;" in section
+
+
+async def test_values_near_the_float_range_get_their_standard_errors_and_p_value(
+    tmp_path: Path,
+) -> None:
+    # Their variances pass the float range, though their spread does not: scaled by a power
+    # of two first, they get the SE, p and MDE of the same values scaled down.
+    rng = np.random.default_rng(5)
+    left = rng.uniform(-0.4e308, 0.4e308, 30)
+    right = left * 0.5 + rng.uniform(-0.4e308, 0.4e308, 30)
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        for name, values in (("left", left), ("right", right)):
+            with ctx.run(name) as run, run.stage("eval") as stage:
+                for i in range(30):
+                    with stage.sample(f"case-{i}") as sample:
+                        sample.metric("score", float(values[i]))
+    (score,) = (await Workspace(tmp_path).compare("left", "right")).paired
+    small_left, small_right = left / 2.0**1000, right / 2.0**1000
+    assert score.se == pytest.approx(
+        scipy.stats.sem(small_right - small_left) * 2.0**1000, rel=1e-9
+    )
+    unpaired = math.sqrt(small_left.var(ddof=1) / 30 + small_right.var(ddof=1) / 30)
+    assert score.unpaired_se == pytest.approx(unpaired * 2.0**1000, rel=1e-9)
+    assert score.correlation == pytest.approx(
+        scipy.stats.pearsonr(small_left, small_right)[0], rel=1e-9
+    )
+    assert score.p_value == pytest.approx(
+        scipy.stats.ttest_rel(small_right, small_left).pvalue, rel=1e-7
+    )
+    assert score.se is not None
+    assert score.mde == pytest.approx(minimum_detectable_effect(score.se), rel=1e-12)

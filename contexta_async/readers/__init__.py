@@ -20,6 +20,7 @@ from ._errors import (
     UnreadableFileError,
     WorkspaceNotFoundError,
 )
+from ._inference import items_needed, minimum_detectable_effect
 from ._model import (
     ArtifactChange,
     BestRun,
@@ -84,7 +85,9 @@ __all__ = [
     "Workspace",
     "WorkspaceNotFoundError",
     "infer_direction",
+    "items_needed",
     "mcnemar_exact",
+    "minimum_detectable_effect",
     "paired_bootstrap_ci",
     "render_html_report",
     "resolve_run_ref",

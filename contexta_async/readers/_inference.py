@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ValidationError
+from ._stats import safe_exponent
 
 __all__ = [
     "ADJUSTMENTS",
@@ -27,6 +28,7 @@ __all__ = [
     "ClusteredError",
     "PairingGain",
     "adjust_p_values",
+    "check_effect",
     "cluster_bootstrap_ci",
     "clustered_error",
     "items_needed",
@@ -67,15 +69,16 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     n = len(diffs)
     if n < 2:
         return None
-    # Scaled by the largest magnitude first: values near the float range neither overflow
-    # the mean nor the squares (the SEs scale back exactly).
-    scale = float(np.max(np.abs(diffs)))
-    if scale == 0.0 or not math.isfinite(scale):
-        scale = 1.0
-    scaled = diffs / scale
+    # Values near the float range (or tiny ones) are scaled by a power of two first: neither
+    # the mean nor the squares overflow (or underflow), and the SEs scale back exactly.
+    exponent = safe_exponent(diffs)
+    scaled = np.ldexp(diffs, -exponent) if exponent else diffs
     centred = scaled - float(np.mean(scaled))
+    # Corrected two-pass: the rounding error of the first mean is taken out (equal values
+    # give exactly 0).
+    centred -= float(np.mean(centred))
     naive_var = float(np.dot(centred, centred)) / (n - 1) / n
-    naive_se = math.sqrt(naive_var) * scale
+    naive_se = math.ldexp(math.sqrt(naive_var), exponent)
     if codes is None:
         return ClusteredError(naive_se, naive_se, n, 1.0 if naive_var > 0 else None)
     sums = np.bincount(codes, weights=centred, minlength=n_clusters)
@@ -84,7 +87,7 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
         return None
     var = used / (used - 1) * float(np.dot(sums, sums)) / (n * n)
     design = var / naive_var if naive_var > 0 else None
-    return ClusteredError(math.sqrt(var) * scale, naive_se, used, design)
+    return ClusteredError(math.ldexp(math.sqrt(var), exponent), naive_se, used, design)
 
 
 def cluster_bootstrap_ci(
@@ -177,23 +180,8 @@ def _z(alpha: float, power: float) -> float:
     return _NORMAL.inv_cdf(1.0 - alpha / 2.0) + _NORMAL.inv_cdf(power)
 
 
-def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest true difference a two-sided test at ``alpha`` detects with ``power``.
-
-    ``(z_{1-alpha/2} + z_power) * se`` (normal approximation; the far tail is ignored): 2.80 SE
-    at the defaults.
-    """
-    return _z(alpha, power) * se
-
-
-def items_needed(
-    effect: float, se: float, items: int, *, alpha: float = 0.05, power: float = 0.8
-) -> int:
-    """Items needed to detect ``effect`` with ``power``, if the SE shrinks as 1/sqrt(items).
-
-    ``se`` is the (clustered) SE measured on ``items`` items, so the design effect carries over
-    as long as clusters keep their size.
-    """
+def check_effect(effect: float) -> None:
+    """Raise ValidationError unless ``effect`` is a finite, non-zero number."""
     if (
         isinstance(effect, bool)
         or not isinstance(effect, (int, float))
@@ -201,8 +189,41 @@ def items_needed(
         or effect == 0
     ):
         raise ValidationError("effect", "must be a finite, non-zero number", effect)
-    if items < 1 or not math.isfinite(se) or se < 0.0:
-        raise ValidationError("se", "must be a finite SE measured over at least one item", se)
+
+
+def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at ``alpha`` detects with ``power``.
+
+    ``se`` is the standard error of the mean difference (``PairedResult.se``). The answer is
+    ``(z_{1-alpha/2} + z_power) * se`` (normal approximation, ignoring the far tail): 2.80 SE
+    at the defaults, which is ``PairedResult.mde``::
+
+        minimum_detectable_effect(paired.se, power=0.9)
+
+    Raises ValidationError (field ``alpha`` or ``power``) for a level outside (0, 1).
+    """
+    return _z(alpha, power) * se
+
+
+def items_needed(
+    effect: float, se: float, items: int, *, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """The number of items (paired samples) needed to detect a true difference of ``effect``
+    with ``power`` by a two-sided test at ``alpha``.
+
+    ``se`` is the standard error of the mean difference measured on ``items`` items, for
+    example ``items_needed(0.02, paired.se, paired.n_matched)``. The SE is assumed to shrink as
+    1/sqrt(items): ``ceil(((z_{1-alpha/2} + z_power) * se * sqrt(items) / |effect|) ** 2)``,
+    at least 1.
+
+    Raises ValidationError naming ``effect`` (not finite, or 0), ``se`` (not finite, or
+    negative), ``items`` (below 1), ``alpha`` or ``power`` (outside (0, 1)).
+    """
+    check_effect(effect)
+    if isinstance(se, bool) or not isinstance(se, (int, float)) or not math.isfinite(se) or se < 0:
+        raise ValidationError("se", "must be a finite, non-negative standard error", se)
+    if isinstance(items, bool) or not isinstance(items, int) or items < 1:
+        raise ValidationError("items", "must be an integer of at least 1", items)
     spread = se * math.sqrt(items)
     return max(1, math.ceil((_z(alpha, power) * spread / abs(effect)) ** 2))
 
@@ -305,10 +326,17 @@ class PairingGain(NamedTuple):
 
 def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
     """Pearson correlation of the paired values; SE of the mean difference paired and as if the
-    runs had been measured on different items (sqrt(var_l/n + var_r/n)). None below 2 pairs."""
+    runs had been measured on different items (sqrt(var_l/n + var_r/n)). None below 2 pairs.
+
+    Values near the float range (or tiny ones) are scaled by a power of two first, as in
+    ``clustered_error``: their variances neither overflow nor underflow.
+    """
     n = len(left)
     if n < 2:
         return None
+    exponent = safe_exponent(np.concatenate((left, right)))
+    if exponent:
+        left, right = np.ldexp(left, -exponent), np.ldexp(right, -exponent)
     var_left = float(np.var(left, ddof=1))
     var_right = float(np.var(right, ddof=1))
     var_diff = float(np.var(right - left, ddof=1))
@@ -317,5 +345,7 @@ def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
         covariance = float(np.dot(left - left.mean(), right - right.mean())) / (n - 1)
         correlation = max(-1.0, min(1.0, covariance / math.sqrt(var_left * var_right)))
     return PairingGain(
-        correlation, math.sqrt(var_diff / n), math.sqrt(var_left / n + var_right / n)
+        correlation,
+        math.ldexp(math.sqrt(var_diff / n), exponent),
+        math.ldexp(math.sqrt(var_left / n + var_right / n), exponent),
     )

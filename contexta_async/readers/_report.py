@@ -103,6 +103,80 @@ def _chart(result: PairedResult) -> str:
     )
 
 
+# The level below which the adjusted p-value counts as a clear difference in the "How sure are
+# we" reading (the level the MDE is computed for).
+_ALPHA: Final = 0.05
+
+
+def _reading(p: PairedResult) -> tuple[str, str]:
+    """One phrase a reviewer reads first, and its CSS class."""
+    if p.p_adjusted is None or p.mean_diff is None:
+        return "not tested (fewer than 2 matched samples)", "muted"
+    if p.p_adjusted < _ALPHA and p.mean_diff != 0:
+        better = (p.mean_diff > 0) == (p.direction == "maximize")
+        return ("right is better", "up") if better else ("right is worse", "down")
+    if p.mde is not None:
+        return f"no clear difference (detectable at this n: ±{format_number(p.mde)})", "muted"
+    return "no clear difference", "muted"
+
+
+def _how_sure(comparison: RunComparison) -> list[str]:
+    """The compact "How sure are we" table: one row per paired metric."""
+    level = f"{comparison.paired[0].confidence:.0%}"
+    adjustment = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}.get(
+        comparison.adjustment, comparison.adjustment
+    )
+    headers = (
+        "metric",
+        "reading",
+        "n",
+        "mean diff",
+        f"{level} CI",
+        "p",
+        f"p adjusted ({adjustment})",
+        "MDE (80% power)",
+        "SE paired",
+        "SE unpaired",
+        "correlation",
+    )
+    parts = [
+        "<h2 id=how-sure>How sure are we</h2>",
+        f"<p class=muted>Right minus left, per paired metric. &ldquo;Right is better/worse&rdquo;"
+        f" when the adjusted p is below {_ALPHA:g}; MDE: the smallest true difference found "
+        "80% of the time at two-sided alpha 0.05; a paired SE below the unpaired one is what "
+        "pairing the samples bought.</p>",
+        "<table class=how-sure><tr>",
+        *(f"<th>{escape(h)}</th>" for h in headers),
+        "</tr>",
+    ]
+    for p in comparison.paired:
+        metric = f"{p.stage or '(run)'} / {p.key}"
+        reading, css = _reading(p)
+        ci = f"[{format_number(p.ci_low, signed=True)}, {format_number(p.ci_high, signed=True)}]"
+        test = {"mcnemar-exact": "exact McNemar", "paired-t": "paired t"}.get(
+            p.p_test or "", p.p_test or ""
+        )
+        p_raw = format_number(p.p_value) + (f" ({test})" if test else "")
+        cells = (
+            format_number(p.mean_diff, signed=True),
+            ci,
+            p_raw,
+            format_number(p.p_adjusted),
+            format_number(p.mde),
+            format_number(p.se),
+            format_number(p.unpaired_se),
+            format_number(p.correlation),
+        )
+        parts.append(
+            f"<tr data-metric='{escape(metric)}'><td>{escape(metric)}</td>"
+            f"<td class={css}>{escape(reading)}</td><td class=num>{p.n_matched}</td>"
+            + "".join(f"<td class=num>{escape(cell)}</td>" for cell in cells)
+            + "</tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
 def _names(names: Sequence[str], limit: int = 50, link: Callable[[str], str] | None = None) -> str:
     if not names:
         return "none"
@@ -145,6 +219,8 @@ def report_sections(
         parts.append("<h2>Warnings</h2><ul>")
         parts.extend(f"<li class=warn>{escape(w)}</li>" for w in comparison.warnings)
         parts.append("</ul>")
+    if comparison.paired:
+        parts.extend(_how_sure(comparison))
     parts.append(
         "<h2>Metrics</h2><table><tr><th>stage</th><th>scope</th><th>key</th><th>basis</th>"
         "<th>left</th><th>right</th><th>delta (right - left)</th><th>relative</th></tr>"

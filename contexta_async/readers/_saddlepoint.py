@@ -18,14 +18,17 @@ lattice (a few equal timeouts among small latencies, rare 0/1 changes among ties
 
 from __future__ import annotations
 
-import cmath
 import math
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from statistics import NormalDist
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Centred", "centre", "lattice_peak", "saddlepoint_quantiles"]
+
+Floats = npt.NDArray[np.float64]
 
 _ROOT_2PI: Final = math.sqrt(2.0 * math.pi)
 _MAX_STEPS: Final = 60
@@ -59,107 +62,67 @@ class Centred:
 
     __slots__ = (
         "centred",
+        "cubed",
         "largest_share",
         "mean",
         "median_level",
         "n",
         "scale",
         "spread",
-        "tilted",
+        "squared",
+        "sums",
     )
 
-    def __init__(
-        self,
-        mean: float,
-        scale: float,
-        centred: Any,  # a list of floats, or a numpy array (numpy is optional)
-        tilt: Callable[[float], _Tilted | None],
-        moments: tuple[float, float, float],
-    ) -> None:
-        squares, cubes, largest = moments
+    def __init__(self, mean: float, scale: float, centred: Floats) -> None:
         n = len(centred)
         self.n = n
         self.mean = mean
         self.scale = scale
         #: The scaled differences minus their mean, ascending.
         self.centred = centred
-        #: λ -> the moments tilted by λ, or None where they overflow.
-        self.tilted = tilt
+        self.squared = centred * centred
+        self.cubed = self.squared * centred
+        self.sums = (float(centred.sum()), float(self.squared.sum()), float(self.cubed.sum()))
+        squares, cubes = self.sums[1], self.sums[2]
         #: The population standard deviation of the scaled differences.
         self.spread = math.sqrt(squares / n)
         #: The largest share of the sum of squared deviations one difference carries.
-        self.largest_share = largest / squares
+        self.largest_share = float(self.squared.max()) / squares
         # P(T* <= mean), the formula's limit at λ = 0: 1/2 + skewness of T* / (6 sqrt(2π)).
         # Levels below it lie at λ < 0, above it at λ > 0.
         skewness = (cubes / n) / (squares / n) ** 1.5
         self.median_level = 0.5 + skewness / math.sqrt(n) / (6.0 * _ROOT_2PI)
 
+    def tilted(self, lam: float) -> _Tilted | None:
+        """The moments tilted by ``lam``, or None where they overflow.
 
-def centre(diffs: Sequence[float], *, use_numpy: bool) -> Centred | None:
-    """The (finite) differences prepared for the approximation, or None when it does not
-    apply: fewer than two, all equal, or so large that sums leave the float range."""
-    n = len(diffs)
+        The sums are written with ``expm1``: ``Σ exp(λa) = n + Σ expm1(λa)``, so that near
+        λ = 0 the small quantities the formula subtracts are not lost against n.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.expm1(lam * self.centred)
+            tilted = (
+                float(e.sum()),
+                float(self.centred @ e),
+                float(self.squared @ e),
+                float(self.cubed @ e),
+            )
+        return _moments(self.n, self.sums, tilted)
+
+
+def centre(values: Floats) -> Centred | None:
+    """The (finite, ascending, not near the float range) differences prepared for the
+    approximation, or None when it does not apply: fewer than two, or all equal."""
+    n = len(values)
     if n < 2:
         return None
-    try:
-        mean = math.fsum(diffs) / n
-    except OverflowError:
-        return None
-    # Sorted: the sums below then do not depend on the order the pairs came in.
-    return (_numpy_centre if use_numpy else _python_centre)(diffs, mean)
-
-
-# Both tilts write the sums with ``expm1``: ``Σ exp(λa) = n + Σ expm1(λa)``, so that near
-# λ = 0 the small quantities the formula subtracts are not lost against n.
-
-
-def _python_centre(diffs: Sequence[float], mean: float) -> Centred | None:
-    shifted = sorted(float(d) - mean for d in diffs)
-    scale = max(-shifted[0], shifted[-1])
-    if not (0.0 < scale < math.inf):
-        return None
-    centred = [a / scale for a in shifted]
-    squared = [a * a for a in centred]
-    cubed = [a * a2 for a, a2 in zip(centred, squared, strict=True)]
-    n = len(centred)
-    sum_a, sum_a2, sum_a3 = math.fsum(centred), math.fsum(squared), math.fsum(cubed)
-
-    def tilt(lam: float) -> _Tilted | None:
-        s0 = s1 = s2 = s3 = 0.0
-        try:
-            for a, a2, a3 in zip(centred, squared, cubed, strict=True):
-                e = math.expm1(lam * a)
-                s0 += e
-                s1 += a * e
-                s2 += a2 * e
-                s3 += a3 * e
-        except OverflowError:
-            return None
-        return _moments(n, (sum_a, sum_a2, sum_a3), (s0, s1, s2, s3))
-
-    return Centred(mean, scale, centred, tilt, (sum_a2, sum_a3, max(squared)))
-
-
-def _numpy_centre(diffs: Sequence[float], mean: float) -> Centred | None:
-    import numpy as np
-
-    shifted = np.sort(np.asarray(diffs, dtype=np.float64)) - mean
+    # fsum: exactly rounded, so the mean does not depend on the order of the values.
+    mean = math.fsum(values.tolist()) / n
+    shifted = values - mean
     scale = float(max(-shifted[0], shifted[-1]))
     if not (0.0 < scale < math.inf):
         return None
-    centred = shifted / scale
-    squared = centred * centred
-    cubed = squared * centred
-    n = len(centred)
-    sums = (float(centred.sum()), float(squared.sum()), float(cubed.sum()))
-
-    def tilt(lam: float) -> _Tilted | None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            e = np.expm1(lam * centred)
-            tilted = (float(e.sum()), float(centred @ e), float(squared @ e), float(cubed @ e))
-        return _moments(n, sums, tilted)
-
-    return Centred(mean, scale, centred, tilt, (sums[1], sums[2], float(squared.max())))
+    return Centred(mean, scale, shifted / scale)
 
 
 def _moments(
@@ -257,7 +220,7 @@ def saddlepoint_quantiles(centred: Centred, probabilities: Sequence[float]) -> l
     return quantiles
 
 
-def lattice_peak(centred: Centred, *, use_numpy: bool) -> float:
+def lattice_peak(centred: Centred) -> float:
     """How lumpy the bootstrap distribution of the mean is: the largest modulus of its
     characteristic function away from the origin, over frequencies that would reveal lumps
     spaced ``_LUMP_RESOLUTION`` standard errors apart or more. Smooth data give ~0 (below
@@ -275,19 +238,11 @@ def lattice_peak(centred: Centred, *, use_numpy: bool) -> float:
     width = se / _BINS_PER_SE
     stop = 2.0 * math.pi / _LUMP_RESOLUTION
     frequencies = [(4.0 + 0.5 * j) / se for j in range(int((stop - 4.0) / 0.5) + 1)]
-    if use_numpy:
-        import numpy as np
-
-        bins = np.rint(np.asarray(centred.centred) / width).astype(np.int64)
-        low = int(bins[0])  # the values are sorted
-        counts = np.bincount(bins - low)
-        used = np.flatnonzero(counts)
-        offsets = (used + low) * width
-        phases = np.outer(np.asarray(frequencies), offsets)
-        moduli = np.abs(np.exp(1j * phases) @ (counts[used] / n))
-        largest = float(moduli.max())
-    else:
-        histogram = Counter(round(a / width) for a in centred.centred)
-        weights = [(b * width, count / n) for b, count in histogram.items()]
-        largest = max(abs(sum(p * cmath.exp(1j * t * x) for x, p in weights)) for t in frequencies)
+    bins = np.rint(centred.centred / width).astype(np.int64)
+    low = int(bins[0])  # the values are sorted
+    counts = np.bincount(bins - low)
+    used = np.flatnonzero(counts)
+    offsets = (used + low) * width
+    phases = np.outer(np.asarray(frequencies), offsets)
+    largest = float(np.abs(np.exp(1j * phases) @ (counts[used] / n)).max())
     return largest**n if largest < 1.0 else 1.0

@@ -14,8 +14,8 @@ ANALYSIS_INSTALL: Final = "pip install 'contexta-async[analysis]'"
 # pandas and polars are not in the extra (the user picks the DataFrame library); pyarrow is.
 _INSTALL: Final = {
     "pyarrow": ANALYSIS_INSTALL,
-    "pandas": f"pip install pandas (and {ANALYSIS_INSTALL[len('pip install ') :]})",
-    "polars": f"pip install polars (and {ANALYSIS_INSTALL[len('pip install ') :]})",
+    "pandas": "pip install pandas 'contexta-async[analysis]'",
+    "polars": "pip install polars 'contexta-async[analysis]'",
 }
 
 
@@ -24,4 +24,5 @@ def import_optional(module: str, feature: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ExtraNotInstalledError(feature, module, _INSTALL[module]) from exc
+        top = module.partition(".")[0]  # pyarrow.parquet is installed with pyarrow
+        raise ExtraNotInstalledError(feature, top, _INSTALL[top]) from exc

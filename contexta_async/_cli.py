@@ -565,12 +565,12 @@ async def _export(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     )
     if args.json:
         _json(result, out)
-    else:
-        what = "metric" if result.table == "metrics" else "event"
-        out.write(
-            f"wrote {result.rows} {what} rows of {len(result.runs)} run(s) to {args.output} "
-            f"({result.format})\n"
-        )
+        return 0
+    what = "metric" if result.table == "metrics" else "event"
+    out.write(
+        f"wrote {result.rows} {what} rows of {len(result.runs)} run(s) to {args.output} "
+        f"({result.format})\n"
+    )
     _report_problems(ws, out)
     return 0
 

@@ -330,3 +330,18 @@ def test_extra_not_installed_error_is_an_import_error_with_its_facts() -> None:
         "module": "polars",
         "install": "pip install polars",
     }
+
+
+def test_cli_export_reports_corrupt_lines_in_text_and_keeps_json_parseable(
+    llm_ws: Path, tmp_path: Path
+) -> None:
+    record = llm_ws / "cache" / "capture" / "record.jsonl"
+    lines = record.read_bytes().splitlines(keepends=True)
+    record.write_bytes(b"".join([*lines[:2], b"{broken\n", *lines[2:]]))
+    out = tmp_path / "m.csv"
+    done = cli("-w", str(llm_ws), "export", "-o", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == 29  # the broken line was added: none is lost
+    done = cli("-w", str(llm_ws), "export", "-o", str(out), "--force")
+    assert done.returncode == 0, done.stderr
+    assert "! 1 corrupt line(s) skipped" in done.stdout

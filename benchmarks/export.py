@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--formats", default="parquet", help="comma-separated: parquet,csv,jsonl")
     parser.add_argument("--no-duckdb", action="store_true", help="skip DuckDB")
     parser.add_argument("--rss-check", action="store_true", help="also export a 1/4 workspace")
-    parser.add_argument("--dir", help="a new or empty directory for the workspace (kept)")
+    parser.add_argument(
+        "--dir", help="a directory for the workspace, kept; a later run with it reuses it"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,9 +161,13 @@ def main() -> None:
     )
     results: list[dict[str, Any]] = []
     try:
-        ws = base / "ws"
+        ws = base / f"ws-{samples}"
         started = time.perf_counter()
-        lines = generate(ws, samples)
+        if (ws / "cache" / "capture").is_dir():
+            lines = samples * len(RUNS) * (METRICS_PER_SAMPLE + EVENTS_PER_SAMPLE)
+            print(f"reusing {ws}")
+        else:
+            lines = generate(ws, samples)
         size = (ws / "cache" / "capture" / "record.jsonl").stat().st_size
         metrics = samples * len(RUNS) * METRICS_PER_SAMPLE
         print(
@@ -199,8 +205,9 @@ def main() -> None:
                 + ", ".join(f"{r['seconds']:.2f}" for r in measured)
             )
         if args.rss_check:
-            small = base / "ws-quarter"
-            generate(small, max(1, samples // 4))
+            small = base / f"ws-{max(1, samples // 4)}"
+            if not (small / "cache" / "capture").is_dir():
+                generate(small, max(1, samples // 4))
             r = _run_child("contexta-parquet", small, base / "out-quarter.parquet")
             results.append({"scenario": "contexta-parquet@1/4", **r})
             full = max(x["peak_rss_mib"] for x in runs["contexta-parquet"])

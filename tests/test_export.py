@@ -345,3 +345,24 @@ def test_cli_export_reports_corrupt_lines_in_text_and_keeps_json_parseable(
     done = cli("-w", str(llm_ws), "export", "-o", str(out), "--force")
     assert done.returncode == 0, done.stderr
     assert "! 1 corrupt line(s) skipped" in done.stdout
+
+
+async def test_row_groups_larger_than_the_read_batches_keep_every_row_in_order(
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "big"
+    ctx = Contexta(workspace=workspace, config={"project_name": "big"})
+    with ctx.run("r") as run:
+        with run.stage("evaluate") as stage:
+            for s in range(2_000):
+                with stage.sample(f"s{s}") as sample:
+                    for k in range(10):
+                        sample.metric(f"m{k}", s * 10 + k)
+    ctx.close()
+    ws = Workspace(workspace)
+    # the rows are read 8,192 at a time: a row group is made of several reads
+    await export_workspace(ws, tmp_path / "big.parquet", batch_rows=9_000)
+    meta = pq.ParquetFile(tmp_path / "big.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [9_000, 9_000, 2_000]
+    values = pq.read_table(tmp_path / "big.parquet").column("value").to_pylist()
+    assert values == [float(v) for v in range(20_000)]

@@ -34,7 +34,11 @@ __all__ = [
 ]
 
 BATCH_ROWS: Final = 65_536
-"""Rows held at once: one batch, written (one Parquet row group) before the next is read."""
+"""Rows per Parquet row group (and most rows of an Arrow table's batches)."""
+
+_READ_ROWS: Final = 8_192
+# Rows held as Python objects at once (about 1.5 KB each): handed to the writer, which keeps
+# at most a row group's worth, as Arrow data, before writing it.
 
 _SUFFIXES: Final[dict[str, ExportFormat]] = {
     ".parquet": "parquet",
@@ -142,10 +146,10 @@ async def export_workspace(
 
     ``runs`` are full refs or unique suffixes (default: every run, oldest first); ``format``
     is ``"parquet"``, ``"csv"`` or ``"jsonl"`` (default: from the output's suffix). Rows are
-    read and written ``batch_rows`` at a time (a Parquet row group each), in worker threads,
-    so memory stays bounded whatever the workspace's size. The file is written under a
-    temporary name next to ``output`` and renamed when complete: a failed or cancelled
-    export leaves no partial file. An existing ``output`` is replaced only with
+    read a few thousand at a time and written in worker threads, Parquet in row groups of
+    ``batch_rows`` rows, so memory stays bounded whatever the workspace's size. The file is
+    written under a temporary name next to ``output`` and renamed when complete: a failed
+    or cancelled export leaves no partial file. An existing ``output`` is replaced only with
     ``overwrite=True``.
     """
     chosen = _format_of(PurePath(output), format)
@@ -160,9 +164,11 @@ async def export_workspace(
     partial = await anyio.to_thread.run_sync(_create_partial, target)
     count = 0
     try:
-        writer: Writer = await anyio.to_thread.run_sync(open_writer, partial, chosen, table)
+        writer: Writer = await anyio.to_thread.run_sync(
+            open_writer, partial, chosen, table, batch_rows
+        )
         try:
-            async with aclosing(_batches(ws, refs, table, batch_rows)) as batches:
+            async with aclosing(_batches(ws, refs, table, min(batch_rows, _READ_ROWS))) as batches:
                 async for batch in batches:
                     await anyio.to_thread.run_sync(writer.write, batch)
                     count += len(batch)
@@ -181,17 +187,18 @@ async def to_arrow(
     runs: Sequence[str] | None = None,
     *,
     events: bool = False,
-    batch_rows: int = BATCH_ROWS,
 ) -> pyarrow.Table:
-    """The rows ``export_workspace`` writes, as one pyarrow Table (needs the analysis extra)."""
+    """The rows ``export_workspace`` writes, as one pyarrow Table (needs the analysis extra).
+
+    The table is made of record batches of a few thousand rows each, converted as they are
+    read."""
     pa = import_optional("pyarrow", "to_arrow()")
     if not isinstance(events, bool):
         raise ValidationError("events", "must be a bool", events)
-    _check_batch_rows(batch_rows)
     table: Table = "events" if events else "metrics"
     refs = await _run_refs(ws, runs)
     parts: list[Any] = []
-    async with aclosing(_batches(ws, refs, table, batch_rows)) as batches:
+    async with aclosing(_batches(ws, refs, table, _READ_ROWS)) as batches:
         async for batch in batches:
             parts.append(await anyio.to_thread.run_sync(arrow_batch, table, batch))
     return pa.Table.from_batches(parts, schema=arrow_schema(table))

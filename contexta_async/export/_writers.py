@@ -25,17 +25,38 @@ class Writer(Protocol):
 
 
 class _ParquetWriter:
-    """One row group per batch, written as it comes (pyarrow's ParquetWriter)."""
+    """pyarrow's ParquetWriter, one row group per ``row_group_rows`` rows.
 
-    def __init__(self, path: Path, table: Table) -> None:
+    Rows come in smaller batches; each is made an Arrow batch at once (a few dozen bytes a
+    row, against a kilobyte or more as Python objects) and held until a row group is full.
+    """
+
+    def __init__(self, path: Path, table: Table, row_group_rows: int) -> None:
         pq = import_optional("pyarrow.parquet", "--format parquet")
+        self._pa: Any = import_optional("pyarrow", "--format parquet")
         self._table: Table = table
-        self._writer: Any = pq.ParquetWriter(str(path), arrow_schema(table), compression="zstd")
+        self._schema = arrow_schema(table)
+        self._writer: Any = pq.ParquetWriter(str(path), self._schema, compression="zstd")
+        self._row_group_rows = row_group_rows
+        self._pending: list[Any] = []
+        self._pending_rows = 0
 
     def write(self, rows: Sequence[Row]) -> None:
-        self._writer.write_batch(arrow_batch(self._table, rows))
+        self._pending.append(arrow_batch(self._table, rows))
+        self._pending_rows += len(rows)
+        while self._pending_rows >= self._row_group_rows:
+            self._flush(self._row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        pending = self._pa.Table.from_batches(self._pending, schema=self._schema)
+        self._writer.write_table(pending.slice(0, rows), row_group_size=rows)
+        rest = pending.slice(rows)
+        self._pending = rest.to_batches() if rest.num_rows else []
+        self._pending_rows = rest.num_rows
 
     def close(self) -> None:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
         self._writer.close()
 
 
@@ -73,9 +94,9 @@ class _JsonlWriter:
         self._file.close()
 
 
-def open_writer(path: Path, format: ExportFormat, table: Table) -> Writer:
+def open_writer(path: Path, format: ExportFormat, table: Table, row_group_rows: int) -> Writer:
     if format == "parquet":
-        return _ParquetWriter(path, table)
+        return _ParquetWriter(path, table, row_group_rows)
     if format == "csv":
         return _CsvWriter(path, table)
     return _JsonlWriter(path, table)

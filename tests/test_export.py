@@ -188,6 +188,8 @@ async def test_to_arrow_pandas_and_polars_hold_what_the_parquet_file_holds(
     assert isinstance(frame, pandas.DataFrame)
     assert list(frame.columns) == METRIC_NAMES
     assert frame["value"].tolist() == table.column("value").to_pylist()
+    assert str(frame["epoch"].dtype) == "Int64" and frame["epoch"].isna().all()
+    assert str(frame["captured_at"].dtype) == "datetime64[us, UTC]"
     pl_frame = await ws.to_polars(events=True)
     assert isinstance(pl_frame, polars.DataFrame)
     assert pl_frame.columns == EVENT_NAMES

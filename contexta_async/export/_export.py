@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
+from functools import partial
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final
 
@@ -207,10 +208,14 @@ async def to_arrow(
 async def to_pandas(
     ws: Workspace, runs: Sequence[str] | None = None, *, events: bool = False
 ) -> pandas.DataFrame:
-    """``to_arrow`` as a pandas DataFrame (needs pandas and the analysis extra)."""
-    import_optional("pandas", "to_pandas()")
+    """``to_arrow`` as a pandas DataFrame (needs pandas and the analysis extra); ``epoch`` is
+    a nullable ``Int64`` column."""
+    pd = import_optional("pandas", "to_pandas()")
+    pa = import_optional("pyarrow", "to_pandas()")
     table = await to_arrow(ws, runs, events=events)
-    return await anyio.to_thread.run_sync(table.to_pandas)
+    # epoch stays an integer column with missing values (Int64), not floats with NaN
+    integers = {pa.int64(): pd.Int64Dtype()}
+    return await anyio.to_thread.run_sync(partial(table.to_pandas, types_mapper=integers.get))
 
 
 async def to_polars(

@@ -6,10 +6,14 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pandas
 import polars
 import pyarrow
@@ -368,3 +372,51 @@ async def test_row_groups_larger_than_the_read_batches_keep_every_row_in_order(
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [9_000, 9_000, 2_000]
     values = pq.read_table(tmp_path / "big.parquet").column("value").to_pylist()
     assert values == [float(v) for v in range(20_000)]
+
+
+class _FailingWorkspace(Workspace):
+    """A workspace whose record stream breaks (or is cancelled) after ``after`` real rows."""
+
+    def __init__(self, path: Path, after: int, fail: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(path)
+        self._after = after
+        self._fail = fail
+
+    async def records(self, run: str, **filters: Any) -> AsyncGenerator[RecordRow, None]:  # type: ignore[override]
+        seen = 0
+        async with aclosing(super().records(run, **filters)) as rows:
+            async for row in rows:
+                if seen == self._after:
+                    await self._fail()
+                seen += 1
+                yield row
+
+
+async def test_a_failed_or_cancelled_export_leaves_the_old_file_and_no_partial_one(
+    llm_ws: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "m.parquet"
+    target.write_bytes(b"the previous export")
+
+    async def broken_disk() -> None:
+        raise OSError(5, "Input/output error")
+
+    ws = _FailingWorkspace(llm_ws, 10, broken_disk)
+    with pytest.raises(OSError, match="Input/output error"):
+        await export_workspace(ws, target, overwrite=True, batch_rows=4)
+    assert _listing(out) == ["m.parquet"]
+    assert target.read_bytes() == b"the previous export"
+
+    with anyio.CancelScope() as scope:
+
+        async def cancel() -> None:
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+
+        ws = _FailingWorkspace(llm_ws, 10, cancel)
+        await export_workspace(ws, target, overwrite=True, batch_rows=4)
+    assert scope.cancelled_caught
+    assert _listing(out) == ["m.parquet"]
+    assert target.read_bytes() == b"the previous export"

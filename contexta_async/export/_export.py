@@ -156,6 +156,8 @@ async def export_workspace(
     chosen = _format_of(PurePath(output), format)
     if not isinstance(events, bool):
         raise ValidationError("events", "must be a bool", events)
+    if not isinstance(overwrite, bool):
+        raise ValidationError("overwrite", "must be a bool", overwrite)
     _check_batch_rows(batch_rows)
     target = await anyio.to_thread.run_sync(_check_output, output, overwrite)
     if chosen == "parquet":
@@ -174,7 +176,8 @@ async def export_workspace(
                     await anyio.to_thread.run_sync(writer.write, batch)
                     count += len(batch)
         finally:
-            await anyio.to_thread.run_sync(writer.close)
+            with anyio.CancelScope(shield=True):  # closed even when cancelled
+                await anyio.to_thread.run_sync(writer.close)
         await anyio.to_thread.run_sync(os.replace, partial, target)
     except BaseException:
         with anyio.CancelScope(shield=True):

@@ -163,17 +163,17 @@ def main() -> None:
     try:
         ws = base / f"ws-{samples}"
         started = time.perf_counter()
-        if (ws / "cache" / "capture").is_dir():
+        reused = (ws / "cache" / "capture").is_dir()
+        if reused:
             lines = samples * len(RUNS) * (METRICS_PER_SAMPLE + EVENTS_PER_SAMPLE)
-            print(f"reusing {ws}")
         else:
             lines = generate(ws, samples)
         size = (ws / "cache" / "capture" / "record.jsonl").stat().st_size
         metrics = samples * len(RUNS) * METRICS_PER_SAMPLE
         print(
-            f"generated {lines:,} record lines ({metrics:,} metrics, "
+            f"{'reused' if reused else 'generated'} {lines:,} record lines ({metrics:,} metrics, "
             f"{samples * len(RUNS) * EVENTS_PER_SAMPLE:,} events), {size / 2**20:,.0f} MiB "
-            f"record.jsonl, in {time.perf_counter() - started:.1f}s"
+            f"record.jsonl, in {time.perf_counter() - started:.1f}s ({ws})"
         )
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in scenarios}
         for _ in range(repeat):  # interleaved: a burst of load spreads over every scenario

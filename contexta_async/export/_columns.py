@@ -18,6 +18,8 @@ __all__ = [
     "Table",
     "arrow_batch",
     "arrow_schema",
+    "attributes_text",
+    "columns_of",
     "event_row",
     "metric_row",
 ]

@@ -1,4 +1,5 @@
-"""File writers, one per format; each is given rows batch by batch and holds none of them."""
+"""File writers, one per format; each is given rows batch by batch and keeps at most a
+Parquet row group of them."""
 
 from __future__ import annotations
 

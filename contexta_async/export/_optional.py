@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._errors import ExtraNotInstalledError
 
@@ -18,11 +17,32 @@ _INSTALL: Final = {
     "polars": "pip install polars 'contexta-async[analysis]'",
 }
 
+Optional = Literal["pyarrow", "pyarrow.parquet", "pandas", "polars"]
 
-def import_optional(module: str, feature: str) -> Any:
+
+def _load(module: Optional) -> Any:
+    # Static imports, one per module: the package never imports a name it computed.
+    if module == "pyarrow":
+        import pyarrow
+
+        return pyarrow
+    if module == "pyarrow.parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet
+    if module == "pandas":
+        import pandas
+
+        return pandas
+    import polars
+
+    return polars
+
+
+def import_optional(module: Optional, feature: str) -> Any:
     """The module ``module``, or ExtraNotInstalledError naming ``feature`` and the install."""
     try:
-        return importlib.import_module(module)
+        return _load(module)
     except ImportError as exc:
         top = module.partition(".")[0]  # pyarrow.parquet is installed with pyarrow
         raise ExtraNotInstalledError(feature, top, _INSTALL[top]) from exc

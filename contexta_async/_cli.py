@@ -1,5 +1,5 @@
 """The ``contexta-async`` command line: list runs, show one, compare, pick the best, report,
-ship to a store, serve a live view.
+export, ship to a store, serve a live view.
 
 Every reading command reads the workspace through the async readers, run with ``anyio.run``;
 ``ship`` is handed to the store distribution that serves the URL's scheme (``stores.py``).
@@ -120,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("right", metavar="RIGHT")
     report.add_argument("--output", "-o", required=True, help="the HTML file to write")
     _stats_options(report)
+
+    export = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write one row per metric record (or event) to Parquet, CSV or JSON Lines",
+        description="Write one row per metric record (--events: per event) of the runs "
+        "(default: every run) to a file, streaming: memory stays bounded whatever the "
+        "workspace's size. Parquet needs pip install 'contexta-async[analysis]'.",
+    )
+    export.add_argument("runs", nargs="*", metavar="RUN", help="runs to export (default: all)")
+    export.add_argument(
+        "--format",
+        choices=("parquet", "csv", "jsonl"),
+        help="file format (default: from the output's suffix)",
+    )
+    export.add_argument("--output", "-o", required=True, metavar="PATH", help="the file to write")
+    export.add_argument("--events", action="store_true", help="export events, not metrics")
+    export.add_argument("--force", action="store_true", help="replace an existing output file")
 
     ship = sub.add_parser(
         "ship",
@@ -625,6 +643,26 @@ async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _export(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    result = await ws.export(
+        args.output,
+        format=args.format,
+        runs=args.runs or None,
+        events=args.events,
+        overwrite=args.force,
+    )
+    if args.json:
+        _json(result, out)
+        return 0
+    what = "metric" if result.table == "metrics" else "event"
+    out.write(
+        f"wrote {result.rows} {what} rows of {len(result.runs)} run(s) to {args.output} "
+        f"({result.format})\n"
+    )
+    _report_problems(ws, out)
+    return 0
+
+
 def _report_problems(ws: Workspace, out: TextIO) -> None:
     report = ws.last_report
     if report.corrupt_lines:
@@ -715,6 +753,7 @@ _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable
     "compare": _compare,
     "best": _best,
     "report": _report,
+    "export": _export,
 }
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from . import _display
+
 __all__ = [
     "ArtifactChange",
     "BestRun",
@@ -101,6 +103,13 @@ class RunSummary(_R):
     failure_reason: str | None = None
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     source: Literal["context", "records"] = "context"
+
+    def __repr__(self) -> str:
+        return _display.summary_repr(self)
+
+    def _repr_html_(self) -> str:
+        """A compact HTML table, for Jupyter."""
+        return _display.summary_html(self)
 
 
 class RecordRow(_R):
@@ -254,6 +263,13 @@ class RunComparison(_R):
     """How ``PairedResult.p_adjusted`` was adjusted across metrics: ``"holm"`` (family-wise
     error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or ``"none"``."""
 
+    def __repr__(self) -> str:
+        return _display.comparison_repr(self)
+
+    def _repr_html_(self) -> str:
+        """A compact HTML table, for Jupyter."""
+        return _display.comparison_html(self)
+
 
 class MultiRunRow(_R):
     """One metric across N runs; ``values[i]`` belongs to ``runs[i]`` (``None`` if missing)."""
@@ -279,6 +295,13 @@ class MultiRunComparison(_R):
     notes: list[str]
     read_report: ReadReport
 
+    def __repr__(self) -> str:
+        return _display.multi_repr(self)
+
+    def _repr_html_(self) -> str:
+        """A compact HTML table, for Jupyter."""
+        return _display.multi_html(self)
+
 
 class RankedRun(_R):
     """A run's place in a best-run ranking (``rank`` None when the metric is missing)."""
@@ -303,3 +326,10 @@ class BestRun(_R):
     ranking: list[RankedRun]
     missing: list[str]
     read_report: ReadReport
+
+    def __repr__(self) -> str:
+        return _display.best_repr(self)
+
+    def _repr_html_(self) -> str:
+        """A compact HTML table, for Jupyter."""
+        return _display.best_html(self)

@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Final, get_args
+from typing import TYPE_CHECKING, Final, get_args
 
 import anyio
 import anyio.to_thread
@@ -35,6 +35,13 @@ from ._model import (
 from ._read import CHUNK_SIZE
 from ._source import RecordSource, RowFilter, resolve_run_ref
 from ._stats import BootstrapMethod, check_options
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+    import pyarrow
+
+    from ..export import ExportFormat, ExportResult
 
 __all__ = ["Workspace", "resolve_run_ref"]
 
@@ -254,3 +261,45 @@ class Workspace:
         if direction is not None and direction not in ("maximize", "minimize"):
             raise ValidationError("direction", "must be 'maximize' or 'minimize'", direction)
         return best_run(await self.compare_many(runs), metric, direction, stage)
+
+    # ---- export (contexta_async.export; imported on use: it builds on this class) -------
+
+    async def export(
+        self,
+        output: str | os.PathLike[str],
+        *,
+        format: ExportFormat | None = None,
+        runs: Sequence[str] | None = None,
+        events: bool = False,
+        overwrite: bool = False,
+    ) -> ExportResult:
+        """Write one row per metric record (or event) to a file: see ``export_workspace``."""
+        from ..export import export_workspace
+
+        return await export_workspace(
+            self, output, format=format, runs=runs, events=events, overwrite=overwrite
+        )
+
+    async def to_arrow(
+        self, runs: Sequence[str] | None = None, *, events: bool = False
+    ) -> pyarrow.Table:
+        """One row per metric record (or event) as a pyarrow Table (the ``analysis`` extra)."""
+        from ..export import to_arrow
+
+        return await to_arrow(self, runs, events=events)
+
+    async def to_pandas(
+        self, runs: Sequence[str] | None = None, *, events: bool = False
+    ) -> pandas.DataFrame:
+        """``to_arrow()`` as a pandas DataFrame (needs pandas)."""
+        from ..export import to_pandas
+
+        return await to_pandas(self, runs, events=events)
+
+    async def to_polars(
+        self, runs: Sequence[str] | None = None, *, events: bool = False
+    ) -> polars.DataFrame:
+        """``to_arrow()`` as a polars DataFrame (needs polars)."""
+        from ..export import to_polars
+
+        return await to_polars(self, runs, events=events)

@@ -1,0 +1,131 @@
+"""The exported columns: one row per metric record (or per event), flat and typed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import msgspec
+
+from ..readers import RecordRow
+from ._optional import import_optional
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "METRIC_COLUMNS",
+    "Row",
+    "Table",
+    "arrow_batch",
+    "arrow_schema",
+    "attributes_text",
+    "columns_of",
+    "event_row",
+    "metric_row",
+]
+
+Table = Literal["metrics", "events"]
+Row = tuple[Any, ...]
+
+# (name, Arrow/Parquet type). cluster and epoch are not captured yet: always null for now.
+METRIC_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("run", "string"),
+    ("stage", "string"),
+    ("batch", "string"),
+    ("sample", "string"),
+    ("cluster", "string"),
+    ("epoch", "int64"),
+    ("key", "string"),
+    ("value", "float64"),
+    ("unit", "string"),
+    ("captured_at", "timestamp[us, UTC]"),
+)
+EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("run", "string"),
+    ("stage", "string"),
+    ("batch", "string"),
+    ("sample", "string"),
+    ("cluster", "string"),
+    ("epoch", "int64"),
+    ("key", "string"),
+    ("level", "string"),
+    ("message", "string"),
+    ("attributes", "string"),
+    ("captured_at", "timestamp[us, UTC]"),
+)
+_ATTRIBUTES: Final = 9  # index of "attributes" in an event row
+_json = msgspec.json.Encoder(order="deterministic")
+
+
+def metric_row(row: RecordRow) -> Row:
+    value = None if row.value is None else float(row.value)
+    return (
+        row.run_ref, row.stage, row.batch, row.sample, None, None,
+        row.key, value, row.unit, row.recorded_at,
+    )  # fmt: skip
+
+
+def event_row(row: RecordRow) -> Row:
+    # attributes stay a mapping here: JSON Lines writes it as an object, the others as text
+    return (
+        row.run_ref, row.stage, row.batch, row.sample, None, None,
+        row.key, row.level, row.message, row.attributes, row.recorded_at,
+    )  # fmt: skip
+
+
+def columns_of(table: Table) -> tuple[tuple[str, str], ...]:
+    return METRIC_COLUMNS if table == "metrics" else EVENT_COLUMNS
+
+
+def attributes_text(rows: Sequence[Row]) -> list[Row]:
+    """Event rows with ``attributes`` as JSON text (CSV and Parquet have no free-form map)."""
+    return [
+        (*row[:_ATTRIBUTES], _json.encode(row[_ATTRIBUTES]).decode(), *row[_ATTRIBUTES + 1 :])
+        for row in rows
+    ]
+
+
+def arrow_schema(table: Table) -> Any:
+    pa = import_optional("pyarrow", "Arrow and Parquet export")
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema([pa.field(name, types[kind]) for name, kind in columns_of(table)])
+
+
+def _timestamps(pa: Any, values: Sequence[str | None], kind: Any) -> Any:
+    text = pa.array(values, pa.string())
+    try:
+        return text.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # A time Arrow's ISO 8601 parser refuses (another writer's format): parsed one by one,
+        # null where it is no time at all.
+        return pa.array([_parse_time(v) for v in values], kind)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def arrow_batch(table: Table, rows: Sequence[Row]) -> Any:
+    """One pyarrow RecordBatch of ``rows`` (metric or event rows as made above)."""
+    pa = import_optional("pyarrow", "Arrow and Parquet export")
+    schema = arrow_schema(table)
+    if table == "events":
+        rows = attributes_text(rows)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    arrays = [
+        _timestamps(pa, column, field.type)
+        if pa.types.is_timestamp(field.type)
+        else pa.array(column, field.type)
+        for column, field in zip(columns, schema, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -21,6 +21,9 @@ LAYERS = {
     "_stats": 0,
     "_saddlepoint": 0,
     "_inference": 0,
+    "_direction": 0,
+    # the rendering of a result type for a notebook (_repr_html_ lives on the type)
+    "_display": 0,
     # the source: files, index, scan, the RecordSource seam, the local-file source
     "_read": 1,
     "_index": 1,
@@ -33,7 +36,6 @@ LAYERS = {
     "_pairing": 3,
     "_analysis": 3,
     "_report": 3,
-    "_display": 3,
     # orchestration
     "_workspace": 4,
     "__init__": 5,
@@ -41,8 +43,17 @@ LAYERS = {
 
 
 def _imports(module: str) -> set[str]:
-    """The readers modules ``module`` imports (relative ``from . import``/``from ._x``)."""
+    """The readers modules ``module`` imports (relative ``from . import``/``from ._x``).
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they exist for the type checker only
+    (import-linter's ``exclude_type_checking_imports``)."""
     tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            node.body = []
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

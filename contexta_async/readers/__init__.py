@@ -10,6 +10,7 @@ best = await ws.best_run(["helpful-only", "grounded"], "pass.rate")
 ```
 """
 
+from ._direction import MINIMIZE_WORDS, infer_direction
 from ._errors import (
     AmbiguousMetricError,
     AmbiguousRunError,
@@ -41,7 +42,6 @@ from ._model import (
     RunSummary,
     Scope,
 )
-from ._pairing import MINIMIZE_WORDS, infer_direction
 from ._report import render_html_report
 from ._stats import (
     SADDLEPOINT_MIN_PAIRS,

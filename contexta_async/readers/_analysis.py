@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 from ._aggregate import Aggregate, RunMetrics, differing_samples, order_all, stage_order
+from ._direction import infer_direction
 from ._errors import AmbiguousMetricError, MetricNotFoundError
 from ._inference import Adjustment
 from ._model import (
@@ -23,7 +24,7 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._pairing import direction_for, infer_direction, paired_results, places
+from ._pairing import direction_for, paired_results, places
 from ._source import ArtifactInfo
 from ._stats import BootstrapMethod
 

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Final
 
+from ._direction import infer_direction
+
 if TYPE_CHECKING:
     from ._model import BestRun, MultiRunComparison, RunComparison, RunSummary
 
@@ -95,7 +97,6 @@ def _run_line(label: str, run: RunSummary) -> str:
 
 def comparison_html(result: RunComparison) -> str:
     """Two runs: the paired per-sample statistics first, then the metric deltas."""
-    from . import infer_direction  # the public name: the readers' internals may move
 
     parts = [f"<p>{_run_line('left', result.left)}<br>{_run_line('right', result.right)}</p>"]
     if result.paired:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from typing import Any, Final
@@ -14,6 +13,7 @@ from typing import Any, Final
 import numpy as np
 
 from ._aggregate import Place, RunMetrics, mean_of, natural_key
+from ._direction import infer_direction
 from ._inference import (
     Adjustment,
     adjust_p_values,
@@ -25,45 +25,8 @@ from ._inference import (
 from ._model import Direction, PairedResult, PairedSample
 from ._stats import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
 
-__all__ = ["MINIMIZE_WORDS", "direction_for", "infer_direction", "paired_results", "places"]
-
-# A metric whose key holds one of these words (as a dot- or dash-separated part) is better
-# when lower. Contexta 1.0.0 always prefers the higher value, which is wrong for a loss.
-MINIMIZE_WORDS: Final = frozenset(
-    {
-        "loss",
-        "losses",
-        "error",
-        "errors",
-        "err",
-        "latency",
-        "cost",
-        "costs",
-        "token",
-        "tokens",
-        "time",
-        "duration",
-        "perplexity",
-        "mse",
-        "mae",
-        "rmse",
-        "wer",
-        "cer",
-        "attempts",
-        "retries",
-        "failed",
-        "failures",
-        "timeouts",
-    }
-)
+__all__ = ["direction_for", "paired_results", "places"]
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
-
-
-def infer_direction(key: str) -> Direction:
-    """``"minimize"`` when a part of ``key`` names a cost (loss, error, latency, cost, tokens,
-    time, duration...), else ``"maximize"``."""
-    parts = re.split(r"[.\-_]", key.lower())
-    return "minimize" if any(part in MINIMIZE_WORDS for part in parts) else "maximize"
 
 
 def places(metrics: Sequence[RunMetrics], stage_order: Sequence[str]) -> list[Place]:

@@ -8,8 +8,8 @@ from functools import partial
 from html import escape
 from typing import Final
 
+from ._direction import infer_direction
 from ._model import PairedResult, RunComparison, RunSummary
-from ._pairing import infer_direction
 
 __all__ = ["STYLE", "format_number", "render_html_report", "report_sections"]
 

@@ -7,9 +7,13 @@ One transaction per batch of one file:
    starts where the first one stopped;
 2. read whole lines (ending in ``\\n``) from that offset; an unterminated last line (a writer
    still writing, or one that died mid-write, whose fragment the next writer cuts off) waits;
-3. COPY the rows into a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
-   NOTHING`` into the family's table, keyed by (workspace_id, byte_offset): a line can never
-   be stored twice, whatever happens;
+3. binary COPY the rows straight into the family's table, keyed by (workspace_id,
+   byte_offset). The lines past the locked position cannot be in it: rows are only ever
+   written by a transaction that also moves the position past them, under this same row lock,
+   and a transaction that did not commit left neither. Should that not hold (a position reset
+   by hand, a table restored from a backup), the primary key refuses the COPY, and the batch
+   goes through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING`` instead:
+   a line can never be stored twice, whatever happens;
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
    counted, never shipped) and COMMIT.
 
@@ -44,7 +48,6 @@ from ._lines import (
     COPY_SIGNATURE,
     COPY_TRAILER,
     STAGING_CODES,
-    STAGING_TIME,
     STAGING_TYPES,
     Corrupt,
     LineParser,
@@ -384,15 +387,7 @@ class Shipper:
                     # Parse the next batch while the server stores this one. Whole lines below
                     # the settled size never change, so it is valid if the position matches.
                     self._ahead[file] = _Ahead(self, parser, path, position + parsed.used, size)
-                try:
-                    with conn.transaction():  # a savepoint: the batch may be parsed again
-                        inserted = self._store(conn, parser.table, parsed)
-                except (psycopg.errors.DataError, psycopg.errors.DatetimeFieldOverflow):
-                    # A timestamp of the right shape that is no date (2026-02-30): check
-                    # every one against the calendar this time; those columns get NULL.
-                    strict = LineParser(self.workspace_id, file, parser.family, strict=True)
-                    parsed = self._parse_batch(strict, parsed.data, position)
-                    inserted = self._store(conn, parser.table, parsed)
+                inserted = self._store(conn, parser.table, parsed)
                 rows, corrupt, used = parsed.rows, parsed.corrupt, parsed.used
                 conn.execute(
                     sql.SQL(
@@ -454,31 +449,46 @@ class Shipper:
         return _Parsed(position, data, b"".join(rows), count, corrupt, offset - position)
 
     def _store(self, conn: Connection, table: str, parsed: _Parsed) -> int:
-        """COPY the batch into the staging table, insert what is new; rows inserted."""
+        """Store the batch (past the locked position: new, see the module docstring); rows
+        inserted."""
         if not parsed.rows:
             return 0
+        target = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(table))
+        try:
+            with conn.transaction():  # a savepoint: the fallback below starts from here
+                self._copy(conn, target, table, parsed)
+            return parsed.rows
+        except psycopg.errors.UniqueViolation:
+            logger.warning(
+                "contexta_async.ship_lines_already_stored",
+                target=self.target.display,
+                table=table,
+                byte_offset=parsed.position,
+                hint="the store holds lines past its position; only the new ones are inserted",
+            )
         stage = sql.Identifier(f"stage_{table}")
-        names = ("workspace_id", "byte_offset", *COLUMNS[table])
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-        # Timestamps were staged as text: the server parses them here.
-        select = sql.SQL(", ").join(
-            sql.SQL("{}::timestamptz").format(sql.Identifier(c))
-            if STAGING_CODES.get(c) == STAGING_TIME
-            else sql.Identifier(c)
-            for c in names
-        )
+        self._copy(conn, stage, table, parsed)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
         with conn.cursor() as cur:
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                    target, columns, columns, stage
+                )
+            )
+            return cur.rowcount
+
+    def _copy(self, conn: Connection, into: sql.Composable, table: str, parsed: _Parsed) -> None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
+        with conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
             with cur.copy(copy_sql) as copy:
                 view = memoryview(parsed.body)
                 for start in range(0, len(view), _COPY_BLOCK):
                     copy.write(view[start : start + _COPY_BLOCK])
-            cur.execute(
-                sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                    sql.Identifier(SCHEMA), sql.Identifier(table), columns, select, stage
-                )
-            )
-            return cur.rowcount
+
+
+def _names(table: str) -> tuple[str, ...]:
+    return ("workspace_id", "byte_offset", *COLUMNS[table])
 
 
 @dataclass(slots=True)

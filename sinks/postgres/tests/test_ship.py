@@ -286,3 +286,23 @@ def test_a_family_file_that_is_not_a_regular_file_is_a_one_line_error(
     with pytest.raises(StoreError) as caught:
         ship(ws, db)
     assert "record.jsonl: cannot be read" in str(caught.value)
+
+
+def test_lines_stored_past_a_position_reset_by_hand_are_not_stored_twice(
+    tmp_path: Path, db: Database
+) -> None:
+    # The fast path COPYs straight into the table (lines past the locked position are new);
+    # if the store holds them anyway, the primary key refuses and the batch is merged instead.
+    ws = capture(tmp_path / "ws", samples=range(30))
+    first = ship(ws, db)
+    expected = workspace_lines(ws)
+    db.query("UPDATE contexta.positions SET byte_offset = 0 RETURNING 1")
+    capture(ws, run="later")
+    with structlog.testing.capture_logs() as logs:
+        again = ship(ws, db, batch_lines=1_000)
+    assert again.lines_already_stored == first.lines_shipped
+    assert again.lines_shipped == sum(len(v) for v in workspace_lines(ws).values()) - sum(
+        len(v) for v in expected.values()
+    )
+    assert store_lines(db, ws) == workspace_lines(ws)
+    assert any(e["event"] == "contexta_async.ship_lines_already_stored" for e in logs)

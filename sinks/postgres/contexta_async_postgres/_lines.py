@@ -306,7 +306,7 @@ class LineParser:
         }[family]
         self._loose = msgspec.json.Decoder(_LooseLine)
         # Per value (captured_at, payload_type, typed columns): how it is sent.
-        self._codes = tuple(STAGING_CODES[c] for c in COLUMNS[self.table][:-1])
+        self._encode = _row_encoder(tuple(STAGING_CODES[c] for c in COLUMNS[self.table][:-1]))
 
     def parse(self, line: bytes, offset: int) -> bytes | Corrupt:
         """The binary COPY row for one whole line (without its newline) at ``offset``, or why
@@ -338,38 +338,82 @@ class LineParser:
             # typed copies are cleaned, the raw line stays as written.
             values = tuple(_clean(v) if isinstance(v, str) else v for v in values)
         parts = [self._head, _INT8(8, offset)]
-        for code, value in zip(self._codes, values, strict=True):
-            if value is None:
-                parts.append(_NULL)
-            elif code == _TEXT:
-                data = value.encode()  # type: ignore[union-attr]
-                parts.append(_LEN(len(data)))
-                parts.append(data)
-            elif code == _TIME:
-                micros = _timestamp(value)  # type: ignore[arg-type]
-                parts.append(_NULL if micros is None else _INT8(8, micros))
-            elif code == _FLOAT8:
-                parts.append(_FLOAT(8, float(value)))
-            elif code == _INT4:
-                parts.append(_INT(4, value))
-            else:
-                parts.append(_INT8(8, value))
+        self._encode(values, parts)
         parts.append(_LEN(len(line)))
         parts.append(line)  # the raw line, byte for byte (valid UTF-8: the decoder accepted it)
         return b"".join(parts)
 
 
-def _timestamp(value: str) -> int | None:
-    """``value`` as binary timestamptz (microseconds since 2000-01-01 UTC), or None when it is
-    not an ISO 8601 timestamp with an offset, or no real date. The format's own timestamps
-    (``2026-11-26T06:25:51.650841Z``) skip the shape check."""
-    canonical = len(value) == 27 and value[10] == "T" and value[26] == "Z"
-    if not canonical and _TIMESTAMP.match(value) is None:
-        return None
+_ENCODERS: dict[tuple[int, ...], Callable[[tuple[Value, ...], list[bytes]], None]] = {}
+
+
+def _row_encoder(codes: tuple[int, ...]) -> Callable[[tuple[Value, ...], list[bytes]], None]:
+    """A function appending the binary COPY fields of one row's values to a list, generated
+    for the table's column types: one unrolled statement per column, where a loop dispatching
+    on each column's type cost about a third of the client's time per line."""
+    found = _ENCODERS.get(codes)
+    if found is not None:
+        return found
+    names = ", ".join(f"v{i}" for i in range(len(codes)))
+    body = [f"def encode(values, parts):\n    {names}, = values\n    a = parts.append\n"]
+    for i, code in enumerate(codes):
+        v = f"v{i}"
+        if code == _TEXT:
+            body.append(
+                f"    if {v} is None:\n        a(N)\n    else:\n"
+                f"        d = {v}.encode()\n        a(L(len(d)))\n        a(d)\n"
+            )
+        elif code == _TIME:
+            body.append(f"    a(N if {v} is None else T({v}))\n")
+        elif code == _FLOAT8:
+            body.append(f"    a(N if {v} is None else F(8, float({v})))\n")
+        elif code == _INT4:
+            body.append(f"    a(N if {v} is None else I4(4, {v}))\n")
+        else:
+            body.append(f"    a(N if {v} is None else I8(8, {v}))\n")
+    scope: dict[str, Any] = {
+        "N": _NULL,
+        "L": _LEN,
+        "T": _timestamp,
+        "F": _FLOAT,
+        "I4": _INT,
+        "I8": _INT8,
+    }
+    exec("".join(body), scope)  # code built above from the fixed column types only
+    encode: Callable[[tuple[Value, ...], list[bytes]], None] = scope["encode"]
+    _ENCODERS[codes] = encode
+    return encode
+
+
+# Second -> its binary timestamptz: the format's timestamps share their second with many
+# neighbours, so most cost a dict lookup and an int() of the microseconds.
+_SECONDS: dict[str, int] = {}
+
+
+def _timestamp(value: str) -> bytes:
+    """``value`` as a binary timestamptz field (microseconds since 2000-01-01 UTC), or NULL
+    when it is not an ISO 8601 timestamp with an offset, or no real date. The format's own
+    timestamps (``2026-11-26T06:25:51.650841Z``) skip the shape check."""
+    canonical = len(value) == 27 and value[10] == "T" and value[19] == "." and value[26] == "Z"
+    if canonical:
+        base = _SECONDS.get(value[:19])
+        fraction = value[20:26]
+        if base is not None and fraction.isdigit():
+            try:
+                return _INT8(8, base + int(fraction))
+            except ValueError:  # a digit int() does not take (e.g. a superscript)
+                return _NULL
+    elif _TIMESTAMP.match(value) is None:
+        return _NULL
     try:
-        return (datetime.fromisoformat(value) - _PG_EPOCH) // _MICROSECOND
+        micros = (datetime.fromisoformat(value) - _PG_EPOCH) // _MICROSECOND
     except (ValueError, OverflowError):
-        return None
+        return _NULL
+    if canonical:
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        _SECONDS[value[:19]] = micros - micros % 1_000_000
+    return _INT8(8, micros)
 
 
 def _context(line: _ContextLine) -> tuple[Value, ...]:

@@ -4,6 +4,7 @@ shards merged, the schema's version."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,34 @@ def test_lines_stored_past_a_position_reset_by_hand_are_not_stored_twice(
     )
     assert store_lines(db, ws) == workspace_lines(ws)
     assert any(e["event"] == "contexta_async.ship_lines_already_stored" for e in logs)
+
+
+def test_timestamps_are_stored_as_the_instants_the_lines_name(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws", samples=range(20))
+    offsets = (
+        "2026-11-26T07:06:27.000001Z",
+        "1999-12-31T23:59:59.999999Z",  # before the binary format's epoch
+        "2026-11-26T08:06:27.5+01:00",  # an offset, fewer digits
+        "2026-11-26T07:06:27.12345²Z",  # a digit int() refuses: NULL, not a wrong instant
+    )
+    with (ws / "cache" / "capture" / "record.jsonl").open("a") as f:
+        for ts in offsets:
+            f.write(
+                json.dumps(
+                    {"captured_at": ts, "family": "RECORD", "payload": {}, "payload_type": "X"}
+                )
+                + "\n"
+            )
+    ship(ws, db)
+    rows = db.query("SELECT raw, captured_at, recorded_at FROM contexta.records")
+    assert len(rows) > 40
+    for raw, captured, recorded in rows:
+        line = json.loads(str(raw))
+        want = line["captured_at"]
+        if "²" in want:
+            assert captured is None
+            continue
+        assert captured == datetime.fromisoformat(want), want
+        envelope = line["payload"].get("envelope") if line["payload"] else None
+        if envelope:
+            assert recorded == datetime.fromisoformat(envelope["recorded_at"])

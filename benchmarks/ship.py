@@ -52,18 +52,21 @@ def _capture_into(ctx: Contexta, records: int, per_sample: int) -> None:
 
 def capture_rate(
     workspace: Path, records: int, per_sample: int, ship_to: str | None
-) -> tuple[float, float]:
-    """Records/s of capture (until flushed), and with ``ship_to`` the seconds after that until
-    the store has every line."""
+) -> tuple[float, float, float]:
+    """Records/s of capture (until flushed); with ``ship_to`` the seconds after that until the
+    store has every line; and the capturing process's CPU per record (all its threads, until
+    then: what competes with capture for the GIL; the parse helper process is not in it)."""
     ctx = Contexta(workspace=workspace, config={"project_name": "bench"}, ship_to=ship_to)
     try:
+        cpu = time.process_time()
         started = time.perf_counter()
         _capture_into(ctx, records, per_sample)
         ctx.flush()
         captured = time.perf_counter()
         if ctx.shipper is not None:
             ctx.shipper.wait_committed()
-        return records / (captured - started), time.perf_counter() - captured
+        cpu_us = (time.process_time() - cpu) / records * 1e6
+        return records / (captured - started), time.perf_counter() - captured, cpu_us
     finally:
         ctx.close()
 
@@ -168,25 +171,28 @@ def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:
     url = cluster.url("overhead", password=PASSWORD)
     plain: list[float] = []
     shipping: list[float] = []
-    drains: list[float] = []
+    plain_cpu: list[float] = []
+    shipping_cpu: list[float] = []
+    n, per_sample = args.overhead_records, args.metrics_per_sample
     for i in range(args.repeat):
-        rate, _ = capture_rate(
-            tmp / f"plain{i}", args.overhead_records, args.metrics_per_sample, None
-        )
+        rate, _, cpu = capture_rate(tmp / f"plain{i}", n, per_sample, None)
         plain.append(rate)
-        rate, drain = capture_rate(
-            tmp / f"ship{i}", args.overhead_records, args.metrics_per_sample, url
-        )
+        plain_cpu.append(cpu)
+        rate, drain, cpu = capture_rate(tmp / f"ship{i}", n, per_sample, url)
         shipping.append(rate)
-        drains.append(drain)
+        shipping_cpu.append(cpu)
         print(
-            f"  capture run {i + 1}: {plain[-1]:>10,.0f} records/s alone, {rate:>10,.0f} with "
-            f"the shipper thread (then {drain:.2f} s until committed)"
+            f"  capture run {i + 1}: {plain[-1]:>10,.0f} records/s alone "
+            f"({plain_cpu[-1]:.1f} us CPU/record), {rate:>10,.0f} with the shipper thread "
+            f"({cpu:.1f} us CPU/record; then {drain:.2f} s until committed)"
         )
     a, b = statistics.median(plain), statistics.median(shipping)
+    ca, cb = statistics.median(plain_cpu), statistics.median(shipping_cpu)
     print(
-        f"capture of {args.overhead_records:,} records: median {a:,.0f} records/s alone, "
-        f"{b:,.0f} with Contexta(ship_to=...): cost {100 * (a - b) / a:.1f} %"
+        f"capture of {n:,} records: median {a:,.0f} records/s alone, {b:,.0f} with "
+        f"Contexta(ship_to=...): cost {100 * (a - b) / a:.1f} %; CPU of the capturing "
+        f"process per record: {ca:.1f} us alone, {cb:.1f} us with the shipper "
+        f"(+{100 * (cb - ca) / ca:.1f} %)"
     )
 
 

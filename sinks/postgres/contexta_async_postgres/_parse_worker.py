@@ -163,11 +163,10 @@ class Parser:
                     pipe.close()
                 except OSError:
                     pass
-        try:
-            proc.wait(timeout=5)  # stdin closed: it exits
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # Not waiting for it to see its stdin close: a forked child of the caller may hold
+        # the pipe open. It keeps no state: nothing is lost by killing it.
+        proc.kill()
+        proc.wait()
 
 
 class _WorkerFailed(Exception):

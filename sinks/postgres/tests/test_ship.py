@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+from _cluster import Cluster
 from contexta_async_postgres import (
     SCHEMA_VERSION,
     SchemaVersionError,
     Shipper,
     ShipPositionError,
+    ShipProgress,
     ShipResult,
     StoreError,
 )
@@ -338,3 +340,36 @@ def test_timestamps_are_stored_as_the_instants_the_lines_name(tmp_path: Path, db
         envelope = line["payload"].get("envelope") if line["payload"] else None
         if envelope:
             assert recorded == datetime.fromisoformat(envelope["recorded_at"])
+
+
+def test_the_parse_helper_process_and_the_shipper_itself_store_the_same_rows(
+    tmp_path: Path, db: Database, cluster: Cluster
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(40))
+    with (ws / "cache" / "capture" / "record.jsonl").open("ab") as f:
+        f.write(b"not json\n")  # a corrupt line: reported the same way by both
+    helper = ship(ws, db, batch_lines=25)
+    other = Database(cluster, f"{db.name}_inproc")
+    with cluster.admin() as conn:
+        conn.execute(f"CREATE DATABASE {other.name} OWNER shipper")
+    with Shipper(ws, other.url, batch_lines=25, parse_in_process=True) as shipper:
+        itself = shipper.ship()
+    assert (helper.lines_shipped, helper.corrupt) == (itself.lines_shipped, itself.corrupt)
+    query = "SELECT * FROM contexta.records ORDER BY byte_offset"
+    assert db.query(query) == other.query(query)
+    assert store_lines(db, ws) == store_lines(other, ws)
+
+
+def test_a_parse_helper_that_dies_mid_ship_loses_nothing(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws", samples=range(60))
+
+    def kill_helper(progress: ShipProgress) -> None:
+        proc = shipper._parser._proc if shipper._parser else None
+        if proc is not None:
+            proc.kill()
+
+    with Shipper(ws, db.url, batch_lines=20, progress=kill_helper) as shipper:
+        result = shipper.ship()
+    assert shipper._parser is not None and shipper._parser._failed  # it parsed by itself
+    assert result.lines_shipped == sum(len(v) for v in workspace_lines(ws).values())
+    assert store_lines(db, ws) == workspace_lines(ws)

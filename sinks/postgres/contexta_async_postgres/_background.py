@@ -145,6 +145,7 @@ class BackgroundShipper:
                 "child: the child's lines are in the workspace, for that process's shipper "
                 "(or contexta-async ship) to ship"
             )
+        timeout = _finite(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._requested += 1
@@ -165,17 +166,18 @@ class BackgroundShipper:
     def close(self, timeout: float) -> int:
         if os.getpid() != self._pid:
             return self.lines_waiting()  # no thread here: nothing to drain or stop
-        deadline = time.monotonic() + timeout
+        limit = _finite(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         if self._thread.is_alive() and not self._stop.is_set():
             try:
-                self.wait_committed(timeout)
+                self.wait_committed(limit)
             except (ShipTimeoutError, LifecycleError):
                 pass
         self._stop.set()
         self._wake.set()
         # A batch in flight commits or rolls back; past the deadline the daemon thread is left
         # to finish it (the count below is then an upper bound).
-        self._thread.join(max(0.1, deadline - time.monotonic()))
+        self._thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
         waiting = self.lines_waiting()
         if waiting:
             logger.warning(
@@ -205,6 +207,13 @@ class BackgroundShipper:
             except OSError:
                 continue
         return total
+
+
+def _finite(timeout: float | None) -> float | None:
+    """None (no limit) for a timeout past what the platform can wait, such as ``inf``."""
+    if timeout is None or timeout >= threading.TIMEOUT_MAX:
+        return None
+    return timeout
 
 
 def _one_line(exc: BaseException) -> str:

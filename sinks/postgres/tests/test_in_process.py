@@ -3,6 +3,7 @@ never waits on the store, an outage loses nothing, and close says what stays in 
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -176,3 +177,16 @@ def test_a_forked_child_does_not_inherit_the_running_shipper(tmp_path: Path, db:
         "run:proj.parent",
         "run:proj.child",
     }
+
+
+def test_an_infinite_shutdown_timeout_drains_without_a_limit(tmp_path: Path, db: Database) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(
+        workspace=ws, config={"project_name": "proj"}, ship_to=db.url, shutdown_timeout=math.inf
+    )
+    _capture(ctx, "eval", 5)
+    _shipper(ctx).wait_committed(math.inf)
+    _capture(ctx, "more", 5)
+    ctx.close()
+    assert _shipper(ctx).lines_waiting == 0
+    assert store_lines(db, ws) == workspace_lines(ws)

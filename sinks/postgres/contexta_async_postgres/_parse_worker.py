@@ -16,6 +16,7 @@ its own thread instead: slower, never wrong.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import subprocess
@@ -147,6 +148,12 @@ class Parser:
             )
         except OSError:
             self._failed = True
+            return None
+        if self._proc.stdout is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
+            try:  # batches are tens of MiB: fewer, larger pipe reads (Linux: up to 1 MiB)
+                fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
         return self._proc
 
     def close(self) -> None:

@@ -7,6 +7,11 @@ writes its two CONTEXT lines), then ships it ``--repeat`` times, each time into 
 database, with ``Shipper(...).ship()`` (what ``contexta-async ship`` runs). Prints every run
 and the median. A benchmark, not a test: it asserts only that every line arrived.
 
+Then the cost of the in-process shipper to capture: ``--overhead-records`` records captured
+(and flushed) with ``Contexta(...)`` and with ``Contexta(..., ship_to=URL)``, alternating,
+``--repeat`` times each; capture throughput of each and the median cost. (The lines then are
+committed in the store by ``wait_committed``, timed apart.)
+
     .venv/bin/python benchmarks/ship.py                    # 1,000,000 records, 3 runs
     .venv/bin/python benchmarks/ship.py --records 100000 --repeat 1   # smoke run
 """
@@ -33,15 +38,37 @@ PASSWORD = "bench"
 
 
 def capture(workspace: Path, records: int, per_sample: int) -> None:
-    with (
-        Contexta(workspace=workspace, config={"project_name": "bench"}) as ctx,
-        ctx.run("ship") as run,
-        run.stage("evaluate") as stage,
-    ):
+    with Contexta(workspace=workspace, config={"project_name": "bench"}) as ctx:
+        _capture_into(ctx, records, per_sample)
+
+
+def _capture_into(ctx: Contexta, records: int, per_sample: int) -> None:
+    with ctx.run("ship") as run, run.stage("evaluate") as stage:
         for i in range(records // per_sample):
             with stage.sample(f"case-{i}") as sample:
                 for m in range(per_sample):
                     sample.metric(f"m{m}", (i * 7 + m) % 13 / 13)
+
+
+def capture_rate(
+    workspace: Path, records: int, per_sample: int, ship_to: str | None
+) -> tuple[float, float, float]:
+    """Records/s of capture (until flushed); with ``ship_to`` the seconds after that until the
+    store has every line; and the capturing process's CPU per record (all its threads, until
+    then: what competes with capture for the GIL; the parse helper process is not in it)."""
+    ctx = Contexta(workspace=workspace, config={"project_name": "bench"}, ship_to=ship_to)
+    try:
+        cpu = time.process_time()
+        started = time.perf_counter()
+        _capture_into(ctx, records, per_sample)
+        ctx.flush()
+        captured = time.perf_counter()
+        if ctx.shipper is not None:
+            ctx.shipper.wait_committed()
+        cpu_us = (time.process_time() - cpu) / records * 1e6
+        return records / (captured - started), time.perf_counter() - captured, cpu_us
+    finally:
+        ctx.close()
 
 
 def main() -> int:
@@ -51,6 +78,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-lines", type=int, default=50_000)
     parser.add_argument("--workdir", default=None, help="where the workspace is captured")
+    parser.add_argument("--overhead-records", type=int, default=200_000)
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="only the capture cost of the shipper"
+    )
     args = parser.parse_args()
 
     bindir = find_bindir()
@@ -71,6 +102,9 @@ def main() -> int:
         )
         print(f"cpus: {os.cpu_count()} (shared machine: figures are noisy)")
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+            if args.overhead_only:
+                overhead(cluster, Path(tmp), args)
+                return 0
             ws = Path(tmp) / "ws"
             started = time.perf_counter()
             capture(ws, args.records, args.metrics_per_sample)
@@ -124,9 +158,42 @@ def main() -> int:
                 f"client side alone (read, parse, encode; no server): median "
                 f"{statistics.median(parse_rates):,.0f} records/s over {len(parse_rates)} run(s)"
             )
+            overhead(cluster, Path(tmp), args)
     finally:
         cluster.remove()
     return 0
+
+
+def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:
+    """Capture throughput without and with the in-process shipper, alternating."""
+    with cluster.admin() as conn:
+        conn.execute("CREATE DATABASE overhead OWNER shipper")
+    url = cluster.url("overhead", password=PASSWORD)
+    plain: list[float] = []
+    shipping: list[float] = []
+    plain_cpu: list[float] = []
+    shipping_cpu: list[float] = []
+    n, per_sample = args.overhead_records, args.metrics_per_sample
+    for i in range(args.repeat):
+        rate, _, cpu = capture_rate(tmp / f"plain{i}", n, per_sample, None)
+        plain.append(rate)
+        plain_cpu.append(cpu)
+        rate, drain, cpu = capture_rate(tmp / f"ship{i}", n, per_sample, url)
+        shipping.append(rate)
+        shipping_cpu.append(cpu)
+        print(
+            f"  capture run {i + 1}: {plain[-1]:>10,.0f} records/s alone "
+            f"({plain_cpu[-1]:.1f} us CPU/record), {rate:>10,.0f} with the shipper thread "
+            f"({cpu:.1f} us CPU/record; then {drain:.2f} s until committed)"
+        )
+    a, b = statistics.median(plain), statistics.median(shipping)
+    ca, cb = statistics.median(plain_cpu), statistics.median(shipping_cpu)
+    print(
+        f"capture of {n:,} records: median {a:,.0f} records/s alone, {b:,.0f} with "
+        f"Contexta(ship_to=...): cost {100 * (a - b) / a:.1f} %; CPU of the capturing "
+        f"process per record: {ca:.1f} us alone, {cb:.1f} us with the shipper "
+        f"(+{100 * (cb - ca) / ca:.1f} %)"
+    )
 
 
 if __name__ == "__main__":

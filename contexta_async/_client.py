@@ -19,6 +19,7 @@ from ._scope_core import ScopeCore, ScopeRegistry
 from ._scopes import AsyncRun, Opening, Run
 from .sinks import LocalJsonlSink, Sink
 from .sinks._base import check_sink_name
+from .stores import InProcessShipper, start_shipper
 
 __all__ = ["Contexta"]
 
@@ -51,6 +52,9 @@ class Contexta:
         shutdown_timeout: seconds closing may take to drain before it reports what is lost.
         max_retries: how often a failed write is retried before its lines are reported lost.
         retry_backoff: seconds before the first retry; doubled for each next one (up to 2 s).
+        ship_to: a store URL (``postgresql://...``, with contexta-async-postgres installed):
+            a background thread ships the workspace there as it is captured (``ctx.shipper``;
+            see docs/scale-out.md). Closing drains it for up to ``shutdown_timeout`` seconds.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Contexta:
         shutdown_timeout: float = 10.0,
         max_retries: int = 3,
         retry_backoff: float = 0.05,
+        ship_to: str | None = None,
     ) -> None:
         if not isinstance(workspace, (str, os.PathLike)) or not os.fspath(workspace):
             raise ConfigurationError("workspace", "must be a non-empty path", workspace)
@@ -116,6 +121,12 @@ class Contexta:
             self._pipeline,
             "the program exited before the run was closed",
         )
+        self.shipper: InProcessShipper | None = None
+        """With ``ship_to``: the thread shipping the workspace to the store, else None."""
+        if ship_to is not None:
+            self.shipper = start_shipper(
+                ship_to, self.workspace, chosen, flush=self.flush, aflush=self.aflush
+            )
 
     # ---- capture ---------------------------------------------------------------------
 
@@ -178,15 +189,26 @@ class Contexta:
         await self._pipeline.flush(timeout)
 
     def close(self) -> None:
-        """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking."""
+        """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking.
+
+        With ``ship_to``, then ships what is left for up to ``shutdown_timeout`` seconds; the
+        lines still not in the store stay in the workspace (``ctx.shipper.lines_waiting``)."""
         self._close_open_runs()
-        self._pipeline.close_blocking()
+        try:
+            self._pipeline.close_blocking()
+        finally:
+            if self.shipper is not None:
+                self.shipper.close(self._pipeline.options.shutdown_timeout)
 
     async def aclose(self) -> None:
         """Like close(), without blocking the event loop; shielded from cancellation."""
         with anyio.CancelScope(shield=True):
             self._close_open_runs()
-            await self._pipeline.aclose()
+            try:
+                await self._pipeline.aclose()
+            finally:
+                if self.shipper is not None:
+                    await self.shipper.aclose(self._pipeline.options.shutdown_timeout)
 
     def _close_open_runs(self) -> None:
         _cancel_open_runs(self._registry, self._pipeline, "the Contexta context closed first")

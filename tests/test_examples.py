@@ -8,6 +8,8 @@ shows the library flushes sync programs at interpreter exit.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -338,3 +340,48 @@ def test_concurrent_prompt_eval_keeps_many_samples_open_at_once(tmp_path: Path) 
     assert open_now == 0
     # cases overlap: samples open concurrently rather than one after another
     assert most_open > 1
+
+
+# ---- the sharded evaluation, shipped to PostgreSQL ------------------------------------------
+
+
+def test_sharded_eval_merges_four_workers_shards_into_one_run_per_strategy_in_the_store(
+    tmp_path: Path,
+) -> None:
+    if importlib.util.find_spec("contexta_async_postgres") is None:
+        if os.environ.get("CI"):
+            pytest.fail("contexta-async-postgres is not installed (.ci/run installs it)")
+        pytest.skip("needs pip install -e sinks/postgres")
+    sys.path.insert(0, str(EXAMPLES.parent / "sinks" / "postgres" / "tests"))
+    from _cluster import Cluster, find_bindir  # the postgres tests' throwaway cluster
+
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries not found (.ci/run installs them)")
+        pytest.skip("PostgreSQL server binaries not found")
+    cluster = Cluster(bindir, settings={"fsync": "off"})
+    try:
+        cluster.start()
+        with cluster.admin() as conn:
+            conn.execute("CREATE ROLE evals LOGIN PASSWORD 'example-pw'")
+            conn.execute("CREATE DATABASE evals OWNER evals")
+        url = cluster.url("evals", user="evals", password="example-pw")
+        printed = run_example(EXAMPLES / "sharded_eval.py", tmp_path, "--store", url)
+    finally:
+        cluster.remove()
+    # 40 cases over 4 workers: every fifth (8) is wrong for both, and the other multiples of
+    # three (11) for plain: 21 vs 32 of 40, counted over the union of the four shards.
+    assert printed == [
+        "run:sharded-eval.plain: completed, 4 shards, 21 of 40 correct",
+        "run:sharded-eval.step-by-step: completed, 4 shards, 32 of 40 correct",
+    ]
+    workspaces = sorted(p.name for p in (tmp_path / "sharded-ws").iterdir())
+    assert workspaces == [f"worker-{n}" for n in range(4)]
+    for name in workspaces:  # each worker captured only its shard, locally
+        samples = {
+            line["payload"]["envelope"]["sample_observation_ref"]
+            for line in record_metrics(tmp_path / "sharded-ws" / name)
+        }
+        n = int(name[-1])
+        assert len(samples) == 20 and all(int(s[-3:]) % 4 == n for s in samples)

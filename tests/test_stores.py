@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from contexta_async import StoreNotInstalledError, ValidationError, stores
+from contexta_async import (
+    ConfigurationError,
+    Contexta,
+    StoreNotInstalledError,
+    ValidationError,
+    stores,
+)
 from contexta_async._cli import run_cli
+from contexta_async.sinks import LocalJsonlSink, MemorySink
 
 URL = "postgresql://user:pa55-secret@db.example:5432/evals"
 
@@ -83,3 +90,28 @@ def test_a_store_that_is_installed_but_cannot_load_is_a_one_line_error(
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and "cannot be loaded" in err and "psycopg" in err
     assert "Traceback" not in err
+
+
+def test_ship_to_without_the_store_distribution_fails_at_the_call_naming_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(stores, "_entry_points", lambda scheme: [])
+    with pytest.raises(StoreNotInstalledError) as caught:
+        Contexta(workspace=tmp_path, ship_to=URL)
+    assert caught.value.field == "ship_to" and "pa55-secret" not in str(caught.value)
+    with pytest.raises(ValidationError, match="ship_to: no installed store serves this scheme"):
+        Contexta(workspace=tmp_path, ship_to="mysql://user:pa55-secret@h/db")
+
+
+def test_ship_to_needs_the_sink_that_writes_the_workspace_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="ship_to: ships the workspace's files"):
+        Contexta(workspace=tmp_path, sinks=[MemorySink()], ship_to=URL)
+    elsewhere = LocalJsonlSink(tmp_path / "elsewhere")
+    with pytest.raises(ConfigurationError, match="LocalJsonlSink writing to"):
+        Contexta(workspace=tmp_path, sinks=[elsewhere], ship_to=URL)
+
+
+def test_without_ship_to_a_context_has_no_shipper(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path)
+    assert ctx.shipper is None
+    ctx.close()

@@ -5,6 +5,7 @@ from the position the store already holds, one transaction per batch; the CLI do
 with ``contexta-async --workspace WS ship --to postgresql://... [--follow]``.
 """
 
+from ._background import BackgroundShipper
 from ._errors import (
     SchemaVersionError,
     ShipPositionError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
+    "BackgroundShipper",
     "Corrupt",
     "SchemaVersionError",
     "ShipPositionError",

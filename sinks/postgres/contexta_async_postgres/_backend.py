@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
@@ -14,6 +15,7 @@ import msgspec
 
 from contexta_async.stores import ShipRequest
 
+from ._background import BackgroundShipper
 from ._shipper import Shipper, ShipProgress, ShipResult
 
 __all__ = ["PostgresBackend", "backend"]
@@ -46,6 +48,10 @@ class PostgresBackend:
                 bar.done()
         _print_result(result, shipper.target.redacted_url, request.json, request.out)
         return 0
+
+    def start_shipper(self, workspace: Path, url: str) -> BackgroundShipper:
+        """The thread of ``Contexta(..., ship_to=url)``: ships ``workspace`` in the background."""
+        return BackgroundShipper(workspace, url)
 
 
 backend = PostgresBackend()

@@ -7,9 +7,13 @@ One transaction per batch of one file:
    starts where the first one stopped;
 2. read whole lines (ending in ``\\n``) from that offset; an unterminated last line (a writer
    still writing, or one that died mid-write, whose fragment the next writer cuts off) waits;
-3. COPY the rows into a temporary staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
-   NOTHING`` into the family's table, keyed by (workspace_id, byte_offset): a line can never
-   be stored twice, whatever happens;
+3. binary COPY the rows straight into the family's table, keyed by (workspace_id,
+   byte_offset). The lines past the locked position cannot be in it: rows are only ever
+   written by a transaction that also moves the position past them, under this same row lock,
+   and a transaction that did not commit left neither. Should that not hold (a position reset
+   by hand, a table restored from a backup), the primary key refuses the COPY, and the batch
+   goes through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING`` instead:
+   a line can never be stored twice, whatever happens;
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
    counted, never shipped) and COMMIT.
 
@@ -39,16 +43,8 @@ from contexta_async import ValidationError
 
 from ._errors import ShipPositionError, StoreConnectionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
-from ._lines import (
-    COLUMNS,
-    COPY_SIGNATURE,
-    COPY_TRAILER,
-    STAGING_CODES,
-    STAGING_TIME,
-    STAGING_TYPES,
-    Corrupt,
-    LineParser,
-)
+from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser
+from ._parse_worker import Parsed, Parser, parse_batch, whole_lines
 from ._schema import SCHEMA, ensure_schema
 from ._target import APPLICATION_NAME, Target, parse_target
 
@@ -125,6 +121,7 @@ class Shipper:
         max_backoff: float = 5.0,
         retry_first_connect: bool = False,
         progress: Callable[[ShipProgress], None] | None = None,
+        parse_in_process: bool = False,
     ) -> None:
         if batch_lines < 1:
             raise ValidationError("batch_lines", "must be at least 1", batch_lines)
@@ -153,6 +150,9 @@ class Shipper:
             file: LineParser(self.workspace_id, file, family)
             for file, family in FAMILY_FILES.items()
         }
+        # Batches are read and parsed by a helper process (see _parse_worker), started on
+        # first use; with parse_in_process=True (or if it cannot run) by this process.
+        self._parser: Parser | None = None if parse_in_process else Parser()
 
     # ---- connection ---------------------------------------------------------------------
 
@@ -274,6 +274,8 @@ class Shipper:
         for ahead in self._ahead.values():
             ahead.result()
         self._ahead.clear()
+        if self._parser is not None:
+            self._parser.close()
         self._drop()
 
     def __enter__(self) -> Shipper:
@@ -375,24 +377,17 @@ class Shipper:
                     ahead.result() if ahead is not None and ahead.position == position else None
                 )
                 if parsed is None:
-                    data = _whole_lines(fd, position, size, self.batch_bytes)
-                    if not data:
+                    parsed = self._read_batch(parser, str(path), position, size)
+                    if parsed is None:
                         self._caught_up[file] = (size, mtime, size - position)
                         return 0, size - position
-                    parsed = self._parse_batch(parser, data, position)
                 if position + parsed.used < size:
                     # Parse the next batch while the server stores this one. Whole lines below
                     # the settled size never change, so it is valid if the position matches.
-                    self._ahead[file] = _Ahead(self, parser, path, position + parsed.used, size)
-                try:
-                    with conn.transaction():  # a savepoint: the batch may be parsed again
-                        inserted = self._store(conn, parser.table, parsed)
-                except (psycopg.errors.DataError, psycopg.errors.DatetimeFieldOverflow):
-                    # A timestamp of the right shape that is no date (2026-02-30): check
-                    # every one against the calendar this time; those columns get NULL.
-                    strict = LineParser(self.workspace_id, file, parser.family, strict=True)
-                    parsed = self._parse_batch(strict, parsed.data, position)
-                    inserted = self._store(conn, parser.table, parsed)
+                    self._ahead[file] = _Ahead(
+                        self, parser, str(path), position + parsed.used, size
+                    )
+                inserted = self._store(conn, parser.table, parsed)
                 rows, corrupt, used = parsed.rows, parsed.corrupt, parsed.used
                 conn.execute(
                     sql.SQL(
@@ -432,76 +427,76 @@ class Shipper:
             )
         return rows + len(corrupt), 0
 
-    def _parse_batch(self, parser: LineParser, data: bytes, position: int) -> _Parsed:
-        """At most ``batch_lines`` lines of ``data`` as one binary COPY payload."""
-        parse = parser.parse
-        corrupt: list[Corrupt] = []
-        lines = data.split(b"\n")
-        lines.pop()  # data ends with a newline: the last piece is empty
-        if len(lines) > self.batch_lines:
-            del lines[self.batch_lines :]
-        rows: list[bytes] = [COPY_SIGNATURE]
-        offset = position
-        for line in lines:
-            parsed = parse(line, offset)
-            offset += len(line) + 1
-            if isinstance(parsed, Corrupt):
-                corrupt.append(parsed)
-            else:
-                rows.append(parsed)
-        count = len(rows) - 1
-        rows.append(COPY_TRAILER)
-        return _Parsed(position, data, b"".join(rows), count, corrupt, offset - position)
+    def _read_batch(self, parser: LineParser, path: str, position: int, size: int) -> Parsed | None:
+        """The batch at ``position``, read and parsed (by the helper process when it runs)."""
+        if self._parser is not None:
+            return self._parser.read_batch(
+                parser, path, position, size, self.batch_bytes, self.batch_lines
+            )
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            data = whole_lines(fd, position, size, self.batch_bytes)
+        finally:
+            os.close(fd)
+        return self._parse_batch(parser, data, position) if data else None
 
-    def _store(self, conn: Connection, table: str, parsed: _Parsed) -> int:
-        """COPY the batch into the staging table, insert what is new; rows inserted."""
+    def _parse_batch(self, parser: LineParser, data: bytes, position: int) -> Parsed:
+        """At most ``batch_lines`` lines of ``data`` as one binary COPY payload."""
+        return parse_batch(parser, data, position, self.batch_lines)
+
+    def _store(self, conn: Connection, table: str, parsed: Parsed) -> int:
+        """Store the batch (past the locked position: new, see the module docstring); rows
+        inserted."""
         if not parsed.rows:
             return 0
+        target = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(table))
+        try:
+            with conn.transaction():  # a savepoint: the fallback below starts from here
+                self._copy(conn, target, table, parsed)
+            return parsed.rows
+        except psycopg.errors.UniqueViolation:
+            logger.warning(
+                "contexta_async.ship_lines_already_stored",
+                target=self.target.display,
+                table=table,
+                byte_offset=parsed.position,
+                hint="the store holds lines past its position; only the new ones are inserted",
+            )
         stage = sql.Identifier(f"stage_{table}")
-        names = ("workspace_id", "byte_offset", *COLUMNS[table])
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-        # Timestamps were staged as text: the server parses them here.
-        select = sql.SQL(", ").join(
-            sql.SQL("{}::timestamptz").format(sql.Identifier(c))
-            if STAGING_CODES.get(c) == STAGING_TIME
-            else sql.Identifier(c)
-            for c in names
-        )
+        self._copy(conn, stage, table, parsed)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
         with conn.cursor() as cur:
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
-            with cur.copy(copy_sql) as copy:
-                view = memoryview(parsed.body)
-                for start in range(0, len(view), _COPY_BLOCK):
-                    copy.write(view[start : start + _COPY_BLOCK])
             cur.execute(
-                sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                    sql.Identifier(SCHEMA), sql.Identifier(table), columns, select, stage
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                    target, columns, columns, stage
                 )
             )
             return cur.rowcount
 
+    def _copy(self, conn: Connection, into: sql.Composable, table: str, parsed: Parsed) -> None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
+        with conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
+            with cur.copy(copy_sql) as copy:
+                view = memoryview(parsed.body)
+                for start in range(0, len(view), _COPY_BLOCK):
+                    copy.write(view[start : start + _COPY_BLOCK])
 
-@dataclass(slots=True)
-class _Parsed:
-    """One batch, parsed: the binary COPY payload and what it spans."""
 
-    position: int
-    data: bytes
-    body: bytes
-    rows: int
-    corrupt: list[Corrupt]
-    used: int
+def _names(table: str) -> tuple[str, ...]:
+    return ("workspace_id", "byte_offset", *COLUMNS[table])
 
 
 class _Ahead:
     """The next batch of a file, read and parsed on a thread while the server stores the
-    current one (the main thread waits on the server with the GIL released)."""
+    current one (the main thread waits on the server, and this one on the helper process,
+    with the GIL released)."""
 
     def __init__(
-        self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], position: int, size: int
+        self, shipper: Shipper, parser: LineParser, path: str, position: int, size: int
     ) -> None:
         self.position = position
-        self._parsed: _Parsed | None = None
+        self._parsed: Parsed | None = None
         self._thread = threading.Thread(
             target=self._run,
             args=(shipper, parser, path, size),
@@ -510,19 +505,13 @@ class _Ahead:
         )
         self._thread.start()
 
-    def _run(self, shipper: Shipper, parser: LineParser, path: os.PathLike[str], size: int) -> None:
+    def _run(self, shipper: Shipper, parser: LineParser, path: str, size: int) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                data = _whole_lines(fd, self.position, size, shipper.batch_bytes)
-            finally:
-                os.close(fd)
-            if data:
-                self._parsed = shipper._parse_batch(parser, data, self.position)
+            self._parsed = shipper._read_batch(parser, path, self.position, size)
         except Exception:  # the main thread reads and parses the batch itself
             self._parsed = None
 
-    def result(self) -> _Parsed | None:
+    def result(self) -> Parsed | None:
         self._thread.join()
         return self._parsed
 
@@ -548,18 +537,3 @@ def _check_position(fd: int, file: str, position: int, size: int) -> None:
         raise ShipPositionError(file, position, f"is {size} bytes long")
     if position > 0 and os.pread(fd, 1, position - 1) != b"\n":
         raise ShipPositionError(file, position, "the byte before the position is not a line end")
-
-
-def _whole_lines(fd: int, position: int, size: int, batch_bytes: int) -> bytes:
-    """The whole lines from ``position``: about ``batch_bytes`` of them (more if one line is
-    longer), ending with a newline; empty if there is no whole line yet."""
-    want = min(batch_bytes, size - position)
-    while want > 0:
-        data = os.pread(fd, want, position)
-        end = data.rfind(b"\n")
-        if end >= 0:
-            return data[: end + 1]
-        if position + len(data) >= size:
-            return b""  # only an unterminated tail
-        want = min(want * 2, size - position)
-    return b""

@@ -4,15 +4,18 @@ shards merged, the schema's version."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import structlog
+from _cluster import Cluster
 from contexta_async_postgres import (
     SCHEMA_VERSION,
     SchemaVersionError,
     Shipper,
     ShipPositionError,
+    ShipProgress,
     ShipResult,
     StoreError,
 )
@@ -286,3 +289,87 @@ def test_a_family_file_that_is_not_a_regular_file_is_a_one_line_error(
     with pytest.raises(StoreError) as caught:
         ship(ws, db)
     assert "record.jsonl: cannot be read" in str(caught.value)
+
+
+def test_lines_stored_past_a_position_reset_by_hand_are_not_stored_twice(
+    tmp_path: Path, db: Database
+) -> None:
+    # The fast path COPYs straight into the table (lines past the locked position are new);
+    # if the store holds them anyway, the primary key refuses and the batch is merged instead.
+    ws = capture(tmp_path / "ws", samples=range(30))
+    first = ship(ws, db)
+    expected = workspace_lines(ws)
+    db.query("UPDATE contexta.positions SET byte_offset = 0 RETURNING 1")
+    capture(ws, run="later")
+    with structlog.testing.capture_logs() as logs:
+        again = ship(ws, db, batch_lines=1_000)
+    assert again.lines_already_stored == first.lines_shipped
+    assert again.lines_shipped == sum(len(v) for v in workspace_lines(ws).values()) - sum(
+        len(v) for v in expected.values()
+    )
+    assert store_lines(db, ws) == workspace_lines(ws)
+    assert any(e["event"] == "contexta_async.ship_lines_already_stored" for e in logs)
+
+
+def test_timestamps_are_stored_as_the_instants_the_lines_name(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws", samples=range(20))
+    offsets = (
+        "2026-11-26T07:06:27.000001Z",
+        "1999-12-31T23:59:59.999999Z",  # before the binary format's epoch
+        "2026-11-26T08:06:27.5+01:00",  # an offset, fewer digits
+        "2026-11-26T07:06:27.12345²Z",  # a digit int() refuses: NULL, not a wrong instant
+    )
+    with (ws / "cache" / "capture" / "record.jsonl").open("a") as f:
+        for ts in offsets:
+            f.write(
+                json.dumps(
+                    {"captured_at": ts, "family": "RECORD", "payload": {}, "payload_type": "X"}
+                )
+                + "\n"
+            )
+    ship(ws, db)
+    rows = db.query("SELECT raw, captured_at, recorded_at FROM contexta.records")
+    assert len(rows) > 40
+    for raw, captured, recorded in rows:
+        line = json.loads(str(raw))
+        want = line["captured_at"]
+        if "²" in want:
+            assert captured is None
+            continue
+        assert captured == datetime.fromisoformat(want), want
+        envelope = line["payload"].get("envelope") if line["payload"] else None
+        if envelope:
+            assert recorded == datetime.fromisoformat(envelope["recorded_at"])
+
+
+def test_the_parse_helper_process_and_the_shipper_itself_store_the_same_rows(
+    tmp_path: Path, db: Database, cluster: Cluster
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(40))
+    with (ws / "cache" / "capture" / "record.jsonl").open("ab") as f:
+        f.write(b"not json\n")  # a corrupt line: reported the same way by both
+    helper = ship(ws, db, batch_lines=25)
+    other = Database(cluster, f"{db.name}_inproc")
+    with cluster.admin() as conn:
+        conn.execute(f"CREATE DATABASE {other.name} OWNER shipper")
+    with Shipper(ws, other.url, batch_lines=25, parse_in_process=True) as shipper:
+        itself = shipper.ship()
+    assert (helper.lines_shipped, helper.corrupt) == (itself.lines_shipped, itself.corrupt)
+    query = "SELECT * FROM contexta.records ORDER BY byte_offset"
+    assert db.query(query) == other.query(query)
+    assert store_lines(db, ws) == store_lines(other, ws)
+
+
+def test_a_parse_helper_that_dies_mid_ship_loses_nothing(tmp_path: Path, db: Database) -> None:
+    ws = capture(tmp_path / "ws", samples=range(60))
+
+    def kill_helper(progress: ShipProgress) -> None:
+        proc = shipper._parser._proc if shipper._parser else None
+        if proc is not None:
+            proc.kill()
+
+    with Shipper(ws, db.url, batch_lines=20, progress=kill_helper) as shipper:
+        result = shipper.ship()
+    assert shipper._parser is not None and shipper._parser._failed  # it parsed by itself
+    assert result.lines_shipped == sum(len(v) for v in workspace_lines(ws).values())
+    assert store_lines(db, ws) == workspace_lines(ws)

@@ -1,0 +1,192 @@
+"""``Contexta(..., ship_to=URL)``: the shipper thread ships as the workspace is captured, capture
+never waits on the store, an outage loses nothing, and close says what stays in the spool."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import structlog
+from _cluster import Cluster
+from contexta_async_postgres import Shipper
+from pgtest import Database, store_lines, workspace_lines
+
+from contexta_async import Contexta, LifecycleError
+from contexta_async.stores import InProcessShipper, ShipTimeoutError
+
+WAIT = 60.0  # seconds; only a hang comes near it
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _capture(ctx: Contexta, run: str, samples: int) -> None:
+    with ctx.run(run) as r, r.stage("evaluate") as stage:
+        for i in range(samples):
+            with stage.sample(f"case-{i}") as sample:
+                sample.metric("correct", float(i % 2))
+
+
+def _shipper(ctx: Contexta) -> InProcessShipper:
+    assert ctx.shipper is not None
+    return ctx.shipper
+
+
+def _shipper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "contexta-async-shipper"]
+
+
+def test_captured_lines_are_in_the_store_once_wait_committed_returns(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        assert _shipper(ctx).running and _shipper(ctx).target.endswith(f"/{db.name}")
+        with ctx.run("eval") as run, run.stage("evaluate") as stage:
+            for i in range(20):
+                with stage.sample(f"case-{i}") as sample:
+                    sample.metric("correct", float(i % 2))
+            # The run is still open: what is captured so far is in the store.
+            _shipper(ctx).wait_committed(WAIT)
+            assert store_lines(db, ws) == workspace_lines(ws)
+            assert db.query("SELECT status FROM contexta.runs") == [("open",)]
+    finally:
+        ctx.close()
+    assert _shipper(ctx).lines_waiting == 0 and not _shipper(ctx).running
+    assert store_lines(db, ws) == workspace_lines(ws)  # close shipped the closing lines
+    assert db.query("SELECT run_ref, status FROM contexta.runs") == [("run:proj.eval", "completed")]
+    assert len(db.query("SELECT 1 FROM contexta.samples")) == 20
+
+
+@pytest.mark.anyio
+async def test_await_committed_waits_without_blocking_the_event_loop(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    async with ctx, ctx.run("eval") as run:
+        await run.metric("accuracy", 0.75)
+        await _shipper(ctx).await_committed(WAIT)
+        assert store_lines(db, ws) == workspace_lines(ws)
+    assert _shipper(ctx).lines_waiting == 0
+    assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_a_store_outage_during_capture_loses_nothing_and_ships_after_the_restart(
+    tmp_path: Path, cluster: Cluster, db: Database
+) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "before", 5)
+        _shipper(ctx).wait_committed(WAIT)
+        cluster.stop("immediate")
+        try:
+            _capture(ctx, "during", 50)
+            ctx.flush(WAIT)  # capture is unaffected: written and fsynced locally
+            with pytest.raises(ShipTimeoutError) as caught:
+                _shipper(ctx).wait_committed(0.5)
+            assert caught.value.waiting > 0
+            assert caught.value.last_error is not None
+            assert f"127.0.0.1:{cluster.port}" in caught.value.last_error
+            assert "s3cret" not in str(caught.value)
+        finally:
+            cluster.start()
+        _shipper(ctx).wait_committed(WAIT)  # the thread reconnects by itself
+        assert store_lines(db, ws) == workspace_lines(ws)
+        assert _shipper(ctx).last_error is None
+    finally:
+        ctx.close()
+    assert _shipper(ctx).lines_waiting == 0
+    assert {r[0] for r in db.query("SELECT run_ref FROM contexta.runs")} == {
+        "run:proj.before",
+        "run:proj.during",
+    }
+
+
+def test_close_with_the_store_down_leaves_the_lines_in_the_spool_and_says_how_many(
+    tmp_path: Path, cluster: Cluster, db: Database
+) -> None:
+    ws = tmp_path / "ws"
+    cluster.stop("fast")
+    try:
+        ctx = Contexta(
+            workspace=ws, config={"project_name": "proj"}, ship_to=db.url, shutdown_timeout=1.0
+        )
+        _capture(ctx, "eval", 10)
+        with structlog.testing.capture_logs() as logs:
+            ctx.close()
+        lines = sum(len(v) for v in workspace_lines(ws).values())
+        assert _shipper(ctx).lines_waiting == lines > 0
+        left = [e for e in logs if e["event"] == "contexta_async.ship_left_in_spool"]
+        assert len(left) == 1 and left[0]["lines"] == lines
+        assert left[0]["log_level"] == "warning" and "s3cret" not in repr(left[0])
+        assert not _shipper_threads()
+    finally:
+        cluster.start()
+    # They wait in the workspace: the next shipper ships every one.
+    with Shipper(ws, db.url) as shipper:
+        assert shipper.ship().lines_shipped == lines
+    assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def _in_forked_child(ctx: Contexta, report: multiprocessing.Queue[str]) -> None:
+    shipper = _shipper(ctx)
+    try:
+        shipper.wait_committed(1.0)
+        committed = "returned"
+    except LifecycleError as exc:
+        committed = str(exc)
+    report.put(f"threads={len(_shipper_threads())} running={shipper.running} wait={committed}")
+    _capture(ctx, "child", 3)  # into the same workspace files: the parent's thread ships them
+    ctx.close()
+    report.put(f"closed lines_waiting={shipper.lines_waiting}")
+
+
+def test_a_forked_child_does_not_inherit_the_running_shipper(tmp_path: Path, db: Database) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "parent", 3)
+        _shipper(ctx).wait_committed(WAIT)
+        fork = multiprocessing.get_context("fork")
+        report: multiprocessing.Queue[str] = fork.Queue()
+        child = fork.Process(target=_in_forked_child, args=(ctx, report), daemon=True)
+        child.start()
+        child.join(WAIT)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0
+        seen = report.get(timeout=WAIT)
+        assert seen.startswith("threads=0 running=False wait=the shipper to ")
+        assert f"runs in process {os.getpid()}, not in this forked child" in seen
+        assert report.get(timeout=WAIT).startswith("closed lines_waiting=")
+        assert _shipper(ctx).running  # the parent's thread is unaffected
+        _shipper(ctx).wait_committed(WAIT)  # and it ships the child's lines
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()
+    assert {r[0] for r in db.query("SELECT run_ref FROM contexta.runs")} == {
+        "run:proj.parent",
+        "run:proj.child",
+    }
+
+
+def test_an_infinite_shutdown_timeout_drains_without_a_limit(tmp_path: Path, db: Database) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(
+        workspace=ws, config={"project_name": "proj"}, ship_to=db.url, shutdown_timeout=math.inf
+    )
+    _capture(ctx, "eval", 5)
+    _shipper(ctx).wait_committed(math.inf)
+    _capture(ctx, "more", 5)
+    ctx.close()
+    assert _shipper(ctx).lines_waiting == 0
+    assert store_lines(db, ws) == workspace_lines(ws)

@@ -31,8 +31,8 @@ from .readers import (
     items_needed,
     render_html_report,
 )
-from .readers._inference import check_effect
 from .readers._report import format_number
+from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend
 
 __all__ = ["build_parser", "run_cli"]

@@ -30,7 +30,8 @@ from contexta_async.readers import (
     minimum_detectable_effect,
     render_html_report,
 )
-from contexta_async.readers._inference import (
+from contexta_async.readers._report import format_number
+from contexta_async.stats._inference import (
     adjust_p_values,
     cluster_bootstrap_ci,
     clustered_error,
@@ -38,7 +39,6 @@ from contexta_async.readers._inference import (
     pairing_gain,
     student_t_two_sided_p,
 )
-from contexta_async.readers._report import format_number
 
 
 def _clustered_data(

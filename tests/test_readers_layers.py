@@ -18,9 +18,6 @@ LAYERS = {
     # bottom: result types, errors, statistics
     "_errors": 0,
     "_model": 0,
-    "_stats": 0,
-    "_saddlepoint": 0,
-    "_inference": 0,
     "_direction": 0,
     # the rendering of a result type for a notebook (_repr_html_ lives on the type)
     "_display": 0,

@@ -638,9 +638,7 @@ def test_a_scope_left_by_an_exception_whose_str_fails_closes_as_failed(tmp_path:
 
 
 def test_timeouts_beyond_what_the_platform_can_wait_mean_no_limit(tmp_path: Path) -> None:
-    ctx = Contexta(
-        workspace=tmp_path, config={"project_name": "p"}, shutdown_timeout=float("inf")
-    )
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, shutdown_timeout=float("inf"))
     with ctx.run("r") as run:
         run.metric("m", 1)
     ctx.flush(timeout=float("inf"))

@@ -13,7 +13,7 @@ from scipy import stats
 
 from contexta_async import ValidationError
 from contexta_async.readers import SADDLEPOINT_MIN_PAIRS, mcnemar_exact, paired_bootstrap_ci
-from contexta_async.readers._stats import BootstrapMethod, paired_bootstrap_cis
+from contexta_async.stats._bootstrap import BootstrapMethod, paired_bootstrap_cis
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,14 @@ best = await ws.best_run(["helpful-only", "grounded"], "pass.rate")
 ```
 """
 
+from ..stats._bootstrap import (
+    SADDLEPOINT_MIN_PAIRS,
+    BootstrapInterval,
+    BootstrapMethod,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+)
+from ..stats._inference import items_needed, minimum_detectable_effect
 from ._direction import MINIMIZE_WORDS, infer_direction
 from ._errors import (
     AmbiguousMetricError,
@@ -21,7 +29,6 @@ from ._errors import (
     UnreadableFileError,
     WorkspaceNotFoundError,
 )
-from ._inference import items_needed, minimum_detectable_effect
 from ._model import (
     ArtifactChange,
     BestRun,
@@ -43,13 +50,6 @@ from ._model import (
     Scope,
 )
 from ._report import render_html_report
-from ._stats import (
-    SADDLEPOINT_MIN_PAIRS,
-    BootstrapInterval,
-    BootstrapMethod,
-    mcnemar_exact,
-    paired_bootstrap_ci,
-)
 from ._workspace import Workspace, resolve_run_ref
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The analysis layer: the answers (two runs compared, N runs in a table, the best run)
 built from an ``Aggregate``, with their deltas, artifact changes, warnings and notes in one
-place. Paired analysis is in ``_pairing``; statistics in ``_stats`` and ``_inference``."""
+place. Paired analysis is in ``_pairing``; statistics in ``contexta_async.stats``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
+from ..stats._bootstrap import BootstrapMethod
+from ..stats._inference import Adjustment
 from ._aggregate import Aggregate, RunMetrics, differing_samples, order_all, stage_order
 from ._direction import infer_direction
 from ._errors import AmbiguousMetricError, MetricNotFoundError
-from ._inference import Adjustment
 from ._model import (
     ArtifactChange,
     BestRun,
@@ -26,7 +27,6 @@ from ._model import (
 )
 from ._pairing import direction_for, paired_results, places
 from ._source import ArtifactInfo
-from ._stats import BootstrapMethod
 
 __all__ = [
     "INFERENCE_NOTES",

@@ -1,6 +1,6 @@
 """Paired per-sample analysis of two runs' sample-level metrics (analysis layer): matched
 samples, wins and losses, the bootstrap interval, McNemar, SE, power and adjusted p-values.
-The statistics themselves are in ``_stats`` and ``_inference``."""
+The statistics themselves are in ``contexta_async.stats``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from ._aggregate import Place, RunMetrics, mean_of, natural_key
-from ._direction import infer_direction
-from ._inference import (
+from ..stats._bootstrap import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
+from ..stats._inference import (
     Adjustment,
     adjust_p_values,
     minimum_detectable_effect,
@@ -22,8 +21,9 @@ from ._inference import (
     pairing_gain,
     student_t_two_sided_p,
 )
+from ._aggregate import Place, RunMetrics, mean_of, natural_key
+from ._direction import infer_direction
 from ._model import Direction, PairedResult, PairedSample
-from ._stats import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
 
 __all__ = ["direction_for", "paired_results", "places"]
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}

@@ -17,10 +17,11 @@ import anyio.to_thread
 import structlog
 
 from .._errors import ValidationError
+from ..stats._bootstrap import BootstrapMethod, check_options
+from ..stats._inference import ADJUSTMENTS, Adjustment
 from ._aggregate import STATUSES, Aggregate
 from ._analysis import best_run, compare_many, compare_two
 from ._errors import EmptyWorkspaceError, WorkspaceNotFoundError
-from ._inference import ADJUSTMENTS, Adjustment
 from ._local import LocalSource
 from ._model import (
     BestRun,
@@ -34,7 +35,6 @@ from ._model import (
 )
 from ._read import CHUNK_SIZE
 from ._source import RecordSource, RowFilter, resolve_run_ref
-from ._stats import BootstrapMethod, check_options
 
 if TYPE_CHECKING:
     import pandas

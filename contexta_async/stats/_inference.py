@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ValidationError
-from ._stats import safe_exponent
+from ._bootstrap import safe_exponent
 
 __all__ = [
     "ADJUSTMENTS",

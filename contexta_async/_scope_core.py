@@ -44,7 +44,7 @@ from ._waiters import Waiter, WaiterT
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
+__all__ = ["RunState", "ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
@@ -83,10 +83,7 @@ class ScopeRegistry:
         """
         self._lock = threading.Lock()
         for core in self._open.values():
-            core._lock = threading.Lock()
-            core.inherited = True
-            if core.kind == "run":
-                core._record_counter = itertools.count(secrets.randbits(47))
+            core.reinit_after_fork()
         self._open = {}
 
     def add(self, core: ScopeCore) -> None:
@@ -116,17 +113,46 @@ class ScopeRegistry:
             ]
 
 
+class RunState:
+    """What every scope of one run shares: the run's refs, its context's pipeline and registry,
+    and the counter its record refs are numbered from. Every scope of the run holds it as
+    ``core.run``, so that no scope reaches into another scope's fields."""
+
+    __slots__ = (
+        "event_prefix",
+        "metric_prefix",
+        "pipeline",
+        "project_ref",
+        "record_counter",
+        "ref",
+        "registry",
+    )
+
+    def __init__(self, ref: str, project: str, pipeline: Pipeline, registry: ScopeRegistry) -> None:
+        self.ref = ref
+        self.project_ref = f"project:{project}"
+        self.pipeline = pipeline
+        self.registry = registry
+        self.restart_counter()
+        self.metric_prefix = f"record:{self.ref[4:]}.metric-"
+        self.event_prefix = f"record:{self.ref[4:]}.event-"
+
+    def restart_counter(self) -> None:
+        """Count record refs from a new random start (at creation, and in a forked child)."""
+        # Record refs: run components + "-" + 12 hex digits that never repeat within a run
+        # (a random 48-bit start, counting up), so two processes reusing a run name do not
+        # collide either.
+        self.record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
+
+
 class ScopeCore:
     """One run, stage, batch or sample: its refs, its status and the lines it produces."""
 
     __slots__ = (
         "_child_order",
         "_children",
-        "_event_prefix",
         "_lock",
-        "_metric_prefix",
         "_parked_opening",
-        "_record_counter",
         "batch_ref",
         "closed_at",
         "failure_reason",
@@ -136,9 +162,7 @@ class ScopeCore:
         "order_index",
         "parent",
         "pipeline",
-        "project_ref",
         "ref",
-        "registry",
         "run",
         "run_fields",
         "sample_ref",
@@ -153,17 +177,17 @@ class ScopeCore:
         name: object,
         *,
         parent: ScopeCore | None,
-        pipeline: Pipeline,
-        registry: ScopeRegistry,
+        pipeline: Pipeline | None = None,
+        registry: ScopeRegistry | None = None,
         project: str | None = None,
         run_fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """A run (``parent=None``, with the pipeline, registry and project it belongs to), or a
+        stage, batch or sample of ``parent``'s run."""
         component = normalize_name(name, field=f"{kind} name")
         self.kind: ScopeKind = kind
         self.name: str = name.strip()  # type: ignore[attr-defined]
         self.parent = parent
-        self.pipeline = pipeline
-        self.registry = registry
         self.status: Status = "open"
         self.started_at: str | None = None
         self.closed_at: str | None = None
@@ -176,24 +200,17 @@ class ScopeCore:
         self.inherited = False  # open when this process was forked from the one that opened it
         self._parked_opening: Item | None = None  # the opening line, while it waits for room
         if parent is None:
-            assert project is not None
-            self.run = self
-            self.project_ref = f"project:{project}"
+            assert project is not None and pipeline is not None and registry is not None
             self.ref = join_ref("run", project, component, field="run name")
+            self.run = RunState(self.ref, project, pipeline, registry)
             self.stage_ref = self.batch_ref = self.sample_ref = None
-            # Record refs: run components + "-" + 12 hex digits that never repeat within a run
-            # (a random 48-bit start, counting up), so two processes reusing a run name do not
-            # collide either.
-            self._record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
-            self._metric_prefix = f"record:{self.ref[4:]}.metric-"
-            self._event_prefix = f"record:{self.ref[4:]}.event-"
         else:
             self.run = parent.run
-            self.project_ref = parent.project_ref
             self.ref = join_ref(kind, parent.ref.split(":", 1)[1], component, field=f"{kind} name")
             self.stage_ref = self.ref if kind == "stage" else parent.stage_ref
             self.batch_ref = self.ref if kind == "batch" else parent.batch_ref
             self.sample_ref = self.ref if kind == "sample" else None
+        self.pipeline = self.run.pipeline  # the faces' shortcut on the hot path
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -202,18 +219,20 @@ class ScopeCore:
         if self.started_at is not None:
             raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
         parent = self.parent
-        self.registry.add(self)
+        self.run.registry.add(self)
         if parent is not None:
             try:
                 parent.ensure_open()
-                self.order_index = parent._attach(self)
+                self.order_index = parent.attach(self)
             except BaseException:
-                self.registry.discard(self)
+                self.run.registry.discard(self)
                 raise
         self.started_at = format_timestamp(time.time_ns())
         return self.context_item()
 
-    def _attach(self, child: ScopeCore) -> int:
+    def attach(self, child: ScopeCore) -> int:
+        """Take ``child`` in as an open child (closing this scope closes it); return its
+        order among this scope's children."""
         with self._lock:
             if self.status != "open":
                 raise ClosedScopeError(f"{self.ref} is {self.status}; cannot open {child.ref}")
@@ -289,12 +308,24 @@ class ScopeCore:
             self.status = "cancelled"
         self._forget()
 
+    def detach(self, child: ScopeCore) -> None:
+        """``child`` is no longer open: closing this scope no longer closes it."""
+        with self._lock:
+            self._children.pop(id(child), None)
+
     def _forget(self) -> None:
         """No longer open: out of the parent's children and the registry."""
         if self.parent is not None:
-            with self.parent._lock:
-                self.parent._children.pop(id(self), None)
-        self.registry.discard(self)
+            self.parent.detach(self)
+        self.run.registry.discard(self)
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child (see ScopeRegistry.reinit_after_fork): a fresh lock, and the scope
+        is inherited; an inherited run numbers its records from a new random start."""
+        self._lock = threading.Lock()
+        self.inherited = True
+        if self.parent is None:
+            self.run.restart_counter()
 
     def ensure_open(self) -> None:
         if self.status != "open":
@@ -314,7 +345,7 @@ class ScopeCore:
                 failure_reason=self.failure_reason,
                 metadata=fields.get("metadata") or {},
                 name=self.name,
-                project_ref=self.project_ref,
+                project_ref=self.run.project_ref,
                 run_ref=self.ref,
                 started_at=self.started_at or "",
                 status=self.status,
@@ -368,9 +399,9 @@ class ScopeCore:
     ) -> Item:
         """Wrap a validated payload in its envelope: a fresh record ref, now as the time."""
         run = self.run
-        prefix = run._metric_prefix if record_type == "metric" else run._event_prefix
+        prefix = run.metric_prefix if record_type == "metric" else run.event_prefix
         # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
-        record_ref = prefix + "%012x" % next(run._record_counter)  # noqa: UP031
+        record_ref = prefix + "%012x" % next(run.record_counter)  # noqa: UP031
         stamp = format_timestamp(time.time_ns())
         envelope = Envelope(
             batch_execution_ref=self.batch_ref,
@@ -447,7 +478,7 @@ class ScopeCore:
         """Build the ARTIFACT line once the file has been inspected (off the event loop)."""
         self.ensure_open()
         run = self.run
-        suffix = "%012x" % next(run._record_counter)  # noqa: UP031
+        suffix = "%012x" % next(run.record_counter)  # noqa: UP031
         artifact_ref = f"artifact:{run.ref[4:]}.{kind.replace('_', '-')}-{suffix}"
         stamp = format_timestamp(time.time_ns())
         payload = ArtifactPayload(

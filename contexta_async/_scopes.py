@@ -187,7 +187,7 @@ class _Face:
 def _child(
     parent: ScopeCore, kind: Any, name: object, sync: type[S], aio: type[A]
 ) -> Opening[S, A]:
-    core = ScopeCore(kind, name, parent=parent, pipeline=parent.pipeline, registry=parent.registry)
+    core = ScopeCore(kind, name, parent=parent)
     return Opening(core, sync, aio)
 
 

@@ -336,60 +336,8 @@ class ScopeCore:
             )
 
     def context_item(self) -> Item:
-        if self.kind == "run":
-            fields = self.run_fields or {}
-            payload: Any = Run(
-                code_revision=fields.get("code_revision"),
-                dataset_ref=fields.get("dataset_ref"),
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                metadata=fields.get("metadata") or {},
-                name=self.name,
-                project_ref=self.run.project_ref,
-                run_ref=self.ref,
-                started_at=self.started_at or "",
-                status=self.status,
-                tags=fields.get("tags") or {},
-            )
-            payload_type = "Run"
-        elif self.kind == "stage":
-            payload = StageExecution(
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                order_index=self.order_index,
-                run_ref=self.run.ref,
-                stage_execution_ref=self.ref,
-                stage_name=self.name,
-                started_at=self.started_at or "",
-                status=self.status,
-            )
-            payload_type = "StageExecution"
-        elif self.kind == "batch":
-            payload = BatchExecution(
-                batch_execution_ref=self.ref,
-                batch_name=self.name,
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                order_index=self.order_index,
-                run_ref=self.run.ref,
-                stage_execution_ref=self.stage_ref or "",
-                started_at=self.started_at or "",
-                status=self.status,
-            )
-            payload_type = "BatchExecution"
-        else:
-            payload = SampleObservation(
-                batch_execution_ref=self.batch_ref,
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                observed_at=self.started_at or "",
-                run_ref=self.run.ref,
-                sample_name=self.name,
-                sample_observation_ref=self.ref,
-                stage_execution_ref=self.stage_ref or "",
-                status=self.status,
-            )
-            payload_type = "SampleObservation"
+        """This scope's CONTEXT line as it stands: open, or closed with its status."""
+        payload_type, payload = _CONTEXT_LINES[self.kind](self)
         return Item(CONTEXT, payload_type, self.ref, self.run.ref, payload)
 
     # ---- records ---------------------------------------------------------------------
@@ -508,3 +456,73 @@ class ScopeCore:
             source=ArtifactSource(exists=found.exists, uri=absolute_path),
         )
         return Item(ARTIFACT, "dict", None, run.ref, payload)
+
+
+# ---- the CONTEXT line of each kind of scope ----------------------------------------------
+
+
+def _run_line(core: ScopeCore) -> tuple[str, Run]:
+    fields = core.run_fields or {}
+    return "Run", Run(
+        code_revision=fields.get("code_revision"),
+        dataset_ref=fields.get("dataset_ref"),
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        metadata=fields.get("metadata") or {},
+        name=core.name,
+        project_ref=core.run.project_ref,
+        run_ref=core.ref,
+        started_at=core.started_at or "",
+        status=core.status,
+        tags=fields.get("tags") or {},
+    )
+
+
+def _stage_line(core: ScopeCore) -> tuple[str, StageExecution]:
+    return "StageExecution", StageExecution(
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        order_index=core.order_index,
+        run_ref=core.run.ref,
+        stage_execution_ref=core.ref,
+        stage_name=core.name,
+        started_at=core.started_at or "",
+        status=core.status,
+    )
+
+
+def _batch_line(core: ScopeCore) -> tuple[str, BatchExecution]:
+    return "BatchExecution", BatchExecution(
+        batch_execution_ref=core.ref,
+        batch_name=core.name,
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        order_index=core.order_index,
+        run_ref=core.run.ref,
+        stage_execution_ref=core.stage_ref or "",
+        started_at=core.started_at or "",
+        status=core.status,
+    )
+
+
+def _sample_line(core: ScopeCore) -> tuple[str, SampleObservation]:
+    return "SampleObservation", SampleObservation(
+        batch_execution_ref=core.batch_ref,
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        observed_at=core.started_at or "",
+        run_ref=core.run.ref,
+        sample_name=core.name,
+        sample_observation_ref=core.ref,
+        stage_execution_ref=core.stage_ref or "",
+        status=core.status,
+    )
+
+
+# The payload type (as written in the line) and payload of each kind's CONTEXT line.
+_CONTEXT_LINES: Final[Mapping[ScopeKind, Callable[[ScopeCore], tuple[str, Any]]]] = {
+    "run": _run_line,
+    "stage": _stage_line,
+    "batch": _batch_line,
+    "sample": _sample_line,
+}

@@ -25,20 +25,19 @@ import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import structlog
 
-from ._buffer import BoundedBuffer
+from ._buffer import DROPPED, QUEUED, WAIT, Admitted, BoundedBuffer, OverflowPolicy
 from ._delivery import Delivery
 from ._errors import (
     ClosedScopeError,
     ConfigurationError,
     FlushTimeoutError,
-    QueueFullError,
     ShutdownTimeoutError,
     ValidationError,
 )
@@ -50,7 +49,6 @@ __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
 
 logger = structlog.get_logger("contexta_async")
 
-OverflowPolicy = Literal["wait", "drop_newest", "raise"]
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
@@ -155,7 +153,6 @@ class Pipeline:
         self.sinks = tuple(sinks)
         self.options = options
         self._max_batch = options.max_batch_size
-        self._overflow = options.overflow
         self._closed = False
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
         self._start_afresh()
@@ -163,7 +160,9 @@ class Pipeline:
 
     def _start_afresh(self) -> None:
         """The state of this process's pipeline: set at creation, and again after a fork."""
-        self._buffer: BoundedBuffer[Item] = BoundedBuffer(self.options.queue_size)
+        self._buffer: BoundedBuffer[Item] = BoundedBuffer(
+            self.options.queue_size, self.options.overflow
+        )
         self._state_lock = threading.Lock()
         self._processed = 0  # sequence number up to which every line was handled
         self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
@@ -189,28 +188,15 @@ class Pipeline:
                 if not self._writer_started:
                     self._start_host_locked()
 
-    def try_submit(self, item: Item) -> bool:
-        """Queue ``item`` if there is room now. False means: full, the caller decides."""
-        if not self._writer_started:
-            self._ensure_writer()
-        return self._buffer.try_put(item)
+    # Every line goes through BoundedBuffer.offer, which decides what a full queue means for
+    # it (the policy table is there); these methods only act on its answer.
 
     def submit_nowait(self, item: Item) -> None:
         """Queue without waiting; a full queue drops (``drop_newest``) or raises."""
-        if not self.try_submit(item):
-            self._on_full(item, may_wait=False)
-
-    def _on_full(self, item: Item, *, may_wait: bool) -> bool:
-        """Apply the overflow policy. True when the caller should wait for room."""
-        if self._overflow == "drop_newest":
+        if not self._writer_started:
+            self._ensure_writer()
+        if self._buffer.offer(item, "record_nowait") is DROPPED:
             self._delivery.count_drop(item.run_ref)
-            return False
-        if self._overflow == "wait" and may_wait:
-            return True
-        raise QueueFullError(
-            f"the capture queue is full ({self.options.queue_size} lines) "
-            f"and the call may not wait (overflow={self._overflow!r})"
-        )
 
     def submit_awaitable(self, item: Item) -> Awaitable[None]:
         """Queue ``item``; the result is awaited to wait for room without blocking the loop.
@@ -218,20 +204,24 @@ class Pipeline:
         With room (the usual case) the line is queued before this returns and the awaitable is
         already done, so the fast path creates no coroutine.
         """
-        if self.try_submit(item):
+        if not self._writer_started:
+            self._ensure_writer()
+        outcome = self._buffer.offer(item, "record")
+        if outcome is QUEUED:
             self._fast_puts += 1
             if self._fast_puts & _YIELD_EVERY_MASK:
                 return READY
             # Now and then the fast path yields, so that a coroutine capturing in a tight loop
             # cannot hold the event loop (and every other task in it) until the queue fills.
             return anyio.lowlevel.checkpoint()
-        if not self._on_full(item, may_wait=True):
+        if outcome is DROPPED:
+            self._delivery.count_drop(item.run_ref)
             return READY
-        return self._park(item)
+        return self._wait_for_room(item)  # WAIT: the line is parked once this is awaited
 
-    async def _park(self, item: Item) -> None:
-        waiter = async_waiter()
-        if self._buffer.put_or_park(item, waiter):
+    async def _wait_for_room(self, item: Item) -> None:
+        waiter = self._buffer.offer(item, "record", async_waiter)
+        if isinstance(waiter, Admitted):  # room appeared meanwhile: queued
             return
         try:
             await waiter.wait()
@@ -245,33 +235,34 @@ class Pipeline:
 
         On an event loop's thread that blocks the loop: async code uses submit_awaitable.
         """
-        if self.try_submit(item) or not self._on_full(item, may_wait=True):
+        if not self._writer_started:
+            self._ensure_writer()
+        outcome = self._buffer.offer(item, "record", ThreadWaiter)
+        if outcome is QUEUED:
             return
-        waiter = ThreadWaiter()
-        if self._buffer.put_or_park(item, waiter):
+        if outcome is DROPPED:
+            self._delivery.count_drop(item.run_ref)
             return
+        assert outcome is not WAIT  # a waiter was given
         try:
-            waiter.wait()
+            outcome.wait()
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
-            self.waiting_ended(waiter)
+            self.waiting_ended(outcome)
             raise
-        self._buffer.pass_turn(waiter)
+        self._buffer.pass_turn(outcome)
 
     # ---- lifecycle lines ---------------------------------------------------------------
-    # Never dropped or refused: a closing line without its opening line would be a format
-    # defect. An opening line waits for room under ``wait``; under ``drop_newest`` and
-    # ``raise`` it goes past the bound, up to twice ``queue_size`` lines in all, so memory
-    # stays bounded (beyond that it waits too). A closing line always goes past the bound:
-    # closing runs on cancellation and must not wait. ScopeCore keeps the two in order.
+    # Never dropped or refused, and a closing line never waits (see BoundedBuffer.offer).
+    # ScopeCore keeps the two in order: the opening line is queued or parked under the
+    # scope's lock, and closing queues a parked opening line first (queue_parked_now).
 
     def queue_opening(self, item: Item, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
         """Queue an opening line now (None), or park it with a new waiter that is woken once
         it is queued. Never blocks."""
         if not self._writer_started:
             self._ensure_writer()
-        return self._buffer.put_or_park_opening(
-            item, make_waiter, past_bound=self._overflow != "wait"
-        )
+        outcome = self._buffer.offer(item, "opening", make_waiter)
+        return None if isinstance(outcome, Admitted) else outcome  # openings are never dropped
 
     def waiting_ended(self, waiter: Waiter) -> bool:
         """A producer stops waiting before being woken (cancelled, interrupted): withdraw its
@@ -293,7 +284,7 @@ class Pipeline:
         """Queue a scope's closing line past the bound: it must neither wait nor be lost."""
         if not self._writer_started:
             self._ensure_writer()
-        self._buffer.force_put(item)
+        self._buffer.offer(item, "closing")
 
     # ---- the writer ------------------------------------------------------------------
 

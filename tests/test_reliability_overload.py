@@ -308,7 +308,8 @@ def _gated(
     return sink, ctx
 
 
-# What a full queue means, by line and policy (the table in docs/reliability.md).
+# What a full queue means, by line and policy: the table of BoundedBuffer.offer, which
+# docs/reliability.md ("When the queue is full") tells in words.
 _FULL_QUEUE_TABLE = {
     ("record", "wait"): "waits",
     ("record", "drop_newest"): "dropped",

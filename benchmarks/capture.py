@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import os
@@ -595,9 +596,11 @@ def _breakdown(ws: Path, records: int) -> dict[str, Any]:
             result["write_fsync_batch_ms"] = (time.perf_counter_ns() - t0) / reps / 1e6
             # 5. the queue operations alone
             buffer = ctx._pipeline._buffer  # type: ignore[attr-defined]
+            # BoundedBuffer.offer, or try_put in copies of the package from before offer
+            put = getattr(buffer, "try_put", None) or functools.partial(buffer.offer, line="record")
             t0 = time.perf_counter_ns()
             for item in items:
-                buffer.try_put(item)
+                put(item)
             result["queue_put_us"] = (time.perf_counter_ns() - t0) / batch_size / 1000
             await _aflush(ctx)
 
@@ -608,8 +611,9 @@ def _breakdown(ws: Path, records: int) -> dict[str, Any]:
 def _profile(ws: Path, records: int, top: int) -> dict[str, Any]:
     """cProfile the async-500 scenario: the event-loop thread and the writer's worker thread.
 
-    cProfile sees one thread, so the writer's ``_write_batch`` (which runs in a worker thread)
-    gets a profiler of its own, installed by wrapping the method on the instance.
+    cProfile sees one thread, so the writer's delivery step (``Delivery.deliver``, which runs
+    in the writer thread) gets a profiler of its own, installed by wrapping the method on the
+    instance.
     """
     producers = 500
     per = records // producers
@@ -619,12 +623,19 @@ def _profile(ws: Path, records: int, top: int) -> dict[str, Any]:
     async def main() -> float:
         async with _contexta(ws) as ctx:
             pipeline = ctx._pipeline  # type: ignore[attr-defined]
-            original = pipeline._write_batch
+            # The writer's delivery step: Delivery.deliver, or Pipeline._write_batch in copies
+            # of the package from before delivery had a module of its own.
+            owner, method = (
+                (pipeline._delivery, "deliver")
+                if hasattr(pipeline, "_delivery")
+                else (pipeline, "_write_batch")
+            )
+            original = getattr(owner, method)
 
-            def profiled(batch: Any, extra: Any) -> None:
-                writer_prof.runcall(original, batch, extra)
+            def profiled(*args: Any) -> None:
+                writer_prof.runcall(original, *args)
 
-            pipeline._write_batch = profiled
+            setattr(owner, method, profiled)
             async with ctx.run("profile") as run, run.stage("evaluate") as stage:
 
                 async def producer(index: int) -> None:

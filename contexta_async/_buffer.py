@@ -1,10 +1,12 @@
-"""The bounded, thread-safe capture queue.
+"""The bounded, thread-safe capture queue, and what a full queue means (``offer``).
 
 Items get consecutive sequence numbers when they enter the queue; the writer takes everything
-queued (up to a batch size) in one call. A producer that finds the queue full parks its item
-with a waiter; when the writer makes room, parked items move into the queue in arrival order
-and their producers are woken, so waiting producers are served first-come first-served and no
-newcomer can overtake them.
+queued (up to a batch size) in one call. Every line enters through ``offer``, which decides
+under one lock, by the kind of line and the overflow policy, whether it is queued, parked,
+dropped or refused. A producer that waits for room parks its item with a waiter; when the
+writer makes room, parked items move into the queue in arrival order and their producers are
+woken, so waiting producers are served first-come first-served and no newcomer can overtake
+them.
 
 Woken producers pass the turn on: the writer wakes the first 4, and the last of them, once it
 runs, wakes the next 4 (``pass_turn``). Hundreds of producers whose lines went in at once
@@ -16,16 +18,35 @@ once half a second went by without a turn passed on (it looks at least every 0.1
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Final, Generic, Literal, TypeVar
 
-from ._errors import ClosedScopeError
+from ._errors import ClosedScopeError, QueueFullError
 from ._waiters import Waiter, WaiterT
 
-__all__ = ["BoundedBuffer"]
+__all__ = ["DROPPED", "QUEUED", "WAIT", "Admitted", "BoundedBuffer", "Line", "OverflowPolicy"]
+
+OverflowPolicy = Literal["wait", "drop_newest", "raise"]
+Line = Literal["record", "record_nowait", "opening", "closing"]
+"""What is offered: a record (metric, event, artifact) from a call that may wait for room, one
+from a ``*_nowait`` call, or a scope's opening or closing line."""
+
+
+class Admitted(enum.Enum):
+    """What ``offer`` did with a line, when it did not park it."""
+
+    QUEUED = "queued"
+    DROPPED = "dropped"  # by drop_newest: the caller counts it
+    WAIT = "wait"  # it must wait for room, and the caller gave no waiter: offer it again
+
+
+QUEUED: Final = Admitted.QUEUED
+DROPPED: Final = Admitted.DROPPED
+WAIT: Final = Admitted.WAIT
 
 T = TypeVar("T")
 _TURN_STALLED = 0.5  # seconds without a turn passed on before the writer wakes them all
@@ -38,8 +59,9 @@ def _closed() -> ClosedScopeError:
 
 
 class BoundedBuffer(Generic[T]):
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, overflow: OverflowPolicy) -> None:
         self.capacity = capacity
+        self.overflow: OverflowPolicy = overflow
         self.lock = threading.Lock()
         self._items: deque[T] = deque()
         self._parked: deque[tuple[T, Waiter]] = deque()
@@ -72,54 +94,53 @@ class BoundedBuffer(Generic[T]):
             self._reader = None
             reader.wake()
 
-    def try_put(self, item: T) -> bool:
-        """Queue ``item`` if there is room and nobody is waiting; never blocks."""
-        with self.lock:
-            if self._closed:
-                raise _closed()
-            if len(self._items) >= self.capacity or self._parked:
-                return False
-            self._append_locked(item)
-            return True
+    def offer(
+        self, item: T, line: Line, make_waiter: Callable[[], WaiterT] | None = None
+    ) -> WaiterT | Admitted:
+        """Queue, park, drop or refuse ``item``: the one place that decides what a full queue
+        means. Returns QUEUED, DROPPED, WAIT (only without ``make_waiter``), or the new waiter
+        of the parked item: wait on it; it is woken once the item is queued.
 
-    def force_put(self, item: T) -> None:
-        """Queue ``item`` even past capacity (lifecycle lines, which are never dropped)."""
-        with self.lock:
-            if self._closed:
-                raise _closed()
-            self._append_locked(item)
+        With room, and nobody waiting for room before it, a line is queued whatever the
+        policy. Otherwise, by line and ``overflow`` policy:
 
-    def put_or_park(self, item: T, waiter: Waiter) -> bool:
-        """Queue ``item`` (True) or park it with ``waiter`` to be woken once it is queued."""
-        with self.lock:
-            if self._closed:
-                raise _closed()
-            if len(self._items) < self.capacity and not self._parked:
-                self._append_locked(item)
-                return True
-            self._parked.append((item, waiter))
-            return False
+            line           wait             drop_newest                     raise
+            record         park             dropped (the caller counts it)  QueueFullError
+            record_nowait  QueueFullError   dropped (the caller counts it)  QueueFullError
+            opening        park             past the bound while the queue holds less than
+                                            twice its capacity, then park
+            closing        past the bound, always
 
-    def put_or_park_opening(
-        self, item: T, make_waiter: Callable[[], WaiterT], *, past_bound: bool
-    ) -> WaiterT | None:
-        """Queue a scope's opening line (None) or park it with a new waiter (returned).
-
-        ``past_bound``: it may go past the capacity, up to twice the capacity, and overtake
-        parked items (lifecycle lines are never dropped or refused, and stay bounded).
+        Lifecycle lines are never dropped or refused: a closing line without its opening line
+        would be a format defect. A closing line never waits either (closing runs on
+        cancellation); an opening line waits only where records would wait, or where memory
+        would no longer be bounded. ScopeCore keeps the two in order.
         """
         with self.lock:
             if self._closed:
                 raise _closed()
             queued = len(self._items)
-            if (queued < self.capacity and not self._parked) or (
-                past_bound and queued < 2 * self.capacity
+            if queued < self.capacity and not self._parked:
+                self._append_locked(item)
+                return QUEUED
+            policy = self.overflow
+            if line == "closing" or (
+                line == "opening" and policy != "wait" and queued < 2 * self.capacity
             ):
                 self._append_locked(item)
-                return None
-            waiter = make_waiter()
-            self._parked.append((item, waiter))
-            return waiter
+                return QUEUED
+            if line == "opening" or (line == "record" and policy == "wait"):
+                if make_waiter is None:
+                    return WAIT
+                waiter = make_waiter()
+                self._parked.append((item, waiter))
+                return waiter
+            if policy == "drop_newest":
+                return DROPPED
+            raise QueueFullError(
+                f"the capture queue is full ({self.capacity} lines) "
+                f"and the call may not wait (overflow={policy!r})"
+            )
 
     def queue_parked_now(self, item: T) -> bool:
         """Move ``item`` from the parked ones into the queue now (past the capacity) and wake

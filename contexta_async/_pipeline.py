@@ -1,11 +1,10 @@
 """The capture pipeline: bounded queue, one writer thread, group commit, flush barrier.
 
-The writer takes everything queued (up to ``max_batch_size``), has every sink encode the batch
-once and write + fsync it per file, then acknowledges the batch: flush() waiters whose records
-are now durable wake up. A batch that fails to encode is encoded again line by line, so that
-only the lines at fault are lost (and reported), never the rest of their batch. There is no
-timer: under light load a record is durable about one fsync after it was queued; under load
-batches grow.
+The writer takes everything queued (up to ``max_batch_size``), hands the batch to delivery
+(``_delivery``: every sink encodes it once and writes + fsyncs it per file, with retries and
+failure accounting), then acknowledges the batch: flush() waiters whose records are now durable
+wake up. There is no timer: under light load a record is durable about one fsync after it was
+queued; under load batches grow.
 
 The writer is one daemon thread per context, started on first use (or by ``async with
 Contexta()``). Encoding needs the GIL wherever it runs, so a thread costs the event loop nothing
@@ -22,42 +21,36 @@ import atexit
 import os
 import sys
 import threading
-import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import structlog
 
-from . import _clock
-from ._buffer import BoundedBuffer
+from ._buffer import DROPPED, QUEUED, WAIT, Admitted, BoundedBuffer, OverflowPolicy
+from ._delivery import Delivery
 from ._errors import (
     ClosedScopeError,
     ConfigurationError,
-    DeliveryError,
     FlushTimeoutError,
-    QueueFullError,
     ShutdownTimeoutError,
     ValidationError,
 )
-from ._format.lines import DEGRADATION, DegradationRecord, Item
-from ._validation import writable_text
+from ._format.lines import Item
 from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, WaiterT, async_waiter
-from .sinks import Chunk, FsyncError, Sink
+from .sinks import Sink
 
 __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
 
 logger = structlog.get_logger("contexta_async")
 
-OverflowPolicy = Literal["wait", "drop_newest", "raise"]
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
-_ENCODING: Final = "encoding"  # the target named for lines that failed to encode
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 
 
@@ -114,24 +107,6 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     """Failed writes that were retried."""
 
 
-@dataclass(slots=True)
-class _Failure:
-    count: int
-    runs: Counter[str]
-    error: str
-
-
-class _Drops:
-    """Per-run counts of lines dropped by the overflow policy, until written as DEGRADATION."""
-
-    __slots__ = ("first", "last", "per_run")
-
-    def __init__(self) -> None:
-        self.per_run: Counter[str | None] = Counter()
-        self.first = ""
-        self.last = ""
-
-
 _open_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not, for fork
 
@@ -158,29 +133,6 @@ def _reinit_pipelines_after_fork() -> None:
 os.register_at_fork(after_in_child=_reinit_pipelines_after_fork)
 
 
-def _degradation(
-    run_ref: str | None,
-    count: int,
-    kind: str,
-    first: str,
-    last: str,
-    reason: str,
-    sink_name: str | None,
-) -> Item:
-    """A DEGRADATION line: ``count`` lines of ``run_ref`` dropped or not delivered."""
-    record = DegradationRecord(
-        count=count,
-        degradation_kind=kind,
-        first_observed_at=first,
-        last_observed_at=last,
-        reason=reason,
-        recorded_at=_clock.now(),
-        run_ref=run_ref,
-        sink_name=sink_name,
-    )
-    return Item(DEGRADATION, "DegradationRecord", None, run_ref, record)
-
-
 def _check_timeout(timeout: object) -> None:
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
@@ -201,7 +153,6 @@ class Pipeline:
         self.sinks = tuple(sinks)
         self.options = options
         self._max_batch = options.max_batch_size
-        self._overflow = options.overflow
         self._closed = False
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
         self._start_afresh()
@@ -209,15 +160,19 @@ class Pipeline:
 
     def _start_afresh(self) -> None:
         """The state of this process's pipeline: set at creation, and again after a fork."""
-        self._buffer: BoundedBuffer[Item] = BoundedBuffer(self.options.queue_size)
+        self._buffer: BoundedBuffer[Item] = BoundedBuffer(
+            self.options.queue_size, self.options.overflow
+        )
         self._state_lock = threading.Lock()
         self._processed = 0  # sequence number up to which every line was handled
         self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
-        self._failures: list[_Failure] = []
-        self._reported = 0  # failures before this index were raised by a flush or close
-        self._pending_degradations: dict[str, list[Item]] = {s.name: [] for s in self.sinks}
-        self._drops = _Drops()
-        self._counts = Counter[str]()
+        self._delivery = Delivery(
+            self.sinks,
+            queue_size=self.options.queue_size,
+            max_retries=self.options.max_retries,
+            retry_backoff=self.options.retry_backoff,
+        )
+        self._counts = Counter[str]()  # batches, largest_batch
         self._writer_started = False
         self._writer_done = threading.Event()
         self._host: threading.Thread | None = None
@@ -233,35 +188,15 @@ class Pipeline:
                 if not self._writer_started:
                     self._start_host_locked()
 
-    def try_submit(self, item: Item) -> bool:
-        """Queue ``item`` if there is room now. False means: full, the caller decides."""
-        if not self._writer_started:
-            self._ensure_writer()
-        return self._buffer.try_put(item)
+    # Every line goes through BoundedBuffer.offer, which decides what a full queue means for
+    # it (the policy table is there); these methods only act on its answer.
 
     def submit_nowait(self, item: Item) -> None:
         """Queue without waiting; a full queue drops (``drop_newest``) or raises."""
-        if not self.try_submit(item):
-            self._on_full(item, may_wait=False)
-
-    def _on_full(self, item: Item, *, may_wait: bool) -> bool:
-        """Apply the overflow policy. True when the caller should wait for room."""
-        if self._overflow == "drop_newest":
-            with self._buffer.lock:
-                drops = self._drops
-                stamp = _clock.now()
-                if not drops.per_run:
-                    drops.first = stamp
-                drops.last = stamp
-                drops.per_run[item.run_ref] += 1
-                self._counts["dropped"] += 1
-            return False
-        if self._overflow == "wait" and may_wait:
-            return True
-        raise QueueFullError(
-            f"the capture queue is full ({self.options.queue_size} lines) "
-            f"and the call may not wait (overflow={self._overflow!r})"
-        )
+        if not self._writer_started:
+            self._ensure_writer()
+        if self._buffer.offer(item, "record_nowait") is DROPPED:
+            self._delivery.count_drop(item.run_ref)
 
     def submit_awaitable(self, item: Item) -> Awaitable[None]:
         """Queue ``item``; the result is awaited to wait for room without blocking the loop.
@@ -269,20 +204,24 @@ class Pipeline:
         With room (the usual case) the line is queued before this returns and the awaitable is
         already done, so the fast path creates no coroutine.
         """
-        if self.try_submit(item):
+        if not self._writer_started:
+            self._ensure_writer()
+        outcome = self._buffer.offer(item, "record")
+        if outcome is QUEUED:
             self._fast_puts += 1
             if self._fast_puts & _YIELD_EVERY_MASK:
                 return READY
             # Now and then the fast path yields, so that a coroutine capturing in a tight loop
             # cannot hold the event loop (and every other task in it) until the queue fills.
             return anyio.lowlevel.checkpoint()
-        if not self._on_full(item, may_wait=True):
+        if outcome is DROPPED:
+            self._delivery.count_drop(item.run_ref)
             return READY
-        return self._park(item)
+        return self._wait_for_room(item)  # WAIT: the line is parked once this is awaited
 
-    async def _park(self, item: Item) -> None:
-        waiter = async_waiter()
-        if self._buffer.put_or_park(item, waiter):
+    async def _wait_for_room(self, item: Item) -> None:
+        waiter = self._buffer.offer(item, "record", async_waiter)
+        if isinstance(waiter, Admitted):  # room appeared meanwhile: queued
             return
         try:
             await waiter.wait()
@@ -296,33 +235,34 @@ class Pipeline:
 
         On an event loop's thread that blocks the loop: async code uses submit_awaitable.
         """
-        if self.try_submit(item) or not self._on_full(item, may_wait=True):
+        if not self._writer_started:
+            self._ensure_writer()
+        outcome = self._buffer.offer(item, "record", ThreadWaiter)
+        if outcome is QUEUED:
             return
-        waiter = ThreadWaiter()
-        if self._buffer.put_or_park(item, waiter):
+        if outcome is DROPPED:
+            self._delivery.count_drop(item.run_ref)
             return
+        assert outcome is not WAIT  # a waiter was given
         try:
-            waiter.wait()
+            outcome.wait()
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
-            self.waiting_ended(waiter)
+            self.waiting_ended(outcome)
             raise
-        self._buffer.pass_turn(waiter)
+        self._buffer.pass_turn(outcome)
 
     # ---- lifecycle lines ---------------------------------------------------------------
-    # Never dropped or refused: a closing line without its opening line would be a format
-    # defect. An opening line waits for room under ``wait``; under ``drop_newest`` and
-    # ``raise`` it goes past the bound, up to twice ``queue_size`` lines in all, so memory
-    # stays bounded (beyond that it waits too). A closing line always goes past the bound:
-    # closing runs on cancellation and must not wait. ScopeCore keeps the two in order.
+    # Never dropped or refused, and a closing line never waits (see BoundedBuffer.offer).
+    # ScopeCore keeps the two in order: the opening line is queued or parked under the
+    # scope's lock, and closing queues a parked opening line first (queue_parked_now).
 
     def queue_opening(self, item: Item, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
         """Queue an opening line now (None), or park it with a new waiter that is woken once
         it is queued. Never blocks."""
         if not self._writer_started:
             self._ensure_writer()
-        return self._buffer.put_or_park_opening(
-            item, make_waiter, past_bound=self._overflow != "wait"
-        )
+        outcome = self._buffer.offer(item, "opening", make_waiter)
+        return None if isinstance(outcome, Admitted) else outcome  # openings are never dropped
 
     def waiting_ended(self, waiter: Waiter) -> bool:
         """A producer stops waiting before being woken (cancelled, interrupted): withdraw its
@@ -344,7 +284,7 @@ class Pipeline:
         """Queue a scope's closing line past the bound: it must neither wait nor be lost."""
         if not self._writer_started:
             self._ensure_writer()
-        self._buffer.force_put(item)
+        self._buffer.offer(item, "closing")
 
     # ---- the writer ------------------------------------------------------------------
 
@@ -375,7 +315,7 @@ class Pipeline:
                             # the one that should pass it on never runs.
                             waiter.wait(_TURN_CHECK if buffer.turns_pending else None)
                             continue
-                        if self._has_degradations():
+                        if self._delivery.owes_lines:
                             # One last try at the DEGRADATION lines still owed to the sinks.
                             self._deliver([], last_seq)
                         break
@@ -388,141 +328,14 @@ class Pipeline:
             self._writer_done.set()
             self._wake_flushers(final=True)
 
-    def _has_degradations(self) -> bool:
-        return bool(self._drops.per_run) or any(self._pending_degradations.values())
-
     def _deliver(self, batch: list[Item], last_seq: int) -> None:
-        self._write_batch(batch, self._take_drops())
+        self._delivery.deliver(batch)
         self._counts["batches"] += 1
         if len(batch) > self._counts["largest_batch"]:
             self._counts["largest_batch"] = len(batch)
         with self._state_lock:
             self._processed = last_seq
         self._wake_flushers()
-
-    def _take_drops(self) -> list[Item]:
-        with self._buffer.lock:
-            drops = self._drops
-            if not drops.per_run:
-                return []
-            self._drops = _Drops()
-        reason = (
-            f"capture queue full (overflow='drop_newest', queue_size={self.options.queue_size})"
-        )
-        return [
-            _degradation(run_ref, count, "dropped", drops.first, drops.last, reason, None)
-            for run_ref, count in drops.per_run.items()
-        ]
-
-    def _write_batch(self, batch: list[Item], extra: list[Item]) -> None:
-        """Every sink encodes and writes the batch (on the writer thread)."""
-        captured_at = _clock.now()
-        for sink in self.sinks:
-            pending = self._pending_degradations[sink.name]
-            items: list[Item] = pending + extra + batch if pending or extra else batch
-            self._pending_degradations[sink.name] = []
-            try:
-                chunks = sink.prepare(items, captured_at)
-            except Exception:  # a line that cannot be encoded must not cost the others theirs
-                chunks = self._prepare_apart(sink, items, captured_at)
-            for chunk in chunks:
-                self._write_chunk(sink, chunk)
-
-    def _prepare_apart(self, sink: Sink, items: list[Item], captured_at: str) -> list[Chunk]:
-        """The batch failed to encode: find the line(s) at fault by encoding each line alone,
-        report only those as lost, and encode the rest together again.
-
-        Only this rare path pays for it; a batch that encodes (nearly always: validation
-        refuses at the call what cannot be encoded) is encoded once, whole.
-        """
-        good: list[Item] = []
-        bad: list[Item] = []
-        first: Exception | None = None
-        for item in items:
-            try:
-                sink.prepare([item], captured_at)
-            except Exception as exc:
-                bad.append(item)
-                first = first or exc
-            else:
-                good.append(item)
-        try:
-            chunks = sink.prepare(good, captured_at) if good else []
-        except Exception as exc:  # no single line at fault: a sink bug; the batch is lost
-            self._record_failure(sink, Chunk("*", _ENCODING, b"", items), exc)
-            return []
-        if bad:
-            assert first is not None
-            self._record_failure(sink, Chunk("*", _ENCODING, b"", bad), first)
-        return chunks
-
-    def _write_chunk(self, sink: Sink, chunk: Chunk) -> None:
-        delay = self.options.retry_backoff
-        attempt = 0
-        while True:
-            try:
-                sink.write(chunk)
-            except FsyncError as exc:
-                # The data may be gone from the page cache: never retry into false durability.
-                self._record_failure(sink, chunk, exc)
-                return
-            except OSError as exc:
-                if attempt >= self.options.max_retries:
-                    self._record_failure(sink, chunk, exc)
-                    return
-                attempt += 1
-                self._counts["retries"] += 1
-                logger.warning(
-                    "contexta_async.write_retry",
-                    sink=sink.name,
-                    target=chunk.target,
-                    attempt=attempt,
-                    error=str(exc),
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            except Exception as exc:  # a sink bug is reported like an I/O failure
-                self._record_failure(sink, chunk, exc)
-                return
-            self._counts["written"] += len(chunk.items)
-            if sink.fsync:
-                self._counts["fsyncs"] += 1
-            return
-
-    def _record_failure(self, sink: Sink, chunk: Chunk, exc: BaseException) -> None:
-        count = len(chunk.items)
-        self._counts["failed"] += count
-        runs: Counter[str] = Counter(
-            item.run_ref or "(none)" for item in chunk.items if item.family != DEGRADATION
-        )
-        # The reason is written into DEGRADATION lines: it must be writable, or that line
-        # would fail (and be retried) forever.
-        reason = writable_text(str(exc))
-        error = f"{sink.name}: {chunk.target}: {reason}"
-        logger.error(
-            "contexta_async.write_failed",
-            sink=sink.name,
-            target=chunk.target,
-            lines=count,
-            error=reason,
-        )
-        lost = sum(runs.values())
-        if lost:
-            # Only captured data is raised by flush()/close(); a DEGRADATION line that could
-            # not be written is logged above, counted, and retried with the next batch.
-            with self._state_lock:
-                self._failures.append(_Failure(lost, runs, error))
-        # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
-        now = _clock.now()
-        pending = self._pending_degradations[sink.name]
-        if chunk.target != _ENCODING:  # a line that failed to encode would fail again
-            kept = [item for item in chunk.items if item.family == DEGRADATION]
-            pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
-        pending.extend(
-            _degradation(run_ref, n, "delivery_failed", now, now, reason, sink.name)
-            for run_ref, n in runs.items()
-        )
 
     # ---- flush -----------------------------------------------------------------------
 
@@ -541,7 +354,7 @@ class Pipeline:
         """Return (target, first unreported failure, must_wait)."""
         with self._state_lock:
             target = self._buffer.appended
-            start = self._reported
+            start = self._delivery.reported
             if self._processed >= target or self._writer_done.is_set():
                 return target, start, False
             self._flush_waiters.append((target, waiter))
@@ -550,7 +363,7 @@ class Pipeline:
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
         _check_timeout(timeout)
         if not self._writer_started:
-            return self._check_flush(self._buffer.appended, self._reported)
+            return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := async_waiter())
         if must_wait:
             with anyio.move_on_after(timeout) as scope:
@@ -562,23 +375,18 @@ class Pipeline:
     def flush_blocking(self, timeout: float | None = None) -> None:
         _check_timeout(timeout)
         if not self._writer_started:
-            return self._check_flush(self._buffer.appended, self._reported)
+            return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
         if must_wait and not waiter.wait(_blocking_timeout(timeout)):
             raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)
         self._check_flush(target, start)
 
     def _check_flush(self, target: int, start: int) -> None:
+        """Raise what went wrong with the lines up to ``target``: failures first (from index
+        ``start`` on), then lines not handled in time."""
         with self._state_lock:
-            # Every failure not yet raised is reported by the first flush or close to return.
-            found = self._failures[start:]
-            self._reported = max(self._reported, len(self._failures))
-            processed = self._processed
-        if found:
-            runs: Counter[str] = Counter()
-            for failure in found:
-                runs.update(failure.runs)
-            raise DeliveryError(sum(f.count for f in found), runs, [f.error for f in found])
+            processed = self._processed  # read first: these lines' failures are recorded by now
+        self._delivery.raise_failures(start)
         if processed < target:
             raise ShutdownTimeoutError(target - processed, self.options.shutdown_timeout)
 
@@ -619,7 +427,7 @@ class Pipeline:
             if self._host is not None and self._host.is_alive():
                 pending = self._buffer.appended - self._processed + self._buffer.parked
                 raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
-            self._check_flush(self._buffer.appended, self._reported)
+            self._check_flush(self._buffer.appended, self._delivery.reported)
         finally:
             _open_pipelines.discard(self)
             if self._writer_done.is_set() or not self._writer_started:
@@ -655,7 +463,7 @@ class Pipeline:
         return self._closed
 
     def statistics(self) -> Statistics:
-        counts = self._counts
+        counts = self._counts + self._delivery.counts
         return Statistics(
             queued=len(self._buffer),
             waiting_producers=self._buffer.parked,

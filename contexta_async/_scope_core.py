@@ -6,19 +6,15 @@ builds queue items; handing them to the pipeline is the face's job.
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _validation as v
 from ._artifacts import ArtifactFile
 from ._clock import format_timestamp
-from ._errors import ClosedScopeError, DuplicateScopeError, LifecycleError, ValidationError
+from ._errors import ClosedScopeError, LifecycleError, ValidationError
 from ._format.lines import (
     ARTIFACT,
     CONTEXT,
@@ -39,81 +35,18 @@ from ._format.lines import (
     VerificationPolicy,
 )
 from ._format.refs import components, join_ref, normalize_name
+from ._run_state import RunState, ScopeRegistry
 from ._waiters import Waiter, WaiterT
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
-__all__ = ["ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
+__all__ = ["RunState", "ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
 _MAX_REASON: Final = 2048
-
-
-_registries: weakref.WeakSet[ScopeRegistry] = weakref.WeakSet()
-
-
-def _reinit_registries_after_fork() -> None:
-    for registry in list(_registries):
-        registry.reinit_after_fork()
-
-
-# Another thread may hold a registry's or a scope's lock at the fork: the child gets new ones.
-os.register_at_fork(after_in_child=_reinit_registries_after_fork)
-
-
-class ScopeRegistry:
-    """The refs open in one context: a second open scope with the same ref is refused."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[str, ScopeCore] = {}
-        self._closing = False
-        _registries.add(self)
-
-    def reinit_after_fork(self) -> None:
-        """In a forked child: fresh locks, and the scopes open at the fork become inherited.
-
-        They stay usable in the child, but they are the parent's: the child writes no closing
-        line for them (closing the child's context, or its exit, must not end a run the parent
-        is still in), and its records in an inherited run count from a new random start, so
-        that they never take a ref the parent's next record takes.
-        """
-        self._lock = threading.Lock()
-        for core in self._open.values():
-            core._lock = threading.Lock()
-            core.inherited = True
-            if core.kind == "run":
-                core._record_counter = itertools.count(secrets.randbits(47))
-        self._open = {}
-
-    def add(self, core: ScopeCore) -> None:
-        with self._lock:
-            if self._closing:
-                raise ClosedScopeError("the Contexta context is closed")
-            if core.ref in self._open:
-                raise DuplicateScopeError(
-                    f"{core.ref} is already open in this context; close it first or choose "
-                    f"another name (Contexta 1.0.0 would silently merge the two)",
-                    details={"ref": core.ref},
-                )
-            self._open[core.ref] = core
-
-    def discard(self, core: ScopeCore) -> None:
-        with self._lock:
-            if self._open.get(core.ref) is core:
-                del self._open[core.ref]
-
-    def close_all(self) -> list[ScopeCore]:
-        """Refuse new scopes from now on; return the open scopes that closing the context
-        closes (runs, and in a forked child the scopes it opened under inherited ones)."""
-        with self._lock:
-            self._closing = True
-            return [
-                core for core in self._open.values() if core.parent is None or core.parent.inherited
-            ]
 
 
 class ScopeCore:
@@ -122,11 +55,8 @@ class ScopeCore:
     __slots__ = (
         "_child_order",
         "_children",
-        "_event_prefix",
         "_lock",
-        "_metric_prefix",
         "_parked_opening",
-        "_record_counter",
         "batch_ref",
         "closed_at",
         "failure_reason",
@@ -136,9 +66,7 @@ class ScopeCore:
         "order_index",
         "parent",
         "pipeline",
-        "project_ref",
         "ref",
-        "registry",
         "run",
         "run_fields",
         "sample_ref",
@@ -153,17 +81,17 @@ class ScopeCore:
         name: object,
         *,
         parent: ScopeCore | None,
-        pipeline: Pipeline,
-        registry: ScopeRegistry,
+        pipeline: Pipeline | None = None,
+        registry: ScopeRegistry | None = None,
         project: str | None = None,
         run_fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """A run (``parent=None``, with the pipeline, registry and project it belongs to), or a
+        stage, batch or sample of ``parent``'s run."""
         component = normalize_name(name, field=f"{kind} name")
         self.kind: ScopeKind = kind
         self.name: str = name.strip()  # type: ignore[attr-defined]
         self.parent = parent
-        self.pipeline = pipeline
-        self.registry = registry
         self.status: Status = "open"
         self.started_at: str | None = None
         self.closed_at: str | None = None
@@ -176,24 +104,17 @@ class ScopeCore:
         self.inherited = False  # open when this process was forked from the one that opened it
         self._parked_opening: Item | None = None  # the opening line, while it waits for room
         if parent is None:
-            assert project is not None
-            self.run = self
-            self.project_ref = f"project:{project}"
+            assert project is not None and pipeline is not None and registry is not None
             self.ref = join_ref("run", project, component, field="run name")
+            self.run = RunState(self.ref, project, pipeline, registry)
             self.stage_ref = self.batch_ref = self.sample_ref = None
-            # Record refs: run components + "-" + 12 hex digits that never repeat within a run
-            # (a random 48-bit start, counting up), so two processes reusing a run name do not
-            # collide either.
-            self._record_counter = itertools.count(secrets.randbits(47))  # next() is atomic
-            self._metric_prefix = f"record:{components(self.ref)}.metric-"
-            self._event_prefix = f"record:{components(self.ref)}.event-"
         else:
             self.run = parent.run
-            self.project_ref = parent.project_ref
-            self.ref = join_ref(kind, parent.ref.split(":", 1)[1], component, field=f"{kind} name")
+            self.ref = join_ref(kind, components(parent.ref), component, field=f"{kind} name")
             self.stage_ref = self.ref if kind == "stage" else parent.stage_ref
             self.batch_ref = self.ref if kind == "batch" else parent.batch_ref
             self.sample_ref = self.ref if kind == "sample" else None
+        self.pipeline = self.run.pipeline  # the faces' shortcut on the hot path
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -202,18 +123,20 @@ class ScopeCore:
         if self.started_at is not None:
             raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
         parent = self.parent
-        self.registry.add(self)
+        self.run.registry.add(self)
         if parent is not None:
             try:
                 parent.ensure_open()
-                self.order_index = parent._attach(self)
+                self.order_index = parent.attach(self)
             except BaseException:
-                self.registry.discard(self)
+                self.run.registry.discard(self)
                 raise
         self.started_at = format_timestamp(time.time_ns())
         return self.context_item()
 
-    def _attach(self, child: ScopeCore) -> int:
+    def attach(self, child: ScopeCore) -> int:
+        """Take ``child`` in as an open child (closing this scope closes it); return its
+        order among this scope's children."""
         with self._lock:
             if self.status != "open":
                 raise ClosedScopeError(f"{self.ref} is {self.status}; cannot open {child.ref}")
@@ -289,12 +212,24 @@ class ScopeCore:
             self.status = "cancelled"
         self._forget()
 
+    def detach(self, child: ScopeCore) -> None:
+        """``child`` is no longer open: closing this scope no longer closes it."""
+        with self._lock:
+            self._children.pop(id(child), None)
+
     def _forget(self) -> None:
         """No longer open: out of the parent's children and the registry."""
         if self.parent is not None:
-            with self.parent._lock:
-                self.parent._children.pop(id(self), None)
-        self.registry.discard(self)
+            self.parent.detach(self)
+        self.run.registry.discard(self)
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child (see ScopeRegistry.reinit_after_fork): a fresh lock, and the scope
+        is inherited; an inherited run numbers its records from a new random start."""
+        self._lock = threading.Lock()
+        self.inherited = True
+        if self.parent is None:
+            self.run.restart_counter()
 
     def ensure_open(self) -> None:
         if self.status != "open":
@@ -305,60 +240,8 @@ class ScopeCore:
             )
 
     def context_item(self) -> Item:
-        if self.kind == "run":
-            fields = self.run_fields or {}
-            payload: Any = Run(
-                code_revision=fields.get("code_revision"),
-                dataset_ref=fields.get("dataset_ref"),
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                metadata=fields.get("metadata") or {},
-                name=self.name,
-                project_ref=self.project_ref,
-                run_ref=self.ref,
-                started_at=self.started_at or "",
-                status=self.status,
-                tags=fields.get("tags") or {},
-            )
-            payload_type = "Run"
-        elif self.kind == "stage":
-            payload = StageExecution(
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                order_index=self.order_index,
-                run_ref=self.run.ref,
-                stage_execution_ref=self.ref,
-                stage_name=self.name,
-                started_at=self.started_at or "",
-                status=self.status,
-            )
-            payload_type = "StageExecution"
-        elif self.kind == "batch":
-            payload = BatchExecution(
-                batch_execution_ref=self.ref,
-                batch_name=self.name,
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                order_index=self.order_index,
-                run_ref=self.run.ref,
-                stage_execution_ref=self.stage_ref or "",
-                started_at=self.started_at or "",
-                status=self.status,
-            )
-            payload_type = "BatchExecution"
-        else:
-            payload = SampleObservation(
-                batch_execution_ref=self.batch_ref,
-                ended_at=self.closed_at,
-                failure_reason=self.failure_reason,
-                observed_at=self.started_at or "",
-                run_ref=self.run.ref,
-                sample_name=self.name,
-                sample_observation_ref=self.ref,
-                stage_execution_ref=self.stage_ref or "",
-                status=self.status,
-            )
-            payload_type = "SampleObservation"
+        """This scope's CONTEXT line as it stands: open, or closed with its status."""
+        payload_type, payload = _CONTEXT_LINES[self.kind](self)
         return Item(CONTEXT, payload_type, self.ref, self.run.ref, payload)
 
     # ---- records ---------------------------------------------------------------------
@@ -368,9 +251,9 @@ class ScopeCore:
     ) -> Item:
         """Wrap a validated payload in its envelope: a fresh record ref, now as the time."""
         run = self.run
-        prefix = run._metric_prefix if record_type == "metric" else run._event_prefix
+        prefix = run.metric_prefix if record_type == "metric" else run.event_prefix
         # The counter starts below 2**47, so the suffix stays 12 digits for 2**47 records.
-        record_ref = prefix + "%012x" % next(run._record_counter)  # noqa: UP031
+        record_ref = prefix + "%012x" % next(run.record_counter)  # noqa: UP031
         stamp = format_timestamp(time.time_ns())
         envelope = Envelope(
             batch_execution_ref=self.batch_ref,
@@ -447,7 +330,7 @@ class ScopeCore:
         """Build the ARTIFACT line once the file has been inspected (off the event loop)."""
         self.ensure_open()
         run = self.run
-        suffix = "%012x" % next(run._record_counter)  # noqa: UP031
+        suffix = "%012x" % next(run.record_counter)  # noqa: UP031
         artifact_ref = f"artifact:{components(run.ref)}.{kind.replace('_', '-')}-{suffix}"
         stamp = format_timestamp(time.time_ns())
         payload = ArtifactPayload(
@@ -477,3 +360,73 @@ class ScopeCore:
             source=ArtifactSource(exists=found.exists, uri=absolute_path),
         )
         return Item(ARTIFACT, "dict", None, run.ref, payload)
+
+
+# ---- the CONTEXT line of each kind of scope ----------------------------------------------
+
+
+def _run_line(core: ScopeCore) -> tuple[str, Run]:
+    fields = core.run_fields or {}
+    return "Run", Run(
+        code_revision=fields.get("code_revision"),
+        dataset_ref=fields.get("dataset_ref"),
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        metadata=fields.get("metadata") or {},
+        name=core.name,
+        project_ref=core.run.project_ref,
+        run_ref=core.ref,
+        started_at=core.started_at or "",
+        status=core.status,
+        tags=fields.get("tags") or {},
+    )
+
+
+def _stage_line(core: ScopeCore) -> tuple[str, StageExecution]:
+    return "StageExecution", StageExecution(
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        order_index=core.order_index,
+        run_ref=core.run.ref,
+        stage_execution_ref=core.ref,
+        stage_name=core.name,
+        started_at=core.started_at or "",
+        status=core.status,
+    )
+
+
+def _batch_line(core: ScopeCore) -> tuple[str, BatchExecution]:
+    return "BatchExecution", BatchExecution(
+        batch_execution_ref=core.ref,
+        batch_name=core.name,
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        order_index=core.order_index,
+        run_ref=core.run.ref,
+        stage_execution_ref=core.stage_ref or "",
+        started_at=core.started_at or "",
+        status=core.status,
+    )
+
+
+def _sample_line(core: ScopeCore) -> tuple[str, SampleObservation]:
+    return "SampleObservation", SampleObservation(
+        batch_execution_ref=core.batch_ref,
+        ended_at=core.closed_at,
+        failure_reason=core.failure_reason,
+        observed_at=core.started_at or "",
+        run_ref=core.run.ref,
+        sample_name=core.name,
+        sample_observation_ref=core.ref,
+        stage_execution_ref=core.stage_ref or "",
+        status=core.status,
+    )
+
+
+# The payload type (as written in the line) and payload of each kind's CONTEXT line.
+_CONTEXT_LINES: Final[Mapping[ScopeKind, Callable[[ScopeCore], tuple[str, Any]]]] = {
+    "run": _run_line,
+    "stage": _stage_line,
+    "batch": _batch_line,
+    "sample": _sample_line,
+}

@@ -187,7 +187,7 @@ class _Face:
 def _child(
     parent: ScopeCore, kind: Any, name: object, sync: type[S], aio: type[A]
 ) -> Opening[S, A]:
-    core = ScopeCore(kind, name, parent=parent, pipeline=parent.pipeline, registry=parent.registry)
+    core = ScopeCore(kind, name, parent=parent)
     return Opening(core, sync, aio)
 
 
@@ -227,10 +227,43 @@ class _OpensSamples(_Face):
         return _child(self._core, "sample", name, Sample, AsyncSample)
 
 
+# ---- capturing without waiting: the same on both faces --------------------------------------
+
+
+class _CapturesNowait(_Face):
+    __slots__ = ()
+
+    def metric_nowait(
+        self,
+        key: str,
+        value: float,
+        *,
+        unit: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        aggregation_scope: str = "step",
+        summary_basis: str = "raw_observation",
+    ) -> None:
+        """Record a metric without waiting; a full queue drops or raises per ``overflow``."""
+        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
+        self._core.pipeline.submit_nowait(item)
+
+    def event_nowait(
+        self,
+        key: str,
+        *,
+        message: str,
+        level: str = "info",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a structured event without waiting."""
+        item = self._core.event_item(key, message, level, attributes)
+        self._core.pipeline.submit_nowait(item)
+
+
 # ---- the sync face ------------------------------------------------------------------------
 
 
-class _SyncCapture(_Face):
+class _SyncCapture(_CapturesNowait):
     __slots__ = ()
 
     def metric(
@@ -247,20 +280,6 @@ class _SyncCapture(_Face):
         item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
         self._core.pipeline.submit_blocking(item)
 
-    def metric_nowait(
-        self,
-        key: str,
-        value: float,
-        *,
-        unit: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        aggregation_scope: str = "step",
-        summary_basis: str = "raw_observation",
-    ) -> None:
-        """Record a metric without waiting; a full queue drops or raises per ``overflow``."""
-        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
-        self._core.pipeline.submit_nowait(item)
-
     def event(
         self,
         key: str,
@@ -272,18 +291,6 @@ class _SyncCapture(_Face):
         """Record a structured event."""
         item = self._core.event_item(key, message, level, attributes)
         self._core.pipeline.submit_blocking(item)
-
-    def event_nowait(
-        self,
-        key: str,
-        *,
-        message: str,
-        level: str = "info",
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record a structured event without waiting."""
-        item = self._core.event_item(key, message, level, attributes)
-        self._core.pipeline.submit_nowait(item)
 
 
 class _SyncArtifacts(_SyncCapture):
@@ -342,7 +349,7 @@ class Run(_SyncArtifacts, _OpensStages):
 # ---- the async face -----------------------------------------------------------------------
 
 
-class _AsyncCapture(_Face):
+class _AsyncCapture(_CapturesNowait):
     __slots__ = ()
 
     def metric(
@@ -363,20 +370,6 @@ class _AsyncCapture(_Face):
         item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
         return self._core.pipeline.submit_awaitable(item)
 
-    def metric_nowait(
-        self,
-        key: str,
-        value: float,
-        *,
-        unit: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        aggregation_scope: str = "step",
-        summary_basis: str = "raw_observation",
-    ) -> None:
-        """Record a metric without waiting; a full queue drops or raises per ``overflow``."""
-        item = self._core.metric_item(key, value, unit, tags, aggregation_scope, summary_basis)
-        self._core.pipeline.submit_nowait(item)
-
     def event(
         self,
         key: str,
@@ -388,18 +381,6 @@ class _AsyncCapture(_Face):
         """Record a structured event: ``await run.event("retry", message="...")``."""
         item = self._core.event_item(key, message, level, attributes)
         return self._core.pipeline.submit_awaitable(item)
-
-    def event_nowait(
-        self,
-        key: str,
-        *,
-        message: str,
-        level: str = "info",
-        attributes: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record a structured event without waiting."""
-        item = self._core.event_item(key, message, level, attributes)
-        self._core.pipeline.submit_nowait(item)
 
 
 class _AsyncArtifacts(_AsyncCapture):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from pathlib import Path
 
@@ -9,14 +10,18 @@ import anyio
 import pytest
 
 from contexta_async import (
+    AsyncBatch,
     AsyncRun,
     AsyncSample,
+    AsyncStage,
+    Batch,
     ClosedScopeError,
     Contexta,
     DuplicateScopeError,
     LocalJsonlSink,
     Run,
     Sample,
+    Stage,
 )
 
 from .capture_files import last_status, metrics, read_lines
@@ -335,3 +340,27 @@ async def test_sync_face_inside_an_entered_async_context_never_deadlocks(workspa
                 run.metric("x", i)
         await ctx.aflush()
     assert [m["payload"]["payload"]["value"] for m in metrics(workspace)] == list(range(200))
+
+
+@pytest.mark.parametrize(
+    ("sync_face", "async_face"),
+    [(Run, AsyncRun), (Stage, AsyncStage), (Batch, AsyncBatch), (Sample, AsyncSample)],
+)
+def test_both_faces_offer_the_same_methods_with_the_same_parameters(
+    sync_face: type, async_face: type
+) -> None:
+    def public(face: type) -> list[str]:
+        return sorted(name for name in dir(face) if not name.startswith("_"))
+
+    assert public(sync_face) == public(async_face)
+    for name in public(sync_face):
+        sync_member, async_member = getattr(sync_face, name), getattr(async_face, name)
+        assert sync_member.__doc__ and async_member.__doc__, name
+        if callable(sync_member):
+            sync_params = inspect.signature(sync_member, eval_str=True).parameters
+            async_params = inspect.signature(async_member, eval_str=True).parameters
+            assert sync_params == async_params, name
+    # The *_nowait variants never wait on either face: one definition serves both.
+    for name in ("metric_nowait", "event_nowait"):
+        assert getattr(sync_face, name) is getattr(async_face, name)
+        assert inspect.signature(getattr(sync_face, name), eval_str=True).return_annotation is None

@@ -291,7 +291,9 @@ async def test_drop_newest_never_drops_an_awaited_scope_opening_line(tmp_path: P
     _assert_complete_lifecycles(tmp_path, samples)
 
 
-def _gated(tmp_path: Path, queue_size: int = 2) -> tuple[GateSink, Contexta]:
+def _gated(
+    tmp_path: Path, queue_size: int = 2, overflow: str = "wait"
+) -> tuple[GateSink, Contexta]:
     """A context whose writer holds its first line until the test opens the gate; with
     ``max_batch_size=1`` the queue is empty once the writer holds that line."""
     sink = GateSink(tmp_path)
@@ -301,8 +303,85 @@ def _gated(tmp_path: Path, queue_size: int = 2) -> tuple[GateSink, Contexta]:
         sinks=[sink],
         queue_size=queue_size,
         max_batch_size=1,
+        overflow=overflow,  # type: ignore[arg-type]
     )
     return sink, ctx
+
+
+# What a full queue means, by line and policy: the table of BoundedBuffer.offer, which
+# docs/reliability.md ("When the queue is full") tells in words.
+_FULL_QUEUE_TABLE = {
+    ("record", "wait"): "waits",
+    ("record", "drop_newest"): "dropped",
+    ("record", "raise"): "refused",
+    ("record_nowait", "wait"): "refused",
+    ("record_nowait", "drop_newest"): "dropped",
+    ("record_nowait", "raise"): "refused",
+    ("opening", "wait"): "waits",
+    ("opening", "drop_newest"): "queued past the bound",
+    ("opening", "raise"): "queued past the bound",
+    ("closing", "wait"): "queued past the bound",
+    ("closing", "drop_newest"): "queued past the bound",
+    ("closing", "raise"): "queued past the bound",
+}
+
+
+@pytest.mark.parametrize(("line", "policy"), list(_FULL_QUEUE_TABLE))
+def test_a_full_queue_means_what_the_overflow_table_says(
+    tmp_path: Path, line: str, policy: str
+) -> None:
+    sink, ctx = _gated(tmp_path, queue_size=2, overflow=policy)
+    with ctx.run("r") as run:
+        assert sink.entered.wait(30)  # the writer holds the run's opening line: queue empty
+        stage = run.stage("s").__enter__()  # 1 line queued
+        run.metric_nowait("fill", 1)  # 2: the queue is full
+        calls = {
+            "record": lambda: run.metric("probe", 1),
+            "record_nowait": lambda: run.metric_nowait("probe", 1),
+            "opening": lambda: run.stage("t").__enter__().close(),
+            "closing": stage.close,
+        }
+        outcome: list[str] = []
+
+        def attempt() -> None:
+            try:
+                calls[line]()
+            except QueueFullError:
+                outcome.append("refused")
+            else:
+                outcome.append("returned")
+
+        producer = threading.Thread(target=attempt)
+        producer.start()
+        # Polls until the call returned or parked; the cap only turns a bug into a failure.
+        deadline = time.monotonic() + 30
+        while not outcome and ctx.statistics().waiting_producers == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        stats = ctx.statistics()
+        if not outcome:
+            found = "waits"
+        elif outcome == ["refused"]:
+            found = "refused"
+        elif stats.dropped == 1:
+            found = "dropped"
+        else:
+            assert stats.queued > 2
+            found = "queued past the bound"
+        sink.gate.set()
+        producer.join(30)
+        assert not producer.is_alive()
+        stage.close()
+    ctx.close()
+    assert found == _FULL_QUEUE_TABLE[line, policy]
+    probes = [
+        record
+        for record in read_family(tmp_path, "RECORD")
+        if record["payload"]["payload"]["metric_key"] == "probe"
+    ]
+    assert len(probes) == (1 if line == "record" and found == "waits" else 0)
+    for ref, statuses in _lifecycles(tmp_path).items():  # lifecycle lines are never lost
+        assert statuses in (["open", "completed"], ["open", "cancelled"]), (ref, statuses)
 
 
 async def test_an_opening_cancelled_while_it_waits_for_room_leaves_no_lines(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from ..readers import RecordRow
 from ._optional import import_optional
+
+if TYPE_CHECKING:
+    from ..readers import RecordRow
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -15,7 +15,6 @@ import anyio.to_thread
 import msgspec
 
 from .._errors import ValidationError
-from ..readers import RecordKind, RecordRow, Workspace
 from ._columns import Row, Table, arrow_batch, arrow_schema, event_row, metric_row
 from ._optional import import_optional
 from ._writers import FORMATS, ExportFormat, Writer, open_writer
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
     import pandas
     import polars
     import pyarrow
+
+    from ..readers import RecordKind, RecordRow, Workspace
 
 __all__ = [
     "BATCH_ROWS",

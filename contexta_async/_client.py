@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,11 @@ from .stores import InProcessShipper, start_shipper
 __all__ = ["Contexta"]
 
 _CAPTURE_DIR = ("cache", "capture")
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until ``deadline`` (inf stays inf), never below zero."""
+    return max(0.0, deadline - time.monotonic())
 
 
 def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) -> None:
@@ -193,22 +199,28 @@ class Contexta:
 
         With ``ship_to``, then ships what is left for up to ``shutdown_timeout`` seconds; the
         lines still not in the store stay in the workspace (``ctx.shipper.lines_waiting``)."""
+        deadline = self._shutdown_deadline()
         self._close_open_runs()
         try:
             self._pipeline.close_blocking()
         finally:
             if self.shipper is not None:
-                self.shipper.close(self._pipeline.options.shutdown_timeout)
+                self.shipper.close(_time_left(deadline))
 
     async def aclose(self) -> None:
         """Like close(), without blocking the event loop; shielded from cancellation."""
         with anyio.CancelScope(shield=True):
+            deadline = self._shutdown_deadline()
             self._close_open_runs()
             try:
                 await self._pipeline.aclose()
             finally:
                 if self.shipper is not None:
-                    await self.shipper.aclose(self._pipeline.options.shutdown_timeout)
+                    await self.shipper.aclose(_time_left(deadline))
+
+    def _shutdown_deadline(self) -> float:
+        # One shutdown_timeout for the whole close: the shipper gets what the drain left.
+        return time.monotonic() + self._pipeline.options.shutdown_timeout
 
     def _close_open_runs(self) -> None:
         _cancel_open_runs(self._registry, self._pipeline, "the Contexta context closed first")

@@ -65,6 +65,7 @@ class BackgroundShipper:
         self._done = 0  # the newest request a completed pass began after
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._finished = False  # the thread's loop has ended (set under _cond)
         self._last_error: str | None = None
         self._positions: dict[str, int] = {}  # file -> offset the store holds it up to
         self._thread = threading.Thread(
@@ -134,6 +135,7 @@ class BackgroundShipper:
                 except Exception:
                     pass
             with self._cond:
+                self._finished = True
                 self._cond.notify_all()
 
     # ---- callers ------------------------------------------------------------------------
@@ -153,7 +155,9 @@ class BackgroundShipper:
         self._wake.set()
         with self._cond:
             while self._done < mine:
-                if not self._thread.is_alive():
+                # Not is_alive(): the thread notifies before it ends, and a waiter woken then
+                # would find it alive and wait forever.
+                if self._finished or self._stop.is_set():
                     raise LifecycleError(f"the shipper to {self.target} is closed")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -175,6 +179,8 @@ class BackgroundShipper:
                 pass
         self._stop.set()
         self._wake.set()
+        with self._cond:
+            self._cond.notify_all()  # waiters see _stop: they end now, not with the thread
         # A batch in flight commits or rolls back; past the deadline the daemon thread is left
         # to finish it (the count below is then an upper bound).
         self._thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))

@@ -6,16 +6,20 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import threading
+import traceback
 from pathlib import Path
 
+import anyio
 import pytest
 import structlog
 from _cluster import Cluster
 from contexta_async_postgres import Shipper
 from pgtest import Database, store_lines, workspace_lines
 
-from contexta_async import Contexta, LifecycleError
+from contexta_async import Contexta, LifecycleError, LocalJsonlSink, ShutdownTimeoutError
+from contexta_async.sinks import Chunk
 from contexta_async.stores import InProcessShipper, ShipTimeoutError
 
 WAIT = 60.0  # seconds; only a hang comes near it
@@ -190,3 +194,79 @@ def test_an_infinite_shutdown_timeout_drains_without_a_limit(tmp_path: Path, db:
     ctx.close()
     assert _shipper(ctx).lines_waiting == 0
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/db"  # port 1: connection refused at once
+
+
+def _threads_in_wait_committed() -> int:
+    return sum(
+        any(f.f_code.co_name == "wait_committed" for f, _ in traceback.walk_stack(frame))
+        for frame in sys._current_frames().values()
+    )
+
+
+@pytest.mark.anyio
+async def test_cancelled_await_committed_leaves_no_thread_waiting_after_close(
+    tmp_path: Path,
+) -> None:
+    """A cancelled ``await_committed()`` leaves its worker thread in ``wait_committed``; closing
+    the context ends that wait (LifecycleError, nobody to hear it) instead of leaving the thread
+    blocked forever, which also kept the process from exiting."""
+    ctx = Contexta(
+        workspace=tmp_path / "ws",
+        config={"project_name": "proj"},
+        ship_to=UNREACHABLE,
+        shutdown_timeout=0.3,
+    )
+    async with ctx.run("eval") as run:
+        await run.metric("m", 1.0)
+    for _ in range(5):
+        with anyio.move_on_after(0.1):
+            await _shipper(ctx).await_committed()
+    assert _threads_in_wait_committed() == 5
+    await ctx.aclose()
+    # The waits end at once; the bound only turns a hang into a failure.
+    with anyio.move_on_after(10):
+        while _threads_in_wait_committed():  # noqa: ASYNC110 - polling what the test brought about
+            await anyio.sleep(0.01)
+    assert _threads_in_wait_committed() == 0  # before: 5, for good
+
+
+def test_close_with_a_shipper_takes_one_shutdown_timeout_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline's drain and the shipper's share one deadline: a drain that used all of
+    shutdown_timeout leaves the shipper nothing, not a second shutdown_timeout."""
+    from contexta_async_postgres._background import BackgroundShipper
+
+    given: list[float] = []
+    real_close = BackgroundShipper.close
+
+    def close(self: BackgroundShipper, timeout: float) -> int:
+        given.append(timeout)  # what close() was left for the shipper
+        return real_close(self, timeout)
+
+    monkeypatch.setattr(BackgroundShipper, "close", close)
+    gate = threading.Event()
+
+    class HeldSink(LocalJsonlSink):
+        def write(self, chunk: Chunk) -> None:
+            gate.wait()  # held past shutdown_timeout: the drain times out
+            super().write(chunk)
+
+    ws = tmp_path / "ws"
+    ctx = Contexta(
+        workspace=ws,
+        config={"project_name": "proj"},
+        ship_to=UNREACHABLE,
+        shutdown_timeout=1.0,
+        sinks=[HeldSink(ws / "cache" / "capture")],
+    )
+    _capture(ctx, "eval", 3)
+    try:
+        with pytest.raises(ShutdownTimeoutError):
+            ctx.close()
+    finally:
+        gate.set()
+    assert len(given) == 1 and given[0] < 0.5  # before: a fresh 1.0 s

@@ -22,18 +22,24 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
 import msgspec
+import structlog
 
 from ._identity import FAMILY_FILES
 from ._lines import COPY_SIGNATURE, COPY_TRAILER, Corrupt, LineParser
 
 __all__ = ["Parsed", "Parser", "parse_batch", "whole_lines"]
 
+logger = structlog.get_logger("contexta_async")
+
 _FRAME = struct.Struct("!I")
+# After the helper failed, parse in the caller's thread this long before starting a new one.
+RETRY_AFTER = 30.0
 _WORKER_MAIN = "from contexta_async_postgres._parse_worker import main; main()"
 
 
@@ -101,10 +107,16 @@ def read_batch(
 class Parser:
     """The caller's end: one worker process, one request at a time (a lock serialises them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, retry_after: float = RETRY_AFTER) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._failed = False
+        self._retry_after = retry_after
+        self._failed_until = 0.0  # monotonic time before which no new helper is started
+        self.failures = 0  # helpers that failed or could not start
+
+    @property
+    def _failed(self) -> bool:
+        return time.monotonic() < self._failed_until
 
     def read_batch(
         self,
@@ -130,24 +142,39 @@ class Parser:
                 }
                 try:
                     return _ask(proc, request)
-                except (OSError, ValueError, msgspec.DecodeError, _WorkerFailed):
-                    self._stop()  # parse here from now on: slower, never wrong
-                    self._failed = True
+                except (OSError, ValueError, msgspec.DecodeError, _WorkerFailed) as exc:
+                    self._stop()
+                    self._give_up_for_now(exc)  # parse here meanwhile: slower, never wrong
         return read_batch(parser, path, position, size, batch_bytes, batch_lines)
+
+    def _give_up_for_now(self, error: BaseException) -> None:
+        self.failures += 1
+        self._failed_until = time.monotonic() + self._retry_after
+        logger.warning(
+            "contexta_async.ship_parse_helper_failed",
+            error=f"{type(error).__name__}: {error}"[:200],
+            retry_in_seconds=self._retry_after,
+            hint="the shipper parses in its own thread meanwhile (more CPU, same rows)",
+        )
 
     def _worker(self) -> subprocess.Popen[bytes] | None:
         if self._proc is not None or self._failed:
             return self._proc
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER_MAIN],
+                # -P: the caller's working directory is not put on sys.path (a msgspec.py
+                # there must not run in the helper)
+                [sys.executable, "-P", "-c", _WORKER_MAIN],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
+                # its own session: a Ctrl-C at the terminal is the caller's to handle, and
+                # does not kill the helper behind its back
+                start_new_session=True,
             )
-        except OSError:
-            self._failed = True
+        except OSError as exc:
+            self._give_up_for_now(exc)
             return None
         if self._proc.stdout is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
             try:  # batches are tens of MiB: fewer, larger pipe reads (Linux: up to 1 MiB)

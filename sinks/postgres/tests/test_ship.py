@@ -4,6 +4,8 @@ shards merged, the schema's version."""
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from contexta_async_postgres import (
     ShipResult,
     StoreError,
 )
+from contexta_async_postgres._lines import LineParser
+from contexta_async_postgres._parse_worker import Parsed, Parser
 from pgtest import (
     Database,
     capture,
@@ -373,3 +377,62 @@ def test_a_parse_helper_that_dies_mid_ship_loses_nothing(tmp_path: Path, db: Dat
     assert shipper._parser is not None and shipper._parser._failed  # it parsed by itself
     assert result.lines_shipped == sum(len(v) for v in workspace_lines(ws).values())
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def _parse_one_batch(parser: Parser, ws: Path) -> Parsed | None:
+    path = ws / "cache" / "capture" / "record.jsonl"
+    lines = LineParser(uuid.UUID(int=7), "record.jsonl", "RECORD")
+    return parser.read_batch(lines, str(path), 0, path.stat().st_size, 1 << 20, 1000)
+
+
+def test_the_parse_helper_runs_no_module_from_the_callers_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(5))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "msgspec.py").write_text(
+        f"open({str(cwd / 'ran')!r}, 'w').close()\nraise SystemExit(3)\n"
+    )
+    monkeypatch.chdir(cwd)
+    parser = Parser()
+    try:
+        parsed = _parse_one_batch(parser, ws)
+        assert parsed is not None and parsed.rows > 0
+        assert parser.failures == 0  # before: the helper ran ./msgspec.py, died, and was dropped
+        assert not (cwd / "ran").exists()
+    finally:
+        parser.close()
+
+
+def test_the_parse_helper_is_in_its_own_session_so_a_terminal_ctrl_c_spares_it(
+    tmp_path: Path,
+) -> None:
+    ws = capture(tmp_path / "ws", samples=range(5))
+    parser = Parser()
+    try:
+        assert _parse_one_batch(parser, ws) is not None
+        assert parser._proc is not None
+        assert os.getpgid(parser._proc.pid) != os.getpgrp()  # before: the caller's group
+    finally:
+        parser.close()
+
+
+def test_a_failed_parse_helper_is_reported_and_started_again_later(tmp_path: Path) -> None:
+    ws = capture(tmp_path / "ws", samples=range(5))
+    parser = Parser(retry_after=0.0)
+    try:
+        first = _parse_one_batch(parser, ws)
+        assert parser._proc is not None
+        dead = parser._proc.pid
+        parser._proc.kill()
+        parser._proc.wait()
+        with structlog.testing.capture_logs() as logs:
+            again = _parse_one_batch(parser, ws)  # the helper is gone: parsed in this thread
+        assert again is not None and first is not None and again.body == first.body
+        assert [e["event"] for e in logs] == ["contexta_async.ship_parse_helper_failed"]
+        assert _parse_one_batch(parser, ws) is not None
+        # before: never again a helper after one failure
+        assert parser._proc is not None and parser._proc.pid != dead
+    finally:
+        parser.close()

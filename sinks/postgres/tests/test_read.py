@@ -21,7 +21,7 @@ from contexta_async_postgres import (
     StoreAuthenticationError,
     StoreConnectionError,
 )
-from pgtest import PASSWORD, Database, capture, capture_open, ship_cli
+from pgtest import PASSWORD, Database, capture, capture_open, copy_workspace, ship_cli
 
 from contexta_async import Contexta
 from contexta_async._cli import run_cli
@@ -312,3 +312,55 @@ def test_reading_never_writes_to_the_store(db: Database) -> None:
     anyio.run(Workspace(db.url).list_runs)  # an empty store stays empty: no schema created
     with pytest.raises(psycopg.errors.UndefinedTable):
         db.query("SELECT 1 FROM contexta.runs")
+
+
+def test_export_and_report_read_the_store_like_the_folder(
+    stores: dict[str, Any], tmp_path: Path
+) -> None:
+    for name, where in (("folder", str(stores["folder"])), ("store", stores["url"])):
+        out, err = io.StringIO(), io.StringIO()
+        for args in (
+            ["export", "--output", str(tmp_path / f"{name}.csv")],
+            ["export", "--events", "--output", str(tmp_path / f"{name}-events.jsonl")],
+            ["report", "baseline", "candidate", "--output", str(tmp_path / f"{name}.html")],
+        ):
+            assert run_cli(["--workspace", where, *args], out=out, err=err) == 0, err.getvalue()
+    for file in ("{}.csv", "{}-events.jsonl"):
+        folder = (tmp_path / file.format("folder")).read_bytes()
+        assert (tmp_path / file.format("store")).read_bytes() == folder
+        assert len(folder.splitlines()) > 20
+    page = (tmp_path / "store.html").read_text()
+    assert "run:llm.candidate" in page and PASSWORD not in page
+
+
+def test_records_stream_from_the_store_in_bounded_memory(
+    db: Database, big_template: Path, tmp_path: Path
+) -> None:
+    import tracemalloc
+
+    ws = copy_workspace(big_template, tmp_path / "ws")
+    _ship(ws, db.url)
+    store = Workspace(db.url)
+
+    async def stream() -> tuple[int, int, list[tuple[object, ...]]]:
+        rows = 0
+        seen: list[tuple[object, ...]] = []
+        tracemalloc.start()
+        try:
+            async for _ in store.records("eval", kind="event"):
+                rows += 1
+                if rows == 1:  # what the reader's session runs: fetches from a cursor
+                    seen = db.query(
+                        "SELECT query FROM pg_stat_activity "
+                        "WHERE application_name = 'contexta-async-read'"
+                    )
+            return rows, tracemalloc.get_traced_memory()[1], seen
+        finally:
+            tracemalloc.stop()
+
+    rows, peak, seen = anyio.run(stream)
+    assert rows == 20_000
+    # The server keeps the result (a server-side cursor): libpq's buffers, which tracemalloc
+    # does not see, hold one fetch at a time too.
+    assert len(seen) == 1 and str(seen[0][0]).startswith("FETCH FORWARD 2000"), seen
+    assert peak < 8 << 20, peak  # a fetch of rows at a time, not the run's

@@ -171,7 +171,10 @@ class PostgresSource:
                 for row in block:
                     yield row
         finally:
-            blocks.close()  # closes the cursor and the connection
+            # Closing the cursor and the connection talks to the server: in a worker thread
+            # too, shielded so that a cancelled stream still closes them.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(blocks.close)
         self.last_report = ReadReport()
 
     def _rows(self, name: str, rows: RowFilter) -> Generator[list[RecordRow], None, None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +365,20 @@ def test_records_stream_from_the_store_in_bounded_memory(
     # does not see, hold one fetch at a time too.
     assert len(seen) == 1 and str(seen[0][0]).startswith("FETCH FORWARD 2000"), seen
     assert peak < 8 << 20, peak  # a fetch of rows at a time, not the run's
+
+
+@pytest.mark.anyio
+async def test_a_stream_left_early_closes_its_cursor_and_connection(
+    stores: dict[str, Any], cluster: Cluster
+) -> None:
+    def readers() -> list[tuple[object, ...]]:
+        with cluster.admin() as conn:
+            return conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'contexta-async-read'"
+            ).fetchall()
+
+    async with aclosing(Workspace(stores["url"]).records("baseline")) as rows:
+        async for _ in rows:
+            assert len(readers()) == 1
+            break
+    assert readers() == []

@@ -5,7 +5,8 @@ through it, and every answer is computed from what it returns by the readers' ow
 analysis code, exactly as from a workspace folder. What is pushed into SQL:
 
 - runs and stages come from the shard-merged views ``runs`` and ``stages`` (a run captured by
-  several workspaces is one run); a run's tags from the raw line of each shard's newest
+  several workspaces is one run; its times in the format's own form,
+  ``2026-11-26T06:25:51.650841Z``); a run's tags from the raw line of each shard's newest
   ``Run`` line;
 - record counts per (run, stage, payload type), grouped in SQL;
 - with ``values``, the latest value of each metric per subject (sample, or run, stage, batch)
@@ -94,8 +95,8 @@ class PostgresSource:
     ``contexta_async.readers.RecordSource``: ``Workspace(url)`` opens one.
 
     The URL is parsed at once (ValidationError naming ``field`` for a malformed one); the
-    store is first reached by a read. Its password is never shown: ``describe()``, ``repr()``
-    and every error name ``user@host:port/database``.
+    store is first reached by a read. Its password is never shown: ``describe()`` and
+    ``repr()`` show ``postgresql://user@host:port/database``, errors ``host:port/database``.
     """
 
     def __init__(self, url: str, *, field: str = "workspace") -> None:

@@ -287,6 +287,8 @@ def test_an_empty_store_reads_like_an_empty_workspace(db: Database, tmp_path: Pa
         with pytest.raises(EmptyWorkspaceError):
             anyio.run(Workspace(where).compare, "a", "b")
         assert anyio.run(Workspace(where).list_runs) == []
+        with pytest.raises(EmptyWorkspaceError):
+            anyio.run(_rows, Workspace(where), "a")
 
 
 def test_a_store_with_a_newer_schema_is_refused_naming_both_versions(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Iterable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def _capture_runs(ws: Path, tmp: Path) -> Path:
     return ws
 
 
-def _shard(ws: Path, samples: range, offset: float) -> Path:
+def _shard(ws: Path, samples: Iterable[int], offset: float) -> Path:
     ctx = Contexta(workspace=ws, config={"project_name": "llm"})
     with ctx.run("sharded", dataset_ref="dataset:qa") as run, run.stage("evaluate") as stage:
         for i in samples:
@@ -127,7 +128,8 @@ def stores(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     failed = capture(tmp / "failed", project="llm", run="broken", samples=range(4), fail=True)
     still_open = capture_open(tmp / "open", project="llm", run="in-flight", samples=range(5))
     first = _shard(tmp / "shard-1", range(0, 20, 2), 0.25)
-    second = _shard(tmp / "shard-2", range(1, 20, 2), 0.75)
+    # case-0 in both shards (it should not be): the later shard's values are the latest.
+    second = _shard(tmp / "shard-2", [*range(1, 20, 2), 0], 0.75)
     workspaces = (main, failed, still_open, first, second)
     for ws in workspaces:
         _ship(ws, url)
@@ -210,6 +212,14 @@ async def test_records_stream_the_same_rows_from_the_folder_and_the_store(
         assert await _rows(store, run) == expected, run
     shard_rows = await _rows(store, "sharded")
     assert len({r["sample"] for r in shard_rows if r["sample"]}) == 20  # the union
+    table = await store.compare_many(["sharded"])
+    found = {row.key: (row.values, row.counts) for row in table.rows}
+    # The later shard's values are the latest: case-0 scores 0 + 0.75, not 0 + 0.25, and
+    # the stage's pass.rate (captured by both shards) is the later shard's 0.75.
+    odd, even = range(1, 20, 2), range(2, 20, 2)
+    score = (sum(i + 0.75 for i in odd) + 0.75 + sum(i + 0.25 for i in even)) / 20
+    assert found["score"] == ([pytest.approx(score)], [20])
+    assert found["pass.rate"] == ([0.75], [1])
     filtered = [
         msgspec.to_builtins(r)
         async for r in store.records("candidate", kind="metric", key="correct", sample="case-4")

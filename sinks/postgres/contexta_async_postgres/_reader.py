@@ -432,35 +432,29 @@ def _values(conn: Connection, scan: RecordScan, ranks: Ranks) -> None:
         "ORDER BY first"
     )
     params = ([s[0] for s in shards], [s[1] for s in shards], [s[2] for s in shards], kept)
+    # (sample ref without its name, key) -> the column its samples go to: one dict lookup
+    # per row once the stage or batch has been seen (a row per sample and key comes back).
+    columns: dict[tuple[str, str], dict[str, float | None]] = {}
     with conn.cursor() as cursor:
         cursor.execute(query, params)
         while batch := cursor.fetchmany(50_000):
             for subject, key, value in batch:
-                _place(subject, key, value, heads, samples, others)
-
-
-def _place(
-    subject: str,
-    key: str,
-    value: float | None,
-    heads: dict[str, ScopeRef | None],
-    samples: dict[tuple[str, str], dict[str, float | None]],
-    others: dict[tuple[str, str], float | None],
-) -> None:
-    if subject.startswith("sample:"):
-        head, _, name = subject.rpartition(".")
-        if head in heads:
-            where = heads[head]
-        else:
-            where = heads[head] = parse_sample_head(head)
-        if where is None or not name or where.parent_ref is None:
-            return  # names no place (never written by capture)
-        column = samples.get((where.parent_ref, key))
-        if column is None:
-            column = samples[(where.parent_ref, key)] = {}
-        column[name] = value
-    else:
-        others[(subject, key)] = value
+                head, _, name = subject.rpartition(".")
+                column = columns.get((head, key))
+                if column is None:
+                    if not subject.startswith("sample:"):
+                        others[(subject, key)] = value  # a run, stage or batch metric
+                        continue
+                    if head in heads:
+                        where = heads[head]
+                    else:
+                        where = heads[head] = parse_sample_head(head)
+                    if where is None or where.parent_ref is None:
+                        continue  # names no place (never written by capture)
+                    column = samples.setdefault((where.parent_ref, key), {})
+                    columns[(head, key)] = column
+                if name:
+                    column[name] = value
 
 
 def _artifacts(

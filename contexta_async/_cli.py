@@ -33,7 +33,7 @@ from .readers import (
 )
 from .readers._report import format_number
 from .stats._inference import check_effect
-from .stores import ShipRequest, load_store_backend
+from .stores import ShipRequest, load_store_backend, url_scheme
 
 __all__ = ["build_parser", "run_cli"]
 
@@ -57,7 +57,8 @@ def _common() -> _Parser:
         "--workspace",
         "-w",
         default=argparse.SUPPRESS,
-        help="workspace directory or its capture folder (default: .contexta)",
+        help="workspace directory or its capture folder (default: .contexta), or a store URL "
+        "(postgresql://user@host/db: needs contexta-async-postgres)",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     return common
@@ -309,7 +310,7 @@ def _run_line(label: str, run: RunSummary) -> str:
 async def _runs(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     runs = await ws.list_runs(project=args.project, status=args.status)
     if not runs and not (args.project or args.status):
-        raise EmptyWorkspaceError(str(ws.path))
+        raise EmptyWorkspaceError(ws.source.describe())
     if args.json:
         _json({"runs": runs, "read_report": ws.last_report}, out)
         return 0
@@ -728,6 +729,14 @@ def _view(
             raise _UsageError("--port must be between 0 and 65535")
         if not args.poll_interval > 0:
             raise _UsageError("--poll-interval must be positive")
+        scheme = url_scheme(args.workspace)
+        if scheme:
+            # The view tails the workspace files; a store has none (yet). The URL is not
+            # echoed: it may hold a password.
+            raise _CliError(
+                f"view reads a workspace folder; a store ({scheme}://) cannot be viewed yet: "
+                "use runs, show, compare, best, report or export on it"
+            )
         from .view import serve
 
         ws = Workspace(args.workspace)
@@ -740,7 +749,7 @@ def _view(
         parser.print_usage(err)
         err.write(f"{PROG}: error: {exc}\n")
         return 2
-    except ContextaError as exc:
+    except (ContextaError, _CliError) as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 1
     except KeyboardInterrupt:

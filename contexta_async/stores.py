@@ -3,8 +3,9 @@
 Each store (PostgreSQL first) is its own distribution, so that the core keeps its small
 dependency set. A distribution registers an object in the ``contexta_async.stores`` entry point
 group under the URL scheme it serves (``postgresql``, ``postgres``); the object implements
-:class:`StoreBackend`. ``contexta-async ship --to URL`` and ``Contexta(..., ship_to=URL)`` look
-the scheme up here.
+:class:`StoreBackend`. ``contexta-async ship --to URL``, ``Contexta(..., ship_to=URL)`` and
+the readers (``Workspace(URL)``, ``contexta-async --workspace URL ...``: ``open_store_source``)
+look the scheme up here.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TextIO, runtime_checkable
 
 import anyio
 import anyio.to_thread
 
 from ._errors import ConfigurationError, ContextaError, StoreNotInstalledError, ValidationError
 from .sinks import LocalJsonlSink, Sink
+
+if TYPE_CHECKING:
+    from .readers._source import RecordSource
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -32,6 +36,7 @@ __all__ = [
     "ShipTimeoutError",
     "StoreBackend",
     "load_store_backend",
+    "open_store_source",
     "start_shipper",
     "url_scheme",
 ]
@@ -135,6 +140,13 @@ class StoreBackend(Protocol):
         error here (the thread retries, the lines wait in the workspace)."""
         ...
 
+    def open_source(self, url: str) -> RecordSource:
+        """The readers' source over the store at ``url`` (``Workspace(url)``).
+
+        Raises ValidationError (field ``workspace``) for a bad URL at once; the store is first
+        reached by a read. The source never shows the URL's password."""
+        ...
+
 
 def url_scheme(url: str) -> str:
     """The scheme of a store URL, lower-cased (``"postgresql"``), or ``""`` when it has none."""
@@ -181,6 +193,12 @@ def load_store_backend(url: str, *, field: str = "--to") -> StoreBackend:
             field, f"the {scheme} entry point ({found[0].value}) is not a StoreBackend", scheme
         )
     return backend
+
+
+def open_store_source(url: str, *, field: str = "workspace") -> RecordSource:
+    """The readers' source for a store URL (``Workspace("postgresql://...")``), from the
+    distribution serving its scheme; the same errors as :func:`load_store_backend`."""
+    return load_store_backend(url, field=field).open_source(url)
 
 
 class InProcessShipper:

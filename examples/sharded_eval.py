@@ -5,7 +5,9 @@ its own local workspace with ``Contexta(..., ship_to=URL)``: a background thread
 workspace to the store as it is captured, and closing the context waits (up to
 ``shutdown_timeout``) until the store has every line. In the store the four shards of each run
 are one run: its samples are the union of the shards', and it is ``completed`` only when every
-shard completed.
+shard completed. The comparison is then read from the store with ``Workspace(URL)``, exactly
+as from a workspace folder (``contexta-async --workspace URL compare plain step-by-step`` does
+the same on the command line).
 
 Needs ``pip install -e sinks/postgres`` and a PostgreSQL server you may create tables in:
 
@@ -22,9 +24,10 @@ import os
 import sys
 from pathlib import Path
 
-import psycopg
+import anyio
 
 from contexta_async import Contexta
+from contexta_async.readers import Workspace
 
 WORKERS = 4
 CASES = 40
@@ -82,22 +85,21 @@ def main() -> int:
         print("a worker failed", file=sys.stderr)
         return 1
 
-    # TODO(issue 13): read the comparison through the readers' store source once it exists
-    # (``contexta-async --workspace postgresql://... compare``, and the Python API opening a
-    # store by URL): they bring the per-sample latest values and the paired statistics. Until
-    # then, the shard-merged views are queried directly.
-    with psycopg.connect(args.store) as conn:
-        runs = conn.execute(
-            "SELECT run_ref, status, shards FROM contexta.runs "
-            "WHERE project_ref = 'project:sharded-eval' ORDER BY run_ref"
-        ).fetchall()
-        for run_ref, status, shards in runs:
-            samples, passed = conn.execute(
-                "SELECT count(*), coalesce(sum(value), 0) FROM contexta.metric_records "
-                "WHERE run_ref = %s AND key = 'correct'",
-                (run_ref,),
-            ).fetchone() or (0, 0)
-            print(f"{run_ref}: {status}, {shards} shards, {passed:.0f} of {samples} correct")
+    # The comparison, read from the store as from a workspace folder: Workspace(URL) finds
+    # the store's reader through contexta-async-postgres. The per-sample latest values are
+    # chosen in SQL over the four shards of each run; the statistics are the readers' own.
+    result = anyio.run(Workspace(args.store).compare, *STRATEGIES)
+    correct = next(p for p in result.paired if p.key == "correct")
+    for run, mean in ((result.left, correct.mean_left), (result.right, correct.mean_right)):
+        print(
+            f"{run.ref}: {run.status}, {round((mean or 0) * correct.n_matched)} of "
+            f"{correct.n_matched} correct"
+        )
+    print(
+        f"correct: {correct.mean_diff:+.3f} ({result.right.name} - {result.left.name}), "
+        f"{len(correct.fixed)} fixed, {len(correct.regressed)} regressed, "
+        f"McNemar p = {correct.mcnemar_p:.2g}"
+    )
     return 0
 
 

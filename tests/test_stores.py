@@ -16,6 +16,7 @@ from contexta_async import (
     stores,
 )
 from contexta_async._cli import run_cli
+from contexta_async.readers import Workspace
 from contexta_async.sinks import LocalJsonlSink, MemorySink
 
 URL = "postgresql://user:pa55-secret@db.example:5432/evals"
@@ -115,3 +116,45 @@ def test_without_ship_to_a_context_has_no_shipper(tmp_path: Path) -> None:
     ctx = Contexta(workspace=tmp_path)
     assert ctx.shipper is None
     ctx.close()
+
+
+# ---- reading a store: Workspace(URL), --workspace URL ------------------------------------
+
+
+def _read(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cli(list(args), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("command", [["runs"], ["compare", "a", "b"], ["show", "a"]])
+def test_reading_a_store_without_its_distribution_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setattr(stores, "_entry_points", lambda scheme: [])
+    with pytest.raises(StoreNotInstalledError) as caught:
+        Workspace(URL)
+    assert caught.value.field == "workspace" and "pa55-secret" not in str(caught.value)
+    code, out, err = _read("--workspace", URL, *command)
+    assert (code, out) == (1, "")
+    assert err == (
+        "contexta-async: error: workspace: the postgresql:// scheme needs the "
+        "contexta-async-postgres distribution: pip install contexta-async-postgres "
+        "(got 'postgresql')\n"
+    )
+
+
+def test_a_workspace_url_of_an_unknown_scheme_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValidationError, match="workspace: no installed store serves this"):
+        Workspace("mysql://user:pa55-secret@h/db")
+    code, _, err = _read("--workspace", "mysql://user:pa55-secret@h/db", "runs")
+    assert code == 1 and "pa55-secret" not in err
+
+
+def test_view_of_a_store_is_a_one_line_error_without_the_url() -> None:
+    code, out, err = _read("--workspace", URL, "view")
+    assert (code, out) == (1, "")
+    assert err == (
+        "contexta-async: error: view reads a workspace folder; a store (postgresql://) cannot "
+        "be viewed yet: use runs, show, compare, best, report or export on it\n"
+    )

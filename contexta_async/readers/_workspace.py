@@ -19,6 +19,7 @@ import structlog
 from .._errors import ValidationError
 from ..stats._bootstrap import BootstrapMethod, check_options
 from ..stats._inference import ADJUSTMENTS, Adjustment
+from ..stores import open_store_source, url_scheme
 from ._aggregate import STATUSES, Aggregate
 from ._analysis import best_run, compare_many, compare_two
 from ._errors import EmptyWorkspaceError, WorkspaceNotFoundError
@@ -67,8 +68,12 @@ class Workspace:
     by the local sink) wherever it verifiably matches ``record.jsonl``, and parse the JSON
     elsewhere; ``use_index=False`` parses all of it (same answers, slower).
 
-    ``source`` replaces the local files with another ``RecordSource`` (a store): every
-    answer is then computed from it by the same code (``path`` is then only its name).
+    ``path`` may also be a store URL (``postgresql://user@host/db``, served by the
+    contexta-async-postgres distribution): the store is then read as the folder would be, and
+    every answer is computed by the same code (StoreNotInstalledError names what to install
+    when nothing serves the scheme; ``path``, ``repr()`` and every message name the store
+    without the URL's password). ``source`` replaces the local files with any other
+    ``RecordSource``: then ``path`` is only its name.
     """
 
     def __init__(
@@ -83,10 +88,16 @@ class Workspace:
             raise ValidationError("use_index", "must be a bool", use_index)
         if chunk_size < 4096:
             raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
-        root = Path(path).absolute()
-        self.path = root
         self.chunk_size = chunk_size
         self.use_index = use_index
+        if source is None and isinstance(path, str) and url_scheme(path):
+            # A store URL (postgresql://...): its distribution's source, found by the scheme.
+            # ``path`` then names the store without the URL's password.
+            source = open_store_source(path)
+            root = Path(source.describe())
+        else:
+            root = Path(path).absolute()
+        self.path = root
         self.capture_dir = root
         if source is None:
             if (root / "cache" / "capture").is_dir():
@@ -107,7 +118,7 @@ class Workspace:
         return self.source.last_report
 
     def __repr__(self) -> str:
-        return f"Workspace({str(self.path)!r})"
+        return f"Workspace({self.source.describe()!r})"
 
     async def _read(
         self, names: Sequence[str] | None = None, *, values: bool = False

@@ -3,6 +3,8 @@
 ``Shipper(workspace, "postgresql://...").ship()`` forwards every whole line of a workspace,
 from the position the store already holds, one transaction per batch; the CLI does the same
 with ``contexta-async --workspace WS ship --to postgresql://... [--follow]``.
+``Workspace("postgresql://...")`` (through ``PostgresSource``) reads the store as the readers
+read a workspace folder, with the same answers.
 """
 
 from ._background import BackgroundShipper
@@ -16,6 +18,7 @@ from ._errors import (
 )
 from ._identity import workspace_id
 from ._lines import Corrupt
+from ._reader import PostgresSource
 from ._schema import SCHEMA, SCHEMA_VERSION
 from ._shipper import Shipper, ShipProgress, ShipResult
 
@@ -27,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BackgroundShipper",
     "Corrupt",
+    "PostgresSource",
     "SchemaVersionError",
     "ShipPositionError",
     "ShipProgress",

@@ -1,4 +1,5 @@
-"""The ``contexta_async.stores`` entry point: ``contexta-async ship --to postgresql://...``."""
+"""The ``contexta_async.stores`` entry point: ``contexta-async ship --to postgresql://...``
+and the readers' ``Workspace("postgresql://...")``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import msgspec
 from contexta_async.stores import ShipRequest
 
 from ._background import BackgroundShipper
+from ._reader import PostgresSource
 from ._shipper import Shipper, ShipProgress, ShipResult
 
 __all__ = ["PostgresBackend", "backend"]
@@ -52,6 +54,10 @@ class PostgresBackend:
     def start_shipper(self, workspace: Path, url: str) -> BackgroundShipper:
         """The thread of ``Contexta(..., ship_to=url)``: ships ``workspace`` in the background."""
         return BackgroundShipper(workspace, url)
+
+    def open_source(self, url: str) -> PostgresSource:
+        """The readers' source over the store (``Workspace("postgresql://...")``)."""
+        return PostgresSource(url)
 
 
 backend = PostgresBackend()

@@ -57,15 +57,18 @@ class StoreAuthenticationError(StoreConnectionError):
 
 class SchemaVersionError(StoreError):
     """The store's schema is newer than this client understands: upgrade
-    contexta-async-postgres. Nothing was written."""
+    contexta-async-postgres. Nothing was written (or, for a reader, read)."""
 
     code = "schema_version"
 
-    def __init__(self, store_version: int, client_version: int, target: str) -> None:
+    def __init__(
+        self, store_version: int, client_version: int, target: str, *, reading: bool = False
+    ) -> None:
+        done = "nothing was read" if reading else "nothing was written"
         super().__init__(
             f"the store at {target} has schema version {store_version}, newer than this "
             f"client's {client_version}: upgrade contexta-async-postgres "
-            "(pip install -U contexta-async-postgres); nothing was written",
+            f"(pip install -U contexta-async-postgres); {done}",
             details={
                 "store_version": store_version,
                 "client_version": client_version,

@@ -21,7 +21,7 @@ from psycopg import sql
 from ._errors import SchemaVersionError
 from ._lines import COLUMNS
 
-__all__ = ["COLUMN_TYPES", "SCHEMA", "SCHEMA_VERSION", "ensure_schema"]
+__all__ = ["COLUMN_TYPES", "SCHEMA", "SCHEMA_VERSION", "ensure_schema", "store_version"]
 
 SCHEMA = "contexta"
 SCHEMA_VERSION = 1
@@ -148,7 +148,8 @@ def ddl() -> str:
     return _FIXED + _line_tables() + _VIEWS
 
 
-def _store_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+def store_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    """The store's schema version; None when it holds no schema (nothing shipped yet)."""
     # pg_class read through a fresh snapshot, not to_regclass(): name lookups go through a
     # cache that an advisory lock does not refresh, and would miss a concurrent creator's table.
     row = conn.execute(
@@ -170,11 +171,11 @@ def ensure_schema(conn: psycopg.Connection[tuple[object, ...]], target: str) -> 
     Returns the store's version. Runs in its own transaction(s) and leaves none open.
     """
     with conn.transaction():
-        version = _store_version(conn)
+        version = store_version(conn)
     if version is None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
-            version = _store_version(conn)  # another shipper may have just created it
+            version = store_version(conn)  # another shipper may have just created it
             if version is None:
                 conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))

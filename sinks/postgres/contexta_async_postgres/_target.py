@@ -76,7 +76,7 @@ class Target:
         return _looks_like_auth(_one_line(exc)) or "does not exist" in str(exc)
 
 
-def _raw_password(url: str) -> str:
+def _raw_password(url: str, field: str) -> str:
     """The password as written in the URL's authority (empty if none); ValidationError when the
     authority is ambiguous: an unencoded ``@`` or ``/`` in a password makes libpq split the URL
     elsewhere, and parts of the password would then be shown as host or database."""
@@ -84,19 +84,20 @@ def _raw_password(url: str) -> str:
     authority, _, after = rest.partition("/")
     if authority.count("@") > 1 or ("@" not in authority and "@" in after.partition("?")[0]):
         raise ValidationError(
-            "to", "must percent-encode '@' and '/' in the user name and password", "..."
+            field, "must percent-encode '@' and '/' in the user name and password", "..."
         )
     userinfo = authority.rpartition("@")[0]
     return userinfo.partition(":")[2]
 
 
-def parse_target(url: str) -> Target:
-    """Parse a ``postgresql://`` or ``postgres://`` URL (ValidationError naming ``--to``)."""
-    raw_password = _raw_password(url)
+def parse_target(url: str, *, field: str = "to") -> Target:
+    """Parse a ``postgresql://`` or ``postgres://`` URL (ValidationError naming ``field``:
+    ``--to`` for the shipper, ``workspace`` for a reader)."""
+    raw_password = _raw_password(url, field)
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        raise ValidationError("to", "must be a valid postgresql:// URL", "...") from None
+        raise ValidationError(field, "must be a valid postgresql:// URL", "...") from None
     env = os.environ
     host = str(params.get("host") or env.get("PGHOST") or "localhost")
     port = str(params.get("port") or env.get("PGPORT") or "5432")

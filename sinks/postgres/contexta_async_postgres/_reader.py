@@ -1,0 +1,482 @@
+"""The readers over the store: ``PostgresSource``, a ``RecordSource`` reading the store.
+
+``Workspace("postgresql://...")`` (and ``contexta-async --workspace postgresql://...``) read
+through it, and every answer is computed from what it returns by the readers' own aggregate and
+analysis code, exactly as from a workspace folder. What is pushed into SQL:
+
+- runs and stages come from the shard-merged views ``runs`` and ``stages`` (a run captured by
+  several workspaces is one run; its times in the format's own form,
+  ``2026-11-26T06:25:51.650841Z``); a run's tags from the raw line of each shard's newest
+  ``Run`` line;
+- record counts per (run, stage, payload type), grouped in SQL;
+- with ``values``, the latest value of each metric per subject (sample, or run, stage, batch)
+  and key, chosen in SQL with ``DISTINCT ON``: only one row per sample and key comes back,
+  never the records.
+
+"Latest" is what the local reader calls latest: the line captured last, i.e. the highest byte
+offset within a workspace's ``record.jsonl``. Across the shards of one run, the shards are
+taken in the order they started (the first record time of the run in each workspace, then
+the workspace id), one after the other: a later shard's value wins, as it would in a folder
+holding the shards' lines in that order. ``records`` streams in the same order.
+
+A record is attributed to the run and stage of its envelope (capture always writes the
+envelope consistent with ``subject_ref``; the local reader parses ``subject_ref``).
+
+Every blocking psycopg call runs in one of anyio's worker threads, so the event loop stays
+free on asyncio and trio alike. Each read is one read-only REPEATABLE READ transaction: its
+queries see one snapshot of the store, however many shippers are writing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+import msgspec
+import psycopg
+from psycopg import IsolationLevel, sql
+
+from contexta_async._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from contexta_async._format.refs import (
+    ScopeRef,
+    components,
+    last_component,
+    parse_sample_head,
+    run_matches,
+)
+from contexta_async.readers import EmptyWorkspaceError, ReadReport, RecordRow
+from contexta_async.readers._local import artifact_row, record_row
+from contexta_async.readers._source import (
+    ArtifactInfo,
+    RecordScan,
+    RowFilter,
+    RunInfo,
+    SourceData,
+    resolve_run_ref,
+)
+
+from ._errors import SchemaVersionError, StoreError
+from ._schema import SCHEMA, SCHEMA_VERSION, store_version
+from ._target import Target, parse_target
+
+__all__ = ["APPLICATION_NAME", "PostgresSource"]
+
+APPLICATION_NAME: Final = "contexta-async-read"
+"""How a reader's sessions show in ``pg_stat_activity``."""
+
+# Rows fetched per round trip (and per thread hop) while streaming records.
+_FETCH: Final = 2000
+# The record types whose rows ``records`` streams, per kind.
+_TYPES: Final = {
+    "metric": "MetricRecord",
+    "event": "StructuredEventRecord",
+    "span": "TraceSpanRecord",
+}
+_TIME: Final = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+# (run ref, workspace id) -> the shard's place among the run's shards (0 first).
+Ranks = dict[tuple[str, uuid.UUID], int]
+
+_CONTEXT = msgspec.json.Decoder(ContextLine)
+_ARTIFACT = msgspec.json.Decoder(ArtifactLine)
+_RECORD = msgspec.json.Decoder(FullRecordLine)
+
+
+def _q(text: str) -> sql.Composed:
+    return sql.SQL(text).format(s=sql.Identifier(SCHEMA))
+
+
+class PostgresSource:
+    """The records of a PostgreSQL store (``postgresql://`` or ``postgres://`` URL), as a
+    ``contexta_async.readers.RecordSource``: ``Workspace(url)`` opens one.
+
+    The URL is parsed at once (ValidationError naming ``field`` for a malformed one); the
+    store is first reached by a read. Its password is never shown: ``describe()`` and
+    ``repr()`` show ``postgresql://user@host:port/database``, errors ``host:port/database``.
+    """
+
+    def __init__(self, url: str, *, field: str = "workspace") -> None:
+        self.target: Target = parse_target(url, field=field)
+        self.last_report = ReadReport()
+
+    def describe(self) -> str:
+        """The store's URL without its password (``postgresql://user@host:port/db``)."""
+        return self.target.redacted_url
+
+    def __repr__(self) -> str:
+        return f"PostgresSource({self.describe()!r})"
+
+    # ---- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> Connection | None:
+        """A read-only connection; None when the store holds no schema yet (empty)."""
+        try:
+            conn: Connection = psycopg.connect(
+                self.target.url, application_name=APPLICATION_NAME, connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            raise self.target.connection_error(exc) from None
+        try:
+            conn.isolation_level = IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            version = store_version(conn)
+            conn.rollback()
+        except psycopg.OperationalError as exc:
+            conn.close()
+            raise self.target.connection_error(exc) from None
+        except BaseException:
+            conn.close()
+            raise
+        if version is None:
+            conn.close()
+            return None
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise SchemaVersionError(version, SCHEMA_VERSION, self.target.display, reading=True)
+        return conn
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        if isinstance(exc, psycopg.OperationalError):
+            return self.target.connection_error(exc)
+        reason = self.target.redact(str(exc).strip().splitlines()[0] if str(exc) else "")
+        return StoreError(f"reading the store at {self.target.display} failed: {reason}")
+
+    # ---- read -----------------------------------------------------------------------------
+
+    async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
+        wanted = None if runs is None else tuple(runs)
+        data = await anyio.to_thread.run_sync(self._read, wanted, values, abandon_on_cancel=True)
+        self.last_report = data.report
+        return data
+
+    def _read(self, wanted: tuple[str, ...] | None, values: bool) -> SourceData:
+        conn = self._connect()
+        if conn is None:
+            return SourceData({}, RecordScan(), {}, ReadReport())
+        try:
+            with conn:
+                return _read_store(conn, wanted, values)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+
+    # ---- records ----------------------------------------------------------------------------
+
+    async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
+        blocks = self._rows(run, rows)
+        try:
+            while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+                for row in block:
+                    yield row
+        finally:
+            # Closing the cursor and the connection talks to the server: in a worker thread
+            # too, shielded so that a cancelled stream still closes them.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(blocks.close)
+        self.last_report = ReadReport()
+
+    def _rows(self, name: str, rows: RowFilter) -> Generator[list[RecordRow], None, None]:
+        """The run's rows a block at a time (blocking), from a server-side cursor per shard:
+        constant memory however large the run."""
+        conn = self._connect()
+        if conn is None:
+            raise EmptyWorkspaceError(self.describe())
+        try:
+            with conn:
+                yield from self._stream(conn, name, rows)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            conn.close()
+
+    def _stream(
+        self, conn: Connection, name: str, rows: RowFilter
+    ) -> Generator[list[RecordRow], None, None]:
+        known = {
+            str(r)
+            for (r,) in conn.execute(
+                _q(
+                    "SELECT run_ref FROM {s}.runs UNION SELECT run_ref FROM {s}.stages "
+                    "UNION SELECT run_ref FROM {s}.artifacts"
+                )
+            )
+            if r is not None
+        }
+        if not any(ref == name.strip() or run_matches(ref, name) for ref in known):
+            # A run known only from its records (a Contexta 1.0.0 workspace): look there.
+            known |= {
+                str(r)
+                for (r,) in conn.execute(_q("SELECT DISTINCT run_ref FROM {s}.records"))
+                if r is not None
+            }
+        if not known:
+            raise EmptyWorkspaceError(self.describe())
+        ref = resolve_run_ref(name, known)
+        types = [_TYPES[k] for k in sorted(rows.kinds) if k in _TYPES]
+        if types:
+            shards = conn.execute(
+                _q(
+                    "SELECT workspace_id FROM {s}.records WHERE run_ref = %s "
+                    "GROUP BY workspace_id ORDER BY min(recorded_at), workspace_id"
+                ),
+                (ref,),
+            ).fetchall()
+            kinds = set(rows.kinds)
+            for (workspace,) in shards:
+                # One server-side cursor per shard, in capture order (the primary key's).
+                with conn.cursor(name="contexta_records") as cursor:
+                    cursor.itersize = _FETCH
+                    cursor.execute(
+                        _q(
+                            "SELECT raw FROM {s}.records WHERE workspace_id = %s "
+                            "AND run_ref = %s AND payload_type = ANY(%s) ORDER BY byte_offset"
+                        ),
+                        (workspace, ref, types),
+                    )
+                    while batch := cursor.fetchmany(_FETCH):
+                        out = []
+                        for (raw,) in batch:
+                            try:
+                                line = _RECORD.decode(raw)
+                            except (msgspec.DecodeError, msgspec.ValidationError):
+                                continue  # a line of another shape: no row, as locally
+                            row = record_row(line, ref, kinds, rows.key, rows.stage, rows.sample)
+                            if row is not None:
+                                out.append(row)
+                        yield out
+        if "artifact" in rows.kinds:
+            ranks = _ranks(conn, [ref])
+            artifacts = _artifacts(conn, ranks, [ref]).get(ref, [])
+            yield [
+                row
+                for item in artifacts
+                if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+            ]
+
+
+def _time(column: str) -> str:
+    return _TIME.format(column)
+
+
+def _read_store(conn: Connection, wanted: tuple[str, ...] | None, values: bool) -> SourceData:
+    """Everything the answers are computed from, in one snapshot (blocking)."""
+    runs = _runs(conn)
+    scan = RecordScan()
+    # Counts per run, stage and type, and each shard's first record time (its rank).
+    first: dict[tuple[str, uuid.UUID], Any] = {}
+    for run, stage, workspace, payload_type, n, earliest in conn.execute(
+        _q(
+            "SELECT run_ref, stage_ref, workspace_id, payload_type, count(*), "
+            "min(recorded_at) FROM {s}.records WHERE run_ref IS NOT NULL "
+            "GROUP BY run_ref, stage_ref, workspace_id, payload_type"
+        )
+    ):
+        scan.counts[(run, payload_type or "")] += int(n)
+        scan.stage_refs.add(stage)
+        scan.records += int(n)
+        seen = first.get((run, workspace), earliest)
+        first[(run, workspace)] = (
+            earliest if seen is None else seen if earliest is None else min(seen, earliest)
+        )
+    ranks = _rank(first)
+    record_runs = scan.run_refs()
+    _times(conn, scan, [r for r in record_runs if r not in runs], ranks)
+    if values:
+        if wanted is None:
+            scan.kept = set(record_runs)
+        else:
+            scan.kept = {r for r in record_runs if any(run_matches(r, n) for n in wanted)}
+        if scan.kept:
+            _values(conn, scan, ranks)
+    artifacts = _artifacts(conn, ranks, None)
+    return SourceData(runs, scan, artifacts, ReadReport())
+
+
+def _rank(first: dict[tuple[str, uuid.UUID], Any]) -> Ranks:
+    """Each run's shards numbered in the order they started (first record time, then id)."""
+    by_run: dict[str, list[tuple[bool, Any, str, uuid.UUID]]] = {}
+    for (run, workspace), earliest in first.items():
+        by_run.setdefault(run, []).append((earliest is None, earliest, str(workspace), workspace))
+    ranks: Ranks = {}
+    for run, shards in by_run.items():
+        shards.sort(key=lambda s: (s[0], s[1] if s[1] is not None else 0, s[2]))
+        for i, shard in enumerate(shards):
+            ranks[(run, shard[3])] = i
+    return ranks
+
+
+def _ranks(conn: Connection, refs: list[str]) -> Ranks:
+    first = {
+        (run, workspace): earliest
+        for run, workspace, earliest in conn.execute(
+            _q(
+                "SELECT run_ref, workspace_id, min(recorded_at) FROM {s}.records "
+                "WHERE run_ref = ANY(%s) GROUP BY run_ref, workspace_id"
+            ),
+            (refs,),
+        )
+    }
+    return _rank(first)
+
+
+def _runs(conn: Connection) -> dict[str, RunInfo]:
+    """Runs from the shard-merged ``runs`` view, stages from ``stages``, tags from the raw
+    line of each shard's newest Run line (a later shard's tag wins)."""
+    runs: dict[str, RunInfo] = {}
+    for ref, project, name, status, started, ended, dataset, failure in conn.execute(
+        _q(
+            f"SELECT run_ref, project_ref, name, status, {_time('started_at')}, "
+            f"{_time('ended_at')}, dataset_ref, failure_reason FROM {{s}}.runs "
+            "WHERE run_ref IS NOT NULL"
+        )
+    ):
+        info = runs[ref] = RunInfo(ref)
+        if name:
+            info.name = name
+        if project:
+            info.project = components(project)
+        info.status = status
+        info.started_at = started
+        info.ended_at = ended
+        info.dataset_ref = dataset
+        info.failure_reason = failure
+    if runs:
+        for (raw,) in conn.execute(
+            _q(
+                "SELECT c.raw FROM {s}.scope_shards sh JOIN {s}.context_lines c "
+                "USING (workspace_id, byte_offset) WHERE sh.kind = 'run' "
+                "ORDER BY sh.started_at NULLS LAST, sh.workspace_id"
+            )
+        ):
+            try:
+                line = _CONTEXT.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            found = runs.get(line.payload.run_ref)
+            if found is not None and line.payload.tags:
+                found.tags.update(line.payload.tags)
+    for run, stage_ref, stage_name, order in conn.execute(
+        _q(
+            "SELECT run_ref, stage_ref, name, order_index FROM {s}.stages "
+            "WHERE run_ref IS NOT NULL ORDER BY run_ref, order_index, stage_ref"
+        )
+    ):
+        found = runs.get(run)
+        if found is None:
+            found = runs[run] = RunInfo(run)  # a run known from its stages only
+        stage = last_component(stage_ref) or stage_name or "?"
+        found.stages.setdefault(stage, 0 if order is None else int(order))
+    return runs
+
+
+def _times(conn: Connection, scan: RecordScan, refs: list[str], ranks: Ranks) -> None:
+    """First and last record time of runs without run metadata (Contexta 1.0.0 workspaces):
+    the times as written in the first and the last line, in the order ``records`` streams."""
+    if not refs:
+        return
+    ends: dict[str, list[tuple[int, int, str]]] = {}
+    for run, workspace, low, high in conn.execute(
+        _q(
+            "SELECT run_ref, workspace_id, min(byte_offset), max(byte_offset) FROM {s}.records "
+            "WHERE run_ref = ANY(%s) GROUP BY run_ref, workspace_id"
+        ),
+        (refs,),
+    ):
+        rank = ranks.get((run, workspace), 0)
+        ends.setdefault(run, []).extend([(rank, int(low), workspace), (rank, int(high), workspace)])
+    for run, places in ends.items():
+        places.sort()
+        ends_of_run = ((places[0], scan.first_time), (places[-1], scan.last_time))
+        for (_, offset, workspace), into in ends_of_run:
+            row = conn.execute(
+                _q("SELECT raw FROM {s}.records WHERE workspace_id = %s AND byte_offset = %s"),
+                (workspace, offset),
+            ).fetchone()
+            recorded = ""
+            if row is not None:
+                try:
+                    recorded = _RECORD.decode(row[0]).payload.envelope.recorded_at
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    pass
+            into[run] = recorded
+
+
+def _values(conn: Connection, scan: RecordScan, ranks: Ranks) -> None:
+    """The latest value per (subject, metric key) of the kept runs, chosen in SQL."""
+    kept = sorted(scan.kept)
+    shards = [(run, ws, rank) for (run, ws), rank in ranks.items() if run in scan.kept]
+    heads: dict[str, ScopeRef | None] = {}
+    samples = scan.samples
+    others = scan.others
+    # The latest row per (subject, key) by (shard rank, byte offset), and where the subject
+    # and key first appear: the rows come back in that order, so each sample's place in its
+    # column is the one it has in a folder's scan (first capture), as the pairing's float
+    # sums see it. One sort serves the window and DISTINCT ON.
+    query = _q(
+        "SELECT subject, key, value FROM ("
+        "  SELECT DISTINCT ON (subject, key) subject, key, value, min(pos) OVER w AS first"
+        "  FROM (SELECT coalesce(r.subject_ref, r.sample_ref, r.batch_ref, r.stage_ref, "
+        "               r.run_ref) AS subject, r.key, r.value, "
+        "               (sh.rank::bigint << 48) | r.byte_offset AS pos"
+        "        FROM {s}.records r"
+        "        JOIN unnest(%s::text[], %s::uuid[], %s::int[]) AS sh(run_ref, workspace_id, rank)"
+        "        ON r.run_ref = sh.run_ref AND r.workspace_id = sh.workspace_id"
+        "        WHERE r.payload_type = 'MetricRecord' AND r.key IS NOT NULL"
+        "        AND r.run_ref = ANY(%s)) latest"
+        "  WINDOW w AS (PARTITION BY subject, key ORDER BY pos DESC"
+        "               ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        "  ORDER BY subject, key, pos DESC) chosen "
+        "ORDER BY first"
+    )
+    params = ([s[0] for s in shards], [s[1] for s in shards], [s[2] for s in shards], kept)
+    # (sample ref without its name, key) -> the column its samples go to: one dict lookup
+    # per row once the stage or batch has been seen (a row per sample and key comes back).
+    columns: dict[tuple[str, str], dict[str, float | None]] = {}
+    with conn.cursor() as cursor:
+        cursor.execute(query, params)
+        while batch := cursor.fetchmany(50_000):
+            for subject, key, value in batch:
+                head, _, name = subject.rpartition(".")
+                column = columns.get((head, key))
+                if column is None:
+                    if not subject.startswith("sample:"):
+                        others[(subject, key)] = value  # a run, stage or batch metric
+                        continue
+                    if head in heads:
+                        where = heads[head]
+                    else:
+                        where = heads[head] = parse_sample_head(head)
+                    if where is None or where.parent_ref is None:
+                        continue  # names no place (never written by capture)
+                    column = samples.setdefault((where.parent_ref, key), {})
+                    columns[(head, key)] = column
+                if name:
+                    column[name] = value
+
+
+def _artifacts(
+    conn: Connection, ranks: Ranks, refs: Iterable[str] | None
+) -> dict[str, list[ArtifactInfo]]:
+    """Artifacts per run, in each shard's capture order, shards in the order they started."""
+    query = "SELECT workspace_id, byte_offset, raw FROM {s}.artifacts"
+    params: tuple[Any, ...] = ()
+    if refs is not None:
+        query += " WHERE run_ref = ANY(%s)"
+        params = (list(refs),)
+    found: dict[str, list[tuple[int, str, int, ArtifactInfo]]] = {}
+    for workspace, offset, raw in conn.execute(_q(query), params or None):
+        try:
+            line = _ARTIFACT.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        info = ArtifactInfo(line)
+        rank = ranks.get((info.run_ref, workspace), len(ranks))
+        found.setdefault(info.run_ref, []).append((rank, str(workspace), int(offset), info))
+    out: dict[str, list[ArtifactInfo]] = {}
+    for run, items in found.items():
+        items.sort(key=lambda item: item[:3])
+        out[run] = [item[3] for item in items]
+    return out

@@ -243,6 +243,22 @@ async def test_existing_output_is_replaced_only_when_asked(llm_ws: Path, tmp_pat
     assert _listing(tmp_path) == ["m.csv", "ws"]
 
 
+async def test_an_output_inside_the_capture_folder_is_refused_even_with_overwrite(
+    llm_ws: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(llm_ws)
+    capture = ws.capture_dir
+    before = {p.name: p.read_bytes() for p in capture.iterdir() if p.is_file()}
+    link = tmp_path / "via-link"
+    link.symlink_to(capture)
+    for output in (capture / "record.jsonl", capture / "new.csv", link / "record.jsonl"):
+        with pytest.raises(ValidationError) as caught:
+            await ws.export(output, format="jsonl", overwrite=True)
+        assert caught.value.field == "output" and "capture folder" in caught.value.rule
+    # before: record.jsonl was replaced by the export, and the comparison read nothing
+    assert {p.name: p.read_bytes() for p in capture.iterdir() if p.is_file()} == before
+
+
 def test_cli_export_writes_parquet_and_refuses_bad_input_in_one_line(
     llm_ws: Path, tmp_path: Path
 ) -> None:

@@ -108,9 +108,15 @@ def _format_of(output: PurePath, format: ExportFormat | None) -> ExportFormat:
     return format
 
 
-def _check_output(output: str | os.PathLike[str], overwrite: bool) -> Path:
+def _check_output(output: str | os.PathLike[str], overwrite: bool, capture_dir: Path) -> Path:
     """``output`` made absolute, if it can be written."""
     output = Path(os.path.abspath(output))
+    real, capture = Path(os.path.realpath(output)), Path(os.path.realpath(capture_dir))
+    if real == capture or capture in real.parents:
+        # It would replace a capture file (record.jsonl, record.index...) or sit among them.
+        raise ValidationError(
+            "output", "must not be inside the workspace's capture folder", str(output)
+        )
     if not output.parent.is_dir():
         raise ValidationError("output", "its directory does not exist", str(output))
     if output.is_dir():
@@ -160,7 +166,7 @@ async def export_workspace(
     if not isinstance(overwrite, bool):
         raise ValidationError("overwrite", "must be a bool", overwrite)
     _check_batch_rows(batch_rows)
-    target = await anyio.to_thread.run_sync(_check_output, output, overwrite)
+    target = await anyio.to_thread.run_sync(_check_output, output, overwrite, ws.capture_dir)
     if chosen == "parquet":
         import_optional("pyarrow.parquet", "--format parquet")  # before any reading
     table: Table = "events" if events else "metrics"

@@ -353,3 +353,64 @@ def test_view_command_rejects_a_bad_port(workspace: Path) -> None:
     )
     assert done.returncode == 2
     assert "--port must be between 0 and 65535" in done.stderr
+
+
+# ---- the state the pages and the event stream read ----------------------------------------
+
+
+def test_versions_read_during_a_poll_that_adds_runs_do_not_fail(tmp_path: Path) -> None:
+    # /events reads the versions on the event loop while refresh() polls in a worker thread.
+    from contexta_async.readers import Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "base", [1.0])
+    context = root / "cache" / "capture" / "context.jsonl"
+    first = context.read_text().splitlines()[0]
+    state = ViewState(Workspace(root), 0.25)
+    state.tail.poll()
+    errors: list[str] = []
+    for round_ in range(3):
+        # A sweep: many runs start at once.
+        with open(context, "a") as f:
+            for i in range(20000):
+                name = f"r{round_}-{i}"
+                f.write(
+                    first.replace("run:view.base", f"run:view.{name}").replace(
+                        '"name":"base"', f'"name":"{name}"'
+                    )
+                    + "\n"
+                )
+        poll = threading.Thread(target=state.tail.poll)
+        poll.start()
+        while poll.is_alive():
+            try:
+                state.versions()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        poll.join()
+    assert errors == []
+
+
+def test_versions_are_those_of_the_last_poll(tmp_path: Path) -> None:
+    import anyio
+
+    from contexta_async.readers import Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "first", [1.0])
+    state = ViewState(Workspace(root), 0.25)
+
+    async def main() -> None:
+        await state.refresh()
+        seen = state.versions()
+        assert seen["*"] == state.tail.version
+        assert set(seen["runs"]) == {"run:view.first"}
+        capture_run(root, "second", [1.0])
+        assert state.versions() == seen  # not read from the tail until the next poll
+        await state.refresh()
+        assert set(state.versions()["runs"]) == {"run:view.first", "run:view.second"}
+
+    anyio.run(main)
+

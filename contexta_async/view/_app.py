@@ -69,12 +69,18 @@ class ViewState:
         self.ready = anyio.Event()
         self.closing = False
         self._changed = anyio.Event()
+        # What /events sends, built under the lock after each poll: the poll's worker thread
+        # inserts runs (or swaps the table on a reset) while the loop would iterate it.
+        self._versions: dict[str, Any] = {"*": 0, "runs": {}}
         self._comparisons: dict[tuple[str, str], tuple[tuple[int, int], RunComparison]] = {}
 
     async def refresh(self) -> bool:
         """Fold what was appended since the last poll (in a worker thread)."""
         async with self.lock:
             changed = await anyio.to_thread.run_sync(self.tail.poll)
+            tail = self.tail
+            runs = {ref: run.version for ref, run in tail.runs.items()}
+            self._versions = {"*": tail.version, "runs": runs}
         self.ready.set()
         if changed:
             self._changed.set()
@@ -104,8 +110,8 @@ class ViewState:
             await self._changed.wait()
 
     def versions(self) -> dict[str, Any]:
-        tail = self.tail
-        return {"*": tail.version, "runs": {ref: run.version for ref, run in tail.runs.items()}}
+        """The tail's version and each run's, as of the last poll (never changed in place)."""
+        return self._versions
 
     def resolve(self, name: str) -> str:
         return resolve_run_ref(name, self.tail.runs)
@@ -218,9 +224,10 @@ async def _events(request: Request) -> Response:
         yield "retry: 1000\n\n"
         sent = -1
         while not state.closing:
-            if state.tail.version != sent:
-                sent = state.tail.version
-                yield f"data: {json.dumps(state.versions(), separators=(',', ':'))}\n\n"
+            versions = state.versions()
+            if versions["*"] != sent:
+                sent = versions["*"]
+                yield f"data: {json.dumps(versions, separators=(',', ':'))}\n\n"
             else:
                 yield ": keep-alive\n\n"
             await state.wait_change(_KEEPALIVE)

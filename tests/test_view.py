@@ -414,3 +414,23 @@ def test_versions_are_those_of_the_last_poll(tmp_path: Path) -> None:
 
     anyio.run(main)
 
+
+def test_a_metric_tagged_like_an_event_is_not_listed_as_one(tmp_path: Path) -> None:
+    from contexta_async.view._tail import event_views
+
+    root = tmp_path / ".contexta"
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 1.0, tags={"payload_type": "StructuredEventRecord"})
+        run.metric("n", 2.0, tags={"run_ref": "run:view.other"})
+        run.event("real", message="one")
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("other") as run:
+        run.metric("spoof", 1.0, tags={"payload_type": "StructuredEventRecord", "x": "run:view.r"})
+    tail = WorkspaceTail(root / "cache" / "capture")
+    tail.poll()
+    assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]
+    assert event_views(tail.track("run:view.other")) == []
+    # ... and the same for events appended after the run was tracked.
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 3.0, tags={"payload_type": "StructuredEventRecord"})
+    tail.poll()
+    assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]

@@ -434,3 +434,33 @@ def test_a_metric_tagged_like_an_event_is_not_listed_as_one(tmp_path: Path) -> N
         run.metric("m", 3.0, tags={"payload_type": "StructuredEventRecord"})
     tail.poll()
     assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]
+
+
+def test_comparing_a_run_dropped_by_a_reset_is_unknown(tmp_path: Path) -> None:
+    # The compare page resolves the runs, then asks for the comparison: a poll between the
+    # two may start over (a file replaced) without one of them.
+    import anyio
+
+    from contexta_async.readers import UnknownRunError, Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "left", [1.0])
+    capture_run(root, "right", [0.0])
+    state = ViewState(Workspace(root), 0.25)
+    capture = root / "cache" / "capture"
+
+    async def main() -> None:
+        await state.refresh()
+        for name in ("context", "record", "artifact"):
+            path = capture / f"{name}.jsonl"
+            if path.exists():
+                kept = [ln for ln in path.read_bytes().splitlines(True) if b"view.right" not in ln]
+                path.with_suffix(".new").write_bytes(b"".join(kept))
+                os.replace(path.with_suffix(".new"), path)
+        await state.refresh()
+        assert "run:view.right" not in state.tail.runs
+        with pytest.raises(UnknownRunError):
+            await state.comparison("run:view.left", "run:view.right")
+
+    anyio.run(main)

@@ -119,7 +119,10 @@ class ViewState:
     async def comparison(self, left: str, right: str) -> RunComparison:
         """``Workspace.compare`` of the two runs, computed again only once either changed."""
         async with self.lock:
-            versions = (self.tail.runs[left].version, self.tail.runs[right].version)
+            # Resolved again: a poll that started over since the page resolved them (a file
+            # was replaced) may have dropped one (UnknownRunError: the page answers 404).
+            runs = self.tail.runs
+            versions = (runs[self.resolve(left)].version, runs[self.resolve(right)].version)
         cached = self._comparisons.get((left, right))
         if cached is not None and cached[0] == versions:
             return cached[1]

@@ -32,6 +32,7 @@ from .._format.lines import (
     RunValueLine,
     run_marker,
 )
+from .._format.refs import components, first_component, last_component, parse_scope
 from ..readers._index import expand_entry, load_index, open_index, pieces, read_entry
 from ..readers._local import context_lines
 from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular_file
@@ -101,8 +102,8 @@ def event_views(detail: RunDetail) -> list[EventView]:
         out.append(
             EventView(
                 recorded_at=env.recorded_at,
-                stage=_name(env.stage_execution_ref),
-                sample=_name(env.sample_observation_ref),
+                stage=last_component(env.stage_execution_ref),
+                sample=last_component(env.sample_observation_ref),
                 key=body.event_key or "",
                 level=body.level,
                 message=body.message,
@@ -131,12 +132,7 @@ class RunState:
 
     @classmethod
     def named(cls, ref: str) -> RunState:
-        value = ref.split(":", 1)[-1]
-        return cls(ref=ref, name=value.rsplit(".", 1)[-1], project=value.split(".", 1)[0])
-
-
-def _name(ref: str | None) -> str | None:
-    return None if ref is None else ref.rsplit(".", 1)[-1]
+        return cls(ref=ref, name=last_component(ref) or "", project=first_component(ref))
 
 
 class _FileTail:
@@ -295,7 +291,7 @@ class WorkspaceTail:
             if body.name:
                 run.name = body.name
             if body.project_ref:
-                run.project = body.project_ref.split(":", 1)[-1]
+                run.project = components(body.project_ref)
             run.status = body.status
             run.started_at = body.started_at
             run.ended_at = body.ended_at
@@ -303,7 +299,7 @@ class WorkspaceTail:
             run.failure_reason = body.failure_reason
             run.tags = dict(body.tags or {})
         elif line.payload_type == "StageExecution":
-            stage = _name(body.stage_execution_ref) or body.stage_name or "?"
+            stage = last_component(body.stage_execution_ref) or body.stage_name or "?"
             run.stages.setdefault(stage, body.order_index)
 
     # ---- record.jsonl: counts, and the values of tracked runs ----------------------------
@@ -492,8 +488,5 @@ def _is_event_of(line: bytes, ref: str) -> bool:
 
 def _subject_run(subject: str) -> str | None:
     """``sample:p.r.s.c`` (or ``stage:``, ``batch:``, ``run:``) -> ``run:p.r``."""
-    kind, _, value = subject.partition(":")
-    parts = value.split(".")
-    if kind not in ("run", "stage", "batch", "sample") or len(parts) < 2 or not all(parts):
-        return None
-    return f"run:{parts[0]}.{parts[1]}"
+    scope = parse_scope(subject)
+    return None if scope is None else scope.run_ref

@@ -464,3 +464,30 @@ def test_comparing_a_run_dropped_by_a_reset_is_unknown(tmp_path: Path) -> None:
             await state.comparison("run:view.left", "run:view.right")
 
     anyio.run(main)
+
+
+def test_the_apps_lifespan_closes_its_state_under_plain_uvicorn(tmp_path: Path) -> None:
+    # create_app served by a plain uvicorn Server (not view.server): its lifespan's end
+    # closes the state, so no event stream on it goes on.
+    import uvicorn
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "a", [1.0])
+    app = create_app(root, poll_interval=0.05)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server thread died"
+            time.sleep(0.02)
+        status, _ = raw_get(f"http://127.0.0.1:{sock.getsockname()[1]}", "/")
+        assert status == 200 and not app.state.view.closing
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
+    assert app.state.view.closing

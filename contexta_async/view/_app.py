@@ -307,10 +307,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as group:
-            group.start_soon(state.poll_forever)
-            yield
-            group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(state.poll_forever)
+                yield
+                group.cancel_scope.cancel()
+        finally:
+            # An event stream still open at the lifespan's end would never end by itself.
+            # (uvicorn sends the lifespan's shutdown only after the open responses ended or
+            # its graceful timeout cut them: ``server`` closes the state before that.)
+            state.close()
 
     get: Callable[[str, Callable[[Request], Awaitable[Response]]], Route] = partial(
         Route, methods=["GET"]

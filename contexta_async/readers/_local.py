@@ -21,7 +21,14 @@ import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import RUN_LINE, STAGE_LINE, ArtifactLine, ContextLine, FullRecordLine
+from .._format.lines import (
+    RUN_LINE,
+    STAGE_LINE,
+    ArtifactLine,
+    ContextLine,
+    FullRecordLine,
+    run_marker,
+)
 from .._format.refs import components, last_component, run_matches
 from ._errors import (
     AmbiguousRunError,
@@ -354,7 +361,7 @@ class LocalSource:
             (ref,) = candidates
         if not resolved or rows.kinds & {"metric", "event", "span"}:
             decoder = LineDecoder(FullRecordLine)
-            marker = f'"run_ref":"{ref}"'.encode()
+            marker = run_marker(ref or "")  # used only when resolved (ref set)
             seen: set[str] = set()
             for block in read_file(path, issues, chunk_size=self.chunk_size):
                 if resolved and block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:

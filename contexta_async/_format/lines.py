@@ -1,8 +1,9 @@
 """msgspec Structs for every line the library writes, and the narrow ones the readers decode.
 
 A format change shows in this one module: the Structs written (first half) and the readers'
-Structs (second half), which name only the fields the readers use so that msgspec skips the
-rest of a line without building Python objects for it (most of the cost of reading).
+and the view's Structs (second half), which name only the fields they use so that msgspec
+skips the rest of a line without building Python objects for it (most of the cost of
+reading), with the byte patterns that find lines before any is decoded.
 
 Written lines: fields are declared in alphabetical order, and every mapping a user passes in
 (tags, attributes, metadata) is copied with its keys sorted at validation time, so every object

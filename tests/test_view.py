@@ -491,3 +491,14 @@ def test_the_apps_lifespan_closes_its_state_under_plain_uvicorn(tmp_path: Path) 
         sock.close()
     assert not thread.is_alive()
     assert app.state.view.closing
+
+
+def test_a_metrics_place_on_the_run_page_is_what_its_subject_ref_names() -> None:
+    from contexta_async.view._pages import where
+
+    assert where(None) == where("run:p.r") == ("run", None, None, None)
+    assert where("stage:p.r.s") == ("stage", "s", None, None)
+    assert where("batch:p.r.s.b") == ("batch", "s", "b", None)
+    assert where("sample:p.r.s.n") == ("sample", "s", None, "n")
+    assert where("sample:p.r.s.b.n") == ("sample", "s", "b", "n")
+    assert where("x:p.r.s") == ("run", None, None, None)  # not a scope ref: the run's

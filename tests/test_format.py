@@ -177,10 +177,17 @@ def test_the_ref_parser_says_what_each_scope_ref_names() -> None:
 
 
 def test_run_names_are_full_refs_or_suffixes_of_whole_components() -> None:
-    from contexta_async._format.refs import components, last_component, run_matches
+    from contexta_async._format.refs import (
+        components,
+        first_component,
+        last_component,
+        run_matches,
+    )
 
     ref = "run:mock-openai-compare.grounded"
     assert all(run_matches(ref, n) for n in (ref, "grounded", "mock-openai-compare.grounded"))
     assert not any(run_matches(ref, n) for n in ("rounded", "run:grounded", "compare.grounded"))
     assert components(ref) == "mock-openai-compare.grounded"
     assert last_component("sample:p.r.s.case-1") == "case-1" and last_component(None) is None
+    assert first_component(ref) == "mock-openai-compare"
+    assert first_component("project:p") == first_component("sample:p.r.s.b.n") == "p"

@@ -353,3 +353,152 @@ def test_view_command_rejects_a_bad_port(workspace: Path) -> None:
     )
     assert done.returncode == 2
     assert "--port must be between 0 and 65535" in done.stderr
+
+
+# ---- the state the pages and the event stream read ----------------------------------------
+
+
+def test_versions_read_during_a_poll_that_adds_runs_do_not_fail(tmp_path: Path) -> None:
+    # /events reads the versions on the event loop while refresh() polls in a worker thread.
+    from contexta_async.readers import Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "base", [1.0])
+    context = root / "cache" / "capture" / "context.jsonl"
+    first = context.read_text().splitlines()[0]
+    state = ViewState(Workspace(root), 0.25)
+    state.tail.poll()
+    errors: list[str] = []
+    for round_ in range(3):
+        # A sweep: many runs start at once.
+        with open(context, "a") as f:
+            for i in range(20000):
+                name = f"r{round_}-{i}"
+                f.write(
+                    first.replace("run:view.base", f"run:view.{name}").replace(
+                        '"name":"base"', f'"name":"{name}"'
+                    )
+                    + "\n"
+                )
+        poll = threading.Thread(target=state.tail.poll)
+        poll.start()
+        while poll.is_alive():
+            try:
+                state.versions()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        poll.join()
+    assert errors == []
+
+
+def test_versions_are_those_of_the_last_poll(tmp_path: Path) -> None:
+    import anyio
+
+    from contexta_async.readers import Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "first", [1.0])
+    state = ViewState(Workspace(root), 0.25)
+
+    async def main() -> None:
+        await state.refresh()
+        seen = state.versions()
+        assert seen["*"] == state.tail.version
+        assert set(seen["runs"]) == {"run:view.first"}
+        capture_run(root, "second", [1.0])
+        assert state.versions() == seen  # not read from the tail until the next poll
+        await state.refresh()
+        assert set(state.versions()["runs"]) == {"run:view.first", "run:view.second"}
+
+    anyio.run(main)
+
+
+def test_a_metric_tagged_like_an_event_is_not_listed_as_one(tmp_path: Path) -> None:
+    from contexta_async.view._tail import event_views
+
+    root = tmp_path / ".contexta"
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 1.0, tags={"payload_type": "StructuredEventRecord"})
+        run.metric("n", 2.0, tags={"run_ref": "run:view.other"})
+        run.event("real", message="one")
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("other") as run:
+        run.metric("spoof", 1.0, tags={"payload_type": "StructuredEventRecord", "x": "run:view.r"})
+    tail = WorkspaceTail(root / "cache" / "capture")
+    tail.poll()
+    assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]
+    assert event_views(tail.track("run:view.other")) == []
+    # ... and the same for events appended after the run was tracked.
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("r") as run:
+        run.metric("m", 3.0, tags={"payload_type": "StructuredEventRecord"})
+    tail.poll()
+    assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]
+
+
+def test_comparing_a_run_dropped_by_a_reset_is_unknown(tmp_path: Path) -> None:
+    # The compare page resolves the runs, then asks for the comparison: a poll between the
+    # two may start over (a file replaced) without one of them.
+    import anyio
+
+    from contexta_async.readers import UnknownRunError, Workspace
+    from contexta_async.view._app import ViewState
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "left", [1.0])
+    capture_run(root, "right", [0.0])
+    state = ViewState(Workspace(root), 0.25)
+    capture = root / "cache" / "capture"
+
+    async def main() -> None:
+        await state.refresh()
+        for name in ("context", "record", "artifact"):
+            path = capture / f"{name}.jsonl"
+            if path.exists():
+                kept = [ln for ln in path.read_bytes().splitlines(True) if b"view.right" not in ln]
+                path.with_suffix(".new").write_bytes(b"".join(kept))
+                os.replace(path.with_suffix(".new"), path)
+        await state.refresh()
+        assert "run:view.right" not in state.tail.runs
+        with pytest.raises(UnknownRunError):
+            await state.comparison("run:view.left", "run:view.right")
+
+    anyio.run(main)
+
+
+def test_the_apps_lifespan_closes_its_state_under_plain_uvicorn(tmp_path: Path) -> None:
+    # create_app served by a plain uvicorn Server (not view.server): its lifespan's end
+    # closes the state, so no event stream on it goes on.
+    import uvicorn
+
+    root = tmp_path / ".contexta"
+    capture_run(root, "a", [1.0])
+    app = create_app(root, poll_interval=0.05)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server thread died"
+            time.sleep(0.02)
+        status, _ = raw_get(f"http://127.0.0.1:{sock.getsockname()[1]}", "/")
+        assert status == 200 and not app.state.view.closing
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
+    assert app.state.view.closing
+
+
+def test_a_metrics_place_on_the_run_page_is_what_its_subject_ref_names() -> None:
+    from contexta_async.view._pages import where
+
+    assert where(None) == where("run:p.r") == ("run", None, None, None)
+    assert where("stage:p.r.s") == ("stage", "s", None, None)
+    assert where("batch:p.r.s.b") == ("batch", "s", "b", None)
+    assert where("sample:p.r.s.n") == ("sample", "s", None, "n")
+    assert where("sample:p.r.s.b.n") == ("sample", "s", "b", "n")
+    assert where("x:p.r.s") == ("run", None, None, None)  # not a scope ref: the run's

@@ -1,8 +1,9 @@
 """msgspec Structs for every line the library writes, and the narrow ones the readers decode.
 
 A format change shows in this one module: the Structs written (first half) and the readers'
-Structs (second half), which name only the fields the readers use so that msgspec skips the
-rest of a line without building Python objects for it (most of the cost of reading).
+and the view's Structs (second half), which name only the fields they use so that msgspec
+skips the rest of a line without building Python objects for it (most of the cost of
+reading), with the byte patterns that find lines before any is decoded.
 
 Written lines: fields are declared in alphabetical order, and every mapping a user passes in
 (tags, attributes, metadata) is copied with its keys sorted at validation time, so every object
@@ -21,10 +22,13 @@ __all__ = [
     "CONTEXT",
     "DEGRADATION",
     "ENVELOPE",
+    "EVENT_LINE",
     "FAMILIES",
     "PRODUCER_REF",
     "RECORD",
+    "RUN_LINE",
     "SCHEMA_VERSION",
+    "STAGE_LINE",
     "ArtifactLine",
     "ArtifactManifest",
     "ArtifactPayload",
@@ -44,10 +48,13 @@ __all__ = [
     "ReadEnvelope",
     "RecordPayload",
     "Run",
+    "RunCountLine",
+    "RunValueLine",
     "SampleObservation",
     "ScanLine",
     "StageExecution",
     "VerificationPolicy",
+    "run_marker",
 ]
 
 SCHEMA_VERSION: Final = "1.0.0"
@@ -268,6 +275,20 @@ class Item(msgspec.Struct, gc=False, array_like=True):
 
 # ==== read: what the readers decode of each line ==========================================
 
+# Byte patterns that find lines of one type before any is decoded. Lines are compact JSON and
+# a quote inside a JSON string is escaped, so in a CONTEXT line these bytes only occur as the
+# line's own payload_type. A RECORD line may hold them inside a user's tags or attributes
+# (``"payload_type": "StructuredEventRecord"`` as a tag key and value): there they only
+# prefilter, and the decoded line says what it is.
+RUN_LINE: Final = b'"payload_type":"Run"'
+STAGE_LINE: Final = b'"payload_type":"StageExecution"'
+EVENT_LINE: Final = b'"payload_type":"StructuredEventRecord"'
+
+
+def run_marker(ref: str) -> bytes:
+    """The bytes of a line whose envelope names run ``ref`` (a prefilter, as above)."""
+    return f'"run_ref":"{ref}"'.encode()
+
 
 class _N(msgspec.Struct, gc=False):
     """Base: untracked by the cyclic GC (no cycles), unknown fields ignored."""
@@ -333,6 +354,45 @@ class ScanLine(_N):
 
 
 ENVELOPE: Final = msgspec.json.Decoder(ReadEnvelope)
+
+
+# ---- RECORD lines, for the live view (counted per run as they are appended) ------------
+
+
+class _RunOnly(_N):
+    run_ref: str
+
+
+class _RunCountPayload(_N):
+    envelope: _RunOnly
+
+
+class RunCountLine(_N):
+    """A RECORD line as the view counts it: its run and type. CountLine names the subject
+    instead of the run (spans name none); the envelope's run_ref costs no more here."""
+
+    payload: _RunCountPayload
+    payload_type: str = ""
+
+
+class _ValueBody(_N):
+    subject_ref: str | None = None
+    metric_key: str | None = None
+    value: float | None = None
+    unit: str | None = None
+
+
+class _RunValuePayload(_N):
+    envelope: _RunOnly
+    payload: _ValueBody
+
+
+class RunValueLine(_N):
+    """A RECORD line as a tracked run's page needs it: RunCountLine plus the metric key,
+    value and unit (None for events and spans)."""
+
+    payload: _RunValuePayload
+    payload_type: str = ""
 
 
 # ---- RECORD lines, for streaming (every field a user may want) -------------------------

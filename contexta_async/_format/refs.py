@@ -2,7 +2,8 @@
 
 Capture builds refs with ``join_ref`` and ``components``; the readers take them apart with
 ``parse_scope`` (what a scope ref says: its kind, run, stage, batch and name),
-``last_component``, ``run_matches`` and ``SPLIT_LAST``. Nothing else slices refs.
+``first_component`` (a scope's project), ``last_component``, ``run_matches`` and
+``SPLIT_LAST``. Nothing else slices refs.
 
 Contexta 1.0.0 lowercases a name and turns every run of characters outside ``[a-z0-9]`` into
 ``-``, so non-ASCII letters vanish and ``"Ünïcode"`` and ``"Ünicode"`` both become ``n-code``.
@@ -32,6 +33,7 @@ __all__ = [
     "SPLIT_LAST",
     "ScopeRef",
     "components",
+    "first_component",
     "is_valid_ref",
     "join_ref",
     "last_component",
@@ -99,6 +101,11 @@ def is_valid_ref(ref: object) -> bool:
 def components(ref: str) -> str:
     """``"run:p.r"`` -> ``"p.r"``: the components of a ref, without its kind."""
     return ref.split(":", 1)[-1]
+
+
+def first_component(ref: str) -> str:
+    """``"run:p.r"`` -> ``"p"`` (the project of a scope ref; ``"project:p"`` -> ``"p"``)."""
+    return components(ref).partition(".")[0]
 
 
 def last_component(ref: str | None) -> str | None:

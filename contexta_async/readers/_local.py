@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from .._format.lines import (
+    RUN_LINE,
+    STAGE_LINE,
+    ArtifactLine,
+    ContextLine,
+    FullRecordLine,
+    run_marker,
+)
 from .._format.refs import components, last_component, run_matches
 from ._errors import (
     AmbiguousRunError,
@@ -33,6 +40,7 @@ from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
+    Block,
     Issues,
     LineDecoder,
     ReadAbandoned,
@@ -55,6 +63,7 @@ from ._source import (
 __all__ = [
     "LocalSource",
     "artifact_row",
+    "context_lines",
     "read_artifacts",
     "read_context",
     "record_row",
@@ -81,11 +90,6 @@ def _nonempty(path: Path) -> bool:
 
 # ---- the small files: runs and stages from context.jsonl, artifacts ------------------
 
-# Patterns of the CONTEXT lines that listing needs. Lines are compact JSON, and a quote inside
-# a JSON string is escaped, so these bytes only occur as the line's own payload_type.
-_RUN_LINE: Final = b'"payload_type":"Run"'
-_STAGE_LINE: Final = b'"payload_type":"StageExecution"'
-
 
 def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> dict[str, RunInfo]:
     """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
@@ -93,20 +97,28 @@ def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) ->
     decoder = LineDecoder(ContextLine)
     name = str(path)
     for block in read_file(path, issues, chunk_size=chunk_size):
-        buffer = block.buffer
-        starts: list[int] = []
-        for pattern in (_RUN_LINE, _STAGE_LINE):
-            at = block.find(pattern)
-            while at >= 0:
-                starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
-                at = block.find(pattern, at + len(pattern))
-        starts.sort()
-        for start in starts:
-            end = buffer.find(b"\n", start, block.end)
-            line = memoryview(buffer)[start : end + 1]
-            for value in decoder.decode(line, name, block.offset + start - block.start, issues):
-                _apply_context(runs, value)
+        for value in context_lines(block, decoder, name, issues):
+            _apply_context(runs, value)
     return runs
+
+
+def context_lines(
+    block: Block, decoder: LineDecoder[ContextLine], name: str, issues: Issues
+) -> Iterator[ContextLine]:
+    """The Run and StageExecution lines of a block of ``context.jsonl`` (file ``name``), in
+    file order; sample and batch lines are skipped by a byte search (RUN_LINE, STAGE_LINE)."""
+    buffer = block.buffer
+    starts: list[int] = []
+    for pattern in (RUN_LINE, STAGE_LINE):
+        at = block.find(pattern)
+        while at >= 0:
+            starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
+            at = block.find(pattern, at + len(pattern))
+    starts.sort()
+    for start in starts:
+        end = buffer.find(b"\n", start, block.end)
+        line = memoryview(buffer)[start : end + 1]
+        yield from decoder.decode(line, name, block.offset + start - block.start, issues)
 
 
 def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
@@ -349,7 +361,7 @@ class LocalSource:
             (ref,) = candidates
         if not resolved or rows.kinds & {"metric", "event", "span"}:
             decoder = LineDecoder(FullRecordLine)
-            marker = f'"run_ref":"{ref}"'.encode()
+            marker = run_marker(ref or "")  # used only when resolved (ref set)
             seen: set[str] = set()
             for block in read_file(path, issues, chunk_size=self.chunk_size):
                 if resolved and block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:

@@ -69,12 +69,18 @@ class ViewState:
         self.ready = anyio.Event()
         self.closing = False
         self._changed = anyio.Event()
+        # What /events sends, built under the lock after each poll: the poll's worker thread
+        # inserts runs (or swaps the table on a reset) while the loop would iterate it.
+        self._versions: dict[str, Any] = {"*": 0, "runs": {}}
         self._comparisons: dict[tuple[str, str], tuple[tuple[int, int], RunComparison]] = {}
 
     async def refresh(self) -> bool:
         """Fold what was appended since the last poll (in a worker thread)."""
         async with self.lock:
             changed = await anyio.to_thread.run_sync(self.tail.poll)
+            tail = self.tail
+            runs = {ref: run.version for ref, run in tail.runs.items()}
+            self._versions = {"*": tail.version, "runs": runs}
         self.ready.set()
         if changed:
             self._changed.set()
@@ -104,8 +110,8 @@ class ViewState:
             await self._changed.wait()
 
     def versions(self) -> dict[str, Any]:
-        tail = self.tail
-        return {"*": tail.version, "runs": {ref: run.version for ref, run in tail.runs.items()}}
+        """The tail's version and each run's, as of the last poll (never changed in place)."""
+        return self._versions
 
     def resolve(self, name: str) -> str:
         return resolve_run_ref(name, self.tail.runs)
@@ -113,7 +119,10 @@ class ViewState:
     async def comparison(self, left: str, right: str) -> RunComparison:
         """``Workspace.compare`` of the two runs, computed again only once either changed."""
         async with self.lock:
-            versions = (self.tail.runs[left].version, self.tail.runs[right].version)
+            # Resolved again: a poll that started over since the page resolved them (a file
+            # was replaced) may have dropped one (UnknownRunError: the page answers 404).
+            runs = self.tail.runs
+            versions = (runs[self.resolve(left)].version, runs[self.resolve(right)].version)
         cached = self._comparisons.get((left, right))
         if cached is not None and cached[0] == versions:
             return cached[1]
@@ -218,9 +227,10 @@ async def _events(request: Request) -> Response:
         yield "retry: 1000\n\n"
         sent = -1
         while not state.closing:
-            if state.tail.version != sent:
-                sent = state.tail.version
-                yield f"data: {json.dumps(state.versions(), separators=(',', ':'))}\n\n"
+            versions = state.versions()
+            if versions["*"] != sent:
+                sent = versions["*"]
+                yield f"data: {json.dumps(versions, separators=(',', ':'))}\n\n"
             else:
                 yield ": keep-alive\n\n"
             await state.wait_change(_KEEPALIVE)
@@ -297,10 +307,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as group:
-            group.start_soon(state.poll_forever)
-            yield
-            group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(state.poll_forever)
+                yield
+                group.cancel_scope.cancel()
+        finally:
+            # An event stream still open at the lifespan's end would never end by itself.
+            # (uvicorn sends the lifespan's shutdown only after the open responses ended or
+            # its graceful timeout cut them: ``server`` closes the state before that.)
+            state.close()
 
     get: Callable[[str, Callable[[Request], Awaitable[Response]]], Route] = partial(
         Route, methods=["GET"]

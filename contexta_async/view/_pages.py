@@ -9,6 +9,7 @@ from html import escape
 from typing import Final
 from urllib.parse import quote, urlencode
 
+from .._format.refs import parse_scope
 from ..readers import RunComparison
 from ..readers._report import format_number, report_sections
 from ._assets import SCRIPT, STYLE
@@ -125,17 +126,12 @@ class MetricLine:
 
 def where(subject: str | None) -> tuple[str, str | None, str | None, str | None]:
     """A subject ref -> (scope, stage, batch, sample) names."""
-    if subject is None:
+    scope = None if subject is None else parse_scope(subject)
+    if scope is None or scope.kind == "run":
         return "run", None, None, None
-    kind, _, value = subject.partition(":")
-    parts = value.split(".")[2:]
-    if kind == "sample" and len(parts) >= 2:
-        return "sample", parts[0], parts[1] if len(parts) > 2 else None, parts[-1]
-    if kind == "batch" and len(parts) >= 2:
-        return "batch", parts[0], parts[1], None
-    if kind == "stage" and parts:
-        return "stage", parts[0], None, None
-    return "run", None, None, None
+    if scope.kind == "sample":
+        return "sample", scope.stage, scope.batch, scope.name
+    return scope.kind, scope.stage, scope.batch, None
 
 
 def run_metrics(detail: RunDetail) -> list[MetricLine]:

@@ -23,8 +23,18 @@ from typing import Final, cast
 import msgspec
 
 from .._format.index import index_path_for
-from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
+from .._format.lines import (
+    EVENT_LINE,
+    ArtifactLine,
+    ContextLine,
+    FullRecordLine,
+    RunCountLine,
+    RunValueLine,
+    run_marker,
+)
+from .._format.refs import components, first_component, last_component, parse_scope
 from ..readers._index import expand_entry, load_index, open_index, pieces, read_entry
+from ..readers._local import context_lines
 from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular_file
 
 __all__ = ["EventView", "RunDetail", "RunState", "WorkspaceTail", "event_views"]
@@ -34,51 +44,11 @@ _READ_SIZE: Final = 4 << 20
 # whole): a first read, or a poll after a large burst.
 INDEX_FROM: Final = 16 << 20
 _MAX_EVENTS: Final = 200
-_RUN_LINE: Final = b'"payload_type":"Run"'
-_STAGE_LINE: Final = b'"payload_type":"StageExecution"'
-_EVENT_LINE: Final = b'"payload_type":"StructuredEventRecord"'
 _KIND: Final = {
     "MetricRecord": "metrics",
     "StructuredEventRecord": "events",
     "TraceSpanRecord": "spans",
 }
-
-
-class _N(msgspec.Struct, gc=False):
-    """Base: untracked by the cyclic GC, unknown fields ignored."""
-
-
-# A RECORD line as counting needs it: its run and type. The readers' CountLine names the
-# subject instead of the run (spans name none); the envelope's run_ref costs no more here.
-class _RunOnly(_N):
-    run_ref: str
-
-
-class _CountPayload(_N):
-    envelope: _RunOnly
-
-
-class _CountLine(_N):
-    payload: _CountPayload
-    payload_type: str = ""
-
-
-# ... and as a tracked run's page needs it: plus the metric key, value and unit.
-class _ValueBody(_N):
-    subject_ref: str | None = None
-    metric_key: str | None = None
-    value: float | None = None
-    unit: str | None = None
-
-
-class _ValuePayload(_N):
-    envelope: _RunOnly
-    payload: _ValueBody
-
-
-class _ValueLine(_N):
-    payload: _ValuePayload
-    payload_type: str = ""
 
 
 _BODY = attrgetter("payload.payload")
@@ -89,6 +59,7 @@ _KEY = attrgetter("metric_key")
 _VALUE = attrgetter("value")
 _UNIT = attrgetter("unit")
 _FULL = msgspec.json.Decoder(FullRecordLine)
+_KIND_OF_LINE = msgspec.json.Decoder(RunCountLine)
 
 
 @dataclass(slots=True)
@@ -131,8 +102,8 @@ def event_views(detail: RunDetail) -> list[EventView]:
         out.append(
             EventView(
                 recorded_at=env.recorded_at,
-                stage=_name(env.stage_execution_ref),
-                sample=_name(env.sample_observation_ref),
+                stage=last_component(env.stage_execution_ref),
+                sample=last_component(env.sample_observation_ref),
                 key=body.event_key or "",
                 level=body.level,
                 message=body.message,
@@ -161,12 +132,7 @@ class RunState:
 
     @classmethod
     def named(cls, ref: str) -> RunState:
-        value = ref.split(":", 1)[-1]
-        return cls(ref=ref, name=value.rsplit(".", 1)[-1], project=value.split(".", 1)[0])
-
-
-def _name(ref: str | None) -> str | None:
-    return None if ref is None else ref.rsplit(".", 1)[-1]
+        return cls(ref=ref, name=last_component(ref) or "", project=first_component(ref))
 
 
 class _FileTail:
@@ -256,8 +222,8 @@ class WorkspaceTail:
             for family in ("context", "record", "artifact")
         }
         self._context = LineDecoder(ContextLine)
-        self._counts = LineDecoder(_CountLine)
-        self._values = LineDecoder(_ValueLine)
+        self._counts = LineDecoder(RunCountLine)
+        self._values = LineDecoder(RunValueLine)
         self._artifact = LineDecoder(ArtifactLine)
         self._changed: set[str] = set()
         self._run_of_subject: dict[str, str | None] = {}
@@ -314,22 +280,9 @@ class WorkspaceTail:
     # ---- context.jsonl: runs and stages --------------------------------------------------
 
     def _fold_context(self, block: Block) -> None:
-        buffer = block.buffer
-        # Only Run and StageExecution lines are decoded; sample and batch lines are skipped
-        # by a byte search (compact JSON: these bytes are only the line's own payload_type).
-        starts: list[int] = []
-        for pattern in (_RUN_LINE, _STAGE_LINE):
-            at = block.find(pattern)
-            while at >= 0:
-                starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
-                at = block.find(pattern, at + len(pattern))
         name = str(self._files["context"].path)
-        for start in sorted(starts):
-            end = buffer.find(b"\n", start, block.end)
-            line = memoryview(buffer)[start : end + 1]
-            offset = block.offset + start - block.start
-            for value in self._context.decode(line, name, offset, self.issues):
-                self._apply_context(value)
+        for line in context_lines(block, self._context, name, self.issues):
+            self._apply_context(line)
 
     def _apply_context(self, line: ContextLine) -> None:
         body = line.payload
@@ -338,7 +291,7 @@ class WorkspaceTail:
             if body.name:
                 run.name = body.name
             if body.project_ref:
-                run.project = body.project_ref.split(":", 1)[-1]
+                run.project = components(body.project_ref)
             run.status = body.status
             run.started_at = body.started_at
             run.ended_at = body.ended_at
@@ -346,7 +299,7 @@ class WorkspaceTail:
             run.failure_reason = body.failure_reason
             run.tags = dict(body.tags or {})
         elif line.payload_type == "StageExecution":
-            stage = _name(body.stage_execution_ref) or body.stage_name or "?"
+            stage = last_component(body.stage_execution_ref) or body.stage_name or "?"
             run.stages.setdefault(stage, body.order_index)
 
     # ---- record.jsonl: counts, and the values of tracked runs ----------------------------
@@ -355,11 +308,11 @@ class WorkspaceTail:
         tracked = [
             ref
             for ref, run in self.runs.items()
-            if run.detail is not None and block.find(_marker(ref)) >= 0
+            if run.detail is not None and block.find(run_marker(ref)) >= 0
         ]
         path = str(self._files["record"].path)
         decoder = self._values if tracked else self._counts
-        lines: list[_CountLine] | list[_ValueLine] = decoder.decode(
+        lines: list[RunCountLine] | list[RunValueLine] = decoder.decode(
             block.view(), path, block.offset, self.issues
         )
         runs = list(map(_RUN, lines))
@@ -381,7 +334,7 @@ class WorkspaceTail:
         for ref in tracked:
             detail = self.runs[ref].detail
             assert detail is not None
-            mine = cast("list[_ValueLine]", lines)
+            mine = cast("list[RunValueLine]", lines)
             if runs.count(ref) != len(runs):
                 mine = list(compress(mine, map(eq, runs, repeat(ref))))
             _fold_values(detail, mine)
@@ -468,7 +421,7 @@ class WorkspaceTail:
         if run.detail is None:
             detail = RunDetail()
             record = self._files["record"]
-            marker = _marker(ref)
+            marker = run_marker(ref)
             for block in read_range(record.path, record.complete_to):
                 if block.find(marker) < 0:
                     continue
@@ -489,7 +442,7 @@ class WorkspaceTail:
             self._run(line.payload.manifest.run_ref).counts["artifacts"] += 1
 
 
-def _fold_values(detail: RunDetail, lines: list[_ValueLine]) -> None:
+def _fold_values(detail: RunDetail, lines: list[RunValueLine]) -> None:
     """The latest value per (subject, metric key), units and samples: C-level passes."""
     bodies = list(map(_BODY, lines))
     keys = list(map(_KEY, bodies))
@@ -508,29 +461,32 @@ def _fold_values(detail: RunDetail, lines: list[_ValueLine]) -> None:
 
 def _fold_events(detail: RunDetail, ref: str, block: Block) -> None:
     """The run's newest events, kept as raw lines (decoded when a page shows them)."""
-    marker = _marker(ref)
+    marker = run_marker(ref)
     buffer = block.buffer
     found: list[bytes] = []
     # From the block's end back: only its newest events can be among the run's newest.
-    at = buffer.rfind(_EVENT_LINE, block.start, block.end)
+    at = buffer.rfind(EVENT_LINE, block.start, block.end)
     while at >= 0 and len(found) < _MAX_EVENTS:
         start = buffer.rfind(b"\n", block.start, at) + 1 or block.start
         end = buffer.find(b"\n", at, block.end)
         line = buffer[max(start, block.start) : end]
-        if marker in line:
+        # The bytes may be in a metric's tags, the marker in an event's attributes: the
+        # line's own type and run say.
+        if marker in line and _is_event_of(line, ref):
             found.append(line)
-        at = buffer.rfind(_EVENT_LINE, block.start, start) if start > block.start else -1
+        at = buffer.rfind(EVENT_LINE, block.start, start) if start > block.start else -1
     detail.events.extend(reversed(found))
+
+
+def _is_event_of(line: bytes, ref: str) -> bool:
+    try:
+        kind = _KIND_OF_LINE.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return kind.payload_type == "StructuredEventRecord" and kind.payload.envelope.run_ref == ref
 
 
 def _subject_run(subject: str) -> str | None:
     """``sample:p.r.s.c`` (or ``stage:``, ``batch:``, ``run:``) -> ``run:p.r``."""
-    kind, _, value = subject.partition(":")
-    parts = value.split(".")
-    if kind not in ("run", "stage", "batch", "sample") or len(parts) < 2 or not all(parts):
-        return None
-    return f"run:{parts[0]}.{parts[1]}"
-
-
-def _marker(ref: str) -> bytes:
-    return f'"run_ref":"{ref}"'.encode()
+    scope = parse_scope(subject)
+    return None if scope is None else scope.run_ref

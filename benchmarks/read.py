@@ -62,6 +62,7 @@ import contexta_async
 from contexta_async._format.lines import (
     CONTEXT,
     RECORD,
+    SCHEMA_VERSION,
     CaptureLine,
     Envelope,
     EventPayload,
@@ -261,11 +262,13 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             payload=SampleObservation(
                                 batch_execution_ref=None,
                                 ended_at=ended,
+                                extensions=(),
                                 failure_reason=None,
                                 observed_at=opened,
                                 run_ref=run_ref,
                                 sample_name=f"case-{s}",
                                 sample_observation_ref=sample_ref,
+                                schema_version=SCHEMA_VERSION,
                                 stage_execution_ref=stage_ref,
                                 status=status,
                             ),

@@ -11,7 +11,9 @@ block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
+from collections import Counter
 from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -21,8 +23,14 @@ import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
-from .._format.refs import components, last_component, run_matches
+from .._format.lines import ArtifactLine, ContextLine, FullRecordLine, SampleLine
+from .._format.refs import (
+    SPLIT_LAST,
+    components,
+    last_component,
+    parse_sample_head,
+    run_matches,
+)
 from ._errors import (
     AmbiguousRunError,
     EmptyWorkspaceError,
@@ -33,6 +41,7 @@ from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
+    Block,
     Issues,
     LineDecoder,
     ReadAbandoned,
@@ -48,12 +57,14 @@ from ._source import (
     RecordScan,
     RowFilter,
     RunInfo,
+    SampleInfo,
     SourceData,
     resolve_run_ref,
 )
 
 __all__ = [
     "LocalSource",
+    "SampleScan",
     "artifact_row",
     "read_artifacts",
     "read_context",
@@ -87,12 +98,75 @@ _RUN_LINE: Final = b'"payload_type":"Run"'
 _STAGE_LINE: Final = b'"payload_type":"StageExecution"'
 
 
-def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> dict[str, RunInfo]:
-    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
+# A sample's opening line, as this library writes it (keys sorted, compact): its ref is
+# captured. Counted per ref, these find a sample opened twice (the alignment report's
+# duplicates). Contexta 1.0 writes no CONTEXT lines, so there is no other layout to match.
+_SAMPLE_OPENED: Final = re.compile(
+    rb'"sample_observation_ref":"([^"]+)","schema_version":"[^"]*",'
+    rb'"stage_execution_ref":"[^"]*","status":"open"'
+)
+# Only lines holding one of these are decoded for a cluster or an epoch: a workspace without
+# either pays one search per block.
+_SAMPLE_META: Final = (b'"cluster":', b'"epoch":')
+
+
+class SampleScan:
+    """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
+    ``SourceData.samples``) and the refs opened more than once."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, dict[str, SampleInfo]] = {}
+        self.opened: Counter[bytes] = Counter()
+        self._parents: dict[str, str] = {}  # sample ref head -> the stage or batch ref
+        self._decoder = LineDecoder(SampleLine)
+
+    def feed(self, block: Block, name: str) -> None:
+        self.opened.update(_SAMPLE_OPENED.findall(block.buffer, block.start, block.end))
+        if all(block.find(p) < 0 for p in _SAMPLE_META):
+            return
+        # Corrupt lines are counted by the runs' decoding, not again here.
+        for line in self._decoder.decode(block.view(), name, block.offset, Issues()):
+            body = line.payload
+            ref = body.sample_observation_ref
+            if line.payload_type != "SampleObservation" or ref is None:
+                continue
+            if body.cluster is None and body.epoch is None:
+                continue
+            head, _, component = SPLIT_LAST(ref)
+            item = component
+            if body.epoch is not None:
+                suffix = f"-epoch-{body.epoch}"
+                if component.endswith(suffix) and len(component) > len(suffix):
+                    item = component[: -len(suffix)]
+            parent = self._parents.get(head)
+            if parent is None:
+                scope = parse_sample_head(head)
+                if scope is None or scope.parent_ref is None:
+                    continue
+                parent = self._parents[head] = scope.parent_ref
+            self.samples.setdefault(parent, {})[component] = SampleInfo(
+                item, body.epoch, body.cluster
+            )
+
+    def reopened(self) -> dict[str, int]:
+        return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
+
+
+def read_context(
+    path: Path,
+    issues: Issues,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    samples: SampleScan | None = None,
+) -> dict[str, RunInfo]:
+    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded
+    (``samples``, when given, takes their clusters, epochs and openings)."""
     runs: dict[str, RunInfo] = {}
     decoder = LineDecoder(ContextLine)
     name = str(path)
     for block in read_file(path, issues, chunk_size=chunk_size):
+        if samples is not None:
+            samples.feed(block, name)
         buffer = block.buffer
         starts: list[int] = []
         for pattern in (_RUN_LINE, _STAGE_LINE):
@@ -256,9 +330,11 @@ class LocalSource:
         return self.capture_dir / f"{family}.jsonl"
 
     def _small_files(
-        self, issues: Issues
+        self, issues: Issues, samples: SampleScan | None = None
     ) -> tuple[dict[str, RunInfo], dict[str, list[ArtifactInfo]]]:
-        runs = read_context(self._file("context"), issues, chunk_size=self.chunk_size)
+        runs = read_context(
+            self._file("context"), issues, chunk_size=self.chunk_size, samples=samples
+        )
         artifacts = read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
         return runs, artifacts
 
@@ -284,6 +360,7 @@ class LocalSource:
     async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
         wanted = None if runs is None else frozenset(runs)
         small_issues = Issues()
+        samples = SampleScan() if values else None
         found: dict[str, Any] = {}
         stop = threading.Event()
 
@@ -295,7 +372,7 @@ class LocalSource:
 
         async def small() -> None:
             found["small"] = await anyio.to_thread.run_sync(
-                self._small_files, small_issues, abandon_on_cancel=True
+                self._small_files, small_issues, samples, abandon_on_cancel=True
             )
 
         try:
@@ -311,7 +388,11 @@ class LocalSource:
         issues = small_issues.merge(scan_issues)
         report = await anyio.to_thread.run_sync(issues.report)
         self.last_report = report
-        return SourceData(runs_info, scan_result, artifacts, report)
+        if samples is None:
+            return SourceData(runs_info, scan_result, artifacts, report)
+        return SourceData(
+            runs_info, scan_result, artifacts, report, samples.samples, samples.reopened()
+        )
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         issues = Issues()

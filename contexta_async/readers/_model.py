@@ -196,8 +196,13 @@ class PairedResult(_R):
     ``method`` says how the interval's bootstrap distribution was obtained: ``"numpy"`` or
     ``"python"`` (``resamples`` resamples with ``seed``), ``"saddlepoint"`` (approximated, no
     resampling: ``resamples`` and ``seed`` played no part), ``"constant"`` (every difference
-    equal), ``"none"`` (no matched sample) or ``"non-finite"`` (a difference overflowed: no
+    equal), ``"none"`` (no matched sample), ``"non-finite"`` (a difference overflowed: no
+    interval), ``"cluster-bootstrap"`` (with clusters: ``resamples`` resamples of whole
+    clusters with ``seed``) or ``"one-cluster"`` (every matched item in one cluster: no
     interval).
+
+    Samples captured with an ``epoch`` are attempts of one item: each item's attempts are
+    averaged first, and the item means are paired (``n_matched`` counts items).
     """
 
     stage: str | None
@@ -246,6 +251,24 @@ class PairedResult(_R):
     at ``confidence``; it keeps its coverage at a few dozen pairs, where normal intervals are
     too narrow."""
     small_n_high: float | None = None
+    clusters: int | None = None
+    """The number of clusters among the matched items (an item without a cluster counts as
+    one of its own); None when no item has a cluster. With clusters, ``se`` is the
+    cluster-robust SE (Liang-Zeger with the C/(C−1) factor, Miller 2024), ``p_value`` a
+    Student t test on it with C − 1 df (``p_test`` ``"clustered-t"``), ``mde`` uses it, and
+    the interval resamples whole clusters (``method`` ``"cluster-bootstrap"``)."""
+    naive_se: float | None = None
+    """With clusters: the SE as if every item were independent, s/√n (``se`` is clustered)."""
+    design_effect: float | None = None
+    """With clusters: clustered variance / naive variance, (se / naive_se)²."""
+    attempts_left: float | None = None
+    """Mean number of attempts (epochs) per matched item in the left run; None without
+    epochs. Each item's attempts are averaged before pairing: ``n_matched`` counts items."""
+    attempts_right: float | None = None
+    within_item_variance_left: float | None = None
+    """Mean, over the matched items with two or more attempts in the left run, of the sample
+    variance of their attempts: how much an item's value varies from one attempt to the next."""
+    within_item_variance_right: float | None = None
 
 
 class RunComparison(_R):

@@ -1,0 +1,137 @@
+"""Clusters and repeated attempts (epochs) in the comparison, end to end: captured with
+``stage.sample(name, cluster=, epoch=)``, compared, and checked against an independent
+computation from the captured values (statsmodels' cluster-robust OLS, scipy, by hand)."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+
+from contexta_async import Contexta
+from contexta_async.readers import Workspace
+
+ITEMS = 30
+UNCLUSTERED = {27, 28, 29}  # no cluster given: each is a cluster of its own
+
+
+def _cluster(i: int) -> str | None:
+    return None if i in UNCLUSTERED else f"passage-{i // 3}"
+
+
+def _attempts(run: str, i: int) -> int:
+    return 1 + i % 3
+
+
+def capture_clustered(root: Path, *, epochs: bool = True) -> dict[str, dict[str, list[dict]]]:
+    """Two runs, items q-0..q-29 in clusters of three (the last three unclustered), item i
+    attempted 1 + i % 3 times (with ``epochs``); returns run -> metric -> item -> values."""
+    rng = random.Random(14)
+    captured: dict[str, dict[str, dict[str, list[float]]]] = {}
+    ctx = Contexta(workspace=root, config={"project_name": "p"})
+    for run_name, shift in (("base", 0.0), ("cand", 0.4)):
+        mine = captured[run_name] = {"score": {}, "correct": {}}
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in range(ITEMS):
+                passage = rng.gauss(0.0, 1.0)  # shared by the attempts: correlated within
+                for k in range(1, (_attempts(run_name, i) if epochs else 1) + 1):
+                    with stage.sample(
+                        f"q-{i}", cluster=_cluster(i), epoch=k if epochs else None
+                    ) as sample:
+                        score = round(passage + shift + rng.gauss(0.0, 0.5) + (i // 3) * 0.2, 6)
+                        correct = float(rng.random() < 0.4 + shift / 2)
+                        sample.metric("score", score)
+                        sample.metric("correct", correct)
+                        mine["score"].setdefault(f"q-{i}", []).append(score)
+                        mine["correct"].setdefault(f"q-{i}", []).append(correct)
+    ctx.close()
+    return captured  # type: ignore[return-value]
+
+
+def _item_means(values: dict[str, list[float]]) -> dict[str, float]:
+    return {item: sum(v) / len(v) for item, v in values.items()}
+
+
+@pytest.mark.parametrize("epochs", [True, False])
+async def test_clustered_se_equals_statsmodels_on_item_mean_differences(
+    tmp_path: Path, epochs: bool
+) -> None:
+    captured = capture_clustered(tmp_path / "ws", epochs=epochs)
+    result = await Workspace(tmp_path / "ws").compare("base", "cand")
+    paired = {p.key: p for p in result.paired}
+    items = [f"q-{i}" for i in range(ITEMS)]
+    labels = [_cluster(i) or f"own-{i}" for i in range(ITEMS)]
+    groups = np.unique(labels, return_inverse=True)[1]
+    for key in ("score", "correct"):
+        left = _item_means(captured["base"][key])
+        right = _item_means(captured["cand"][key])
+        diffs = np.array([right[item] - left[item] for item in items])
+        p = paired[key]
+        assert p.n_matched == ITEMS  # items, not attempts
+        assert p.mean_diff == pytest.approx(float(np.mean(diffs)), abs=1e-12)
+        fit = sm.OLS(diffs, np.ones(ITEMS)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        assert p.se == pytest.approx(float(fit.bse[0]), rel=1e-9)
+        assert p.clusters == 9 + len(UNCLUSTERED)  # passages 0..8, three alone
+        naive = float(stats.sem(diffs))
+        assert p.naive_se == pytest.approx(naive, rel=1e-9)
+        assert p.design_effect == pytest.approx((p.se / naive) ** 2, rel=1e-9)
+        # The p-value and the MDE use the clustered SE (Student t with C - 1 df).
+        t = float(np.mean(diffs)) / float(fit.bse[0])
+        expected_p = 2 * stats.t.sf(abs(t), p.clusters - 1)
+        assert p.p_test == "clustered-t"
+        assert p.p_value == pytest.approx(expected_p, rel=1e-7)
+        assert p.mde == pytest.approx(
+            (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * float(fit.bse[0]), rel=1e-9
+        )
+        assert p.method == "cluster-bootstrap"
+        assert p.ci_low is not None and p.ci_high is not None
+        assert p.ci_low < p.mean_diff < p.ci_high
+
+
+async def test_epochs_are_averaged_per_item_before_pairing(tmp_path: Path) -> None:
+    captured = capture_clustered(tmp_path / "ws")
+    result = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
+    score = next(p for p in result.paired if p.key == "score")
+    left, right = captured["base"]["score"], captured["cand"]["score"]
+    assert score.samples is not None
+    by_name = {s.name: s for s in score.samples}
+    assert set(by_name) == {f"q-{i}" for i in range(ITEMS)}  # no "-epoch-k" names
+    for item, attempts in left.items():
+        assert by_name[item].left == pytest.approx(sum(attempts) / len(attempts), abs=1e-12)
+        assert by_name[item].right == pytest.approx(sum(right[item]) / len(right[item]), abs=1e-12)
+    assert score.mean_left == pytest.approx(
+        statistics.fmean(sum(v) / len(v) for v in left.values()), abs=1e-12
+    )
+    # Attempts: 1, 2 or 3 per item (10 of each): 2 on average; variance over items with 2+.
+    assert score.attempts_left == pytest.approx(2.0)
+    assert score.attempts_right == pytest.approx(2.0)
+    expected = statistics.fmean(statistics.variance(v) for v in left.values() if len(v) > 1)
+    assert score.within_item_variance_left == pytest.approx(expected, rel=1e-9)
+    expected = statistics.fmean(statistics.variance(v) for v in right.values() if len(v) > 1)
+    assert score.within_item_variance_right == pytest.approx(expected, rel=1e-9)
+    # The sample-level delta is a mean over items too.
+    row = next(m for m in result.metrics if m.key == "score" and m.scope == "sample")
+    assert row.left_count == ITEMS
+    assert row.left == pytest.approx(score.mean_left, abs=1e-12)
+
+
+async def test_without_clusters_or_epochs_nothing_new_is_reported(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for run_name in ("base", "cand"):
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in range(20):
+                with stage.sample(f"q-{i}") as sample:
+                    sample.metric("score", float(i % 7) + (run_name == "cand"))
+    ctx.close()
+    p = (await Workspace(tmp_path / "ws").compare("base", "cand")).paired[0]
+    assert p.n_matched == 20
+    assert (p.clusters, p.naive_se, p.design_effect) == (None, None, None)
+    assert (p.attempts_left, p.within_item_variance_left) == (None, None)
+    assert p.p_test == "paired-t"
+    assert p.method != "cluster-bootstrap"
+    assert p.se == 0.0  # every difference is 1: the plain paired SE

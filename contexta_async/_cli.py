@@ -21,6 +21,7 @@ import msgspec
 from ._errors import ContextaError, ValidationError
 from .readers import (
     SADDLEPOINT_MIN_PAIRS,
+    Alignment,
     BestRun,
     Direction,
     EmptyWorkspaceError,
@@ -487,6 +488,19 @@ def _write_pair(
                     f"only in left: {_names(p.unmatched_left)}; "
                     f"only in right: {_names(p.unmatched_right)}"
                 )
+            if p.clusters is not None:
+                lines.append(
+                    f"{p.clusters} clusters: se {format_number(p.se)} clustered "
+                    f"(naive {format_number(p.naive_se)}), design effect "
+                    f"{format_number(p.design_effect)}; p {p.p_test}"
+                )
+            if p.attempts_left is not None or p.attempts_right is not None:
+                lines.append(
+                    f"attempts per item {format_number(p.attempts_left)}/"
+                    f"{format_number(p.attempts_right)}, variance across attempts "
+                    f"{format_number(p.within_item_variance_left)}/"
+                    f"{format_number(p.within_item_variance_right)} (left/right)"
+                )
             for line in lines:
                 out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
             if samples and p.samples:
@@ -503,6 +517,8 @@ def _write_pair(
                     ],
                     out,
                 )
+    if result.alignment is not None and result.alignment.share > 0:
+        _write_alignment(result.alignment, out)
     if result.artifacts:
         out.write("\nArtifacts\n")
         _table(
@@ -522,6 +538,25 @@ def _write_pair(
     if power is not None:
         _write_power(power, out)
     _write_warnings(result.warnings, result.notes, out)
+
+
+def _write_alignment(found: Alignment, out: TextIO) -> None:
+    out.write(
+        f"\nAlignment: {found.items} items; {found.only_left} only in left, "
+        f"{found.only_right} only in right, {found.duplicates_left}/{found.duplicates_right} "
+        f"duplicated (left/right), {found.attempts_differ} with different attempt counts "
+        f"({found.share:.1%} misaligned; warning above {found.threshold:.0%})\n"
+    )
+    for label, names, count in (
+        ("only in left", found.only_left_names, found.only_left),
+        ("only in right", found.only_right_names, found.only_right),
+        ("duplicated in left", found.duplicate_left_names, found.duplicates_left),
+        ("duplicated in right", found.duplicate_right_names, found.duplicates_right),
+        ("different attempt counts", found.attempts_differ_names, found.attempts_differ),
+    ):
+        if names:
+            more = f" (+{count - len(names)} more)" if count > len(names) else ""
+            out.write(f"  {label}: {', '.join(names)}{more}\n")
 
 
 def _write_many(result: MultiRunComparison, out: TextIO) -> None:

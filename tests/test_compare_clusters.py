@@ -4,17 +4,21 @@ computation from the captured values (statsmodels' cluster-robust OLS, scipy, by
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import statistics
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy import stats
 
 from contexta_async import Contexta
-from contexta_async.readers import Workspace
+from contexta_async._cli import run_cli
+from contexta_async.readers import Workspace, render_html_report
 
 ITEMS = 30
 UNCLUSTERED = {27, 28, 29}  # no cluster given: each is a cluster of its own
@@ -135,3 +139,81 @@ async def test_without_clusters_or_epochs_nothing_new_is_reported(tmp_path: Path
     assert p.p_test == "paired-t"
     assert p.method != "cluster-bootstrap"
     assert p.se == 0.0  # every difference is 1: the plain paired SE
+
+
+def capture_misaligned(root: Path) -> None:
+    """left: q-0..q-19, q-5 captured twice without an epoch, q-7 attempted twice;
+    right: q-1..q-20, q-7 attempted three times."""
+    ctx = Contexta(workspace=root, config={"project_name": "p"})
+    for run_name, names in (("base", range(20)), ("cand", range(1, 21))):
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in names:
+                if i == 7:
+                    for k in range(1, (2 if run_name == "base" else 3) + 1):
+                        with stage.sample("q-7", epoch=k) as sample:
+                            sample.metric("score", float(k))
+                    continue
+                with stage.sample(f"q-{i}") as sample:
+                    sample.metric("score", float(i))
+                if i == 5 and run_name == "base":
+                    with stage.sample("q-5") as again:  # the same item again, no epoch
+                        again.metric("score", 99.0)
+    ctx.close()
+
+
+async def test_the_alignment_report_counts_and_lists_misaligned_items(tmp_path: Path) -> None:
+    capture_misaligned(tmp_path / "ws")
+    result = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
+    found = result.alignment
+    assert found is not None
+    assert found.items == 21
+    assert (found.only_left, found.only_left_names) == (1, ["evaluate.q-0"])
+    assert (found.only_right, found.only_right_names) == (1, ["evaluate.q-20"])
+    assert (found.duplicates_left, found.duplicate_left_names) == (1, ["evaluate.q-5"])
+    assert (found.duplicates_right, found.duplicate_right_names) == (0, [])
+    assert (found.attempts_differ, found.attempts_differ_names) == (1, ["evaluate.q-7"])
+    assert found.share == pytest.approx(4 / 21)
+    assert found.warn and found.threshold == 0.05
+    assert any("19.0% of the 21 items are misaligned" in w for w in result.warnings)
+    # The last capture of the duplicated item is the one used.
+    score = result.paired[0]
+    assert score.samples is not None
+    assert {s.name: s.left for s in score.samples}["q-5"] == 99.0
+    assert {s.name: (s.left, s.right) for s in score.samples}["q-7"] == (1.5, 2.0)
+
+
+async def test_a_few_misaligned_items_are_listed_without_a_warning(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for run_name, names in (("base", range(40)), ("cand", range(1, 40))):
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in names:
+                with stage.sample(f"q-{i}") as sample:
+                    sample.metric("score", float(i))
+    ctx.close()
+    result = await Workspace(tmp_path / "ws").compare("base", "cand")
+    assert result.alignment is not None
+    assert result.alignment.only_left_names == ["evaluate.q-0"]
+    assert result.alignment.share == pytest.approx(1 / 40) and not result.alignment.warn
+    assert not any("misaligned" in w for w in result.warnings)
+
+
+def test_the_alignment_report_is_in_the_cli_json_table_and_html(tmp_path: Path) -> None:
+    capture_misaligned(tmp_path / "ws")
+    out = io.StringIO()
+    assert (
+        run_cli(["--workspace", str(tmp_path / "ws"), "compare", "base", "cand", "--json"], out=out)
+        == 0
+    )
+    found = json.loads(out.getvalue())["alignment"]
+    assert found["only_right_names"] == ["evaluate.q-20"]
+    assert found["attempts_differ"] == 1 and found["warn"] is True
+    out = io.StringIO()
+    assert run_cli(["--workspace", str(tmp_path / "ws"), "compare", "base", "cand"], out=out) == 0
+    text = out.getvalue()
+    assert "Alignment: 21 items; 1 only in left, 1 only in right, 1/0 duplicated" in text
+    assert "different attempt counts: evaluate.q-7" in text
+    assert "attempts per item" in text
+    result = anyio.run(Workspace(tmp_path / "ws").compare, "base", "cand")
+    page = render_html_report(result)
+    assert "<h2 id=alignment>Alignment</h2>" in page
+    assert "evaluate.q-5" in page

@@ -9,6 +9,7 @@ import msgspec
 from . import _display
 
 __all__ = [
+    "Alignment",
     "ArtifactChange",
     "BestRun",
     "Direction",
@@ -271,6 +272,35 @@ class PairedResult(_R):
     within_item_variance_right: float | None = None
 
 
+class Alignment(_R):
+    """How well the two runs' items line up, over every stage: items only in the left run,
+    only in the right, captured more than once without an epoch (``duplicates_*``: one value
+    is used, the last), and matched items whose number of attempts differs. Names are
+    ``stage.item``, the first ``listed`` of each, in natural order.
+
+    ``share`` is the number of misaligned items (only in one run, duplicated, or attempted a
+    different number of times) over the items of either run; above ``threshold`` (5 %) the
+    comparison warns: its paired statistics then describe a different set of items than each
+    run's mean.
+    """
+
+    items: int
+    only_left: int
+    only_right: int
+    duplicates_left: int
+    duplicates_right: int
+    attempts_differ: int
+    share: float
+    threshold: float
+    warn: bool
+    listed: int
+    only_left_names: list[str]
+    only_right_names: list[str]
+    duplicate_left_names: list[str]
+    duplicate_right_names: list[str]
+    attempts_differ_names: list[str]
+
+
 class RunComparison(_R):
     """Two runs compared: metric deltas, paired per-sample results, artifact changes."""
 
@@ -285,6 +315,8 @@ class RunComparison(_R):
     adjustment: str = "holm"
     """How ``PairedResult.p_adjusted`` was adjusted across metrics: ``"holm"`` (family-wise
     error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or ``"none"``."""
+    alignment: Alignment | None = None
+    """Items only in one run, duplicated, or attempted a different number of times."""
 
     def __repr__(self) -> str:
         return _display.comparison_repr(self)

@@ -200,8 +200,8 @@ def _stats_options(parser: argparse.ArgumentParser) -> None:
         "--adjust",
         choices=("holm", "bh", "none"),
         default="holm",
-        help="adjust the paired p-values across metrics: Holm (default), Benjamini-Hochberg, "
-        "or none",
+        help="adjust the paired p-values across metrics (two runs) or across the runs compared "
+        "with the first (three or more): Holm (default), Benjamini-Hochberg, or none",
     )
     parser.add_argument(
         "--maximize", action="append", default=[], metavar="KEY", help="KEY is better higher"
@@ -579,6 +579,26 @@ def _write_many(result: MultiRunComparison, out: TextIO) -> None:
             cells.append(format_number(value) + mark)
         rows.append(cells)
     _table(headers, rows, out)
+    tested = [row for row in result.rows if row.p_values is not None]
+    if tested and len(result.runs) > 1:
+        out.write(
+            f"\nAgainst the baseline [1], paired (p raw / p adjusted across runs, "
+            f"{result.adjustment})\n"
+        )
+        _table(
+            ["STAGE", "KEY"] + [f"[{i}]" for i in range(2, len(result.runs) + 1)],
+            [
+                [row.stage or "(run)", row.key]
+                + [
+                    f"{format_number(p)} / {format_number(q)}"
+                    for p, q in zip(
+                        (row.p_values or [])[1:], (row.p_adjusted or [])[1:], strict=True
+                    )
+                ]
+                for row in tested
+            ],
+            out,
+        )
     _write_warnings(result.warnings, result.notes, out)
 
 
@@ -617,7 +637,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         else:
             _write_pair(result, out, args.samples, power)
         return 0
-    many = await ws.compare_many(args.runs, directions=directions)
+    many = await ws.compare_many(args.runs, directions=directions, adjustment=args.adjust)
     if args.json:
         _json(many, out)
     else:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from contexta_async import Contexta
 from contexta_async._cli import run_cli
@@ -217,3 +218,54 @@ def test_the_alignment_report_is_in_the_cli_json_table_and_html(tmp_path: Path) 
     page = render_html_report(result)
     assert "<h2 id=alignment>Alignment</h2>" in page
     assert "evaluate.q-5" in page
+
+
+def capture_three_runs(root: Path) -> None:
+    rng = random.Random(5)
+    ctx = Contexta(workspace=root, config={"project_name": "p"})
+    for run_name, shift in (("base", 0.0), ("same", 0.0), ("better", 0.8), ("best", 1.5)):
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in range(40):
+                with stage.sample(f"q-{i}", cluster=f"c-{i // 4}") as sample:
+                    sample.metric("score", round(i * 0.05 + shift + rng.gauss(0, 1), 6))
+    ctx.close()
+
+
+@pytest.mark.parametrize(("adjustment", "method"), [("holm", "holm"), ("bh", "fdr_bh")])
+async def test_compare_many_adjusts_p_values_across_the_runs_against_the_baseline(
+    tmp_path: Path, adjustment: str, method: str
+) -> None:
+    capture_three_runs(tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
+    many = await ws.compare_many(
+        ["base", "same", "better", "best"],
+        adjustment=adjustment,  # type: ignore[arg-type]
+    )
+    row = next(r for r in many.rows if r.key == "score" and r.scope == "sample")
+    assert row.p_values is not None and row.p_adjusted is not None
+    assert row.p_values[0] is None and row.p_adjusted[0] is None
+    # Each raw p is the one compare gives for that pair (clusters included).
+    for i, other in enumerate(("same", "better", "best"), 1):
+        pair = (await ws.compare("base", other)).paired[0]
+        assert pair.p_test == "clustered-t"
+        assert row.p_values[i] == pytest.approx(pair.p_value, rel=1e-12)
+    expected = multipletests(row.p_values[1:], method=method)[1]
+    assert row.p_adjusted[1:] == pytest.approx(list(expected), rel=1e-12)
+    assert many.adjustment == adjustment
+    assert any("against the baseline run:p.base" in n for n in many.notes)
+
+
+def test_compare_many_p_values_are_in_the_cli_table_and_json(tmp_path: Path) -> None:
+    capture_three_runs(tmp_path / "ws")
+    args = ["--workspace", str(tmp_path / "ws"), "compare", "base", "same", "better"]
+    out = io.StringIO()
+    assert run_cli([*args, "--json", "--adjust", "bh"], out=out) == 0
+    data = json.loads(out.getvalue())
+    row = next(r for r in data["rows"] if r["key"] == "score" and r["scope"] == "sample")
+    assert len(row["p_values"]) == 3 and row["p_values"][0] is None
+    assert len(row["p_adjusted"]) == 3 and data["adjustment"] == "bh"
+    out = io.StringIO()
+    assert run_cli(args, out=out) == 0
+    assert "Against the baseline [1], paired (p raw / p adjusted across runs, holm)" in (
+        out.getvalue()
+    )

@@ -10,7 +10,7 @@ from typing import Final, Literal
 
 from .._format.refs import parse_scope
 from ..stats._bootstrap import BootstrapMethod
-from ..stats._inference import Adjustment
+from ..stats._inference import Adjustment, adjust_p_values
 from ._aggregate import (
     Aggregate,
     RunMetrics,
@@ -34,7 +34,7 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._pairing import direction_for, paired_results, places
+from ._pairing import direction_for, paired_p_values, paired_results, places
 from ._source import ArtifactInfo
 
 __all__ = [
@@ -410,10 +410,32 @@ def compare_two(
     )
 
 
+def _against_baseline(
+    rows: Sequence[MultiRunRow],
+    ordered: Sequence[RunMetrics],
+    order: Sequence[str],
+    adjustment: Adjustment,
+) -> None:
+    """Fill each sample-level row's p-values of every run against the first (paired as in
+    ``compare``), adjusted across those runs per metric."""
+    tests = [paired_p_values(ordered[0], other, order) for other in ordered[1:]]
+    for row in rows:
+        if row.scope != "sample" or not tests:
+            continue
+        found = [test.get((row.stage, row.key), (None, None)) for test in tests]
+        row.p_values = [None, *(p for p, _ in found)]
+        row.p_tests = [None, *(t for _, t in found)]
+        row.p_adjusted = [None, *adjust_p_values([p for p, _ in found], adjustment)]
+
+
 def compare_many(
-    agg: Aggregate, refs: Sequence[str], directions: Mapping[str, Direction] | None
+    agg: Aggregate,
+    refs: Sequence[str],
+    directions: Mapping[str, Direction] | None,
+    adjustment: Adjustment = "holm",
 ) -> MultiRunComparison:
-    """Every metric of every run in one table, with the best run(s) per row."""
+    """Every metric of every run in one table, with the best run(s) per row, and for
+    sample-level metrics each run's p-value against the first run (raw and adjusted)."""
     unique = list(dict.fromkeys(refs))
     summaries = [agg.summary(ref) for ref in unique]
     ordered = [agg.metrics(ref) for ref in unique]
@@ -424,12 +446,24 @@ def compare_many(
             "the runs used different datasets: "
             + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
         )
+    order = stage_order(summaries)
+    rows = multi_rows(unique, ordered, order, directions)
+    _against_baseline(rows, ordered, order, adjustment)
+    notes = [LATEST_NOTE]
+    if len(unique) > 1:
+        how = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}[adjustment]
+        notes.append(
+            f"sample-level metrics: p_values of each run against the baseline {unique[0]} "
+            f"(paired by item as in compare), p_adjusted across the {len(unique) - 1} runs "
+            f"per metric: {how}"
+        )
     return MultiRunComparison(
         runs=summaries,
-        rows=multi_rows(unique, ordered, stage_order(summaries), directions),
+        rows=rows,
         warnings=warnings,
-        notes=[LATEST_NOTE],
+        notes=notes,
         read_report=agg.report,
+        adjustment=adjustment,
     )
 
 

@@ -339,6 +339,14 @@ class MultiRunRow(_R):
     direction: Direction
     direction_inferred: bool
     best: list[str]
+    p_values: list[float | None] | None = None
+    """Sample-level metrics: ``p_values[i]`` tests ``runs[i]`` against the baseline
+    (``runs[0]``), paired as ``compare`` pairs (its ``p_value``); None for the baseline and
+    where there is no test."""
+    p_tests: list[str | None] | None = None
+    p_adjusted: list[float | None] | None = None
+    """``p_values`` adjusted across the runs compared with the baseline, for this metric
+    (``MultiRunComparison.adjustment``)."""
 
 
 class MultiRunComparison(_R):
@@ -349,6 +357,9 @@ class MultiRunComparison(_R):
     warnings: list[str]
     notes: list[str]
     read_report: ReadReport
+    adjustment: str = "holm"
+    """How ``MultiRunRow.p_adjusted`` was adjusted across the runs compared with the baseline
+    (``runs[0]``): ``"holm"``, ``"bh"`` or ``"none"``."""
 
     def __repr__(self) -> str:
         return _display.multi_repr(self)

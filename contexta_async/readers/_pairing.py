@@ -28,7 +28,7 @@ from ._aggregate import Place, RunMetrics, mean_of, natural_key
 from ._direction import infer_direction
 from ._model import Direction, PairedResult, PairedSample
 
-__all__ = ["direction_for", "paired_results", "places"]
+__all__ = ["direction_for", "paired_p_values", "paired_results", "places"]
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
 
 
@@ -245,6 +245,43 @@ def _attempts_of(
         repeated = [variances[item] for item in matched if item in variances]
         if repeated:
             found[f"within_item_variance_{side}"] = mean_of(repeated)
+    return found
+
+
+def paired_p_values(
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]
+) -> dict[tuple[str | None, str], tuple[float | None, str | None]]:
+    """(stage, key) -> (p-value, test) of each sample-level metric, right vs left: the
+    ``p_value`` and ``p_test`` ``paired_results`` gives (clusters and epochs included), without
+    its bootstraps."""
+    found: dict[tuple[str | None, str], tuple[float | None, str | None]] = {}
+    cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
+    for stage, scope, _batch, key in places((left, right), stage_order):
+        if scope != "sample":
+            continue
+        matched, lvals, rvals = _paired_values(
+            left.samples.get((stage, key), {}), right.samples.get((stage, key), {})
+        )
+        n = len(matched)
+        diffs = list(map(operator.sub, rvals, lvals))
+        if n < 2 or not all(map(math.isfinite, diffs)):
+            found[(stage, key)] = (None, None)
+            continue
+        binary = all(values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals))
+        rises = sum(map(operator.lt, repeat(0.0), diffs))
+        falls = sum(map(operator.gt, repeat(0.0), diffs))
+        mcnemar_p = mcnemar_exact(rises, falls) if binary else None
+        inference = _inference_of(
+            lvals,
+            rvals,
+            mean_of(diffs),
+            mcnemar_p,
+            rises,
+            falls,
+            0.95,
+            _clustering(matched, left, right, stage, cache),
+        )
+        found[(stage, key)] = (inference.get("p_value"), inference.get("p_test"))
     return found
 
 

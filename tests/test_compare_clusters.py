@@ -269,3 +269,30 @@ def test_compare_many_p_values_are_in_the_cli_table_and_json(tmp_path: Path) -> 
     assert "Against the baseline [1], paired (p raw / p adjusted across runs, holm)" in (
         out.getvalue()
     )
+
+
+async def test_the_how_sure_table_and_the_notebook_show_clusters_and_attempts(
+    tmp_path: Path,
+) -> None:
+    capture_clustered(tmp_path / "ws")
+    result = await Workspace(tmp_path / "ws").compare("base", "cand")
+    page = render_html_report(result)
+    how_sure = page[page.index("<h2 id=how-sure>") : page.index("<h2>Metrics</h2>")]
+    for text in ("<th>clusters</th>", "<th>design effect</th>", "attempts per item", "clustered t"):
+        assert text in how_sure
+    notebook = result._repr_html_()
+    assert "design effect" in notebook and "attempts L/R" in notebook
+    assert ">12<" in notebook  # the cluster count
+
+
+async def test_without_clusters_the_tables_keep_their_columns(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "plain", config={"project_name": "p"})
+    for run_name in ("base", "cand"):
+        with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+            for i in range(5):
+                with stage.sample(f"q-{i}") as sample:
+                    sample.metric("score", float(i) + (run_name == "cand") * (i % 2))
+    ctx.close()
+    result = await Workspace(tmp_path / "plain").compare("base", "cand")
+    assert "design effect" not in render_html_report(result)
+    assert "attempts" not in result._repr_html_()

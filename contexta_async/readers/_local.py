@@ -14,7 +14,7 @@ import contextlib
 import re
 import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -118,6 +118,7 @@ class SampleScan:
         self.samples: dict[str, dict[str, SampleInfo]] = {}
         self.opened: Counter[bytes] = Counter()
         self._parents: dict[str, str] = {}  # sample ref head -> the stage or batch ref
+        self.by_ref: dict[str, SampleInfo] = {}  # sample ref -> its cluster and epoch
         self._decoder = LineDecoder(SampleLine)
 
     def feed(self, block: Block, name: str) -> None:
@@ -144,9 +145,9 @@ class SampleScan:
                 if scope is None or scope.parent_ref is None:
                     continue
                 parent = self._parents[head] = scope.parent_ref
-            self.samples.setdefault(parent, {})[component] = SampleInfo(
-                item, body.epoch, body.cluster
-            )
+            info = SampleInfo(item, body.epoch, body.cluster)
+            self.samples.setdefault(parent, {})[component] = info
+            self.by_ref[ref] = info
 
     def reopened(self) -> dict[str, int]:
         return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
@@ -240,7 +241,10 @@ def record_row(
     key: str | None,
     stage: str | None,
     sample: str | None,
+    samples: Mapping[str, SampleInfo] | None = None,
 ) -> RecordRow | None:
+    """The row of a RECORD line, or None when the filters leave it out; ``samples``: the
+    cluster and epoch of the samples that have one, by sample ref."""
     env = line.payload.envelope
     if env.run_ref != ref:
         return None
@@ -261,6 +265,11 @@ def record_row(
         return None
     if not _matches(env.sample_observation_ref, sample):
         return None
+    info = (
+        samples.get(env.sample_observation_ref)
+        if samples and env.sample_observation_ref is not None
+        else None
+    )
     return RecordRow(
         kind=kind,  # type: ignore[arg-type]
         ref=env.record_ref or line.payload_ref or "",
@@ -278,6 +287,8 @@ def record_row(
         message=body.message,
         attributes=body.attributes or {},
         status=body.status,
+        cluster=None if info is None else info.cluster,
+        epoch=None if info is None else info.epoch,
     )
 
 
@@ -396,7 +407,8 @@ class LocalSource:
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         issues = Issues()
-        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
+        samples = SampleScan()
+        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         known = set(runs) | set(artifacts)
         ref: str | None = None
         if runs:
@@ -406,7 +418,7 @@ class LocalSource:
                 ref = resolve_run_ref(run, known)
             except UnknownRunError:
                 ref = None  # perhaps a run known only from its records: found while streaming
-        lines = self._rows(run, ref, known, rows, issues)
+        lines = self._rows(run, ref, known, rows, issues, samples.by_ref)
         try:
             while (block := await anyio.to_thread.run_sync(next, lines, None)) is not None:
                 for row in block:
@@ -416,7 +428,13 @@ class LocalSource:
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
     def _rows(
-        self, name: str, ref: str | None, known: set[str], rows: RowFilter, issues: Issues
+        self,
+        name: str,
+        ref: str | None,
+        known: set[str],
+        rows: RowFilter,
+        issues: Issues,
+        samples: Mapping[str, SampleInfo] | None = None,
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
         the one ``name`` names among the runs of the artifacts and the record lines, found as
@@ -446,7 +464,9 @@ class LocalSource:
                                 raise AmbiguousRunError(name, sorted(candidates))
                             ref = run
                     if run == ref:
-                        row = record_row(line, ref, rows.kinds, rows.key, rows.stage, rows.sample)
+                        row = record_row(
+                            line, ref, rows.kinds, rows.key, rows.stage, rows.sample, samples
+                        )
                         if row is not None:
                             out.append(row)
                 yield out

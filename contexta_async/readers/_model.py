@@ -117,7 +117,10 @@ class RecordRow(_R):
     """One metric, event, span or artifact of a run, as streamed by ``Workspace.records``.
 
     ``key`` is the metric key, event key, span name or artifact kind; ``stage``, ``batch`` and
-    ``sample`` are names (the last ref component), ``None`` where the record has no such scope.
+    ``sample`` are names (the last ref component: ``<name>-epoch-<k>`` for an attempt captured
+    with an epoch), ``None`` where the record has no such scope. ``cluster`` and ``epoch`` are
+    the sample's, as given to ``stage.sample(...)`` (None when not given, or for records
+    outside a sample).
     """
 
     kind: RecordKind
@@ -139,6 +142,8 @@ class RecordRow(_R):
     hash_value: str | None = None
     location_ref: str | None = None
     size_bytes: int | None = None
+    cluster: str | None = None
+    epoch: int | None = None
 
 
 class MetricDelta(_R):

@@ -125,19 +125,26 @@ class _Items:
     """How the samples under one stage or batch ref group into items (see SampleInfo),
     computed once and used for every metric key whose samples come in the same order."""
 
-    __slots__ = ("codes", "counts", "epochs", "items", "names")
+    __slots__ = ("clusters", "codes", "counts", "epochs", "items", "names")
 
     def __init__(self, names: list[str], info: Mapping[str, SampleInfo]) -> None:
         self.names = names
-        index: dict[str, int] = {}
-        codes = []
-        for name in names:
-            found = info.get(name)
-            codes.append(index.setdefault(name if found is None else found.item, len(index)))
-        self.items = list(index)
-        self.codes = np.asarray(codes, dtype=np.intp)
-        self.counts = np.bincount(self.codes, minlength=len(self.items))
+        found = list(map(info.get, names))
+        # C-level passes (map, dict.fromkeys): this runs once per stage or batch and run, over
+        # every sample.
+        items = [name if f is None else f.item for name, f in zip(names, found, strict=True)]
+        self.items = list(dict.fromkeys(items))
         self.epochs = len(self.items) < len(names)
+        position = {item: i for i, item in enumerate(self.items)} if self.epochs else None
+        self.codes = (
+            np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
+            if position is not None
+            else np.arange(len(items), dtype=np.intp)
+        )
+        self.counts = np.bincount(self.codes, minlength=len(self.items))
+        self.clusters = {
+            f.item: f.cluster for f in found if f is not None and f.cluster is not None
+        }
 
     def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """Each item's mean over its attempts, and the sample variance of the attempts of
@@ -168,11 +175,7 @@ def _arrange_items(
     grouping = cache.get(id(info))
     if grouping is None or grouping.names != names:
         grouping = cache[id(info)] = _Items(names, info)
-        clusters = metrics.clusters.setdefault(stage, {})
-        for name in names:
-            found = info.get(name)
-            if found is not None and found.cluster is not None:
-                clusters[found.item] = found.cluster
+        metrics.clusters.setdefault(stage, {}).update(grouping.clusters)
     if not grouping.epochs:
         return values
     means, variances = grouping.group(values)

@@ -20,12 +20,12 @@ from typing import Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import ArtifactLine, ContextLine, FullRecordLine, SampleLine
+from .._format.lines import ArtifactLine, ContextLine, FullRecordLine
 from .._format.refs import (
-    SPLIT_LAST,
     components,
     last_component,
     parse_sample_head,
@@ -98,56 +98,79 @@ _RUN_LINE: Final = b'"payload_type":"Run"'
 _STAGE_LINE: Final = b'"payload_type":"StageExecution"'
 
 
-# A sample's opening line, as this library writes it (keys sorted, compact): its ref is
-# captured. Counted per ref, these find a sample opened twice (the alignment report's
-# duplicates). Contexta 1.0 writes no CONTEXT lines, so there is no other layout to match.
-_SAMPLE_OPENED: Final = re.compile(
-    rb'"sample_observation_ref":"([^"]+)","schema_version":"[^"]*",'
-    rb'"stage_execution_ref":"[^"]*","status":"open"'
+# A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
+# inside a string is escaped, so these bytes only occur as the line's own keys and values):
+# _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
+# report's duplicates, has two), _SAMPLE_META the cluster and epoch at the start of the same
+# lines, in the same order (only searched for in blocks that hold a cluster or an epoch).
+# Neither decodes a line. Contexta 1.0 writes no CONTEXT lines: no other layout to match.
+_SAMPLE_OPENED: Final = re.compile(rb'"status":"open"\},"payload_ref":"(sample:[^"]+)"')
+_SAMPLE_META: Final = re.compile(
+    rb'"payload":\{"batch_execution_ref":(?:null|"[^"]*"),'
+    rb'(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?"extensions"'
 )
-# Only lines holding one of these are decoded for a cluster or an epoch: a workspace without
-# either pays one search per block.
-_SAMPLE_META: Final = (b'"cluster":', b'"epoch":')
+
+
+def _json_text(raw: bytes) -> str:
+    """A JSON string's content as found in a line: escapes decoded where there are any."""
+    if b"\\" in raw:
+        return str(msgspec.json.decode(b'"' + raw + b'"'))
+    return raw.decode("utf-8", "replace")
 
 
 class SampleScan:
     """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
-    ``SourceData.samples``) and the refs opened more than once."""
+    ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
+    sample's SampleInfo by its full ref (for ``records``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_ref: bool = False) -> None:
         self.samples: dict[str, dict[str, SampleInfo]] = {}
         self.opened: Counter[bytes] = Counter()
-        self._parents: dict[str, str] = {}  # sample ref head -> the stage or batch ref
-        self.by_ref: dict[str, SampleInfo] = {}  # sample ref -> its cluster and epoch
-        self._decoder = LineDecoder(SampleLine)
+        self._parents: dict[str, str | None] = {}  # sample ref head -> the stage or batch ref
+        self._clusters: dict[bytes, str] = {}  # many samples share a cluster: decoded once
+        self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
 
-    def feed(self, block: Block, name: str) -> None:
-        self.opened.update(_SAMPLE_OPENED.findall(block.buffer, block.start, block.end))
-        if all(block.find(p) < 0 for p in _SAMPLE_META):
+    def feed(self, block: Block) -> None:
+        refs = _SAMPLE_OPENED.findall(block.buffer, block.start, block.end)
+        if not refs:
             return
-        # Corrupt lines are counted by the runs' decoding, not again here.
-        for line in self._decoder.decode(block.view(), name, block.offset, Issues()):
-            body = line.payload
-            ref = body.sample_observation_ref
-            if line.payload_type != "SampleObservation" or ref is None:
+        self.opened.update(refs)
+        if block.find(b'"cluster":') < 0 and block.find(b'"epoch":') < 0:
+            return
+        meta = _SAMPLE_META.findall(block.buffer, block.start, block.end)
+        if len(meta) != len(refs):  # not the layout this library writes: nothing to pair by
+            return
+        samples, parents, by_ref = self.samples, self._parents, self.by_ref
+        clusters = self._clusters
+        for (raw_cluster, raw_epoch), raw_ref in zip(meta, refs, strict=True):
+            if not raw_cluster and not raw_epoch:
                 continue
-            if body.cluster is None and body.epoch is None:
+            ref = raw_ref.decode()
+            head, _, component = ref.rpartition(".")
+            parent = parents.get(head, "")
+            if parent == "":
+                scope = parse_sample_head(head)
+                parent = parents[head] = None if scope is None else scope.parent_ref
+            if parent is None:
                 continue
-            head, _, component = SPLIT_LAST(ref)
-            item = component
-            if body.epoch is not None:
-                suffix = f"-epoch-{body.epoch}"
+            item, epoch = component, None
+            if raw_epoch:
+                epoch = int(raw_epoch)
+                suffix = f"-epoch-{epoch}"
                 if component.endswith(suffix) and len(component) > len(suffix):
                     item = component[: -len(suffix)]
-            parent = self._parents.get(head)
-            if parent is None:
-                scope = parse_sample_head(head)
-                if scope is None or scope.parent_ref is None:
-                    continue
-                parent = self._parents[head] = scope.parent_ref
-            info = SampleInfo(item, body.epoch, body.cluster)
-            self.samples.setdefault(parent, {})[component] = info
-            self.by_ref[ref] = info
+            cluster = None
+            if raw_cluster:
+                cluster = clusters.get(raw_cluster)
+                if cluster is None:
+                    cluster = clusters[raw_cluster] = _json_text(raw_cluster)
+            info = SampleInfo(item, epoch, cluster)
+            per_parent = samples.get(parent)
+            if per_parent is None:
+                per_parent = samples[parent] = {}
+            per_parent[component] = info
+            if by_ref is not None:
+                by_ref[ref] = info
 
     def reopened(self) -> dict[str, int]:
         return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
@@ -167,7 +190,7 @@ def read_context(
     name = str(path)
     for block in read_file(path, issues, chunk_size=chunk_size):
         if samples is not None:
-            samples.feed(block, name)
+            samples.feed(block)
         buffer = block.buffer
         starts: list[int] = []
         for pattern in (_RUN_LINE, _STAGE_LINE):
@@ -407,7 +430,7 @@ class LocalSource:
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         issues = Issues()
-        samples = SampleScan()
+        samples = SampleScan(by_ref=True)
         runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         known = set(runs) | set(artifacts)
         ref: str | None = None

@@ -17,7 +17,7 @@ from ..stats._bootstrap import BootstrapMethod, mcnemar_exact, paired_bootstrap_
 from ..stats._inference import (
     Adjustment,
     adjust_p_values,
-    cluster_bootstrap_ci,
+    cluster_bootstrap_cis,
     clustered_error,
     minimum_detectable_effect,
     newcombe_paired_interval,
@@ -93,10 +93,31 @@ def paired_results(
             method=bootstrap,
         )
     )
+    # Metrics over the same items and clusters share their cluster draws (one set per stage).
+    shared: dict[int, list[int]] = {}
+    for index, (usable, clustering) in enumerate(zip(finite, clusterings, strict=True)):
+        if usable and clustering is not None and clustering.count >= 2:
+            shared.setdefault(id(clustering), []).append(index)
+    cluster_intervals: dict[int, tuple[float, float]] = {}
+    for indices in shared.values():
+        clustering = clusterings[indices[0]]
+        assert clustering is not None
+        found = cluster_bootstrap_cis(
+            [np.asarray(diffs_of[i]) for i in indices],
+            clustering.codes,
+            clustering.count,
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+        )
+        cluster_intervals.update(zip(indices, found, strict=True))
     results = []
-    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs, usable, clustering in zip(
-        pairs, diffs_of, finite, clusterings, strict=True
-    ):
+    for index, (
+        (stage, key, lmap, rmap, matched, lvals, rvals),
+        diffs,
+        usable,
+        clustering,
+    ) in enumerate(zip(pairs, diffs_of, finite, clusterings, strict=True)):
         direction, inferred = direction_for(key, directions)
         n = len(matched)
         binary = n > 0 and all(
@@ -120,15 +141,8 @@ def paired_results(
         high: float | None = None
         method = "none"
         if usable and clustering is not None:
-            if clustering.count >= 2:
-                low, high = cluster_bootstrap_ci(
-                    np.asarray(diffs),
-                    clustering.codes,
-                    clustering.count,
-                    confidence=confidence,
-                    resamples=resamples,
-                    seed=seed,
-                )
+            if index in cluster_intervals:
+                low, high = cluster_intervals[index]
                 method = "cluster-bootstrap"
             else:
                 method = "one-cluster"

@@ -296,3 +296,17 @@ async def test_without_clusters_the_tables_keep_their_columns(tmp_path: Path) ->
     result = await Workspace(tmp_path / "plain").compare("base", "cand")
     assert "design effect" not in render_html_report(result)
     assert "attempts" not in result._repr_html_()
+
+
+async def test_clusters_with_quotes_escapes_and_non_ascii_read_back_exactly(
+    tmp_path: Path,
+) -> None:
+    odd = ['pas"sage \\ 7', "Ünïcode ∑", "tab\there", 'end"']
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    with ctx.run("r") as run, run.stage("s") as stage, stage.batch("b") as batch:
+        for i, cluster in enumerate(odd):
+            with batch.sample(f"q-{i}", cluster=cluster, epoch=1) as sample:
+                sample.metric("score", 1.0)
+    ctx.close()
+    rows = [row async for row in Workspace(tmp_path / "ws").records("r", kind="metric")]
+    assert [(row.batch, row.cluster, row.epoch) for row in rows] == [("b", c, 1) for c in odd]

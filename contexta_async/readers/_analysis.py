@@ -86,6 +86,11 @@ def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable
     if "saddlepoint" in used:
         where = " where method is saddlepoint" if resampled else ""
         how.append(f"bootstrap distribution by saddlepoint approximation{where} (no resampling)")
+    if "cluster-bootstrap" in used:
+        how.append(
+            f"whole clusters resampled where method is cluster-bootstrap ({resamples} "
+            f"resamples, seed {seed})"
+        )
     return (
         "paired analysis: samples matched by name within the stage (whatever their batch); "
         f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"

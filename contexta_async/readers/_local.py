@@ -135,7 +135,9 @@ class SampleScan:
         if not refs:
             return
         self.opened.update(refs)
-        if block.find(b'"cluster":') < 0 and block.find(b'"epoch":') < 0:
+        # An opening line writes its epoch right after "ended_at":null (longer needles are
+        # found faster: these two searches are all a workspace without either pays).
+        if block.find(b',"cluster":"') < 0 and block.find(b'"ended_at":null,"epoch":') < 0:
             return
         meta = _SAMPLE_META.findall(block.buffer, block.start, block.end)
         if len(meta) != len(refs):  # not the layout this library writes: nothing to pair by

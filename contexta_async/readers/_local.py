@@ -101,13 +101,13 @@ _STAGE_LINE: Final = b'"payload_type":"StageExecution"'
 # A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
 # inside a string is escaped, so these bytes only occur as the line's own keys and values):
 # _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
-# report's duplicates, has two), _SAMPLE_META the cluster and epoch at the start of the same
-# lines, in the same order (only searched for in blocks that hold a cluster or an epoch).
-# Neither decodes a line. Contexta 1.0 writes no CONTEXT lines: no other layout to match.
+# report's duplicates, has two); in blocks that hold a cluster or an epoch, _SAMPLE_META reads
+# them at the start of each such line. No line is decoded. Contexta 1.0 writes no CONTEXT
+# lines: there is no other layout to match.
 _SAMPLE_OPENED: Final = re.compile(rb'"status":"open"\},"payload_ref":"(sample:[^"]+)"')
 _SAMPLE_META: Final = re.compile(
-    rb'"payload":\{"batch_execution_ref":(?:null|"[^"]*"),'
-    rb'(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?"extensions"'
+    rb'\{"captured_at":"[^"]*","family":"CONTEXT","payload":\{"batch_execution_ref":'
+    rb'(?:null|"[^"]*"),(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?'
 )
 
 
@@ -131,20 +131,25 @@ class SampleScan:
         self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
 
     def feed(self, block: Block) -> None:
-        refs = _SAMPLE_OPENED.findall(block.buffer, block.start, block.end)
-        if not refs:
-            return
-        self.opened.update(refs)
+        buffer, start, end = block.buffer, block.start, block.end
         # An opening line writes its epoch right after "ended_at":null (longer needles are
-        # found faster: these two searches are all a workspace without either pays).
+        # found faster: these two searches are all a workspace without either pays besides
+        # the refs of the opening lines).
         if block.find(b',"cluster":"') < 0 and block.find(b'"ended_at":null,"epoch":') < 0:
-            return
-        meta = _SAMPLE_META.findall(block.buffer, block.start, block.end)
-        if len(meta) != len(refs):  # not the layout this library writes: nothing to pair by
+            self.opened.update(_SAMPLE_OPENED.findall(buffer, start, end))
             return
         samples, parents, by_ref = self.samples, self._parents, self.by_ref
         clusters = self._clusters
-        for (raw_cluster, raw_epoch), raw_ref in zip(meta, refs, strict=True):
+        line_meta = _SAMPLE_META.match
+        openings = list(_SAMPLE_OPENED.finditer(buffer, start, end))
+        self.opened.update([opening[1] for opening in openings])
+        for opening in openings:
+            raw_ref = opening[1]
+            # The cluster and epoch are at the start of the same line.
+            meta = line_meta(buffer, max(start, buffer.rfind(b"\n", start, opening.start()) + 1))
+            if meta is None:
+                continue
+            raw_cluster, raw_epoch = meta.groups()
             if not raw_cluster and not raw_epoch:
                 continue
             ref = raw_ref.decode()

@@ -44,7 +44,6 @@ __all__ = [
     "ReadEnvelope",
     "RecordPayload",
     "Run",
-    "SampleLine",
     "SampleObservation",
     "ScanLine",
     "StageExecution",
@@ -432,18 +431,3 @@ class ContextLine(_N):
     payload: _ContextBody
     payload_type: str
     payload_ref: str | None = None
-
-
-class _SampleBody(_N):
-    sample_observation_ref: str | None = None
-    cluster: str | None = None
-    epoch: int | None = None
-    status: str | None = None
-
-
-class SampleLine(_N):
-    """A CONTEXT line as the pairing needs it: a sample's ref, cluster, epoch and status
-    (any other CONTEXT line decodes too, with these None)."""
-
-    payload: _SampleBody
-    payload_type: str = ""

@@ -226,7 +226,9 @@ class RecordSource(Protocol):
     unique suffix, resolved as ``resolve_run_ref`` does; ``UnknownRunError``,
     ``AmbiguousRunError``, ``EmptyWorkspaceError`` otherwise) as ``RecordRow`` in capture
     order, metrics, events and spans first, then artifacts, filtered by ``rows``, holding a
-    bounded amount of memory. ``last_report`` is what the last finished read skipped.
+    bounded amount of memory; a source that knows the samples' clusters and epochs sets
+    ``RecordRow.cluster``/``epoch`` (they default to None: not given). ``last_report`` is
+    what the last finished read skipped.
 
     Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
     and trio): blocking work goes to worker threads.

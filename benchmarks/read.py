@@ -10,7 +10,8 @@ judge.score 1-5, latency.ms, prompt.tokens, completion.tokens, cost.usd) and two
 plus the CONTEXT lines of every run, stage and sample (opened and closed). Every measurement
 runs in a fresh subprocess (its peak RSS is its own), three times; the median is reported.
 
-Scenarios:
+Scenarios (and the clustered shape: the same samples as 4 attempts per item, items in
+clusters of 4, with compare timed on it):
   list-runs         Workspace.list_runs(): statuses from CONTEXT, counts from every record
   compare-read      the read half of compare: scan, aggregate per (stage, key) and per sample
   compare           Workspace.compare(a, b): the above plus deltas, artifacts and the paired
@@ -62,6 +63,7 @@ import contexta_async
 from contexta_async._format.lines import (
     CONTEXT,
     RECORD,
+    SCHEMA_VERSION,
     CaptureLine,
     Envelope,
     EventPayload,
@@ -168,8 +170,18 @@ def _record_item(
     )
 
 
-def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> int:
-    """Write the workspace; return the number of RECORD lines."""
+# The clustered shape: the same samples as attempts, EPOCHS per item, items in clusters of
+# CLUSTER_SIZE (e.g. questions about one passage).
+EPOCHS = 4
+CLUSTER_SIZE = 4
+
+
+def generate(
+    workspace: Path, samples: int, repeat: int = 1, seed: int = 1, *, clustered: bool = False
+) -> int:
+    """Write the workspace; return the number of RECORD lines. ``clustered``: sample ``s`` is
+    attempt ``s % EPOCHS + 1`` of item ``s // EPOCHS``, in cluster ``item // CLUSTER_SIZE``
+    (the same number of samples and records, with clusters and epochs)."""
     capture = workspace / "cache" / "capture"
     if capture.exists():
         # The sink appends: a second run into one --dir would time a workspace twice as big.
@@ -208,7 +220,10 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
             )
             batch: list[Item] = []
             for s in range(samples):
-                sample_ref = f"sample:{PROJECT}.{name}.evaluate.case-{s}"
+                item, epoch = divmod(s, EPOCHS) if clustered else (s, -1)
+                epoch += 1
+                component = f"case-{item}-epoch-{epoch}" if clustered else f"case-{s}"
+                sample_ref = f"sample:{PROJECT}.{name}.evaluate.{component}"
                 refs = (run_ref, stage_ref, sample_ref)
                 opened = _stamp(tick)
                 correct = float(rng.random() < quality)
@@ -260,12 +275,16 @@ def generate(workspace: Path, samples: int, repeat: int = 1, seed: int = 1) -> i
                             family=CONTEXT,
                             payload=SampleObservation(
                                 batch_execution_ref=None,
+                                cluster=f"passage-{item // CLUSTER_SIZE}" if clustered else None,
                                 ended_at=ended,
+                                epoch=epoch if clustered else None,
+                                extensions=(),
                                 failure_reason=None,
                                 observed_at=opened,
                                 run_ref=run_ref,
-                                sample_name=f"case-{s}",
+                                sample_name=f"case-{item}",
                                 sample_observation_ref=sample_ref,
+                                schema_version=SCHEMA_VERSION,
                                 stage_execution_ref=stage_ref,
                                 status=status,
                             ),
@@ -561,6 +580,21 @@ def main() -> None:
             )
         if not args.no_duckdb:
             _duckdb_anchor(main_ws, repeat, results)
+        # The same 1M records with clusters and epochs: compare's time beside the main shape's.
+        clustered_ws = base / "clustered"
+        generate(clustered_ws, samples, clustered=True)
+        r = _run_child("compare", clustered_ws, repeat)
+        r["shape"] = f"clustered ({EPOCHS} epochs per item, {CLUSTER_SIZE} items per cluster)"
+        r["median_s"] = statistics.median(r["times"])
+        r["median_cpu_s"] = statistics.median(r["cpu_s"])
+        results.append(r)
+        plain = next(x for x in results if x["scenario"] == "compare")
+        print(
+            f"{'compare clustered':<20} {r['median_s']:>9.3f} "
+            f"{r['records'] / r['median_s']:>12,.0f} {r['median_cpu_s']:>6.2f} "
+            f"{r['peak_rss_mib']:>8}   runs: {', '.join(f'{t:.3f}' for t in r['times'])}  "
+            f"({r['median_s'] / plain['median_s']:.2f}x compare)"
+        )
         # Peak RSS follows the answer (samples x keys), not the file.
         shapes = [
             ("same file, answer / 4", samples // 4, 4),

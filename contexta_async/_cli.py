@@ -21,6 +21,7 @@ import msgspec
 from ._errors import ContextaError, ValidationError
 from .readers import (
     SADDLEPOINT_MIN_PAIRS,
+    Alignment,
     BestRun,
     Direction,
     EmptyWorkspaceError,
@@ -200,8 +201,8 @@ def _stats_options(parser: argparse.ArgumentParser) -> None:
         "--adjust",
         choices=("holm", "bh", "none"),
         default="holm",
-        help="adjust the paired p-values across metrics: Holm (default), Benjamini-Hochberg, "
-        "or none",
+        help="adjust the paired p-values across metrics (two runs) or across the runs compared "
+        "with the first (three or more): Holm (default), Benjamini-Hochberg, or none",
     )
     parser.add_argument(
         "--maximize", action="append", default=[], metavar="KEY", help="KEY is better higher"
@@ -488,6 +489,19 @@ def _write_pair(
                     f"only in left: {_names(p.unmatched_left)}; "
                     f"only in right: {_names(p.unmatched_right)}"
                 )
+            if p.clusters is not None:
+                lines.append(
+                    f"{p.clusters} clusters: se {format_number(p.se)} clustered "
+                    f"(naive {format_number(p.naive_se)}), design effect "
+                    f"{format_number(p.design_effect)}; p {p.p_test}"
+                )
+            if p.attempts_left is not None or p.attempts_right is not None:
+                lines.append(
+                    f"attempts per item {format_number(p.attempts_left)}/"
+                    f"{format_number(p.attempts_right)}, variance across attempts "
+                    f"{format_number(p.within_item_variance_left)}/"
+                    f"{format_number(p.within_item_variance_right)} (left/right)"
+                )
             for line in lines:
                 out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
             if samples and p.samples:
@@ -504,6 +518,8 @@ def _write_pair(
                     ],
                     out,
                 )
+    if result.alignment is not None and result.alignment.share > 0:
+        _write_alignment(result.alignment, out)
     if result.artifacts:
         out.write("\nArtifacts\n")
         _table(
@@ -523,6 +539,25 @@ def _write_pair(
     if power is not None:
         _write_power(power, out)
     _write_warnings(result.warnings, result.notes, out)
+
+
+def _write_alignment(found: Alignment, out: TextIO) -> None:
+    out.write(
+        f"\nAlignment: {found.items} items; {found.only_left} only in left, "
+        f"{found.only_right} only in right, {found.duplicates_left}/{found.duplicates_right} "
+        f"duplicated (left/right), {found.attempts_differ} with different attempt counts "
+        f"({found.share:.1%} misaligned; warning above {found.threshold:.0%})\n"
+    )
+    for label, names, count in (
+        ("only in left", found.only_left_names, found.only_left),
+        ("only in right", found.only_right_names, found.only_right),
+        ("duplicated in left", found.duplicate_left_names, found.duplicates_left),
+        ("duplicated in right", found.duplicate_right_names, found.duplicates_right),
+        ("different attempt counts", found.attempts_differ_names, found.attempts_differ),
+    ):
+        if names:
+            more = f" (+{count - len(names)} more)" if count > len(names) else ""
+            out.write(f"  {label}: {', '.join(names)}{more}\n")
 
 
 def _write_many(result: MultiRunComparison, out: TextIO) -> None:
@@ -545,6 +580,26 @@ def _write_many(result: MultiRunComparison, out: TextIO) -> None:
             cells.append(format_number(value) + mark)
         rows.append(cells)
     _table(headers, rows, out)
+    tested = [row for row in result.rows if row.p_values is not None]
+    if tested and len(result.runs) > 1:
+        out.write(
+            f"\nAgainst the baseline [1], paired (p raw / p adjusted across runs, "
+            f"{result.adjustment})\n"
+        )
+        _table(
+            ["STAGE", "KEY"] + [f"[{i}]" for i in range(2, len(result.runs) + 1)],
+            [
+                [row.stage or "(run)", row.key]
+                + [
+                    f"{format_number(p)} / {format_number(q)}"
+                    for p, q in zip(
+                        (row.p_values or [])[1:], (row.p_adjusted or [])[1:], strict=True
+                    )
+                ]
+                for row in tested
+            ],
+            out,
+        )
     _write_warnings(result.warnings, result.notes, out)
 
 
@@ -583,7 +638,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         else:
             _write_pair(result, out, args.samples, power)
         return 0
-    many = await ws.compare_many(args.runs, directions=directions)
+    many = await ws.compare_many(args.runs, directions=directions, adjustment=args.adjust)
     if args.json:
         _json(many, out)
     else:

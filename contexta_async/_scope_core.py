@@ -19,6 +19,7 @@ from ._format.lines import (
     ARTIFACT,
     CONTEXT,
     RECORD,
+    SCHEMA_VERSION,
     ArtifactManifest,
     ArtifactPayload,
     ArtifactRequest,
@@ -34,7 +35,7 @@ from ._format.lines import (
     StageExecution,
     VerificationPolicy,
 )
-from ._format.refs import components, join_ref, normalize_name
+from ._format.refs import MAX_COMPONENT_LENGTH, components, join_ref, normalize_name
 from ._run_state import RunState, ScopeRegistry
 from ._waiters import Waiter, WaiterT
 
@@ -59,6 +60,8 @@ class ScopeCore:
         "_parked_opening",
         "batch_ref",
         "closed_at",
+        "cluster",
+        "epoch",
         "failure_reason",
         "inherited",
         "kind",
@@ -85,10 +88,17 @@ class ScopeCore:
         registry: ScopeRegistry | None = None,
         project: str | None = None,
         run_fields: Mapping[str, Any] | None = None,
+        cluster: object = None,
+        epoch: object = None,
     ) -> None:
         """A run (``parent=None``, with the pipeline, registry and project it belongs to), or a
-        stage, batch or sample of ``parent``'s run."""
+        stage, batch or sample of ``parent``'s run (a sample may have a cluster and an
+        epoch)."""
         component = normalize_name(name, field=f"{kind} name")
+        self.cluster = v.check_cluster(cluster)
+        self.epoch = v.check_epoch(epoch)
+        if self.epoch is not None:
+            component = _with_epoch(component, self.epoch)
         self.kind: ScopeKind = kind
         self.name: str = name.strip()  # type: ignore[attr-defined]
         self.parent = parent
@@ -362,6 +372,21 @@ class ScopeCore:
         return Item(ARTIFACT, "dict", None, run.ref, payload)
 
 
+def _with_epoch(component: str, epoch: int) -> str:
+    """The ref component of attempt ``epoch`` of a sample: ``<name>-epoch-<k>``. The ref
+    grammar has no character left to mark an epoch with, so it goes in the name; the readers
+    identify the item by the CONTEXT line's name and epoch, never by parsing the ref."""
+    suffixed = f"{component}-epoch-{epoch}"
+    if len(suffixed) > MAX_COMPONENT_LENGTH:
+        raise ValidationError(
+            "sample name",
+            f"with its epoch suffix ({suffixed!r}) normalises to more than "
+            f"{MAX_COMPONENT_LENGTH} characters",
+            component,
+        )
+    return suffixed
+
+
 # ---- the CONTEXT line of each kind of scope ----------------------------------------------
 
 
@@ -412,12 +437,16 @@ def _batch_line(core: ScopeCore) -> tuple[str, BatchExecution]:
 def _sample_line(core: ScopeCore) -> tuple[str, SampleObservation]:
     return "SampleObservation", SampleObservation(
         batch_execution_ref=core.batch_ref,
+        cluster=core.cluster,
         ended_at=core.closed_at,
+        epoch=core.epoch,
+        extensions=(),
         failure_reason=core.failure_reason,
         observed_at=core.started_at or "",
         run_ref=core.run.ref,
         sample_name=core.name,
         sample_observation_ref=core.ref,
+        schema_version=SCHEMA_VERSION,
         stage_execution_ref=core.stage_ref or "",
         status=core.status,
     )

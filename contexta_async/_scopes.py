@@ -222,9 +222,19 @@ class _OpensBatches(_Face):
 class _OpensSamples(_Face):
     __slots__ = ()
 
-    def sample(self, name: str) -> Opening[Sample, AsyncSample]:
-        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``."""
-        return _child(self._core, "sample", name, Sample, AsyncSample)
+    def sample(
+        self, name: str, *, cluster: str | None = None, epoch: int | None = None
+    ) -> Opening[Sample, AsyncSample]:
+        """A sample (one case, one prediction): ``with scope.sample("case-1") as sample``.
+
+        ``cluster`` names the group of correlated items the sample belongs to (questions about
+        one passage, turns of one conversation): the comparison's standard errors and
+        intervals then treat clusters, not samples, as independent. ``epoch`` (an int >= 1)
+        is the attempt number when one item is run several times: attempts of one item are
+        averaged before pairing; the sample's ref then ends in ``-epoch-<k>``.
+        """
+        core = ScopeCore("sample", name, parent=self._core, cluster=cluster, epoch=epoch)
+        return Opening(core, Sample, AsyncSample)
 
 
 # ---- capturing without waiting: the same on both faces --------------------------------------

@@ -33,6 +33,8 @@ __all__ = [
     "check_aggregation_scope",
     "check_artifact_kind",
     "check_attributes",
+    "check_cluster",
+    "check_epoch",
     "check_key",
     "check_level",
     "check_message",
@@ -180,6 +182,22 @@ def _check_text(value: object, field: str, max_length: int) -> str:
     if "\x00" in value or not value.isascii():  # the common case without a call
         check_string(value, field)
     return value
+
+
+def check_cluster(value: object, field: str = "cluster") -> str | None:
+    """A sample's cluster: optional, non-blank, at most 255 characters, writable as UTF-8."""
+    return None if value is None else _check_text(value, field, MAX_SHORT_TEXT)
+
+
+def check_epoch(value: object, field: str = "epoch") -> int | None:
+    """A sample's attempt number: optional, an int >= 1 (a bool is refused)."""
+    if value is None:
+        return None
+    if type(value) is bool or not isinstance(value, int):
+        raise ValidationError(field, "must be an int (not a bool)", value)
+    if not 1 <= value <= _INT64_MAX:
+        raise ValidationError(field, f"must be between 1 and {_INT64_MAX}", value)
+    return int(value)
 
 
 _known_units: set[str] = set()

@@ -22,6 +22,7 @@ from contexta_async import (
     Run,
     Sample,
     Stage,
+    ValidationError,
 )
 
 from .capture_files import last_status, metrics, read_lines
@@ -364,3 +365,87 @@ def test_both_faces_offer_the_same_methods_with_the_same_parameters(
     for name in ("metric_nowait", "event_nowait"):
         assert getattr(sync_face, name) is getattr(async_face, name)
         assert inspect.signature(getattr(sync_face, name), eval_str=True).return_annotation is None
+
+
+def test_a_sample_records_its_cluster_and_epoch_on_its_context_lines(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace, config={"project_name": "p"})
+    with ctx.run("r") as run, run.stage("evaluate") as stage:
+        for epoch in (1, 2):
+            with stage.sample("case-1", cluster="passage-7", epoch=epoch) as sample:
+                assert sample.ref == f"sample:p.r.evaluate.case-1-epoch-{epoch}"
+                sample.metric("correct", 1.0)
+        with stage.batch("b") as batch, batch.sample("case-2") as plain:
+            plain.metric("correct", 0.0)
+    ctx.close()
+    lines = [
+        line["payload"]
+        for line in read_lines(workspace, "CONTEXT")
+        if line["payload_type"] == "SampleObservation"
+    ]
+    attempts = [p for p in lines if p["sample_name"] == "case-1"]
+    assert [(p["cluster"], p["epoch"], p["status"]) for p in attempts] == [
+        ("passage-7", 1, "open"),
+        ("passage-7", 1, "completed"),
+        ("passage-7", 2, "open"),
+        ("passage-7", 2, "completed"),
+    ]
+    # Not given: not written (the line Contexta 1.0's model describes).
+    plain_lines = [p for p in lines if p["sample_name"] == "case-2"]
+    assert plain_lines and all("cluster" not in p and "epoch" not in p for p in plain_lines)
+    # The written keys stay sorted, as in every other line.
+    assert all(list(p) == sorted(p) for p in lines)
+
+
+async def test_the_async_face_takes_cluster_and_epoch_too(workspace: Path) -> None:
+    async with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        async with ctx.run("r") as run, run.stage("s") as stage:
+            async with stage.batch("b") as batch:
+                async with batch.sample("q", cluster="c", epoch=3) as sample:
+                    assert sample.ref == "sample:p.r.s.b.q-epoch-3"
+    payloads = [
+        line["payload"]
+        for line in read_lines(workspace, "CONTEXT")
+        if line["payload_type"] == "SampleObservation"
+    ]
+    assert {(p["cluster"], p["epoch"]) for p in payloads} == {("c", 3)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"cluster": ""}, "cluster"),
+        ({"cluster": "  "}, "cluster"),
+        ({"cluster": 7}, "cluster"),
+        ({"cluster": "x" * 256}, "cluster"),
+        ({"cluster": "a\x00b"}, "cluster"),
+        ({"cluster": "\udc80"}, "cluster"),
+        ({"epoch": 0}, "epoch"),
+        ({"epoch": -1}, "epoch"),
+        ({"epoch": True}, "epoch"),
+        ({"epoch": 1.0}, "epoch"),
+        ({"epoch": "2"}, "epoch"),
+    ],
+)
+def test_a_bad_cluster_or_epoch_raises_a_validation_error_naming_it(
+    workspace: Path, kwargs: dict[str, object], field: str
+) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run, run.stage("s") as stage:
+        with pytest.raises(ValidationError) as raised:
+            stage.sample("case", **kwargs)  # type: ignore[arg-type]
+        assert raised.value.field == field
+    ctx.close()
+
+
+def test_a_name_that_fits_only_without_the_epoch_suffix_is_refused(workspace: Path) -> None:
+    ctx = Contexta(workspace=workspace)
+    with ctx.run("r") as run, run.stage("s") as stage:
+        with stage.sample("n" * 55, epoch=1):  # exactly 63 characters: fine
+            pass
+        with pytest.raises(ValidationError) as raised:
+            stage.sample("n" * 56, epoch=1)
+        assert raised.value.field == "sample name"
+        with pytest.raises(ValidationError) as raised:
+            stage.sample("n" * 50, epoch=10**9)
+        assert raised.value.field == "sample name"
+    ctx.close()

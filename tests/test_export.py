@@ -436,3 +436,35 @@ async def test_a_failed_or_cancelled_export_leaves_the_old_file_and_no_partial_o
     assert scope.cancelled_caught
     assert _listing(out) == ["m.parquet"]
     assert target.read_bytes() == b"the previous export"
+
+
+async def test_cluster_and_epoch_columns_hold_what_the_samples_were_given(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    with ctx.run("r") as run, run.stage("evaluate") as stage:
+        for k in (1, 2):
+            with stage.sample("q-1", cluster="passage-7", epoch=k) as sample:
+                sample.metric("score", float(k))
+                sample.event("answer", message=f"try {k}")
+        with stage.sample("q-2") as plain:
+            plain.metric("score", 5.0)
+        stage.metric("pass.rate", 0.5)
+    ctx.close()
+    ws = Workspace(tmp_path / "ws")
+    rows = [r async for r in ws.records("r", kind="metric")]
+    assert [(r.sample, r.cluster, r.epoch) for r in rows] == [
+        ("q-1-epoch-1", "passage-7", 1),
+        ("q-1-epoch-2", "passage-7", 2),
+        ("q-2", None, None),
+        (None, None, None),
+    ]
+    await ws.export(tmp_path / "m.jsonl")
+    got = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(row["cluster"], row["epoch"]) for row in got] == [
+        ("passage-7", 1),
+        ("passage-7", 2),
+        (None, None),
+        (None, None),
+    ]
+    await ws.export(tmp_path / "e.parquet", events=True)
+    events = pq.read_table(tmp_path / "e.parquet").to_pylist()
+    assert [(e["cluster"], e["epoch"]) for e in events] == [("passage-7", 1), ("passage-7", 2)]

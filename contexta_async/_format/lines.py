@@ -220,16 +220,22 @@ class BatchExecution(_Line, kw_only=True):
     status: str
 
 
-class SampleObservation(_Line, kw_only=True):
+class SampleObservation(_Line, kw_only=True, omit_defaults=True):
+    """A sample's CONTEXT line. ``cluster`` and ``epoch`` are written only when given (the
+    only fields with a default, so the only ones ``omit_defaults`` leaves out): a sample
+    without them is the line Contexta 1.0 would write."""
+
     batch_execution_ref: str | None
+    cluster: str | None = None
     ended_at: str | None
-    extensions: tuple[Any, ...] = ()
+    epoch: int | None = None
+    extensions: tuple[Any, ...]
     failure_reason: str | None
     observed_at: str
     run_ref: str
     sample_name: str
     sample_observation_ref: str
-    schema_version: str = SCHEMA_VERSION
+    schema_version: str
     stage_execution_ref: str
     status: str
 

@@ -29,7 +29,8 @@ __all__ = [
 Table = Literal["metrics", "events"]
 Row = tuple[Any, ...]
 
-# (name, Arrow/Parquet type). cluster and epoch are not captured yet: always null for now.
+# (name, Arrow/Parquet type). cluster and epoch: the sample's (stage.sample(..., cluster=,
+# epoch=)), null when not given.
 METRIC_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("run", "string"),
     ("stage", "string"),
@@ -62,7 +63,7 @@ _json = msgspec.json.Encoder(order="deterministic")
 def metric_row(row: RecordRow) -> Row:
     value = None if row.value is None else float(row.value)
     return (
-        row.run_ref, row.stage, row.batch, row.sample, None, None,
+        row.run_ref, row.stage, row.batch, row.sample, row.cluster, row.epoch,
         row.key, value, row.unit, row.recorded_at,
     )  # fmt: skip
 
@@ -70,7 +71,7 @@ def metric_row(row: RecordRow) -> Row:
 def event_row(row: RecordRow) -> Row:
     # attributes stay a mapping here: JSON Lines writes it as an object, the others as text
     return (
-        row.run_ref, row.stage, row.batch, row.sample, None, None,
+        row.run_ref, row.stage, row.batch, row.sample, row.cluster, row.epoch,
         row.key, row.level, row.message, row.attributes, row.recorded_at,
     )  # fmt: skip
 

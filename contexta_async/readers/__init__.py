@@ -30,6 +30,7 @@ from ._errors import (
     WorkspaceNotFoundError,
 )
 from ._model import (
+    Alignment,
     ArtifactChange,
     BestRun,
     Direction,
@@ -55,6 +56,7 @@ from ._workspace import Workspace, resolve_run_ref
 __all__ = [
     "MINIMIZE_WORDS",
     "SADDLEPOINT_MIN_PAIRS",
+    "Alignment",
     "AmbiguousMetricError",
     "AmbiguousRunError",
     "ArtifactChange",

@@ -8,9 +8,11 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Final, get_args
 
+import numpy as np
+
 from .._format.refs import parse_scope
 from ._model import RecordCounts, RunStatus, RunSummary, Scope
-from ._source import TYPE_KIND, RecordScan, RunInfo, SourceData
+from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleInfo, SourceData
 
 __all__ = [
     "STATUSES",
@@ -66,14 +68,23 @@ def mean_of(values: Collection[float]) -> float:
 
 
 class RunMetrics:
-    """One run's metrics: the latest value per place, and per-sample values by sample name."""
+    """One run's metrics: the latest value per place, and per-item values by item name.
 
-    __slots__ = ("duplicates", "latest", "samples")
+    An item is a sample, or, when samples carry epochs, the attempts of one item: ``samples``
+    then holds each item's mean over its attempts, ``attempts`` how many there were and
+    ``attempt_variance`` their sample variance (items with two or more). ``clusters`` names
+    the cluster of the items that have one, per stage.
+    """
+
+    __slots__ = ("attempt_variance", "attempts", "clusters", "duplicates", "latest", "samples")
 
     def __init__(self) -> None:
         self.latest: dict[Place, float] = {}
         self.samples: dict[tuple[str | None, str], dict[str, float]] = {}
         self.duplicates: set[tuple[str | None, str]] = set()
+        self.clusters: dict[str | None, dict[str, str]] = {}
+        self.attempts: dict[tuple[str | None, str], dict[str, int]] = {}
+        self.attempt_variance: dict[tuple[str | None, str], dict[str, float]] = {}
 
     def sample_names(self, stage: str | None) -> list[str]:
         """The names of the samples with a metric in ``stage``, each once."""
@@ -110,15 +121,83 @@ def differing_samples(left: RunMetrics, right: RunMetrics, stage: str | None) ->
     return len(left_set - right_set), len(right_set - left_set)
 
 
+class _Items:
+    """How the samples under one stage or batch ref group into items (see SampleInfo),
+    computed once and used for every metric key whose samples come in the same order."""
+
+    __slots__ = ("clusters", "codes", "counts", "epochs", "items", "names")
+
+    def __init__(self, names: list[str], info: Mapping[str, SampleInfo]) -> None:
+        self.names = names
+        found = list(map(info.get, names))
+        # C-level passes (map, dict.fromkeys): this runs once per stage or batch and run, over
+        # every sample.
+        items = [name if f is None else f.item for name, f in zip(names, found, strict=True)]
+        self.items = list(dict.fromkeys(items))
+        self.epochs = len(self.items) < len(names)
+        position = {item: i for i, item in enumerate(self.items)} if self.epochs else None
+        self.codes = (
+            np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
+            if position is not None
+            else np.arange(len(items), dtype=np.intp)
+        )
+        self.counts = np.bincount(self.codes, minlength=len(self.items))
+        self.clusters = {
+            f.item: f.cluster for f in found if f is not None and f.cluster is not None
+        }
+
+    def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """Each item's mean over its attempts, and the sample variance of the attempts of
+        items with two or more (deviations from the item mean: no cancellation)."""
+        vals = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+        with np.errstate(all="ignore"):
+            means = np.bincount(self.codes, weights=vals, minlength=len(self.items)) / self.counts
+            dev = vals - means[self.codes]
+            squares = np.bincount(self.codes, weights=dev * dev, minlength=len(self.items))
+            several = self.counts > 1
+            variances = squares[several] / (self.counts[several] - 1)
+        repeated = [item for item, many in zip(self.items, several.tolist(), strict=True) if many]
+        return dict(zip(self.items, means.tolist(), strict=True)), dict(
+            zip(repeated, variances.tolist(), strict=True)
+        )
+
+
+def _arrange_items(
+    metrics: RunMetrics,
+    stage: str | None,
+    key: str,
+    values: dict[str, float],
+    info: Mapping[str, SampleInfo],
+    cache: dict[int, _Items],
+) -> dict[str, float]:
+    """``values`` by sample -> by item, noting clusters and attempts (see RunMetrics)."""
+    names = list(values)
+    grouping = cache.get(id(info))
+    if grouping is None or grouping.names != names:
+        grouping = cache[id(info)] = _Items(names, info)
+        metrics.clusters.setdefault(stage, {}).update(grouping.clusters)
+    if not grouping.epochs:
+        return values
+    means, variances = grouping.group(values)
+    metrics.attempts[(stage, key)] = dict(
+        zip(grouping.items, grouping.counts.tolist(), strict=True)
+    )
+    metrics.attempt_variance[(stage, key)] = variances
+    return means
+
+
 def collect_metrics(
     samples: Mapping[tuple[str, str], dict[str, float | None]],
     others: Mapping[tuple[str, str], float | None],
     runs: Iterable[str],
+    sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES,
 ) -> dict[str, RunMetrics]:
-    """Arrange scanned values by run: sample values per (stage, key) whatever their batch,
-    and the latest run/stage/batch values per place. The dicts of ``samples`` are taken
-    over, not copied (they are large)."""
+    """Arrange scanned values by run: item values per (stage, key) whatever their batch (a
+    sample's value, or the mean of an item's attempts when ``sample_info`` gives epochs), and
+    the latest run/stage/batch values per place. The dicts of ``samples`` are taken over,
+    not copied (they are large)."""
     out = {run: RunMetrics() for run in runs}
+    cache: dict[int, _Items] = {}
     for (parent, key), values in samples.items():
         scope = parse_scope(parent)
         if scope is None:
@@ -131,6 +210,9 @@ def collect_metrics(
             if None in values.values()
             else values  # type: ignore[assignment]
         )
+        info = sample_info.get(parent) if sample_info else None
+        if info:
+            present = _arrange_items(metrics, scope.stage, key, present, info, cache)
         bucket = metrics.samples.get((scope.stage, key))
         if bucket is None:
             metrics.samples[(scope.stage, key)] = present
@@ -149,9 +231,11 @@ def collect_metrics(
     return out
 
 
-def run_metrics(scan: RecordScan) -> dict[str, RunMetrics]:
+def run_metrics(
+    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES
+) -> dict[str, RunMetrics]:
     """The kept values of a scan, by run (the scan's sample dicts are taken over)."""
-    return collect_metrics(scan.samples, scan.others, scan.kept)
+    return collect_metrics(scan.samples, scan.others, scan.kept, sample_info)
 
 
 class Aggregate:
@@ -162,7 +246,8 @@ class Aggregate:
         self.scan = data.scan
         self.artifacts = data.artifacts
         self.report = data.report
-        self._metrics = run_metrics(data.scan)
+        self.reopened = data.reopened
+        self._metrics = run_metrics(data.scan, data.samples)
 
     def refs(self) -> set[str]:
         return set(self.runs) | self.scan.run_refs() | set(self.artifacts)

@@ -8,12 +8,21 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
+from .._format.refs import parse_scope
 from ..stats._bootstrap import BootstrapMethod
-from ..stats._inference import Adjustment
-from ._aggregate import Aggregate, RunMetrics, differing_samples, order_all, stage_order
+from ..stats._inference import Adjustment, adjust_p_values
+from ._aggregate import (
+    Aggregate,
+    RunMetrics,
+    differing_samples,
+    natural_key,
+    order_all,
+    stage_order,
+)
 from ._direction import infer_direction
 from ._errors import AmbiguousMetricError, MetricNotFoundError
 from ._model import (
+    Alignment,
     ArtifactChange,
     BestRun,
     Direction,
@@ -25,12 +34,15 @@ from ._model import (
     RunComparison,
     RunSummary,
 )
-from ._pairing import direction_for, paired_results, places
+from ._pairing import direction_for, paired_p_values, paired_results, places
 from ._source import ArtifactInfo
 
 __all__ = [
+    "ALIGNMENT_LISTED",
+    "ALIGNMENT_THRESHOLD",
     "INFERENCE_NOTES",
     "LATEST_NOTE",
+    "alignment",
     "artifact_changes",
     "best_run",
     "compare_many",
@@ -52,7 +64,9 @@ _INFERENCE = (
     "p_value: exact McNemar for 0/1 metrics, paired t (n - 1 df) otherwise; se = s/sqrt(n) of "
     "the differences, unpaired_se as if the runs had different items; mde: smallest true "
     "difference detected with 80% power at two-sided alpha 0.05 (2.80 se); small_n_low/high: "
-    "Newcombe's interval for 0/1 metrics"
+    "Newcombe's interval for 0/1 metrics; with clusters (clusters is set): se cluster-robust "
+    "(C/(C-1)), p_value Student t on it with C - 1 df, the interval resamples clusters; with "
+    "epochs: each item's attempts are averaged before pairing (n = items)"
 )
 INFERENCE_NOTES = {
     "holm": _INFERENCE + "; p_adjusted: Holm (family-wise) across the paired metrics",
@@ -72,6 +86,11 @@ def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable
     if "saddlepoint" in used:
         where = " where method is saddlepoint" if resampled else ""
         how.append(f"bootstrap distribution by saddlepoint approximation{where} (no resampling)")
+    if "cluster-bootstrap" in used:
+        how.append(
+            f"whole clusters resampled where method is cluster-bootstrap ({resamples} "
+            f"resamples, seed {seed})"
+        )
     return (
         "paired analysis: samples matched by name within the stage (whatever their batch); "
         f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"
@@ -231,6 +250,101 @@ def multi_rows(
     return rows
 
 
+ALIGNMENT_THRESHOLD: Final = 0.05
+ALIGNMENT_LISTED: Final = 20
+
+
+def _attempt_counts(metrics: RunMetrics, stage: str | None) -> dict[str, int]:
+    """Attempts per item of ``stage`` (the most any metric saw); items absent have one."""
+    counts: dict[str, int] = {}
+    for (st, _), per_item in metrics.attempts.items():
+        if st == stage:
+            for item, n in per_item.items():
+                if n > counts.get(item, 0):
+                    counts[item] = n
+    return counts
+
+
+def _reopened(reopened: Mapping[str, int], run: str) -> set[tuple[str | None, str]]:
+    """(stage, name) of the samples of ``run`` opened more than once."""
+    found: set[tuple[str | None, str]] = set()
+    for ref in reopened:
+        scope = parse_scope(ref)
+        if scope is not None and scope.run_ref == run and scope.name is not None:
+            found.add((scope.stage, scope.name))
+    return found
+
+
+def alignment(
+    left: RunMetrics,
+    right: RunMetrics,
+    stages: Sequence[str | None],
+    reopened: Mapping[str, int],
+    lref: str,
+    rref: str,
+) -> Alignment:
+    """How the items of two runs line up (see ``Alignment``)."""
+    only_left: list[str] = []
+    only_right: list[str] = []
+    differ: list[str] = []
+    items = 0
+    dup_left = {f"{st}.{n}" if st else n for st, n in left.duplicates | _reopened(reopened, lref)}
+    dup_right = {f"{st}.{n}" if st else n for st, n in right.duplicates | _reopened(reopened, rref)}
+    for stage in stages:
+        lnames, rnames = left.sample_names(stage), right.sample_names(stage)
+        lset, rset = set(lnames), set(rnames)
+        items += len(lset | rset)
+        prefix = f"{stage}." if stage else ""
+        label = prefix.__add__
+        only_left.extend(map(label, lset - rset))
+        only_right.extend(map(label, rset - lset))
+        lcounts, rcounts = _attempt_counts(left, stage), _attempt_counts(right, stage)
+        if lcounts or rcounts:
+            differ.extend(
+                label(item) for item in lset & rset if lcounts.get(item, 1) != rcounts.get(item, 1)
+            )
+    misaligned = len(set(only_left) | set(only_right) | dup_left | dup_right | set(differ))
+    share = misaligned / items if items else 0.0
+
+    def first(names: Iterable[str]) -> list[str]:
+        return sorted(names, key=natural_key)[:ALIGNMENT_LISTED]
+
+    return Alignment(
+        items=items,
+        only_left=len(only_left),
+        only_right=len(only_right),
+        duplicates_left=len(dup_left),
+        duplicates_right=len(dup_right),
+        attempts_differ=len(differ),
+        share=share,
+        threshold=ALIGNMENT_THRESHOLD,
+        warn=share > ALIGNMENT_THRESHOLD,
+        listed=ALIGNMENT_LISTED,
+        only_left_names=first(only_left),
+        only_right_names=first(only_right),
+        duplicate_left_names=first(dup_left),
+        duplicate_right_names=first(dup_right),
+        attempts_differ_names=first(differ),
+    )
+
+
+def _alignment_warning(found: Alignment) -> str:
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (found.only_left, "only in left"),
+            (found.only_right, "only in right"),
+            (found.duplicates_left + found.duplicates_right, "duplicated"),
+            (found.attempts_differ, "with different attempt counts"),
+        )
+        if n
+    ]
+    return (
+        f"{found.share:.1%} of the {found.items} items are misaligned ({', '.join(parts)}; "
+        f"more than {found.threshold:.0%}): the paired statistics cover only the matched items"
+    )
+
+
 def compare_two(
     agg: Aggregate,
     lref: str,
@@ -263,6 +377,14 @@ def compare_two(
                 f"stage {stage}: the sample sets differ ({only_left} only in left, "
                 f"{only_right} only in right)"
             )
+    aligned = alignment(lm, rm, order_all(order, lm, rm), agg.reopened, lref, rref)
+    if aligned.warn:
+        warnings.append(_alignment_warning(aligned))
+    elif aligned.duplicates_left or aligned.duplicates_right:
+        warnings.append(
+            f"{aligned.duplicates_left + aligned.duplicates_right} item(s) captured more than "
+            "once without an epoch: one value each is used"
+        )
     paired = paired_results(
         lm,
         rm,
@@ -289,13 +411,36 @@ def compare_two(
         ],
         read_report=agg.report,
         adjustment=adjustment,
+        alignment=aligned,
     )
 
 
+def _against_baseline(
+    rows: Sequence[MultiRunRow],
+    ordered: Sequence[RunMetrics],
+    order: Sequence[str],
+    adjustment: Adjustment,
+) -> None:
+    """Fill each sample-level row's p-values of every run against the first (paired as in
+    ``compare``), adjusted across those runs per metric."""
+    tests = [paired_p_values(ordered[0], other, order) for other in ordered[1:]]
+    for row in rows:
+        if row.scope != "sample" or not tests:
+            continue
+        found = [test.get((row.stage, row.key), (None, None)) for test in tests]
+        row.p_values = [None, *(p for p, _ in found)]
+        row.p_tests = [None, *(t for _, t in found)]
+        row.p_adjusted = [None, *adjust_p_values([p for p, _ in found], adjustment)]
+
+
 def compare_many(
-    agg: Aggregate, refs: Sequence[str], directions: Mapping[str, Direction] | None
+    agg: Aggregate,
+    refs: Sequence[str],
+    directions: Mapping[str, Direction] | None,
+    adjustment: Adjustment = "holm",
 ) -> MultiRunComparison:
-    """Every metric of every run in one table, with the best run(s) per row."""
+    """Every metric of every run in one table, with the best run(s) per row, and for
+    sample-level metrics each run's p-value against the first run (raw and adjusted)."""
     unique = list(dict.fromkeys(refs))
     summaries = [agg.summary(ref) for ref in unique]
     ordered = [agg.metrics(ref) for ref in unique]
@@ -306,12 +451,24 @@ def compare_many(
             "the runs used different datasets: "
             + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
         )
+    order = stage_order(summaries)
+    rows = multi_rows(unique, ordered, order, directions)
+    _against_baseline(rows, ordered, order, adjustment)
+    notes = [LATEST_NOTE]
+    if len(unique) > 1:
+        how = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}[adjustment]
+        notes.append(
+            f"sample-level metrics: p_values of each run against the baseline {unique[0]} "
+            f"(paired by item as in compare), p_adjusted across the {len(unique) - 1} runs "
+            f"per metric: {how}"
+        )
     return MultiRunComparison(
         runs=summaries,
-        rows=multi_rows(unique, ordered, stage_order(summaries), directions),
+        rows=rows,
         warnings=warnings,
-        notes=[LATEST_NOTE],
+        notes=notes,
         read_report=agg.report,
+        adjustment=adjustment,
     )
 
 

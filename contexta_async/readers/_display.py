@@ -101,6 +101,10 @@ def comparison_html(result: RunComparison) -> str:
     parts = [f"<p>{_run_line('left', result.left)}<br>{_run_line('right', result.right)}</p>"]
     if result.paired:
         level = f"{result.paired[0].confidence:.0%}"
+        clustered = any(p.clusters is not None for p in result.paired)
+        attempts = any(
+            p.attempts_left is not None or p.attempts_right is not None for p in result.paired
+        )
         rows = [
             _text(p.stage or "(run)")
             + _text(p.key)
@@ -115,6 +119,16 @@ def comparison_html(result: RunComparison) -> str:
             + _num(p.p_value)
             + _num(p.p_adjusted)
             + f"{_CELL}{len(p.fixed)}/{len(p.regressed)}</td>"
+            + (
+                f"{_CELL}{'-' if p.clusters is None else p.clusters}</td>" + _num(p.design_effect)
+                if clustered
+                else ""
+            )
+            + (
+                f"{_CELL}{number(p.attempts_left)}/{number(p.attempts_right)}</td>"
+                if attempts
+                else ""
+            )
             for p in result.paired
         ]
         parts.append(
@@ -133,6 +147,8 @@ def comparison_html(result: RunComparison) -> str:
                     "p",
                     f"p ({result.adjustment})",
                     "fixed/regressed",
+                    *(["clusters", "design effect"] if clustered else []),
+                    *(["attempts L/R"] if attempts else []),
                 ],
                 rows,
             )

@@ -11,13 +11,24 @@ block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import (
+    AsyncGenerator,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from .._format.index import Frame, index_path_for
@@ -29,7 +40,12 @@ from .._format.lines import (
     FullRecordLine,
     run_marker,
 )
-from .._format.refs import components, last_component, run_matches
+from .._format.refs import (
+    components,
+    last_component,
+    parse_sample_head,
+    run_matches,
+)
 from ._errors import (
     AmbiguousRunError,
     EmptyWorkspaceError,
@@ -56,12 +72,14 @@ from ._source import (
     RecordScan,
     RowFilter,
     RunInfo,
+    SampleInfo,
     SourceData,
     resolve_run_ref,
 )
 
 __all__ = [
     "LocalSource",
+    "SampleScan",
     "artifact_row",
     "context_lines",
     "read_artifacts",
@@ -91,12 +109,106 @@ def _nonempty(path: Path) -> bool:
 # ---- the small files: runs and stages from context.jsonl, artifacts ------------------
 
 
-def read_context(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> dict[str, RunInfo]:
-    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded."""
+# A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
+# inside a string is escaped, so these bytes only occur as the line's own keys and values):
+# _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
+# report's duplicates, has two); in blocks that hold a cluster or an epoch, _SAMPLE_META reads
+# them at the start of each such line. No line is decoded. Contexta 1.0 writes no CONTEXT
+# lines: there is no other layout to match.
+_SAMPLE_OPENED: Final = re.compile(rb'"status":"open"\},"payload_ref":"(sample:[^"]+)"')
+_SAMPLE_META: Final = re.compile(
+    rb'\{"captured_at":"[^"]*","family":"CONTEXT","payload":\{"batch_execution_ref":'
+    rb'(?:null|"[^"]*"),(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?'
+)
+
+
+def _json_text(raw: bytes) -> str:
+    """A JSON string's content as found in a line: escapes decoded where there are any."""
+    if b"\\" in raw:
+        return str(msgspec.json.decode(b'"' + raw + b'"'))
+    return raw.decode("utf-8", "replace")
+
+
+class SampleScan:
+    """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
+    ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
+    sample's SampleInfo by its full ref (for ``records``)."""
+
+    def __init__(self, *, by_ref: bool = False) -> None:
+        self.samples: dict[str, dict[str, SampleInfo]] = {}
+        self.opened: Counter[bytes] = Counter()
+        self._parents: dict[str, str | None] = {}  # sample ref head -> the stage or batch ref
+        self._clusters: dict[bytes, str] = {}  # many samples share a cluster: decoded once
+        self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
+
+    def feed(self, block: Block) -> None:
+        buffer, start, end = block.buffer, block.start, block.end
+        # An opening line writes its epoch right after "ended_at":null (longer needles are
+        # found faster: these two searches are all a workspace without either pays besides
+        # the refs of the opening lines).
+        if block.find(b',"cluster":"') < 0 and block.find(b'"ended_at":null,"epoch":') < 0:
+            self.opened.update(_SAMPLE_OPENED.findall(buffer, start, end))
+            return
+        samples, parents, by_ref = self.samples, self._parents, self.by_ref
+        clusters = self._clusters
+        line_meta = _SAMPLE_META.match
+        openings = list(_SAMPLE_OPENED.finditer(buffer, start, end))
+        self.opened.update([opening[1] for opening in openings])
+        for opening in openings:
+            raw_ref = opening[1]
+            # The cluster and epoch are at the start of the same line.
+            meta = line_meta(buffer, max(start, buffer.rfind(b"\n", start, opening.start()) + 1))
+            if meta is None:
+                continue
+            raw_cluster, raw_epoch = meta.groups()
+            if not raw_cluster and not raw_epoch:
+                continue
+            ref = raw_ref.decode()
+            head, _, component = ref.rpartition(".")
+            parent = parents.get(head, "")
+            if parent == "":
+                scope = parse_sample_head(head)
+                parent = parents[head] = None if scope is None else scope.parent_ref
+            if parent is None:
+                continue
+            item, epoch = component, None
+            if raw_epoch:
+                epoch = int(raw_epoch)
+                suffix = f"-epoch-{epoch}"
+                if component.endswith(suffix) and len(component) > len(suffix):
+                    item = component[: -len(suffix)]
+            cluster = None
+            if raw_cluster:
+                cluster = clusters.get(raw_cluster)
+                if cluster is None:
+                    cluster = clusters[raw_cluster] = _json_text(raw_cluster)
+            info = SampleInfo(item, epoch, cluster)
+            per_parent = samples.get(parent)
+            if per_parent is None:
+                per_parent = samples[parent] = {}
+            per_parent[component] = info
+            if by_ref is not None:
+                by_ref[ref] = info
+
+    def reopened(self) -> dict[str, int]:
+        return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
+
+
+def read_context(
+    path: Path,
+    issues: Issues,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    samples: SampleScan | None = None,
+) -> dict[str, RunInfo]:
+    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded
+    (``samples``, when given, takes their clusters, epochs and openings)."""
     runs: dict[str, RunInfo] = {}
     decoder = LineDecoder(ContextLine)
     name = str(path)
     for block in read_file(path, issues, chunk_size=chunk_size):
+        if samples is not None:
+            samples.feed(block)
         for value in context_lines(block, decoder, name, issues):
             _apply_context(runs, value)
     return runs
@@ -178,7 +290,10 @@ def record_row(
     key: str | None,
     stage: str | None,
     sample: str | None,
+    samples: Mapping[str, SampleInfo] | None = None,
 ) -> RecordRow | None:
+    """The row of a RECORD line, or None when the filters leave it out; ``samples``: the
+    cluster and epoch of the samples that have one, by sample ref."""
     env = line.payload.envelope
     if env.run_ref != ref:
         return None
@@ -199,6 +314,11 @@ def record_row(
         return None
     if not _matches(env.sample_observation_ref, sample):
         return None
+    info = (
+        samples.get(env.sample_observation_ref)
+        if samples and env.sample_observation_ref is not None
+        else None
+    )
     return RecordRow(
         kind=kind,  # type: ignore[arg-type]
         ref=env.record_ref or line.payload_ref or "",
@@ -216,6 +336,8 @@ def record_row(
         message=body.message,
         attributes=body.attributes or {},
         status=body.status,
+        cluster=None if info is None else info.cluster,
+        epoch=None if info is None else info.epoch,
     )
 
 
@@ -268,9 +390,11 @@ class LocalSource:
         return self.capture_dir / f"{family}.jsonl"
 
     def _small_files(
-        self, issues: Issues
+        self, issues: Issues, samples: SampleScan | None = None
     ) -> tuple[dict[str, RunInfo], dict[str, list[ArtifactInfo]]]:
-        runs = read_context(self._file("context"), issues, chunk_size=self.chunk_size)
+        runs = read_context(
+            self._file("context"), issues, chunk_size=self.chunk_size, samples=samples
+        )
         artifacts = read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
         return runs, artifacts
 
@@ -296,6 +420,7 @@ class LocalSource:
     async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
         wanted = None if runs is None else frozenset(runs)
         small_issues = Issues()
+        samples = SampleScan() if values else None
         found: dict[str, Any] = {}
         stop = threading.Event()
 
@@ -307,7 +432,7 @@ class LocalSource:
 
         async def small() -> None:
             found["small"] = await anyio.to_thread.run_sync(
-                self._small_files, small_issues, abandon_on_cancel=True
+                self._small_files, small_issues, samples, abandon_on_cancel=True
             )
 
         try:
@@ -323,11 +448,16 @@ class LocalSource:
         issues = small_issues.merge(scan_issues)
         report = await anyio.to_thread.run_sync(issues.report)
         self.last_report = report
-        return SourceData(runs_info, scan_result, artifacts, report)
+        if samples is None:
+            return SourceData(runs_info, scan_result, artifacts, report)
+        return SourceData(
+            runs_info, scan_result, artifacts, report, samples.samples, samples.reopened()
+        )
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         issues = Issues()
-        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
+        samples = SampleScan(by_ref=True)
+        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         known = set(runs) | set(artifacts)
         ref: str | None = None
         if runs:
@@ -337,7 +467,7 @@ class LocalSource:
                 ref = resolve_run_ref(run, known)
             except UnknownRunError:
                 ref = None  # perhaps a run known only from its records: found while streaming
-        lines = self._rows(run, ref, known, rows, issues)
+        lines = self._rows(run, ref, known, rows, issues, samples.by_ref)
         try:
             while (block := await anyio.to_thread.run_sync(next, lines, None)) is not None:
                 for row in block:
@@ -347,7 +477,13 @@ class LocalSource:
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
     def _rows(
-        self, name: str, ref: str | None, known: set[str], rows: RowFilter, issues: Issues
+        self,
+        name: str,
+        ref: str | None,
+        known: set[str],
+        rows: RowFilter,
+        issues: Issues,
+        samples: Mapping[str, SampleInfo] | None = None,
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
         the one ``name`` names among the runs of the artifacts and the record lines, found as
@@ -377,7 +513,9 @@ class LocalSource:
                                 raise AmbiguousRunError(name, sorted(candidates))
                             ref = run
                     if run == ref:
-                        row = record_row(line, ref, rows.kinds, rows.key, rows.stage, rows.sample)
+                        row = record_row(
+                            line, ref, rows.kinds, rows.key, rows.stage, rows.sample, samples
+                        )
                         if row is not None:
                             out.append(row)
                 yield out

@@ -9,6 +9,7 @@ import msgspec
 from . import _display
 
 __all__ = [
+    "Alignment",
     "ArtifactChange",
     "BestRun",
     "Direction",
@@ -116,7 +117,10 @@ class RecordRow(_R):
     """One metric, event, span or artifact of a run, as streamed by ``Workspace.records``.
 
     ``key`` is the metric key, event key, span name or artifact kind; ``stage``, ``batch`` and
-    ``sample`` are names (the last ref component), ``None`` where the record has no such scope.
+    ``sample`` are names (the last ref component: ``<name>-epoch-<k>`` for an attempt captured
+    with an epoch), ``None`` where the record has no such scope. ``cluster`` and ``epoch`` are
+    the sample's, as given to ``stage.sample(...)`` (None when not given, or for records
+    outside a sample).
     """
 
     kind: RecordKind
@@ -138,6 +142,8 @@ class RecordRow(_R):
     hash_value: str | None = None
     location_ref: str | None = None
     size_bytes: int | None = None
+    cluster: str | None = None
+    epoch: int | None = None
 
 
 class MetricDelta(_R):
@@ -196,8 +202,13 @@ class PairedResult(_R):
     ``method`` says how the interval's bootstrap distribution was obtained: ``"numpy"`` or
     ``"python"`` (``resamples`` resamples with ``seed``), ``"saddlepoint"`` (approximated, no
     resampling: ``resamples`` and ``seed`` played no part), ``"constant"`` (every difference
-    equal), ``"none"`` (no matched sample) or ``"non-finite"`` (a difference overflowed: no
+    equal), ``"none"`` (no matched sample), ``"non-finite"`` (a difference overflowed: no
+    interval), ``"cluster-bootstrap"`` (with clusters: ``resamples`` resamples of whole
+    clusters with ``seed``) or ``"one-cluster"`` (every matched item in one cluster: no
     interval).
+
+    Samples captured with an ``epoch`` are attempts of one item: each item's attempts are
+    averaged first, and the item means are paired (``n_matched`` counts items).
     """
 
     stage: str | None
@@ -246,6 +257,53 @@ class PairedResult(_R):
     at ``confidence``; it keeps its coverage at a few dozen pairs, where normal intervals are
     too narrow."""
     small_n_high: float | None = None
+    clusters: int | None = None
+    """The number of clusters among the matched items (an item without a cluster counts as
+    one of its own); None when no item has a cluster. With clusters, ``se`` is the
+    cluster-robust SE (Liang-Zeger with the C/(C−1) factor, Miller 2024), ``p_value`` a
+    Student t test on it with C − 1 df (``p_test`` ``"clustered-t"``), ``mde`` uses it, and
+    the interval resamples whole clusters (``method`` ``"cluster-bootstrap"``)."""
+    naive_se: float | None = None
+    """With clusters: the SE as if every item were independent, s/√n (``se`` is clustered)."""
+    design_effect: float | None = None
+    """With clusters: clustered variance / naive variance, (se / naive_se)²."""
+    attempts_left: float | None = None
+    """Mean number of attempts (epochs) per matched item in the left run; None without
+    epochs. Each item's attempts are averaged before pairing: ``n_matched`` counts items."""
+    attempts_right: float | None = None
+    within_item_variance_left: float | None = None
+    """Mean, over the matched items with two or more attempts in the left run, of the sample
+    variance of their attempts: how much an item's value varies from one attempt to the next."""
+    within_item_variance_right: float | None = None
+
+
+class Alignment(_R):
+    """How well the two runs' items line up, over every stage: items only in the left run,
+    only in the right, captured more than once without an epoch (``duplicates_*``: one value
+    is used, the last), and matched items whose number of attempts differs. Names are
+    ``stage.item``, the first ``listed`` of each, in natural order.
+
+    ``share`` is the number of misaligned items (only in one run, duplicated, or attempted a
+    different number of times) over the items of either run; above ``threshold`` (5 %) the
+    comparison warns: its paired statistics then describe a different set of items than each
+    run's mean.
+    """
+
+    items: int
+    only_left: int
+    only_right: int
+    duplicates_left: int
+    duplicates_right: int
+    attempts_differ: int
+    share: float
+    threshold: float
+    warn: bool
+    listed: int
+    only_left_names: list[str]
+    only_right_names: list[str]
+    duplicate_left_names: list[str]
+    duplicate_right_names: list[str]
+    attempts_differ_names: list[str]
 
 
 class RunComparison(_R):
@@ -262,6 +320,8 @@ class RunComparison(_R):
     adjustment: str = "holm"
     """How ``PairedResult.p_adjusted`` was adjusted across metrics: ``"holm"`` (family-wise
     error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or ``"none"``."""
+    alignment: Alignment | None = None
+    """Items only in one run, duplicated, or attempted a different number of times."""
 
     def __repr__(self) -> str:
         return _display.comparison_repr(self)
@@ -284,6 +344,14 @@ class MultiRunRow(_R):
     direction: Direction
     direction_inferred: bool
     best: list[str]
+    p_values: list[float | None] | None = None
+    """Sample-level metrics: ``p_values[i]`` tests ``runs[i]`` against the baseline
+    (``runs[0]``), paired as ``compare`` pairs (its ``p_value``); None for the baseline and
+    where there is no test."""
+    p_tests: list[str | None] | None = None
+    p_adjusted: list[float | None] | None = None
+    """``p_values`` adjusted across the runs compared with the baseline, for this metric
+    (``MultiRunComparison.adjustment``)."""
 
 
 class MultiRunComparison(_R):
@@ -294,6 +362,9 @@ class MultiRunComparison(_R):
     warnings: list[str]
     notes: list[str]
     read_report: ReadReport
+    adjustment: str = "holm"
+    """How ``MultiRunRow.p_adjusted`` was adjusted across the runs compared with the baseline
+    (``runs[0]``): ``"holm"``, ``"bh"`` or ``"none"``."""
 
     def __repr__(self) -> str:
         return _display.multi_repr(self)

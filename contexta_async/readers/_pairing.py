@@ -11,11 +11,14 @@ from itertools import compress, repeat
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from ..stats._bootstrap import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
 from ..stats._inference import (
     Adjustment,
     adjust_p_values,
+    cluster_bootstrap_cis,
+    clustered_error,
     minimum_detectable_effect,
     newcombe_paired_interval,
     pairing_gain,
@@ -25,7 +28,7 @@ from ._aggregate import Place, RunMetrics, mean_of, natural_key
 from ._direction import infer_direction
 from ._model import Direction, PairedResult, PairedSample
 
-__all__ = ["direction_for", "paired_results", "places"]
+__all__ = ["direction_for", "paired_p_values", "paired_results", "places"]
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
 
 
@@ -64,30 +67,57 @@ def paired_results(
     adjustment: Adjustment = "holm",
 ) -> list[PairedResult]:
     pairs = []
+    clusterings: list[_Clustering | None] = []
+    cluster_cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
     for stage, scope, _batch, key in places((left, right), stage_order):
         if scope != "sample":
             continue
         lmap = left.samples.get((stage, key), {})
         rmap = right.samples.get((stage, key), {})
-        pairs.append((stage, key, lmap, rmap, *_paired_values(lmap, rmap)))
+        pair = (stage, key, lmap, rmap, *_paired_values(lmap, rmap))
+        pairs.append(pair)
+        clusterings.append(_clustering(pair[4], left, right, stage, cluster_cache))
     diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
     # A difference can overflow (values near the float range, or a hand-edited file):
     # such a metric gets no interval rather than a meaningless one.
     finite = [bool(diffs) and all(map(math.isfinite, diffs)) for diffs in diffs_of]
-    # The bootstraps dominate the time: computed together (on several cores with numpy).
+    # Clustered metrics resample clusters; the others' bootstraps dominate the time and are
+    # computed together (on several cores with numpy).
+    plain = [usable and c is None for usable, c in zip(finite, clusterings, strict=True)]
     intervals = iter(
         paired_bootstrap_cis(
-            list(compress(diffs_of, finite)),
+            list(compress(diffs_of, plain)),
             confidence=confidence,
             resamples=resamples,
             seed=seed,
             method=bootstrap,
         )
     )
+    # Metrics over the same items and clusters share their cluster draws (one set per stage).
+    shared: dict[int, list[int]] = {}
+    for index, (usable, clustering) in enumerate(zip(finite, clusterings, strict=True)):
+        if usable and clustering is not None and clustering.count >= 2:
+            shared.setdefault(id(clustering), []).append(index)
+    cluster_intervals: dict[int, tuple[float, float]] = {}
+    for indices in shared.values():
+        clustering = clusterings[indices[0]]
+        assert clustering is not None
+        found = cluster_bootstrap_cis(
+            [np.asarray(diffs_of[i]) for i in indices],
+            clustering.codes,
+            clustering.count,
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+        )
+        cluster_intervals.update(zip(indices, found, strict=True))
     results = []
-    for (stage, key, lmap, rmap, matched, lvals, rvals), diffs, usable in zip(
-        pairs, diffs_of, finite, strict=True
-    ):
+    for index, (
+        (stage, key, lmap, rmap, matched, lvals, rvals),
+        diffs,
+        usable,
+        clustering,
+    ) in enumerate(zip(pairs, diffs_of, finite, clusterings, strict=True)):
         direction, inferred = direction_for(key, directions)
         n = len(matched)
         binary = n > 0 and all(
@@ -110,13 +140,23 @@ def paired_results(
         low: float | None = None
         high: float | None = None
         method = "none"
-        if usable:
+        if usable and clustering is not None:
+            if index in cluster_intervals:
+                low, high = cluster_intervals[index]
+                method = "cluster-bootstrap"
+            else:
+                method = "one-cluster"
+        elif usable:
             low, high, method = next(intervals)
         elif n:
             method = "non-finite"
-        extra = {}
+        extra = _attempts_of(left, right, stage, key, matched)
         if usable and mean_diff is not None:
-            extra = _inference_of(lvals, rvals, mean_diff, p_value, rises, falls, confidence)
+            extra.update(
+                _inference_of(
+                    lvals, rvals, mean_diff, p_value, rises, falls, confidence, clustering
+                )
+            )
         results.append(
             PairedResult(
                 **extra,
@@ -160,6 +200,105 @@ def paired_results(
     return results
 
 
+class _Clustering:
+    """The cluster of each matched item, as codes 0..count-1 (an item without a cluster is
+    a cluster of its own)."""
+
+    __slots__ = ("codes", "count")
+
+    def __init__(self, codes: npt.NDArray[np.intp], count: int) -> None:
+        self.codes = codes
+        self.count = count
+
+
+def _clustering(
+    matched: list[str],
+    left: RunMetrics,
+    right: RunMetrics,
+    stage: str | None,
+    cache: dict[str | None, tuple[list[str], _Clustering | None]],
+) -> _Clustering | None:
+    """The clusters of the matched items of ``stage``; None when no item has one. An item's
+    cluster is the left run's, else the right run's (the same items should have the same)."""
+    lclusters = left.clusters.get(stage)
+    rclusters = right.clusters.get(stage)
+    if not lclusters and not rclusters:
+        return None
+    cached = cache.get(stage)
+    if cached is not None and cached[0] == matched:
+        return cached[1]
+    index: dict[object, int] = {}
+    codes = []
+    lget = (lclusters or {}).get
+    rget = (rclusters or {}).get
+    for item in matched:
+        cluster = lget(item) or rget(item)
+        label: object = (item,) if cluster is None else cluster  # a tuple: never a name
+        codes.append(index.setdefault(label, len(index)))
+    clustering = (
+        _Clustering(np.asarray(codes, dtype=np.intp), len(index))
+        if len(index) < len(matched)
+        else None  # every item alone in its cluster: the unclustered analysis, exactly
+    )
+    cache[stage] = (matched, clustering)
+    return clustering
+
+
+def _attempts_of(
+    left: RunMetrics, right: RunMetrics, stage: str | None, key: str, matched: list[str]
+) -> dict[str, Any]:
+    """Mean attempts per matched item and the mean variance across attempts (items with two
+    or more), per side, where a side has epochs."""
+    found: dict[str, Any] = {}
+    for side, metrics in (("left", left), ("right", right)):
+        counts = metrics.attempts.get((stage, key))
+        if not counts or not matched:
+            continue
+        found[f"attempts_{side}"] = sum(map(counts.__getitem__, matched)) / len(matched)
+        variances = metrics.attempt_variance.get((stage, key), {})
+        repeated = [variances[item] for item in matched if item in variances]
+        if repeated:
+            found[f"within_item_variance_{side}"] = mean_of(repeated)
+    return found
+
+
+def paired_p_values(
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]
+) -> dict[tuple[str | None, str], tuple[float | None, str | None]]:
+    """(stage, key) -> (p-value, test) of each sample-level metric, right vs left: the
+    ``p_value`` and ``p_test`` ``paired_results`` gives (clusters and epochs included), without
+    its bootstraps."""
+    found: dict[tuple[str | None, str], tuple[float | None, str | None]] = {}
+    cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
+    for stage, scope, _batch, key in places((left, right), stage_order):
+        if scope != "sample":
+            continue
+        matched, lvals, rvals = _paired_values(
+            left.samples.get((stage, key), {}), right.samples.get((stage, key), {})
+        )
+        n = len(matched)
+        diffs = list(map(operator.sub, rvals, lvals))
+        if n < 2 or not all(map(math.isfinite, diffs)):
+            found[(stage, key)] = (None, None)
+            continue
+        binary = all(values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals))
+        rises = sum(map(operator.lt, repeat(0.0), diffs))
+        falls = sum(map(operator.gt, repeat(0.0), diffs))
+        mcnemar_p = mcnemar_exact(rises, falls) if binary else None
+        inference = _inference_of(
+            lvals,
+            rvals,
+            mean_of(diffs),
+            mcnemar_p,
+            rises,
+            falls,
+            0.95,
+            _clustering(matched, left, right, stage, cache),
+        )
+        found[(stage, key)] = (inference.get("p_value"), inference.get("p_test"))
+    return found
+
+
 def _inference_of(
     lvals: list[float],
     rvals: list[float],
@@ -168,9 +307,11 @@ def _inference_of(
     rises: int,
     falls: int,
     confidence: float,
+    clustering: _Clustering | None = None,
 ) -> dict[str, Any]:
     """SE, what pairing bought, power, the p-value and (0/1 metrics, which have ``mcnemar_p``)
-    Newcombe's interval. ``rises``/``falls``: pairs higher/lower in the right run."""
+    Newcombe's interval. ``rises``/``falls``: pairs higher/lower in the right run. With
+    clusters the SE is cluster-robust, and the p-value and MDE use it."""
     n = len(lvals)
     if n < 2:
         return {}
@@ -185,6 +326,25 @@ def _inference_of(
         "correlation": gain.correlation,
         "mde": minimum_detectable_effect(se),
     }
+    if clustering is not None:
+        diffs = np.subtract(rvals, lvals)
+        clustered = clustered_error(diffs, clustering.codes, clustering.count)
+        found.update(clusters=clustering.count, naive_se=se)
+        if clustered is None or not math.isfinite(clustered.se):
+            found.update(se=None, mde=None)  # one cluster: no SE of the mean
+            return found
+        se = clustered.se
+        found.update(
+            se=se, design_effect=clustered.design_effect, mde=minimum_detectable_effect(se)
+        )
+        # Student t with C - 1 df on the clustered SE; McNemar (mcnemar_p) assumes
+        # independent pairs, so it is not the p-value here, and neither is Newcombe given.
+        df = clustered.clusters - 1
+        if se > 0:
+            found.update(p_value=student_t_two_sided_p(mean_diff / se, df), p_test="clustered-t")
+        else:
+            found.update(p_value=1.0 if mean_diff == 0 else 0.0, p_test="clustered-t")
+        return found
     if mcnemar_p is not None:
         # 0/1 values: a fall is 1 -> 0 (left only), a rise 0 -> 1 (right only).
         both = lvals.count(1.0) - falls

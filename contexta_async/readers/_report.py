@@ -9,7 +9,7 @@ from html import escape
 from typing import Final
 
 from ._direction import infer_direction
-from ._model import PairedResult, RunComparison, RunSummary
+from ._model import Alignment, PairedResult, RunComparison, RunSummary
 
 __all__ = ["STYLE", "format_number", "render_html_report", "report_sections"]
 
@@ -126,7 +126,7 @@ def _how_sure(comparison: RunComparison) -> list[str]:
     adjustment = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}.get(
         comparison.adjustment, comparison.adjustment
     )
-    headers = (
+    headers: tuple[str, ...] = (
         "metric",
         "reading",
         "n",
@@ -139,12 +139,28 @@ def _how_sure(comparison: RunComparison) -> list[str]:
         "SE unpaired",
         "correlation",
     )
+    clustered = any(p.clusters is not None for p in comparison.paired)
+    attempts = any(
+        p.attempts_left is not None or p.attempts_right is not None for p in comparison.paired
+    )
+    if clustered:
+        headers += ("clusters", "design effect")
+    if attempts:
+        headers += ("attempts per item (L/R)", "variance across attempts (L/R)")
     parts = [
         "<h2 id=how-sure>How sure are we</h2>",
         f"<p class=muted>Right minus left, per paired metric. &ldquo;Right is better/worse&rdquo;"
         f" when the adjusted p is below {_ALPHA:g}; MDE: the smallest true difference found "
         "80% of the time at two-sided alpha 0.05; a paired SE below the unpaired one is what "
-        "pairing the samples bought.</p>",
+        "pairing the samples bought."
+        + (
+            " With clusters the SE is cluster-robust (the p-value, MDE and interval use it) and"
+            " the design effect is its variance over the naive one."
+            if clustered
+            else ""
+        )
+        + (" Attempts of one item are averaged before pairing (n = items)." if attempts else "")
+        + "</p>",
         "<table class=how-sure><tr>",
         *(f"<th>{escape(h)}</th>" for h in headers),
         "</tr>",
@@ -153,11 +169,13 @@ def _how_sure(comparison: RunComparison) -> list[str]:
         metric = f"{p.stage or '(run)'} / {p.key}"
         reading, css = _reading(p)
         ci = f"[{format_number(p.ci_low, signed=True)}, {format_number(p.ci_high, signed=True)}]"
-        test = {"mcnemar-exact": "exact McNemar", "paired-t": "paired t"}.get(
-            p.p_test or "", p.p_test or ""
-        )
+        test = {
+            "mcnemar-exact": "exact McNemar",
+            "paired-t": "paired t",
+            "clustered-t": "clustered t",
+        }.get(p.p_test or "", p.p_test or "")
         p_raw = format_number(p.p_value) + (f" ({test})" if test else "")
-        cells = (
+        cells: tuple[str, ...] = (
             format_number(p.mean_diff, signed=True),
             ci,
             p_raw,
@@ -167,11 +185,46 @@ def _how_sure(comparison: RunComparison) -> list[str]:
             format_number(p.unpaired_se),
             format_number(p.correlation),
         )
+        if clustered:
+            cells += (
+                "-" if p.clusters is None else str(p.clusters),
+                format_number(p.design_effect),
+            )
+        if attempts:
+            cells += (
+                f"{format_number(p.attempts_left)} / {format_number(p.attempts_right)}",
+                f"{format_number(p.within_item_variance_left)} / "
+                f"{format_number(p.within_item_variance_right)}",
+            )
         parts.append(
             f"<tr data-metric='{escape(metric)}'><td>{escape(metric)}</td>"
             f"<td class={css}>{escape(reading)}</td><td class=num>{p.n_matched}</td>"
             + "".join(f"<td class=num>{escape(cell)}</td>" for cell in cells)
             + "</tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _alignment(found: Alignment) -> list[str]:
+    """Items only in one run, duplicated, or attempted a different number of times."""
+    css = "warn" if found.warn else "muted"
+    parts = [
+        "<h2 id=alignment>Alignment</h2>",
+        f"<p class={css}>{found.share:.1%} of {found.items} items misaligned "
+        f"(a warning above {found.threshold:.0%}).</p><table><tr><th>what</th><th>count</th>"
+        f"<th>first {found.listed}</th></tr>",
+    ]
+    for label, count, names in (
+        ("only in left", found.only_left, found.only_left_names),
+        ("only in right", found.only_right, found.only_right_names),
+        ("duplicated in left (no epoch)", found.duplicates_left, found.duplicate_left_names),
+        ("duplicated in right (no epoch)", found.duplicates_right, found.duplicate_right_names),
+        ("different attempt counts", found.attempts_differ, found.attempts_differ_names),
+    ):
+        parts.append(
+            f"<tr data-alignment='{escape(label)}'><td>{escape(label)}</td>"
+            f"<td class=num>{count}</td><td>{_names(names)}</td></tr>"
         )
     parts.append("</table>")
     return parts
@@ -221,6 +274,8 @@ def report_sections(
         parts.append("</ul>")
     if comparison.paired:
         parts.extend(_how_sure(comparison))
+    if comparison.alignment is not None and comparison.alignment.share > 0:
+        parts.extend(_alignment(comparison.alignment))
     parts.append(
         "<h2>Metrics</h2><table><tr><th>stage</th><th>scope</th><th>key</th><th>basis</th>"
         "<th>left</th><th>right</th><th>delta (right - left)</th><th>relative</th></tr>"

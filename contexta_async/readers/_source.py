@@ -10,7 +10,8 @@ implementation of this Protocol.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncGenerator, Collection, Iterable
+from collections.abc import AsyncGenerator, Collection, Iterable, Mapping
+from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
 from .._format.lines import ArtifactLine
@@ -19,12 +20,15 @@ from ._errors import AmbiguousRunError, UnknownRunError
 from ._model import ReadReport, RecordKind, RecordRow
 
 __all__ = [
+    "NO_REOPENED",
+    "NO_SAMPLES",
     "TYPE_KIND",
     "ArtifactInfo",
     "RecordScan",
     "RecordSource",
     "RowFilter",
     "RunInfo",
+    "SampleInfo",
     "SourceData",
     "resolve_run_ref",
 ]
@@ -142,6 +146,23 @@ class RecordScan:
         return {run for run, _ in self.counts}
 
 
+class SampleInfo(NamedTuple):
+    """What a sample's CONTEXT line says beyond its ref: the item it is an attempt of, its
+    epoch and its cluster."""
+
+    item: str
+    """The item's name as the ref spells it (normalised), without any ``-epoch-<k>`` suffix:
+    attempts of one item share it."""
+    epoch: int | None
+    cluster: str | None
+
+
+# The default of SourceData.samples: no sample has a cluster or an epoch.
+NO_SAMPLES: Final[Mapping[str, Mapping[str, SampleInfo]]] = MappingProxyType({})
+
+NO_REOPENED: Final[Mapping[str, int]] = MappingProxyType({})
+
+
 class SourceData(NamedTuple):
     """One read of a workspace: everything the answers are computed from."""
 
@@ -149,6 +170,13 @@ class SourceData(NamedTuple):
     scan: RecordScan
     artifacts: dict[str, list[ArtifactInfo]]  # per run ref, in capture order
     report: ReadReport
+    samples: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES
+    """Samples with a cluster or an epoch: stage or batch ref -> the sample's last ref
+    component -> SampleInfo. Empty (the default) means no cluster and no epoch anywhere:
+    every sample is an item of its own, in a cluster of its own."""
+    reopened: Mapping[str, int] = NO_REOPENED
+    """Sample refs opened more than once (the same item captured twice without an epoch) ->
+    how many times; empty (the default) when none was, or the source cannot tell."""
 
 
 class RowFilter(NamedTuple):
@@ -179,7 +207,16 @@ class RecordSource(Protocol):
       ref or a suffix of whole components). A value is None where the line held none. Scope
       refs follow the grammar of ``contexta_async._format.refs``;
     - ``artifacts``: an ``ArtifactInfo`` per ARTIFACT line, per run ref;
-    - ``report``: what was skipped (corrupt lines, torn tails, index use).
+    - ``report``: what was skipped (corrupt lines, torn tails, index use);
+    - ``samples`` (optional; the default says "no cluster and no epoch anywhere"): for each
+      sample whose metadata (a CONTEXT line's ``cluster``/``epoch``, a store's sample row)
+      gives a cluster or an epoch, a ``SampleInfo`` under its stage or batch ref and the
+      last component of its ref (the name ``scan.samples`` knows it by): ``item`` is that
+      component without its ``-epoch-<k>`` suffix when an epoch is given, else the component
+      itself. A source without this metadata leaves the default: every sample is its own
+      item and its own cluster (a Contexta 1.0 workspace);
+    - ``reopened`` (optional, default empty): sample refs opened more than once, with the
+      count, for the alignment report's duplicates.
 
     A store that aggregates in SQL returns the latest value per sample (and per scope and
     key) it computed, not raw lines: the aggregate and analysis code only ever sees these
@@ -189,7 +226,9 @@ class RecordSource(Protocol):
     unique suffix, resolved as ``resolve_run_ref`` does; ``UnknownRunError``,
     ``AmbiguousRunError``, ``EmptyWorkspaceError`` otherwise) as ``RecordRow`` in capture
     order, metrics, events and spans first, then artifacts, filtered by ``rows``, holding a
-    bounded amount of memory. ``last_report`` is what the last finished read skipped.
+    bounded amount of memory; a source that knows the samples' clusters and epochs sets
+    ``RecordRow.cluster``/``epoch`` (they default to None: not given). ``last_report`` is
+    what the last finished read skipped.
 
     Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
     and trio): blocking work goes to worker threads.

@@ -247,13 +247,26 @@ class Workspace:
         )
 
     async def compare_many(
-        self, runs: Sequence[str], *, directions: Mapping[str, Direction] | None = None
+        self,
+        runs: Sequence[str],
+        *,
+        directions: Mapping[str, Direction] | None = None,
+        adjustment: Adjustment = "holm",
     ) -> MultiRunComparison:
-        """Every metric of every run in one table, with the best run(s) per row."""
+        """Every metric of every run in one table, with the best run(s) per row.
+
+        The first run is the baseline: for each sample-level metric, every other run's
+        paired p-value against it (``MultiRunRow.p_values``, as ``compare`` computes it) and
+        the same adjusted across those runs (``p_adjusted``): ``"holm"`` (the default,
+        family-wise error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or
+        ``"none"``.
+        """
         if not runs:
             raise ValidationError("runs", "must name at least one run", runs)
+        if adjustment not in ADJUSTMENTS:
+            raise ValidationError("adjustment", f"must be one of {list(ADJUSTMENTS)}", adjustment)
         agg, refs = await self._read(list(runs), values=True)
-        return compare_many(agg, refs, directions)
+        return await anyio.to_thread.run_sync(compare_many, agg, refs, directions, adjustment)
 
     async def best_run(
         self,

@@ -30,6 +30,7 @@ __all__ = [
     "adjust_p_values",
     "check_effect",
     "cluster_bootstrap_ci",
+    "cluster_bootstrap_cis",
     "clustered_error",
     "items_needed",
     "minimum_detectable_effect",
@@ -101,29 +102,54 @@ def cluster_bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile interval of the mean difference, resampling whole clusters.
 
-    Each resample draws ``n_clusters`` clusters with replacement (multinomial counts) and
-    takes the mean over every item of the drawn clusters (a ratio: clusters differ in size).
+    Each resample draws ``n_clusters`` clusters with replacement and takes the mean over
+    every item of the drawn clusters (a ratio: clusters differ in size).
     """
+    return cluster_bootstrap_cis(
+        [diffs], codes, n_clusters, confidence=confidence, resamples=resamples, seed=seed
+    )[0]
+
+
+def cluster_bootstrap_cis(
+    diffs: Sequence[Floats],
+    codes: Codes,
+    n_clusters: int,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> list[tuple[float, float]]:
+    """``cluster_bootstrap_ci`` of several metrics over the same items and clusters, from the
+    same draws: each resample's cluster counts are drawn once and applied to every metric
+    with one matrix product (the draws cost more than the rest)."""
     sizes = np.bincount(codes, minlength=n_clusters).astype(np.float64)
     used = sizes > 0
-    sums = np.bincount(codes, weights=diffs, minlength=n_clusters)[used]
-    sizes = sizes[used]
-    n_clusters = len(sizes)  # clusters without items take no part in the draw
+    n_clusters = int(np.count_nonzero(used))  # clusters without items take no part in the draw
     if n_clusters < 2:
         raise ValidationError(
             "clusters", "a cluster bootstrap needs at least 2 clusters", n_clusters
         )
+    metrics = len(diffs)
+    # Per cluster: the sum of each metric's differences, and the cluster's size (last column).
+    table = np.empty((n_clusters, metrics + 1))
+    for column, values in enumerate(diffs):
+        table[:, column] = np.bincount(codes, weights=values, minlength=len(used))[used]
+    table[:, metrics] = sizes[used]
     rng = np.random.default_rng(seed)
-    even = np.full(n_clusters, 1.0 / n_clusters)
-    means = np.empty(resamples)
-    block = max(1, min(resamples, 4_000_000 // max(n_clusters, 1)))  # ~32 MB of counts at most
+    means = np.empty((resamples, metrics))
+    block = max(1, min(resamples, 1_000_000 // n_clusters))  # ~8 MB of draws at a time
     for start in range(0, resamples, block):
-        stop = min(resamples, start + block)
-        counts = rng.multinomial(n_clusters, even, size=stop - start).astype(np.float64)
-        means[start:stop] = (counts @ sums) / (counts @ sizes)
+        rows = min(resamples, start + block) - start
+        # Multinomial counts of n_clusters uniform draws per resample: the draws of row r are
+        # offset by r * n_clusters, so one bincount counts every row at once.
+        drawn = rng.integers(0, n_clusters, size=(rows, n_clusters))
+        drawn += np.arange(0, rows * n_clusters, n_clusters)[:, None]
+        counts = np.bincount(drawn.ravel(), minlength=rows * n_clusters)
+        totals = counts.reshape(rows, n_clusters).astype(np.float64) @ table
+        means[start : start + rows] = totals[:, :metrics] / totals[:, metrics:]
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    quantiles = np.quantile(means, [tail, 1.0 - tail], axis=0)
+    return [(float(low), float(high)) for low, high in quantiles.T]
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -54,6 +54,7 @@ from contexta_async.readers._source import (
     RecordScan,
     RowFilter,
     RunInfo,
+    SampleInfo,
     SourceData,
     resolve_run_ref,
 )
@@ -225,6 +226,7 @@ class PostgresSource:
                 (ref,),
             ).fetchall()
             kinds = set(rows.kinds)
+            infos = {r: info for r, _, info, _ in _sample_infos(conn, _ranks(conn, [ref]), ref)}
             for (workspace,) in shards:
                 # One server-side cursor per shard, in capture order (the primary key's).
                 with conn.cursor(name="contexta_records") as cursor:
@@ -243,7 +245,9 @@ class PostgresSource:
                                 line = _RECORD.decode(raw)
                             except (msgspec.DecodeError, msgspec.ValidationError):
                                 continue  # a line of another shape: no row, as locally
-                            row = record_row(line, ref, kinds, rows.key, rows.stage, rows.sample)
+                            row = record_row(
+                                line, ref, kinds, rows.key, rows.stage, rows.sample, infos
+                            )
                             if row is not None:
                                 out.append(row)
                         yield out
@@ -292,7 +296,62 @@ def _read_store(conn: Connection, wanted: tuple[str, ...] | None, values: bool) 
         if scan.kept:
             _values(conn, scan, ranks)
     artifacts = _artifacts(conn, ranks, None)
-    return SourceData(runs, scan, artifacts, ReadReport())
+    samples, reopened = _sample_context(conn, ranks)
+    return SourceData(runs, scan, artifacts, ReadReport(), samples, reopened)
+
+
+def _sample_context(
+    conn: Connection, ranks: Ranks
+) -> tuple[dict[str, dict[str, SampleInfo]], dict[str, int]]:
+    """What the samples' opening lines say, as the folder reader's ``SampleScan`` reads it:
+    the refs opened more than once (over all shards: a sample two shards both captured is a
+    duplicate, as in a folder holding both), and each sample's cluster and epoch (the last
+    opening line in shard order wins)."""
+    reopened = {
+        str(ref): int(n)
+        for ref, n in conn.execute(
+            _q(
+                "SELECT ref, count(*) FROM {s}.context_lines WHERE kind = 'sample' "
+                "AND status = 'open' GROUP BY ref HAVING count(*) > 1"
+            )
+        )
+    }
+    samples: dict[str, dict[str, SampleInfo]] = {}
+    for _, parent, info, component in _sample_infos(conn, ranks):
+        samples.setdefault(parent, {})[component] = info
+    return samples, reopened
+
+
+def _sample_infos(
+    conn: Connection, ranks: Ranks, run: str | None = None
+) -> list[tuple[str, str, SampleInfo, str]]:
+    """(ref, stage or batch ref, SampleInfo, last ref component) of every sample opening line
+    that gives a cluster or an epoch (of ``run``, or of every run), in shard order."""
+    rows = conn.execute(
+        _q(
+            "SELECT run_ref, workspace_id, ref, coalesce(batch_ref, stage_ref), "
+            "raw::jsonb #>> '{{payload,cluster}}', raw::jsonb #>> '{{payload,epoch}}' "
+            "FROM {s}.context_lines WHERE kind = 'sample' AND status = 'open' "
+            "AND (%s::text IS NULL OR run_ref = %s) "
+            "AND (strpos(raw, '\"cluster\":') > 0 OR strpos(raw, '\"epoch\":') > 0) "
+            "ORDER BY workspace_id, byte_offset"
+        ),
+        (run, run),
+    ).fetchall()
+    rows.sort(key=lambda r: ranks.get((r[0], r[1]), 0))  # stable: byte order within a shard
+    found = []
+    for _, _, ref, parent, cluster, raw_epoch in rows:
+        if parent is None or (cluster is None and raw_epoch is None):
+            continue
+        component = last_component(ref) or ref
+        item, epoch = component, None
+        if raw_epoch is not None:
+            epoch = int(raw_epoch)
+            suffix = f"-epoch-{epoch}"
+            if component.endswith(suffix) and len(component) > len(suffix):
+                item = component[: -len(suffix)]
+        found.append((str(ref), str(parent), SampleInfo(item, epoch, cluster), component))
+    return found
 
 
 def _rank(first: dict[tuple[str, uuid.UUID], Any]) -> Ranks:

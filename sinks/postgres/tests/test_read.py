@@ -394,3 +394,45 @@ async def test_a_stream_left_early_closes_its_cursor_and_connection(
             assert len(readers()) == 1
             break
     assert readers() == []
+
+
+def test_clusters_epochs_and_duplicates_read_the_same_from_the_store(
+    db: Database, tmp_path: Path
+) -> None:
+    """Clusters and epochs (issue 14) come from the samples' opening lines in the store as in
+    the folder: the same clustered SE, attempts, alignment report and export columns."""
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "qa"})
+    for n, name in enumerate(("left", "right")):
+        with ctx.run(name) as run, run.stage("evaluate") as stage:
+            for item in range(12):
+                for epoch in (1, 2):
+                    with stage.sample(
+                        f"q-{item}", cluster=f"passage-{item // 3}", epoch=epoch
+                    ) as sample:
+                        sample.metric("score", float((item * epoch + n) % 4))
+            with stage.sample("again") as sample:  # opened twice: a duplicate
+                sample.metric("score", 1.0)
+            with stage.sample("again") as sample:
+                sample.metric("score", 2.0 + n)
+    ctx.close()
+    _ship(ws, db.url)
+    folder, url = str(ws), db.url
+    expected = _cli(folder, "compare", "left", "right")
+    paired = expected["paired"][0]
+    assert paired["clusters"] == 5 and paired["attempts_left"] > 1  # the shape is what it says
+    assert (
+        expected["alignment"]["duplicates_left"] == expected["alignment"]["duplicates_right"] == 1
+    )
+    # Only the read report differs: the folder takes most records from record.index.
+    expected.pop("read_report")
+    answer = _cli(url, "compare", "left", "right")
+    assert answer.pop("read_report")["records_from_index"] == 0
+    assert answer == expected
+    for name, where in (("folder", folder), ("store", url)):
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["--workspace", where, "export", "--output", str(tmp_path / f"{name}.csv")]
+        assert run_cli(argv, out=out, err=err) == 0, err.getvalue()
+    exported = (tmp_path / "folder.csv").read_text()
+    assert "passage-3" in exported
+    assert (tmp_path / "store.csv").read_text() == exported

@@ -27,6 +27,7 @@ LAYERS = {
     "_source": 1,
     "_scan": 1,
     "_local": 1,
+    "_context": 1,
     # per run/stage/sample/key values and run summaries
     "_aggregate": 2,
     # deltas, pairing, notes and warnings; rendering an answer

@@ -11,41 +11,31 @@ block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and 
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
-from collections import Counter
 from collections.abc import (
     AsyncGenerator,
     Collection,
     Generator,
-    Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
-import msgspec
 import structlog
 
 from .._format.index import Frame, index_path_for
 from .._format.lines import (
-    RUN_LINE,
-    STAGE_LINE,
-    ArtifactLine,
-    ContextLine,
     FullRecordLine,
     run_marker,
 )
 from .._format.refs import (
-    components,
     last_component,
-    parse_sample_head,
     run_matches,
 )
+from ._context import SampleScan, read_artifacts, read_context
 from ._errors import (
     AmbiguousRunError,
     EmptyWorkspaceError,
@@ -56,14 +46,12 @@ from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
-    Block,
     Issues,
     LineDecoder,
     ReadAbandoned,
     open_regular_file,
     read_blocks,
     read_file,
-    read_lines,
 )
 from ._scan import Accumulator, BlockFeeder
 from ._source import (
@@ -77,16 +65,7 @@ from ._source import (
     resolve_run_ref,
 )
 
-__all__ = [
-    "LocalSource",
-    "SampleScan",
-    "artifact_row",
-    "context_lines",
-    "read_artifacts",
-    "read_context",
-    "record_row",
-    "scan_file",
-]
+__all__ = ["LocalSource", "artifact_row", "record_row", "scan_file"]
 
 _log = structlog.get_logger("contexta_async")
 
@@ -104,172 +83,6 @@ def _nonempty(path: Path) -> bool:
         return path.stat().st_size > 0
     except OSError:
         return False
-
-
-# ---- the small files: runs and stages from context.jsonl, artifacts ------------------
-
-
-# A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
-# inside a string is escaped, so these bytes only occur as the line's own keys and values):
-# _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
-# report's duplicates, has two); in blocks that hold a cluster or an epoch, _SAMPLE_META reads
-# them at the start of each such line. No line is decoded. Contexta 1.0 writes no CONTEXT
-# lines: there is no other layout to match.
-_SAMPLE_OPENED: Final = re.compile(rb'"status":"open"\},"payload_ref":"(sample:[^"]+)"')
-_SAMPLE_META: Final = re.compile(
-    rb'\{"captured_at":"[^"]*","family":"CONTEXT","payload":\{"batch_execution_ref":'
-    rb'(?:null|"[^"]*"),(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?'
-)
-
-
-def _json_text(raw: bytes) -> str:
-    """A JSON string's content as found in a line: escapes decoded where there are any."""
-    if b"\\" in raw:
-        return str(msgspec.json.decode(b'"' + raw + b'"'))
-    return raw.decode("utf-8", "replace")
-
-
-class SampleScan:
-    """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
-    ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
-    sample's SampleInfo by its full ref (for ``records``)."""
-
-    def __init__(self, *, by_ref: bool = False) -> None:
-        self.samples: dict[str, dict[str, SampleInfo]] = {}
-        self.opened: Counter[bytes] = Counter()
-        self._parents: dict[str, str | None] = {}  # sample ref head -> the stage or batch ref
-        self._clusters: dict[bytes, str] = {}  # many samples share a cluster: decoded once
-        self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
-
-    def feed(self, block: Block) -> None:
-        buffer, start, end = block.buffer, block.start, block.end
-        # An opening line writes its epoch right after "ended_at":null (longer needles are
-        # found faster: these two searches are all a workspace without either pays besides
-        # the refs of the opening lines).
-        if block.find(b',"cluster":"') < 0 and block.find(b'"ended_at":null,"epoch":') < 0:
-            self.opened.update(_SAMPLE_OPENED.findall(buffer, start, end))
-            return
-        samples, parents, by_ref = self.samples, self._parents, self.by_ref
-        clusters = self._clusters
-        line_meta = _SAMPLE_META.match
-        openings = list(_SAMPLE_OPENED.finditer(buffer, start, end))
-        self.opened.update([opening[1] for opening in openings])
-        for opening in openings:
-            raw_ref = opening[1]
-            # The cluster and epoch are at the start of the same line.
-            meta = line_meta(buffer, max(start, buffer.rfind(b"\n", start, opening.start()) + 1))
-            if meta is None:
-                continue
-            raw_cluster, raw_epoch = meta.groups()
-            if not raw_cluster and not raw_epoch:
-                continue
-            ref = raw_ref.decode()
-            head, _, component = ref.rpartition(".")
-            parent = parents.get(head, "")
-            if parent == "":
-                scope = parse_sample_head(head)
-                parent = parents[head] = None if scope is None else scope.parent_ref
-            if parent is None:
-                continue
-            item, epoch = component, None
-            if raw_epoch:
-                epoch = int(raw_epoch)
-                suffix = f"-epoch-{epoch}"
-                if component.endswith(suffix) and len(component) > len(suffix):
-                    item = component[: -len(suffix)]
-            cluster = None
-            if raw_cluster:
-                cluster = clusters.get(raw_cluster)
-                if cluster is None:
-                    cluster = clusters[raw_cluster] = _json_text(raw_cluster)
-            info = SampleInfo(item, epoch, cluster)
-            per_parent = samples.get(parent)
-            if per_parent is None:
-                per_parent = samples[parent] = {}
-            per_parent[component] = info
-            if by_ref is not None:
-                by_ref[ref] = info
-
-    def reopened(self) -> dict[str, int]:
-        return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
-
-
-def read_context(
-    path: Path,
-    issues: Issues,
-    *,
-    chunk_size: int = CHUNK_SIZE,
-    samples: SampleScan | None = None,
-) -> dict[str, RunInfo]:
-    """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded
-    (``samples``, when given, takes their clusters, epochs and openings)."""
-    runs: dict[str, RunInfo] = {}
-    decoder = LineDecoder(ContextLine)
-    name = str(path)
-    for block in read_file(path, issues, chunk_size=chunk_size):
-        if samples is not None:
-            samples.feed(block)
-        for value in context_lines(block, decoder, name, issues):
-            _apply_context(runs, value)
-    return runs
-
-
-def context_lines(
-    block: Block, decoder: LineDecoder[ContextLine], name: str, issues: Issues
-) -> Iterator[ContextLine]:
-    """The Run and StageExecution lines of a block of ``context.jsonl`` (file ``name``), in
-    file order; sample and batch lines are skipped by a byte search (RUN_LINE, STAGE_LINE)."""
-    buffer = block.buffer
-    starts: list[int] = []
-    for pattern in (RUN_LINE, STAGE_LINE):
-        at = block.find(pattern)
-        while at >= 0:
-            starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
-            at = block.find(pattern, at + len(pattern))
-    starts.sort()
-    for start in starts:
-        end = buffer.find(b"\n", start, block.end)
-        line = memoryview(buffer)[start : end + 1]
-        yield from decoder.decode(line, name, block.offset + start - block.start, issues)
-
-
-def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
-    body = line.payload
-    info = runs.get(body.run_ref)
-    if info is None:
-        info = runs[body.run_ref] = RunInfo(body.run_ref)
-    if line.payload_type == "Run":
-        if body.name:
-            info.name = body.name
-        if body.project_ref:
-            info.project = components(body.project_ref)
-        info.status = body.status
-        info.started_at = body.started_at
-        info.ended_at = body.ended_at
-        info.dataset_ref = body.dataset_ref
-        info.failure_reason = body.failure_reason
-        info.tags = dict(body.tags or {})
-    elif line.payload_type == "StageExecution":
-        stage = last_component(body.stage_execution_ref or "") or body.stage_name or "?"
-        info.stages.setdefault(stage, body.order_index)
-
-
-def read_artifacts(
-    path: Path,
-    issues: Issues,
-    *,
-    wanted: Iterable[str] | None = None,
-    chunk_size: int = CHUNK_SIZE,
-) -> dict[str, list[ArtifactInfo]]:
-    """Artifacts per run ref, in capture order."""
-    chosen = None if wanted is None else frozenset(wanted)
-    out: dict[str, list[ArtifactInfo]] = {}
-    for lines in read_lines(path, ArtifactLine, issues, chunk_size=chunk_size):
-        for line in lines:
-            run = line.payload.manifest.run_ref
-            if chosen is None or run in chosen:
-                out.setdefault(run, []).append(ArtifactInfo(line))
-    return out
 
 
 # ---- records and artifacts as RecordRow, with the stream's filters ---------------------

@@ -33,8 +33,8 @@ from .._format.lines import (
     run_marker,
 )
 from .._format.refs import components, first_component, last_component, parse_scope
+from ..readers._context import context_lines
 from ..readers._index import expand_entry, load_index, open_index, pieces, read_entry
-from ..readers._local import context_lines
 from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular_file
 
 __all__ = ["EventView", "RunDetail", "RunState", "WorkspaceTail", "event_views"]

@@ -31,7 +31,7 @@ __all__ = ["SampleScan", "context_lines", "read_artifacts", "read_context"]
 _SAMPLE_OPENED: Final = re.compile(rb':"open"\},"payload_ref":"(sample:[^"]+)"')
 _PLAIN_OPENING: Final = b'{"batch_execution_ref":null,"ended_at":null,"extensions":'
 _SAMPLE_META: Final = re.compile(
-    rb'\{"batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"((?:[^"\\]|\\.)*)",)?'
+    rb'\{"batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"([^"\\]*+(?:\\.[^"\\]*+)*+)",)?'
     rb'"ended_at":null,(?:"epoch":(\d+),)?'
 )
 
@@ -54,8 +54,10 @@ class SampleScan:
         # fewer distinct than openings (a sample opened twice).
         self._opened: list[list[bytes]] = []
         self._distinct: set[bytes] = set()
-        self._parents: dict[str, str | None] = {}  # sample ref head -> the stage or batch ref
-        self._clusters: dict[bytes, str] = {}  # many samples share a cluster: decoded once
+        self._parents: dict[bytes, str | None] = {}  # sample ref head -> stage or batch ref
+        # Many samples share a cluster or an epoch: each decoded once.
+        self._clusters: dict[bytes, str] = {}
+        self._epochs: dict[bytes, tuple[int, str]] = {}  # -> the epoch, its ref suffix
         self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
 
     def feed(self, block: Block) -> None:
@@ -75,22 +77,25 @@ class SampleScan:
                 meta = _SAMPLE_META.search(buffer, line, opening.start())
                 metas.append((b"", b"") if meta is None else (meta[1] or b"", meta[2] or b""))
         samples, parents, by_ref = self.samples, self._parents, self.by_ref
-        clusters = self._clusters
+        clusters, epochs = self._clusters, self._epochs
         for (raw_cluster, raw_epoch), raw_ref in zip(metas, raw_refs, strict=True):
             if not raw_cluster and not raw_epoch:
                 continue
-            ref = raw_ref.decode()
-            head, _, component = ref.rpartition(".")
+            head, _, raw_name = raw_ref.rpartition(b".")
             parent = parents.get(head, "")
             if parent == "":
-                scope = parse_sample_head(head)
+                scope = parse_sample_head(head.decode())
                 parent = parents[head] = None if scope is None else scope.parent_ref
             if parent is None:
                 continue
-            item, epoch = component, None
+            component = item = raw_name.decode()
+            epoch = None
             if raw_epoch:
-                epoch = int(raw_epoch)
-                suffix = f"-epoch-{epoch}"
+                known = epochs.get(raw_epoch)
+                if known is None:
+                    epoch = int(raw_epoch)
+                    known = epochs[raw_epoch] = (epoch, f"-epoch-{epoch}")
+                epoch, suffix = known
                 if component.endswith(suffix) and len(component) > len(suffix):
                     item = component[: -len(suffix)]
             cluster = None
@@ -104,7 +109,7 @@ class SampleScan:
                 per_parent = samples[parent] = {}
             per_parent[component] = info
             if by_ref is not None:
-                by_ref[ref] = info
+                by_ref[raw_ref.decode()] = info
 
     def reopened(self) -> dict[str, int]:
         if len(self._distinct) == sum(map(len, self._opened)):

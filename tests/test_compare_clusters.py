@@ -310,3 +310,20 @@ async def test_clusters_with_quotes_escapes_and_non_ascii_read_back_exactly(
     ctx.close()
     rows = [row async for row in Workspace(tmp_path / "ws").records("r", kind="metric")]
     assert [(row.batch, row.cluster, row.epoch) for row in rows] == [("b", c, 1) for c in odd]
+
+
+async def test_clusters_are_read_when_a_sample_line_without_an_end_is_not_an_opening(
+    tmp_path: Path,
+) -> None:
+    # A line this library does not write (ended_at null, status not "open") beside the
+    # openings: the clusters and epochs still go to the samples that were opened.
+    capture_clustered(tmp_path / "ws")
+    expected = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
+    path = next((tmp_path / "ws").rglob("context.jsonl"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if b'"cluster":"passage-0"' in line)
+    odd = lines[at].replace(b'"status":"open"', b'"status":"paused"').replace(b"q-0", b"q-x")
+    path.write_bytes(b"".join([*lines[:at], odd, *lines[at:]]))
+    found = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
+    assert found.paired == expected.paired
+    assert found.alignment == expected.alignment

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Final
 
@@ -22,13 +23,16 @@ __all__ = ["SampleScan", "context_lines", "read_artifacts", "read_context"]
 # A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
 # inside a string is escaped, so these bytes only occur as the line's own keys and values):
 # _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
-# report's duplicates, has two); in blocks that hold a cluster or an epoch, _SAMPLE_META reads
-# them at the start of each such line. No line is decoded. Contexta 1.0 writes no CONTEXT
-# lines: there is no other layout to match.
-_SAMPLE_OPENED: Final = re.compile(rb'"status":"open"\},"payload_ref":"(sample:[^"]+)"')
+# report's duplicates, has two). _PLAIN_OPENING starts an opening line without batch, cluster
+# or epoch: as many of them as openings in a block, and the block has no cluster or epoch.
+# Otherwise _SAMPLE_META reads the cluster and epoch at the start of every sample line still
+# open (ended_at null: the opening lines, one per ref found, in the same order). No line is
+# decoded. Contexta 1.0 writes no CONTEXT lines: there is no other layout to match.
+_SAMPLE_OPENED: Final = re.compile(rb':"open"\},"payload_ref":"(sample:[^"]+)"')
+_PLAIN_OPENING: Final = b'{"batch_execution_ref":null,"ended_at":null,"extensions":'
 _SAMPLE_META: Final = re.compile(
-    rb'\{"captured_at":"[^"]*","family":"CONTEXT","payload":\{"batch_execution_ref":'
-    rb'(?:null|"[^"]*"),(?:"cluster":"((?:[^"\\]|\\.)*)",)?"ended_at":null,(?:"epoch":(\d+),)?'
+    rb'\{"batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"([^"\\]*+(?:\\.[^"\\]*+)*+)",)?'
+    rb'"ended_at":null,(?:"epoch":(\d+),)?'
 )
 
 
@@ -46,45 +50,52 @@ class SampleScan:
 
     def __init__(self, *, by_ref: bool = False) -> None:
         self.samples: dict[str, dict[str, SampleInfo]] = {}
-        self.opened: Counter[bytes] = Counter()
-        self._parents: dict[str, str | None] = {}  # sample ref head -> the stage or batch ref
-        self._clusters: dict[bytes, str] = {}  # many samples share a cluster: decoded once
+        # The refs of the opening lines, per block, and the distinct ones: counted only when
+        # fewer distinct than openings (a sample opened twice).
+        self._opened: list[list[bytes]] = []
+        self._distinct: set[bytes] = set()
+        self._parents: dict[bytes, str | None] = {}  # sample ref head -> stage or batch ref
+        # Many samples share a cluster or an epoch: each decoded once.
+        self._clusters: dict[bytes, str] = {}
+        self._epochs: dict[bytes, tuple[int, str]] = {}  # -> the epoch, its ref suffix
         self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
 
     def feed(self, block: Block) -> None:
         buffer, start, end = block.buffer, block.start, block.end
-        # An opening line writes its epoch right after "ended_at":null (longer needles are
-        # found faster: these two searches are all a workspace without either pays besides
-        # the refs of the opening lines).
-        if block.find(b',"cluster":"') < 0 and block.find(b'"ended_at":null,"epoch":') < 0:
-            self.opened.update(_SAMPLE_OPENED.findall(buffer, start, end))
+        raw_refs = _SAMPLE_OPENED.findall(buffer, start, end)
+        self._opened.append(raw_refs)
+        self._distinct.update(raw_refs)
+        if buffer.count(_PLAIN_OPENING, start, end) == len(raw_refs):
             return
+        metas: list[tuple[bytes, bytes]] = _SAMPLE_META.findall(buffer, start, end)
+        if len(metas) != len(raw_refs):
+            # Not only lines this library writes (an open sample line written twice?): the
+            # cluster and epoch of each opening line, searched for in that line.
+            metas = []
+            for opening in _SAMPLE_OPENED.finditer(buffer, start, end):
+                line = max(start, buffer.rfind(b"\n", start, opening.start()) + 1)
+                meta = _SAMPLE_META.search(buffer, line, opening.start())
+                metas.append((b"", b"") if meta is None else (meta[1] or b"", meta[2] or b""))
         samples, parents, by_ref = self.samples, self._parents, self.by_ref
-        clusters = self._clusters
-        line_meta = _SAMPLE_META.match
-        openings = list(_SAMPLE_OPENED.finditer(buffer, start, end))
-        self.opened.update([opening[1] for opening in openings])
-        for opening in openings:
-            raw_ref = opening[1]
-            # The cluster and epoch are at the start of the same line.
-            meta = line_meta(buffer, max(start, buffer.rfind(b"\n", start, opening.start()) + 1))
-            if meta is None:
-                continue
-            raw_cluster, raw_epoch = meta.groups()
+        clusters, epochs = self._clusters, self._epochs
+        for (raw_cluster, raw_epoch), raw_ref in zip(metas, raw_refs, strict=True):
             if not raw_cluster and not raw_epoch:
                 continue
-            ref = raw_ref.decode()
-            head, _, component = ref.rpartition(".")
+            head, _, raw_name = raw_ref.rpartition(b".")
             parent = parents.get(head, "")
             if parent == "":
-                scope = parse_sample_head(head)
+                scope = parse_sample_head(head.decode())
                 parent = parents[head] = None if scope is None else scope.parent_ref
             if parent is None:
                 continue
-            item, epoch = component, None
+            component = item = raw_name.decode()
+            epoch = None
             if raw_epoch:
-                epoch = int(raw_epoch)
-                suffix = f"-epoch-{epoch}"
+                known = epochs.get(raw_epoch)
+                if known is None:
+                    epoch = int(raw_epoch)
+                    known = epochs[raw_epoch] = (epoch, f"-epoch-{epoch}")
+                epoch, suffix = known
                 if component.endswith(suffix) and len(component) > len(suffix):
                     item = component[: -len(suffix)]
             cluster = None
@@ -98,10 +109,13 @@ class SampleScan:
                 per_parent = samples[parent] = {}
             per_parent[component] = info
             if by_ref is not None:
-                by_ref[ref] = info
+                by_ref[raw_ref.decode()] = info
 
     def reopened(self) -> dict[str, int]:
-        return {ref.decode(): n for ref, n in self.opened.items() if n > 1}
+        if len(self._distinct) == sum(map(len, self._opened)):
+            return {}
+        opened = Counter(chain.from_iterable(self._opened))
+        return {ref.decode(): n for ref, n in opened.items() if n > 1}
 
 
 def read_context(

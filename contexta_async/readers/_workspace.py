@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, get_args
+from typing import TYPE_CHECKING, Final, cast, get_args
 
 import anyio
 import anyio.to_thread
@@ -35,7 +36,7 @@ from ._model import (
     RunSummary,
 )
 from ._read import CHUNK_SIZE
-from ._source import RecordSource, RowFilter, resolve_run_ref
+from ._source import MultiRunSource, RecordSource, RowFilter, resolve_run_ref
 
 if TYPE_CHECKING:
     import pandas
@@ -171,6 +172,11 @@ class Workspace:
         _, refs = await self._read([run])
         return refs[0]
 
+    async def _resolve_all(self, runs: Sequence[str]) -> list[str]:
+        """The full refs of ``runs``, in one read (``resolve`` reads once per name)."""
+        _, refs = await self._read(list(runs))
+        return refs
+
     async def get_run(self, run: str) -> RunSummary:
         """The summary of one run, named by full ref or unique suffix."""
         agg, refs = await self._read([run])
@@ -198,6 +204,22 @@ class Workspace:
         if not kinds <= _KINDS:
             raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
         return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
+
+    async def _records_of(
+        self, refs: Sequence[str], rows: RowFilter
+    ) -> AsyncGenerator[RecordRow, None]:
+        """The rows of the runs ``refs`` (full refs) in one pass over the records where the
+        source can (``records_of``), else run after run (a source without it)."""
+        if hasattr(self.source, "records_of"):
+            many = cast(MultiRunSource, self.source)
+            async with aclosing(many.records_of(refs, rows)) as stream:
+                async for row in stream:
+                    yield row
+            return
+        for ref in refs:
+            async with aclosing(self.source.records(ref, rows)) as stream:
+                async for row in stream:
+                    yield row
 
     # ---- comparison --------------------------------------------------------------------
 

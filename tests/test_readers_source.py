@@ -103,6 +103,36 @@ async def test_records_read_record_jsonl_once(
     assert len(rows) == 2 * 6 + 1 + 2 and len(opened) == 1  # 6 samples x 2, case-99, pass.rate x 2
 
 
+async def test_records_of_several_runs_read_record_jsonl_once_in_capture_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = capture_llm_workspace(tmp_path / "ws")
+    source = LocalSource(path / "cache" / "capture")
+    refs = ["run:mock-openai-compare.grounded", "run:mock-openai-compare.helpful-only"]
+    every = RowFilter(frozenset({"metric", "event", "span", "artifact"}))
+    per_run = {ref: [row async for row in source.records(ref, every)] for ref in refs}
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(file).endswith("record.jsonl"):
+            opened.append(str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    rows = [row async for row in source.records_of([*refs, refs[0]], every)]
+    assert len(opened) == 1
+    records = [row for row in rows if row.kind != "artifact"]
+    artifacts = [row for row in rows if row.kind == "artifact"]
+    assert rows == records + artifacts  # the artifacts last, run after run in the given order
+    for ref in refs:  # each run's rows as records gives them, once
+        assert [row for row in records if row.run_ref == ref] + [
+            row for row in artifacts if row.run_ref == ref
+        ] == per_run[ref]
+    assert artifacts == [row for ref in refs for row in per_run[ref] if row.kind == "artifact"]
+    assert records[0].run_ref == refs[1]  # capture order: helpful-only was captured first
+
+
 async def test_records_of_a_run_known_only_from_its_records_are_found_in_the_one_pass(
     tmp_path: Path,
 ) -> None:

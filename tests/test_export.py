@@ -439,14 +439,15 @@ class _FailingWorkspace(Workspace):
         self._after = after
         self._fail = fail
 
-    async def _records_of(self, refs: Any, rows: Any) -> AsyncGenerator[RecordRow, None]:
+    async def _record_blocks(self, refs: Any, rows: Any) -> AsyncGenerator[list[RecordRow], None]:
         seen = 0
-        async with aclosing(super()._records_of(refs, rows)) as rows:
-            async for row in rows:
-                if seen == self._after:
-                    await self._fail()
-                seen += 1
-                yield row
+        async with aclosing(super()._record_blocks(refs, rows)) as blocks:
+            async for block in blocks:
+                for row in block:
+                    if seen == self._after:
+                        await self._fail()
+                    seen += 1
+                    yield [row]
 
 
 async def test_a_failed_or_cancelled_export_leaves_the_old_file_and_no_partial_one(

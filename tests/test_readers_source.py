@@ -84,6 +84,9 @@ async def test_a_source_returning_per_sample_values_gives_the_same_answers(
         assert _answers(await getattr(seam, method)(*args, **kwargs)) == _answers(expected)
     rows = [row async for row in seam.records("grounded", kind="metric")]
     assert rows == [row async for row in local.records("grounded", kind="metric")]
+    # A source without record_blocks exports run after run (here the capture order too).
+    exported = await seam.to_arrow(["helpful-only", "grounded"])
+    assert exported.equals(await local.to_arrow()) and exported.num_rows == 29
 
 
 async def test_records_read_record_jsonl_once(
@@ -120,7 +123,7 @@ async def test_records_of_several_runs_read_record_jsonl_once_in_capture_order(
         return real_open(file, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", counting_open)
-    rows = [row async for row in source.records_of([*refs, refs[0]], every)]
+    rows = [row async for block in source.record_blocks([*refs, refs[0]], every) for row in block]
     assert len(opened) == 1
     records = [row for row in rows if row.kind != "artifact"]
     artifacts = [row for row in rows if row.kind == "artifact"]

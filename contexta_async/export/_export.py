@@ -72,24 +72,37 @@ async def _run_refs(ws: Workspace, runs: Sequence[str] | None) -> list[str]:
 
 async def _batches(
     ws: Workspace, refs: Sequence[str], table: Table, batch_rows: int
-) -> AsyncGenerator[list[Row], None]:
+) -> AsyncGenerator[list[RecordRow], None]:
     """Rows of the runs ``refs`` in capture order, read in one pass over the records, in
-    lists of at most ``batch_rows``."""
+    lists of ``batch_rows`` (the last one shorter)."""
     from ..readers._source import RowFilter
 
     kind: RecordKind = "metric" if table == "metrics" else "event"
-    make: Callable[[RecordRow], Row] = metric_row if table == "metrics" else event_row
-    batch: list[Row] = []
+    batch: list[RecordRow] = []
     if not refs:
         return
-    async with aclosing(ws._records_of(refs, RowFilter(frozenset([kind])))) as rows:
-        async for row in rows:
-            batch.append(make(row))
-            if len(batch) >= batch_rows:
-                yield batch
-                batch = []
+    async with aclosing(ws._record_blocks(refs, RowFilter(frozenset([kind])))) as blocks:
+        async for block in blocks:
+            batch += block
+            while len(batch) >= batch_rows:
+                yield batch[:batch_rows]
+                del batch[:batch_rows]
     if batch:
         yield batch
+
+
+def _rows(table: Table, records: list[RecordRow]) -> list[Row]:
+    """The table's rows of ``records`` (in a worker thread: per-row work off the loop)."""
+    make: Callable[[RecordRow], Row] = metric_row if table == "metrics" else event_row
+    return [make(record) for record in records]
+
+
+def _write(writer: Writer, table: Table, records: list[RecordRow]) -> None:
+    writer.write(_rows(table, records))
+
+
+def _arrow(table: Table, records: list[RecordRow]) -> Any:
+    return arrow_batch(table, _rows(table, records))
 
 
 def _check_batch_rows(batch_rows: int) -> None:
@@ -185,7 +198,7 @@ async def export_workspace(
         try:
             async with aclosing(_batches(ws, refs, table, min(batch_rows, _READ_ROWS))) as batches:
                 async for batch in batches:
-                    await anyio.to_thread.run_sync(writer.write, batch)
+                    await anyio.to_thread.run_sync(_write, writer, table, batch)
                     count += len(batch)
         finally:
             with anyio.CancelScope(shield=True):  # closed even when cancelled
@@ -216,7 +229,7 @@ async def to_arrow(
     parts: list[Any] = []
     async with aclosing(_batches(ws, refs, table, _READ_ROWS)) as batches:
         async for batch in batches:
-            parts.append(await anyio.to_thread.run_sync(arrow_batch, table, batch))
+            parts.append(await anyio.to_thread.run_sync(_arrow, table, batch))
     return pa.Table.from_batches(parts, schema=arrow_schema(table))
 
 

@@ -289,17 +289,16 @@ class LocalSource:
             lines.close()  # closes the file: no worker thread needed (the loop may be closing)
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
-    async def records_of(
+    async def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
-    ) -> AsyncGenerator[RecordRow, None]:
+    ) -> AsyncGenerator[list[RecordRow], None]:
         issues = Issues()
         samples = SampleScan(by_ref=True)
         await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, samples.by_ref)
         try:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
-                for row in block:
-                    yield row
+                yield block
         finally:
             blocks.close()  # closes the file: no worker thread needed (the loop may be closing)
         self.last_report = await anyio.to_thread.run_sync(issues.report)

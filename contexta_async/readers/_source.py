@@ -231,12 +231,13 @@ class RecordSource(Protocol):
     ``RecordRow.cluster``/``epoch`` (they default to None: not given). ``last_report`` is
     what the last finished read skipped.
 
-    ``records_of(refs, rows)`` (``MultiRunSource``; optional: ``Workspace`` falls back to
+    ``record_blocks(refs, rows)`` (``MultiRunSource``; optional: ``Workspace`` falls back to
     ``records`` run after run for a source without it) streams the rows of several runs,
-    given by full ref, in ONE pass over the records: the metrics, events and spans of all of
-    them in capture order (interleaved as they were captured), then the artifacts, run after
-    run in the order of ``refs``, filtered by ``rows``, in bounded memory. A ref that names
-    no run has no rows.
+    given by full ref, in ONE pass over the records, as lists of rows (a block of the file,
+    a fetch from a store; some may be empty): the metrics, events and spans of all of them
+    in capture order (interleaved as they were captured), then the artifacts, run after run
+    in the order of ``refs``, filtered by ``rows``, holding a block at a time. A ref that
+    names no run has no rows.
 
     Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
     and trio): blocking work goes to worker threads.
@@ -254,8 +255,8 @@ class RecordSource(Protocol):
 
 
 class MultiRunSource(RecordSource, Protocol):
-    """A ``RecordSource`` that also streams several runs in one pass (``records_of``)."""
+    """A ``RecordSource`` that also streams several runs in one pass (``record_blocks``)."""
 
-    def records_of(
+    def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
-    ) -> AsyncGenerator[RecordRow, None]: ...
+    ) -> AsyncGenerator[list[RecordRow], None]: ...

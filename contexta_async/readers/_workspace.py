@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Workspace", "resolve_run_ref"]
 
+_FALLBACK_BLOCK: Final = 1_024  # rows per list from a source without record_blocks
+
 _log = structlog.get_logger("contexta_async")
 
 _FILES: Final = ("context.jsonl", "record.jsonl", "artifact.jsonl", "degradation.jsonl")
@@ -205,21 +207,26 @@ class Workspace:
             raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
         return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
 
-    async def _records_of(
+    async def _record_blocks(
         self, refs: Sequence[str], rows: RowFilter
-    ) -> AsyncGenerator[RecordRow, None]:
-        """The rows of the runs ``refs`` (full refs) in one pass over the records where the
-        source can (``records_of``), else run after run (a source without it)."""
-        if hasattr(self.source, "records_of"):
+    ) -> AsyncGenerator[list[RecordRow], None]:
+        """The rows of the runs ``refs`` (full refs), in lists, in one pass over the records
+        where the source can (``record_blocks``), else run after run (a source without it)."""
+        if hasattr(self.source, "record_blocks"):
             many = cast(MultiRunSource, self.source)
-            async with aclosing(many.records_of(refs, rows)) as stream:
-                async for row in stream:
-                    yield row
+            async with aclosing(many.record_blocks(refs, rows)) as blocks:
+                async for block in blocks:
+                    yield block
             return
         for ref in refs:
+            part: list[RecordRow] = []
             async with aclosing(self.source.records(ref, rows)) as stream:
                 async for row in stream:
-                    yield row
+                    part.append(row)
+                    if len(part) >= _FALLBACK_BLOCK:
+                        yield part
+                        part = []
+            yield part
 
     # ---- comparison --------------------------------------------------------------------
 

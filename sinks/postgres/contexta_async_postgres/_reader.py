@@ -179,14 +179,13 @@ class PostgresSource:
                 await anyio.to_thread.run_sync(blocks.close)
         self.last_report = ReadReport()
 
-    async def records_of(
+    async def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
-    ) -> AsyncGenerator[RecordRow, None]:
+    ) -> AsyncGenerator[list[RecordRow], None]:
         blocks = self._rows_of(list(dict.fromkeys(refs)), rows)
         try:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
-                for row in block:
-                    yield row
+                yield block
         finally:
             with anyio.CancelScope(shield=True):  # as in records
                 await anyio.to_thread.run_sync(blocks.close)

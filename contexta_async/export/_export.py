@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path, PurePath
@@ -15,7 +15,7 @@ import anyio.to_thread
 import msgspec
 
 from .._errors import ValidationError
-from ._columns import Row, Table, arrow_batch, arrow_schema, event_row, metric_row
+from ._columns import Table, arrow_batch, arrow_schema
 from ._optional import import_optional
 from ._writers import FORMATS, ExportFormat, Writer, open_writer
 
@@ -89,20 +89,6 @@ async def _batches(
                 del batch[:batch_rows]
     if batch:
         yield batch
-
-
-def _rows(table: Table, records: list[RecordRow]) -> list[Row]:
-    """The table's rows of ``records`` (in a worker thread: per-row work off the loop)."""
-    make: Callable[[RecordRow], Row] = metric_row if table == "metrics" else event_row
-    return [make(record) for record in records]
-
-
-def _write(writer: Writer, table: Table, records: list[RecordRow]) -> None:
-    writer.write(_rows(table, records))
-
-
-def _arrow(table: Table, records: list[RecordRow]) -> Any:
-    return arrow_batch(table, _rows(table, records))
 
 
 def _check_batch_rows(batch_rows: int) -> None:
@@ -198,7 +184,7 @@ async def export_workspace(
         try:
             async with aclosing(_batches(ws, refs, table, min(batch_rows, _READ_ROWS))) as batches:
                 async for batch in batches:
-                    await anyio.to_thread.run_sync(_write, writer, table, batch)
+                    await anyio.to_thread.run_sync(writer.write, batch)
                     count += len(batch)
         finally:
             with anyio.CancelScope(shield=True):  # closed even when cancelled
@@ -229,7 +215,7 @@ async def to_arrow(
     parts: list[Any] = []
     async with aclosing(_batches(ws, refs, table, _READ_ROWS)) as batches:
         async for batch in batches:
-            parts.append(await anyio.to_thread.run_sync(_arrow, table, batch))
+            parts.append(await anyio.to_thread.run_sync(arrow_batch, table, batch))
     return pa.Table.from_batches(parts, schema=arrow_schema(table))
 
 

@@ -8,7 +8,8 @@ events, which the export skips). Scenarios, each in a fresh subprocess (its peak
 own), interleaved across --repeat rounds (default 3), medians reported:
 
   contexta-parquet   Workspace.export(out, format="parquet"): every metric record of both
-                     runs, streamed through Workspace.records(), 65,536 rows per row group
+                     runs, read in one pass over record.jsonl (the source's
+                     record_blocks), 65,536 rows per row group
   contexta-csv/jsonl the same to CSV or JSON Lines (--formats)
   duckdb-Nthread     DuckDB reading the same record.jsonl into Parquet with the same columns:
                      COPY (SELECT ... FROM read_json(...) WHERE payload_type='MetricRecord')

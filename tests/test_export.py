@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -165,7 +166,9 @@ async def test_events_export_with_their_own_columns_and_attributes(
     ]
 
 
-async def test_named_runs_only_once_each_in_the_order_given(llm_ws: Path, tmp_path: Path) -> None:
+async def test_named_runs_only_once_each_their_rows_in_capture_order(
+    llm_ws: Path, tmp_path: Path
+) -> None:
     ws = Workspace(llm_ws)
     result = await export_workspace(
         ws, tmp_path / "g.jsonl", runs=["grounded", "run:mock-openai-compare.grounded"]
@@ -174,9 +177,47 @@ async def test_named_runs_only_once_each_in_the_order_given(llm_ws: Path, tmp_pa
     runs = {json.loads(line)["run"] for line in (tmp_path / "g.jsonl").read_text().splitlines()}
     assert runs == {"run:mock-openai-compare.grounded"}
     assert result.rows == 15
+    # The rows come in capture order (one pass over the records), whatever order the runs
+    # are named in: helpful-only was captured first.
     table = await ws.to_arrow(["grounded", "helpful-only"])
-    assert table.column("run").to_pylist()[0] == "run:mock-openai-compare.grounded"
-    assert table.column("run").to_pylist()[-1] == "run:mock-openai-compare.helpful-only"
+    assert table.column("run").to_pylist() == (await ws.to_arrow()).column("run").to_pylist()
+    assert table.column("run").to_pylist()[0] == "run:mock-openai-compare.helpful-only"
+    assert table.column("run").to_pylist()[-1] == "run:mock-openai-compare.grounded"
+
+
+def _capture_runs(workspace: Path, runs: int) -> Path:
+    ctx = Contexta(workspace=workspace, config={"project_name": "many"})
+    for r in range(runs):
+        with ctx.run(f"r{r}") as run:
+            with run.stage("evaluate") as stage:
+                for s in range(3):
+                    with stage.sample(f"s{s}") as sample:
+                        sample.metric("score", r * 10 + s)
+    ctx.close()
+    return workspace
+
+
+@pytest.mark.parametrize("named", [False, True])
+async def test_exporting_many_runs_reads_record_jsonl_in_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    ws = Workspace(_capture_runs(tmp_path / "ws", 6))
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(file).endswith("record.jsonl"):
+            opened.append(str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    runs = [f"r{r}" for r in range(6)] if named else None
+    result = await export_workspace(ws, tmp_path / "m.jsonl", runs=runs)
+    # One read resolves the names (or lists the runs), one pass streams every run's rows.
+    assert len(opened) == 2, opened
+    values = [json.loads(line)["value"] for line in (tmp_path / "m.jsonl").read_text().split()]
+    assert result.rows == 18
+    assert values == [float(r * 10 + s) for r in range(6) for s in range(3)]
 
 
 async def test_to_arrow_pandas_and_polars_hold_what_the_parquet_file_holds(
@@ -398,14 +439,15 @@ class _FailingWorkspace(Workspace):
         self._after = after
         self._fail = fail
 
-    async def records(self, run: str, **filters: Any) -> AsyncGenerator[RecordRow, None]:  # type: ignore[override]
+    async def _record_blocks(self, refs: Any, rows: Any) -> AsyncGenerator[list[RecordRow], None]:
         seen = 0
-        async with aclosing(super().records(run, **filters)) as rows:
-            async for row in rows:
-                if seen == self._after:
-                    await self._fail()
-                seen += 1
-                yield row
+        async with aclosing(super()._record_blocks(refs, rows)) as blocks:
+            async for block in blocks:
+                for row in block:
+                    if seen == self._after:
+                        await self._fail()
+                    seen += 1
+                    yield [row]
 
 
 async def test_a_failed_or_cancelled_export_leaves_the_old_file_and_no_partial_one(

@@ -84,6 +84,9 @@ async def test_a_source_returning_per_sample_values_gives_the_same_answers(
         assert _answers(await getattr(seam, method)(*args, **kwargs)) == _answers(expected)
     rows = [row async for row in seam.records("grounded", kind="metric")]
     assert rows == [row async for row in local.records("grounded", kind="metric")]
+    # A source without record_blocks exports run after run (here the capture order too).
+    exported = await seam.to_arrow(["helpful-only", "grounded"])
+    assert exported.equals(await local.to_arrow()) and exported.num_rows == 29
 
 
 async def test_records_read_record_jsonl_once(
@@ -101,6 +104,36 @@ async def test_records_read_record_jsonl_once(
     monkeypatch.setattr(os, "open", counting_open)
     rows = [row async for row in Workspace(path).records("grounded", kind="metric")]
     assert len(rows) == 2 * 6 + 1 + 2 and len(opened) == 1  # 6 samples x 2, case-99, pass.rate x 2
+
+
+async def test_records_of_several_runs_read_record_jsonl_once_in_capture_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = capture_llm_workspace(tmp_path / "ws")
+    source = LocalSource(path / "cache" / "capture")
+    refs = ["run:mock-openai-compare.grounded", "run:mock-openai-compare.helpful-only"]
+    every = RowFilter(frozenset({"metric", "event", "span", "artifact"}))
+    per_run = {ref: [row async for row in source.records(ref, every)] for ref in refs}
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(file).endswith("record.jsonl"):
+            opened.append(str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    rows = [row async for block in source.record_blocks([*refs, refs[0]], every) for row in block]
+    assert len(opened) == 1
+    records = [row for row in rows if row.kind != "artifact"]
+    artifacts = [row for row in rows if row.kind == "artifact"]
+    assert rows == records + artifacts  # the artifacts last, run after run in the given order
+    for ref in refs:  # each run's rows as records gives them, once
+        assert [row for row in records if row.run_ref == ref] + [
+            row for row in artifacts if row.run_ref == ref
+        ] == per_run[ref]
+    assert artifacts == [row for ref in refs for row in per_run[ref] if row.kind == "artifact"]
+    assert records[0].run_ref == refs[1]  # capture order: helpful-only was captured first
 
 
 async def test_records_of_a_run_known_only_from_its_records_are_found_in_the_one_pass(

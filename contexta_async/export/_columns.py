@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
@@ -24,6 +25,7 @@ __all__ = [
     "columns_of",
     "event_row",
     "metric_row",
+    "rows_of",
 ]
 
 Table = Literal["metrics", "events"]
@@ -118,17 +120,39 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def arrow_batch(table: Table, rows: Sequence[Row]) -> Any:
-    """One pyarrow RecordBatch of ``rows`` (metric or event rows as made above)."""
+# The RecordRow attribute of each column, in column order.
+_ATTRS: Final[dict[Table, tuple[str, ...]]] = {
+    "metrics": (
+        "run_ref", "stage", "batch", "sample", "cluster", "epoch",
+        "key", "value", "unit", "recorded_at",
+    ),
+    "events": (
+        "run_ref", "stage", "batch", "sample", "cluster", "epoch",
+        "key", "level", "message", "attributes", "recorded_at",
+    ),
+}  # fmt: skip
+
+
+def rows_of(table: Table, records: Sequence[RecordRow]) -> list[Row]:
+    """The table's rows (tuples) of ``records``."""
+    make = metric_row if table == "metrics" else event_row
+    return [make(record) for record in records]
+
+
+def arrow_batch(table: Table, records: Sequence[RecordRow]) -> Any:
+    """One pyarrow RecordBatch of ``records``' metric or event rows, made column by column
+    (no row tuples: a C-level pass over the records per column)."""
     pa = import_optional("pyarrow", "Arrow and Parquet export")
     schema = arrow_schema(table)
-    if table == "events":
-        rows = attributes_text(rows)
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
-    arrays = [
-        _timestamps(pa, column, field.type)
-        if pa.types.is_timestamp(field.type)
-        else pa.array(column, field.type)
-        for column, field in zip(columns, schema, strict=True)
-    ]
+    arrays = []
+    for name, field in zip(_ATTRS[table], schema, strict=True):
+        column: list[Any] = list(map(attrgetter(name), records))
+        if name == "attributes":
+            encode = _json.encode
+            column = [encode(value).decode() for value in column]
+        if pa.types.is_timestamp(field.type):
+            arrays.append(_timestamps(pa, column, field.type))
+        else:
+            # value: RecordRow.value is a float (msgspec decodes the JSON's ints as floats)
+            arrays.append(pa.array(column, field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path, PurePath
@@ -15,7 +15,7 @@ import anyio.to_thread
 import msgspec
 
 from .._errors import ValidationError
-from ._columns import Row, Table, arrow_batch, arrow_schema, event_row, metric_row
+from ._columns import Table, arrow_batch, arrow_schema
 from ._optional import import_optional
 from ._writers import FORMATS, ExportFormat, Writer, open_writer
 
@@ -66,24 +66,27 @@ async def _run_refs(ws: Workspace, runs: Sequence[str] | None) -> list[str]:
         return [summary.ref for summary in await ws.list_runs()]
     if isinstance(runs, str):
         raise ValidationError("runs", "must be a sequence of run names, not one string", runs)
-    refs = [await ws.resolve(run) for run in runs]
-    return list(dict.fromkeys(refs))
+    # One read resolves every name (not one per name).
+    return list(dict.fromkeys(await ws._resolve_all(list(runs)) if runs else []))
 
 
 async def _batches(
     ws: Workspace, refs: Sequence[str], table: Table, batch_rows: int
-) -> AsyncGenerator[list[Row], None]:
-    """Rows of every run in ``refs``, run after run, in lists of at most ``batch_rows``."""
+) -> AsyncGenerator[list[RecordRow], None]:
+    """Rows of the runs ``refs`` in capture order, read in one pass over the records, in
+    lists of ``batch_rows`` (the last one shorter)."""
+    from ..readers._source import RowFilter
+
     kind: RecordKind = "metric" if table == "metrics" else "event"
-    make: Callable[[RecordRow], Row] = metric_row if table == "metrics" else event_row
-    batch: list[Row] = []
-    for ref in refs:
-        async with aclosing(ws.records(ref, kind=kind)) as rows:
-            async for row in rows:
-                batch.append(make(row))
-                if len(batch) >= batch_rows:
-                    yield batch
-                    batch = []
+    batch: list[RecordRow] = []
+    if not refs:
+        return
+    async with aclosing(ws._record_blocks(refs, RowFilter(frozenset([kind])))) as blocks:
+        async for block in blocks:
+            batch += block
+            while len(batch) >= batch_rows:
+                yield batch[:batch_rows]
+                del batch[:batch_rows]
     if batch:
         yield batch
 
@@ -152,7 +155,8 @@ async def export_workspace(
 ) -> ExportResult:
     """Write one row per metric record (``events=True``: per event) of ``runs`` to ``output``.
 
-    ``runs`` are full refs or unique suffixes (default: every run, oldest first); ``format``
+    ``runs`` are full refs or unique suffixes (default: every run); the rows of all of them
+    come in capture order, from one pass over the records; ``format``
     is ``"parquet"``, ``"csv"`` or ``"jsonl"`` (default: from the output's suffix). Rows are
     read a few thousand at a time and written in worker threads, Parquet in row groups of
     ``batch_rows`` rows, so memory stays bounded whatever the workspace's size. The file is

@@ -1,17 +1,20 @@
-"""File writers, one per format; each is given rows batch by batch and keeps at most a
-Parquet row group of them."""
+"""File writers, one per format; each is given records (``RecordRow``) batch by batch, makes
+them its rows and keeps at most a Parquet row group of them."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from ._columns import Row, Table, arrow_batch, arrow_schema, attributes_text, columns_of
+from ._columns import Table, arrow_batch, arrow_schema, attributes_text, columns_of, rows_of
 from ._optional import import_optional
+
+if TYPE_CHECKING:
+    from ..readers import RecordRow
 
 __all__ = ["FORMATS", "ExportFormat", "Writer", "open_writer"]
 
@@ -20,7 +23,7 @@ FORMATS: tuple[ExportFormat, ...] = ("parquet", "csv", "jsonl")
 
 
 class Writer(Protocol):
-    def write(self, rows: Sequence[Row]) -> None: ...
+    def write(self, records: Sequence[RecordRow]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -42,9 +45,9 @@ class _ParquetWriter:
         self._pending: list[Any] = []
         self._pending_rows = 0
 
-    def write(self, rows: Sequence[Row]) -> None:
-        self._pending.append(arrow_batch(self._table, rows))
-        self._pending_rows += len(rows)
+    def write(self, records: Sequence[RecordRow]) -> None:
+        self._pending.append(arrow_batch(self._table, records))
+        self._pending_rows += len(records)
         while self._pending_rows >= self._row_group_rows:
             self._flush(self._row_group_rows)
 
@@ -70,7 +73,8 @@ class _CsvWriter:
         self._csv = csv.writer(self._file)
         self._csv.writerow([name for name, _ in columns_of(table)])
 
-    def write(self, rows: Sequence[Row]) -> None:
+    def write(self, records: Sequence[RecordRow]) -> None:
+        rows = rows_of(self._table, records)
         self._csv.writerows(attributes_text(rows) if self._table == "events" else rows)
 
     def close(self) -> None:
@@ -81,12 +85,13 @@ class _JsonlWriter:
     """One JSON object per line, every column present (null where there is no value)."""
 
     def __init__(self, path: Path, table: Table) -> None:
+        self._table: Table = table
         self._names = [name for name, _ in columns_of(table)]
         self._encoder = msgspec.json.Encoder()
         self._file: IO[bytes] = open(path, "wb")  # noqa: SIM115
 
-    def write(self, rows: Sequence[Row]) -> None:
-        names = self._names
+    def write(self, records: Sequence[RecordRow]) -> None:
+        names, rows = self._names, rows_of(self._table, records)
         self._file.write(
             self._encoder.encode_lines([dict(zip(names, row, strict=True)) for row in rows])
         )

@@ -289,6 +289,62 @@ class LocalSource:
             lines.close()  # closes the file: no worker thread needed (the loop may be closing)
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
+    async def record_blocks(
+        self, refs: Sequence[str], rows: RowFilter
+    ) -> AsyncGenerator[list[RecordRow], None]:
+        issues = Issues()
+        samples = SampleScan(by_ref=True)
+        await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
+        blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, samples.by_ref)
+        try:
+            while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+                yield block
+        finally:
+            blocks.close()  # closes the file: no worker thread needed (the loop may be closing)
+        self.last_report = await anyio.to_thread.run_sync(issues.report)
+
+    def _rows_of(
+        self,
+        refs: list[str],
+        rows: RowFilter,
+        issues: Issues,
+        samples: Mapping[str, SampleInfo] | None = None,
+    ) -> Generator[list[RecordRow], None, None]:
+        """The rows of the runs ``refs`` (full refs), a block at a time (blocking): one pass
+        over record.jsonl for all of them, then their artifacts run after run."""
+        wanted = frozenset(refs)
+        if wanted and rows.kinds & {"metric", "event", "span"}:
+            path = self._file("record")
+            decoder = LineDecoder(FullRecordLine)
+            # Looking for each run's marker pays while the runs are few; past that, decode.
+            markers = [run_marker(ref) for ref in refs] if len(refs) <= 8 else []
+            kinds, key, stage, sample = rows.kinds, rows.key, rows.stage, rows.sample
+            for block in read_file(path, issues, chunk_size=self.chunk_size):
+                if (
+                    markers
+                    and all(block.find(marker) < 0 for marker in markers)
+                    and block.find(b'"run_ref":"') >= 0
+                ):
+                    continue  # compact lines, none of these runs: skip decoding the block
+                out = []
+                for line in decoder.decode(block.view(), str(path), block.offset, issues):
+                    run = line.payload.envelope.run_ref
+                    if run in wanted:
+                        row = record_row(line, run, kinds, key, stage, sample, samples)
+                        if row is not None:
+                            out.append(row)
+                yield out
+        if wanted and "artifact" in rows.kinds:
+            artifacts = read_artifacts(
+                self._file("artifact"), issues, wanted=refs, chunk_size=self.chunk_size
+            )
+            for ref in refs:
+                yield [
+                    row
+                    for item in artifacts.get(ref, [])
+                    if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+                ]
+
     def _rows(
         self,
         name: str,

@@ -113,7 +113,7 @@ class RunSummary(_R):
         return _display.summary_html(self)
 
 
-class RecordRow(_R):
+class RecordRow(_R, gc=False):
     """One metric, event, span or artifact of a run, as streamed by ``Workspace.records``.
 
     ``key`` is the metric key, event key, span name or artifact kind; ``stage``, ``batch`` and

@@ -10,7 +10,7 @@ implementation of this Protocol.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncGenerator, Collection, Iterable, Mapping
+from collections.abc import AsyncGenerator, Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
@@ -24,6 +24,7 @@ __all__ = [
     "NO_SAMPLES",
     "TYPE_KIND",
     "ArtifactInfo",
+    "MultiRunSource",
     "RecordScan",
     "RecordSource",
     "RowFilter",
@@ -230,6 +231,14 @@ class RecordSource(Protocol):
     ``RecordRow.cluster``/``epoch`` (they default to None: not given). ``last_report`` is
     what the last finished read skipped.
 
+    ``record_blocks(refs, rows)`` (``MultiRunSource``; optional: ``Workspace`` falls back to
+    ``records`` run after run for a source without it) streams the rows of several runs,
+    given by full ref, in ONE pass over the records, as lists of rows (a block of the file,
+    a fetch from a store; some may be empty): the metrics, events and spans of all of them
+    in capture order (interleaved as they were captured), then the artifacts, run after run
+    in the order of ``refs``, filtered by ``rows``, holding a block at a time. A ref that
+    names no run has no rows.
+
     Neither ``read`` nor the stream ``records`` returns may block the event loop (on asyncio
     and trio): blocking work goes to worker threads.
     """
@@ -243,3 +252,11 @@ class RecordSource(Protocol):
     async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData: ...
 
     def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]: ...
+
+
+class MultiRunSource(RecordSource, Protocol):
+    """A ``RecordSource`` that also streams several runs in one pass (``record_blocks``)."""
+
+    def record_blocks(
+        self, refs: Sequence[str], rows: RowFilter
+    ) -> AsyncGenerator[list[RecordRow], None]: ...

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, get_args
+from typing import TYPE_CHECKING, Final, cast, get_args
 
 import anyio
 import anyio.to_thread
@@ -35,7 +36,7 @@ from ._model import (
     RunSummary,
 )
 from ._read import CHUNK_SIZE
-from ._source import RecordSource, RowFilter, resolve_run_ref
+from ._source import MultiRunSource, RecordSource, RowFilter, resolve_run_ref
 
 if TYPE_CHECKING:
     import pandas
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from ..export import ExportFormat, ExportResult
 
 __all__ = ["Workspace", "resolve_run_ref"]
+
+_FALLBACK_BLOCK: Final = 1_024  # rows per list from a source without record_blocks
 
 _log = structlog.get_logger("contexta_async")
 
@@ -171,6 +174,11 @@ class Workspace:
         _, refs = await self._read([run])
         return refs[0]
 
+    async def _resolve_all(self, runs: Sequence[str]) -> list[str]:
+        """The full refs of ``runs``, in one read (``resolve`` reads once per name)."""
+        _, refs = await self._read(list(runs))
+        return refs
+
     async def get_run(self, run: str) -> RunSummary:
         """The summary of one run, named by full ref or unique suffix."""
         agg, refs = await self._read([run])
@@ -198,6 +206,27 @@ class Workspace:
         if not kinds <= _KINDS:
             raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
         return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
+
+    async def _record_blocks(
+        self, refs: Sequence[str], rows: RowFilter
+    ) -> AsyncGenerator[list[RecordRow], None]:
+        """The rows of the runs ``refs`` (full refs), in lists, in one pass over the records
+        where the source can (``record_blocks``), else run after run (a source without it)."""
+        if hasattr(self.source, "record_blocks"):
+            many = cast(MultiRunSource, self.source)
+            async with aclosing(many.record_blocks(refs, rows)) as blocks:
+                async for block in blocks:
+                    yield block
+            return
+        for ref in refs:
+            part: list[RecordRow] = []
+            async with aclosing(self.source.records(ref, rows)) as stream:
+                async for row in stream:
+                    part.append(row)
+                    if len(part) >= _FALLBACK_BLOCK:
+                        yield part
+                        part = []
+            yield part
 
     # ---- comparison --------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ queries see one snapshot of the store, however many shippers are writing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
 from typing import Any, Final
 
 import anyio
@@ -178,6 +178,88 @@ class PostgresSource:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(blocks.close)
         self.last_report = ReadReport()
+
+    async def record_blocks(
+        self, refs: Sequence[str], rows: RowFilter
+    ) -> AsyncGenerator[list[RecordRow], None]:
+        blocks = self._rows_of(list(dict.fromkeys(refs)), rows)
+        try:
+            while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
+                yield block
+        finally:
+            with anyio.CancelScope(shield=True):  # as in records
+                await anyio.to_thread.run_sync(blocks.close)
+        self.last_report = ReadReport()
+
+    def _rows_of(self, refs: list[str], rows: RowFilter) -> Generator[list[RecordRow], None, None]:
+        """The rows of the runs ``refs`` a block at a time (blocking), from one server-side
+        cursor per shard over all of them: constant memory however many the runs."""
+        conn = self._connect()
+        if conn is None or not refs:
+            if conn is not None:
+                conn.close()
+            return
+        try:
+            with conn:
+                yield from self._stream_many(conn, refs, rows)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            conn.close()
+
+    def _stream_many(
+        self, conn: Connection, refs: list[str], rows: RowFilter
+    ) -> Generator[list[RecordRow], None, None]:
+        types = [_TYPES[k] for k in sorted(rows.kinds) if k in _TYPES]
+        ranks = _ranks(conn, refs)
+        wanted = frozenset(refs)
+        if types:
+            # The shards in the order they started, each in capture order (a folder holding
+            # the shards' lines one after the other reads the same).
+            shards = conn.execute(
+                _q(
+                    "SELECT workspace_id FROM {s}.records WHERE run_ref = ANY(%s) "
+                    "GROUP BY workspace_id ORDER BY min(recorded_at), workspace_id"
+                ),
+                (refs,),
+            ).fetchall()
+            kinds = set(rows.kinds)
+            infos = {r: info for r, _, info, _ in _sample_infos(conn, ranks)}
+            for (workspace,) in shards:
+                with conn.cursor(name="contexta_records") as cursor:
+                    cursor.itersize = _FETCH
+                    cursor.execute(
+                        _q(
+                            "SELECT raw FROM {s}.records WHERE workspace_id = %s "
+                            "AND run_ref = ANY(%s) AND payload_type = ANY(%s) "
+                            "ORDER BY byte_offset"
+                        ),
+                        (workspace, refs, types),
+                    )
+                    while batch := cursor.fetchmany(_FETCH):
+                        out = []
+                        for (raw,) in batch:
+                            try:
+                                line = _RECORD.decode(raw)
+                            except (msgspec.DecodeError, msgspec.ValidationError):
+                                continue  # a line of another shape: no row, as locally
+                            run = line.payload.envelope.run_ref
+                            if run not in wanted:
+                                continue
+                            row = record_row(
+                                line, run, kinds, rows.key, rows.stage, rows.sample, infos
+                            )
+                            if row is not None:
+                                out.append(row)
+                        yield out
+        if "artifact" in rows.kinds:
+            artifacts = _artifacts(conn, ranks, refs)
+            for ref in refs:
+                yield [
+                    row
+                    for item in artifacts.get(ref, [])
+                    if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+                ]
 
     def _rows(self, name: str, rows: RowFilter) -> Generator[list[RecordRow], None, None]:
         """The run's rows a block at a time (blocking), from a server-side cursor per shard:

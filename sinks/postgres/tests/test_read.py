@@ -4,6 +4,7 @@ line naming host:port/db and never the password."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
@@ -436,3 +437,26 @@ def test_clusters_epochs_and_duplicates_read_the_same_from_the_store(
     exported = (tmp_path / "folder.csv").read_text()
     assert "passage-3" in exported
     assert (tmp_path / "store.csv").read_text() == exported
+
+
+def test_runs_captured_at_the_same_time_export_from_the_store_as_from_the_folder(
+    db: Database, tmp_path: Path
+) -> None:
+    """The store streams every run's rows in one pass, in capture order, as the folder does:
+    two runs captured at the same time come interleaved, from both."""
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "both"})
+    with ctx.run("a") as left, ctx.run("b") as right:
+        for n in range(5):
+            left.metric("score", float(n))
+            right.metric("score", float(10 + n))
+    ctx.close()
+    _ship(ws, db.url)
+    for name, where in (("folder", str(ws)), ("store", db.url)):
+        out, err = io.StringIO(), io.StringIO()
+        argv = ["--workspace", where, "export", "a", "b", "--output", str(tmp_path / f"{name}.csv")]
+        assert run_cli(argv, out=out, err=err) == 0, err.getvalue()
+    with open(tmp_path / "folder.csv", newline="") as f:
+        values = [row["value"] for row in csv.DictReader(f)]
+    assert [float(v) for v in values] == [v for n in range(5) for v in (float(n), 10.0 + n)]
+    assert (tmp_path / "store.csv").read_bytes() == (tmp_path / "folder.csv").read_bytes()

@@ -224,7 +224,8 @@ class PostgresSource:
                 (refs,),
             ).fetchall()
             kinds = set(rows.kinds)
-            infos = {r: info for r, _, info, _ in _sample_infos(conn, ranks)}
+            only = refs[0] if len(refs) == 1 else None  # one run: only its samples' lines
+            infos = {r: info for r, _, info, _ in _sample_infos(conn, ranks, only)}
             for (workspace,) in shards:
                 with conn.cursor(name="contexta_records") as cursor:
                     cursor.itersize = _FETCH
@@ -297,50 +298,7 @@ class PostgresSource:
             }
         if not known:
             raise EmptyWorkspaceError(self.describe())
-        ref = resolve_run_ref(name, known)
-        types = [_TYPES[k] for k in sorted(rows.kinds) if k in _TYPES]
-        if types:
-            shards = conn.execute(
-                _q(
-                    "SELECT workspace_id FROM {s}.records WHERE run_ref = %s "
-                    "GROUP BY workspace_id ORDER BY min(recorded_at), workspace_id"
-                ),
-                (ref,),
-            ).fetchall()
-            kinds = set(rows.kinds)
-            infos = {r: info for r, _, info, _ in _sample_infos(conn, _ranks(conn, [ref]), ref)}
-            for (workspace,) in shards:
-                # One server-side cursor per shard, in capture order (the primary key's).
-                with conn.cursor(name="contexta_records") as cursor:
-                    cursor.itersize = _FETCH
-                    cursor.execute(
-                        _q(
-                            "SELECT raw FROM {s}.records WHERE workspace_id = %s "
-                            "AND run_ref = %s AND payload_type = ANY(%s) ORDER BY byte_offset"
-                        ),
-                        (workspace, ref, types),
-                    )
-                    while batch := cursor.fetchmany(_FETCH):
-                        out = []
-                        for (raw,) in batch:
-                            try:
-                                line = _RECORD.decode(raw)
-                            except (msgspec.DecodeError, msgspec.ValidationError):
-                                continue  # a line of another shape: no row, as locally
-                            row = record_row(
-                                line, ref, kinds, rows.key, rows.stage, rows.sample, infos
-                            )
-                            if row is not None:
-                                out.append(row)
-                        yield out
-        if "artifact" in rows.kinds:
-            ranks = _ranks(conn, [ref])
-            artifacts = _artifacts(conn, ranks, [ref]).get(ref, [])
-            yield [
-                row
-                for item in artifacts
-                if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
-            ]
+        yield from self._stream_many(conn, [resolve_run_ref(name, known)], rows)
 
 
 def _time(column: str) -> str:

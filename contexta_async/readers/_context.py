@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
@@ -17,7 +17,14 @@ from .._format.refs import components, last_component, parse_sample_head
 from ._read import CHUNK_SIZE, Block, Issues, LineDecoder, read_file, read_lines
 from ._source import ArtifactInfo, RunInfo, SampleInfo
 
-__all__ = ["SampleScan", "context_lines", "read_artifacts", "read_context"]
+__all__ = [
+    "RunFacts",
+    "SampleScan",
+    "context_lines",
+    "fold_context_line",
+    "read_artifacts",
+    "read_context",
+]
 
 
 # A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
@@ -157,25 +164,46 @@ def context_lines(
         yield from decoder.decode(line, name, block.offset + start - block.start, issues)
 
 
-def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
+class RunFacts(Protocol):
+    """What a Run line and a StageExecution line say about a run (the readers' RunInfo, the
+    live view's RunState)."""
+
+    name: str
+    project: str
+    status: str
+    started_at: str | None
+    ended_at: str | None
+    dataset_ref: str | None
+    failure_reason: str | None
+    tags: dict[str, str]
+    stages: dict[str, int]
+
+
+def fold_context_line(run: RunFacts, line: ContextLine) -> None:
+    """Apply a Run or StageExecution line to what is known of its run (the newest line wins;
+    a stage keeps the order index it was first seen with)."""
     body = line.payload
-    info = runs.get(body.run_ref)
-    if info is None:
-        info = runs[body.run_ref] = RunInfo(body.run_ref)
     if line.payload_type == "Run":
         if body.name:
-            info.name = body.name
+            run.name = body.name
         if body.project_ref:
-            info.project = components(body.project_ref)
-        info.status = body.status
-        info.started_at = body.started_at
-        info.ended_at = body.ended_at
-        info.dataset_ref = body.dataset_ref
-        info.failure_reason = body.failure_reason
-        info.tags = dict(body.tags or {})
+            run.project = components(body.project_ref)
+        run.status = body.status
+        run.started_at = body.started_at
+        run.ended_at = body.ended_at
+        run.dataset_ref = body.dataset_ref
+        run.failure_reason = body.failure_reason
+        run.tags = dict(body.tags or {})
     elif line.payload_type == "StageExecution":
         stage = last_component(body.stage_execution_ref or "") or body.stage_name or "?"
-        info.stages.setdefault(stage, body.order_index)
+        run.stages.setdefault(stage, body.order_index)
+
+
+def _apply_context(runs: dict[str, RunInfo], line: ContextLine) -> None:
+    info = runs.get(line.payload.run_ref)
+    if info is None:
+        info = runs[line.payload.run_ref] = RunInfo(line.payload.run_ref)
+    fold_context_line(info, line)
 
 
 def read_artifacts(

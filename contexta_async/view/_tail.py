@@ -32,8 +32,8 @@ from .._format.lines import (
     RunValueLine,
     run_marker,
 )
-from .._format.refs import components, first_component, last_component, parse_scope
-from ..readers._context import context_lines
+from .._format.refs import first_component, last_component, parse_scope
+from ..readers._context import context_lines, fold_context_line
 from ..readers._index import expand_entry, load_index, open_index, pieces, read_entry
 from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular_file
 
@@ -285,22 +285,7 @@ class WorkspaceTail:
             self._apply_context(line)
 
     def _apply_context(self, line: ContextLine) -> None:
-        body = line.payload
-        run = self._run(body.run_ref)
-        if line.payload_type == "Run":
-            if body.name:
-                run.name = body.name
-            if body.project_ref:
-                run.project = components(body.project_ref)
-            run.status = body.status
-            run.started_at = body.started_at
-            run.ended_at = body.ended_at
-            run.dataset_ref = body.dataset_ref
-            run.failure_reason = body.failure_reason
-            run.tags = dict(body.tags or {})
-        elif line.payload_type == "StageExecution":
-            stage = last_component(body.stage_execution_ref) or body.stage_name or "?"
-            run.stages.setdefault(stage, body.order_index)
+        fold_context_line(self._run(line.payload.run_ref), line)
 
     # ---- record.jsonl: counts, and the values of tracked runs ----------------------------
 

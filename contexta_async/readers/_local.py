@@ -280,14 +280,10 @@ class LocalSource:
                 ref = resolve_run_ref(run, known)
             except UnknownRunError:
                 ref = None  # perhaps a run known only from its records: found while streaming
-        lines = self._rows(run, ref, known, rows, issues, samples.by_ref)
-        try:
-            while (block := await anyio.to_thread.run_sync(next, lines, None)) is not None:
-                for row in block:
-                    yield row
-        finally:
-            lines.close()  # closes the file: no worker thread needed (the loop may be closing)
-        self.last_report = await anyio.to_thread.run_sync(issues.report)
+        blocks = self._rows(run, ref, known, rows, issues, samples.by_ref)
+        async for block in self._drive(blocks, issues):
+            for row in block:
+                yield row
 
     async def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
@@ -296,6 +292,13 @@ class LocalSource:
         samples = SampleScan(by_ref=True)
         await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, samples.by_ref)
+        async for block in self._drive(blocks, issues):
+            yield block
+
+    async def _drive(
+        self, blocks: Generator[list[RecordRow], None, None], issues: Issues
+    ) -> AsyncGenerator[list[RecordRow], None]:
+        """Step a blocking row generator one block per worker-thread hop; then report."""
         try:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
                 yield block
@@ -357,38 +360,36 @@ class LocalSource:
         """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
         the one ``name`` names among the runs of the artifacts and the record lines, found as
         they come: AmbiguousRunError at a second one, UnknownRunError if none."""
+        if ref is not None:
+            yield from self._rows_of([ref], rows, issues, samples)
+            return
         path = self._file("record")
-        resolved = ref is not None
-        candidates = set() if resolved else {r for r in known if run_matches(r, name)}
+        candidates = {r for r in known if run_matches(r, name)}
         if len(candidates) > 1:
             raise AmbiguousRunError(name, sorted(candidates))
         if candidates:
             (ref,) = candidates
-        if not resolved or rows.kinds & {"metric", "event", "span"}:
-            decoder = LineDecoder(FullRecordLine)
-            marker = run_marker(ref or "")  # used only when resolved (ref set)
-            seen: set[str] = set()
-            for block in read_file(path, issues, chunk_size=self.chunk_size):
-                if resolved and block.find(marker) < 0 and block.find(b'"run_ref":"') >= 0:
-                    continue  # compact lines, none of this run: skip decoding the block
-                out = []
-                for line in decoder.decode(block.view(), str(path), block.offset, issues):
-                    run = line.payload.envelope.run_ref
-                    if not resolved and run not in seen:
-                        seen.add(run)
-                        if run_matches(run, name) and run not in candidates:
-                            candidates.add(run)
-                            if len(candidates) > 1:
-                                raise AmbiguousRunError(name, sorted(candidates))
-                            ref = run
-                    if run == ref:
-                        row = record_row(
-                            line, ref, rows.kinds, rows.key, rows.stage, rows.sample, samples
-                        )
-                        if row is not None:
-                            out.append(row)
-                yield out
-            known |= seen
+        decoder = LineDecoder(FullRecordLine)
+        seen: set[str] = set()
+        for block in read_file(path, issues, chunk_size=self.chunk_size):
+            out = []
+            for line in decoder.decode(block.view(), str(path), block.offset, issues):
+                run = line.payload.envelope.run_ref
+                if run not in seen:
+                    seen.add(run)
+                    if run_matches(run, name) and run not in candidates:
+                        candidates.add(run)
+                        if len(candidates) > 1:
+                            raise AmbiguousRunError(name, sorted(candidates))
+                        ref = run
+                if run == ref:
+                    row = record_row(
+                        line, ref, rows.kinds, rows.key, rows.stage, rows.sample, samples
+                    )
+                    if row is not None:
+                        out.append(row)
+            yield out
+        known |= seen
         if ref is None:
             if not known:
                 raise EmptyWorkspaceError(self.describe())

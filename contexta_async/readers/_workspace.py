@@ -171,8 +171,7 @@ class Workspace:
 
     async def resolve(self, run: str) -> str:
         """The full ref of ``run`` (a full ref or a unique suffix)."""
-        _, refs = await self._read([run])
-        return refs[0]
+        return (await self._resolve_all([run]))[0]
 
     async def _resolve_all(self, runs: Sequence[str]) -> list[str]:
         """The full refs of ``runs``, in one read (``resolve`` reads once per name)."""

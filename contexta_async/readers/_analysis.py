@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 from .._format.refs import parse_scope
-from ..stats._bootstrap import BootstrapMethod
 from ..stats._inference import Adjustment, adjust_p_values
 from ._aggregate import (
     Aggregate,
@@ -25,6 +24,7 @@ from ._model import (
     Alignment,
     ArtifactChange,
     BestRun,
+    CompareOptions,
     Direction,
     MetricDelta,
     MultiRunComparison,
@@ -76,8 +76,9 @@ INFERENCE_NOTES = {
 }
 
 
-def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable[str]) -> str:
+def pairing_note(options: CompareOptions, methods: Iterable[str]) -> str:
     """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``)."""
+    confidence, resamples, seed = options.confidence, options.resamples, options.seed
     used = set(methods)
     resampled = bool(used & {"numpy", "python"})
     how = []
@@ -345,19 +346,7 @@ def _alignment_warning(found: Alignment) -> str:
     )
 
 
-def compare_two(
-    agg: Aggregate,
-    lref: str,
-    rref: str,
-    *,
-    directions: Mapping[str, Direction] | None,
-    confidence: float,
-    resamples: int,
-    seed: int,
-    bootstrap: BootstrapMethod,
-    include_samples: bool,
-    adjustment: Adjustment,
-) -> RunComparison:
+def compare_two(agg: Aggregate, lref: str, rref: str, options: CompareOptions) -> RunComparison:
     """Two runs compared (blocking: the bootstraps take CPU seconds on large runs)."""
     lsum, rsum = agg.summary(lref), agg.summary(rref)
     order = stage_order([lsum, rsum])
@@ -385,18 +374,7 @@ def compare_two(
             f"{aligned.duplicates_left + aligned.duplicates_right} item(s) captured more than "
             "once without an epoch: one value each is used"
         )
-    paired = paired_results(
-        lm,
-        rm,
-        order,
-        directions=directions,
-        confidence=confidence,
-        resamples=resamples,
-        seed=seed,
-        bootstrap=bootstrap,
-        include_samples=include_samples,
-        adjustment=adjustment,
-    )
+    paired = paired_results(lm, rm, order, options)
     return RunComparison(
         left=lsum,
         right=rsum,
@@ -406,11 +384,11 @@ def compare_two(
         warnings=warnings,
         notes=[
             LATEST_NOTE,
-            INFERENCE_NOTES[adjustment],
-            pairing_note(confidence, resamples, seed, (p.method for p in paired)),
+            INFERENCE_NOTES[options.adjustment],
+            pairing_note(options, (p.method for p in paired)),
         ],
         read_report=agg.report,
-        adjustment=adjustment,
+        adjustment=options.adjustment,
         alignment=aligned,
     )
 
@@ -434,10 +412,7 @@ def _against_baseline(
 
 
 def compare_many(
-    agg: Aggregate,
-    refs: Sequence[str],
-    directions: Mapping[str, Direction] | None,
-    adjustment: Adjustment = "holm",
+    agg: Aggregate, refs: Sequence[str], options: CompareOptions
 ) -> MultiRunComparison:
     """Every metric of every run in one table, with the best run(s) per row, and for
     sample-level metrics each run's p-value against the first run (raw and adjusted)."""
@@ -452,7 +427,8 @@ def compare_many(
             + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
         )
     order = stage_order(summaries)
-    rows = multi_rows(unique, ordered, order, directions)
+    adjustment = options.adjustment
+    rows = multi_rows(unique, ordered, order, options.directions)
     _against_baseline(rows, ordered, order, adjustment)
     notes = [LATEST_NOTE]
     if len(unique) > 1:

@@ -30,9 +30,8 @@ from .readers import (
     RunSummary,
     Workspace,
     items_needed,
-    render_html_report,
 )
-from .readers._report import format_number
+from .report import format_number, render_html_report
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
 

@@ -6,6 +6,8 @@ import math
 import random
 import re
 import statistics
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -228,6 +230,16 @@ async def test_html_report_is_self_contained(tmp_path: Path) -> None:
     hostile.warnings.append("<script>alert(1)</script>")
     assert "<script>" not in render_html_report(hostile)
     assert "No matched samples" not in page
+
+
+def test_the_readers_hand_out_the_report_without_loading_it_to_read() -> None:
+    code = (
+        "import sys, contexta_async.readers as readers\n"
+        "assert 'contexta_async.report' not in sys.modules\n"
+        "import contexta_async.report as report\n"
+        "assert readers.render_html_report is report.render_html_report\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "multi_html",
     "multi_repr",
     "number",
+    "percent",
     "summary_html",
     "summary_repr",
 ]
@@ -46,7 +47,8 @@ def number(value: float | None, *, signed: bool = False) -> str:
     return f"{value:+.6g}" if signed else f"{value:.6g}"
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A relative change as a signed percentage; ``-`` for a missing value."""
     return "-" if value is None else f"{value * 100:+.1f}%"
 
 
@@ -161,7 +163,7 @@ def comparison_html(result: RunComparison) -> str:
         + _num(m.left)
         + _num(m.right)
         + _num(m.delta, signed=True, tone=_tone(m.delta, infer_direction(m.key)))
-        + f"{_CELL}{_percent(m.relative_change)}</td>"
+        + f"{_CELL}{percent(m.relative_change)}</td>"
         for m in result.metrics
     ]
     parts.append(

@@ -24,7 +24,8 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
-from contexta_async.readers._aggregate import RunMetrics, differing_samples, natural_key
+from contexta_async.readers._aggregate import RunMetrics, natural_key
+from contexta_async.readers._analysis import _alignment
 from contexta_async.readers._pairing import _paired_values
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10, with_empty_runs
@@ -369,16 +370,22 @@ def test_pairing_matches_names_whatever_their_order_in_each_run() -> None:
 
 def test_sample_set_warning_counts_names_over_all_metrics_of_the_stage() -> None:
     left, right = RunMetrics(), RunMetrics()
+
+    def warnings(stage: str) -> list[str]:
+        return _alignment(left, right, [stage], {}, "run:x.l", "run:x.r")[1]
+
     left.samples[("evaluate", "correct")] = {"a": 1.0, "b": 0.0, "c": 1.0}
     left.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
     right.samples[("evaluate", "correct")] = {"c": 1.0, "b": 1.0, "a": 0.0}  # another order
     right.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
-    assert differing_samples(left, right, "evaluate") == (0, 0)
+    assert warnings("evaluate") == []
     # "d" has only a latency on the left, "e" and "f" only a score on the right.
     left.samples[("evaluate", "latency.ms")]["d"] = 4.0
     right.samples[("evaluate", "score")] = {"e": 1.0, "f": 1.0}
-    assert differing_samples(left, right, "evaluate") == (1, 2)
-    assert differing_samples(left, right, "other-stage") == (0, 0)
+    assert warnings("evaluate") == [
+        "stage evaluate: the sample sets differ (1 only in left, 2 only in right)"
+    ]
+    assert warnings("other-stage") == []
     assert sorted(left.sample_names("evaluate")) == ["a", "b", "c", "d"]
 
 

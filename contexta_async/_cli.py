@@ -31,7 +31,7 @@ from .readers import (
     Workspace,
     items_needed,
 )
-from .report import format_number, render_html_report
+from .report import format_number, render_html_report, run_facts
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
 
@@ -361,24 +361,7 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         )
         return 0
     out.write(f"{summary.ref}\n")
-    for label, value in [
-        ("name", summary.name),
-        ("project", summary.project),
-        (
-            "status",
-            summary.status + (f" ({summary.failure_reason})" if summary.failure_reason else ""),
-        ),
-        ("started", summary.started_at or "-"),
-        ("ended", summary.ended_at or "-"),
-        ("dataset", summary.dataset_ref or "-"),
-        ("stages", ", ".join(summary.stages) or "-"),
-        (
-            "records",
-            f"{summary.counts.metrics} metrics, {summary.counts.events} events, "
-            f"{summary.counts.spans} spans, {summary.counts.artifacts} artifacts",
-        ),
-        ("source", summary.source),
-    ]:
+    for label, value in [*run_facts(summary), ("source", summary.source)]:
         out.write(f"  {label:<8} {value}\n")
     if table.rows:
         out.write("\nMetrics (run/stage/batch: latest value; sample: mean over samples)\n")

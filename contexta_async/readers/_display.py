@@ -24,6 +24,7 @@ __all__ = [
     "multi_repr",
     "number",
     "percent",
+    "run_facts",
     "summary_html",
     "summary_repr",
 ]
@@ -197,11 +198,10 @@ def multi_html(result: MultiRunComparison) -> str:
     return _wrap(body + _list("Warnings", result.warnings))
 
 
-def summary_html(run: RunSummary) -> str:
-    """One run's facts as a two-column table."""
+def run_facts(run: RunSummary) -> list[tuple[str, str]]:
+    """One run's facts as (label, text) pairs, as the notebook and the terminal show them."""
     counts = run.counts
-    facts = [
-        ("ref", run.ref),
+    return [
         ("name", run.name),
         ("project", run.project),
         ("status", run.status + (f" ({run.failure_reason})" if run.failure_reason else "")),
@@ -215,6 +215,11 @@ def summary_html(run: RunSummary) -> str:
             f"{counts.artifacts} artifacts",
         ),
     ]
+
+
+def summary_html(run: RunSummary) -> str:
+    """One run's facts as a two-column table."""
+    facts = [("ref", run.ref), *run_facts(run)]
     facts += [(f"tag {key}", value) for key, value in sorted(run.tags.items())]
     rows = [f"<th>{escape(k)}</th>{_text(v)}" for k, v in facts]
     return _wrap(_table(f"Run {run.name}", [], rows))

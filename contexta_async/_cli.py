@@ -31,7 +31,7 @@ from .readers import (
     Workspace,
     items_needed,
 )
-from .report import format_number, render_html_report, run_facts
+from .report import format_number, percent, render_html_report, run_facts
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
 
@@ -269,6 +269,18 @@ def _directions(args: argparse.Namespace) -> dict[str, Direction]:
     return out
 
 
+def _stats(args: argparse.Namespace) -> dict[str, Any]:
+    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them."""
+    return {
+        "directions": _directions(args),
+        "confidence": args.confidence,
+        "resamples": args.resamples,
+        "seed": args.seed,
+        "bootstrap": args.bootstrap,
+        "adjustment": args.adjust,
+    }
+
+
 # ---- output helpers ----------------------------------------------------------------------
 
 
@@ -283,10 +295,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -
 
 def _json(value: Any, out: TextIO) -> None:
     out.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f}%"
 
 
 def _names(names: Sequence[str], limit: int = 10) -> str:
@@ -422,7 +430,7 @@ def _write_pair(
                 format_number(m.left),
                 format_number(m.right),
                 format_number(m.delta, signed=True),
-                _pct(m.relative_change),
+                percent(m.relative_change),
             ]
             for m in result.metrics
         ],
@@ -601,18 +609,9 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError("compare needs at least two runs")
     if args.target_effect is not None and len(args.runs) != 2:
         raise _UsageError("--target-effect needs two runs (a paired comparison)")
-    directions = _directions(args)
     if len(args.runs) == 2:
         result = await ws.compare(
-            args.runs[0],
-            args.runs[1],
-            directions=directions,
-            confidence=args.confidence,
-            resamples=args.resamples,
-            seed=args.seed,
-            bootstrap=args.bootstrap,
-            include_samples=args.samples,
-            adjustment=args.adjust,
+            args.runs[0], args.runs[1], include_samples=args.samples, **_stats(args)
         )
         power = None if args.target_effect is None else _power(result, args.target_effect)
         if args.json:
@@ -620,7 +619,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         else:
             _write_pair(result, out, args.samples, power)
         return 0
-    many = await ws.compare_many(args.runs, directions=directions, adjustment=args.adjust)
+    many = await ws.compare_many(args.runs, directions=_directions(args), adjustment=args.adjust)
     if args.json:
         _json(many, out)
     else:
@@ -656,17 +655,7 @@ async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
-    result = await ws.compare(
-        args.left,
-        args.right,
-        directions=_directions(args),
-        confidence=args.confidence,
-        resamples=args.resamples,
-        seed=args.seed,
-        bootstrap=args.bootstrap,
-        include_samples=True,
-        adjustment=args.adjust,
-    )
+    result = await ws.compare(args.left, args.right, include_samples=True, **_stats(args))
     page = render_html_report(result)
     target = anyio.Path(args.output)
     try:

@@ -1,4 +1,5 @@
-"""The readers' result types: plain msgspec Structs, so ``msgspec.to_builtins`` gives JSON."""
+"""The readers' result types, plain msgspec Structs (``msgspec.to_builtins`` gives JSON), and
+the options a comparison is computed with."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Notebook display of the readers' results: compact HTML tables (``_repr_html_``) and short
 plain reprs. Every user-provided string (run names, keys, stages, samples, metadata,
-warnings) goes through ``html.escape``."""
+warnings) goes through ``html.escape``. The number formatting and a run's facts are shared
+with ``contexta_async.report`` (which re-exports them) and the CLI, so they read alike."""
 
 from __future__ import annotations
 

@@ -321,6 +321,7 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
 
     from contexta_async.readers import Workspace
     from contexta_async.readers._aggregate import stage_order
+    from contexta_async.readers._model import CompareOptions
     from contexta_async.readers._pairing import paired_results
 
     use_index = "-json" not in scenario
@@ -352,7 +353,7 @@ def _measure(scenario: str, workspace: str, repeat: int) -> dict[str, Any]:
             records = agg.scan.records
             cpu_started = cpu_now()
             started = time.perf_counter()
-            paired_results(left, right, order)
+            paired_results(left, right, order, CompareOptions())
         else:
             result = await ws.compare(*RUNS)
             records = sum(s.counts.metrics + s.counts.events for s in (result.left, result.right))

@@ -30,9 +30,8 @@ from .readers import (
     RunSummary,
     Workspace,
     items_needed,
-    render_html_report,
 )
-from .readers._report import format_number
+from .report import format_number, percent, render_html_report, run_facts
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
 
@@ -270,6 +269,18 @@ def _directions(args: argparse.Namespace) -> dict[str, Direction]:
     return out
 
 
+def _stats(args: argparse.Namespace) -> dict[str, Any]:
+    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them."""
+    return {
+        "directions": _directions(args),
+        "confidence": args.confidence,
+        "resamples": args.resamples,
+        "seed": args.seed,
+        "bootstrap": args.bootstrap,
+        "adjustment": args.adjust,
+    }
+
+
 # ---- output helpers ----------------------------------------------------------------------
 
 
@@ -284,10 +295,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -
 
 def _json(value: Any, out: TextIO) -> None:
     out.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f}%"
 
 
 def _names(names: Sequence[str], limit: int = 10) -> str:
@@ -362,24 +369,7 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         )
         return 0
     out.write(f"{summary.ref}\n")
-    for label, value in [
-        ("name", summary.name),
-        ("project", summary.project),
-        (
-            "status",
-            summary.status + (f" ({summary.failure_reason})" if summary.failure_reason else ""),
-        ),
-        ("started", summary.started_at or "-"),
-        ("ended", summary.ended_at or "-"),
-        ("dataset", summary.dataset_ref or "-"),
-        ("stages", ", ".join(summary.stages) or "-"),
-        (
-            "records",
-            f"{summary.counts.metrics} metrics, {summary.counts.events} events, "
-            f"{summary.counts.spans} spans, {summary.counts.artifacts} artifacts",
-        ),
-        ("source", summary.source),
-    ]:
+    for label, value in [*run_facts(summary), ("source", summary.source)]:
         out.write(f"  {label:<8} {value}\n")
     if table.rows:
         out.write("\nMetrics (run/stage/batch: latest value; sample: mean over samples)\n")
@@ -440,7 +430,7 @@ def _write_pair(
                 format_number(m.left),
                 format_number(m.right),
                 format_number(m.delta, signed=True),
-                _pct(m.relative_change),
+                percent(m.relative_change),
             ]
             for m in result.metrics
         ],
@@ -619,18 +609,9 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError("compare needs at least two runs")
     if args.target_effect is not None and len(args.runs) != 2:
         raise _UsageError("--target-effect needs two runs (a paired comparison)")
-    directions = _directions(args)
     if len(args.runs) == 2:
         result = await ws.compare(
-            args.runs[0],
-            args.runs[1],
-            directions=directions,
-            confidence=args.confidence,
-            resamples=args.resamples,
-            seed=args.seed,
-            bootstrap=args.bootstrap,
-            include_samples=args.samples,
-            adjustment=args.adjust,
+            args.runs[0], args.runs[1], include_samples=args.samples, **_stats(args)
         )
         power = None if args.target_effect is None else _power(result, args.target_effect)
         if args.json:
@@ -638,7 +619,7 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         else:
             _write_pair(result, out, args.samples, power)
         return 0
-    many = await ws.compare_many(args.runs, directions=directions, adjustment=args.adjust)
+    many = await ws.compare_many(args.runs, directions=_directions(args), adjustment=args.adjust)
     if args.json:
         _json(many, out)
     else:
@@ -674,17 +655,7 @@ async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
-    result = await ws.compare(
-        args.left,
-        args.right,
-        directions=_directions(args),
-        confidence=args.confidence,
-        resamples=args.resamples,
-        seed=args.seed,
-        bootstrap=args.bootstrap,
-        include_samples=True,
-        adjustment=args.adjust,
-    )
+    result = await ws.compare(args.left, args.right, include_samples=True, **_stats(args))
     page = render_html_report(result)
     target = anyio.Path(args.output)
     try:

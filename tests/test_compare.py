@@ -6,6 +6,8 @@ import math
 import random
 import re
 import statistics
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from contexta_async.readers import (
     infer_direction,
     render_html_report,
 )
-from contexta_async.readers._aggregate import RunMetrics, differing_samples, natural_key
+from contexta_async.readers._aggregate import RunMetrics, natural_key
+from contexta_async.readers._analysis import _alignment
 from contexta_async.readers._pairing import _paired_values
 
 from .test_readers_helpers import CASES, capture_llm_workspace, copy_fixture_10, with_empty_runs
@@ -230,6 +233,16 @@ async def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert "No matched samples" not in page
 
 
+def test_the_readers_hand_out_the_report_without_loading_it_to_read() -> None:
+    code = (
+        "import sys, contexta_async.readers as readers\n"
+        "assert 'contexta_async.report' not in sys.modules\n"
+        "import contexta_async.report as report\n"
+        "assert readers.render_html_report is report.render_html_report\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_natural_order_sorts_numbers_by_value_whatever_the_name_shape() -> None:
     names = [
         "case-10",
@@ -357,16 +370,22 @@ def test_pairing_matches_names_whatever_their_order_in_each_run() -> None:
 
 def test_sample_set_warning_counts_names_over_all_metrics_of_the_stage() -> None:
     left, right = RunMetrics(), RunMetrics()
+
+    def warnings(stage: str) -> list[str]:
+        return _alignment(left, right, [stage], {}, "run:x.l", "run:x.r")[1]
+
     left.samples[("evaluate", "correct")] = {"a": 1.0, "b": 0.0, "c": 1.0}
     left.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
     right.samples[("evaluate", "correct")] = {"c": 1.0, "b": 1.0, "a": 0.0}  # another order
     right.samples[("evaluate", "latency.ms")] = {"a": 1.0, "b": 2.0, "c": 3.0}
-    assert differing_samples(left, right, "evaluate") == (0, 0)
+    assert warnings("evaluate") == []
     # "d" has only a latency on the left, "e" and "f" only a score on the right.
     left.samples[("evaluate", "latency.ms")]["d"] = 4.0
     right.samples[("evaluate", "score")] = {"e": 1.0, "f": 1.0}
-    assert differing_samples(left, right, "evaluate") == (1, 2)
-    assert differing_samples(left, right, "other-stage") == (0, 0)
+    assert warnings("evaluate") == [
+        "stage evaluate: the sample sets differ (1 only in left, 2 only in right)"
+    ]
+    assert warnings("other-stage") == []
     assert sorted(left.sample_names("evaluate")) == ["a", "b", "c", "d"]
 
 

@@ -19,7 +19,8 @@ from statsmodels.stats.multitest import multipletests
 
 from contexta_async import Contexta
 from contexta_async._cli import run_cli
-from contexta_async.readers import Workspace, render_html_report
+from contexta_async.readers import Workspace
+from contexta_async.report import render_html_report
 
 ITEMS = 30
 UNCLUSTERED = {27, 28, 29}  # no cluster given: each is a cluster of its own

@@ -36,6 +36,7 @@ LAYERS = {
     # reading
     "contexta_async.readers": 7,
     "contexta_async.export": 8,
+    "contexta_async.report": 8,
     "contexta_async.view": 8,
     "contexta_async._cli": 9,
     "contexta_async.__main__": 10,
@@ -43,7 +44,12 @@ LAYERS = {
 }
 # Workspace.to_arrow()/export() hand the work to the export package, imported when called (the
 # export builds on the readers; the methods are conveniences on the readers' main object).
-ALLOWED_UPWARD = {("contexta_async.readers._workspace", "contexta_async.export")}
+# Likewise the readers' package re-exports render_html_report, imported from the report
+# package on first use.
+ALLOWED_UPWARD = {
+    ("contexta_async.readers._workspace", "contexta_async.export"),
+    ("contexta_async.readers", "contexta_async.report"),
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -28,9 +28,8 @@ from contexta_async.readers import (
     Workspace,
     items_needed,
     minimum_detectable_effect,
-    render_html_report,
 )
-from contexta_async.readers._report import format_number
+from contexta_async.report import format_number, render_html_report
 from contexta_async.stats._inference import (
     adjust_p_values,
     cluster_bootstrap_ci,

@@ -30,10 +30,9 @@ LAYERS = {
     "_context": 1,
     # per run/stage/sample/key values and run summaries
     "_aggregate": 2,
-    # deltas, pairing, notes and warnings; rendering an answer
+    # deltas, pairing, notes and warnings (an answer's HTML page is contexta_async.report's)
     "_pairing": 3,
     "_analysis": 3,
-    "_report": 3,
     # orchestration
     "_workspace": 4,
     "__init__": 5,

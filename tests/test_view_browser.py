@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from contexta_async._cli import run_cli
-from contexta_async.readers._report import format_number
+from contexta_async.report import format_number
 
 from .test_view import MARKUP_MESSAGE, MARKUP_NAME, capture_run, capture_runs, running_view
 

@@ -10,6 +10,8 @@ best = await ws.best_run(["helpful-only", "grounded"], "pass.rate")
 ```
 """
 
+from typing import TYPE_CHECKING
+
 from ..stats._bootstrap import (
     SADDLEPOINT_MIN_PAIRS,
     BootstrapInterval,
@@ -50,8 +52,10 @@ from ._model import (
     RunSummary,
     Scope,
 )
-from ._report import render_html_report
 from ._workspace import Workspace, resolve_run_ref
+
+if TYPE_CHECKING:
+    from ..report import render_html_report
 
 __all__ = [
     "MINIMIZE_WORDS",
@@ -94,3 +98,13 @@ __all__ = [
     "render_html_report",
     "resolve_run_ref",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The report renders the readers' answers from the package above them: imported on use,
+    # so reading never loads it (and the import cannot run round a circle).
+    if name == "render_html_report":
+        from ..report import render_html_report
+
+        return render_html_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ __all__ = [
     "Place",
     "RunMetrics",
     "collect_metrics",
-    "differing_samples",
     "mean_of",
     "natural_key",
     "order_all",
@@ -110,15 +109,6 @@ class RunMetrics:
             return mean_of(values.values()), len(values)
         found = self.latest.get(place)
         return found, 0 if found is None else 1
-
-
-def differing_samples(left: RunMetrics, right: RunMetrics, stage: str | None) -> tuple[int, int]:
-    """How many sample names of ``stage`` only the left run has, and only the right."""
-    left_names, right_names = left.sample_names(stage), right.sample_names(stage)
-    if left_names == right_names:
-        return 0, 0
-    left_set, right_set = set(left_names), set(right_names)
-    return len(left_set - right_set), len(right_set - left_set)
 
 
 class _Items:

@@ -9,12 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 from .._format.refs import parse_scope
-from ..stats._bootstrap import BootstrapMethod
 from ..stats._inference import Adjustment, adjust_p_values
 from ._aggregate import (
     Aggregate,
     RunMetrics,
-    differing_samples,
     natural_key,
     order_all,
     stage_order,
@@ -25,6 +23,7 @@ from ._model import (
     Alignment,
     ArtifactChange,
     BestRun,
+    CompareOptions,
     Direction,
     MetricDelta,
     MultiRunComparison,
@@ -37,24 +36,9 @@ from ._model import (
 from ._pairing import direction_for, paired_p_values, paired_results, places
 from ._source import ArtifactInfo
 
-__all__ = [
-    "ALIGNMENT_LISTED",
-    "ALIGNMENT_THRESHOLD",
-    "INFERENCE_NOTES",
-    "LATEST_NOTE",
-    "alignment",
-    "artifact_changes",
-    "best_run",
-    "compare_many",
-    "compare_two",
-    "metric_deltas",
-    "multi_rows",
-    "pairing_note",
-    "rank_runs",
-    "run_warnings",
-]
+__all__ = ["best_run", "compare_many", "compare_two"]
 
-LATEST_NOTE: Final = (
+_LATEST_NOTE: Final = (
     "run-, stage- and batch-level metrics show the latest captured value; sample-level "
     "metrics show the mean over samples of each sample's latest value (count = samples)"
 )
@@ -68,7 +52,7 @@ _INFERENCE = (
     "(C/(C-1)), p_value Student t on it with C - 1 df, the interval resamples clusters; with "
     "epochs: each item's attempts are averaged before pairing (n = items)"
 )
-INFERENCE_NOTES = {
+_INFERENCE_NOTES = {
     "holm": _INFERENCE + "; p_adjusted: Holm (family-wise) across the paired metrics",
     "bh": _INFERENCE + "; p_adjusted: Benjamini-Hochberg (false discovery rate) across the "
     "paired metrics",
@@ -76,8 +60,9 @@ INFERENCE_NOTES = {
 }
 
 
-def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable[str]) -> str:
+def _pairing_note(options: CompareOptions, methods: Iterable[str]) -> str:
     """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``)."""
+    confidence, resamples, seed = options.confidence, options.resamples, options.seed
     used = set(methods)
     resampled = bool(used & {"numpy", "python"})
     how = []
@@ -99,7 +84,7 @@ def pairing_note(confidence: float, resamples: int, seed: int, methods: Iterable
     )
 
 
-def run_warnings(
+def _run_warnings(
     summaries: Sequence[RunSummary], metrics: Sequence[RunMetrics], report: ReadReport
 ) -> list[str]:
     warnings = []
@@ -123,7 +108,7 @@ def run_warnings(
     return warnings
 
 
-def metric_deltas(
+def _metric_deltas(
     left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]
 ) -> list[MetricDelta]:
     rows = []
@@ -151,7 +136,7 @@ def metric_deltas(
     return rows
 
 
-def artifact_changes(
+def _artifact_changes(
     left: Sequence[ArtifactInfo], right: Sequence[ArtifactInfo]
 ) -> list[ArtifactChange]:
     """Pair artifacts by (place, kind) in capture order; report unpaired and differing ones."""
@@ -198,7 +183,7 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
 
 
-def rank_runs(
+def _rank_runs(
     values: Sequence[tuple[str, float | None]], direction: Direction
 ) -> tuple[list[RankedRun], list[str], list[str]]:
     """Competition ranking (1, 1, 3...) of the runs that have a value; ties share a rank.
@@ -219,7 +204,7 @@ def rank_runs(
     return ranking, winners, missing
 
 
-def multi_rows(
+def _multi_rows(
     refs: Sequence[str],
     metrics: Sequence[RunMetrics],
     stage_order: Sequence[str],
@@ -230,7 +215,7 @@ def multi_rows(
         stage, scope, batch, key = place
         pairs = [m.value(place) for m in metrics]
         direction, inferred = direction_for(key, directions)
-        _, winners, _ = rank_runs(
+        _, winners, _ = _rank_runs(
             [(ref, v) for ref, (v, _) in zip(refs, pairs, strict=True)], direction
         )
         rows.append(
@@ -250,8 +235,8 @@ def multi_rows(
     return rows
 
 
-ALIGNMENT_THRESHOLD: Final = 0.05
-ALIGNMENT_LISTED: Final = 20
+_ALIGNMENT_THRESHOLD: Final = 0.05
+_ALIGNMENT_LISTED: Final = 20
 
 
 def _attempt_counts(metrics: RunMetrics, stage: str | None) -> dict[str, int]:
@@ -275,29 +260,35 @@ def _reopened(reopened: Mapping[str, int], run: str) -> set[tuple[str | None, st
     return found
 
 
-def alignment(
+def _alignment(
     left: RunMetrics,
     right: RunMetrics,
     stages: Sequence[str | None],
     reopened: Mapping[str, int],
     lref: str,
     rref: str,
-) -> Alignment:
-    """How the items of two runs line up (see ``Alignment``)."""
+) -> tuple[Alignment, list[str]]:
+    """How the items of two runs line up (see ``Alignment``), and a warning for each stage
+    whose sample sets differ."""
     only_left: list[str] = []
     only_right: list[str] = []
     differ: list[str] = []
+    stage_warnings: list[str] = []
     items = 0
     dup_left = {f"{st}.{n}" if st else n for st, n in left.duplicates | _reopened(reopened, lref)}
     dup_right = {f"{st}.{n}" if st else n for st, n in right.duplicates | _reopened(reopened, rref)}
     for stage in stages:
-        lnames, rnames = left.sample_names(stage), right.sample_names(stage)
-        lset, rset = set(lnames), set(rnames)
+        lset, rset = set(left.sample_names(stage)), set(right.sample_names(stage))
         items += len(lset | rset)
-        prefix = f"{stage}." if stage else ""
-        label = prefix.__add__
-        only_left.extend(map(label, lset - rset))
-        only_right.extend(map(label, rset - lset))
+        label = (f"{stage}." if stage else "").__add__
+        lonly, ronly = lset - rset, rset - lset
+        if lonly or ronly:
+            stage_warnings.append(
+                f"stage {stage}: the sample sets differ ({len(lonly)} only in left, "
+                f"{len(ronly)} only in right)"
+            )
+        only_left.extend(map(label, lonly))
+        only_right.extend(map(label, ronly))
         lcounts, rcounts = _attempt_counts(left, stage), _attempt_counts(right, stage)
         if lcounts or rcounts:
             differ.extend(
@@ -307,9 +298,9 @@ def alignment(
     share = misaligned / items if items else 0.0
 
     def first(names: Iterable[str]) -> list[str]:
-        return sorted(names, key=natural_key)[:ALIGNMENT_LISTED]
+        return sorted(names, key=natural_key)[:_ALIGNMENT_LISTED]
 
-    return Alignment(
+    found = Alignment(
         items=items,
         only_left=len(only_left),
         only_right=len(only_right),
@@ -317,15 +308,16 @@ def alignment(
         duplicates_right=len(dup_right),
         attempts_differ=len(differ),
         share=share,
-        threshold=ALIGNMENT_THRESHOLD,
-        warn=share > ALIGNMENT_THRESHOLD,
-        listed=ALIGNMENT_LISTED,
+        threshold=_ALIGNMENT_THRESHOLD,
+        warn=share > _ALIGNMENT_THRESHOLD,
+        listed=_ALIGNMENT_LISTED,
         only_left_names=first(only_left),
         only_right_names=first(only_right),
         duplicate_left_names=first(dup_left),
         duplicate_right_names=first(dup_right),
         attempts_differ_names=first(differ),
     )
+    return found, stage_warnings
 
 
 def _alignment_warning(found: Alignment) -> str:
@@ -345,24 +337,12 @@ def _alignment_warning(found: Alignment) -> str:
     )
 
 
-def compare_two(
-    agg: Aggregate,
-    lref: str,
-    rref: str,
-    *,
-    directions: Mapping[str, Direction] | None,
-    confidence: float,
-    resamples: int,
-    seed: int,
-    bootstrap: BootstrapMethod,
-    include_samples: bool,
-    adjustment: Adjustment,
-) -> RunComparison:
+def compare_two(agg: Aggregate, lref: str, rref: str, options: CompareOptions) -> RunComparison:
     """Two runs compared (blocking: the bootstraps take CPU seconds on large runs)."""
     lsum, rsum = agg.summary(lref), agg.summary(rref)
     order = stage_order([lsum, rsum])
     lm, rm = agg.metrics(lref), agg.metrics(rref)
-    warnings = run_warnings([lsum, rsum], [lm, rm], agg.report)
+    warnings = _run_warnings([lsum, rsum], [lm, rm], agg.report)
     if lref == rref:
         warnings.insert(0, "both sides name the same run")
     if lsum.dataset_ref != rsum.dataset_ref:
@@ -370,14 +350,8 @@ def compare_two(
             f"the runs used different datasets: {lsum.dataset_ref} (left) vs "
             f"{rsum.dataset_ref} (right)"
         )
-    for stage in order_all(order, lm, rm):
-        only_left, only_right = differing_samples(lm, rm, stage)
-        if only_left or only_right:
-            warnings.append(
-                f"stage {stage}: the sample sets differ ({only_left} only in left, "
-                f"{only_right} only in right)"
-            )
-    aligned = alignment(lm, rm, order_all(order, lm, rm), agg.reopened, lref, rref)
+    aligned, stage_warnings = _alignment(lm, rm, order_all(order, lm, rm), agg.reopened, lref, rref)
+    warnings += stage_warnings
     if aligned.warn:
         warnings.append(_alignment_warning(aligned))
     elif aligned.duplicates_left or aligned.duplicates_right:
@@ -385,32 +359,21 @@ def compare_two(
             f"{aligned.duplicates_left + aligned.duplicates_right} item(s) captured more than "
             "once without an epoch: one value each is used"
         )
-    paired = paired_results(
-        lm,
-        rm,
-        order,
-        directions=directions,
-        confidence=confidence,
-        resamples=resamples,
-        seed=seed,
-        bootstrap=bootstrap,
-        include_samples=include_samples,
-        adjustment=adjustment,
-    )
+    paired = paired_results(lm, rm, order, options)
     return RunComparison(
         left=lsum,
         right=rsum,
-        metrics=metric_deltas(lm, rm, order),
+        metrics=_metric_deltas(lm, rm, order),
         paired=paired,
-        artifacts=artifact_changes(agg.artifacts.get(lref, []), agg.artifacts.get(rref, [])),
+        artifacts=_artifact_changes(agg.artifacts.get(lref, []), agg.artifacts.get(rref, [])),
         warnings=warnings,
         notes=[
-            LATEST_NOTE,
-            INFERENCE_NOTES[adjustment],
-            pairing_note(confidence, resamples, seed, (p.method for p in paired)),
+            _LATEST_NOTE,
+            _INFERENCE_NOTES[options.adjustment],
+            _pairing_note(options, (p.method for p in paired)),
         ],
         read_report=agg.report,
-        adjustment=adjustment,
+        adjustment=options.adjustment,
         alignment=aligned,
     )
 
@@ -434,17 +397,14 @@ def _against_baseline(
 
 
 def compare_many(
-    agg: Aggregate,
-    refs: Sequence[str],
-    directions: Mapping[str, Direction] | None,
-    adjustment: Adjustment = "holm",
+    agg: Aggregate, refs: Sequence[str], options: CompareOptions
 ) -> MultiRunComparison:
     """Every metric of every run in one table, with the best run(s) per row, and for
     sample-level metrics each run's p-value against the first run (raw and adjusted)."""
     unique = list(dict.fromkeys(refs))
     summaries = [agg.summary(ref) for ref in unique]
     ordered = [agg.metrics(ref) for ref in unique]
-    warnings = run_warnings(summaries, ordered, agg.report)
+    warnings = _run_warnings(summaries, ordered, agg.report)
     datasets = {s.dataset_ref for s in summaries}
     if len(datasets) > 1:
         warnings.append(
@@ -452,9 +412,10 @@ def compare_many(
             + ", ".join(f"{s.ref}={s.dataset_ref}" for s in summaries)
         )
     order = stage_order(summaries)
-    rows = multi_rows(unique, ordered, order, directions)
+    adjustment = options.adjustment
+    rows = _multi_rows(unique, ordered, order, options.directions)
     _against_baseline(rows, ordered, order, adjustment)
-    notes = [LATEST_NOTE]
+    notes = [_LATEST_NOTE]
     if len(unique) > 1:
         how = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}[adjustment]
         notes.append(
@@ -488,7 +449,7 @@ def best_run(
     row = rows[0]
     chosen: Direction = direction or infer_direction(metric)
     refs = [s.ref for s in comparison.runs]
-    ranking, winners, missing = rank_runs(list(zip(refs, row.values, strict=True)), chosen)
+    ranking, winners, missing = _rank_runs(list(zip(refs, row.values, strict=True)), chosen)
     return BestRun(
         metric=metric,
         stage=row.stage,

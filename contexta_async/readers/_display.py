@@ -1,6 +1,7 @@
 """Notebook display of the readers' results: compact HTML tables (``_repr_html_``) and short
 plain reprs. Every user-provided string (run names, keys, stages, samples, metadata,
-warnings) goes through ``html.escape``."""
+warnings) goes through ``html.escape``. The number formatting and a run's facts are shared
+with ``contexta_async.report`` (which re-exports them) and the CLI, so they read alike."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ __all__ = [
     "multi_html",
     "multi_repr",
     "number",
+    "percent",
+    "run_facts",
     "summary_html",
     "summary_repr",
 ]
@@ -46,7 +49,8 @@ def number(value: float | None, *, signed: bool = False) -> str:
     return f"{value:+.6g}" if signed else f"{value:.6g}"
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A relative change as a signed percentage; ``-`` for a missing value."""
     return "-" if value is None else f"{value * 100:+.1f}%"
 
 
@@ -161,7 +165,7 @@ def comparison_html(result: RunComparison) -> str:
         + _num(m.left)
         + _num(m.right)
         + _num(m.delta, signed=True, tone=_tone(m.delta, infer_direction(m.key)))
-        + f"{_CELL}{_percent(m.relative_change)}</td>"
+        + f"{_CELL}{percent(m.relative_change)}</td>"
         for m in result.metrics
     ]
     parts.append(
@@ -195,11 +199,10 @@ def multi_html(result: MultiRunComparison) -> str:
     return _wrap(body + _list("Warnings", result.warnings))
 
 
-def summary_html(run: RunSummary) -> str:
-    """One run's facts as a two-column table."""
+def run_facts(run: RunSummary) -> list[tuple[str, str]]:
+    """One run's facts as (label, text) pairs, as the notebook and the terminal show them."""
     counts = run.counts
-    facts = [
-        ("ref", run.ref),
+    return [
         ("name", run.name),
         ("project", run.project),
         ("status", run.status + (f" ({run.failure_reason})" if run.failure_reason else "")),
@@ -213,6 +216,11 @@ def summary_html(run: RunSummary) -> str:
             f"{counts.artifacts} artifacts",
         ),
     ]
+
+
+def summary_html(run: RunSummary) -> str:
+    """One run's facts as a two-column table."""
+    facts = [("ref", run.ref), *run_facts(run)]
     facts += [(f"tag {key}", value) for key, value in sorted(run.tags.items())]
     rows = [f"<th>{escape(k)}</th>{_text(v)}" for k, v in facts]
     return _wrap(_table(f"Run {run.name}", [], rows))

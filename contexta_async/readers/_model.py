@@ -1,17 +1,24 @@
-"""The readers' result types: plain msgspec Structs, so ``msgspec.to_builtins`` gives JSON."""
+"""The readers' result types, plain msgspec Structs (``msgspec.to_builtins`` gives JSON), and
+the options a comparison is computed with."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
+from .._errors import ValidationError
+from ..stats._bootstrap import BootstrapMethod, check_options
+from ..stats._inference import ADJUSTMENTS, Adjustment
 from . import _display
 
 __all__ = [
     "Alignment",
     "ArtifactChange",
     "BestRun",
+    "CompareOptions",
     "Direction",
     "LineProblem",
     "MetricDelta",
@@ -34,6 +41,26 @@ RunStatus = Literal["open", "completed", "failed", "cancelled", "unknown"]
 Direction = Literal["maximize", "minimize"]
 Scope = Literal["run", "stage", "batch", "sample"]
 RecordKind = Literal["metric", "event", "span", "artifact"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompareOptions:
+    """How a comparison is computed (see ``Workspace.compare``), checked once when built."""
+
+    directions: Mapping[str, Direction] | None = None
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    bootstrap: BootstrapMethod = "auto"
+    include_samples: bool = False
+    adjustment: Adjustment = "holm"
+
+    def __post_init__(self) -> None:
+        check_options(self.confidence, self.resamples, self.bootstrap, method_field="bootstrap")
+        if self.adjustment not in ADJUSTMENTS:
+            raise ValidationError(
+                "adjustment", f"must be one of {list(ADJUSTMENTS)}", self.adjustment
+            )
 
 
 class _R(msgspec.Struct, kw_only=True):

@@ -13,9 +13,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ..stats._bootstrap import BootstrapMethod, mcnemar_exact, paired_bootstrap_cis
+from ..stats._bootstrap import mcnemar_exact, paired_bootstrap_cis
 from ..stats._inference import (
-    Adjustment,
     adjust_p_values,
     cluster_bootstrap_cis,
     clustered_error,
@@ -26,7 +25,7 @@ from ..stats._inference import (
 )
 from ._aggregate import Place, RunMetrics, mean_of, natural_key
 from ._direction import infer_direction
-from ._model import Direction, PairedResult, PairedSample
+from ._model import CompareOptions, Direction, PairedResult, PairedSample
 
 __all__ = ["direction_for", "paired_p_values", "paired_results", "places"]
 _SCOPE_RANK: Final = {"run": 0, "stage": 1, "batch": 2, "sample": 3}
@@ -57,15 +56,9 @@ def paired_results(
     left: RunMetrics,
     right: RunMetrics,
     stage_order: Sequence[str],
-    *,
-    directions: Mapping[str, Direction] | None = None,
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-    bootstrap: BootstrapMethod = "auto",
-    include_samples: bool = False,
-    adjustment: Adjustment = "holm",
+    options: CompareOptions,
 ) -> list[PairedResult]:
+    confidence, resamples, seed = options.confidence, options.resamples, options.seed
     pairs = []
     clusterings: list[_Clustering | None] = []
     cluster_cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
@@ -90,7 +83,7 @@ def paired_results(
             confidence=confidence,
             resamples=resamples,
             seed=seed,
-            method=bootstrap,
+            method=options.bootstrap,
         )
     )
     # Metrics over the same items and clusters share their cluster draws (one set per stage).
@@ -118,7 +111,7 @@ def paired_results(
         usable,
         clustering,
     ) in enumerate(zip(pairs, diffs_of, finite, clusterings, strict=True)):
-        direction, inferred = direction_for(key, directions)
+        direction, inferred = direction_for(key, options.directions)
         n = len(matched)
         binary = n > 0 and all(
             values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals)
@@ -190,11 +183,11 @@ def paired_results(
                     ),
                     key=lambda s: natural_key(s.name),
                 )
-                if include_samples
+                if options.include_samples
                 else None,
             )
         )
-    adjusted = adjust_p_values([r.p_value for r in results], adjustment)
+    adjusted = adjust_p_values([r.p_value for r in results], options.adjustment)
     for result, p_adjusted in zip(results, adjusted, strict=True):
         result.p_adjusted = p_adjusted
     return results

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import aclosing
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast, get_args
 
@@ -18,8 +17,8 @@ import anyio.to_thread
 import structlog
 
 from .._errors import ValidationError
-from ..stats._bootstrap import BootstrapMethod, check_options
-from ..stats._inference import ADJUSTMENTS, Adjustment
+from ..stats._bootstrap import BootstrapMethod
+from ..stats._inference import Adjustment
 from ..stores import open_store_source, url_scheme
 from ._aggregate import STATUSES, Aggregate
 from ._analysis import best_run, compare_many, compare_two
@@ -27,6 +26,7 @@ from ._errors import EmptyWorkspaceError, WorkspaceNotFoundError
 from ._local import LocalSource
 from ._model import (
     BestRun,
+    CompareOptions,
     Direction,
     MultiRunComparison,
     ReadReport,
@@ -251,27 +251,20 @@ class Workspace:
         from ``SADDLEPOINT_MIN_PAIRS`` matched samples on, unless the distribution is lumpy
         (a few differences standing apart from the rest); ``PairedResult.method`` tells
         which was used."""
-        check_options(confidence, resamples, bootstrap, method_field="bootstrap")
-        if adjustment not in ADJUSTMENTS:
-            raise ValidationError("adjustment", f"must be one of {list(ADJUSTMENTS)}", adjustment)
+        options = CompareOptions(
+            directions=directions,
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+            bootstrap=bootstrap,
+            include_samples=include_samples,
+            adjustment=adjustment,
+        )
         agg, (lref, rref) = await self._read([left, right], values=True)
-        # The bootstraps take CPU seconds on large runs: off the event loop, in a thread.
+        # The bootstraps take CPU seconds on large runs: off the event loop, in a thread. A
+        # cancelled compare returns at once; the thread finishes its pure computation.
         return await anyio.to_thread.run_sync(
-            partial(
-                compare_two,
-                agg,
-                lref,
-                rref,
-                directions=directions,
-                confidence=confidence,
-                resamples=resamples,
-                seed=seed,
-                bootstrap=bootstrap,
-                include_samples=include_samples,
-                adjustment=adjustment,
-            ),
-            # A cancelled compare returns at once; the thread finishes its pure computation.
-            abandon_on_cancel=True,
+            compare_two, agg, lref, rref, options, abandon_on_cancel=True
         )
 
     async def compare_many(
@@ -291,10 +284,9 @@ class Workspace:
         """
         if not runs:
             raise ValidationError("runs", "must name at least one run", runs)
-        if adjustment not in ADJUSTMENTS:
-            raise ValidationError("adjustment", f"must be one of {list(ADJUSTMENTS)}", adjustment)
+        options = CompareOptions(directions=directions, adjustment=adjustment)
         agg, refs = await self._read(list(runs), values=True)
-        return await anyio.to_thread.run_sync(compare_many, agg, refs, directions, adjustment)
+        return await anyio.to_thread.run_sync(compare_many, agg, refs, options)
 
     async def best_run(
         self,

@@ -6,7 +6,7 @@ import base64
 import hashlib
 from typing import Final
 
-from ..readers._report import STYLE as REPORT_STYLE
+from ..report import STYLE as REPORT_STYLE
 
 __all__ = ["CSP", "SCRIPT", "STYLE"]
 

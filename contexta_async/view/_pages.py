@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 from .._format.refs import parse_scope
 from ..readers import RunComparison
-from ..readers._report import format_number, report_sections
+from ..report import format_number, report_sections
 from ._assets import SCRIPT, STYLE
 from ._tail import RunDetail, RunState, event_views
 

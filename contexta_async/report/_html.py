@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from html import escape
 from typing import Final
 
-from ._direction import infer_direction
-from ._model import Alignment, PairedResult, RunComparison, RunSummary
+from ..readers._direction import infer_direction
+from ..readers._display import number as format_number
+from ..readers._display import percent
+from ..readers._model import Alignment, PairedResult, RunComparison, RunSummary
 
-__all__ = ["STYLE", "format_number", "render_html_report", "report_sections"]
+__all__ = ["STYLE", "render_html_report", "report_sections"]
 
 _MAX_BARS: Final = 400
 _WIDTH: Final = 640
@@ -26,18 +27,6 @@ text-align:left;font-variant-numeric:tabular-nums}th{background:#f6f8fa}
 td.num{text-align:right}.up{color:#1a7f37}.down{color:#cf222e}.warn{color:#9a6700}
 .muted{color:#57606a;font-size:.9rem}svg{background:#fff;border:1px solid #d0d7de}
 """
-
-
-def format_number(value: float | None, *, signed: bool = False) -> str:
-    """Up to 6 significant digits; ``-`` for a missing value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    text = f"{value:+.6g}" if signed else f"{value:.6g}"
-    return text
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f}%"
 
 
 def _run_rows(label: str, run: RunSummary) -> str:
@@ -290,7 +279,7 @@ def report_sections(
             f"<td>{escape(basis)}</td><td class=num>{format_number(m.left)}</td>"
             f"<td class=num>{format_number(m.right)}</td>"
             f"<td class='{_delta_class(m.delta, up)}'>{format_number(m.delta, signed=True)}</td>"
-            f"<td class=num>{_percent(m.relative_change)}</td></tr>"
+            f"<td class=num>{percent(m.relative_change)}</td></tr>"
         )
     parts.append("</table>")
     if comparison.paired:

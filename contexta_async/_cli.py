@@ -31,6 +31,7 @@ from .readers import (
     Workspace,
     items_needed,
 )
+from .readers._model import CompareOptions
 from .report import format_number, percent, render_html_report, run_facts
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
@@ -269,9 +270,21 @@ def _directions(args: argparse.Namespace) -> dict[str, Direction]:
     return out
 
 
+# CompareOptions' field -> the option that sets it (and its attribute on the namespace).
+_OPTIONS: Final = {
+    "confidence": ("--confidence", "confidence"),
+    "resamples": ("--resamples", "resamples"),
+    "seed": ("--seed", "seed"),
+    "bootstrap": ("--bootstrap", "bootstrap"),
+    "adjustment": ("--adjust", "adjust"),
+}
+
+
 def _stats(args: argparse.Namespace) -> dict[str, Any]:
-    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them."""
-    return {
+    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them, checked
+    by CompareOptions' rules: a value that breaks one is a usage error naming the option,
+    raised before the workspace is read."""
+    stats = {
         "directions": _directions(args),
         "confidence": args.confidence,
         "resamples": args.resamples,
@@ -279,6 +292,12 @@ def _stats(args: argparse.Namespace) -> dict[str, Any]:
         "bootstrap": args.bootstrap,
         "adjustment": args.adjust,
     }
+    try:
+        CompareOptions(**stats)
+    except ValidationError as exc:
+        option, attribute = _OPTIONS.get(exc.field, ("--maximize/--minimize", "maximize"))
+        raise _UsageError(f"{option}: {exc.rule} (got {getattr(args, attribute)!r})") from exc
+    return stats
 
 
 # ---- output helpers ----------------------------------------------------------------------
@@ -609,10 +628,9 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError("compare needs at least two runs")
     if args.target_effect is not None and len(args.runs) != 2:
         raise _UsageError("--target-effect needs two runs (a paired comparison)")
+    stats = _stats(args)
     if len(args.runs) == 2:
-        result = await ws.compare(
-            args.runs[0], args.runs[1], include_samples=args.samples, **_stats(args)
-        )
+        result = await ws.compare(args.runs[0], args.runs[1], include_samples=args.samples, **stats)
         power = None if args.target_effect is None else _power(result, args.target_effect)
         if args.json:
             _json(result if power is None else {**msgspec.to_builtins(result), "power": power}, out)

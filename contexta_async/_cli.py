@@ -42,6 +42,10 @@ PROG = "contexta-async"
 # compare --target-effect: the power and level the items needed are computed for.
 _ALPHA: Final = 0.05
 _POWER: Final = 0.8
+_NOT_ESTIMABLE: Final = (
+    "not estimable: an SE of 0 (every paired difference equal) or none (fewer than 2 items, "
+    "or 1 cluster)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -225,7 +229,7 @@ def _target_effect(text: str) -> float:
 
 def _power(result: RunComparison, effect: float) -> dict[str, Any]:
     """Items needed per paired metric to detect ``effect`` at the CLI's fixed 80 % power and
-    two-sided alpha 0.05 (None where the metric has no standard error)."""
+    two-sided alpha 0.05: None where it is not estimable (no standard error, or an SE of 0)."""
     rows = [
         {
             "stage": p.stage,
@@ -234,7 +238,7 @@ def _power(result: RunComparison, effect: float) -> dict[str, Any]:
             "se": p.se,
             "items_needed": (
                 items_needed(effect, p.se, p.n_matched, alpha=_ALPHA, power=_POWER)
-                if p.se is not None and p.n_matched >= 1
+                if p.se is not None and p.se > 0 and p.n_matched >= 1
                 else None
             ),
         }
@@ -262,6 +266,8 @@ def _write_power(power: dict[str, Any], out: TextIO) -> None:
         ],
         out,
     )
+    if any(row["items_needed"] is None for row in power["metrics"]):
+        out.write(f"  -: {_NOT_ESTIMABLE}\n")
 
 
 def _directions(args: argparse.Namespace) -> dict[str, Direction]:

@@ -14,6 +14,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import anyio
 import msgspec
 import numpy as np
 import pytest
@@ -206,6 +207,7 @@ def test_power_inputs_are_checked_by_name() -> None:
         ((math.inf, 0.1, 100), "effect"),
         ((0.1, -0.1, 100), "se"),
         ((0.1, math.nan, 100), "se"),
+        ((0.1, 0.0, 100), "se"),
         ((0.1, 0.1, 0), "items"),
         ((0.1, 0.1, 2.5), "items"),
     ],
@@ -216,6 +218,14 @@ def test_items_needed_names_the_argument_that_breaks_its_rule(
     with pytest.raises(ValidationError) as caught:
         items_needed(*args)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize("se", [0.0, -0.1, math.nan, math.inf])
+def test_minimum_detectable_effect_refuses_an_se_that_is_not_positive_by_name(se: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        minimum_detectable_effect(se)
+    assert caught.value.field == "se"
+    assert caught.value.rule.startswith("must be a finite, positive standard error")
 
 
 # ---- small samples: paired difference of proportions ----------------------------------------
@@ -500,6 +510,49 @@ def test_compare_target_effect_is_refused_as_a_usage_error(
     status, out, err = _cli("--workspace", str(tmp_path), "compare", *argv)
     assert (status, out) == (2, "")
     assert message in err
+
+
+def _capture_identical(workspace: Path) -> None:
+    """Two runs with the same values on every sample: every paired difference is 0."""
+    with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        for name in ("base", "cand"):
+            with ctx.run(name) as run, run.stage("evaluate") as stage:
+                for i in range(5):
+                    with stage.sample(f"q-{i}") as sample:
+                        sample.metric("correct", float(i % 2))
+                        sample.metric("loss", float(i))
+
+
+def test_identical_runs_have_no_power_figures_anywhere(tmp_path: Path) -> None:
+    _capture_identical(tmp_path)
+    result = anyio.run(Workspace(tmp_path).compare, "base", "cand")
+    assert [(p.key, p.se, p.mde) for p in result.paired] == [
+        ("correct", 0.0, None),
+        ("loss", 0.0, None),
+    ]
+    status, out, err = _cli(
+        "--workspace", str(tmp_path), "compare", "base", "cand", "--json", "--target-effect", "0.01"
+    )
+    assert status == 0, err
+    answer = json.loads(out)
+    assert [p["mde"] for p in answer["paired"]] == [None, None]
+    assert [row["items_needed"] for row in answer["power"]["metrics"]] == [None, None]
+    status, table, err = _cli(
+        "--workspace", str(tmp_path), "compare", "base", "cand", "--target-effect", "0.01"
+    )
+    assert status == 0, err
+    power = table[table.index("Items needed") :]
+    assert re.search(r"\bevaluate\s+correct\s+5\s+0\s+-\n", power)
+    assert "-: not estimable: an SE of 0 (every paired difference equal)" in power
+    paired = table[table.index("Paired per") : table.index("Items needed")]
+    assert re.search(r"\bevaluate\s+correct\s.*\s-\n", paired)  # the MDE column
+    assert "MDE 80% 0\n" not in table.replace("  ", " ")
+    cells = _Cells()
+    cells.feed(render_html_report(result))
+    for metric in ("evaluate / correct", "evaluate / loss"):
+        row = cells.rows[metric]
+        assert row[1] == "no clear difference (SE 0: every difference equal, power not estimable)"
+        assert row[7] == "-"  # MDE (80% power)
 
 
 class _Cells(HTMLParser):

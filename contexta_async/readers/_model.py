@@ -309,7 +309,9 @@ class PairedResult(_R):
     """Pearson correlation of the two runs' per-sample values (None if either is constant)."""
     mde: float | None = None
     """Minimum detectable effect: the smallest true difference a two-sided test at alpha 0.05
-    detects with 80 % power, (z₀.₉₇₅ + z₀.₈) × se ≈ 2.80 × se."""
+    detects with 80 % power, (z₀.₉₇₅ + z₀.₈) × se ≈ 2.80 × se. None when it is not estimable:
+    ``se`` is None, or 0 (every paired difference equal, e.g. identical runs: no spread to
+    estimate power from)."""
     p_value: float | None = None
     """Two-sided p-value of no difference: ``p_test`` says which test."""
     p_test: str | None = None

@@ -106,6 +106,8 @@ def _reading(p: PairedResult) -> tuple[str, str]:
         return ("right is better", "up") if better else ("right is worse", "down")
     if p.mde is not None:
         return f"no clear difference (detectable at this n: ±{format_number(p.mde)})", "muted"
+    if p.se == 0:
+        return "no clear difference (SE 0: every difference equal, power not estimable)", "muted"
     return "no clear difference", "muted"
 
 

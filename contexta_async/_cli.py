@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Final, NoReturn, TextIO
@@ -26,6 +27,7 @@ from .readers import (
     Direction,
     EmptyWorkspaceError,
     MultiRunComparison,
+    PairedResult,
     RunComparison,
     RunSummary,
     Workspace,
@@ -462,62 +464,9 @@ def _write_pair(
         out,
     )
     if result.paired:
-        level = f"{result.paired[0].confidence:.0%}"
-        out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
-        _table(
-            [
-                "STAGE",
-                "KEY",
-                "DIRECTION",
-                "N",
-                "MEAN DIFF",
-                f"{level} CI",
-                "W/L/T",
-                "MCNEMAR P",
-                f"P ({result.adjustment.upper()})",
-                "MDE 80%",
-            ],
-            [
-                [
-                    p.stage or "(run)",
-                    p.key,
-                    p.direction + (" (inferred)" if p.direction_inferred else ""),
-                    str(p.n_matched),
-                    format_number(p.mean_diff, signed=True),
-                    f"[{format_number(p.ci_low, signed=True)}, "
-                    f"{format_number(p.ci_high, signed=True)}]",
-                    f"{p.wins}/{p.losses}/{p.ties}",
-                    format_number(p.mcnemar_p),
-                    format_number(p.p_adjusted),
-                    format_number(p.mde),
-                ]
-                for p in result.paired
-            ],
-            out,
-        )
+        legend = _write_paired(result, out)
         for p in result.paired:
-            lines = []
-            if p.binary:
-                lines.append(f"fixed: {_names(p.fixed)}; regressed: {_names(p.regressed)}")
-            if p.unmatched_left or p.unmatched_right:
-                lines.append(
-                    f"only in left: {_names(p.unmatched_left)}; "
-                    f"only in right: {_names(p.unmatched_right)}"
-                )
-            if p.clusters is not None:
-                lines.append(
-                    f"{p.clusters} clusters: se {format_number(p.se)} clustered "
-                    f"(naive {format_number(p.naive_se)}), design effect "
-                    f"{format_number(p.design_effect)}; p {p.p_test}"
-                )
-            if p.attempts_left is not None or p.attempts_right is not None:
-                lines.append(
-                    f"attempts per item {format_number(p.attempts_left)}/"
-                    f"{format_number(p.attempts_right)}, variance across attempts "
-                    f"{format_number(p.within_item_variance_left)}/"
-                    f"{format_number(p.within_item_variance_right)} (left/right)"
-                )
-            for line in lines:
+            for line in _paired_details(p):
                 out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
             if samples and p.samples:
                 _table(
@@ -533,6 +482,8 @@ def _write_pair(
                     ],
                     out,
                 )
+        _legend(legend, out)
+        _write_spread(result, out)
     if result.alignment is not None and result.alignment.share > 0:
         _write_alignment(result.alignment, out)
     if result.artifacts:
@@ -554,6 +505,181 @@ def _write_pair(
     if power is not None:
         _write_power(power, out)
     _write_warnings(result.warnings, result.notes, out)
+
+
+# PairedResult.p_test -> the tag after a p in the CLI's P column (short: the table is wide
+# already), and what the legend under the table says it is.
+_TESTS: Final = {"mcnemar-exact": "m", "paired-t": "t", "clustered-t": "ct"}
+_TEST_LEGEND: Final = {
+    "mcnemar-exact": "m = exact McNemar test (0/1 metrics)",
+    "paired-t": "t = paired t-test (n - 1 df)",
+    "clustered-t": "ct = Student t on the clustered SE (C - 1 df)",
+}
+_TEST_NAMES: Final = {
+    "mcnemar-exact": "exact McNemar",
+    "paired-t": "paired t",
+    "clustered-t": "clustered t",
+}
+_ADJUSTED: Final = {
+    "holm": "Holm: family-wise error",
+    "bh": "Benjamini-Hochberg: false discovery rate",
+    "none": "here: not adjusted",
+}
+_LEGEND_WIDTH: Final = 100
+
+
+def _legend(lines: Sequence[str], out: TextIO) -> None:
+    """Lines explaining a table's columns, wrapped under it."""
+    for line in lines:
+        out.write(
+            textwrap.fill(line, _LEGEND_WIDTH, initial_indent="  ", subsequent_indent="      ")
+            + "\n"
+        )
+
+
+def _write_paired(result: RunComparison, out: TextIO) -> list[str]:
+    """The paired table, one row per sample-level metric; returns its legend (written under
+    the metrics' detail lines)."""
+    paired = result.paired
+    level = f"{paired[0].confidence:.0%}"
+    # With epochs a row pairs items (each the mean of its attempts), not samples.
+    items = any(p.attempts_left is not None or p.attempts_right is not None for p in paired)
+    if items:
+        out.write(
+            f"\nPaired per-item (right - left; each item's attempts averaged, items matched by "
+            f"name; {level} CI)\n"
+        )
+    else:
+        out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
+    adjusted = f"P ({result.adjustment.upper()})"
+    columns = ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", f"{level} CI", "W/L/T", "P"]
+    _table(
+        [*columns, adjusted, "MDE 80%"],
+        [
+            [
+                p.stage or "(run)",
+                p.key,
+                p.direction + (" (inferred)" if p.direction_inferred else ""),
+                str(p.n_matched),
+                format_number(p.mean_diff, signed=True),
+                f"[{format_number(p.ci_low, signed=True)}, "
+                f"{format_number(p.ci_high, signed=True)}]",
+                f"{p.wins}/{p.losses}/{p.ties}",
+                format_number(p.p_value)
+                + (f" {_TESTS.get(p.p_test, p.p_test)}" if p.p_test else ""),
+                format_number(p.p_adjusted),
+                format_number(p.mde),
+            ]
+            for p in paired
+        ],
+        out,
+    )
+    tests = [_TEST_LEGEND[t] for t in _TEST_LEGEND if any(p.p_test == t for p in paired)]
+    mde = "MDE 80%: smallest true difference detected with 80% power at two-sided alpha 0.05"
+    if any(p.mde is None for p in paired):
+        mde += f"; -: {_NOT_ESTIMABLE}"
+    return [
+        f"N: matched {'items' if items else 'samples'}; P: raw two-sided p of no difference"
+        + (f", by the test its tag names: {', '.join(tests)}" if tests else ""),
+        f"{adjusted}: P adjusted across the {len(paired)} paired metric(s) "
+        f"({_ADJUSTED.get(result.adjustment, result.adjustment)})",
+        mde,
+    ]
+
+
+def _write_spread(result: RunComparison, out: TextIO) -> None:
+    """Each paired metric's standard errors (what pairing bought; clustered where clusters
+    exist) and, for 0/1 metrics, the interval that holds its coverage at small n."""
+    paired = result.paired
+    level = f"{paired[0].confidence:.0%}"
+    clustered = any(p.clusters is not None for p in paired)
+    binary = any(p.small_n_low is not None for p in paired)
+    out.write(
+        "\nStandard errors of the mean difference"
+        + (" and small-n intervals" if binary else "")
+        + "\n"
+    )
+    _table(
+        ["STAGE", "KEY", "SE", "UNPAIRED SE", "CORRELATION"]
+        + (["CLUSTERS", "NAIVE SE", "DESIGN EFFECT"] if clustered else [])
+        + ([f"SMALL-N {level} CI"] if binary else []),
+        [
+            [
+                p.stage or "(run)",
+                p.key,
+                format_number(p.se),
+                format_number(p.unpaired_se),
+                format_number(p.correlation),
+            ]
+            + (
+                [
+                    "-" if p.clusters is None else str(p.clusters),
+                    format_number(p.naive_se),
+                    format_number(p.design_effect),
+                ]
+                if clustered
+                else []
+            )
+            + (
+                [
+                    "-"
+                    if p.small_n_low is None or p.small_n_high is None
+                    else f"[{format_number(p.small_n_low, signed=True)}, "
+                    f"{format_number(p.small_n_high, signed=True)}]"
+                ]
+                if binary
+                else []
+            )
+            for p in paired
+        ],
+        out,
+    )
+    _legend(
+        [
+            "SE: of the paired differences"
+            + (
+                " (cluster-robust where CLUSTERS is set; NAIVE SE: as if items were independent, "
+                "DESIGN EFFECT: (SE / NAIVE SE)^2)"
+                if clustered
+                else ""
+            )
+            + "; UNPAIRED SE: as if the runs had measured different items; CORRELATION: of the "
+            "runs' per-item values (what pairing bought)",
+            *(
+                [
+                    "SMALL-N CI: Newcombe's interval for a paired difference of proportions "
+                    "(0/1 metrics without clusters): keeps its coverage at a few dozen items"
+                ]
+                if binary
+                else []
+            ),
+        ],
+        out,
+    )
+
+
+def _paired_details(p: PairedResult) -> list[str]:
+    """What a paired metric has beyond the tables' columns, one line per topic."""
+    lines = []
+    if p.mcnemar_p is not None and p.p_test != "mcnemar-exact":
+        lines.append(
+            f"exact McNemar p {format_number(p.mcnemar_p)} (it treats the pairs as "
+            f"independent: P is the {_TEST_NAMES.get(p.p_test or '', p.p_test)})"
+        )
+    if p.binary:
+        lines.append(f"fixed: {_names(p.fixed)}; regressed: {_names(p.regressed)}")
+    if p.unmatched_left or p.unmatched_right:
+        lines.append(
+            f"only in left: {_names(p.unmatched_left)}; only in right: {_names(p.unmatched_right)}"
+        )
+    if p.attempts_left is not None or p.attempts_right is not None:
+        lines.append(
+            f"attempts per item {format_number(p.attempts_left)}/"
+            f"{format_number(p.attempts_right)}, variance across attempts "
+            f"{format_number(p.within_item_variance_left)}/"
+            f"{format_number(p.within_item_variance_right)} (left/right)"
+        )
+    return lines
 
 
 def _write_alignment(found: Alignment, out: TextIO) -> None:

@@ -555,6 +555,55 @@ def test_identical_runs_have_no_power_figures_anywhere(tmp_path: Path) -> None:
         assert row[7] == "-"  # MDE (80% power)
 
 
+def _section(text: str, heading: str) -> list[list[str]]:
+    """The rows of the CLI table under the line starting with ``heading`` (header first),
+    cells split on runs of two spaces, up to the first indented or empty line."""
+    lines = text[text.index("\n" + heading) + 1 :].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if not line or line.startswith(" "):
+            break
+        rows.append(re.split(r"\s{2,}", line))
+    return rows
+
+
+def test_compare_table_shows_raw_p_with_its_test_se_and_the_small_n_interval(
+    tmp_path: Path,
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", "left", "right", "--json")
+    assert status == 0, err
+    paired = {p["key"]: p for p in json.loads(out)["paired"]}
+    status, table, err = _cli("--workspace", str(tmp_path), "compare", "left", "right")
+    assert status == 0, err
+    main = _section(table, "Paired per-sample (right - left; samples matched by name; 95% CI)")
+    columns = ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", "95% CI", "W/L/T", "P"]
+    assert main[0] == [*columns, "P (HOLM)", "MDE 80%"]
+    tags = {"mcnemar-exact": "m", "paired-t": "t"}
+    for row in main[1:]:
+        p = paired[row[1]]
+        assert row[7] == f"{format_number(p['p_value'])} {tags[p['p_test']]}"
+        assert (row[8], row[9]) == (format_number(p["p_adjusted"]), format_number(p["mde"]))
+    assert "  N: matched samples; P: raw two-sided p of no difference, by the test its tag" in table
+    assert "m = exact McNemar test (0/1 metrics), t = paired t-test (n - 1 df)" in " ".join(
+        table.split()
+    )
+    spread = _section(table, "Standard errors of the mean difference and small-n intervals")
+    assert spread[0] == ["STAGE", "KEY", "SE", "UNPAIRED SE", "CORRELATION", "SMALL-N 95% CI"]
+    assert sorted(row[1] for row in spread[1:]) == sorted(paired)
+    for row in spread[1:]:
+        p = paired[row[1]]
+        assert row[2:5] == [format_number(p[k]) for k in ("se", "unpaired_se", "correlation")]
+        if p["small_n_low"] is None:
+            assert row[5] == "-"
+        else:
+            low, high = (format_number(p[k], signed=True) for k in ("small_n_low", "small_n_high"))
+            assert row[5] == f"[{low}, {high}]"
+    assert paired["correct"]["small_n_low"] is not None  # the 0/1 metric has its interval
+    assert "SMALL-N CI: Newcombe's interval for a paired difference of proportions" in table
+    assert "MCNEMAR P" not in table
+
+
 class _Cells(HTMLParser):
     """The rows of the report's "How sure are we" table: data-metric -> cell texts."""
 

@@ -216,7 +216,8 @@ class MetricDelta(_R):
 
     ``basis`` is ``"latest"`` for run-, stage- and batch-level metrics (the value captured last)
     and ``"mean"`` for sample-level metrics (the mean over samples, each sample's latest value;
-    ``left_count``/``right_count`` samples). ``delta = right - left``; ``relative_change =
+    ``left_count``/``right_count`` samples; with epochs, over items, each the mean of its
+    attempts, and the counts are items). ``delta = right - left``; ``relative_change =
     delta / |left|`` (``None`` when left is 0 or a side is missing).
     """
 

@@ -644,12 +644,18 @@ def test_report_how_sure_section_shows_the_numbers_of_compare_json(tmp_path: Pat
     assert status == 0, err
     html = page.read_text(encoding="utf-8")
     assert "<h2 id=how-sure>How sure are we</h2>" in html
+    assert "<th>small-n 95% CI (Newcombe)</th>" in html
     cells = _Cells()
     cells.feed(html)
     assert sorted(cells.rows) == sorted(f"eval / {p['key']}" for p in paired)
     for p in paired:
         row = cells.rows[f"eval / {p['key']}"]
-        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row
+        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row[:11]
+        if p["small_n_low"] is None:  # the small-n column: the 0/1 metric has the interval
+            assert row[11] == "-"
+        else:
+            low, high = (format_number(p[k], signed=True) for k in ("small_n_low", "small_n_high"))
+            assert row[11] == f"[{low}, {high}]"
         assert (metric, n) == (f"eval / {p['key']}", str(p["n_matched"]))
         assert mean_diff == format_number(p["mean_diff"], signed=True)
         low, high = (format_number(p[k], signed=True) for k in ("ci_low", "ci_high"))

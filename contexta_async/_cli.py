@@ -269,7 +269,7 @@ def _write_power(power: dict[str, Any], out: TextIO) -> None:
         out,
     )
     if any(row["items_needed"] is None for row in power["metrics"]):
-        out.write(f"  -: {_NOT_ESTIMABLE}\n")
+        _legend([f"-: {_NOT_ESTIMABLE}"], out)
 
 
 def _directions(args: argparse.Namespace) -> dict[str, Direction]:

@@ -239,7 +239,7 @@ def _power(result: RunComparison, effect: float) -> dict[str, Any]:
             "n_matched": p.n_matched,
             "se": p.se,
             "items_needed": (
-                items_needed(effect, p.se, p.n_matched, alpha=_ALPHA, power=_POWER)
+                _items_needed(effect, p.se, p.n_matched)
                 if p.se is not None and p.se > 0 and p.n_matched >= 1
                 else None
             ),
@@ -247,6 +247,13 @@ def _power(result: RunComparison, effect: float) -> dict[str, Any]:
         for p in result.paired
     ]
     return {"target_effect": effect, "alpha": _ALPHA, "power": _POWER, "metrics": rows}
+
+
+def _items_needed(effect: float, se: float, items: int) -> int:
+    try:
+        return items_needed(effect, se, items, alpha=_ALPHA, power=_POWER)
+    except ValidationError as exc:  # --target-effect so small that the count overflows
+        raise _UsageError(f"--target-effect: {exc.rule} (got {effect!r})") from exc
 
 
 def _write_power(power: dict[str, Any], out: TextIO) -> None:

@@ -208,6 +208,7 @@ def test_power_inputs_are_checked_by_name() -> None:
         ((0.1, -0.1, 100), "se"),
         ((0.1, math.nan, 100), "se"),
         ((0.1, 0.0, 100), "se"),
+        ((1e-300, 1.0, 10**6), "effect"),  # the count would overflow the float range
         ((0.1, 0.1, 0), "items"),
         ((0.1, 0.1, 2.5), "items"),
     ],
@@ -501,6 +502,7 @@ def test_compare_target_effect_gives_the_items_needed_per_metric_as_statsmodels_
         (("left", "right", "--target-effect", "0"), "--target-effect: must be a finite, non-zero"),
         (("left", "right", "--target-effect", "nan"), "--target-effect: must be a finite"),
         (("left", "right", "left", "--target-effect", "0.1"), "--target-effect needs two runs"),
+        (("left", "right", "--target-effect", "1e-300"), "--target-effect: is too small for this"),
     ],
 )
 def test_compare_target_effect_is_refused_as_a_usage_error(

@@ -259,7 +259,8 @@ def items_needed(
     1/sqrt(items): ``ceil(((z_{1-alpha/2} + z_power) * se * sqrt(items) / |effect|) ** 2)``,
     at least 1.
 
-    Raises ValidationError naming ``effect`` (not finite, or 0), ``se`` (not finite and
+    Raises ValidationError naming ``effect`` (not finite, 0, or so small that the count
+    exceeds the float range), ``se`` (not finite and
     positive: an SE of 0, every paired difference equal, estimates no spread, so the items
     needed are not estimable), ``items`` (below 1), ``alpha`` or ``power`` (outside (0, 1)).
     """
@@ -268,7 +269,15 @@ def items_needed(
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise ValidationError("items", "must be an integer of at least 1", items)
     spread = se * math.sqrt(items)
-    return max(1, math.ceil((_z(alpha, power) * spread / abs(effect)) ** 2))
+    try:
+        needed = (_z(alpha, power) * spread / abs(effect)) ** 2
+    except OverflowError:
+        needed = math.inf
+    if not math.isfinite(needed):  # e.g. effect 1e-300: no count of items is an answer
+        raise ValidationError(
+            "effect", "is too small for this se: the items needed exceed the float range", effect
+        )
+    return max(1, math.ceil(needed))
 
 
 def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, Final, NoReturn, TextIO
@@ -26,11 +27,13 @@ from .readers import (
     Direction,
     EmptyWorkspaceError,
     MultiRunComparison,
+    PairedResult,
     RunComparison,
     RunSummary,
     Workspace,
     items_needed,
 )
+from .readers._model import CompareOptions
 from .report import format_number, percent, render_html_report, run_facts
 from .stats._inference import check_effect
 from .stores import ShipRequest, load_store_backend, url_scheme
@@ -41,6 +44,10 @@ PROG = "contexta-async"
 # compare --target-effect: the power and level the items needed are computed for.
 _ALPHA: Final = 0.05
 _POWER: Final = 0.8
+_NOT_ESTIMABLE: Final = (
+    "not estimable: an SE of 0 (every paired difference equal) or none (fewer than 2 items, "
+    "or 1 cluster)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -224,7 +231,7 @@ def _target_effect(text: str) -> float:
 
 def _power(result: RunComparison, effect: float) -> dict[str, Any]:
     """Items needed per paired metric to detect ``effect`` at the CLI's fixed 80 % power and
-    two-sided alpha 0.05 (None where the metric has no standard error)."""
+    two-sided alpha 0.05: None where it is not estimable (no standard error, or an SE of 0)."""
     rows = [
         {
             "stage": p.stage,
@@ -232,14 +239,21 @@ def _power(result: RunComparison, effect: float) -> dict[str, Any]:
             "n_matched": p.n_matched,
             "se": p.se,
             "items_needed": (
-                items_needed(effect, p.se, p.n_matched, alpha=_ALPHA, power=_POWER)
-                if p.se is not None and p.n_matched >= 1
+                _items_needed(effect, p.se, p.n_matched)
+                if p.se is not None and p.se > 0 and p.n_matched >= 1
                 else None
             ),
         }
         for p in result.paired
     ]
     return {"target_effect": effect, "alpha": _ALPHA, "power": _POWER, "metrics": rows}
+
+
+def _items_needed(effect: float, se: float, items: int) -> int:
+    try:
+        return items_needed(effect, se, items, alpha=_ALPHA, power=_POWER)
+    except ValidationError as exc:  # --target-effect so small that the count overflows
+        raise _UsageError(f"--target-effect: {exc.rule} (got {effect!r})") from exc
 
 
 def _write_power(power: dict[str, Any], out: TextIO) -> None:
@@ -261,6 +275,8 @@ def _write_power(power: dict[str, Any], out: TextIO) -> None:
         ],
         out,
     )
+    if any(row["items_needed"] is None for row in power["metrics"]):
+        _legend([f"-: {_NOT_ESTIMABLE}"], out)
 
 
 def _directions(args: argparse.Namespace) -> dict[str, Direction]:
@@ -269,9 +285,21 @@ def _directions(args: argparse.Namespace) -> dict[str, Direction]:
     return out
 
 
+# CompareOptions' field -> the option that sets it (and its attribute on the namespace).
+_OPTIONS: Final = {
+    "confidence": ("--confidence", "confidence"),
+    "resamples": ("--resamples", "resamples"),
+    "seed": ("--seed", "seed"),
+    "bootstrap": ("--bootstrap", "bootstrap"),
+    "adjustment": ("--adjust", "adjust"),
+}
+
+
 def _stats(args: argparse.Namespace) -> dict[str, Any]:
-    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them."""
-    return {
+    """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them, checked
+    by CompareOptions' rules: a value that breaks one is a usage error naming the option,
+    raised before the workspace is read."""
+    stats = {
         "directions": _directions(args),
         "confidence": args.confidence,
         "resamples": args.resamples,
@@ -279,6 +307,12 @@ def _stats(args: argparse.Namespace) -> dict[str, Any]:
         "bootstrap": args.bootstrap,
         "adjustment": args.adjust,
     }
+    try:
+        CompareOptions(**stats)
+    except ValidationError as exc:
+        option, attribute = _OPTIONS.get(exc.field, ("--maximize/--minimize", "maximize"))
+        raise _UsageError(f"{option}: {exc.rule} (got {getattr(args, attribute)!r})") from exc
+    return stats
 
 
 # ---- output helpers ----------------------------------------------------------------------
@@ -437,62 +471,9 @@ def _write_pair(
         out,
     )
     if result.paired:
-        level = f"{result.paired[0].confidence:.0%}"
-        out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
-        _table(
-            [
-                "STAGE",
-                "KEY",
-                "DIRECTION",
-                "N",
-                "MEAN DIFF",
-                f"{level} CI",
-                "W/L/T",
-                "MCNEMAR P",
-                f"P ({result.adjustment.upper()})",
-                "MDE 80%",
-            ],
-            [
-                [
-                    p.stage or "(run)",
-                    p.key,
-                    p.direction + (" (inferred)" if p.direction_inferred else ""),
-                    str(p.n_matched),
-                    format_number(p.mean_diff, signed=True),
-                    f"[{format_number(p.ci_low, signed=True)}, "
-                    f"{format_number(p.ci_high, signed=True)}]",
-                    f"{p.wins}/{p.losses}/{p.ties}",
-                    format_number(p.mcnemar_p),
-                    format_number(p.p_adjusted),
-                    format_number(p.mde),
-                ]
-                for p in result.paired
-            ],
-            out,
-        )
+        legend = _write_paired(result, out)
         for p in result.paired:
-            lines = []
-            if p.binary:
-                lines.append(f"fixed: {_names(p.fixed)}; regressed: {_names(p.regressed)}")
-            if p.unmatched_left or p.unmatched_right:
-                lines.append(
-                    f"only in left: {_names(p.unmatched_left)}; "
-                    f"only in right: {_names(p.unmatched_right)}"
-                )
-            if p.clusters is not None:
-                lines.append(
-                    f"{p.clusters} clusters: se {format_number(p.se)} clustered "
-                    f"(naive {format_number(p.naive_se)}), design effect "
-                    f"{format_number(p.design_effect)}; p {p.p_test}"
-                )
-            if p.attempts_left is not None or p.attempts_right is not None:
-                lines.append(
-                    f"attempts per item {format_number(p.attempts_left)}/"
-                    f"{format_number(p.attempts_right)}, variance across attempts "
-                    f"{format_number(p.within_item_variance_left)}/"
-                    f"{format_number(p.within_item_variance_right)} (left/right)"
-                )
-            for line in lines:
+            for line in _paired_details(p):
                 out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
             if samples and p.samples:
                 _table(
@@ -508,6 +489,8 @@ def _write_pair(
                     ],
                     out,
                 )
+        _legend(legend, out)
+        _write_spread(result, out)
     if result.alignment is not None and result.alignment.share > 0:
         _write_alignment(result.alignment, out)
     if result.artifacts:
@@ -529,6 +512,181 @@ def _write_pair(
     if power is not None:
         _write_power(power, out)
     _write_warnings(result.warnings, result.notes, out)
+
+
+# PairedResult.p_test -> the tag after a p in the CLI's P column (short: the table is wide
+# already), and what the legend under the table says it is.
+_TESTS: Final = {"mcnemar-exact": "m", "paired-t": "t", "clustered-t": "ct"}
+_TEST_LEGEND: Final = {
+    "mcnemar-exact": "m = exact McNemar test (0/1 metrics)",
+    "paired-t": "t = paired t-test (n - 1 df)",
+    "clustered-t": "ct = Student t on the clustered SE (C - 1 df)",
+}
+_TEST_NAMES: Final = {
+    "mcnemar-exact": "exact McNemar",
+    "paired-t": "paired t",
+    "clustered-t": "clustered t",
+}
+_ADJUSTED: Final = {
+    "holm": "Holm: family-wise error",
+    "bh": "Benjamini-Hochberg: false discovery rate",
+    "none": "here: not adjusted",
+}
+_LEGEND_WIDTH: Final = 100
+
+
+def _legend(lines: Sequence[str], out: TextIO) -> None:
+    """Lines explaining a table's columns, wrapped under it."""
+    for line in lines:
+        out.write(
+            textwrap.fill(line, _LEGEND_WIDTH, initial_indent="  ", subsequent_indent="      ")
+            + "\n"
+        )
+
+
+def _write_paired(result: RunComparison, out: TextIO) -> list[str]:
+    """The paired table, one row per sample-level metric; returns its legend (written under
+    the metrics' detail lines)."""
+    paired = result.paired
+    level = f"{paired[0].confidence:.0%}"
+    # With epochs a row pairs items (each the mean of its attempts), not samples.
+    items = any(p.attempts_left is not None or p.attempts_right is not None for p in paired)
+    if items:
+        out.write(
+            f"\nPaired per-item (right - left; each item's attempts averaged, items matched by "
+            f"name; {level} CI)\n"
+        )
+    else:
+        out.write(f"\nPaired per-sample (right - left; samples matched by name; {level} CI)\n")
+    adjusted = f"P ({result.adjustment.upper()})"
+    columns = ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", f"{level} CI", "W/L/T", "P"]
+    _table(
+        [*columns, adjusted, "MDE 80%"],
+        [
+            [
+                p.stage or "(run)",
+                p.key,
+                p.direction + (" (inferred)" if p.direction_inferred else ""),
+                str(p.n_matched),
+                format_number(p.mean_diff, signed=True),
+                f"[{format_number(p.ci_low, signed=True)}, "
+                f"{format_number(p.ci_high, signed=True)}]",
+                f"{p.wins}/{p.losses}/{p.ties}",
+                format_number(p.p_value)
+                + (f" {_TESTS.get(p.p_test, p.p_test)}" if p.p_test else ""),
+                format_number(p.p_adjusted),
+                format_number(p.mde),
+            ]
+            for p in paired
+        ],
+        out,
+    )
+    tests = [_TEST_LEGEND[t] for t in _TEST_LEGEND if any(p.p_test == t for p in paired)]
+    mde = "MDE 80%: smallest true difference detected with 80% power at two-sided alpha 0.05"
+    if any(p.mde is None for p in paired):
+        mde += f"; -: {_NOT_ESTIMABLE}"
+    return [
+        f"N: matched {'items' if items else 'samples'}; P: raw two-sided p of no difference"
+        + (f", by the test its tag names: {', '.join(tests)}" if tests else ""),
+        f"{adjusted}: P adjusted across the {len(paired)} paired metric(s) "
+        f"({_ADJUSTED.get(result.adjustment, result.adjustment)})",
+        mde,
+    ]
+
+
+def _write_spread(result: RunComparison, out: TextIO) -> None:
+    """Each paired metric's standard errors (what pairing bought; clustered where clusters
+    exist) and, for 0/1 metrics, the interval that holds its coverage at small n."""
+    paired = result.paired
+    level = f"{paired[0].confidence:.0%}"
+    clustered = any(p.clusters is not None for p in paired)
+    binary = any(p.small_n_low is not None for p in paired)
+    out.write(
+        "\nStandard errors of the mean difference"
+        + (" and small-n intervals" if binary else "")
+        + "\n"
+    )
+    _table(
+        ["STAGE", "KEY", "SE", "UNPAIRED SE", "CORRELATION"]
+        + (["CLUSTERS", "NAIVE SE", "DESIGN EFFECT"] if clustered else [])
+        + ([f"SMALL-N {level} CI"] if binary else []),
+        [
+            [
+                p.stage or "(run)",
+                p.key,
+                format_number(p.se),
+                format_number(p.unpaired_se),
+                format_number(p.correlation),
+            ]
+            + (
+                [
+                    "-" if p.clusters is None else str(p.clusters),
+                    format_number(p.naive_se),
+                    format_number(p.design_effect),
+                ]
+                if clustered
+                else []
+            )
+            + (
+                [
+                    "-"
+                    if p.small_n_low is None or p.small_n_high is None
+                    else f"[{format_number(p.small_n_low, signed=True)}, "
+                    f"{format_number(p.small_n_high, signed=True)}]"
+                ]
+                if binary
+                else []
+            )
+            for p in paired
+        ],
+        out,
+    )
+    _legend(
+        [
+            "SE: of the paired differences"
+            + (
+                " (cluster-robust where CLUSTERS is set; NAIVE SE: as if items were independent, "
+                "DESIGN EFFECT: (SE / NAIVE SE)^2)"
+                if clustered
+                else ""
+            )
+            + "; UNPAIRED SE: as if the runs had measured different items; CORRELATION: of the "
+            "runs' per-item values (what pairing bought)",
+            *(
+                [
+                    "SMALL-N CI: Newcombe's interval for a paired difference of proportions "
+                    "(0/1 metrics without clusters): keeps its coverage at a few dozen items"
+                ]
+                if binary
+                else []
+            ),
+        ],
+        out,
+    )
+
+
+def _paired_details(p: PairedResult) -> list[str]:
+    """What a paired metric has beyond the tables' columns, one line per topic."""
+    lines = []
+    if p.mcnemar_p is not None and p.p_test != "mcnemar-exact":
+        lines.append(
+            f"exact McNemar p {format_number(p.mcnemar_p)} (it treats the pairs as "
+            f"independent: P is the {_TEST_NAMES.get(p.p_test or '', p.p_test)})"
+        )
+    if p.binary:
+        lines.append(f"fixed: {_names(p.fixed)}; regressed: {_names(p.regressed)}")
+    if p.unmatched_left or p.unmatched_right:
+        lines.append(
+            f"only in left: {_names(p.unmatched_left)}; only in right: {_names(p.unmatched_right)}"
+        )
+    if p.attempts_left is not None or p.attempts_right is not None:
+        lines.append(
+            f"attempts per item {format_number(p.attempts_left)}/"
+            f"{format_number(p.attempts_right)}, variance across attempts "
+            f"{format_number(p.within_item_variance_left)}/"
+            f"{format_number(p.within_item_variance_right)} (left/right)"
+        )
+    return lines
 
 
 def _write_alignment(found: Alignment, out: TextIO) -> None:
@@ -609,10 +767,9 @@ async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError("compare needs at least two runs")
     if args.target_effect is not None and len(args.runs) != 2:
         raise _UsageError("--target-effect needs two runs (a paired comparison)")
+    stats = _stats(args)
     if len(args.runs) == 2:
-        result = await ws.compare(
-            args.runs[0], args.runs[1], include_samples=args.samples, **_stats(args)
-        )
+        result = await ws.compare(args.runs[0], args.runs[1], include_samples=args.samples, **stats)
         power = None if args.target_effect is None else _power(result, args.target_effect)
         if args.json:
             _json(result if power is None else {**msgspec.to_builtins(result), "power": power}, out)

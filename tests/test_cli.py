@@ -191,6 +191,32 @@ def test_usage_errors_exit_with_status_two(llm_ws: Path) -> None:
     assert main(["-w", str(llm_ws), "runs", "--status", "open"]) == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--seed", "-1"), "--seed: must be a non-negative integer (got -1)"),
+        (("--resamples", "0"), "--resamples: must be at least 1 (got 0)"),
+        (("--confidence", "1.5"), "--confidence: must be between 0 and 1 (got 1.5)"),
+        (("--confidence", "nan"), "--confidence: must be between 0 and 1 (got nan)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["compare", "compare3", "report"])
+def test_a_bad_statistics_option_is_a_usage_error_naming_the_option(
+    tmp_path: Path, options: tuple[str, ...], message: str, command: str
+) -> None:
+    (tmp_path / "cache" / "capture").mkdir(parents=True)  # empty: a read would fail otherwise
+    page = tmp_path / "page.html"
+    argv = {
+        "compare": ("compare", "a", "b"),
+        "compare3": ("compare", "a", "b", "c"),
+        "report": ("report", "a", "b", "-o", str(page)),
+    }[command]
+    code, out, err = inproc("-w", str(tmp_path), *argv, *options)
+    assert (code, out) == (2, "")
+    assert f"contexta-async: error: {message}\n" in err
+    assert not page.exists()
+
+
 def test_contexta10_workspace_through_the_cli(tmp_path: Path) -> None:
     ws = copy_fixture_10(tmp_path / "old")
     done = cli("-w", str(ws / "cache" / "capture"), "runs", "--project", "iris-svm")

@@ -331,6 +331,73 @@ async def test_compare_rejects_a_bad_bootstrap_option_before_reading(tmp_path: P
         await ws.compare("a", "b", resamples=0)
 
 
+@pytest.mark.parametrize(
+    ("options", "field", "rule"),
+    [
+        ({"directions": {"loss": "up"}}, "directions['loss']", "must be 'maximize' or 'minimize'"),
+        (
+            {"directions": {"loss": "maximise"}},
+            "directions['loss']",
+            "must be 'maximize' or 'minimize'",
+        ),
+        ({"directions": ["loss"]}, "directions", "must be a mapping of metric key to direction"),
+        ({"directions": {1: "maximize"}}, "directions", "keys must be metric keys (str)"),
+        ({"seed": -1}, "seed", "must be a non-negative integer"),
+        ({"seed": 1.5}, "seed", "must be an integer"),
+        ({"seed": "x"}, "seed", "must be an integer"),
+        ({"seed": True}, "seed", "must be an integer"),
+        ({"resamples": 2.5}, "resamples", "must be an integer"),
+        ({"resamples": True}, "resamples", "must be an integer"),
+        ({"resamples": 0}, "resamples", "must be at least 1"),
+        ({"confidence": "0.9"}, "confidence", "must be a number between 0 and 1"),
+        ({"confidence": math.nan}, "confidence", "must be between 0 and 1"),
+        ({"confidence": True}, "confidence", "must be a number between 0 and 1"),
+        ({"include_samples": "no"}, "include_samples", "must be True or False"),
+        ({"include_samples": 1}, "include_samples", "must be True or False"),
+        ({"adjustment": ["holm"]}, "adjustment", "must be one of ['holm', 'bh', 'none']"),
+    ],
+)
+async def test_every_compare_option_is_checked_by_name_before_reading(
+    tmp_path: Path, options: dict[str, object], field: str, rule: str
+) -> None:
+    (tmp_path / "cache" / "capture").mkdir(parents=True)
+    ws = Workspace(tmp_path)  # empty: reading it would raise EmptyWorkspaceError
+    with pytest.raises(ValidationError) as caught:
+        await ws.compare("a", "b", **options)  # type: ignore[arg-type]
+    assert (caught.value.field, caught.value.rule) == (field, rule)
+
+
+async def test_compare_many_checks_its_directions_by_name_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "cache" / "capture").mkdir(parents=True)
+    ws = Workspace(tmp_path)
+    with pytest.raises(ValidationError) as caught:
+        await ws.compare_many(["a", "b"], directions={"loss": "up"})  # type: ignore[dict-item]
+    assert caught.value.field == "directions['loss']"
+    with pytest.raises(ValidationError) as caught:
+        await ws.best_run(["a", "b"], "loss", direction="up")  # type: ignore[arg-type]
+    assert caught.value.field == "direction"
+
+
+async def test_numpy_integers_and_floats_are_accepted_as_compare_options(tmp_path: Path) -> None:
+    import numpy as np
+
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    result = await ws.compare(
+        "helpful-only",
+        "grounded",
+        seed=np.int64(3),  # type: ignore[arg-type]
+        resamples=np.int32(500),  # type: ignore[arg-type]
+        confidence=np.float64(0.9),
+    )
+    paired = result.paired[0]
+    assert (type(paired.seed), type(paired.resamples), type(paired.confidence)) == (
+        int,
+        int,
+        float,
+    )
+    assert (paired.seed, paired.resamples, paired.confidence) == (3, 500, 0.9)
+
+
 async def test_samples_captured_in_another_order_are_paired_by_name(tmp_path: Path) -> None:
     def capture() -> None:
         with Contexta(workspace=tmp_path, config={"project_name": "order"}) as ctx:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from statsmodels.stats.multitest import multipletests
 from contexta_async import Contexta
 from contexta_async._cli import run_cli
 from contexta_async.readers import Workspace
-from contexta_async.report import render_html_report
+from contexta_async.report import format_number, render_html_report
 
 ITEMS = 30
 UNCLUSTERED = {27, 28, 29}  # no cluster given: each is a cluster of its own
@@ -219,6 +220,61 @@ def test_the_alignment_report_is_in_the_cli_json_table_and_html(tmp_path: Path) 
     page = render_html_report(result)
     assert "<h2 id=alignment>Alignment</h2>" in page
     assert "evaluate.q-5" in page
+
+
+def _cli_out(*argv: str) -> str:
+    out, err = io.StringIO(), io.StringIO()
+    assert run_cli(list(argv), out=out, err=err) == 0, err.getvalue()
+    return out.getvalue()
+
+
+def test_the_cli_says_items_not_samples_when_attempts_are_averaged(tmp_path: Path) -> None:
+    capture_clustered(tmp_path / "ws")
+    table = _cli_out("--workspace", str(tmp_path / "ws"), "compare", "base", "cand")
+    assert (
+        "\nPaired per-item (right - left; each item's attempts averaged, items matched by name; "
+        "95% CI)\n" in table
+    )
+    assert "samples matched by name" not in table and "count = samples" not in table
+    assert "  N: matched items;" in table
+    assert "(count = items; a sample without an epoch is an item of one attempt)" in table
+    assert "paired analysis: items (each the mean of its attempts) matched by name" in table
+    assert re.search(r"\bevaluate\s+score\s+\S+ \(inferred\)\s+30\s", table)
+    assert "ct = Student t on the clustered SE (C - 1 df)" in " ".join(table.split())
+
+
+def test_the_cli_shows_the_clustered_se_table_and_mcnemar_beside_the_clustered_t(
+    tmp_path: Path,
+) -> None:
+    capture_clustered(tmp_path / "ws", epochs=False)
+    args = ("--workspace", str(tmp_path / "ws"), "compare", "base", "cand")
+    paired = {p["key"]: p for p in json.loads(_cli_out(*args, "--json"))["paired"]}
+    table = _cli_out(*args)
+    assert "\nPaired per-sample (right - left; samples matched by name; 95% CI)\n" in table
+    assert "count = samples" in table
+    rows = table[table.index("\nStandard errors of the mean difference\n") :].splitlines()
+    assert re.split(r"\s{2,}", rows[2]) == [
+        *("STAGE", "KEY", "SE", "UNPAIRED SE", "CORRELATION", "CLUSTERS", "NAIVE SE"),
+        "DESIGN EFFECT",
+    ]
+    for line in rows[3:5]:
+        cells = re.split(r"\s{2,}", line)
+        p = paired[cells[1]]
+        assert cells[2:] == [
+            format_number(p["se"]),
+            format_number(p["unpaired_se"]),
+            format_number(p["correlation"]),
+            str(p["clusters"]),
+            format_number(p["naive_se"]),
+            format_number(p["design_effect"]),
+        ]
+    correct = paired["correct"]
+    assert correct["p_test"] == "clustered-t" and correct["mcnemar_p"] is not None
+    assert re.search(rf"\bcorrect\s.*\s{re.escape(format_number(correct['p_value']))} ct\s", table)
+    assert (
+        f"evaluate/correct: exact McNemar p {format_number(correct['mcnemar_p'])} (it treats the "
+        "pairs as independent: P is the clustered t)" in table
+    )
 
 
 def capture_three_runs(root: Path) -> None:

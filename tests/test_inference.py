@@ -14,6 +14,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import anyio
 import msgspec
 import numpy as np
 import pytest
@@ -206,6 +207,8 @@ def test_power_inputs_are_checked_by_name() -> None:
         ((math.inf, 0.1, 100), "effect"),
         ((0.1, -0.1, 100), "se"),
         ((0.1, math.nan, 100), "se"),
+        ((0.1, 0.0, 100), "se"),
+        ((1e-300, 1.0, 10**6), "effect"),  # the count would overflow the float range
         ((0.1, 0.1, 0), "items"),
         ((0.1, 0.1, 2.5), "items"),
     ],
@@ -216,6 +219,14 @@ def test_items_needed_names_the_argument_that_breaks_its_rule(
     with pytest.raises(ValidationError) as caught:
         items_needed(*args)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize("se", [0.0, -0.1, math.nan, math.inf])
+def test_minimum_detectable_effect_refuses_an_se_that_is_not_positive_by_name(se: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        minimum_detectable_effect(se)
+    assert caught.value.field == "se"
+    assert caught.value.rule.startswith("must be a finite, positive standard error")
 
 
 # ---- small samples: paired difference of proportions ----------------------------------------
@@ -491,6 +502,7 @@ def test_compare_target_effect_gives_the_items_needed_per_metric_as_statsmodels_
         (("left", "right", "--target-effect", "0"), "--target-effect: must be a finite, non-zero"),
         (("left", "right", "--target-effect", "nan"), "--target-effect: must be a finite"),
         (("left", "right", "left", "--target-effect", "0.1"), "--target-effect needs two runs"),
+        (("left", "right", "--target-effect", "1e-300"), "--target-effect: is too small for this"),
     ],
 )
 def test_compare_target_effect_is_refused_as_a_usage_error(
@@ -500,6 +512,98 @@ def test_compare_target_effect_is_refused_as_a_usage_error(
     status, out, err = _cli("--workspace", str(tmp_path), "compare", *argv)
     assert (status, out) == (2, "")
     assert message in err
+
+
+def _capture_identical(workspace: Path) -> None:
+    """Two runs with the same values on every sample: every paired difference is 0."""
+    with Contexta(workspace=workspace, config={"project_name": "p"}) as ctx:
+        for name in ("base", "cand"):
+            with ctx.run(name) as run, run.stage("evaluate") as stage:
+                for i in range(5):
+                    with stage.sample(f"q-{i}") as sample:
+                        sample.metric("correct", float(i % 2))
+                        sample.metric("loss", float(i))
+
+
+def test_identical_runs_have_no_power_figures_anywhere(tmp_path: Path) -> None:
+    _capture_identical(tmp_path)
+    result = anyio.run(Workspace(tmp_path).compare, "base", "cand")
+    assert [(p.key, p.se, p.mde) for p in result.paired] == [
+        ("correct", 0.0, None),
+        ("loss", 0.0, None),
+    ]
+    status, out, err = _cli(
+        "--workspace", str(tmp_path), "compare", "base", "cand", "--json", "--target-effect", "0.01"
+    )
+    assert status == 0, err
+    answer = json.loads(out)
+    assert [p["mde"] for p in answer["paired"]] == [None, None]
+    assert [row["items_needed"] for row in answer["power"]["metrics"]] == [None, None]
+    status, table, err = _cli(
+        "--workspace", str(tmp_path), "compare", "base", "cand", "--target-effect", "0.01"
+    )
+    assert status == 0, err
+    power = table[table.index("Items needed") :]
+    assert re.search(r"\bevaluate\s+correct\s+5\s+0\s+-\n", power)
+    assert "-: not estimable: an SE of 0 (every paired difference equal)" in power
+    paired = table[table.index("Paired per") : table.index("Items needed")]
+    assert re.search(r"\bevaluate\s+correct\s.*\s-\n", paired)  # the MDE column
+    assert "MDE 80% 0\n" not in table.replace("  ", " ")
+    cells = _Cells()
+    cells.feed(render_html_report(result))
+    for metric in ("evaluate / correct", "evaluate / loss"):
+        row = cells.rows[metric]
+        assert row[1] == "no clear difference (SE 0: every difference equal, power not estimable)"
+        assert row[7] == "-"  # MDE (80% power)
+
+
+def _section(text: str, heading: str) -> list[list[str]]:
+    """The rows of the CLI table under the line starting with ``heading`` (header first),
+    cells split on runs of two spaces, up to the first indented or empty line."""
+    lines = text[text.index("\n" + heading) + 1 :].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if not line or line.startswith(" "):
+            break
+        rows.append(re.split(r"\s{2,}", line))
+    return rows
+
+
+def test_compare_table_shows_raw_p_with_its_test_se_and_the_small_n_interval(
+    tmp_path: Path,
+) -> None:
+    _capture_paired(tmp_path)
+    status, out, err = _cli("--workspace", str(tmp_path), "compare", "left", "right", "--json")
+    assert status == 0, err
+    paired = {p["key"]: p for p in json.loads(out)["paired"]}
+    status, table, err = _cli("--workspace", str(tmp_path), "compare", "left", "right")
+    assert status == 0, err
+    main = _section(table, "Paired per-sample (right - left; samples matched by name; 95% CI)")
+    columns = ["STAGE", "KEY", "DIRECTION", "N", "MEAN DIFF", "95% CI", "W/L/T", "P"]
+    assert main[0] == [*columns, "P (HOLM)", "MDE 80%"]
+    tags = {"mcnemar-exact": "m", "paired-t": "t"}
+    for row in main[1:]:
+        p = paired[row[1]]
+        assert row[7] == f"{format_number(p['p_value'])} {tags[p['p_test']]}"
+        assert (row[8], row[9]) == (format_number(p["p_adjusted"]), format_number(p["mde"]))
+    assert "  N: matched samples; P: raw two-sided p of no difference, by the test its tag" in table
+    assert "m = exact McNemar test (0/1 metrics), t = paired t-test (n - 1 df)" in " ".join(
+        table.split()
+    )
+    spread = _section(table, "Standard errors of the mean difference and small-n intervals")
+    assert spread[0] == ["STAGE", "KEY", "SE", "UNPAIRED SE", "CORRELATION", "SMALL-N 95% CI"]
+    assert sorted(row[1] for row in spread[1:]) == sorted(paired)
+    for row in spread[1:]:
+        p = paired[row[1]]
+        assert row[2:5] == [format_number(p[k]) for k in ("se", "unpaired_se", "correlation")]
+        if p["small_n_low"] is None:
+            assert row[5] == "-"
+        else:
+            low, high = (format_number(p[k], signed=True) for k in ("small_n_low", "small_n_high"))
+            assert row[5] == f"[{low}, {high}]"
+    assert paired["correct"]["small_n_low"] is not None  # the 0/1 metric has its interval
+    assert "SMALL-N CI: Newcombe's interval for a paired difference of proportions" in table
+    assert "MCNEMAR P" not in table
 
 
 class _Cells(HTMLParser):
@@ -542,12 +646,18 @@ def test_report_how_sure_section_shows_the_numbers_of_compare_json(tmp_path: Pat
     assert status == 0, err
     html = page.read_text(encoding="utf-8")
     assert "<h2 id=how-sure>How sure are we</h2>" in html
+    assert "<th>small-n 95% CI (Newcombe)</th>" in html
     cells = _Cells()
     cells.feed(html)
     assert sorted(cells.rows) == sorted(f"eval / {p['key']}" for p in paired)
     for p in paired:
         row = cells.rows[f"eval / {p['key']}"]
-        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row
+        metric, reading, n, mean_diff, ci, p_raw, p_adjusted, mde, se, unpaired, corr = row[:11]
+        if p["small_n_low"] is None:  # the small-n column: the 0/1 metric has the interval
+            assert row[11] == "-"
+        else:
+            low, high = (format_number(p[k], signed=True) for k in ("small_n_low", "small_n_high"))
+            assert row[11] == f"[{low}, {high}]"
         assert (metric, n) == (f"eval / {p['key']}", str(p["n_matched"]))
         assert mean_diff == format_number(p["mean_diff"], signed=True)
         low, high = (format_number(p[k], signed=True) for k in ("ci_low", "ci_high"))

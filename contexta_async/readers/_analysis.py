@@ -42,12 +42,23 @@ _LATEST_NOTE: Final = (
     "run-, stage- and batch-level metrics show the latest captured value; sample-level "
     "metrics show the mean over samples of each sample's latest value (count = samples)"
 )
+# With epochs the sample-level mean and its count are over items, each the mean of its attempts.
+_LATEST_NOTE_EPOCHS: Final = (
+    "run-, stage- and batch-level metrics show the latest captured value; sample-level "
+    "metrics show the mean over items of each item's value, the mean of its attempts' latest "
+    "values (count = items; a sample without an epoch is an item of one attempt)"
+)
+
+
+def _latest_note(metrics: Iterable[RunMetrics]) -> str:
+    return _LATEST_NOTE_EPOCHS if any(m.attempts for m in metrics) else _LATEST_NOTE
 
 
 _INFERENCE = (
     "p_value: exact McNemar for 0/1 metrics, paired t (n - 1 df) otherwise; se = s/sqrt(n) of "
     "the differences, unpaired_se as if the runs had different items; mde: smallest true "
-    "difference detected with 80% power at two-sided alpha 0.05 (2.80 se); small_n_low/high: "
+    "difference detected with 80% power at two-sided alpha 0.05 (2.80 se; none when se is 0: "
+    "not estimable); small_n_low/high: "
     "Newcombe's interval for 0/1 metrics; with clusters (clusters is set): se cluster-robust "
     "(C/(C-1)), p_value Student t on it with C - 1 df, the interval resamples clusters; with "
     "epochs: each item's attempts are averaged before pairing (n = items)"
@@ -60,8 +71,9 @@ _INFERENCE_NOTES = {
 }
 
 
-def _pairing_note(options: CompareOptions, methods: Iterable[str]) -> str:
-    """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``)."""
+def _pairing_note(options: CompareOptions, methods: Iterable[str], epochs: bool = False) -> str:
+    """How the paired results were computed; ``methods`` are theirs (``PairedResult.method``),
+    ``epochs`` whether items were attempted in epochs (then items are paired, not samples)."""
     confidence, resamples, seed = options.confidence, options.resamples, options.seed
     used = set(methods)
     resampled = bool(used & {"numpy", "python"})
@@ -77,7 +89,13 @@ def _pairing_note(options: CompareOptions, methods: Iterable[str]) -> str:
             f"resamples, seed {seed})"
         )
     return (
-        "paired analysis: samples matched by name within the stage (whatever their batch); "
+        "paired analysis: "
+        + (
+            "items (each the mean of its attempts) matched by name"
+            if epochs
+            else "samples matched by name"
+        )
+        + " within the stage (whatever their batch); "
         f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"
         + "".join(f", {part}" for part in how)
         + "; McNemar p-value exact (binomial) for 0/1 metrics"
@@ -368,9 +386,9 @@ def compare_two(agg: Aggregate, lref: str, rref: str, options: CompareOptions) -
         artifacts=_artifact_changes(agg.artifacts.get(lref, []), agg.artifacts.get(rref, [])),
         warnings=warnings,
         notes=[
-            _LATEST_NOTE,
+            _latest_note((lm, rm)),
             _INFERENCE_NOTES[options.adjustment],
-            _pairing_note(options, (p.method for p in paired)),
+            _pairing_note(options, (p.method for p in paired), bool(lm.attempts or rm.attempts)),
         ],
         read_report=agg.report,
         adjustment=options.adjustment,
@@ -415,7 +433,7 @@ def compare_many(
     adjustment = options.adjustment
     rows = _multi_rows(unique, ordered, order, options.directions)
     _against_baseline(rows, ordered, order, adjustment)
-    notes = [_LATEST_NOTE]
+    notes = [_latest_note(ordered)]
     if len(unique) > 1:
         how = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "not adjusted"}[adjustment]
         notes.append(

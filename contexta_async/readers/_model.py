@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from numbers import Integral, Real
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
@@ -39,13 +40,16 @@ __all__ = [
 
 RunStatus = Literal["open", "completed", "failed", "cancelled", "unknown"]
 Direction = Literal["maximize", "minimize"]
+_DIRECTIONS: Final[tuple[Direction, ...]] = get_args(Direction)
 Scope = Literal["run", "stage", "batch", "sample"]
 RecordKind = Literal["metric", "event", "span", "artifact"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CompareOptions:
-    """How a comparison is computed (see ``Workspace.compare``), checked once when built."""
+    """How a comparison is computed (see ``Workspace.compare``), checked once when built:
+    a field that breaks its rule raises ValidationError naming it (``directions['loss']``,
+    ``seed``...), before anything is read."""
 
     directions: Mapping[str, Direction] | None = None
     confidence: float = 0.95
@@ -56,11 +60,45 @@ class CompareOptions:
     adjustment: Adjustment = "holm"
 
     def __post_init__(self) -> None:
-        check_options(self.confidence, self.resamples, self.bootstrap, method_field="bootstrap")
-        if self.adjustment not in ADJUSTMENTS:
+        # Every field is checked here, before any read: a bad option fails at the call, named,
+        # not deep in numpy after the workspace was scanned (or, worse, silently accepted).
+        directions = self.directions
+        if directions is not None:
+            if not isinstance(directions, Mapping):
+                raise ValidationError(
+                    "directions", "must be a mapping of metric key to direction", directions
+                )
+            for key, direction in directions.items():
+                if not isinstance(key, str):
+                    raise ValidationError("directions", "keys must be metric keys (str)", key)
+                if direction not in _DIRECTIONS:
+                    raise ValidationError(
+                        f"directions[{key!r}]", "must be 'maximize' or 'minimize'", direction
+                    )
+        confidence = self.confidence
+        if isinstance(confidence, bool) or not isinstance(confidence, Real):
+            raise ValidationError("confidence", "must be a number between 0 and 1", confidence)
+        if not 0.0 < confidence < 1.0:  # NaN fails this too
+            raise ValidationError("confidence", "must be between 0 and 1", confidence)
+        for name in ("resamples", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise ValidationError(name, "must be an integer", value)
+        if self.resamples < 1:
+            raise ValidationError("resamples", "must be at least 1", self.resamples)
+        if self.seed < 0:
+            raise ValidationError("seed", "must be a non-negative integer", self.seed)
+        if not isinstance(self.include_samples, bool):
+            raise ValidationError("include_samples", "must be True or False", self.include_samples)
+        check_options(confidence, self.resamples, self.bootstrap, method_field="bootstrap")
+        if not isinstance(self.adjustment, str) or self.adjustment not in ADJUSTMENTS:
             raise ValidationError(
                 "adjustment", f"must be one of {list(ADJUSTMENTS)}", self.adjustment
             )
+        # numpy scalars pass the checks above; the results carry plain Python numbers.
+        object.__setattr__(self, "confidence", float(confidence))
+        object.__setattr__(self, "resamples", int(self.resamples))
+        object.__setattr__(self, "seed", int(self.seed))
 
 
 class _R(msgspec.Struct, kw_only=True):
@@ -178,7 +216,8 @@ class MetricDelta(_R):
 
     ``basis`` is ``"latest"`` for run-, stage- and batch-level metrics (the value captured last)
     and ``"mean"`` for sample-level metrics (the mean over samples, each sample's latest value;
-    ``left_count``/``right_count`` samples). ``delta = right - left``; ``relative_change =
+    ``left_count``/``right_count`` samples; with epochs, over items, each the mean of its
+    attempts, and the counts are items). ``delta = right - left``; ``relative_change =
     delta / |left|`` (``None`` when left is 0 or a side is missing).
     """
 
@@ -271,7 +310,9 @@ class PairedResult(_R):
     """Pearson correlation of the two runs' per-sample values (None if either is constant)."""
     mde: float | None = None
     """Minimum detectable effect: the smallest true difference a two-sided test at alpha 0.05
-    detects with 80 % power, (z₀.₉₇₅ + z₀.₈) × se ≈ 2.80 × se."""
+    detects with 80 % power, (z₀.₉₇₅ + z₀.₈) × se ≈ 2.80 × se. None when it is not estimable:
+    ``se`` is None, or 0 (every paired difference equal, e.g. identical runs: no spread to
+    estimate power from)."""
     p_value: float | None = None
     """Two-sided p-value of no difference: ``p_test`` says which test."""
     p_test: str | None = None

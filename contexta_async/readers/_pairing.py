@@ -317,7 +317,7 @@ def _inference_of(
         "se": se,
         "unpaired_se": gain.unpaired_se if math.isfinite(gain.unpaired_se) else None,
         "correlation": gain.correlation,
-        "mde": minimum_detectable_effect(se),
+        "mde": minimum_detectable_effect(se) if se > 0 else None,  # se 0: not estimable
     }
     if clustering is not None:
         diffs = np.subtract(rvals, lvals)
@@ -328,7 +328,9 @@ def _inference_of(
             return found
         se = clustered.se
         found.update(
-            se=se, design_effect=clustered.design_effect, mde=minimum_detectable_effect(se)
+            se=se,
+            design_effect=clustered.design_effect,
+            mde=minimum_detectable_effect(se) if se > 0 else None,
         )
         # Student t with C - 1 df on the clustered SE; McNemar (mcnemar_p) assumes
         # independent pairs, so it is not the p-value here, and neither is Newcombe given.

@@ -106,6 +106,8 @@ def _reading(p: PairedResult) -> tuple[str, str]:
         return ("right is better", "up") if better else ("right is worse", "down")
     if p.mde is not None:
         return f"no clear difference (detectable at this n: ±{format_number(p.mde)})", "muted"
+    if p.se == 0:
+        return "no clear difference (SE 0: every difference equal, power not estimable)", "muted"
     return "no clear difference", "muted"
 
 
@@ -128,10 +130,13 @@ def _how_sure(comparison: RunComparison) -> list[str]:
         "SE unpaired",
         "correlation",
     )
+    binary = any(p.small_n_low is not None for p in comparison.paired)
     clustered = any(p.clusters is not None for p in comparison.paired)
     attempts = any(
         p.attempts_left is not None or p.attempts_right is not None for p in comparison.paired
     )
+    if binary:
+        headers += (f"small-n {level} CI (Newcombe)",)
     if clustered:
         headers += ("clusters", "design effect")
     if attempts:
@@ -146,6 +151,12 @@ def _how_sure(comparison: RunComparison) -> list[str]:
             " With clusters the SE is cluster-robust (the p-value, MDE and interval use it) and"
             " the design effect is its variance over the naive one."
             if clustered
+            else ""
+        )
+        + (
+            " Small-n CI: Newcombe's interval for a paired difference of proportions (0/1"
+            " metrics without clusters), which keeps its coverage at a few dozen items."
+            if binary
             else ""
         )
         + (" Attempts of one item are averaged before pairing (n = items)." if attempts else "")
@@ -174,6 +185,13 @@ def _how_sure(comparison: RunComparison) -> list[str]:
             format_number(p.unpaired_se),
             format_number(p.correlation),
         )
+        if binary:
+            cells += (
+                "-"
+                if p.small_n_low is None or p.small_n_high is None
+                else f"[{format_number(p.small_n_low, signed=True)}, "
+                f"{format_number(p.small_n_high, signed=True)}]",
+            )
         if clustered:
             cells += (
                 "-" if p.clusters is None else str(p.clusters),

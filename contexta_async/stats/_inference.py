@@ -217,6 +217,19 @@ def check_effect(effect: float) -> None:
         raise ValidationError("effect", "must be a finite, non-zero number", effect)
 
 
+def _check_se(se: float) -> None:
+    # An SE of 0 is what identical runs (every paired difference equal) estimate: it says
+    # nothing about the spread of the differences on other items, so any power figure from
+    # it ("MDE 0", "1 item needed") would be false.
+    if isinstance(se, bool) or not isinstance(se, (int, float)) or not math.isfinite(se) or se <= 0:
+        raise ValidationError(
+            "se",
+            "must be a finite, positive standard error (an SE of 0, every paired difference "
+            "equal, estimates no spread: power cannot be computed from it)",
+            se,
+        )
+
+
 def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true difference a two-sided test at ``alpha`` detects with ``power``.
 
@@ -226,8 +239,12 @@ def minimum_detectable_effect(se: float, *, alpha: float = 0.05, power: float = 
 
         minimum_detectable_effect(paired.se, power=0.9)
 
-    Raises ValidationError (field ``alpha`` or ``power``) for a level outside (0, 1).
+    Raises ValidationError naming ``se`` when it is not finite and positive (an SE of 0,
+    from runs whose paired differences are all equal, estimates no spread: the power is not
+    estimable, and ``PairedResult.mde`` is None), ``alpha`` or ``power`` for a level outside
+    (0, 1).
     """
+    _check_se(se)
     return _z(alpha, power) * se
 
 
@@ -242,16 +259,25 @@ def items_needed(
     1/sqrt(items): ``ceil(((z_{1-alpha/2} + z_power) * se * sqrt(items) / |effect|) ** 2)``,
     at least 1.
 
-    Raises ValidationError naming ``effect`` (not finite, or 0), ``se`` (not finite, or
-    negative), ``items`` (below 1), ``alpha`` or ``power`` (outside (0, 1)).
+    Raises ValidationError naming ``effect`` (not finite, 0, or so small that the count
+    exceeds the float range), ``se`` (not finite and
+    positive: an SE of 0, every paired difference equal, estimates no spread, so the items
+    needed are not estimable), ``items`` (below 1), ``alpha`` or ``power`` (outside (0, 1)).
     """
     check_effect(effect)
-    if isinstance(se, bool) or not isinstance(se, (int, float)) or not math.isfinite(se) or se < 0:
-        raise ValidationError("se", "must be a finite, non-negative standard error", se)
+    _check_se(se)
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise ValidationError("items", "must be an integer of at least 1", items)
     spread = se * math.sqrt(items)
-    return max(1, math.ceil((_z(alpha, power) * spread / abs(effect)) ** 2))
+    try:
+        needed = (_z(alpha, power) * spread / abs(effect)) ** 2
+    except OverflowError:
+        needed = math.inf
+    if not math.isfinite(needed):  # e.g. effect 1e-300: no count of items is an answer
+        raise ValidationError(
+            "effect", "is too small for this se: the items needed exceed the float range", effect
+        )
+    return max(1, math.ceil(needed))
 
 
 def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:

@@ -53,9 +53,9 @@ def capture_one_batch_per_epoch(root: Path, epochs: int) -> tuple[Values, dict[s
                                 with batch.sample(item, cluster=f"c{c}", epoch=k) as sample:
                                     value = shift * effects[c] + rng.gauss(0, 0.2)
                                     sample.metric("score", value)
-                                    captured.setdefault(run_name, {}).setdefault(
-                                        item, []
-                                    ).append(value)
+                                    captured.setdefault(run_name, {}).setdefault(item, []).append(
+                                        value
+                                    )
     return captured, cluster_of
 
 

@@ -128,9 +128,7 @@ class _Items:
         self.items = list(dict.fromkeys(items))
         self.epochs = any(f is not None and f.epoch is not None for f in found)
         position = (
-            {item: i for i, item in enumerate(self.items)}
-            if len(self.items) < len(names)
-            else None
+            {item: i for i, item in enumerate(self.items)} if len(self.items) < len(names) else None
         )
         self.codes = (
             np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
@@ -231,10 +229,10 @@ def collect_metrics(
             for part in found:
                 combined.update(part)
             merged.append(info := combined)
-        for place, values in metrics.samples.items():
-            if place[0] == stage:
-                metrics.samples[place] = _arrange_items(
-                    metrics, stage, place[1], values, info, cache
+        for (of_stage, key), values in metrics.samples.items():
+            if of_stage == stage:
+                metrics.samples[(stage, key)] = _arrange_items(
+                    metrics, stage, key, values, info, cache
                 )
     for (subject, key), value in others.items():
         scope = parse_scope(subject)

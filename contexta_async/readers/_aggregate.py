@@ -229,10 +229,10 @@ def collect_metrics(
             for part in found:
                 combined.update(part)
             merged.append(info := combined)
-        for (of_stage, key), values in metrics.samples.items():
+        for (of_stage, key), by_sample in metrics.samples.items():
             if of_stage == stage:
                 metrics.samples[(stage, key)] = _arrange_items(
-                    metrics, stage, key, values, info, cache
+                    metrics, stage, key, by_sample, info, cache
                 )
     for (subject, key), value in others.items():
         scope = parse_scope(subject)

@@ -78,7 +78,8 @@ def _pairing_note(options: CompareOptions, methods: Iterable[str]) -> str:
         )
     return (
         "paired analysis: samples matched by name within the stage (whatever their batch); "
-        f"{confidence:.0%} expanded percentile bootstrap interval of the mean difference (right - left)"
+        f"{confidence:.0%} expanded percentile bootstrap interval of the mean difference "
+        "(right - left)"
         + "".join(f", {part}" for part in how)
         + "; McNemar p-value exact (binomial) for 0/1 metrics"
     )

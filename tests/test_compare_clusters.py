@@ -356,3 +356,25 @@ async def test_clusters_are_read_when_a_sample_line_without_an_end_is_not_an_ope
     found = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
     assert found.paired == expected.paired
     assert found.alignment == expected.alignment
+
+
+async def test_items_in_different_clusters_in_the_two_runs_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "ws"
+    with Contexta(workspace=root, config={"project_name": "p"}) as ctx:
+        for run_name in ("base", "cand"):
+            with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+                for i in range(10):
+                    moved = run_name == "cand" and i in (2, 7, 9)
+                    with stage.sample(f"q-{i}", cluster="b" if moved else f"a{i // 2}") as s:
+                        s.metric("score", float(i % 3) + (run_name == "cand"))
+    result = await Workspace(root).compare("base", "cand")
+    conflicts = [w for w in result.warnings if "different clusters" in w]
+    assert conflicts == [
+        "stage evaluate: 3 item(s) are in different clusters in the two runs "
+        "(first: q-2, 'a1' left, 'b' right): the left run's clusters are used"
+    ]
+    assert result.paired[0].clusters == 5  # the left run's: a0..a4
+    same = await Workspace(root).compare("base", "base")
+    assert not [w for w in same.warnings if "different clusters" in w]

@@ -290,6 +290,7 @@ def _alignment(
             )
         only_left.extend(map(label, lonly))
         only_right.extend(map(label, ronly))
+        stage_warnings.extend(_cluster_conflicts(left, right, stage))
         lcounts, rcounts = _attempt_counts(left, stage), _attempt_counts(right, stage)
         if lcounts or rcounts:
             differ.extend(
@@ -319,6 +320,30 @@ def _alignment(
         attempts_differ_names=first(differ),
     )
     return found, stage_warnings
+
+
+def _cluster_conflicts(left: RunMetrics, right: RunMetrics, stage: str | None) -> list[str]:
+    """A warning when items of ``stage`` are in different clusters in the two runs (the
+    pairing then uses the left run's)."""
+    lclusters, rclusters = left.clusters.get(stage), right.clusters.get(stage)
+    if not lclusters or not rclusters or lclusters == rclusters:
+        return []
+    differ = sorted(
+        (
+            item
+            for item in lclusters.keys() & rclusters.keys()
+            if lclusters[item] != rclusters[item]
+        ),
+        key=natural_key,
+    )
+    if not differ:
+        return []
+    first = differ[0]
+    return [
+        f"stage {stage}: {len(differ)} item(s) are in different clusters in the two runs "
+        f"(first: {first}, {lclusters[first]!r} left, {rclusters[first]!r} right): the left "
+        "run's clusters are used"
+    ]
 
 
 def _alignment_warning(found: Alignment) -> str:

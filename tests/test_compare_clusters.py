@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import re
 import statistics
@@ -98,6 +99,33 @@ async def test_clustered_se_equals_statsmodels_on_item_mean_differences(
         assert p.method == "cluster-bootstrap"
         assert p.ci_low is not None and p.ci_high is not None
         assert p.ci_low < p.mean_diff < p.ci_high
+
+
+@pytest.mark.parametrize("epochs", [True, False])
+async def test_with_clusters_the_unpaired_se_is_clustered_too(tmp_path: Path, epochs: bool) -> None:
+    # What pairing bought compares like with like: the SE of the difference of the two
+    # means as if the runs had different items, each run's mean with its clustered SE.
+    captured = capture_clustered(tmp_path / "ws", epochs=epochs)
+    result = await Workspace(tmp_path / "ws").compare("base", "cand")
+    paired = {p.key: p for p in result.paired}
+    items = [f"q-{i}" for i in range(ITEMS)]
+    labels = [_cluster(i) or f"own-{i}" for i in range(ITEMS)]
+    groups = np.unique(labels, return_inverse=True)[1]
+
+    def clustered_se(values: list[float]) -> float:
+        fit = sm.OLS(np.array(values), np.ones(ITEMS)).fit(
+            cov_type="cluster", cov_kwds={"groups": groups}
+        )
+        return float(fit.bse[0])
+
+    for key in ("score", "correct"):
+        left = _item_means(captured["base"][key])
+        right = _item_means(captured["cand"][key])
+        expected = math.hypot(
+            clustered_se([left[item] for item in items]),
+            clustered_se([right[item] for item in items]),
+        )
+        assert paired[key].unpaired_se == pytest.approx(expected, rel=1e-9)
 
 
 async def test_epochs_are_averaged_per_item_before_pairing(tmp_path: Path) -> None:
@@ -384,3 +412,25 @@ async def test_clusters_are_read_when_a_sample_line_without_an_end_is_not_an_ope
     found = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
     assert found.paired == expected.paired
     assert found.alignment == expected.alignment
+
+
+async def test_items_in_different_clusters_in_the_two_runs_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "ws"
+    with Contexta(workspace=root, config={"project_name": "p"}) as ctx:
+        for run_name in ("base", "cand"):
+            with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+                for i in range(10):
+                    moved = run_name == "cand" and i in (2, 7, 9)
+                    with stage.sample(f"q-{i}", cluster="b" if moved else f"a{i // 2}") as s:
+                        s.metric("score", float(i % 3) + (run_name == "cand"))
+    result = await Workspace(root).compare("base", "cand")
+    conflicts = [w for w in result.warnings if "different clusters" in w]
+    assert conflicts == [
+        "stage evaluate: 3 item(s) are in different clusters in the two runs "
+        "(first: q-2, 'a1' left, 'b' right): the left run's clusters are used"
+    ]
+    assert result.paired[0].clusters == 5  # the left run's: a0..a4
+    same = await Workspace(root).compare("base", "base")
+    assert not [w for w in same.warnings if "different clusters" in w]

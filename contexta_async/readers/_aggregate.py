@@ -112,8 +112,10 @@ class RunMetrics:
 
 
 class _Items:
-    """How the samples under one stage or batch ref group into items (see SampleInfo),
-    computed once and used for every metric key whose samples come in the same order."""
+    """How the samples of one stage (all its batches) group into items (see SampleInfo),
+    computed once and used for every metric key whose samples come in the same order.
+    ``epochs``: some sample is an attempt (has an epoch), so values go by item name, even
+    where every item was attempted once."""
 
     __slots__ = ("clusters", "codes", "counts", "epochs", "items", "names")
 
@@ -124,8 +126,10 @@ class _Items:
         # every sample.
         items = [name if f is None else f.item for name, f in zip(names, found, strict=True)]
         self.items = list(dict.fromkeys(items))
-        self.epochs = len(self.items) < len(names)
-        position = {item: i for i, item in enumerate(self.items)} if self.epochs else None
+        self.epochs = any(f is not None and f.epoch is not None for f in found)
+        position = (
+            {item: i for i, item in enumerate(self.items)} if len(self.items) < len(names) else None
+        )
         self.codes = (
             np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
             if position is not None
@@ -167,7 +171,7 @@ def _arrange_items(
         grouping = cache[id(info)] = _Items(names, info)
         metrics.clusters.setdefault(stage, {}).update(grouping.clusters)
     if not grouping.epochs:
-        return values
+        return values  # clusters alone: names are items already
     means, variances = grouping.group(values)
     metrics.attempts[(stage, key)] = dict(
         zip(grouping.items, grouping.counts.tolist(), strict=True)
@@ -187,7 +191,10 @@ def collect_metrics(
     the latest run/stage/batch values per place. The dicts of ``samples`` are taken over,
     not copied (they are large)."""
     out = {run: RunMetrics() for run in runs}
-    cache: dict[int, _Items] = {}
+    # The attempts of one item may sit in different batches of its stage: a stage's samples
+    # are merged first (by sample name), then grouped into items with what the CONTEXT lines
+    # of all its batches say.
+    infos: dict[tuple[str, str | None], list[Mapping[str, SampleInfo]]] = {}
     for (parent, key), values in samples.items():
         scope = parse_scope(parent)
         if scope is None:
@@ -202,7 +209,9 @@ def collect_metrics(
         )
         info = sample_info.get(parent) if sample_info else None
         if info:
-            present = _arrange_items(metrics, scope.stage, key, present, info, cache)
+            found = infos.setdefault((scope.run_ref, scope.stage), [])
+            if not any(known is info for known in found):
+                found.append(info)
         bucket = metrics.samples.get((scope.stage, key))
         if bucket is None:
             metrics.samples[(scope.stage, key)] = present
@@ -210,6 +219,21 @@ def collect_metrics(
             for name in bucket.keys() & present.keys():
                 metrics.duplicates.add((scope.stage, name))
             bucket.update(present)
+    cache: dict[int, _Items] = {}
+    merged: list[Mapping[str, SampleInfo]] = []  # alive until the end: their ids key ``cache``
+    for (run, stage), found in infos.items():
+        metrics = out[run]
+        info = found[0]
+        if len(found) > 1:
+            combined: dict[str, SampleInfo] = {}
+            for part in found:
+                combined.update(part)
+            merged.append(info := combined)
+        for (of_stage, key), by_sample in metrics.samples.items():
+            if of_stage == stage:
+                metrics.samples[(stage, key)] = _arrange_items(
+                    metrics, stage, key, by_sample, info, cache
+                )
     for (subject, key), value in others.items():
         scope = parse_scope(subject)
         if scope is None or value is None or scope.kind == "sample":

@@ -96,7 +96,8 @@ def _pairing_note(options: CompareOptions, methods: Iterable[str], epochs: bool 
             else "samples matched by name"
         )
         + " within the stage (whatever their batch); "
-        f"{confidence:.0%} percentile bootstrap interval of the mean difference (right - left)"
+        f"{confidence:.0%} expanded percentile bootstrap interval of the mean difference "
+        "(right - left)"
         + "".join(f", {part}" for part in how)
         + "; McNemar p-value exact (binomial) for 0/1 metrics"
     )
@@ -307,6 +308,7 @@ def _alignment(
             )
         only_left.extend(map(label, lonly))
         only_right.extend(map(label, ronly))
+        stage_warnings.extend(_cluster_conflicts(left, right, stage))
         lcounts, rcounts = _attempt_counts(left, stage), _attempt_counts(right, stage)
         if lcounts or rcounts:
             differ.extend(
@@ -336,6 +338,30 @@ def _alignment(
         attempts_differ_names=first(differ),
     )
     return found, stage_warnings
+
+
+def _cluster_conflicts(left: RunMetrics, right: RunMetrics, stage: str | None) -> list[str]:
+    """A warning when items of ``stage`` are in different clusters in the two runs (the
+    pairing then uses the left run's)."""
+    lclusters, rclusters = left.clusters.get(stage), right.clusters.get(stage)
+    if not lclusters or not rclusters or lclusters == rclusters:
+        return []
+    differ = sorted(
+        (
+            item
+            for item in lclusters.keys() & rclusters.keys()
+            if lclusters[item] != rclusters[item]
+        ),
+        key=natural_key,
+    )
+    if not differ:
+        return []
+    first = differ[0]
+    return [
+        f"stage {stage}: {len(differ)} item(s) are in different clusters in the two runs "
+        f"(first: {first}, {lclusters[first]!r} left, {rclusters[first]!r} right): the left "
+        "run's clusters are used"
+    ]
 
 
 def _alignment_warning(found: Alignment) -> str:

@@ -332,6 +332,18 @@ def _inference_of(
             design_effect=clustered.design_effect,
             mde=minimum_detectable_effect(se) if se > 0 else None,
         )
+        # As if the runs had different items: each run's mean with its own clustered SE, so
+        # that next to the paired SE it shows what pairing bought, not what clusters cost.
+        sides = [
+            clustered_error(np.asarray(values), clustering.codes, clustering.count)
+            for values in (lvals, rvals)
+        ]
+        unpaired = [side.se for side in sides if side is not None]
+        found["unpaired_se"] = (
+            math.hypot(*unpaired)
+            if len(unpaired) == 2 and all(map(math.isfinite, unpaired))
+            else None
+        )
         # Student t with C - 1 df on the clustered SE; McNemar (mcnemar_p) assumes
         # independent pairs, so it is not the p-value here, and neither is Newcombe given.
         df = clustered.clusters - 1

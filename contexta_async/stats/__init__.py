@@ -1,10 +1,11 @@
 """The statistics behind a comparison, on plain numbers (numpy; no files, no I/O).
 
-One implementation per method: the paired percentile bootstrap (resampled, or by saddlepoint
-approximation for many pairs), exact McNemar, cluster-robust standard errors and the cluster
-bootstrap, Student's t, power (minimum detectable effect, items needed), Newcombe's interval
-for paired proportions, and Holm / Benjamini-Hochberg adjustment. The readers compute their
-answers with these; docs/comparing.md gives each formula and its reference.
+One implementation per method: the paired (expanded) percentile bootstrap (resampled, or by
+saddlepoint approximation for many pairs), exact McNemar, cluster-robust standard errors and
+the cluster bootstrap, Student's t, power (minimum detectable effect, items needed),
+Newcombe's interval for paired proportions, and Holm / Benjamini-Hochberg adjustment. The
+readers compute their answers with these; docs/comparing.md gives each formula and its
+reference.
 """
 
 from ._bootstrap import (

@@ -1,4 +1,4 @@
-"""Paired statistics: percentile bootstrap of a mean difference, exact McNemar test.
+"""Paired statistics: expanded percentile bootstrap of a mean difference, exact McNemar test.
 
 The bootstrap resamples the n paired differences with replacement. A result is reproducible
 for a seed whatever the order of the differences: they are sorted first. The bootstrap
@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from .._errors import ValidationError
 from ._saddlepoint import centre, lattice_peak, saddlepoint_quantiles
+from ._student import expanded_tail
 
 __all__ = [
     "SADDLEPOINT_MIN_PAIRS",
@@ -70,7 +71,8 @@ BootstrapMethod = Literal["auto", "resample", "saddlepoint"]
 
 
 class BootstrapInterval(NamedTuple):
-    """A percentile bootstrap interval for the mean; ``method`` names how it was drawn."""
+    """An expanded percentile bootstrap interval for the mean; ``method`` names how it was
+    drawn."""
 
     low: float
     high: float
@@ -197,7 +199,7 @@ class _Job:
             or lattice_peak(centred) > _SADDLEPOINT_MAX_LATTICE_PEAK
         ):
             return None
-        tail = (1.0 - confidence) / 2.0
+        tail = expanded_tail(confidence, len(self.values))
         quantiles = saddlepoint_quantiles(centred, (tail, 1.0 - tail))
         if quantiles is None:
             return None
@@ -224,7 +226,7 @@ class _Job:
 def _percentile_interval(
     job: _Job, means: Floats, confidence: float, method: str
 ) -> BootstrapInterval:
-    tail = (1.0 - confidence) / 2.0
+    tail = expanded_tail(confidence, len(job.values))
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return job.interval(float(low), float(high), method)
 
@@ -237,7 +239,9 @@ def paired_bootstrap_ci(
     seed: int = 0,
     method: BootstrapMethod = "auto",
 ) -> BootstrapInterval:
-    """Percentile bootstrap interval for the mean of paired differences.
+    """Expanded percentile bootstrap interval for the mean of paired differences: the
+    bootstrap distribution's percentiles at ``expanded_tail(confidence, n)``, which keeps the
+    coverage at small n.
 
     ``method="resample"`` draws ``resamples`` resamples (seeded); ``"saddlepoint"`` computes
     the bootstrap distribution's percentiles by saddlepoint approximation (no resampling:

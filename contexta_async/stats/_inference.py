@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from .._errors import ValidationError
 from ._bootstrap import safe_exponent
+from ._student import expanded_tail, student_t_two_sided_p
 
 __all__ = [
     "ADJUSTMENTS",
@@ -100,7 +101,8 @@ def cluster_bootstrap_ci(
     resamples: int,
     seed: int,
 ) -> tuple[float, float]:
-    """Percentile interval of the mean difference, resampling whole clusters.
+    """Expanded percentile interval (``expanded_tail`` with n = the clusters) of the mean
+    difference, resampling whole clusters.
 
     Each resample draws ``n_clusters`` clusters with replacement and takes the mean over
     every item of the drawn clusters (a ratio: clusters differ in size).
@@ -147,56 +149,9 @@ def cluster_bootstrap_cis(
         counts = np.bincount(drawn.ravel(), minlength=rows * n_clusters)
         totals = counts.reshape(rows, n_clusters).astype(np.float64) @ table
         means[start : start + rows] = totals[:, :metrics] / totals[:, metrics:]
-    tail = (1.0 - confidence) / 2.0
+    tail = expanded_tail(confidence, n_clusters)
     quantiles = np.quantile(means, [tail, 1.0 - tail], axis=0)
     return [(float(low), float(high)) for low, high in quantiles.T]
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        for numerator in (
-            m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
-            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0)),
-        ):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return result
-
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """I_x(a, b), the regularised incomplete beta function."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def student_t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
-    if math.isnan(t) or not df > 0:
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    if df > 1e7:  # the continued fraction loses accuracy; t is normal to ~1e-8 there
-        return 2.0 * _NORMAL.cdf(-abs(t))
-    return _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
 def _z(alpha: float, power: float) -> float:

@@ -59,8 +59,9 @@ _INFERENCE = (
     "the differences, unpaired_se as if the runs had different items; mde: smallest true "
     "difference detected with 80% power at two-sided alpha 0.05 (2.80 se; none when se is 0: "
     "not estimable); small_n_low/high: "
-    "Newcombe's interval for 0/1 metrics; with clusters (clusters is set): se cluster-robust "
-    "(C/(C-1)), p_value Student t on it with C - 1 df, the interval resamples clusters; with "
+    "Newcombe's interval for 0/1 metrics; with clusters (clusters is set): se and unpaired_se "
+    "cluster-robust (C/(C-1)), p_value Student t on se with C - 1 df, the interval resamples "
+    "clusters; with "
     "epochs: each item's attempts are averaged before pairing (n = items)"
 )
 _INFERENCE_NOTES = {

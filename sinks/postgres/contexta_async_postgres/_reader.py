@@ -219,8 +219,8 @@ class PostgresSource:
         self, refs: list[str], rows: RowFilter, report: list[ReadReport]
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` a block at a time (blocking), from one server-side
-        cursor per shard over all of them: constant memory however many the runs. Once
-        streamed, what the shipper skipped in their workspaces goes to ``report``."""
+        cursor per shard over all of them: constant memory however many the runs. What the
+        shipper skipped in their workspaces goes to ``report`` (``last_report`` once done)."""
         found = self._connect()
         if found is None or not refs:
             if found is not None:
@@ -241,7 +241,8 @@ class PostgresSource:
         types = [_TYPES[k] for k in sorted(rows.kinds) if k in _TYPES]
         ranks = _ranks(conn, refs)
         wanted = frozenset(refs)
-        files = ["record.jsonl", "context.jsonl"]
+        # The files a folder's stream reads lines of (its sample scan reports nothing).
+        files = ["record.jsonl"] if types else []
         if "artifact" in rows.kinds:
             files.append("artifact.jsonl")
         report.append(ReadReport(corrupt_lines=_skipped(conn, refs, ranks, files)))

@@ -219,8 +219,9 @@ class PostgresSource:
         self, refs: list[str], rows: RowFilter, report: list[ReadReport]
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` a block at a time (blocking), from one server-side
-        cursor per shard over all of them: constant memory however many the runs. What the
-        shipper skipped in their workspaces goes to ``report`` (``last_report`` once done)."""
+        cursor per shard over all of them: a block of rows in memory at a time, beside the
+        clusters and epochs of these runs' samples (of no other run). What the shipper
+        skipped in their workspaces goes to ``report`` (``last_report`` once done)."""
         found = self._connect()
         if found is None or not refs:
             if found is not None:

@@ -22,6 +22,20 @@ holding the shards' lines in that order. ``records`` streams in the same order.
 A record is attributed to the run and stage of its envelope (capture always writes the
 envelope consistent with ``subject_ref``; the local reader parses ``subject_ref``).
 
+A read touches the lines of the runs it is about and no others: listing (no run named) reads
+every run; a read that names runs reads every run's metadata (``runs``, ``stages``) and every
+run *ref* (to resolve names exactly as a folder does), but the records, sample lines and
+artifacts of the named runs only, through the schema's run indexes (version 2; a version-1
+store gives the same answers, scanning). So ``SourceData.artifacts`` holds the named runs'
+artifacts (an empty list for every other run), and ``scan.counts`` the named runs' counts
+(other runs appear with a count of 0, so that their refs are known).
+
+What a store cannot report: which lines the shipper skipped as corrupt. It counts them per
+workspace and file (``positions.lines_skipped``); a read reports the count of the workspaces
+holding the runs read (every workspace when listing) as ``ReadReport.corrupt_lines``, without
+``problems`` (no line numbers are kept) and without ``torn_tails`` (a torn tail is not
+shipped until its line is complete: nothing of it is in the store).
+
 Every blocking psycopg call runs in one of anyio's worker threads, so the event loop stays
 free on asyncio and trio alike. Each read is one read-only REPEATABLE READ transaction: its
 queries see one snapshot of the store, however many shippers are writing.
@@ -30,7 +44,7 @@ queries see one snapshot of the store, however many shippers are writing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Generator, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import anyio
@@ -70,6 +84,12 @@ APPLICATION_NAME: Final = "contexta-async-read"
 
 # Rows fetched per round trip (and per thread hop) while streaming records.
 _FETCH: Final = 2000
+# Sample lines fetched per round trip while reading the samples' clusters and epochs.
+_FETCH_SAMPLES: Final = 20_000
+# The schema version that has the run indexes (records, context_lines, artifacts by run_ref).
+_INDEXED: Final = 2
+# The files whose skipped lines a read reports, as the folder's reader reads them.
+_READ_FILES: Final = ("context.jsonl", "record.jsonl", "artifact.jsonl")
 # The record types whose rows ``records`` streams, per kind.
 _TYPES: Final = {
     "metric": "MetricRecord",
@@ -113,8 +133,9 @@ class PostgresSource:
 
     # ---- connection ---------------------------------------------------------------------
 
-    def _connect(self) -> Connection | None:
-        """A read-only connection; None when the store holds no schema yet (empty)."""
+    def _connect(self) -> tuple[Connection, int] | None:
+        """A read-only connection and the store's schema version; None when the store holds
+        no schema yet (empty)."""
         try:
             conn: Connection = psycopg.connect(
                 self.target.url, application_name=APPLICATION_NAME, connect_timeout=10
@@ -138,7 +159,7 @@ class PostgresSource:
         if version > SCHEMA_VERSION:
             conn.close()
             raise SchemaVersionError(version, SCHEMA_VERSION, self.target.display, reading=True)
-        return conn
+        return conn, version
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         if isinstance(exc, psycopg.OperationalError):
@@ -155,19 +176,21 @@ class PostgresSource:
         return data
 
     def _read(self, wanted: tuple[str, ...] | None, values: bool) -> SourceData:
-        conn = self._connect()
-        if conn is None:
+        found = self._connect()
+        if found is None:
             return SourceData({}, RecordScan(), {}, ReadReport())
+        conn, version = found
         try:
             with conn:
-                return _read_store(conn, wanted, values)
+                return _read_store(conn, wanted, values, indexed=version >= _INDEXED)
         except psycopg.Error as exc:
             raise self._error(exc) from None
 
     # ---- records ----------------------------------------------------------------------------
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
-        blocks = self._rows(run, rows)
+        report: list[ReadReport] = []
+        blocks = self._rows(run, rows, report)
         try:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
                 for row in block:
@@ -177,42 +200,53 @@ class PostgresSource:
             # too, shielded so that a cancelled stream still closes them.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(blocks.close)
-        self.last_report = ReadReport()
+        self.last_report = report[0] if report else ReadReport()
 
     async def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
     ) -> AsyncGenerator[list[RecordRow], None]:
-        blocks = self._rows_of(list(dict.fromkeys(refs)), rows)
+        report: list[ReadReport] = []
+        blocks = self._rows_of(list(dict.fromkeys(refs)), rows, report)
         try:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
                 yield block
         finally:
             with anyio.CancelScope(shield=True):  # as in records
                 await anyio.to_thread.run_sync(blocks.close)
-        self.last_report = ReadReport()
+        self.last_report = report[0] if report else ReadReport()
 
-    def _rows_of(self, refs: list[str], rows: RowFilter) -> Generator[list[RecordRow], None, None]:
+    def _rows_of(
+        self, refs: list[str], rows: RowFilter, report: list[ReadReport]
+    ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` a block at a time (blocking), from one server-side
-        cursor per shard over all of them: constant memory however many the runs."""
-        conn = self._connect()
-        if conn is None or not refs:
-            if conn is not None:
-                conn.close()
+        cursor per shard over all of them: a block of rows in memory at a time, beside the
+        clusters and epochs of these runs' samples (of no other run). What the shipper
+        skipped in their workspaces goes to ``report`` (``last_report`` once done)."""
+        found = self._connect()
+        if found is None or not refs:
+            if found is not None:
+                found[0].close()
             return
+        conn = found[0]
         try:
             with conn:
-                yield from self._stream_many(conn, refs, rows)
+                yield from self._stream_many(conn, refs, rows, report)
         except psycopg.Error as exc:
             raise self._error(exc) from None
         finally:
             conn.close()
 
     def _stream_many(
-        self, conn: Connection, refs: list[str], rows: RowFilter
+        self, conn: Connection, refs: list[str], rows: RowFilter, report: list[ReadReport]
     ) -> Generator[list[RecordRow], None, None]:
         types = [_TYPES[k] for k in sorted(rows.kinds) if k in _TYPES]
         ranks = _ranks(conn, refs)
         wanted = frozenset(refs)
+        # The files a folder's stream reads lines of (its sample scan reports nothing).
+        files = ["record.jsonl"] if types else []
+        if "artifact" in rows.kinds:
+            files.append("artifact.jsonl")
+        report.append(ReadReport(corrupt_lines=_skipped(conn, refs, ranks, files)))
         if types:
             # The shards in the order they started, each in capture order (a folder holding
             # the shards' lines one after the other reads the same).
@@ -224,8 +258,8 @@ class PostgresSource:
                 (refs,),
             ).fetchall()
             kinds = set(rows.kinds)
-            only = refs[0] if len(refs) == 1 else None  # one run: only its samples' lines
-            infos = {r: info for r, _, info, _ in _sample_infos(conn, ranks, only)}
+            # The streamed runs' samples only (a store holds other runs' too).
+            infos = {r: info for r, _, info, _ in _sample_infos(conn, ranks, refs)}
             for (workspace,) in shards:
                 with conn.cursor(name="contexta_records") as cursor:
                     cursor.itersize = _FETCH
@@ -262,22 +296,31 @@ class PostgresSource:
                     if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
                 ]
 
-    def _rows(self, name: str, rows: RowFilter) -> Generator[list[RecordRow], None, None]:
+    def _rows(
+        self, name: str, rows: RowFilter, report: list[ReadReport]
+    ) -> Generator[list[RecordRow], None, None]:
         """The run's rows a block at a time (blocking), from a server-side cursor per shard:
         constant memory however large the run."""
-        conn = self._connect()
-        if conn is None:
+        found = self._connect()
+        if found is None:
             raise EmptyWorkspaceError(self.describe())
+        conn, version = found
         try:
             with conn:
-                yield from self._stream(conn, name, rows)
+                yield from self._stream(conn, name, rows, report, indexed=version >= _INDEXED)
         except psycopg.Error as exc:
             raise self._error(exc) from None
         finally:
             conn.close()
 
     def _stream(
-        self, conn: Connection, name: str, rows: RowFilter
+        self,
+        conn: Connection,
+        name: str,
+        rows: RowFilter,
+        report: list[ReadReport],
+        *,
+        indexed: bool,
     ) -> Generator[list[RecordRow], None, None]:
         known = {
             str(r)
@@ -291,107 +334,177 @@ class PostgresSource:
         }
         if not any(ref == name.strip() or run_matches(ref, name) for ref in known):
             # A run known only from its records (a Contexta 1.0.0 workspace): look there.
-            known |= {
-                str(r)
-                for (r,) in conn.execute(_q("SELECT DISTINCT run_ref FROM {s}.records"))
-                if r is not None
-            }
+            known |= _run_refs(conn, "records", indexed=indexed)
         if not known:
             raise EmptyWorkspaceError(self.describe())
-        yield from self._stream_many(conn, [resolve_run_ref(name, known)], rows)
+        yield from self._stream_many(conn, [resolve_run_ref(name, known)], rows, report)
 
 
 def _time(column: str) -> str:
     return _TIME.format(column)
 
 
-def _read_store(conn: Connection, wanted: tuple[str, ...] | None, values: bool) -> SourceData:
-    """Everything the answers are computed from, in one snapshot (blocking)."""
+def _read_store(
+    conn: Connection, wanted: tuple[str, ...] | None, values: bool, *, indexed: bool
+) -> SourceData:
+    """Everything the answers are computed from, in one snapshot (blocking): every run's
+    metadata and ref, and the lines of the runs ``wanted`` names (every run when None)."""
     runs = _runs(conn)
+    # Every run ref, to resolve the names as a folder would (ambiguity included).
+    from_records = _run_refs(conn, "records", indexed=indexed)
+    from_artifacts = _run_refs(conn, "artifacts", indexed=indexed)
+    known = set(runs) | from_records | from_artifacts
+    if wanted is None:
+        named = known
+    else:
+        named = {r for r in known if any(run_matches(r, n) for n in wanted)}
     scan = RecordScan()
+    for ref in from_records - named:
+        scan.counts[(ref, "")] = 0  # known by its ref, not read
     # Counts per run, stage and type, and each shard's first record time (its rank).
     first: dict[tuple[str, uuid.UUID], Any] = {}
-    for run, stage, workspace, payload_type, n, earliest in conn.execute(
-        _q(
-            "SELECT run_ref, stage_ref, workspace_id, payload_type, count(*), "
-            "min(recorded_at) FROM {s}.records WHERE run_ref IS NOT NULL "
-            "GROUP BY run_ref, stage_ref, workspace_id, payload_type"
-        )
-    ):
-        scan.counts[(run, payload_type or "")] += int(n)
-        scan.stage_refs.add(stage)
-        scan.records += int(n)
-        seen = first.get((run, workspace), earliest)
-        first[(run, workspace)] = (
-            earliest if seen is None else seen if earliest is None else min(seen, earliest)
-        )
+    if named & from_records:
+        for run, stage, workspace, payload_type, n, earliest in conn.execute(
+            _q(
+                "SELECT run_ref, stage_ref, workspace_id, payload_type, count(*), "
+                "min(recorded_at) FROM {s}.records WHERE run_ref = ANY(%s) "
+                "GROUP BY run_ref, stage_ref, workspace_id, payload_type"
+            ),
+            (sorted(named & from_records),),
+        ):
+            scan.counts[(run, payload_type or "")] += int(n)
+            scan.stage_refs.add(stage)
+            scan.records += int(n)
+            seen = first.get((run, workspace), earliest)
+            first[(run, workspace)] = (
+                earliest if seen is None else seen if earliest is None else min(seen, earliest)
+            )
     ranks = _rank(first)
-    record_runs = scan.run_refs()
+    record_runs = named & from_records
     _times(conn, scan, [r for r in record_runs if r not in runs], ranks)
+    samples: dict[str, dict[str, SampleInfo]] = {}
+    reopened: dict[str, int] = {}
     if values:
-        if wanted is None:
-            scan.kept = set(record_runs)
-        else:
-            scan.kept = {r for r in record_runs if any(run_matches(r, n) for n in wanted)}
+        scan.kept = set(record_runs)
         if scan.kept:
             _values(conn, scan, ranks)
-    artifacts = _artifacts(conn, ranks, None)
-    samples, reopened = _sample_context(conn, ranks)
-    return SourceData(runs, scan, artifacts, ReadReport(), samples, reopened)
+            # As a folder's read: the samples' clusters and epochs only with the values.
+            samples, reopened = _sample_context(conn, ranks, sorted(scan.kept))
+    if wanted is None:
+        artifacts = _artifacts(conn, ranks, None)
+    else:
+        artifacts = {ref: [] for ref in from_artifacts}  # known by its ref, not read
+        if named & from_artifacts:
+            artifacts.update(_artifacts(conn, ranks, sorted(named & from_artifacts)))
+    skipped = _skipped(conn, None if wanted is None else sorted(named), ranks, _READ_FILES)
+    return SourceData(runs, scan, artifacts, ReadReport(corrupt_lines=skipped), samples, reopened)
+
+
+def _run_refs(conn: Connection, table: str, *, indexed: bool) -> set[str]:
+    """Every run ref of ``table`` (``records`` or ``artifacts``)."""
+    if indexed:
+        # A skip scan of the run index: one index probe per run, however many lines each.
+        query = (
+            "WITH RECURSIVE refs(run_ref) AS ("
+            "  (SELECT run_ref FROM {s}.{t} WHERE run_ref IS NOT NULL ORDER BY run_ref LIMIT 1)"
+            "  UNION ALL"
+            "  SELECT (SELECT x.run_ref FROM {s}.{t} x WHERE x.run_ref > refs.run_ref"
+            "          ORDER BY x.run_ref LIMIT 1)"
+            "  FROM refs WHERE refs.run_ref IS NOT NULL"
+            ") SELECT run_ref FROM refs WHERE run_ref IS NOT NULL"
+        )
+    else:
+        query = "SELECT DISTINCT run_ref FROM {s}.{t} WHERE run_ref IS NOT NULL"
+    found = conn.execute(sql.SQL(query).format(s=sql.Identifier(SCHEMA), t=sql.Identifier(table)))
+    return {str(r) for (r,) in found}
+
+
+def _skipped(
+    conn: Connection, refs: Sequence[str] | None, ranks: Ranks, files: Sequence[str]
+) -> int:
+    """The lines of ``files`` the shipper skipped as corrupt in the workspaces holding lines
+    of the runs ``refs`` (every workspace when None): a skipped line may have been one of
+    theirs, as a corrupt line in a folder may have been one of its runs'."""
+    if refs is None:
+        row = conn.execute(
+            _q("SELECT sum(lines_skipped) FROM {s}.positions WHERE file = ANY(%s)"),
+            (list(files),),
+        ).fetchone()
+        return int(row[0] or 0) if row else 0
+    if not refs:
+        return 0
+    wanted = set(refs)
+    workspaces = {ws for (run, ws) in ranks if run in wanted}  # shards with records
+    row = conn.execute(
+        _q(
+            "SELECT sum(lines_skipped) FROM {s}.positions WHERE file = ANY(%s) "
+            "AND (workspace_id = ANY(%s) OR workspace_id IN ("
+            "  SELECT workspace_id FROM {s}.context_lines WHERE kind = 'run' "
+            "  AND run_ref = ANY(%s)"
+            "  UNION SELECT workspace_id FROM {s}.artifacts WHERE run_ref = ANY(%s)))"
+        ),
+        (list(files), list(workspaces), list(refs), list(refs)),
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def _sample_context(
-    conn: Connection, ranks: Ranks
+    conn: Connection, ranks: Ranks, refs: list[str]
 ) -> tuple[dict[str, dict[str, SampleInfo]], dict[str, int]]:
-    """What the samples' opening lines say, as the folder reader's ``SampleScan`` reads it:
-    the refs opened more than once (over all shards: a sample two shards both captured is a
-    duplicate, as in a folder holding both), and each sample's cluster and epoch (the last
-    opening line in shard order wins)."""
+    """What the samples' opening lines of the runs ``refs`` say, as the folder reader's
+    ``SampleScan`` reads it: the refs opened more than once (over all shards: a sample two
+    shards both captured is a duplicate, as in a folder holding both), and each sample's
+    cluster and epoch (the last opening line in shard order wins)."""
     reopened = {
         str(ref): int(n)
         for ref, n in conn.execute(
             _q(
                 "SELECT ref, count(*) FROM {s}.context_lines WHERE kind = 'sample' "
-                "AND status = 'open' GROUP BY ref HAVING count(*) > 1"
-            )
+                "AND run_ref = ANY(%s) AND status = 'open' GROUP BY ref HAVING count(*) > 1"
+            ),
+            (refs,),
         )
     }
     samples: dict[str, dict[str, SampleInfo]] = {}
-    for _, parent, info, component in _sample_infos(conn, ranks):
+    for _, parent, info, component in _sample_infos(conn, ranks, refs):
         samples.setdefault(parent, {})[component] = info
     return samples, reopened
 
 
 def _sample_infos(
-    conn: Connection, ranks: Ranks, run: str | None = None
-) -> list[tuple[str, str, SampleInfo, str]]:
+    conn: Connection, ranks: Ranks, refs: list[str]
+) -> Iterator[tuple[str, str, SampleInfo, str]]:
     """(ref, stage or batch ref, SampleInfo, last ref component) of every sample opening line
-    that gives a cluster or an epoch (of ``run``, or of every run), in shard order."""
-    rows = conn.execute(
-        _q(
-            "SELECT run_ref, workspace_id, ref, coalesce(batch_ref, stage_ref), "
-            "raw::jsonb #>> '{{payload,cluster}}', raw::jsonb #>> '{{payload,epoch}}' "
-            "FROM {s}.context_lines WHERE kind = 'sample' AND status = 'open' "
-            "AND (%s::text IS NULL OR run_ref = %s) "
-            "AND (strpos(raw, '\"cluster\":') > 0 OR strpos(raw, '\"epoch\":') > 0) "
-            "ORDER BY workspace_id, byte_offset"
-        ),
-        (run, run),
-    ).fetchall()
-    rows.sort(key=lambda r: ranks.get((r[0], r[1]), 0))  # stable: byte order within a shard
-    found = []
-    for _, _, ref, parent, cluster, raw_epoch in rows:
-        if parent is None or (cluster is None and raw_epoch is None):
-            continue
-        component = last_component(ref) or ref
-        item, epoch = component, None
-        if raw_epoch is not None:
-            epoch = int(raw_epoch)
-            suffix = f"-epoch-{epoch}"
-            if component.endswith(suffix) and len(component) > len(suffix):
-                item = component[: -len(suffix)]
-        found.append((str(ref), str(parent), SampleInfo(item, epoch, cluster), component))
-    return found
+    of the runs ``refs`` that gives a cluster or an epoch, in shard order; fetched from a
+    server-side cursor a bounded number of lines at a time."""
+    shards = [(run, ws, rank) for (run, ws), rank in ranks.items()]
+    query = _q(
+        "SELECT c.ref, coalesce(c.batch_ref, c.stage_ref), j.p ->> 'cluster', j.p ->> 'epoch' "
+        "FROM {s}.context_lines c "
+        "LEFT JOIN unnest(%s::text[], %s::uuid[], %s::int[]) AS sh(run_ref, workspace_id, rank) "
+        "ON c.run_ref = sh.run_ref AND c.workspace_id = sh.workspace_id "
+        "CROSS JOIN LATERAL (SELECT c.raw::jsonb -> 'payload' AS p) j "
+        "WHERE c.kind = 'sample' AND c.run_ref = ANY(%s) AND c.status = 'open' "
+        "AND (strpos(c.raw, '\"cluster\":') > 0 OR strpos(c.raw, '\"epoch\":') > 0) "
+        # A shard without records ranks first, as it did (0); byte order within a shard.
+        "ORDER BY coalesce(sh.rank, 0), c.workspace_id, c.byte_offset"
+    )
+    params = ([s[0] for s in shards], [s[1] for s in shards], [s[2] for s in shards], refs)
+    with conn.cursor(name="contexta_samples") as cursor:
+        cursor.itersize = _FETCH_SAMPLES
+        cursor.execute(query, params)
+        while batch := cursor.fetchmany(_FETCH_SAMPLES):
+            for ref, parent, cluster, raw_epoch in batch:
+                if parent is None or (cluster is None and raw_epoch is None):
+                    continue
+                component = last_component(ref) or ref
+                item, epoch = component, None
+                if raw_epoch is not None:
+                    epoch = int(raw_epoch)
+                    suffix = f"-epoch-{epoch}"
+                    if component.endswith(suffix) and len(component) > len(suffix):
+                        item = component[: -len(suffix)]
+                yield str(ref), str(parent), SampleInfo(item, epoch, cluster), component
 
 
 def _rank(first: dict[tuple[str, uuid.UUID], Any]) -> Ranks:

@@ -1,4 +1,4 @@
-"""The store's schema (version 1), created on first use, and its version check.
+"""The store's schema (version 2), created on first use, and its version check.
 
 Everything lives in the ``contexta`` schema. Lines are insert-only rows keyed by
 (workspace_id, byte_offset) within their family's table, so shipping is idempotent by
@@ -11,6 +11,13 @@ construction; what a run, stage, batch or sample *is* gets derived by views:
   ``completed`` when every shard completed, else ``cancelled``);
 - ``runs``, ``stages``, ``batches``, ``samples``: ``scopes`` by kind (samples are the union of
   every shard's samples); ``metric_records``, ``event_records``: ``records`` by type.
+
+Versions: 1 is the tables and views above; 2 adds the indexes a read of some runs goes
+through (the lines of a run, by ``run_ref``), so that a read costs what the runs read hold,
+not what the store holds. A new store is created at version 1 and migrated up at once; a
+store of an older version is migrated by the first shipper of a newer client (under the
+creation lock: one migrator, the others wait and see it done). Readers never migrate: they
+read a version-1 store as it is (the same answers, without the indexes' help).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from ._lines import COLUMNS
 __all__ = ["COLUMN_TYPES", "SCHEMA", "SCHEMA_VERSION", "ensure_schema", "store_version"]
 
 SCHEMA = "contexta"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The newest schema version this client creates and understands."""
 
 # Any fixed 64-bit number: serialises concurrent first-time creators of the schema.
@@ -128,6 +135,19 @@ CREATE VIEW {s}.event_records AS SELECT * FROM {s}.records WHERE record_type = '
 """
 
 
+# version -> the statements that take a store of that version to the next one.
+_MIGRATIONS: dict[int, str] = {
+    # The reader's filters: a run's records (and the shard order within it, and every run
+    # ref by a skip scan over the leading column), a run's sample/stage/run lines, a run's
+    # artifacts.
+    1: """
+CREATE INDEX records_run ON {s}.records (run_ref, workspace_id, byte_offset);
+CREATE INDEX context_lines_run ON {s}.context_lines (kind, run_ref);
+CREATE INDEX artifacts_run ON {s}.artifacts (run_ref);
+""",
+}
+
+
 def _line_tables() -> str:
     out = []
     for table, columns in COLUMNS.items():
@@ -143,9 +163,10 @@ def _line_tables() -> str:
     return "".join(out)
 
 
-def ddl() -> str:
-    """The statements that create schema version 1 (``{s}`` stands for the schema)."""
-    return _FIXED + _line_tables() + _VIEWS
+def ddl(version: int = SCHEMA_VERSION) -> str:
+    """The statements that create schema ``version`` (``{s}`` stands for the schema): version
+    1's tables and views, then each migration up to ``version``."""
+    return _FIXED + _line_tables() + _VIEWS + "".join(_MIGRATIONS[v] for v in range(1, version))
 
 
 def store_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
@@ -166,28 +187,40 @@ def store_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
 
 
 def ensure_schema(conn: psycopg.Connection[tuple[object, ...]], target: str) -> int:
-    """Create the schema on first use; raise SchemaVersionError for a newer store.
+    """Create the schema on first use, migrate an older one; raise SchemaVersionError for a
+    newer store.
 
-    Returns the store's version. Runs in its own transaction(s) and leaves none open.
+    Returns the store's version (this client's, unless the store is newer). Runs in its own
+    transaction(s) and leaves none open.
     """
     with conn.transaction():
         version = store_version(conn)
-    if version is None:
+    if version is None or version < SCHEMA_VERSION:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREATE_LOCK,))
-            version = store_version(conn)  # another shipper may have just created it
+            version = store_version(conn)  # another shipper may have just done it
             if version is None:
                 conn.execute(
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA))
                 )
-                conn.execute(sql.SQL(ddl()).format(s=sql.Identifier(SCHEMA)))
+                conn.execute(sql.SQL(ddl(1)).format(s=sql.Identifier(SCHEMA)))
                 conn.execute(
-                    sql.SQL("INSERT INTO {}.schema_version (version) VALUES (%s)").format(
+                    sql.SQL("INSERT INTO {}.schema_version (version) VALUES (1)").format(
+                        sql.Identifier(SCHEMA)
+                    )
+                )
+                version = 1
+            while version < SCHEMA_VERSION:
+                # In the same transaction: a store is at one version or the next, never
+                # between (CREATE INDEX holds off the shippers' inserts until the commit).
+                conn.execute(sql.SQL(_MIGRATIONS[version]).format(s=sql.Identifier(SCHEMA)))
+                version += 1
+                conn.execute(
+                    sql.SQL("UPDATE {}.schema_version SET version = %s, updated_at = now()").format(
                         sql.Identifier(SCHEMA)
                     ),
-                    (SCHEMA_VERSION,),
+                    (version,),
                 )
-                version = SCHEMA_VERSION
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(version, SCHEMA_VERSION, target)
     return version

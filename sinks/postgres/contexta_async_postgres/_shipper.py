@@ -56,6 +56,7 @@ logger = structlog.get_logger("contexta_async")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
+_CHUNK = 1 << 20  # bytes read (whole lines) and parsed at a time within a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,18 +362,19 @@ class Shipper:
                 position = int(row[0]) if row else 0
                 result.positions[file] = position
                 _check_position(fd, file, position, size)
-                data = whole_lines(fd, position, size, self.batch_bytes)
-                if not data:
+                first = whole_lines(fd, position, size, min(_CHUNK, self.batch_bytes))
+                if not first:
                     self._caught_up[file] = (size, mtime, size - position)
                     return 0, size - position
-                lines = data.split(b"\n")
-                lines.pop()  # data ends with a newline: the last piece is empty
-                if len(lines) > self.batch_lines:
-                    del lines[self.batch_lines :]
-                # A backslash is rare (one memchr); "\\u" alone is searched much slower.
-                escapes = b"\\" in data and b"\\u" in data
-                del data
-                batch = _Batch(self._parsers[file], lines, position, escapes)
+                batch = _Batch(
+                    self._parsers[file],
+                    fd,
+                    position,
+                    size,
+                    first,
+                    self.batch_lines,
+                    self.batch_bytes,
+                )
                 inserted = self._store(conn, batch)
                 rows, corrupt, used = batch.rows, batch.corrupt, batch.used
                 conn.execute(
@@ -454,24 +456,53 @@ def _names(table: str) -> tuple[str, ...]:
 
 
 class _Batch:
-    """The whole lines of one batch, parsed as they are written to a COPY (once more, should
-    the fallback need a second COPY)."""
+    """One batch of a file: its whole lines from ``position``, read a chunk at a time and
+    parsed as they are written to a COPY, so that the server stores the first rows while this
+    process reads and parses the next (once more, should the fallback need a second COPY:
+    whole lines below the settled size never change)."""
 
     def __init__(
-        self, parser: LineParser, lines: list[bytes], position: int, escapes: bool
+        self,
+        parser: LineParser,
+        fd: int,
+        position: int,
+        size: int,
+        first: bytes,
+        max_lines: int,
+        max_bytes: int,
     ) -> None:
         self.parser = parser
-        self.lines = lines
         self.position = position
-        self.escapes = escapes
+        self._fd = fd
+        self._size = size
+        self._first = first
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
         self.rows = 0
         self.corrupt: list[Corrupt] = []
         self.used = 0
 
     def write(self, write_row: Callable[[tuple[Any, ...]], object]) -> None:
         corrupt: list[Corrupt] = []
-        rows, end = self.parser.write(self.lines, self.position, write_row, corrupt, self.escapes)
-        self.rows, self.corrupt, self.used = rows, corrupt, end - self.position
+        rows = 0
+        at = self.position
+        lines_left = self._max_lines
+        data = self._first
+        while data:
+            lines = data.split(b"\n")
+            lines.pop()  # data ends with a newline: the last piece is empty
+            if len(lines) > lines_left:
+                del lines[lines_left:]
+            # A backslash is rare (one memchr); "\\u" alone is searched much slower.
+            escapes = b"\\" in data and b"\\u" in data
+            written, at = self.parser.write(lines, at, write_row, corrupt, escapes)
+            rows += written
+            lines_left -= len(lines)
+            bytes_left = self._max_bytes - (at - self.position)
+            if lines_left <= 0 or bytes_left <= 0:
+                break
+            data = whole_lines(self._fd, at, self._size, min(_CHUNK, bytes_left))
+        self.rows, self.corrupt, self.used = rows, corrupt, at - self.position
 
 
 def whole_lines(fd: int, position: int, size: int, batch_bytes: int) -> bytes:

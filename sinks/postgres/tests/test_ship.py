@@ -370,3 +370,17 @@ def test_the_batch_loop_gives_the_rows_of_the_careful_path_line_by_line(tmp_path
         assert rows == [e for e in expected if isinstance(e, tuple)]
         assert corrupt == [e for e in expected if not isinstance(e, tuple)]
         assert rows[-2][11] == "a\ufffdb"  # type: ignore[index]  # key, NUL cleaned
+
+
+def test_a_batch_read_in_many_chunks_stores_every_line_once(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contexta_async_postgres import _shipper
+
+    monkeypatch.setattr(_shipper, "_CHUNK", 700)  # about a line per read, some lines longer
+    ws = capture(tmp_path / "ws", samples=range(30))
+    result = ship(ws, db, batch_lines=40)
+    expected = workspace_lines(ws)
+    assert result.lines_shipped == sum(len(v) for v in expected.values())
+    assert store_lines(db, ws) == expected
+    assert result.batches == sum(-(-len(v) // 40) for v in expected.values())

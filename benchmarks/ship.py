@@ -58,7 +58,7 @@ def capture_rate(
 ) -> tuple[float, float, float]:
     """Records/s of capture (until flushed); with ``ship_to`` the seconds after that until the
     store has every line; and the capturing process's CPU per record (all its threads, until
-    then: what competes with capture for the GIL; the parse helper process is not in it)."""
+    then: what competes with capture for the GIL; the shipper's helper process is not in it)."""
     ctx = Contexta(workspace=workspace, config={"project_name": "bench"}, ship_to=ship_to)
     try:
         cpu = time.process_time()
@@ -194,7 +194,7 @@ def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:
         shipping_cpu.append(cpu)
         print(
             f"  capture run {i + 1}: {plain[-1]:>10,.0f} records/s alone "
-            f"({plain_cpu[-1]:.1f} us CPU/record), {rate:>10,.0f} with the shipper thread "
+            f"({plain_cpu[-1]:.1f} us CPU/record), {rate:>10,.0f} with the shipper "
             f"({cpu:.1f} us CPU/record; then {drain:.2f} s until committed)"
         )
     a, b = statistics.median(plain), statistics.median(shipping)

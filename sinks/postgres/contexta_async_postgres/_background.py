@@ -149,20 +149,23 @@ class BackgroundShipper:
             # as an equal, whatever its nice value.
             process_group=0,
         )
-        with self._cond:
-            requested = self._requested
-        self._proc = proc
-        self._send(
-            {
-                "workspace": str(self._workspace),
-                "url": self._url,  # over the pipe, never on the command line
-                "poll_interval": self._poll,
-                "batch_lines": self._batch_lines,
-                "backoff": self._backoff,
-                "max_backoff": self._max_backoff,
-                "requested": requested,
-            }
-        )
+        # Under the send lock: the settings are the helper's first line, and a request made
+        # meanwhile is either in them or sent after them, never lost with the old helper.
+        with self._send_lock:
+            self._proc = proc
+            with self._cond:
+                requested = self._requested
+            self._write(
+                {
+                    "workspace": str(self._workspace),
+                    "url": self._url,  # over the pipe, never on the command line
+                    "poll_interval": self._poll,
+                    "batch_lines": self._batch_lines,
+                    "backoff": self._backoff,
+                    "max_backoff": self._max_backoff,
+                    "requested": requested,
+                }
+            )
         return proc
 
     def _listen(self, out: IO[bytes]) -> None:
@@ -211,15 +214,18 @@ class BackgroundShipper:
         self._last_error = message
 
     def _send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self._write(message)
+
+    def _write(self, message: dict[str, Any]) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
-        with self._send_lock:
-            try:
-                proc.stdin.write(msgspec.json.encode(message) + b"\n")
-                proc.stdin.flush()
-            except (OSError, ValueError):  # the helper is gone: the thread starts another
-                pass
+        try:
+            proc.stdin.write(msgspec.json.encode(message) + b"\n")
+            proc.stdin.flush()
+        except (OSError, ValueError):  # the helper is gone: the thread starts another
+            pass
 
     def _end_helper(self, wait: float | None) -> None:
         """Tell the helper to stop; kill it if it has not exited after ``wait`` seconds (a

@@ -384,3 +384,10 @@ def test_a_batch_read_in_many_chunks_stores_every_line_once(
     assert result.lines_shipped == sum(len(v) for v in expected.values())
     assert store_lines(db, ws) == expected
     assert result.batches == sum(-(-len(v) // 40) for v in expected.values())
+    # The fallback (lines already stored past a position reset by hand) reads the chunks
+    # again for its second COPY, into the staging table.
+    db.query("UPDATE contexta.positions SET byte_offset = 0 RETURNING 1")
+    capture(ws, run="later")
+    again = ship(ws, db, batch_lines=1_000)
+    assert again.lines_already_stored == result.lines_shipped
+    assert store_lines(db, ws) == workspace_lines(ws)

@@ -169,38 +169,45 @@ class BackgroundShipper:
         return proc
 
     def _listen(self, out: IO[bytes]) -> None:
-        """The helper's messages, until it exits."""
-        for line in out:
-            try:
-                message: dict[str, Any] = msgspec.json.decode(line)
-            except msgspec.DecodeError:
-                continue
-            if "log" in message:
-                event = dict(message["log"])
-                level = str(event.pop("level", "warning"))
-                name = str(event.pop("event", "contexta_async.ship"))
-                log = getattr(logger, level, None) or logger.warning
-                log(name, **event)
-            elif "positions" in message:
-                with self._cond:
-                    self._positions.update(message["positions"])
-            elif "error" in message:
-                error = str(message["error"])
-                if error != self._last_error:
-                    logger.warning(
-                        "contexta_async.ship_retry",
-                        target=self.target,
-                        error=error,
-                        in_process=True,
-                    )
-                self._last_error = error
-            elif "done" in message:
-                if self._last_error is not None:
-                    logger.info("contexta_async.ship_recovered", target=self.target)
-                self._last_error = None
-                with self._cond:
-                    self._done = max(self._done, int(message["done"]))
-                    self._cond.notify_all()
+        """The helper's messages, until it exits (or close() closed the pipe)."""
+        try:
+            for line in out:
+                self._handle(line)
+        except (OSError, ValueError):
+            pass
+
+    def _handle(self, line: bytes) -> None:
+        """One message of the helper (see ``_ship_process``)."""
+        try:
+            message: dict[str, Any] = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            return
+        if "log" in message:
+            event = dict(message["log"])
+            level = str(event.pop("level", "warning"))
+            name = str(event.pop("event", "contexta_async.ship"))
+            log = getattr(logger, level, None) or logger.warning
+            log(name, **event)
+        elif "positions" in message:
+            with self._cond:
+                self._positions.update(message["positions"])
+        elif "error" in message:
+            error = str(message["error"])
+            if error != self._last_error:
+                logger.warning(
+                    "contexta_async.ship_retry",
+                    target=self.target,
+                    error=error,
+                    in_process=True,
+                )
+            self._last_error = error
+        elif "done" in message:
+            if self._last_error is not None:
+                logger.info("contexta_async.ship_recovered", target=self.target)
+            self._last_error = None
+            with self._cond:
+                self._done = max(self._done, int(message["done"]))
+                self._cond.notify_all()
 
     def _failed(self, message: str, delay: float) -> None:
         if message != self._last_error:

@@ -306,6 +306,8 @@ def test_the_shipping_runs_in_a_helper_process_at_a_lower_cpu_priority(
         # autogroup schedules a session of its own as capture's equal, whatever its nice.
         assert os.getpgid(helpers[0]) != os.getpgrp()
         assert os.getsid(helpers[0]) == os.getsid(0)
+        # The URL (its password) reaches it over a pipe, not on its command line.
+        assert b"s3cret" not in Path(f"/proc/{helpers[0]}/cmdline").read_bytes()
         # What the helper ships is the workspace, as the thread shipped it.
         assert store_lines(db, ws) == workspace_lines(ws)
     finally:

@@ -352,3 +352,23 @@ def test_corrupt_lines_are_logged_by_the_capturing_process(tmp_path: Path, db: D
         ]
     finally:
         ctx.close()
+
+
+def test_the_helper_runs_no_module_from_the_callers_working_directory(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "msgspec.py").write_text(
+        f"open({str(cwd / 'ran')!r}, 'w').close()\nraise SystemExit(3)\n"
+    )
+    monkeypatch.chdir(cwd)
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "eval", 3)
+        _shipper(ctx).wait_committed(WAIT)  # without -P: the helper dies, again and again
+        assert not (cwd / "ran").exists()
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()

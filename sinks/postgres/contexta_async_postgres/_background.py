@@ -99,12 +99,6 @@ class BackgroundShipper:
     def last_error(self) -> str | None:
         return self._last_error
 
-    @property
-    def helper_pid(self) -> int | None:
-        """The process id of the helper process shipping now (None between helpers)."""
-        proc = self._proc
-        return None if proc is None or proc.returncode is not None else proc.pid
-
     # ---- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:

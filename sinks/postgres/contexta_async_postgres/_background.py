@@ -1,43 +1,58 @@
-"""The shipper thread of ``Contexta(..., ship_to="postgresql://...")``.
+"""The shipper of ``Contexta(..., ship_to="postgresql://...")``: a helper process, driven by a
+thread.
 
-One daemon thread per Contexta runs passes of :class:`Shipper` over the workspace: every
-``poll_interval`` seconds, and at once when someone waits for the store to have everything. A
-pass ships every whole line the files hold, from the position the store remembers, one
-transaction per batch, so the thread adds no guarantee of its own to get wrong: what a pass did
-not commit is still in the workspace, and the next pass (or process, or ``contexta-async
-ship``) takes it from the stored position. An unreachable store is retried with backoff,
-forever: capture never waits on it, and the lines wait in the workspace.
+The shipping itself (reading the workspace, parsing, COPY) runs in a helper process (see
+``_ship_process``) at a lower CPU priority, so that it takes neither the capturing process's
+GIL nor, when the cores are busy, capture's CPU. One daemon thread per Contexta starts the
+helper, asks it for passes, reads its answers and re-emits its log events. A pass ships every
+whole line the files hold, from the position the store remembers, one transaction per batch,
+so neither adds a guarantee of its own to get wrong: what a pass did not commit is still in
+the workspace, and the next pass (or helper, or process, or ``contexta-async ship``) takes it
+from the stored position. An unreachable store is retried with backoff, forever, and a helper
+that dies is started again: capture never waits on either, and the lines wait in the
+workspace.
 
 Threads do not survive ``fork()``: in a forked child the shipper is not running (``running`` is
 False, ``wait_committed`` raises, ``close`` ships nothing). The child's lines land in the same
-workspace files, which the parent's thread ships.
+workspace files, which the parent's helper ships.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
+import msgspec
 import structlog
 
-from contexta_async import ContextaError, LifecycleError, ValidationError
+from contexta_async import LifecycleError, ValidationError
 from contexta_async.stores import ShipTimeoutError
 
 from ._identity import FAMILY_FILES
-from ._shipper import Shipper
 from ._target import Target, parse_target
 
-__all__ = ["BackgroundShipper"]
+__all__ = ["NICE", "BackgroundShipper"]
 
 logger = structlog.get_logger("contexta_async")
 
 _COUNT_BLOCK = 1 << 22
+# The nice value is set before anything is imported: the imports take the CPU of a few
+# thousand lines, while capture is under way.
+_HELPER_MAIN = (
+    "import os, sys; os.nice(int(sys.argv[1]))\n"
+    "from contexta_async_postgres._ship_process import main; main()"
+)
+NICE = 19
+"""How much lower the helper's CPU priority is than the capturing process's (``os.nice``)."""
 
 
 class BackgroundShipper:
-    """Ships one workspace to one store from a daemon thread; see the module docstring."""
+    """Ships one workspace to one store from a helper process; see the module docstring."""
 
     def __init__(
         self,
@@ -48,6 +63,7 @@ class BackgroundShipper:
         batch_lines: int = 50_000,
         backoff: float = 0.25,
         max_backoff: float = 5.0,
+        nice: int = NICE,
     ) -> None:
         if not poll_interval > 0:
             raise ValidationError("poll_interval", "must be positive", poll_interval)
@@ -59,15 +75,17 @@ class BackgroundShipper:
         self._batch_lines = batch_lines
         self._backoff = backoff
         self._max_backoff = max_backoff
+        self._nice = nice
         self._pid = os.getpid()
         self._cond = threading.Condition()
         self._requested = 0  # passes asked for (wait_committed)
         self._done = 0  # the newest request a completed pass began after
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._finished = False  # the thread's loop has ended (set under _cond)
         self._last_error: str | None = None
         self._positions: dict[str, int] = {}  # file -> offset the store holds it up to
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name="contexta-async-shipper", daemon=True
         )
@@ -84,59 +102,150 @@ class BackgroundShipper:
     # ---- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        shipper: Shipper | None = None
         delay = self._backoff
         try:
             while not self._stop.is_set():
-                self._wake.clear()  # before reading the requests: a later one wakes the wait
-                with self._cond:
-                    asked = self._requested  # what this pass will answer if it completes
                 try:
-                    if shipper is None and (self._workspace / "cache" / "capture").is_dir():
-                        # retries=0: this loop retries, so that close() can stop it any time
-                        shipper = Shipper(
-                            self._workspace, self._url, batch_lines=self._batch_lines, retries=0
-                        )
-                    if shipper is not None:
-                        result = shipper.ship(stop=self._stop)
-                        with self._cond:
-                            self._positions.update(result.positions)
-                        if self._stop.is_set():
-                            break  # the pass may have stopped early: it answers nothing
-                except Exception as exc:
-                    message = _one_line(exc)
-                    if message != self._last_error:
-                        logger.warning(
-                            "contexta_async.ship_retry",
-                            target=self.target,
-                            delay=delay,
-                            error=message,
-                            in_process=True,
-                        )
-                    self._last_error = message
-                    if shipper is not None and not isinstance(exc, ContextaError):
-                        shipper.close()
-                        shipper = None
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, self._max_backoff)
-                    continue
-                if self._last_error is not None:
-                    logger.info("contexta_async.ship_recovered", target=self.target)
-                self._last_error = None
-                delay = self._backoff
-                with self._cond:
-                    self._done = max(self._done, asked)
-                    self._cond.notify_all()
-                self._wake.wait(self._poll)
+                    proc = self._start_helper()
+                    if self._stop.is_set():
+                        break  # closed while it started: the finally below ends it
+                except OSError as exc:
+                    self._failed(f"the shipper's helper process cannot start: {exc}", delay)
+                else:
+                    assert proc.stdout is not None
+                    self._listen(proc.stdout)
+                    if self._stop.is_set():
+                        break
+                    code = proc.wait()
+                    self._failed(f"the shipper's helper process exited ({code})", delay)
+                if self._stop.wait(delay):
+                    break
+                delay = min(delay * 2, self._max_backoff)
         finally:
-            if shipper is not None:
-                try:
-                    shipper.close()
-                except Exception:
-                    pass
+            self._end_helper(wait=0.0)
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
+
+    def _start_helper(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            # -P: the caller's working directory is not put on sys.path (a msgspec.py there
+            # must not run in the helper)
+            [sys.executable, "-P", "-c", _HELPER_MAIN, str(self._nice)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            # Its own process group: a Ctrl-C at the terminal is the caller's to handle
+            # (close() drains and stops the helper), and does not kill it behind the caller's
+            # back. Not its own session: where the kernel groups tasks by session for the
+            # scheduler (Linux autogroup), a session of its own would compete with capture
+            # as an equal, whatever its nice value.
+            process_group=0,
+        )
+        # Under the send lock: the settings are the helper's first line, and a request made
+        # meanwhile is either in them or sent after them, never lost with the old helper.
+        with self._send_lock:
+            self._proc = proc
+            with self._cond:
+                requested = self._requested
+            self._write(
+                {
+                    "workspace": str(self._workspace),
+                    "url": self._url,  # over the pipe, never on the command line
+                    "poll_interval": self._poll,
+                    "batch_lines": self._batch_lines,
+                    "backoff": self._backoff,
+                    "max_backoff": self._max_backoff,
+                    "requested": requested,
+                }
+            )
+        return proc
+
+    def _listen(self, out: IO[bytes]) -> None:
+        """The helper's messages, until it exits (or close() closed the pipe)."""
+        try:
+            for line in out:
+                self._handle(line)
+        except (OSError, ValueError):
+            pass
+
+    def _handle(self, line: bytes) -> None:
+        """One message of the helper (see ``_ship_process``)."""
+        try:
+            message: dict[str, Any] = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            return
+        if "log" in message:
+            event = dict(message["log"])
+            level = str(event.pop("level", "warning"))
+            name = str(event.pop("event", "contexta_async.ship"))
+            log = getattr(logger, level, None) or logger.warning
+            log(name, **event)
+        elif "positions" in message:
+            with self._cond:
+                self._positions.update(message["positions"])
+        elif "error" in message:
+            error = str(message["error"])
+            if error != self._last_error:
+                logger.warning(
+                    "contexta_async.ship_retry",
+                    target=self.target,
+                    error=error,
+                    in_process=True,
+                )
+            self._last_error = error
+        elif "done" in message:
+            if self._last_error is not None:
+                logger.info("contexta_async.ship_recovered", target=self.target)
+            self._last_error = None
+            with self._cond:
+                self._done = max(self._done, int(message["done"]))
+                self._cond.notify_all()
+
+    def _failed(self, message: str, delay: float) -> None:
+        if message != self._last_error:
+            logger.warning(
+                "contexta_async.ship_retry",
+                target=self.target,
+                delay=delay,
+                error=message,
+                in_process=True,
+            )
+        self._last_error = message
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            self._write(message)
+
+    def _write(self, message: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(msgspec.json.encode(message) + b"\n")
+            proc.stdin.flush()
+        except (OSError, ValueError):  # the helper is gone: the thread starts another
+            pass
+
+    def _end_helper(self, wait: float | None) -> None:
+        """Tell the helper to stop; kill it if it has not exited after ``wait`` seconds (a
+        batch in flight then rolls back: its lines stay in the workspace)."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._send({"stop": True})
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
 
     # ---- callers ------------------------------------------------------------------------
 
@@ -152,7 +261,7 @@ class BackgroundShipper:
         with self._cond:
             self._requested += 1
             mine = self._requested
-        self._wake.set()
+        self._send({"pass": mine})
         with self._cond:
             while self._done < mine:
                 # Not is_alive(): the thread notifies before it ends, and a waiter woken then
@@ -178,11 +287,11 @@ class BackgroundShipper:
             except (ShipTimeoutError, LifecycleError):
                 pass
         self._stop.set()
-        self._wake.set()
         with self._cond:
             self._cond.notify_all()  # waiters see _stop: they end now, not with the thread
-        # A batch in flight commits or rolls back; past the deadline the daemon thread is left
-        # to finish it (the count below is then an upper bound).
+        # A batch in flight commits or rolls back: the helper gets what is left of the
+        # deadline to finish it, then is killed (its batch rolls back, nothing is lost).
+        self._end_helper(None if deadline is None else max(0.1, deadline - time.monotonic()))
         self._thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
         waiting = self.lines_waiting()
         if waiting:
@@ -220,8 +329,3 @@ def _finite(timeout: float | None) -> float | None:
     if timeout is None or timeout >= threading.TIMEOUT_MAX:
         return None
     return timeout
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,8 +22,6 @@ import msgspec
 
 __all__ = [
     "COLUMNS",
-    "COPY_SIGNATURE",
-    "COPY_TRAILER",
     "STAGING_CODES",
     "STAGING_TYPES",
     "TABLES",
@@ -116,12 +114,12 @@ Ts = str | None
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)\Z")
 
 # How each column travels in the binary COPY (into the line table, or its staging table).
-_TEXT, _TIME, _FLOAT8, _INT4, _INT8_CODE = range(5)
+_TEXT, _TIME, _FLOAT8, _INT4_CODE, _INT8_CODE = range(5)
 STAGING_CODES: Final[dict[str, int]] = {
     **{c: _TEXT for cols in COLUMNS.values() for c in cols},
     **{c: _TIME for cols in COLUMNS.values() for c in cols if c.endswith("_at")},
     "value": _FLOAT8,
-    "order_index": _INT4,
+    "order_index": _INT4_CODE,
     "size_bytes": _INT8_CODE,
     "count": _INT8_CODE,
 }
@@ -129,31 +127,30 @@ STAGING_TYPES: Final[dict[int, str]] = {
     _TEXT: "text",
     _TIME: "timestamptz",
     _FLOAT8: "double precision",
-    _INT4: "integer",
+    _INT4_CODE: "integer",
     _INT8_CODE: "bigint",
 }
-COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-COPY_TRAILER: Final = struct.pack("!h", -1)
-_FIELDS = struct.Struct("!h").pack
-_LEN = struct.Struct("!i").pack
-_INT = struct.Struct("!ii").pack
-_INT8 = struct.Struct("!iq").pack
-_FLOAT = struct.Struct("!id").pack
-_NULL = _LEN(-1)
+# Values that psycopg's binary COPY would not send in the column's own binary form go as bytes,
+# already in that form (psycopg passes bytes through as the field's content): int4, int8 and
+# timestamptz fields, the workspace's uuid and the raw line. Text goes as str, value as float.
+_INT4 = struct.Struct("!i").pack
+_INT8 = struct.Struct("!q").pack
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # binary timestamptz: microseconds since then
 _MICROSECOND = timedelta(microseconds=1)
 
 
-class _LooseLine(msgspec.Struct):
+class _LooseLine(msgspec.Struct, gc=False):
     """What a shipped line must be: a JSON object with a string ``family``."""
 
     family: str
 
 
 # ---- typed payloads: every field optional, unknown fields ignored ---------------------------
+# gc=False: they hold strings, numbers and each other, never a cycle; untracked, the
+# collector does not run once per 700 of them.
 
 
-class _Scope(msgspec.Struct):
+class _Scope(msgspec.Struct, gc=False):
     run_ref: Str = None
     project_ref: Str = None
     stage_execution_ref: Str = None
@@ -172,7 +169,7 @@ class _Scope(msgspec.Struct):
     failure_reason: Str = None
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, gc=False):
     record_ref: Str = None
     record_type: Str = None
     run_ref: Str = None
@@ -183,7 +180,7 @@ class _Envelope(msgspec.Struct):
     recorded_at: Ts = None
 
 
-class _RecordBody(msgspec.Struct):
+class _RecordBody(msgspec.Struct, gc=False):
     subject_ref: Str = None
     metric_key: Str = None
     event_key: Str = None
@@ -195,12 +192,12 @@ class _RecordBody(msgspec.Struct):
     message: Str = None
 
 
-class _Record(msgspec.Struct):
+class _Record(msgspec.Struct, gc=False):
     envelope: _Envelope = msgspec.field(default_factory=_Envelope)
     payload: _RecordBody = msgspec.field(default_factory=_RecordBody)
 
 
-class _Manifest(msgspec.Struct):
+class _Manifest(msgspec.Struct, gc=False):
     artifact_ref: Str = None
     artifact_kind: Str = None
     run_ref: Str = None
@@ -212,12 +209,12 @@ class _Manifest(msgspec.Struct):
     size_bytes: int | None = None
 
 
-class _Artifact(msgspec.Struct):
+class _Artifact(msgspec.Struct, gc=False):
     binding_status: Str = None
     manifest: _Manifest = msgspec.field(default_factory=_Manifest)
 
 
-class _Degradation(msgspec.Struct):
+class _Degradation(msgspec.Struct, gc=False):
     run_ref: Str = None
     degradation_kind: Str = None
     count: int | None = None
@@ -228,28 +225,28 @@ class _Degradation(msgspec.Struct):
 
 
 # One struct per family for the whole line: a single decoding pass.
-class _ContextLine(msgspec.Struct):
+class _ContextLine(msgspec.Struct, gc=False):
     family: str
     payload: _Scope = msgspec.field(default_factory=_Scope)
     payload_type: Str = None
     captured_at: Ts = None
 
 
-class _RecordLine(msgspec.Struct):
+class _RecordLine(msgspec.Struct, gc=False):
     family: str
     payload: _Record = msgspec.field(default_factory=_Record)
     payload_type: Str = None
     captured_at: Ts = None
 
 
-class _ArtifactLine(msgspec.Struct):
+class _ArtifactLine(msgspec.Struct, gc=False):
     family: str
     payload: _Artifact = msgspec.field(default_factory=_Artifact)
     payload_type: Str = None
     captured_at: Ts = None
 
 
-class _DegradationLine(msgspec.Struct):
+class _DegradationLine(msgspec.Struct, gc=False):
     family: str
     payload: _Degradation = msgspec.field(default_factory=_Degradation)
     payload_type: Str = None
@@ -275,21 +272,22 @@ class Corrupt:
     reason: str
 
 
-Value = str | int | float | None
+Value = str | bytes | float | None
+Row = tuple[Value, ...]
 
 
 class LineParser:
-    """Parses the whole lines of one family file into rows of its table, each already in
-    PostgreSQL's binary COPY format (the raw line travels as it is: no escaping)."""
+    """Turns the whole lines of one family file into rows of its table, as tuples for
+    psycopg's binary ``Copy.write_row`` (formatted in C: a Python encoder per field cost
+    twice the time of the whole row there). The raw line travels as it is: no escaping."""
 
     def __init__(self, workspace_id: uuid.UUID, file: str, family: str) -> None:
         self.workspace_id = workspace_id
         self.file = file
         self.family = family
         self.table = TABLES[family]
-        # Binary COPY: each row is a field count, then (length, bytes) per field.
-        self._head = _FIELDS(len(COLUMNS[self.table]) + 2) + _LEN(16) + workspace_id.bytes
-        self._width = len(COLUMNS[self.table]) - 3  # typed columns: all but the first two, raw
+        self._id = workspace_id.bytes  # binary uuid
+        self._width = len(COLUMNS[self.table]) - 1  # the typed columns: all but raw
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             {
                 "CONTEXT": _ContextLine,
@@ -298,26 +296,22 @@ class LineParser:
                 "DEGRADATION": _DegradationLine,
             }[family]
         )
-        self._typed: Callable[[Any], tuple[Value, ...]] = {  # type: ignore[assignment]
+        self._row: Callable[[Any, bytes, bytes, bytes], Row] = {  # type: ignore[assignment]
             "CONTEXT": _context,
             "RECORD": _record,
             "ARTIFACT": _artifact,
             "DEGRADATION": _degradation,
         }[family]
         self._loose = msgspec.json.Decoder(_LooseLine)
-        # Per value (captured_at, payload_type, typed columns): how it is sent.
-        self._encode = _row_encoder(tuple(STAGING_CODES[c] for c in COLUMNS[self.table][:-1]))
 
-    def parse(self, line: bytes, offset: int) -> bytes | Corrupt:
-        """The binary COPY row for one whole line (without its newline) at ``offset``, or why
-        the line is corrupt."""
-        captured: Value = None
-        kind: Value = None
+    def parse(self, line: bytes, offset: int) -> Row | Corrupt:
+        """The row for one whole line (without its newline) at ``offset``, or why the line is
+        corrupt."""
+        key = _INT8(offset)
         try:
             head = self._decoder.decode(line)
             family = head.family
-            captured, kind = head.captured_at, head.payload_type
-            typed = self._typed(head)
+            row = self._row(head, self._id, key, line)
         except msgspec.ValidationError:
             # An odd field (a newer payload type, a hand edit): shipped raw, typed columns
             # empty. Not even an object with a string family: corrupt.
@@ -325,98 +319,114 @@ class LineParser:
                 family = self._loose.decode(line).family
             except msgspec.ValidationError as exc:
                 return Corrupt(self.file, offset, f"not a line of the format: {exc}")
-            typed = (None,) * self._width
+            row = (self._id, key, *((None,) * self._width), line)
         except msgspec.DecodeError as exc:
             return Corrupt(self.file, offset, f"not valid JSON: {exc}")
         if family != self.family:
             return Corrupt(
                 self.file, offset, f"family {family[:40]!r} does not belong in {self.file}"
             )
-        values = (captured, kind, *typed)
         if b"\\u" in line:
             # Escapes can decode to what a text column refuses (NUL, lone surrogates); only the
             # typed copies are cleaned, the raw line stays as written.
-            values = tuple(_clean(v) if isinstance(v, str) else v for v in values)
-        parts = [self._head, _INT8(8, offset)]
-        self._encode(values, parts)
-        parts.append(_LEN(len(line)))
-        parts.append(line)  # the raw line, byte for byte (valid UTF-8: the decoder accepted it)
-        return b"".join(parts)
+            row = tuple(_clean(v) if isinstance(v, str) else v for v in row)
+        return row
+
+    def write(
+        self,
+        lines: list[bytes],
+        offset: int,
+        write_row: Callable[[Row], object],
+        corrupt: list[Corrupt],
+        escapes: bool = True,
+    ) -> tuple[int, int]:
+        """Hand the rows of whole ``lines`` (without their newlines; the first at ``offset``)
+        to ``write_row``, and their corrupt lines to ``corrupt``; return (rows written, offset
+        past the last line). The rows :meth:`parse` gives, in one loop that takes the common
+        line (decodes, no escape) without the checks of the careful path. ``escapes=False``
+        says that no line holds a ``\\u`` escape (one search of the whole batch instead of
+        one per line)."""
+        decode = self._decoder.decode
+        row = self._row
+        family = self.family
+        wid = self._id
+        pack = _INT8
+        parse = self.parse
+        rows = 0
+        for line in lines:
+            if not (escapes and b"\\u" in line):
+                try:
+                    head = decode(line)
+                except msgspec.DecodeError:  # ValidationError too: parse() says which
+                    head = None
+                if head is not None and head.family == family:
+                    write_row(row(head, wid, pack(offset), line))
+                    rows += 1
+                    offset += len(line) + 1
+                    continue
+            found = parse(line, offset)
+            if isinstance(found, Corrupt):
+                corrupt.append(found)
+            else:
+                write_row(found)
+                rows += 1
+            offset += len(line) + 1
+        return rows, offset
 
 
-_ENCODERS: dict[tuple[int, ...], Callable[[tuple[Value, ...], list[bytes]], None]] = {}
-
-
-def _row_encoder(codes: tuple[int, ...]) -> Callable[[tuple[Value, ...], list[bytes]], None]:
-    """A function appending the binary COPY fields of one row's values to a list, generated
-    for the table's column types: one unrolled statement per column, where a loop dispatching
-    on each column's type cost about a third of the client's time per line."""
-    found = _ENCODERS.get(codes)
-    if found is not None:
-        return found
-    names = ", ".join(f"v{i}" for i in range(len(codes)))
-    body = [f"def encode(values, parts):\n    {names}, = values\n    a = parts.append\n"]
-    for i, code in enumerate(codes):
-        v = f"v{i}"
-        if code == _TEXT:
-            body.append(
-                f"    if {v} is None:\n        a(N)\n    else:\n"
-                f"        d = {v}.encode()\n        a(L(len(d)))\n        a(d)\n"
-            )
-        elif code == _TIME:
-            body.append(f"    a(N if {v} is None else T({v}))\n")
-        elif code == _FLOAT8:
-            body.append(f"    a(N if {v} is None else F(8, float({v})))\n")
-        elif code == _INT4:
-            body.append(f"    a(N if {v} is None else I4(4, {v}))\n")
-        else:
-            body.append(f"    a(N if {v} is None else I8(8, {v}))\n")
-    scope: dict[str, Any] = {
-        "N": _NULL,
-        "L": _LEN,
-        "T": _timestamp,
-        "F": _FLOAT,
-        "I4": _INT,
-        "I8": _INT8,
-    }
-    exec("".join(body), scope)  # code built above from the fixed column types only
-    encode: Callable[[tuple[Value, ...], list[bytes]], None] = scope["encode"]
-    _ENCODERS[codes] = encode
-    return encode
-
-
-# Second -> its binary timestamptz: the format's timestamps share their second with many
-# neighbours, so most cost a dict lookup and an int() of the microseconds.
+# Timestamp -> its binary timestamptz (microseconds since 2000-01-01 UTC), or None for one
+# that is not ISO 8601 with an offset, or no real date. A line's timestamps often repeat
+# (captured_at is one per flush, observed_at and recorded_at are often equal): most cost one
+# dict lookup.
+_TIMES: dict[str, bytes | None] = {}
+# Second -> its microseconds: the format's timestamps share their second with many neighbours.
 _SECONDS: dict[str, int] = {}
 
 
-def _timestamp(value: str) -> bytes:
-    """``value`` as a binary timestamptz field (microseconds since 2000-01-01 UTC), or NULL
-    when it is not an ISO 8601 timestamp with an offset, or no real date. The format's own
-    timestamps (``2026-11-26T06:25:51.650841Z``) skip the shape check."""
+def _ts(value: str | None, times: dict[str, bytes | None] = _TIMES) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return times[value]
+    except KeyError:
+        pass
+    field = _timestamp(value)
+    if len(_TIMES) >= 8192:
+        _TIMES.clear()
+    _TIMES[value] = field
+    return field
+
+
+_Ts = Callable[[str | None], bytes | None]
+
+
+def _timestamp(value: str) -> bytes | None:
+    """``value`` as a binary timestamptz, or None. The format's own timestamps
+    (``2026-11-26T06:25:51.650841Z``) skip the shape check."""
     canonical = len(value) == 27 and value[10] == "T" and value[19] == "." and value[26] == "Z"
     if canonical:
         base = _SECONDS.get(value[:19])
         fraction = value[20:26]
         if base is not None and fraction.isdigit():
             try:
-                return _INT8(8, base + int(fraction))
+                return _INT8(base + int(fraction))
             except ValueError:  # a digit int() does not take (e.g. a superscript)
-                return _NULL
+                return None
     elif _TIMESTAMP.match(value) is None:
-        return _NULL
+        return None
     try:
         micros = (datetime.fromisoformat(value) - _PG_EPOCH) // _MICROSECOND
-    except (ValueError, OverflowError):
-        return _NULL
+        field = _INT8(micros)
+    except (ValueError, OverflowError, struct.error):
+        return None
     if canonical:
         if len(_SECONDS) > 4096:
             _SECONDS.clear()
         _SECONDS[value[:19]] = micros - micros % 1_000_000
-    return _INT8(8, micros)
+    return field
 
 
-def _context(line: _ContextLine) -> tuple[Value, ...]:
+def _context(line: _ContextLine, wid: bytes, key: bytes, raw: bytes, ts: _Ts = _ts) -> Row:
     p = line.payload
     kind = _SCOPE_KINDS.get(line.payload_type or "")
     ref = {
@@ -425,7 +435,12 @@ def _context(line: _ContextLine) -> tuple[Value, ...]:
         "batch": p.batch_execution_ref,
         "sample": p.sample_observation_ref,
     }.get(kind or "")
+    order = p.order_index
     return (
+        wid,
+        key,
+        ts(line.captured_at),
+        line.payload_type,
         ref,
         kind,
         p.project_ref,
@@ -433,21 +448,33 @@ def _context(line: _ContextLine) -> tuple[Value, ...]:
         p.stage_execution_ref,
         p.batch_execution_ref,
         p.name or p.stage_name or p.batch_name or p.sample_name,
-        p.order_index if p.order_index is None or abs(p.order_index) < _INT32 else None,
+        None if order is None or abs(order) >= _INT32 else _INT4(order),
         p.status,
-        p.started_at or p.observed_at,
-        p.ended_at,
+        ts(p.started_at or p.observed_at),
+        ts(p.ended_at),
         p.dataset_ref,
         p.failure_reason,
+        raw,
     )
 
 
-def _record(line: _RecordLine) -> tuple[Value, ...]:
+def _record(
+    line: _RecordLine,
+    wid: bytes,
+    key: bytes,
+    raw: bytes,
+    ts: _Ts = _ts,
+    isfinite: Callable[[float], bool] = math.isfinite,
+) -> Row:
     e, b = line.payload.envelope, line.payload.payload
     value = b.value
-    if value is not None and not math.isfinite(value):
+    if value is not None and not isfinite(value):
         value = None
     return (
+        wid,
+        key,
+        ts(line.captured_at),
+        line.payload_type,
         e.record_ref,
         e.record_type,
         e.run_ref,
@@ -461,15 +488,21 @@ def _record(line: _RecordLine) -> tuple[Value, ...]:
         b.unit,
         b.level,
         b.message,
-        e.observed_at,
-        e.recorded_at,
+        ts(e.observed_at),
+        ts(e.recorded_at),
+        raw,
     )
 
 
-def _artifact(line: _ArtifactLine) -> tuple[Value, ...]:
+def _artifact(line: _ArtifactLine, wid: bytes, key: bytes, raw: bytes, ts: _Ts = _ts) -> Row:
     a = line.payload
     m = a.manifest
+    size = m.size_bytes
     return (
+        wid,
+        key,
+        ts(line.captured_at),
+        line.payload_type,
         m.artifact_ref,
         m.artifact_kind,
         m.run_ref,
@@ -479,20 +512,27 @@ def _artifact(line: _ArtifactLine) -> tuple[Value, ...]:
         a.binding_status,
         m.location_ref,
         m.hash_value,
-        m.size_bytes if m.size_bytes is None or abs(m.size_bytes) < _INT64 else None,
+        None if size is None or abs(size) >= _INT64 else _INT8(size),
+        raw,
     )
 
 
-def _degradation(line: _DegradationLine) -> tuple[Value, ...]:
+def _degradation(line: _DegradationLine, wid: bytes, key: bytes, raw: bytes, ts: _Ts = _ts) -> Row:
     d = line.payload
+    count = d.count
     return (
+        wid,
+        key,
+        ts(line.captured_at),
+        line.payload_type,
         d.run_ref,
         d.degradation_kind,
-        d.count if d.count is None or abs(d.count) < _INT64 else None,
+        None if count is None or abs(count) >= _INT64 else _INT8(count),
         d.sink_name,
         d.reason,
-        d.first_observed_at,
-        d.last_observed_at,
+        ts(d.first_observed_at),
+        ts(d.last_observed_at),
+        raw,
     )
 
 

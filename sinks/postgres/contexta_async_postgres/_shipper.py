@@ -8,12 +8,14 @@ One transaction per batch of one file:
 2. read whole lines (ending in ``\\n``) from that offset; an unterminated last line (a writer
    still writing, or one that died mid-write, whose fragment the next writer cuts off) waits;
 3. binary COPY the rows straight into the family's table, keyed by (workspace_id,
-   byte_offset). The lines past the locked position cannot be in it: rows are only ever
-   written by a transaction that also moves the position past them, under this same row lock,
-   and a transaction that did not commit left neither. Should that not hold (a position reset
-   by hand, a table restored from a backup), the primary key refuses the COPY, and the batch
-   goes through a temporary staging table and ``INSERT ... ON CONFLICT DO NOTHING`` instead:
-   a line can never be stored twice, whatever happens;
+   byte_offset), each row sent as soon as its line is parsed (the server stores the first
+   rows while this process parses the next ones). The lines past the locked position cannot
+   be in it: rows are only ever written by a transaction that also moves the position past
+   them, under this same row lock, and a transaction that did not commit left neither.
+   Should that not hold (a position reset by hand, a table restored from a backup), the
+   primary key refuses the COPY, and the batch goes through a temporary staging table and
+   ``INSERT ... ON CONFLICT DO NOTHING`` instead: a line can never be stored twice, whatever
+   happens;
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
    counted, never shipped) and COMMIT.
 
@@ -44,7 +46,6 @@ from contexta_async import ValidationError
 from ._errors import ShipPositionError, StoreConnectionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
 from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser
-from ._parse_worker import Parsed, Parser, parse_batch, whole_lines
 from ._schema import SCHEMA, ensure_schema
 from ._target import APPLICATION_NAME, Target, parse_target
 
@@ -55,7 +56,7 @@ logger = structlog.get_logger("contexta_async")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
-_COPY_BLOCK = 1 << 20  # bytes per COPY write
+_CHUNK = 1 << 20  # bytes read (whole lines) and parsed at a time within a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,6 @@ class Shipper:
         max_backoff: float = 5.0,
         retry_first_connect: bool = False,
         progress: Callable[[ShipProgress], None] | None = None,
-        parse_in_process: bool = False,
     ) -> None:
         if batch_lines < 1:
             raise ValidationError("batch_lines", "must be at least 1", batch_lines)
@@ -145,14 +145,10 @@ class Shipper:
         # file -> (size, mtime) when it last had nothing new: no round trip until it changes
         # file -> (size, mtime, bytes of an unfinished last line) when the store had it all
         self._caught_up: dict[str, tuple[int, int, int]] = {}
-        self._ahead: dict[str, _Ahead] = {}  # file -> its next batch, being parsed
         self._parsers = {
             file: LineParser(self.workspace_id, file, family)
             for file, family in FAMILY_FILES.items()
         }
-        # Batches are read and parsed by a helper process (see _parse_worker), started on
-        # first use; with parse_in_process=True (or if it cannot run) by this process.
-        self._parser: Parser | None = None if parse_in_process else Parser()
 
     # ---- connection ---------------------------------------------------------------------
 
@@ -271,11 +267,6 @@ class Shipper:
 
     def close(self) -> None:
         """Close the connection (nothing is pending between batches)."""
-        for ahead in self._ahead.values():
-            ahead.result()
-        self._ahead.clear()
-        if self._parser is not None:
-            self._parser.close()
         self._drop()
 
     def __enter__(self) -> Shipper:
@@ -371,24 +362,21 @@ class Shipper:
                 position = int(row[0]) if row else 0
                 result.positions[file] = position
                 _check_position(fd, file, position, size)
-                parser = self._parsers[file]
-                ahead = self._ahead.pop(file, None)
-                parsed = (
-                    ahead.result() if ahead is not None and ahead.position == position else None
+                first = whole_lines(fd, position, size, min(_CHUNK, self.batch_bytes))
+                if not first:
+                    self._caught_up[file] = (size, mtime, size - position)
+                    return 0, size - position
+                batch = _Batch(
+                    self._parsers[file],
+                    fd,
+                    position,
+                    size,
+                    first,
+                    self.batch_lines,
+                    self.batch_bytes,
                 )
-                if parsed is None:
-                    parsed = self._read_batch(parser, str(path), position, size)
-                    if parsed is None:
-                        self._caught_up[file] = (size, mtime, size - position)
-                        return 0, size - position
-                if position + parsed.used < size:
-                    # Parse the next batch while the server stores this one. Whole lines below
-                    # the settled size never change, so it is valid if the position matches.
-                    self._ahead[file] = _Ahead(
-                        self, parser, str(path), position + parsed.used, size
-                    )
-                inserted = self._store(conn, parser.table, parsed)
-                rows, corrupt, used = parsed.rows, parsed.corrupt, parsed.used
+                inserted = self._store(conn, batch)
+                rows, corrupt, used = batch.rows, batch.corrupt, batch.used
                 conn.execute(
                     sql.SQL(
                         "UPDATE {}.positions SET byte_offset = %s, "
@@ -427,43 +415,25 @@ class Shipper:
             )
         return rows + len(corrupt), 0
 
-    def _read_batch(self, parser: LineParser, path: str, position: int, size: int) -> Parsed | None:
-        """The batch at ``position``, read and parsed (by the helper process when it runs)."""
-        if self._parser is not None:
-            return self._parser.read_batch(
-                parser, path, position, size, self.batch_bytes, self.batch_lines
-            )
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            data = whole_lines(fd, position, size, self.batch_bytes)
-        finally:
-            os.close(fd)
-        return self._parse_batch(parser, data, position) if data else None
-
-    def _parse_batch(self, parser: LineParser, data: bytes, position: int) -> Parsed:
-        """At most ``batch_lines`` lines of ``data`` as one binary COPY payload."""
-        return parse_batch(parser, data, position, self.batch_lines)
-
-    def _store(self, conn: Connection, table: str, parsed: Parsed) -> int:
+    def _store(self, conn: Connection, batch: _Batch) -> int:
         """Store the batch (past the locked position: new, see the module docstring); rows
         inserted."""
-        if not parsed.rows:
-            return 0
+        table = batch.parser.table
         target = sql.SQL("{}.{}").format(sql.Identifier(SCHEMA), sql.Identifier(table))
         try:
             with conn.transaction():  # a savepoint: the fallback below starts from here
-                self._copy(conn, target, table, parsed)
-            return parsed.rows
+                self._copy(conn, target, batch)
+            return batch.rows
         except psycopg.errors.UniqueViolation:
             logger.warning(
                 "contexta_async.ship_lines_already_stored",
                 target=self.target.display,
                 table=table,
-                byte_offset=parsed.position,
+                byte_offset=batch.position,
                 hint="the store holds lines past its position; only the new ones are inserted",
             )
         stage = sql.Identifier(f"stage_{table}")
-        self._copy(conn, stage, table, parsed)
+        self._copy(conn, stage, batch)
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
         with conn.cursor() as cur:
             cur.execute(
@@ -473,47 +443,81 @@ class Shipper:
             )
             return cur.rowcount
 
-    def _copy(self, conn: Connection, into: sql.Composable, table: str, parsed: Parsed) -> None:
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
+    def _copy(self, conn: Connection, into: sql.Composable, batch: _Batch) -> None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(batch.parser.table))
         with conn.cursor() as cur:
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
             with cur.copy(copy_sql) as copy:
-                view = memoryview(parsed.body)
-                for start in range(0, len(view), _COPY_BLOCK):
-                    copy.write(view[start : start + _COPY_BLOCK])
+                batch.write(copy.write_row)
 
 
 def _names(table: str) -> tuple[str, ...]:
     return ("workspace_id", "byte_offset", *COLUMNS[table])
 
 
-class _Ahead:
-    """The next batch of a file, read and parsed on a thread while the server stores the
-    current one (the main thread waits on the server, and this one on the helper process,
-    with the GIL released)."""
+class _Batch:
+    """One batch of a file: its whole lines from ``position``, read a chunk at a time and
+    parsed as they are written to a COPY, so that the server stores the first rows while this
+    process reads and parses the next (once more, should the fallback need a second COPY:
+    whole lines below the settled size never change)."""
 
     def __init__(
-        self, shipper: Shipper, parser: LineParser, path: str, position: int, size: int
+        self,
+        parser: LineParser,
+        fd: int,
+        position: int,
+        size: int,
+        first: bytes,
+        max_lines: int,
+        max_bytes: int,
     ) -> None:
+        self.parser = parser
         self.position = position
-        self._parsed: Parsed | None = None
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(shipper, parser, path, size),
-            name="contexta-async-ship-ahead",
-            daemon=True,
-        )
-        self._thread.start()
+        self._fd = fd
+        self._size = size
+        self._first = first
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self.rows = 0
+        self.corrupt: list[Corrupt] = []
+        self.used = 0
 
-    def _run(self, shipper: Shipper, parser: LineParser, path: str, size: int) -> None:
-        try:
-            self._parsed = shipper._read_batch(parser, path, self.position, size)
-        except Exception:  # the main thread reads and parses the batch itself
-            self._parsed = None
+    def write(self, write_row: Callable[[tuple[Any, ...]], object]) -> None:
+        corrupt: list[Corrupt] = []
+        rows = 0
+        at = self.position
+        lines_left = self._max_lines
+        data = self._first
+        while data:
+            lines = data.split(b"\n")
+            lines.pop()  # data ends with a newline: the last piece is empty
+            if len(lines) > lines_left:
+                del lines[lines_left:]
+            # A backslash is rare (one memchr); "\\u" alone is searched much slower.
+            escapes = b"\\" in data and b"\\u" in data
+            written, at = self.parser.write(lines, at, write_row, corrupt, escapes)
+            rows += written
+            lines_left -= len(lines)
+            bytes_left = self._max_bytes - (at - self.position)
+            if lines_left <= 0 or bytes_left <= 0:
+                break
+            data = whole_lines(self._fd, at, self._size, min(_CHUNK, bytes_left))
+        self.rows, self.corrupt, self.used = rows, corrupt, at - self.position
 
-    def result(self) -> Parsed | None:
-        self._thread.join()
-        return self._parsed
+
+def whole_lines(fd: int, position: int, size: int, batch_bytes: int) -> bytes:
+    """The whole lines from ``position``: about ``batch_bytes`` of them (more if one line is
+    longer), ending with a newline; empty if there is no whole line yet."""
+    want = min(batch_bytes, size - position)
+    while want > 0:
+        data = os.pread(fd, want, position)
+        end = data.rfind(b"\n")
+        if end >= 0:
+            return data[: end + 1]
+        if position + len(data) >= size:
+            return b""  # only an unterminated tail
+        want = min(want * 2, size - position)
+    return b""
 
 
 def _first_line(exc: BaseException) -> str:

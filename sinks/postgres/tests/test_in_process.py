@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -270,3 +271,104 @@ def test_close_with_a_shipper_takes_one_shutdown_timeout_in_all(
     finally:
         gate.set()
     assert len(given) == 1 and given[0] < 0.5  # before: a fresh 1.0 s
+
+
+def _ship_helpers() -> list[int]:
+    """Child processes of this one running the shipper's helper (from /proc)."""
+    found = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"contexta_async_postgres._ship_process" in cmdline:
+                found.append(int(pid))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_shipping_runs_in_a_helper_process_at_a_lower_cpu_priority(
+    tmp_path: Path, db: Database
+) -> None:
+    """Reading, parsing and COPY cost about as much CPU per line as capture: out of the
+    capturing process (its GIL) and behind it for the cores."""
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "eval", 5)
+        _shipper(ctx).wait_committed(WAIT)
+        helpers = _ship_helpers()
+        assert len(helpers) == 1  # before: none, the thread shipped in this process
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, helpers[0]) > mine
+        # Its own process group (a terminal's Ctrl-C spares it), in this session: Linux's
+        # autogroup schedules a session of its own as capture's equal, whatever its nice.
+        assert os.getpgid(helpers[0]) != os.getpgrp()
+        assert os.getsid(helpers[0]) == os.getsid(0)
+        # The URL (its password) reaches it over a pipe, not on its command line.
+        assert b"s3cret" not in Path(f"/proc/{helpers[0]}/cmdline").read_bytes()
+        # What the helper ships is the workspace, as the thread shipped it.
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()
+    assert not _ship_helpers()  # close ends it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_helper_is_started_again_and_loses_nothing(tmp_path: Path, db: Database) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "before", 5)
+        _shipper(ctx).wait_committed(WAIT)
+        (killed,) = _ship_helpers()
+        os.kill(killed, signal.SIGKILL)
+        _capture(ctx, "after", 30)
+        _shipper(ctx).wait_committed(WAIT)  # a new helper ships what the first did not
+        assert _ship_helpers() and killed not in _ship_helpers()
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()
+    assert _shipper(ctx).lines_waiting == 0
+
+
+def test_corrupt_lines_are_logged_by_the_capturing_process(tmp_path: Path, db: Database) -> None:
+    """The helper's log events are the caller's: they go where its logging is configured."""
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "eval", 3)
+        ctx.flush(WAIT)
+        record = ws / "cache" / "capture" / "record.jsonl"
+        bad_at = record.stat().st_size
+        with structlog.testing.capture_logs() as logs:
+            with record.open("ab") as f:
+                f.write(b"not json\n")
+            _shipper(ctx).wait_committed(WAIT)
+        corrupt = [e for e in logs if e["event"] == "contexta_async.ship_corrupt_line"]
+        assert [(e["file"], e["byte_offset"], e["log_level"]) for e in corrupt] == [
+            ("record.jsonl", bad_at, "warning")
+        ]
+    finally:
+        ctx.close()
+
+
+def test_the_helper_runs_no_module_from_the_callers_working_directory(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "msgspec.py").write_text(
+        f"open({str(cwd / 'ran')!r}, 'w').close()\nraise SystemExit(3)\n"
+    )
+    monkeypatch.chdir(cwd)
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "proj"}, ship_to=db.url)
+    try:
+        _capture(ctx, "eval", 3)
+        _shipper(ctx).wait_committed(WAIT)  # without -P: the helper dies, again and again
+        assert not (cwd / "ran").exists()
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()

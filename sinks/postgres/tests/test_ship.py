@@ -4,25 +4,20 @@ shards merged, the schema's version."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import structlog
-from _cluster import Cluster
 from contexta_async_postgres import (
     SCHEMA_VERSION,
     SchemaVersionError,
     Shipper,
     ShipPositionError,
-    ShipProgress,
     ShipResult,
     StoreError,
 )
-from contexta_async_postgres._lines import LineParser
-from contexta_async_postgres._parse_worker import Parsed, Parser
 from pgtest import (
     Database,
     capture,
@@ -347,93 +342,53 @@ def test_timestamps_are_stored_as_the_instants_the_lines_name(tmp_path: Path, db
             assert recorded == datetime.fromisoformat(envelope["recorded_at"])
 
 
-def test_the_parse_helper_process_and_the_shipper_itself_store_the_same_rows(
-    tmp_path: Path, db: Database, cluster: Cluster
-) -> None:
-    ws = capture(tmp_path / "ws", samples=range(40))
-    with (ws / "cache" / "capture" / "record.jsonl").open("ab") as f:
-        f.write(b"not json\n")  # a corrupt line: reported the same way by both
-    helper = ship(ws, db, batch_lines=25)
-    other = Database(cluster, f"{db.name}_inproc")
-    with cluster.admin() as conn:
-        conn.execute(f"CREATE DATABASE {other.name} OWNER shipper")
-    with Shipper(ws, other.url, batch_lines=25, parse_in_process=True) as shipper:
-        itself = shipper.ship()
-    assert (helper.lines_shipped, helper.corrupt) == (itself.lines_shipped, itself.corrupt)
-    query = "SELECT * FROM contexta.records ORDER BY byte_offset"
-    assert db.query(query) == other.query(query)
-    assert store_lines(db, ws) == store_lines(other, ws)
+def test_the_batch_loop_gives_the_rows_of_the_careful_path_line_by_line(tmp_path: Path) -> None:
+    """LineParser.write takes the common line by a shorter path than parse(); both must give
+    the same rows, escapes, odd shapes and corrupt lines included."""
+    from contexta_async_postgres._lines import LineParser
 
-
-def test_a_parse_helper_that_dies_mid_ship_loses_nothing(tmp_path: Path, db: Database) -> None:
-    ws = capture(tmp_path / "ws", samples=range(60))
-
-    def kill_helper(progress: ShipProgress) -> None:
-        proc = shipper._parser._proc if shipper._parser else None
-        if proc is not None:
-            proc.kill()
-
-    with Shipper(ws, db.url, batch_lines=20, progress=kill_helper) as shipper:
-        result = shipper.ship()
-    assert shipper._parser is not None and shipper._parser._failed  # it parsed by itself
-    assert result.lines_shipped == sum(len(v) for v in workspace_lines(ws).values())
-    assert store_lines(db, ws) == workspace_lines(ws)
-
-
-def _parse_one_batch(parser: Parser, ws: Path) -> Parsed | None:
-    path = ws / "cache" / "capture" / "record.jsonl"
-    lines = LineParser(uuid.UUID(int=7), "record.jsonl", "RECORD")
-    return parser.read_batch(lines, str(path), 0, path.stat().st_size, 1 << 20, 1000)
-
-
-def test_the_parse_helper_runs_no_module_from_the_callers_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ws = capture(tmp_path / "ws", samples=range(5))
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (cwd / "msgspec.py").write_text(
-        f"open({str(cwd / 'ran')!r}, 'w').close()\nraise SystemExit(3)\n"
+    ws = capture(tmp_path / "ws", samples=range(20))
+    data = (ws / "cache" / "capture" / "record.jsonl").read_bytes()
+    data += (
+        b'{"family":"RECORD","captured_at":"2026-02-30T00:00:00.000000Z"}\n'
+        b'{"family":"RECORD","payload":{"payload":{"metric_key":"a\\u0000b","value":1}}}\n'
+        b'{"family":"RECORD","payload":{"payload":{"value":true}}}\n'
+        b"not json\n"
+        b'{"family":"CONTEXT"}\n'
     )
-    monkeypatch.chdir(cwd)
-    parser = Parser()
-    try:
-        parsed = _parse_one_batch(parser, ws)
-        assert parsed is not None and parsed.rows > 0
-        assert parser.failures == 0  # before: the helper ran ./msgspec.py, died, and was dropped
-        assert not (cwd / "ran").exists()
-    finally:
-        parser.close()
+    lines = data.split(b"\n")[:-1]
+    parser = LineParser(uuid.UUID(int=3), "record.jsonl", "RECORD")
+    expected: list[object] = []
+    offset = 0
+    for line in lines:
+        expected.append(parser.parse(line, offset))
+        offset += len(line) + 1
+    for escapes in (True, b"\\u" in data):
+        rows: list[object] = []
+        corrupt: list[object] = []
+        written, end = parser.write(lines, 0, rows.append, corrupt, escapes)  # type: ignore[arg-type]
+        assert (written, end) == (len(lines) - 2, len(data))
+        assert rows == [e for e in expected if isinstance(e, tuple)]
+        assert corrupt == [e for e in expected if not isinstance(e, tuple)]
+        assert rows[-2][11] == "a\ufffdb"  # type: ignore[index]  # key, NUL cleaned
 
 
-def test_the_parse_helper_is_in_its_own_session_so_a_terminal_ctrl_c_spares_it(
-    tmp_path: Path,
+def test_a_batch_read_in_many_chunks_stores_every_line_once(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ws = capture(tmp_path / "ws", samples=range(5))
-    parser = Parser()
-    try:
-        assert _parse_one_batch(parser, ws) is not None
-        assert parser._proc is not None
-        assert os.getpgid(parser._proc.pid) != os.getpgrp()  # before: the caller's group
-    finally:
-        parser.close()
+    from contexta_async_postgres import _shipper
 
-
-def test_a_failed_parse_helper_is_reported_and_started_again_later(tmp_path: Path) -> None:
-    ws = capture(tmp_path / "ws", samples=range(5))
-    parser = Parser(retry_after=0.0)
-    try:
-        first = _parse_one_batch(parser, ws)
-        assert parser._proc is not None
-        dead = parser._proc.pid
-        parser._proc.kill()
-        parser._proc.wait()
-        with structlog.testing.capture_logs() as logs:
-            again = _parse_one_batch(parser, ws)  # the helper is gone: parsed in this thread
-        assert again is not None and first is not None and again.body == first.body
-        assert [e["event"] for e in logs] == ["contexta_async.ship_parse_helper_failed"]
-        assert _parse_one_batch(parser, ws) is not None
-        # before: never again a helper after one failure
-        assert parser._proc is not None and parser._proc.pid != dead
-    finally:
-        parser.close()
+    monkeypatch.setattr(_shipper, "_CHUNK", 700)  # about a line per read, some lines longer
+    ws = capture(tmp_path / "ws", samples=range(30))
+    result = ship(ws, db, batch_lines=40)
+    expected = workspace_lines(ws)
+    assert result.lines_shipped == sum(len(v) for v in expected.values())
+    assert store_lines(db, ws) == expected
+    assert result.batches == sum(-(-len(v) // 40) for v in expected.values())
+    # The fallback (lines already stored past a position reset by hand) reads the chunks
+    # again for its second COPY, into the staging table.
+    db.query("UPDATE contexta.positions SET byte_offset = 0 RETURNING 1")
+    capture(ws, run="later")
+    again = ship(ws, db, batch_lines=1_000)
+    assert again.lines_already_stored == result.lines_shipped
+    assert store_lines(db, ws) == workspace_lines(ws)

@@ -1,0 +1,152 @@
+"""The helper process of ``Contexta(..., ship_to=URL)``: the whole shipper, out of the capturing
+process.
+
+Reading, parsing and COPY cost a few µs of CPU per line, as much as capturing the line; in
+the capturing process they would hold its GIL for that long. So :class:`BackgroundShipper`
+(in ``_background``) runs :func:`main` in ``python -P -c`` (a plain subprocess, never a
+fork: nothing of the caller's ``__main__`` runs again, and no lock held by another thread
+is inherited), lowers its CPU priority (``os.nice``) so that capture keeps its core, and
+talks to it over its stdin and stdout, one JSON object a line:
+
+- in: the settings first (``workspace``, ``url``, ...), then ``{"pass": n}`` (someone waits
+  for a pass that begins after request ``n``) and ``{"stop": true}`` (finish the batch in
+  flight, then exit; so does the end of stdin, e.g. when the caller died);
+- out: ``{"positions": {...}}`` after each pass, ``{"done": n}`` when a pass that began after
+  request ``n`` completed, ``{"error": "..."}`` when a pass failed (retried with backoff),
+  ``{"log": {...}}`` for each structlog event of the shipper (re-emitted by the caller, so
+  corrupt lines are reported where its logging is configured).
+
+Each batch is one transaction (see ``_shipper``): a helper killed anywhere loses nothing, and
+the next one (or ``contexta-async ship``) goes on from the stored position.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import structlog
+
+__all__ = ["main"]
+
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+
+
+class _Channel:
+    """The caller's end of the pipes, seen from the helper."""
+
+    def __init__(self, src: IO[bytes], out: IO[bytes]) -> None:
+        self._src = src
+        self._out = out
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.requested = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            try:
+                self._out.write(_encode(message) + b"\n")
+                self._out.flush()
+            except (OSError, ValueError):  # the caller went away: nobody to tell
+                self.stop.set()
+
+    def settings(self) -> dict[str, Any]:
+        line = self._src.readline()
+        if not line:
+            raise SystemExit(0)
+        settings: dict[str, Any] = msgspec.json.decode(line)
+        return settings
+
+    def listen(self) -> None:
+        """Requests from the caller, until its end of the pipe closes."""
+        try:
+            for line in self._src:
+                message = msgspec.json.decode(line)
+                if message.get("stop"):
+                    break
+                if "pass" in message:
+                    self.requested = max(self.requested, int(message["pass"]))
+                    self.wake.set()
+        except (OSError, ValueError, msgspec.DecodeError):
+            pass
+        self.stop.set()
+        self.wake.set()
+
+
+def _forward(channel: _Channel) -> Any:
+    def processor(_logger: Any, method: str, event: dict[str, Any]) -> Any:
+        channel.send({"log": {"level": method, **event}})
+        raise structlog.DropEvent
+
+    return processor
+
+
+def _serve(channel: _Channel) -> None:
+    from contexta_async import ContextaError
+
+    from ._shipper import Shipper
+
+    settings = channel.settings()
+    # This process is the shipper's own: its events go to the caller, which logs them.
+    structlog.configure(processors=[_forward(channel)], cache_logger_on_first_use=False)
+    channel.requested = int(settings.get("requested", 0))
+    threading.Thread(
+        target=channel.listen, name="contexta-async-ship-requests", daemon=True
+    ).start()
+    parent = os.getppid()
+    workspace = Path(settings["workspace"])
+    poll = float(settings["poll_interval"])
+    backoff = float(settings["backoff"])
+    max_backoff = float(settings["max_backoff"])
+    stop, wake = channel.stop, channel.wake
+    shipper: Shipper | None = None
+    delay = backoff
+    try:
+        while not stop.is_set():
+            if os.getppid() != parent:
+                break  # the caller died (and a fork of it may hold the pipe open)
+            wake.clear()  # before reading the requests: a later one wakes the wait
+            asked = channel.requested  # what this pass answers if it completes
+            try:
+                if shipper is None and (workspace / "cache" / "capture").is_dir():
+                    # retries=0: this loop retries, so that a stop ends it any time
+                    shipper = Shipper(
+                        workspace, settings["url"], batch_lines=settings["batch_lines"], retries=0
+                    )
+                if shipper is not None:
+                    result = shipper.ship(stop=stop)
+                    channel.send({"positions": result.positions})
+                    if stop.is_set():
+                        break  # the pass may have stopped early: it answers nothing
+            except Exception as exc:
+                channel.send({"error": _one_line(exc)})
+                if shipper is not None and not isinstance(exc, ContextaError):
+                    shipper.close()
+                    shipper = None
+                stop.wait(delay)
+                delay = min(delay * 2, max_backoff)
+                continue
+            delay = backoff
+            channel.send({"done": asked})
+            wake.wait(poll)
+    finally:
+        if shipper is not None:
+            try:
+                shipper.close()
+            except Exception:
+                pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def main() -> None:
+    """The helper process: ship as the caller asks on stdin, until it says stop."""
+    _serve(_Channel(sys.stdin.buffer, sys.stdout.buffer))

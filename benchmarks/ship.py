@@ -12,6 +12,9 @@ Then the cost of the in-process shipper to capture: ``--overhead-records`` recor
 ``--repeat`` times each; capture throughput of each and the median cost. (The lines then are
 committed in the store by ``wait_committed``, timed apart.)
 
+On one machine the server's own CPU competes with capture too; ``--server-nice 19`` runs it
+(and its autogroup) at low priority, a stand-in for a store on another machine. Quote both.
+
     .venv/bin/python benchmarks/ship.py                    # 1,000,000 records, 3 runs
     .venv/bin/python benchmarks/ship.py --records 100000 --repeat 1   # smoke run
 """
@@ -106,6 +109,13 @@ def main() -> int:
     parser.add_argument(
         "--overhead-only", action="store_true", help="only the capture cost of the shipper"
     )
+    parser.add_argument(
+        "--server-nice",
+        type=int,
+        default=0,
+        help="run the server at this nice value (and its autogroup's): a stand-in for a store "
+        "on another machine, whose CPU does not compete with capture (default 0: it competes)",
+    )
     args = parser.parse_args()
 
     bindir = find_bindir()
@@ -118,6 +128,8 @@ def main() -> int:
     cluster = Cluster(bindir, settings=settings)
     try:
         cluster.start()
+        if args.server_nice:
+            renice_server(cluster, args.server_nice)
         with cluster.admin() as conn:
             conn.execute(f"CREATE ROLE shipper LOGIN CREATEDB PASSWORD '{PASSWORD}'")
             version = conn.execute("SHOW server_version").fetchone()
@@ -173,6 +185,27 @@ def main() -> int:
     finally:
         cluster.remove()
     return 0
+
+
+def renice_server(cluster: Cluster, nice: int) -> None:
+    """The postmaster and every process it has started at ``nice`` (backends it starts later
+    inherit it), and the autogroup they run in: with autogroups on (Linux's default for
+    desktops and many VMs) a process's nice counts only against its own session."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:  # the parent pid
+            pids.append(int(stat.parent.name))
+    for pid in pids:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    autogroup = Path(f"/proc/{postmaster}/autogroup")
+    if autogroup.exists():
+        autogroup.write_text(f"{nice}\n")
+    print(f"server at nice {nice} ({len(pids)} processes; autogroup: {autogroup.exists()})")
 
 
 def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:

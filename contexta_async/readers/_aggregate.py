@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Final, get_args
+from itertools import compress
+from operator import itemgetter
+from typing import Final, cast, get_args
 
 import numpy as np
 
@@ -125,26 +127,26 @@ class _Items:
     """How the samples under one stage or batch ref group into items (see SampleInfo),
     computed once and used for every metric key whose samples come in the same order."""
 
-    __slots__ = ("clusters", "codes", "counts", "epochs", "items", "names")
+    __slots__ = ("attempts", "clusters", "codes", "counts", "epochs", "items", "names")
 
     def __init__(self, names: list[str], info: Mapping[str, SampleInfo]) -> None:
         self.names = names
         found = list(map(info.get, names))
         # C-level passes (map, dict.fromkeys): this runs once per stage or batch and run, over
-        # every sample.
-        items = [name if f is None else f.item for name, f in zip(names, found, strict=True)]
+        # every sample. A sample not in ``info`` is an item of its own, in no cluster.
+        if None in found:
+            found = [f or (name, None, None) for name, f in zip(names, found, strict=True)]
+        infos = cast(list[SampleInfo], found)
+        items = list(map(itemgetter(0), infos))
         self.items = list(dict.fromkeys(items))
         self.epochs = len(self.items) < len(names)
-        position = {item: i for i, item in enumerate(self.items)} if self.epochs else None
-        self.codes = (
-            np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
-            if position is not None
-            else np.arange(len(items), dtype=np.intp)
-        )
+        self.codes = np.arange(len(items), dtype=np.intp)
+        if self.epochs:
+            position = dict(zip(self.items, range(len(self.items)), strict=True))
+            self.codes = np.fromiter(map(position.__getitem__, items), np.intp, len(items))
         self.counts = np.bincount(self.codes, minlength=len(self.items))
-        self.clusters = {
-            f.item: f.cluster for f in found if f is not None and f.cluster is not None
-        }
+        self.clusters = {item: cluster for item, _, cluster in infos if cluster is not None}
+        self.attempts: dict[str, int] | None = None  # per item, made once for all keys
 
     def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """Each item's mean over its attempts, and the sample variance of the attempts of
@@ -156,7 +158,7 @@ class _Items:
             squares = np.bincount(self.codes, weights=dev * dev, minlength=len(self.items))
             several = self.counts > 1
             variances = squares[several] / (self.counts[several] - 1)
-        repeated = [item for item, many in zip(self.items, several.tolist(), strict=True) if many]
+        repeated = compress(self.items, several.tolist())
         return dict(zip(self.items, means.tolist(), strict=True)), dict(
             zip(repeated, variances.tolist(), strict=True)
         )
@@ -179,9 +181,9 @@ def _arrange_items(
     if not grouping.epochs:
         return values
     means, variances = grouping.group(values)
-    metrics.attempts[(stage, key)] = dict(
-        zip(grouping.items, grouping.counts.tolist(), strict=True)
-    )
+    if grouping.attempts is None:
+        grouping.attempts = dict(zip(grouping.items, grouping.counts.tolist(), strict=True))
+    metrics.attempts[(stage, key)] = grouping.attempts
     metrics.attempt_variance[(stage, key)] = variances
     return means
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, compress, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -34,11 +35,13 @@ __all__ = [
 # or epoch: as many of them as openings in a block, and the block has no cluster or epoch.
 # Otherwise _SAMPLE_META reads the cluster and epoch at the start of every sample line still
 # open (ended_at null: the opening lines, one per ref found, in the same order). No line is
-# decoded. Contexta 1.0 writes no CONTEXT lines: there is no other layout to match.
-_SAMPLE_OPENED: Final = re.compile(rb':"open"\},"payload_ref":"(sample:[^"]+)"')
+# decoded. Contexta 1.0 writes no CONTEXT lines: there is no other layout to match. Both
+# patterns start with a rare byte ("s" of the last key, "b" of the first), not ":" or "{":
+# the regex engine skips to that byte, so a frequent one costs a stop at every key.
+_SAMPLE_OPENED: Final = re.compile(rb'status":"open"\},"payload_ref":"(sample:[^"]+)"')
 _PLAIN_OPENING: Final = b'{"batch_execution_ref":null,"ended_at":null,"extensions":'
 _SAMPLE_META: Final = re.compile(
-    rb'\{"batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"([^"\\]*+(?:\\.[^"\\]*+)*+)",)?'
+    rb'batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"([^"\\]*+(?:\\.[^"\\]*+)*+)",)?'
     rb'"ended_at":null,(?:"epoch":(\d+),)?'
 )
 
@@ -63,8 +66,8 @@ class SampleScan:
         self._distinct: set[bytes] = set()
         self._parents: dict[bytes, str | None] = {}  # sample ref head -> stage or batch ref
         # Many samples share a cluster or an epoch: each decoded once.
-        self._clusters: dict[bytes, str] = {}
-        self._epochs: dict[bytes, tuple[int, str]] = {}  # -> the epoch, its ref suffix
+        self._clusters: dict[bytes, str | None] = {}
+        self._epochs: dict[bytes, tuple[int | None, str]] = {}  # -> the epoch, its ref suffix
         self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
 
     def feed(self, block: Block) -> None:
@@ -83,40 +86,50 @@ class SampleScan:
                 line = max(start, buffer.rfind(b"\n", start, opening.start()) + 1)
                 meta = _SAMPLE_META.search(buffer, line, opening.start())
                 metas.append((b"", b"") if meta is None else (meta[1] or b"", meta[2] or b""))
-        samples, parents, by_ref = self.samples, self._parents, self.by_ref
+        # Column by column (C-level passes, plain tuples: a block holds thousands of
+        # openings). Only the samples with a cluster or an epoch, under a stage or batch ref.
+        keep = list(map(any, metas))
+        if not all(keep):
+            metas, raw_refs = list(compress(metas, keep)), list(compress(raw_refs, keep))
+            if not raw_refs:
+                return
+        splits = list(map(bytes.rpartition, raw_refs, repeat(b".")))
+        parents = self._parents
+        for head in set(map(itemgetter(0), splits)) - parents.keys():
+            scope = parse_sample_head(head.decode())
+            parents[head] = None if scope is None else scope.parent_ref
+        of_parent = list(map(parents.__getitem__, map(itemgetter(0), splits)))
         clusters, epochs = self._clusters, self._epochs
-        for (raw_cluster, raw_epoch), raw_ref in zip(metas, raw_refs, strict=True):
-            if not raw_cluster and not raw_epoch:
-                continue
-            head, _, raw_name = raw_ref.rpartition(b".")
-            parent = parents.get(head, "")
-            if parent == "":
-                scope = parse_sample_head(head.decode())
-                parent = parents[head] = None if scope is None else scope.parent_ref
-            if parent is None:
-                continue
-            component = item = raw_name.decode()
-            epoch = None
-            if raw_epoch:
-                known = epochs.get(raw_epoch)
-                if known is None:
-                    epoch = int(raw_epoch)
-                    known = epochs[raw_epoch] = (epoch, f"-epoch-{epoch}")
-                epoch, suffix = known
-                if component.endswith(suffix) and len(component) > len(suffix):
-                    item = component[: -len(suffix)]
-            cluster = None
-            if raw_cluster:
-                cluster = clusters.get(raw_cluster)
-                if cluster is None:
-                    cluster = clusters[raw_cluster] = _json_text(raw_cluster)
-            info = SampleInfo(item, epoch, cluster)
-            per_parent = samples.get(parent)
-            if per_parent is None:
-                per_parent = samples[parent] = {}
-            per_parent[component] = info
-            if by_ref is not None:
-                by_ref[raw_ref.decode()] = info
+        for raw in {cluster for cluster, _ in metas} - clusters.keys():
+            clusters[raw] = _json_text(raw) if raw else None
+        for raw in {epoch for _, epoch in metas} - epochs.keys():
+            # No epoch: a suffix no name has (a name holds no quote).
+            epochs[raw] = (int(raw), f"-epoch-{int(raw)}") if raw else (None, '"')
+        # A quote ends a ref: one decode for the block's names.
+        names = b'"'.join(map(itemgetter(2), splits)).decode(errors="replace").split('"')
+        epoch_of = list(map(epochs.__getitem__, map(itemgetter(1), metas)))
+        items = list(map(str.removesuffix, names, map(itemgetter(1), epoch_of)))
+        if "" in items:  # a name that is only its suffix is its own item
+            items = [item or name for item, name in zip(items, names, strict=True)]
+        infos = list(
+            zip(
+                items,
+                map(itemgetter(0), epoch_of),
+                map(clusters.__getitem__, map(itemgetter(0), metas)),
+                strict=True,
+            )
+        )
+        parent = of_parent[0]
+        if parent is not None and of_parent.count(parent) == len(of_parent):
+            self.samples.setdefault(parent, {}).update(zip(names, infos, strict=True))
+            if self.by_ref is not None:
+                self.by_ref.update(zip(map(bytes.decode, raw_refs), infos, strict=True))
+            return
+        for parent, name, info, ref in zip(of_parent, names, infos, raw_refs, strict=True):
+            if parent is not None:  # else not a sample ref: ignored
+                self.samples.setdefault(parent, {})[name] = info
+                if self.by_ref is not None:
+                    self.by_ref[ref.decode()] = info
 
     def reopened(self) -> dict[str, int]:
         if len(self._distinct) == sum(map(len, self._opened)):

@@ -149,8 +149,8 @@ def record_row(
         message=body.message,
         attributes=body.attributes or {},
         status=body.status,
-        cluster=None if info is None else info.cluster,
-        epoch=None if info is None else info.epoch,
+        cluster=None if info is None else info[2],
+        epoch=None if info is None else info[1],
     )
 
 

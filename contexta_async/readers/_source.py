@@ -147,15 +147,12 @@ class RecordScan:
         return {run for run, _ in self.counts}
 
 
-class SampleInfo(NamedTuple):
-    """What a sample's CONTEXT line says beyond its ref: the item it is an attempt of, its
-    epoch and its cluster."""
-
-    item: str
-    """The item's name as the ref spells it (normalised), without any ``-epoch-<k>`` suffix:
-    attempts of one item share it."""
-    epoch: int | None
-    cluster: str | None
+# What a sample's CONTEXT line says beyond its ref: (item, epoch, cluster). The item is the
+# name of what the sample is an attempt of: its name as the ref spells it (normalised),
+# without any ``-epoch-<k>`` suffix, so attempts of one item share it. A plain tuple, not a
+# class: a workspace holds one per sample, and the garbage collector stops tracking plain
+# tuples of strings and numbers (docs/performance.md, Readers).
+SampleInfo = tuple[str, int | None, str | None]
 
 
 # The default of SourceData.samples: no sample has a cluster or an epoch.

@@ -93,20 +93,34 @@ class SampleScan:
             metas, raw_refs = list(compress(metas, keep)), list(compress(raw_refs, keep))
             if not raw_refs:
                 return
-        splits = list(map(bytes.rpartition, raw_refs, repeat(b".")))
+        # Usually every ref of a block is "<head>.<name>" with one head: the names are what
+        # is left of the refs without it (and without a dot: a name has none).
+        head = raw_refs[0].rpartition(b".")[0]
+        joined = b'"'.join(raw_refs)
+        if all(map(bytes.startswith, raw_refs, repeat(head + b"."))) and b"." not in (
+            rest := joined.replace(head + b".", b"")
+        ):
+            heads: Iterable[bytes] = [head]
+            raw_names = rest
+        else:
+            splits = list(map(bytes.rpartition, raw_refs, repeat(b".")))
+            heads = list(map(itemgetter(0), splits))
+            raw_names = b'"'.join(map(itemgetter(2), splits))
         parents = self._parents
-        for head in set(map(itemgetter(0), splits)) - parents.keys():
+        for head in set(heads) - parents.keys():
             scope = parse_sample_head(head.decode())
             parents[head] = None if scope is None else scope.parent_ref
-        of_parent = list(map(parents.__getitem__, map(itemgetter(0), splits)))
+        of_parent = list(map(parents.__getitem__, heads))
+        if len(of_parent) == 1:
+            of_parent *= len(raw_refs)
         clusters, epochs = self._clusters, self._epochs
-        for raw in {cluster for cluster, _ in metas} - clusters.keys():
+        for raw in set(map(itemgetter(0), metas)) - clusters.keys():
             clusters[raw] = _json_text(raw) if raw else None
-        for raw in {epoch for _, epoch in metas} - epochs.keys():
+        for raw in set(map(itemgetter(1), metas)) - epochs.keys():
             # No epoch: a suffix no name has (a name holds no quote).
             epochs[raw] = (int(raw), f"-epoch-{int(raw)}") if raw else (None, '"')
         # A quote ends a ref: one decode for the block's names.
-        names = b'"'.join(map(itemgetter(2), splits)).decode(errors="replace").split('"')
+        names = raw_names.decode(errors="replace").split('"')
         epoch_of = list(map(epochs.__getitem__, map(itemgetter(1), metas)))
         items = list(map(str.removesuffix, names, map(itemgetter(1), epoch_of)))
         if "" in items:  # a name that is only its suffix is its own item

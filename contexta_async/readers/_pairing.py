@@ -254,7 +254,9 @@ def _attempts_of(
             continue
         found[f"attempts_{side}"] = sum(map(counts.__getitem__, matched)) / len(matched)
         variances = metrics.attempt_variance.get((stage, key), {})
-        repeated = [variances[item] for item in matched if item in variances]
+        repeated = list(
+            map(variances.__getitem__, compress(matched, map(variances.__contains__, matched)))
+        )
         if repeated:
             found[f"within_item_variance_{side}"] = mean_of(repeated)
     return found

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._format.refs import parse_scope
 from ._model import RecordCounts, RunStatus, RunSummary, Scope
-from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleInfo, SourceData
+from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleFacts, SourceData
 
 __all__ = [
     "STATUSES",
@@ -129,14 +129,14 @@ class _Items:
 
     __slots__ = ("attempts", "clusters", "codes", "counts", "epochs", "items", "names")
 
-    def __init__(self, names: list[str], info: Mapping[str, SampleInfo]) -> None:
+    def __init__(self, names: list[str], info: Mapping[str, SampleFacts]) -> None:
         self.names = names
         found = list(map(info.get, names))
         # C-level passes (map, dict.fromkeys): this runs once per stage or batch and run, over
         # every sample. A sample not in ``info`` is an item of its own, in no cluster.
         if None in found:
             found = [f or (name, None, None) for name, f in zip(names, found, strict=True)]
-        infos = cast(list[SampleInfo], found)
+        infos = cast(list[SampleFacts], found)
         items = list(map(itemgetter(0), infos))
         self.items = list(dict.fromkeys(items))
         self.epochs = len(self.items) < len(names)
@@ -174,7 +174,7 @@ def _arrange_items(
     stage: str | None,
     key: str,
     values: dict[str, float],
-    info: Mapping[str, SampleInfo],
+    info: Mapping[str, SampleFacts],
     cache: dict[int, _Items],
 ) -> dict[str, float]:
     """``values`` by sample -> by item, noting clusters and attempts (see RunMetrics)."""
@@ -197,7 +197,7 @@ def collect_metrics(
     samples: Mapping[tuple[str, str], dict[str, float | None]],
     others: Mapping[tuple[str, str], float | None],
     runs: Iterable[str],
-    sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES,
+    sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES,
 ) -> dict[str, RunMetrics]:
     """Arrange scanned values by run: item values per (stage, key) whatever their batch (a
     sample's value, or the mean of an item's attempts when ``sample_info`` gives epochs), and
@@ -239,7 +239,7 @@ def collect_metrics(
 
 
 def run_metrics(
-    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES
+    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES
 ) -> dict[str, RunMetrics]:
     """The kept values of a scan, by run (the scan's sample dicts are taken over)."""
     return collect_metrics(scan.samples, scan.others, scan.kept, sample_info)

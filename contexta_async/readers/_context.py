@@ -16,7 +16,7 @@ import msgspec
 from .._format.lines import RUN_LINE, STAGE_LINE, ArtifactLine, ContextLine
 from .._format.refs import components, last_component, parse_sample_head
 from ._read import CHUNK_SIZE, Block, Issues, LineDecoder, read_file, read_lines
-from ._source import ArtifactInfo, RunInfo, SampleInfo
+from ._source import ArtifactInfo, RunInfo, SampleFacts
 
 __all__ = [
     "RunFacts",
@@ -56,10 +56,10 @@ def _json_text(raw: bytes) -> str:
 class SampleScan:
     """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
     ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
-    sample's SampleInfo by its full ref (for ``records``)."""
+    sample's (item, epoch, cluster) by its full ref (for ``records``)."""
 
     def __init__(self, *, by_ref: bool = False) -> None:
-        self.samples: dict[str, dict[str, SampleInfo]] = {}
+        self.samples: dict[str, dict[str, SampleFacts]] = {}
         # The refs of the opening lines, per block, and the distinct ones: counted only when
         # fewer distinct than openings (a sample opened twice).
         self._opened: list[list[bytes]] = []
@@ -68,7 +68,7 @@ class SampleScan:
         # Many samples share a cluster or an epoch: each decoded once.
         self._clusters: dict[bytes, str | None] = {}
         self._epochs: dict[bytes, tuple[int | None, str]] = {}  # -> the epoch, its ref suffix
-        self.by_ref: dict[str, SampleInfo] | None = {} if by_ref else None
+        self.by_ref: dict[str, SampleFacts] | None = {} if by_ref else None
 
     def feed(self, block: Block) -> None:
         buffer, start, end = block.buffer, block.start, block.end

@@ -145,12 +145,7 @@ class _Items:
             position = dict(zip(self.items, range(len(self.items)), strict=True))
             self.codes = np.fromiter(map(position.__getitem__, items), np.intp, len(items))
         self.counts = np.bincount(self.codes, minlength=len(self.items))
-        clusters = list(map(itemgetter(2), infos))
-        self.clusters = (
-            dict(zip(items, clusters, strict=True))
-            if None not in clusters
-            else {item: cluster for item, _, cluster in infos if cluster is not None}
-        )
+        self.clusters = {item: cluster for item, _, cluster in infos if cluster is not None}
         self.attempts: dict[str, int] | None = None  # per item, made once for all keys
 
     def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:

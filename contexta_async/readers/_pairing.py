@@ -5,7 +5,7 @@ The statistics themselves are in ``contexta_async.stats``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import compress
 from typing import Any, Final
 
@@ -375,18 +375,15 @@ def _paired_values(
     garbage collector walks."""
     names = list(lmap)
     if len(names) == len(rmap) and names == list(rmap):
-        return names, _floats(lmap.values(), len(names)), _floats(rmap.values(), len(names))
+        n = len(names)
+        return names, np.fromiter(lmap.values(), float, n), np.fromiter(rmap.values(), float, n)
     matched = [name for name in names if name in rmap]
     n = len(matched)
     if n == len(names):
-        lvals = _floats(lmap.values(), n)
+        lvals = np.fromiter(lmap.values(), float, n)
     else:
-        lvals = _floats(map(lmap.__getitem__, matched), n)
-    return matched, lvals, _floats(map(rmap.__getitem__, matched), n)
-
-
-def _floats(values: Iterable[float], n: int) -> Floats:
-    return np.fromiter(values, dtype=np.float64, count=n)
+        lvals = np.fromiter(map(lmap.__getitem__, matched), float, n)
+    return matched, lvals, np.fromiter(map(rmap.__getitem__, matched), float, n)
 
 
 def _binary(values: Floats) -> bool:

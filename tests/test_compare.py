@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -424,15 +425,20 @@ def test_pairing_matches_names_whatever_their_order_in_each_run() -> None:
     same_order = {"a": 11.0, "b": 12.0, "c": 13.0}
     other_order = {"c": 13.0, "a": 11.0, "b": 12.0}
     fewer = {"c": 13.0, "a": 11.0, "z": 0.0}
+
+    def paired(lmap: dict[str, float], rmap: dict[str, float]) -> tuple[Any, ...]:
+        names, lvals, rvals = _paired_values(lmap, rmap)
+        return names, lvals.tolist(), rvals.tolist()
+
     for right in (same_order, other_order):
-        names, lvals, rvals = _paired_values(left, right)
+        names, lvals, rvals = paired(left, right)
         assert dict(zip(names, zip(lvals, rvals, strict=True), strict=True)) == {
             "a": (1.0, 11.0),
             "b": (2.0, 12.0),
             "c": (3.0, 13.0),
         }
-    assert _paired_values(left, fewer) == (["a", "c"], [1.0, 3.0], [11.0, 13.0])
-    assert _paired_values(fewer, left) == (["c", "a"], [13.0, 11.0], [3.0, 1.0])
+    assert paired(left, fewer) == (["a", "c"], [1.0, 3.0], [11.0, 13.0])
+    assert paired(fewer, left) == (["c", "a"], [13.0, 11.0], [3.0, 1.0])
 
 
 def test_sample_set_warning_counts_names_over_all_metrics_of_the_stage() -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Final, get_args
+from itertools import compress
+from operator import itemgetter
+from typing import Final, cast, get_args
 
 import numpy as np
 
 from .._format.refs import parse_scope
 from ._model import RecordCounts, RunStatus, RunSummary, Scope
-from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleInfo, SourceData
+from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleFacts, SourceData
 
 __all__ = [
     "STATUSES",
@@ -117,28 +119,27 @@ class _Items:
     ``epochs``: some sample is an attempt (has an epoch), so values go by item name, even
     where every item was attempted once."""
 
-    __slots__ = ("clusters", "codes", "counts", "epochs", "items", "names")
+    __slots__ = ("attempts", "clusters", "codes", "counts", "epochs", "items", "names")
 
-    def __init__(self, names: list[str], info: Mapping[str, SampleInfo]) -> None:
+    def __init__(self, names: list[str], info: Mapping[str, SampleFacts]) -> None:
         self.names = names
         found = list(map(info.get, names))
         # C-level passes (map, dict.fromkeys): this runs once per stage or batch and run, over
-        # every sample.
-        items = [name if f is None else f.item for name, f in zip(names, found, strict=True)]
+        # every sample. A sample not in ``info`` is an item of its own, in no cluster.
+        if None in found:
+            found = [f or (name, None, None) for name, f in zip(names, found, strict=True)]
+        infos = cast(list[SampleFacts], found)
+        items = list(map(itemgetter(0), infos))
         self.items = list(dict.fromkeys(items))
-        self.epochs = any(f is not None and f.epoch is not None for f in found)
-        position = (
-            {item: i for i, item in enumerate(self.items)} if len(self.items) < len(names) else None
-        )
-        self.codes = (
-            np.fromiter(map(position.__getitem__, items), dtype=np.intp, count=len(items))
-            if position is not None
-            else np.arange(len(items), dtype=np.intp)
-        )
+        epochs = list(map(itemgetter(1), infos))
+        self.epochs = epochs.count(None) < len(epochs)
+        self.codes = np.arange(len(items), dtype=np.intp)
+        if len(self.items) < len(names):
+            position = dict(zip(self.items, range(len(self.items)), strict=True))
+            self.codes = np.fromiter(map(position.__getitem__, items), np.intp, len(items))
         self.counts = np.bincount(self.codes, minlength=len(self.items))
-        self.clusters = {
-            f.item: f.cluster for f in found if f is not None and f.cluster is not None
-        }
+        self.clusters = {item: cluster for item, _, cluster in infos if cluster is not None}
+        self.attempts: dict[str, int] | None = None  # per item, made once for all keys
 
     def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
         """Each item's mean over its attempts, and the sample variance of the attempts of
@@ -150,7 +151,7 @@ class _Items:
             squares = np.bincount(self.codes, weights=dev * dev, minlength=len(self.items))
             several = self.counts > 1
             variances = squares[several] / (self.counts[several] - 1)
-        repeated = [item for item, many in zip(self.items, several.tolist(), strict=True) if many]
+        repeated = compress(self.items, several.tolist())
         return dict(zip(self.items, means.tolist(), strict=True)), dict(
             zip(repeated, variances.tolist(), strict=True)
         )
@@ -161,7 +162,7 @@ def _arrange_items(
     stage: str | None,
     key: str,
     values: dict[str, float],
-    info: Mapping[str, SampleInfo],
+    info: Mapping[str, SampleFacts],
     cache: dict[int, _Items],
 ) -> dict[str, float]:
     """``values`` by sample -> by item, noting clusters and attempts (see RunMetrics)."""
@@ -173,9 +174,9 @@ def _arrange_items(
     if not grouping.epochs:
         return values  # clusters alone: names are items already
     means, variances = grouping.group(values)
-    metrics.attempts[(stage, key)] = dict(
-        zip(grouping.items, grouping.counts.tolist(), strict=True)
-    )
+    if grouping.attempts is None:
+        grouping.attempts = dict(zip(grouping.items, grouping.counts.tolist(), strict=True))
+    metrics.attempts[(stage, key)] = grouping.attempts
     metrics.attempt_variance[(stage, key)] = variances
     return means
 
@@ -184,7 +185,7 @@ def collect_metrics(
     samples: Mapping[tuple[str, str], dict[str, float | None]],
     others: Mapping[tuple[str, str], float | None],
     runs: Iterable[str],
-    sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES,
+    sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES,
 ) -> dict[str, RunMetrics]:
     """Arrange scanned values by run: item values per (stage, key) whatever their batch (a
     sample's value, or the mean of an item's attempts when ``sample_info`` gives epochs), and
@@ -194,7 +195,7 @@ def collect_metrics(
     # The attempts of one item may sit in different batches of its stage: a stage's samples
     # are merged first (by sample name), then grouped into items with what the CONTEXT lines
     # of all its batches say.
-    infos: dict[tuple[str, str | None], list[Mapping[str, SampleInfo]]] = {}
+    infos: dict[tuple[str, str | None], list[Mapping[str, SampleFacts]]] = {}
     for (parent, key), values in samples.items():
         scope = parse_scope(parent)
         if scope is None:
@@ -220,12 +221,12 @@ def collect_metrics(
                 metrics.duplicates.add((scope.stage, name))
             bucket.update(present)
     cache: dict[int, _Items] = {}
-    merged: list[Mapping[str, SampleInfo]] = []  # alive until the end: their ids key ``cache``
+    merged: list[Mapping[str, SampleFacts]] = []  # alive until the end: their ids key ``cache``
     for (run, stage), found in infos.items():
         metrics = out[run]
         info = found[0]
         if len(found) > 1:
-            combined: dict[str, SampleInfo] = {}
+            combined: dict[str, SampleFacts] = {}
             for part in found:
                 combined.update(part)
             merged.append(info := combined)
@@ -246,7 +247,7 @@ def collect_metrics(
 
 
 def run_metrics(
-    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES
+    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES
 ) -> dict[str, RunMetrics]:
     """The kept values of a scan, by run (the scan's sample dicts are taken over)."""
     return collect_metrics(scan.samples, scan.others, scan.kept, sample_info)

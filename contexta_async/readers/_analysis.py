@@ -262,11 +262,11 @@ _ALIGNMENT_LISTED: Final = 20
 def _attempt_counts(metrics: RunMetrics, stage: str | None) -> dict[str, int]:
     """Attempts per item of ``stage`` (the most any metric saw); items absent have one."""
     counts: dict[str, int] = {}
-    for (st, _), per_item in metrics.attempts.items():
-        if st == stage:
-            for item, n in per_item.items():
-                if n > counts.get(item, 0):
-                    counts[item] = n
+    # Metrics over the same samples share one dict (see _aggregate): each is read once.
+    for per_item in {id(d): d for (st, _), d in metrics.attempts.items() if st == stage}.values():
+        for item, n in per_item.items():
+            if n > counts.get(item, 0):
+                counts[item] = n
     return counts
 
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import zlib
-from array import array
 from collections.abc import Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import BinaryIO, Final, NamedTuple, TypeVar
 
 import msgspec
+import numpy as np
 import structlog
 
 from .._format.index import (
@@ -49,10 +48,10 @@ __all__ = [
 
 _log = structlog.get_logger("contexta_async")
 _START = attrgetter("start")
-_BIG_ENDIAN: Final = sys.byteorder == "big"
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
 _WASTE_FLOOR: Final = 64 << 20
+T = TypeVar("T")
 
 
 class IndexColumns(NamedTuple):
@@ -66,12 +65,14 @@ class IndexColumns(NamedTuple):
     values: list[float | None]
 
 
-def _from_u32(data: bytes) -> Sequence[int]:
-    if _BIG_ENDIAN:  # pragma: no cover
-        codes = array("I", data)
-        codes.byteswap()
-        return codes
-    return memoryview(data).cast("I")
+def _take(table: Sequence[T], codes: bytes) -> list[T]:
+    """``table[code]`` for each little-endian u32 code, as one numpy gather over an object
+    array (the table's own objects, ~3x faster than a Python-level map); IndexError when a
+    code is out of the table."""
+    objects = np.empty(len(table), dtype=object)
+    objects[:] = table
+    found: list[T] = objects[np.frombuffer(codes, dtype="<u4")].tolist()
+    return found
 
 
 def _well_formed(head: IndexHead) -> bool:
@@ -218,15 +219,12 @@ def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
 def expand_entry(entry: IndexEntry) -> IndexColumns | None:
     """The entry's columns, one item per line; None when a code points outside its table."""
     try:
-        types = list(map(entry.types.__getitem__, _from_u32(entry.type_codes)))
-        subjects = list(map(entry.subjects.__getitem__, _from_u32(entry.subject_codes)))
-        keys = list(map(entry.keys.__getitem__, _from_u32(entry.key_codes)))
+        types = _take(entry.types, entry.type_codes)
+        subjects = _take(entry.subjects, entry.subject_codes)
+        keys = _take(entry.keys, entry.key_codes)
     except IndexError:
         return None
-    packed = array("d", entry.values)
-    if _BIG_ENDIAN:  # pragma: no cover
-        packed.byteswap()
-    values: list[float | None] = packed.tolist()  # type: ignore[assignment]
+    values: list[float | None] = np.frombuffer(entry.values, dtype="<f8").tolist()
     return IndexColumns(types, subjects, keys, values)
 
 

@@ -60,7 +60,7 @@ from ._source import (
     RecordScan,
     RowFilter,
     RunInfo,
-    SampleInfo,
+    SampleFacts,
     SourceData,
     resolve_run_ref,
 )
@@ -103,7 +103,7 @@ def record_row(
     key: str | None,
     stage: str | None,
     sample: str | None,
-    samples: Mapping[str, SampleInfo] | None = None,
+    samples: Mapping[str, SampleFacts] | None = None,
 ) -> RecordRow | None:
     """The row of a RECORD line, or None when the filters leave it out; ``samples``: the
     cluster and epoch of the samples that have one, by sample ref."""
@@ -149,8 +149,8 @@ def record_row(
         message=body.message,
         attributes=body.attributes or {},
         status=body.status,
-        cluster=None if info is None else info.cluster,
-        epoch=None if info is None else info.epoch,
+        cluster=None if info is None else info[2],
+        epoch=None if info is None else info[1],
     )
 
 
@@ -311,7 +311,7 @@ class LocalSource:
         refs: list[str],
         rows: RowFilter,
         issues: Issues,
-        samples: Mapping[str, SampleInfo] | None = None,
+        samples: Mapping[str, SampleFacts] | None = None,
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` (full refs), a block at a time (blocking): one pass
         over record.jsonl for all of them, then their artifacts run after run."""
@@ -355,7 +355,7 @@ class LocalSource:
         known: set[str],
         rows: RowFilter,
         issues: Issues,
-        samples: Mapping[str, SampleInfo] | None = None,
+        samples: Mapping[str, SampleFacts] | None = None,
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
         the one ``name`` names among the runs of the artifacts and the record lines, found as

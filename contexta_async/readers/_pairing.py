@@ -5,15 +5,14 @@ The statistics themselves are in ``contexta_async.stats``."""
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
-from itertools import compress, repeat
+from itertools import compress
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from ..stats._bootstrap import mcnemar_exact, paired_bootstrap_cis
+from ..stats._bootstrap import Floats, mcnemar_exact, paired_bootstrap_cis
 from ..stats._inference import (
     adjust_p_values,
     cluster_bootstrap_cis,
@@ -70,10 +69,11 @@ def paired_results(
         pair = (stage, key, lmap, rmap, *_paired_values(lmap, rmap))
         pairs.append(pair)
         clusterings.append(_clustering(pair[4], left, right, stage, cluster_cache))
-    diffs_of = [list(map(operator.sub, rvals, lvals)) for *_, lvals, rvals in pairs]
+    with np.errstate(all="ignore"):  # an overflow is found just below
+        diffs_of = [rvals - lvals for *_, lvals, rvals in pairs]
     # A difference can overflow (values near the float range, or a hand-edited file):
     # such a metric gets no interval rather than a meaningless one.
-    finite = [bool(diffs) and all(map(math.isfinite, diffs)) for diffs in diffs_of]
+    finite = [bool(len(diffs)) and bool(np.isfinite(diffs).all()) for diffs in diffs_of]
     # Clustered metrics resample clusters; the others' bootstraps dominate the time and are
     # computed together (on several cores with numpy).
     plain = [usable and c is None for usable, c in zip(finite, clusterings, strict=True)]
@@ -96,7 +96,7 @@ def paired_results(
         clustering = clusterings[indices[0]]
         assert clustering is not None
         found = cluster_bootstrap_cis(
-            [np.asarray(diffs_of[i]) for i in indices],
+            [diffs_of[i] for i in indices],
             clustering.codes,
             clustering.count,
             confidence=confidence,
@@ -113,22 +113,18 @@ def paired_results(
     ) in enumerate(zip(pairs, diffs_of, finite, clusterings, strict=True)):
         direction, inferred = direction_for(key, options.directions)
         n = len(matched)
-        binary = n > 0 and all(
-            values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals)
-        )
-        # lt(0.0, d) is 0.0 < d: a positive difference.
-        better = operator.lt if direction == "maximize" else operator.gt
-        worse = operator.gt if direction == "maximize" else operator.lt
-        rises = sum(map(operator.lt, repeat(0.0), diffs))
-        falls = sum(map(operator.gt, repeat(0.0), diffs))
+        binary = n > 0 and _binary(lvals) and _binary(rvals)
+        up, down = diffs > 0, diffs < 0
+        rises, falls = int(np.count_nonzero(up)), int(np.count_nonzero(down))
         wins, losses = (rises, falls) if direction == "maximize" else (falls, rises)
-        mean_diff = mean_of(diffs) if n else None
+        mean_diff = _mean(diffs) if n else None
         regressed: list[str] = []
         fixed: list[str] = []
         p_value = None
         if binary:
-            regressed = sorted(compress(matched, map(worse, repeat(0.0), diffs)), key=natural_key)
-            fixed = sorted(compress(matched, map(better, repeat(0.0), diffs)), key=natural_key)
+            worse, better = (down, up) if direction == "maximize" else (up, down)
+            regressed = sorted(compress(matched, worse.tolist()), key=natural_key)
+            fixed = sorted(compress(matched, better.tolist()), key=natural_key)
             p_value = mcnemar_exact(len(regressed), len(fixed))
         low: float | None = None
         high: float | None = None
@@ -160,8 +156,8 @@ def paired_results(
                 n_matched=n,
                 unmatched_left=_unmatched(lmap, rmap, n),
                 unmatched_right=_unmatched(rmap, lmap, n),
-                mean_left=mean_of(lvals) if n else None,
-                mean_right=mean_of(rvals) if n else None,
+                mean_left=_mean(lvals) if n else None,
+                mean_right=_mean(rvals) if n else None,
                 mean_diff=mean_diff,
                 ci_low=low,
                 ci_high=high,
@@ -179,7 +175,9 @@ def paired_results(
                 samples=sorted(
                     (
                         PairedSample(name=name, left=lv, right=rv, diff=d)
-                        for name, lv, rv, d in zip(matched, lvals, rvals, diffs, strict=True)
+                        for name, lv, rv, d in zip(
+                            matched, lvals.tolist(), rvals.tolist(), diffs.tolist(), strict=True
+                        )
                     ),
                     key=lambda s: natural_key(s.name),
                 )
@@ -249,7 +247,9 @@ def _attempts_of(
             continue
         found[f"attempts_{side}"] = sum(map(counts.__getitem__, matched)) / len(matched)
         variances = metrics.attempt_variance.get((stage, key), {})
-        repeated = [variances[item] for item in matched if item in variances]
+        repeated = list(
+            map(variances.__getitem__, compress(matched, map(variances.__contains__, matched)))
+        )
         if repeated:
             found[f"within_item_variance_{side}"] = mean_of(repeated)
     return found
@@ -269,19 +269,17 @@ def paired_p_values(
         matched, lvals, rvals = _paired_values(
             left.samples.get((stage, key), {}), right.samples.get((stage, key), {})
         )
-        n = len(matched)
-        diffs = list(map(operator.sub, rvals, lvals))
-        if n < 2 or not all(map(math.isfinite, diffs)):
+        with np.errstate(all="ignore"):
+            diffs = rvals - lvals
+        if len(matched) < 2 or not np.isfinite(diffs).all():
             found[(stage, key)] = (None, None)
             continue
-        binary = all(values.count(0.0) + values.count(1.0) == n for values in (lvals, rvals))
-        rises = sum(map(operator.lt, repeat(0.0), diffs))
-        falls = sum(map(operator.gt, repeat(0.0), diffs))
-        mcnemar_p = mcnemar_exact(rises, falls) if binary else None
+        rises, falls = int(np.count_nonzero(diffs > 0)), int(np.count_nonzero(diffs < 0))
+        mcnemar_p = mcnemar_exact(rises, falls) if _binary(lvals) and _binary(rvals) else None
         inference = _inference_of(
             lvals,
             rvals,
-            mean_of(diffs),
+            _mean(diffs),
             mcnemar_p,
             rises,
             falls,
@@ -293,8 +291,8 @@ def paired_p_values(
 
 
 def _inference_of(
-    lvals: list[float],
-    rvals: list[float],
+    lvals: Floats,
+    rvals: Floats,
     mean_diff: float,
     mcnemar_p: float | None,
     rises: int,
@@ -309,7 +307,7 @@ def _inference_of(
     if n < 2:
         return {}
     with np.errstate(all="ignore"):
-        gain = pairing_gain(np.asarray(lvals), np.asarray(rvals))
+        gain = pairing_gain(lvals, rvals)
     if gain is None or not math.isfinite(gain.paired_se):
         return {}
     se = gain.paired_se
@@ -354,7 +352,7 @@ def _inference_of(
         return found
     if mcnemar_p is not None:
         # 0/1 values: a fall is 1 -> 0 (left only), a rise 0 -> 1 (right only).
-        both = lvals.count(1.0) - falls
+        both = int(np.count_nonzero(lvals == 1.0)) - falls
         low, high = newcombe_paired_interval(
             both, falls, rises, n - both - falls - rises, confidence=confidence
         )
@@ -373,22 +371,35 @@ def _inference_of(
 
 def _paired_values(
     lmap: Mapping[str, float], rmap: Mapping[str, float]
-) -> tuple[list[str], list[float], list[float]]:
+) -> tuple[list[str], Floats, Floats]:
     """The names in both maps and their values on each side, in the left map's order (the
     order of capture). The order means nothing: every statistic of the pairs is independent
     of it (sums are exact, the bootstrap resamples the sorted differences) and the lists
     shown to people are sorted by name. When both runs hold the same samples in the same
     order (a sequential eval), the stored values are taken as they are: a dict lookup per
-    sample and metric would cost more than all the rest of the pairing."""
+    sample and metric would cost more than all the rest of the pairing. Arrays, not lists:
+    the work per metric is a few numpy passes, and numpy arrays are not containers the
+    garbage collector walks."""
     names = list(lmap)
     if len(names) == len(rmap) and names == list(rmap):
-        return names, list(lmap.values()), list(rmap.values())
+        n = len(names)
+        return names, np.fromiter(lmap.values(), float, n), np.fromiter(rmap.values(), float, n)
     matched = [name for name in names if name in rmap]
-    if len(matched) == len(names):
-        lvals = list(lmap.values())
+    n = len(matched)
+    if n == len(names):
+        lvals = np.fromiter(lmap.values(), float, n)
     else:
-        lvals = list(map(lmap.__getitem__, matched))
-    return matched, lvals, list(map(rmap.__getitem__, matched))
+        lvals = np.fromiter(map(lmap.__getitem__, matched), float, n)
+    return matched, lvals, np.fromiter(map(rmap.__getitem__, matched), float, n)
+
+
+def _binary(values: Floats) -> bool:
+    """Whether every value is 0 or 1."""
+    return bool(np.logical_or(values == 0.0, values == 1.0).all())
+
+
+def _mean(values: Floats) -> float:
+    return mean_of(values.tolist())  # math.fsum on floats, not on numpy scalars
 
 
 def _unmatched(mine: Mapping[str, float], theirs: Mapping[str, float], matched: int) -> list[str]:

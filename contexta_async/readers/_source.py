@@ -29,6 +29,7 @@ __all__ = [
     "RecordSource",
     "RowFilter",
     "RunInfo",
+    "SampleFacts",
     "SampleInfo",
     "SourceData",
     "resolve_run_ref",
@@ -158,8 +159,15 @@ class SampleInfo(NamedTuple):
     cluster: str | None
 
 
+# What the readers take for a sample: a SampleInfo or a plain tuple in its order. The local
+# source builds plain tuples: a workspace holds one per sample, and the garbage collector
+# stops tracking a plain tuple of strings and numbers, never a NamedTuple (docs/performance.md,
+# Readers).
+SampleFacts = tuple[str, int | None, str | None]
+
+
 # The default of SourceData.samples: no sample has a cluster or an epoch.
-NO_SAMPLES: Final[Mapping[str, Mapping[str, SampleInfo]]] = MappingProxyType({})
+NO_SAMPLES: Final[Mapping[str, Mapping[str, SampleFacts]]] = MappingProxyType({})
 
 NO_REOPENED: Final[Mapping[str, int]] = MappingProxyType({})
 
@@ -171,10 +179,11 @@ class SourceData(NamedTuple):
     scan: RecordScan
     artifacts: dict[str, list[ArtifactInfo]]  # per run ref, in capture order
     report: ReadReport
-    samples: Mapping[str, Mapping[str, SampleInfo]] = NO_SAMPLES
+    samples: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES
     """Samples with a cluster or an epoch: stage or batch ref -> the sample's last ref
-    component -> SampleInfo. Empty (the default) means no cluster and no epoch anywhere:
-    every sample is an item of its own, in a cluster of its own."""
+    component -> SampleInfo (or a plain tuple of its fields). Empty (the default) means no
+    cluster and no epoch anywhere: every sample is an item of its own, in a cluster of its
+    own."""
     reopened: Mapping[str, int] = NO_REOPENED
     """Sample refs opened more than once (the same item captured twice without an epoch) ->
     how many times; empty (the default) when none was, or the source cannot tell."""
@@ -211,11 +220,12 @@ class RecordSource(Protocol):
     - ``report``: what was skipped (corrupt lines, torn tails, index use);
     - ``samples`` (optional; the default says "no cluster and no epoch anywhere"): for each
       sample whose metadata (a CONTEXT line's ``cluster``/``epoch``, a store's sample row)
-      gives a cluster or an epoch, a ``SampleInfo`` under its stage or batch ref and the
-      last component of its ref (the name ``scan.samples`` knows it by): ``item`` is that
-      component without its ``-epoch-<k>`` suffix when an epoch is given, else the component
-      itself. A source without this metadata leaves the default: every sample is its own
-      item and its own cluster (a Contexta 1.0 workspace);
+      gives a cluster or an epoch, a ``SampleInfo`` (or a plain tuple of its fields, in
+      order) under its stage or batch ref and the last component of its ref (the name
+      ``scan.samples`` knows it by): ``item`` is that component without its ``-epoch-<k>``
+      suffix when an epoch is given, else the component itself. A source without this
+      metadata leaves the default: every sample is its own item and its own cluster (a
+      Contexta 1.0 workspace);
     - ``reopened`` (optional, default empty): sample refs opened more than once, with the
       count, for the alignment report's duplicates.
 

@@ -258,7 +258,7 @@ def paired_bootstrap_ci(
 
 
 def paired_bootstrap_cis(
-    jobs: Sequence[Sequence[float]],
+    jobs: Sequence[Sequence[float] | Floats],
     *,
     confidence: float = 0.95,
     resamples: int = 2000,

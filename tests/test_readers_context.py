@@ -1,0 +1,114 @@
+"""The sample CONTEXT lines read by byte search (``SampleScan``) against a plain reference.
+
+``SampleScan`` finds the openings, clusters and epochs of a block with two regexes and
+C-level passes over the block's columns, never decoding a line. The reference below decodes
+every line with the standard library and applies the rules one opening at a time; the two
+must agree on every sample's (item, epoch, cluster), per stage or batch and per ref, and on
+the refs opened more than once, however the file is cut into blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contexta_async._format.refs import parse_sample_head
+from contexta_async.readers._context import SampleScan
+from contexta_async.readers._read import Issues, read_file
+
+_HEADS = (
+    ("run:p.r1", "stage:p.r1.s1", None),
+    ("run:p.r1", "stage:p.r1.s2", None),
+    ("run:p.r2", "stage:p.r2.s1", "batch:p.r2.s1.b"),
+    ("run:p.r2", "stage:p.r2.s1", "not-a-ref"),  # a sample ref that does not parse
+)
+
+
+@st.composite
+def _sample_line(draw: st.DrawFn) -> bytes:
+    run, stage, batch = draw(st.sampled_from(_HEADS))
+    epoch = draw(st.none() | st.integers(min_value=0, max_value=3))
+    name = draw(st.sampled_from(["q-1", "q-2", "q-10", "", "x-epoch-1"]))
+    # The library suffixes an attempt's name with its epoch; a hand-written line may not.
+    if epoch is not None and draw(st.booleans()):
+        name += f"-epoch-{epoch}"
+    head = f"sample:{batch[6:]}" if batch and batch.startswith("batch:") else None
+    if batch == "not-a-ref":
+        head, batch = "sample:p", None
+    head = head or f"sample:{stage[6:]}"
+    opening = draw(st.booleans())
+    payload: dict[str, Any] = {
+        "batch_execution_ref": batch,
+        "ended_at": None if opening else "2026-01-01T00:00:01.000000Z",
+        "extensions": [],
+        "failure_reason": None,
+        "observed_at": "2026-01-01T00:00:00.000000Z",
+        "run_ref": run,
+        "sample_name": name,
+        "sample_observation_ref": f"{head}.{name}",
+        "schema_version": "1.0.0",
+        "stage_execution_ref": stage,
+        "status": "open" if opening else "completed",
+    }
+    cluster = draw(st.none() | st.sampled_from(["c1", 'pa"ss \\ 7', "Ünï ∑", "t\tab"]))
+    if cluster is not None:
+        payload["cluster"] = cluster
+    if epoch is not None:
+        payload["epoch"] = epoch
+    line = {
+        "captured_at": "2026-01-01T00:00:00.000000Z",
+        "family": "CONTEXT",
+        "payload": payload,
+        "payload_ref": f"{head}.{name}",
+        "payload_type": "SampleObservation",
+        "sink_name": "local-jsonl",
+    }
+    return msgspec.json.encode(line, order="sorted") + b"\n"
+
+
+def _reference(lines: list[bytes]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Any]:
+    samples: dict[str, dict[str, Any]] = {}
+    by_ref: dict[str, Any] = {}
+    opened: Counter[str] = Counter()
+    for raw in lines:
+        line = json.loads(raw)
+        body = line["payload"]
+        if body["status"] != "open":
+            continue
+        ref = line["payload_ref"]
+        opened[ref] += 1
+        cluster, epoch = body.get("cluster"), body.get("epoch")
+        head, _, name = ref.rpartition(".")
+        scope = parse_sample_head(head)
+        if (cluster is None and epoch is None) or scope is None or scope.parent_ref is None:
+            continue
+        suffix = f"-epoch-{epoch}"
+        item = name[: -len(suffix)] if epoch is not None and name.endswith(suffix) else name
+        info = (item or name, epoch, cluster)
+        samples.setdefault(scope.parent_ref, {})[name] = info
+        by_ref[ref] = info
+    return samples, by_ref, {ref: n for ref, n in opened.items() if n > 1}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_sample_line(), min_size=1, max_size=60), st.integers(64, 8192))
+def test_sample_scan_agrees_with_a_line_by_line_reference(
+    lines: list[bytes], chunk_size: int
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "context.jsonl"
+        path.write_bytes(b"".join(lines))
+        scan = SampleScan(by_ref=True)
+        for block in read_file(path, Issues(), chunk_size=chunk_size):
+            scan.feed(block)
+    samples, by_ref, reopened = _reference(lines)
+    assert scan.samples == samples
+    assert scan.by_ref == by_ref
+    assert scan.reopened() == reopened

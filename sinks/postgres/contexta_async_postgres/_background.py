@@ -122,7 +122,7 @@ class BackgroundShipper:
                     break
                 delay = min(delay * 2, self._max_backoff)
         finally:
-            self._end_helper(wait=0.0)
+            self._end_helper(wait=0.0, reader=True)
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
@@ -228,9 +228,12 @@ class BackgroundShipper:
         except (OSError, ValueError):  # the helper is gone: the thread starts another
             pass
 
-    def _end_helper(self, wait: float | None) -> None:
+    def _end_helper(self, wait: float | None, *, reader: bool) -> None:
         """Tell the helper to stop; kill it if it has not exited after ``wait`` seconds (a
-        batch in flight then rolls back: its lines stay in the workspace)."""
+        batch in flight then rolls back: its lines stay in the workspace). Its stdin is
+        closed under the send lock (no write is under way); its stdout only by ``reader``,
+        the thread that reads it (closing a pipe another thread is reading or closing
+        raises in that thread)."""
         proc = self._proc
         if proc is None:
             return
@@ -240,12 +243,14 @@ class BackgroundShipper:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
+        pipes = [proc.stdin, proc.stdout] if reader else [proc.stdin]
+        with self._send_lock:
+            for pipe in pipes:
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except (OSError, ValueError):
+                        pass
 
     # ---- callers ------------------------------------------------------------------------
 
@@ -291,8 +296,12 @@ class BackgroundShipper:
             self._cond.notify_all()  # waiters see _stop: they end now, not with the thread
         # A batch in flight commits or rolls back: the helper gets what is left of the
         # deadline to finish it, then is killed (its batch rolls back, nothing is lost).
-        self._end_helper(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        self._end_helper(
+            None if deadline is None else max(0.1, deadline - time.monotonic()), reader=False
+        )
         self._thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        if not self._thread.is_alive():
+            self._end_helper(0.0, reader=True)  # the thread never got to its own (idempotent)
         waiting = self.lines_waiting()
         if waiting:
             logger.warning(

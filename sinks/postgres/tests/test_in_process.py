@@ -26,6 +26,10 @@ from contexta_async.stores import InProcessShipper, ShipTimeoutError
 WAIT = 60.0  # seconds; only a hang comes near it
 
 
+# An exception in the shipper thread fails the test that caused it (not a warning at the end).
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -195,6 +199,22 @@ def test_an_infinite_shutdown_timeout_drains_without_a_limit(tmp_path: Path, db:
     ctx.close()
     assert _shipper(ctx).lines_waiting == 0
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_close_and_the_shipper_thread_never_close_the_helper_pipes_under_each_other(
+    tmp_path: Path, db: Database
+) -> None:
+    # Both end the helper when it has exited: close() from the caller's thread and the
+    # shipper thread on its way out. Closing a pipe the other thread was reading or closing
+    # raised in the shipper thread ("PyMemoryView_FromBuffer(): info->buf must not be NULL").
+    for i in range(6):
+        ws = tmp_path / f"ws{i}"
+        ctx = Contexta(
+            workspace=ws, config={"project_name": "proj"}, ship_to=db.url, shutdown_timeout=30
+        )
+        _capture(ctx, "eval", 2)
+        ctx.close()
+        assert store_lines(db, ws) == workspace_lines(ws)
 
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/db"  # port 1: connection refused at once

@@ -99,33 +99,15 @@ async def test_clustered_se_equals_statsmodels_on_item_mean_differences(
         assert p.method == "cluster-bootstrap"
         assert p.ci_low is not None and p.ci_high is not None
         assert p.ci_low < p.mean_diff < p.ci_high
-
-
-@pytest.mark.parametrize("epochs", [True, False])
-async def test_with_clusters_the_unpaired_se_is_clustered_too(tmp_path: Path, epochs: bool) -> None:
-    # What pairing bought compares like with like: the SE of the difference of the two
-    # means as if the runs had different items, each run's mean with its clustered SE.
-    captured = capture_clustered(tmp_path / "ws", epochs=epochs)
-    result = await Workspace(tmp_path / "ws").compare("base", "cand")
-    paired = {p.key: p for p in result.paired}
-    items = [f"q-{i}" for i in range(ITEMS)]
-    labels = [_cluster(i) or f"own-{i}" for i in range(ITEMS)]
-    groups = np.unique(labels, return_inverse=True)[1]
-
-    def clustered_se(values: list[float]) -> float:
-        fit = sm.OLS(np.array(values), np.ones(ITEMS)).fit(
-            cov_type="cluster", cov_kwds={"groups": groups}
-        )
-        return float(fit.bse[0])
-
-    for key in ("score", "correct"):
-        left = _item_means(captured["base"][key])
-        right = _item_means(captured["cand"][key])
-        expected = math.hypot(
-            clustered_se([left[item] for item in items]),
-            clustered_se([right[item] for item in items]),
-        )
-        assert paired[key].unpaired_se == pytest.approx(expected, rel=1e-9)
+        # What pairing bought compares like with like: the unpaired SE (as if the runs had
+        # different items) is each run's mean with its clustered SE.
+        sides = [
+            sm.OLS(np.array([means[item] for item in items]), np.ones(ITEMS))
+            .fit(cov_type="cluster", cov_kwds={"groups": groups})
+            .bse[0]
+            for means in (left, right)
+        ]
+        assert p.unpaired_se == pytest.approx(math.hypot(*sides), rel=1e-9)
 
 
 async def test_epochs_are_averaged_per_item_before_pairing(tmp_path: Path) -> None:

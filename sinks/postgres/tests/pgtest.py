@@ -171,3 +171,33 @@ def start_ship(workspace: Path, url: str, *args: str) -> subprocess.Popen[str]:
         stdin=subprocess.DEVNULL,
         text=True,
     )
+
+
+def ensure_schema_at_once(db: Database, users: int) -> list[int]:
+    """``users`` connections call ``ensure_schema`` at the same moment (a barrier); the
+    versions they return. Any error is raised."""
+    import threading
+
+    import psycopg
+    from contexta_async_postgres._schema import ensure_schema
+
+    barrier = threading.Barrier(users)
+    errors: list[BaseException] = []
+    versions: list[int] = []
+
+    def use() -> None:
+        with psycopg.connect(db.url) as conn:
+            barrier.wait()
+            try:
+                versions.append(ensure_schema(conn, "t"))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return versions

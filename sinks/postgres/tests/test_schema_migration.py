@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from contexta_async_postgres import SCHEMA_VERSION
-from pgtest import Database, capture, ship_cli, store_lines
+from pgtest import Database, capture, ensure_schema_at_once, ship_cli, store_lines
 
 from contexta_async._cli import run_cli
 
@@ -77,27 +75,7 @@ def test_a_version_1_store_is_read_as_it_is_and_migrated_by_the_next_shipper(
 
 
 def test_concurrent_shippers_migrate_a_version_1_store_once(tmp_path: Path, db: Database) -> None:
-    from contexta_async_postgres._schema import ensure_schema
-
     _ship(capture(tmp_path / "ws"), db)
     _to_version_1(db)
-    barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
-    versions: list[int] = []
-
-    def migrate() -> None:
-        with psycopg.connect(db.url) as conn:
-            barrier.wait()
-            try:
-                versions.append(ensure_schema(conn, "t"))
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=migrate) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert versions == [SCHEMA_VERSION] * 4
+    assert ensure_schema_at_once(db, 4) == [SCHEMA_VERSION] * 4
     assert _version(db) == SCHEMA_VERSION and _indexes(db) == INDEXES

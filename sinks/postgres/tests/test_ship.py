@@ -22,6 +22,7 @@ from pgtest import (
     Database,
     capture,
     capture_open,
+    ensure_schema_at_once,
     store_lines,
     workspace_lines,
 )
@@ -234,30 +235,7 @@ def test_a_file_shorter_than_its_shipped_position_is_refused(tmp_path: Path, db:
 
 
 def test_concurrent_first_users_create_the_schema_once(db: Database) -> None:
-    import threading
-
-    import psycopg
-    from contexta_async_postgres._schema import ensure_schema
-
-    barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-    versions: list[int] = []
-
-    def first_use() -> None:
-        with psycopg.connect(db.url) as conn:
-            barrier.wait()
-            try:
-                versions.append(ensure_schema(conn, "t"))
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=first_use) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert versions == [SCHEMA_VERSION] * 6
+    assert ensure_schema_at_once(db, 6) == [SCHEMA_VERSION] * 6
     assert db.query("SELECT version FROM contexta.schema_version") == [(SCHEMA_VERSION,)]
 
 

@@ -112,3 +112,44 @@ def test_sample_scan_agrees_with_a_line_by_line_reference(
     assert scan.samples == samples
     assert scan.by_ref == by_ref
     assert scan.reopened() == reopened
+
+
+async def test_a_scan_of_some_runs_keeps_only_their_samples(tmp_path: Path) -> None:
+    from contexta_async import Contexta
+    from contexta_async.readers import Workspace
+
+    # Two runs open at once: their sample lines interleave within blocks (mixed heads) as
+    # well as filling blocks of their own.
+    root = tmp_path / "ws"
+    with (
+        Contexta(workspace=root, config={"project_name": "p"}) as ctx,
+        ctx.run("small") as small,
+        ctx.run("big") as big,
+        small.stage("evaluate") as s_stage,
+        big.stage("evaluate") as b_stage,
+    ):
+        for i in range(400):
+            with b_stage.sample(f"b-{i}", cluster=f"bc-{i // 4}", epoch=1 + i % 2) as sample:
+                sample.metric("score", float(i))
+            if i % 100 == 0:
+                with s_stage.sample(f"s-{i}", cluster=f"sc-{i}") as sample:
+                    sample.metric("score", 1.0)
+    context = root / "cache" / "capture" / "context.jsonl"
+    for chunk_size in (512, 1 << 20):  # blocks of mixed heads, and one block
+        scan = SampleScan(by_ref=True, runs=["run:p.small"])
+        for block in read_file(context, Issues(), chunk_size=chunk_size):
+            scan.feed(block)
+        assert scan.by_ref == {
+            f"sample:p.small.evaluate.s-{i}": (f"s-{i}", None, f"sc-{i}")
+            for i in range(0, 400, 100)
+        }
+        assert list(scan.samples) == ["stage:p.small.evaluate"]
+    rows = [row async for row in Workspace(root).records("small")]
+    assert {(row.sample, row.cluster) for row in rows} == {
+        (f"s-{i}", f"sc-{i}") for i in range(0, 400, 100)
+    }
+    big_rows = [row async for row in Workspace(root).records("big")]
+    # A row names its sample as the ref does (an attempt's name ends in its epoch).
+    assert {(row.sample, row.cluster, row.epoch) for row in big_rows} == {
+        (f"b-{i}-epoch-{1 + i % 2}", f"bc-{i // 4}", 1 + i % 2) for i in range(400)
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from itertools import chain, compress, repeat
 from operator import itemgetter
 from pathlib import Path
@@ -56,9 +56,10 @@ def _json_text(raw: bytes) -> str:
 class SampleScan:
     """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
     ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
-    sample's (item, epoch, cluster) by its full ref (for ``records``)."""
+    sample's (item, epoch, cluster) by its full ref (for ``records``). ``runs``: keep only
+    the samples of these run refs (a stream of some runs keeps no other run's samples)."""
 
-    def __init__(self, *, by_ref: bool = False) -> None:
+    def __init__(self, *, by_ref: bool = False, runs: Collection[str] | None = None) -> None:
         self.samples: dict[str, dict[str, SampleFacts]] = {}
         # The refs of the opening lines, per block, and the distinct ones: counted only when
         # fewer distinct than openings (a sample opened twice).
@@ -69,12 +70,15 @@ class SampleScan:
         self._clusters: dict[bytes, str | None] = {}
         self._epochs: dict[bytes, tuple[int | None, str]] = {}  # -> the epoch, its ref suffix
         self.by_ref: dict[str, SampleFacts] | None = {} if by_ref else None
+        self._runs = None if runs is None else frozenset(runs)
+        self._run_of: dict[bytes, str | None] = {}  # sample ref head -> its run ref
 
     def feed(self, block: Block) -> None:
         buffer, start, end = block.buffer, block.start, block.end
         raw_refs = _SAMPLE_OPENED.findall(buffer, start, end)
-        self._opened.append(raw_refs)
-        self._distinct.update(raw_refs)
+        if self._runs is None:  # a scan of some runs is for their records: no reopened count
+            self._opened.append(raw_refs)
+            self._distinct.update(raw_refs)
         if buffer.count(_PLAIN_OPENING, start, end) == len(raw_refs):
             return
         metas: list[tuple[bytes, bytes]] = _SAMPLE_META.findall(buffer, start, end)
@@ -91,6 +95,10 @@ class SampleScan:
         keep = list(map(any, metas))
         if not all(keep):
             metas, raw_refs = list(compress(metas, keep)), list(compress(raw_refs, keep))
+            if not raw_refs:
+                return
+        if self._runs is not None:
+            raw_refs, metas = self._of_runs(raw_refs, metas)
             if not raw_refs:
                 return
         # Usually every ref of a block is "<head>.<name>" with one head: the names are what
@@ -144,6 +152,24 @@ class SampleScan:
                 self.samples.setdefault(parent, {})[name] = info
                 if self.by_ref is not None:
                     self.by_ref[ref.decode()] = info
+
+    def _of_runs(
+        self, raw_refs: list[bytes], metas: list[tuple[bytes, bytes]]
+    ) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+        """The openings of the wanted runs (one decision per block when its refs share a
+        head, as usual)."""
+        assert self._runs is not None
+        run_of = self._run_of
+        head = raw_refs[0].rpartition(b".")[0]
+        shared = all(map(bytes.startswith, raw_refs, repeat(head + b".")))
+        heads = [head] if shared else [ref.rpartition(b".")[0] for ref in raw_refs]
+        for unknown in set(heads) - run_of.keys():
+            scope = parse_sample_head(unknown.decode(errors="replace"))
+            run_of[unknown] = None if scope is None else scope.run_ref
+        wanted = [run_of[h] in self._runs for h in heads]
+        if shared:
+            return (raw_refs, metas) if wanted[0] else ([], [])
+        return list(compress(raw_refs, wanted)), list(compress(metas, wanted))
 
     def reopened(self) -> dict[str, int]:
         if len(self._distinct) == sum(map(len, self._opened)):

@@ -269,8 +269,7 @@ class LocalSource:
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         issues = Issues()
-        samples = SampleScan(by_ref=True)
-        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
+        runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
         known = set(runs) | set(artifacts)
         ref: str | None = None
         if runs:
@@ -280,6 +279,11 @@ class LocalSource:
                 ref = resolve_run_ref(run, known)
             except UnknownRunError:
                 ref = None  # perhaps a run known only from its records: found while streaming
+        # The run's own samples only (a second, lighter pass: no other run's are kept); a run
+        # without CONTEXT lines has none.
+        samples = SampleScan(by_ref=True, runs=() if ref is None else (ref,))
+        if ref is not None:
+            await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         blocks = self._rows(run, ref, known, rows, issues, samples.by_ref)
         async for block in self._drive(blocks, issues):
             for row in block:
@@ -289,7 +293,7 @@ class LocalSource:
         self, refs: Sequence[str], rows: RowFilter
     ) -> AsyncGenerator[list[RecordRow], None]:
         issues = Issues()
-        samples = SampleScan(by_ref=True)
+        samples = SampleScan(by_ref=True, runs=refs)
         await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, samples.by_ref)
         async for block in self._drive(blocks, issues):

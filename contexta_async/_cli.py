@@ -280,6 +280,9 @@ def _write_power(power: dict[str, Any], out: TextIO) -> None:
 
 
 def _directions(args: argparse.Namespace) -> dict[str, Direction]:
+    both = sorted(set(args.maximize) & set(args.minimize))
+    if both:
+        raise _UsageError(f"--maximize/--minimize: a key takes one direction (got both for {both})")
     out: dict[str, Direction] = {key: "maximize" for key in args.maximize}
     out.update({key: "minimize" for key in args.minimize})
     return out

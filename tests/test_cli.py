@@ -198,6 +198,10 @@ def test_usage_errors_exit_with_status_two(llm_ws: Path) -> None:
         (("--resamples", "0"), "--resamples: must be at least 1 (got 0)"),
         (("--confidence", "1.5"), "--confidence: must be between 0 and 1 (got 1.5)"),
         (("--confidence", "nan"), "--confidence: must be between 0 and 1 (got nan)"),
+        (
+            ("--maximize", "loss", "--minimize", "loss", "--minimize", "cost"),
+            "--maximize/--minimize: a key takes one direction (got both for ['loss'])",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["compare", "compare3", "report"])

@@ -416,3 +416,24 @@ async def test_items_in_different_clusters_in_the_two_runs_are_warned_about(
     assert result.paired[0].clusters == 5  # the left run's: a0..a4
     same = await Workspace(root).compare("base", "base")
     assert not [w for w in same.warnings if "different clusters" in w]
+
+
+async def test_a_clustered_se_of_zero_with_varying_differences_gives_no_p_value(
+    tmp_path: Path,
+) -> None:
+    # Each cluster holds differences m + a and m - a: every cluster's deviations from the
+    # mean sum to 0, so the clustered SE is 0 while the differences vary.
+    root = tmp_path / "ws"
+    with Contexta(workspace=root, config={"project_name": "p"}) as ctx:
+        for run_name in ("base", "cand"):
+            with ctx.run(run_name) as run, run.stage("evaluate") as stage:
+                for c in range(6):
+                    for half, sign in (("a", 1), ("b", -1)):
+                        with stage.sample(f"q-{c}-{half}", cluster=f"c{c}") as sample:
+                            shift = 0.5 + sign * (c + 1) * 0.25 if run_name == "cand" else 0.0
+                            sample.metric("score", 2.0 + shift)
+    paired = (await Workspace(root).compare("base", "cand")).paired[0]
+    assert paired.clusters == 6
+    assert paired.naive_se is not None and paired.naive_se > 0
+    assert paired.se == 0.0
+    assert paired.p_value is None and paired.mde is None

@@ -347,6 +347,10 @@ def _inference_of(
         df = clustered.clusters - 1
         if se > 0:
             found.update(p_value=student_t_two_sided_p(mean_diff / se, df), p_test="clustered-t")
+        elif clustered.naive_se > 0:
+            # The differences vary but every cluster's deviations sum to 0: the clustered
+            # variance estimate degenerates, which is no evidence of a certain difference.
+            found.update(p_test="clustered-t")
         else:
             found.update(p_value=1.0 if mean_diff == 0 else 0.0, p_test="clustered-t")
         return found

@@ -158,19 +158,9 @@ class _Items:
 
 
 def _arrange_items(
-    metrics: RunMetrics,
-    stage: str | None,
-    key: str,
-    values: dict[str, float],
-    info: Mapping[str, SampleFacts],
-    cache: dict[int, _Items],
+    metrics: RunMetrics, stage: str | None, key: str, values: dict[str, float], grouping: _Items
 ) -> dict[str, float]:
-    """``values`` by sample -> by item, noting clusters and attempts (see RunMetrics)."""
-    names = list(values)
-    grouping = cache.get(id(info))
-    if grouping is None or grouping.names != names:
-        grouping = cache[id(info)] = _Items(names, info)
-        metrics.clusters.setdefault(stage, {}).update(grouping.clusters)
+    """``values`` by sample -> by item, noting attempts (see RunMetrics)."""
     if not grouping.epochs:
         return values  # clusters alone: names are items already
     means, variances = grouping.group(values)
@@ -220,8 +210,6 @@ def collect_metrics(
             for name in bucket.keys() & present.keys():
                 metrics.duplicates.add((scope.stage, name))
             bucket.update(present)
-    cache: dict[int, _Items] = {}
-    merged: list[Mapping[str, SampleFacts]] = []  # alive until the end: their ids key ``cache``
     for (run, stage), found in infos.items():
         metrics = out[run]
         info = found[0]
@@ -229,12 +217,17 @@ def collect_metrics(
             combined: dict[str, SampleFacts] = {}
             for part in found:
                 combined.update(part)
-            merged.append(info := combined)
+            info = combined
+        # Usually every key of a stage holds the same samples in the same order: one grouping.
+        grouping: _Items | None = None
         for (of_stage, key), by_sample in metrics.samples.items():
-            if of_stage == stage:
-                metrics.samples[(stage, key)] = _arrange_items(
-                    metrics, stage, key, by_sample, info, cache
-                )
+            if of_stage != stage:
+                continue
+            names = list(by_sample)
+            if grouping is None or grouping.names != names:
+                grouping = _Items(names, info)
+                metrics.clusters.setdefault(stage, {}).update(grouping.clusters)
+            metrics.samples[(stage, key)] = _arrange_items(metrics, stage, key, by_sample, grouping)
     for (subject, key), value in others.items():
         scope = parse_scope(subject)
         if scope is None or value is None or scope.kind == "sample":

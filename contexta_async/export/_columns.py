@@ -33,7 +33,7 @@ Row = tuple[Any, ...]
 
 # (name, Arrow/Parquet type). cluster and epoch: the sample's (stage.sample(..., cluster=,
 # epoch=)), null when not given.
-METRIC_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+_WHERE: Final[tuple[tuple[str, str], ...]] = (
     ("run", "string"),
     ("stage", "string"),
     ("batch", "string"),
@@ -41,24 +41,22 @@ METRIC_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("cluster", "string"),
     ("epoch", "int64"),
     ("key", "string"),
+)
+_WHEN: Final = (("captured_at", "timestamp[us, UTC]"),)
+METRIC_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    *_WHERE,
     ("value", "float64"),
     ("unit", "string"),
-    ("captured_at", "timestamp[us, UTC]"),
+    *_WHEN,
 )
 EVENT_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("run", "string"),
-    ("stage", "string"),
-    ("batch", "string"),
-    ("sample", "string"),
-    ("cluster", "string"),
-    ("epoch", "int64"),
-    ("key", "string"),
+    *_WHERE,
     ("level", "string"),
     ("message", "string"),
     ("attributes", "string"),
-    ("captured_at", "timestamp[us, UTC]"),
+    *_WHEN,
 )
-_ATTRIBUTES: Final = 9  # index of "attributes" in an event row
+_ATTRIBUTES: Final = [name for name, _ in EVENT_COLUMNS].index("attributes")
 _json = msgspec.json.Encoder(order="deterministic")
 
 

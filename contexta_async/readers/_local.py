@@ -16,6 +16,8 @@ from collections.abc import (
     AsyncGenerator,
     Collection,
     Generator,
+    Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -65,7 +67,7 @@ from ._source import (
     resolve_run_ref,
 )
 
-__all__ = ["LocalSource", "artifact_row", "record_row", "scan_file"]
+__all__ = ["LocalSource", "artifact_blocks", "record_row", "scan_file"]
 
 _log = structlog.get_logger("contexta_async")
 
@@ -154,7 +156,19 @@ def record_row(
     )
 
 
-def artifact_row(
+def artifact_blocks(
+    artifacts: Mapping[str, list[ArtifactInfo]], refs: Iterable[str], rows: RowFilter
+) -> Iterator[list[RecordRow]]:
+    """The artifact rows of each of ``refs`` that ``rows`` lets through, a block per run."""
+    for ref in refs:
+        yield [
+            row
+            for item in artifacts.get(ref, [])
+            if (row := _artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
+        ]
+
+
+def _artifact_row(
     item: ArtifactInfo, key: str | None, stage: str | None, sample: str | None
 ) -> RecordRow | None:
     if key is not None and item.kind != key:
@@ -345,12 +359,7 @@ class LocalSource:
             artifacts = read_artifacts(
                 self._file("artifact"), issues, wanted=refs, chunk_size=self.chunk_size
             )
-            for ref in refs:
-                yield [
-                    row
-                    for item in artifacts.get(ref, [])
-                    if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
-                ]
+            yield from artifact_blocks(artifacts, refs, rows)
 
     def _rows(
         self,
@@ -402,11 +411,7 @@ class LocalSource:
             artifacts = read_artifacts(
                 self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
             )
-            yield [
-                row
-                for item in artifacts.get(ref, [])
-                if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
-            ]
+            yield from artifact_blocks(artifacts, [ref], rows)
 
 
 def scan_file(

@@ -62,7 +62,7 @@ from contexta_async._format.refs import (
     run_matches,
 )
 from contexta_async.readers import EmptyWorkspaceError, ReadReport, RecordRow
-from contexta_async.readers._local import artifact_row, record_row
+from contexta_async.readers._local import artifact_blocks, record_row
 from contexta_async.readers._source import (
     ArtifactInfo,
     RecordScan,
@@ -289,12 +289,7 @@ class PostgresSource:
                         yield out
         if "artifact" in rows.kinds:
             artifacts = _artifacts(conn, ranks, refs)
-            for ref in refs:
-                yield [
-                    row
-                    for item in artifacts.get(ref, [])
-                    if (row := artifact_row(item, rows.key, rows.stage, rows.sample)) is not None
-                ]
+            yield from artifact_blocks(artifacts, refs, rows)
 
     def _rows(
         self, name: str, rows: RowFilter, report: list[ReadReport]

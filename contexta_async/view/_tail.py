@@ -51,6 +51,18 @@ _KIND: Final = {
 }
 
 
+def _count_kinds(counts: dict[str, int], types: list[str]) -> None:
+    """Add a block of one run's record types to its counts (list.count per kind: no Python
+    step per record)."""
+    rest = len(types)
+    for kind, name in _KIND.items():
+        if n := types.count(kind):
+            counts[name] += n
+            rest -= n
+    if rest:
+        counts["other"] += rest
+
+
 _BODY = attrgetter("payload.payload")
 _RUN = attrgetter("payload.envelope.run_ref")
 _TYPE = attrgetter("payload_type")
@@ -305,14 +317,7 @@ class WorkspaceTail:
         # No Python step per record: a block of one run (the usual case) is counted with
         # list.count, a mixed one with Counter's C loop.
         if runs and runs.count(runs[0]) == len(runs):
-            counts = self._run(runs[0]).counts
-            rest = len(types)
-            for kind, name in _KIND.items():
-                if n := types.count(kind):
-                    counts[name] += n
-                    rest -= n
-            if rest:
-                counts["other"] += rest
+            _count_kinds(self._run(runs[0]).counts, types)
         else:
             for (ref, kind), n in Counter(zip(runs, types, strict=True)).items():
                 self._run(ref).counts[_KIND.get(kind, "other")] += n
@@ -378,14 +383,7 @@ class WorkspaceTail:
         if dot > 0 and high.startswith(low[: dot + 1]):
             ref = _subject_run(low)
             if ref is not None:
-                counts = self._run(ref).counts
-                rest = len(types)
-                for kind, name in _KIND.items():
-                    if n := types.count(kind):
-                        counts[name] += n
-                        rest -= n
-                if rest:
-                    counts["other"] += rest
+                _count_kinds(self._run(ref).counts, types)
                 return
         # Several runs: counted per (subject, type) with Counter's C loop first.
         for (subject, kind), n in Counter(zip(subjects, types, strict=True)).items():

@@ -699,13 +699,7 @@ def _write_alignment(found: Alignment, out: TextIO) -> None:
         f"duplicated (left/right), {found.attempts_differ} with different attempt counts "
         f"({found.share:.1%} misaligned; warning above {found.threshold:.0%})\n"
     )
-    for label, names, count in (
-        ("only in left", found.only_left_names, found.only_left),
-        ("only in right", found.only_right_names, found.only_right),
-        ("duplicated in left", found.duplicate_left_names, found.duplicates_left),
-        ("duplicated in right", found.duplicate_right_names, found.duplicates_right),
-        ("different attempt counts", found.attempts_differ_names, found.attempts_differ),
-    ):
+    for label, count, names in found.kinds():
         if names:
             more = f" (+{count - len(names)} more)" if count > len(names) else ""
             out.write(f"  {label}: {', '.join(names)}{more}\n")

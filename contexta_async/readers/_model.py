@@ -373,6 +373,17 @@ class Alignment(_R):
     duplicate_right_names: list[str]
     attempts_differ_names: list[str]
 
+    def kinds(self) -> list[tuple[str, int, list[str]]]:
+        """Each kind of misalignment as (label, count, the first names), in the order every
+        output lists them."""
+        return [
+            ("only in left", self.only_left, self.only_left_names),
+            ("only in right", self.only_right, self.only_right_names),
+            ("duplicated in left", self.duplicates_left, self.duplicate_left_names),
+            ("duplicated in right", self.duplicates_right, self.duplicate_right_names),
+            ("different attempt counts", self.attempts_differ, self.attempts_differ_names),
+        ]
+
 
 class RunComparison(_R):
     """Two runs compared: metric deltas, paired per-sample results, artifact changes."""

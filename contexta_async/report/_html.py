@@ -222,13 +222,7 @@ def _alignment(found: Alignment) -> list[str]:
         f"(a warning above {found.threshold:.0%}).</p><table><tr><th>what</th><th>count</th>"
         f"<th>first {found.listed}</th></tr>",
     ]
-    for label, count, names in (
-        ("only in left", found.only_left, found.only_left_names),
-        ("only in right", found.only_right, found.only_right_names),
-        ("duplicated in left (no epoch)", found.duplicates_left, found.duplicate_left_names),
-        ("duplicated in right (no epoch)", found.duplicates_right, found.duplicate_right_names),
-        ("different attempt counts", found.attempts_differ, found.attempts_differ_names),
-    ):
+    for label, count, names in found.kinds():
         parts.append(
             f"<tr data-alignment='{escape(label)}'><td>{escape(label)}</td>"
             f"<td class=num>{count}</td><td>{_names(names)}</td></tr>"

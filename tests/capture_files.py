@@ -30,3 +30,20 @@ def last_status(workspace: Path) -> dict[str, str]:
     for line in read_lines(workspace, "CONTEXT"):
         status[line["payload_ref"]] = line["payload"]["status"]
     return status
+
+
+def count_opens(monkeypatch: Any, name: str) -> list[str]:
+    """From now on, the path of every ``os.open`` of a file called ``name`` (appended to the
+    list returned): how many times a reader opens it."""
+    import os
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(file).endswith(name):
+            opened.append(str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    return opened

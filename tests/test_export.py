@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -31,6 +30,7 @@ from contexta_async.export import (
 )
 from contexta_async.readers import RecordRow, Workspace
 
+from .capture_files import count_opens
 from .test_cli import cli
 from .test_readers_helpers import capture_llm_workspace, copy_fixture_10
 
@@ -202,15 +202,7 @@ async def test_exporting_many_runs_reads_record_jsonl_in_one_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
 ) -> None:
     ws = Workspace(_capture_runs(tmp_path / "ws", 6))
-    opened: list[str] = []
-    real_open = os.open
-
-    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if str(file).endswith("record.jsonl"):
-            opened.append(str(file))
-        return real_open(file, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", counting_open)
+    opened = count_opens(monkeypatch, "record.jsonl")
     runs = [f"r{r}" for r in range(6)] if named else None
     result = await export_workspace(ws, tmp_path / "m.jsonl", runs=runs)
     # One read resolves the names (or lists the runs), one pass streams every run's rows.

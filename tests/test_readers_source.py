@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncGenerator, Collection
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from contexta_async.readers import RecordRow, Workspace
 from contexta_async.readers._local import LocalSource
 from contexta_async.readers._source import RecordSource, RowFilter, SourceData
 
+from .capture_files import count_opens
 from .test_readers_helpers import capture_llm_workspace
 
 
@@ -93,15 +93,7 @@ async def test_records_read_record_jsonl_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = capture_llm_workspace(tmp_path / "ws")
-    opened: list[str] = []
-    real_open = os.open
-
-    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if str(file).endswith("record.jsonl"):
-            opened.append(str(file))
-        return real_open(file, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", counting_open)
+    opened = count_opens(monkeypatch, "record.jsonl")
     rows = [row async for row in Workspace(path).records("grounded", kind="metric")]
     assert len(rows) == 2 * 6 + 1 + 2 and len(opened) == 1  # 6 samples x 2, case-99, pass.rate x 2
 
@@ -114,15 +106,7 @@ async def test_records_of_several_runs_read_record_jsonl_once_in_capture_order(
     refs = ["run:mock-openai-compare.grounded", "run:mock-openai-compare.helpful-only"]
     every = RowFilter(frozenset({"metric", "event", "span", "artifact"}))
     per_run = {ref: [row async for row in source.records(ref, every)] for ref in refs}
-    opened: list[str] = []
-    real_open = os.open
-
-    def counting_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if str(file).endswith("record.jsonl"):
-            opened.append(str(file))
-        return real_open(file, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", counting_open)
+    opened = count_opens(monkeypatch, "record.jsonl")
     rows = [row async for block in source.record_blocks([*refs, refs[0]], every) for row in block]
     assert len(opened) == 1
     records = [row for row in rows if row.kind != "artifact"]

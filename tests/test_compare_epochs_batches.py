@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pytest
 import statsmodels.api as sm
 from scipy import stats
 
@@ -59,34 +60,23 @@ def capture_one_batch_per_epoch(root: Path, epochs: int) -> tuple[Values, dict[s
     return captured, cluster_of
 
 
-async def test_attempts_in_one_batch_per_epoch_are_averaged_per_item_with_their_clusters(
-    tmp_path: Path,
+@pytest.mark.parametrize("epochs", [2, 1])
+async def test_attempts_in_one_batch_per_epoch_pair_by_item_with_their_clusters(
+    tmp_path: Path, epochs: int
 ) -> None:
-    captured, cluster_of = capture_one_batch_per_epoch(tmp_path / "ws", epochs=2)
+    # Two attempts are averaged per item; a single epoch=1 attempt pairs by the item's name.
+    captured, cluster_of = capture_one_batch_per_epoch(tmp_path / "ws", epochs=epochs)
     result = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
     paired = result.paired[0]
     n, se, p = _expected_clustered(captured, cluster_of)
     assert paired.n_matched == n == 20
     assert paired.clusters == 5
-    assert paired.attempts_left == paired.attempts_right == 2.0
+    assert paired.attempts_left == paired.attempts_right == float(epochs)
     assert paired.se is not None and abs(paired.se - se) <= 1e-12 * se
     assert paired.p_test == "clustered-t"
     assert paired.p_value is not None and abs(paired.p_value - p) <= 1e-6
     assert paired.samples is not None
     assert {s.name for s in paired.samples} == set(captured["base"])
-
-
-async def test_a_single_attempt_per_item_pairs_by_item_name_and_keeps_its_cluster(
-    tmp_path: Path,
-) -> None:
-    captured, cluster_of = capture_one_batch_per_epoch(tmp_path / "ws", epochs=1)
-    result = await Workspace(tmp_path / "ws").compare("base", "cand", include_samples=True)
-    paired = result.paired[0]
-    n, se, _ = _expected_clustered(captured, cluster_of)
-    assert paired.n_matched == n == 20
-    assert paired.clusters == 5
-    assert paired.se is not None and abs(paired.se - se) <= 1e-12 * se
-    assert paired.samples is not None
     assert all("epoch" not in s.name for s in paired.samples)
 
 

@@ -10,13 +10,7 @@ from typing import Final, Literal
 
 from .._format.refs import parse_scope
 from ..stats._inference import Adjustment, adjust_p_values
-from ._aggregate import (
-    Aggregate,
-    RunMetrics,
-    natural_key,
-    order_all,
-    stage_order,
-)
+from ._aggregate import Aggregate, RunMetrics, natural_key, order_all, stage_order
 from ._direction import infer_direction
 from ._errors import AmbiguousMetricError, MetricNotFoundError
 from ._model import (

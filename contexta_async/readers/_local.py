@@ -29,21 +29,10 @@ import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import (
-    FullRecordLine,
-    run_marker,
-)
-from .._format.refs import (
-    last_component,
-    run_matches,
-)
+from .._format.lines import FullRecordLine, run_marker
+from .._format.refs import last_component, run_matches
 from ._context import SampleScan, read_artifacts, read_context
-from ._errors import (
-    AmbiguousRunError,
-    EmptyWorkspaceError,
-    UnknownRunError,
-    UnreadableFileError,
-)
+from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError, UnreadableFileError
 from ._index import load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import compress
 from typing import Any, Final
 
@@ -191,15 +192,13 @@ def paired_results(
     return results
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class _Clustering:
     """The cluster of each matched item, as codes 0..count-1 (an item without a cluster is
     a cluster of its own)."""
 
-    __slots__ = ("codes", "count")
-
-    def __init__(self, codes: npt.NDArray[np.intp], count: int) -> None:
-        self.codes = codes
-        self.count = count
+    codes: npt.NDArray[np.intp]
+    count: int
 
 
 def _clustering(
@@ -276,15 +275,9 @@ def paired_p_values(
             continue
         rises, falls = int(np.count_nonzero(diffs > 0)), int(np.count_nonzero(diffs < 0))
         mcnemar_p = mcnemar_exact(rises, falls) if _binary(lvals) and _binary(rvals) else None
+        clustering = _clustering(matched, left, right, stage, cache)
         inference = _inference_of(
-            lvals,
-            rvals,
-            _mean(diffs),
-            mcnemar_p,
-            rises,
-            falls,
-            0.95,
-            _clustering(matched, left, right, stage, cache),
+            lvals, rvals, _mean(diffs), mcnemar_p, rises, falls, 0.95, clustering
         )
         found[(stage, key)] = (inference.get("p_value"), inference.get("p_test"))
     return found

@@ -51,7 +51,7 @@ RecordKind = Literal["metric", "event", "span", "artifact"]
 class CompareOptions:
     """How a comparison is computed (see ``Workspace.compare``), checked once when built:
     a field that breaks its rule raises ValidationError naming it (``directions['loss']``,
-    ``seed``...), before anything is read."""
+    ``seed``...), before anything is read (not deep in numpy after a scan, nor silently)."""
 
     directions: Mapping[str, Direction] | None = None
     confidence: float = 0.95
@@ -62,8 +62,6 @@ class CompareOptions:
     adjustment: Adjustment = "holm"
 
     def __post_init__(self) -> None:
-        # Every field is checked here, before any read: a bad option fails at the call, named,
-        # not deep in numpy after the workspace was scanned (or, worse, silently accepted).
         directions = self.directions
         if directions is not None:
             if not isinstance(directions, Mapping):
@@ -176,7 +174,6 @@ class RunSummary(_R):
         return f"RunSummary(ref={self.ref!r}, status={self.status!r}, records={self.counts.total})"
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
         from ..report._notebook import summary_html
 
         return summary_html(self)
@@ -378,8 +375,7 @@ class Alignment(_R):
     attempts_differ_names: list[str]
 
     def kinds(self) -> list[tuple[str, int, list[str]]]:
-        """Each kind of misalignment as (label, count, the first names), in the order every
-        output lists them."""
+        """Each kind of misalignment as (label, count, the first names), as outputs list them."""
         return [
             ("only in left", self.only_left, self.only_left_names),
             ("only in right", self.only_right, self.only_right_names),
@@ -414,7 +410,6 @@ class RunComparison(_R):
         )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
         from ..report._notebook import comparison_html
 
         return comparison_html(self)
@@ -456,16 +451,14 @@ class MultiRunComparison(_R):
     (``runs[0]``): ``"holm"``, ``"bh"`` or ``"none"``."""
 
     def __repr__(self) -> str:
-        refs = [run.ref for run in self.runs]
-        runs = (
-            repr(refs) if len(refs) <= 4 else f"[{', '.join(map(repr, refs[:3]))}, ...{len(refs)}]"
-        )
+        refs = [repr(run.ref) for run in self.runs]
+        runs = ", ".join(refs if len(refs) <= 4 else [*refs[:3], f"...{len(refs)}"])
         return (
-            f"MultiRunComparison(runs={runs}, rows={len(self.rows)}, warnings={len(self.warnings)})"
+            f"MultiRunComparison(runs=[{runs}], rows={len(self.rows)}, "
+            f"warnings={len(self.warnings)})"
         )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
         from ..report._notebook import multi_html
 
         return multi_html(self)
@@ -502,7 +495,6 @@ class BestRun(_R):
         )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
         from ..report._notebook import best_html
 
         return best_html(self)

@@ -305,11 +305,7 @@ class LocalSource:
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
     def _rows_of(
-        self,
-        refs: list[str],
-        rows: RowFilter,
-        issues: Issues,
-        samples: Mapping[str, SampleFacts],
+        self, refs: list[str], rows: RowFilter, issues: Issues, samples: Mapping[str, SampleFacts]
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` (full refs), a block at a time (blocking): one pass
         over record.jsonl for all of them, then their artifacts run after run."""

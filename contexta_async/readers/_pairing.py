@@ -53,10 +53,7 @@ def direction_for(key: str, directions: Mapping[str, Direction] | None) -> tuple
 
 
 def paired_results(
-    left: RunMetrics,
-    right: RunMetrics,
-    stage_order: Sequence[str],
-    options: CompareOptions,
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str], options: CompareOptions
 ) -> list[PairedResult]:
     confidence, resamples, seed = options.confidence, options.resamples, options.seed
     pairs = []
@@ -353,12 +350,7 @@ def _inference_of(
         low, high = newcombe_paired_interval(
             both, falls, rises, n - both - falls - rises, confidence=confidence
         )
-        found.update(
-            p_value=mcnemar_p,
-            p_test="mcnemar-exact",
-            small_n_low=low,
-            small_n_high=high,
-        )
+        found.update(p_value=mcnemar_p, p_test="mcnemar-exact", small_n_low=low, small_n_high=high)
     elif se > 0:
         found.update(p_value=student_t_two_sided_p(mean_diff / se, n - 1), p_test="paired-t")
     else:

@@ -115,15 +115,10 @@ def record_row(
     ) or ""
     if key is not None and name != key:
         return None
-    if not _matches(env.stage_execution_ref, stage):
+    sample_ref = env.sample_observation_ref
+    if not _matches(env.stage_execution_ref, stage) or not _matches(sample_ref, sample):
         return None
-    if not _matches(env.sample_observation_ref, sample):
-        return None
-    info = (
-        samples.get(env.sample_observation_ref)
-        if samples and env.sample_observation_ref is not None
-        else None
-    )
+    info = samples.get(sample_ref) if samples and sample_ref is not None else None
     return RecordRow(
         kind=kind,  # type: ignore[arg-type]
         ref=env.record_ref or line.payload_ref or "",
@@ -131,7 +126,7 @@ def record_row(
         key=name,
         stage=last_component(env.stage_execution_ref),
         batch=last_component(env.batch_execution_ref),
-        sample=last_component(env.sample_observation_ref),
+        sample=last_component(sample_ref),
         recorded_at=env.recorded_at,
         value=body.value,
         value_type=body.value_type,

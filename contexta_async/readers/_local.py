@@ -283,7 +283,7 @@ class LocalSource:
 
     async def _samples(self, refs: Sequence[str]) -> Mapping[str, SampleFacts]:
         """The cluster and epoch of the samples of the runs ``refs`` that have one, by sample
-        ref (a second, lighter pass over the small files: no other run's samples are kept)."""
+        ref (a light pass over the small files: no other run's samples are kept)."""
         samples = SampleScan(by_ref=True, runs=refs)
         await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
         return samples.by_ref or {}

@@ -10,7 +10,7 @@ import pytest
 
 from contexta_async import Contexta
 from contexta_async.readers import Workspace
-from contexta_async.readers._display import MAX_ROWS, number
+from contexta_async.report._notebook import MAX_ROWS, number
 
 from .test_readers_helpers import capture_llm_workspace
 

@@ -44,11 +44,12 @@ LAYERS = {
 }
 # Workspace.to_arrow()/export() hand the work to the export package, imported when called (the
 # export builds on the readers; the methods are conveniences on the readers' main object).
-# Likewise the readers' package re-exports render_html_report, imported from the report
-# package on first use.
+# Likewise the readers' package re-exports render_html_report, and the result types' notebook
+# display (_repr_html_) is rendered by the report package, each imported on first use.
 ALLOWED_UPWARD = {
     ("contexta_async.readers._workspace", "contexta_async.export"),
     ("contexta_async.readers", "contexta_async.report"),
+    ("contexta_async.readers._model", "contexta_async.report"),
 }
 
 

@@ -19,8 +19,6 @@ LAYERS = {
     "_errors": 0,
     "_model": 0,
     "_direction": 0,
-    # the rendering of a result type for a notebook (_repr_html_ lives on the type)
-    "_display": 0,
     # the source: files, index, scan, the RecordSource seam, the local-file source
     "_read": 1,
     "_index": 1,
@@ -30,7 +28,8 @@ LAYERS = {
     "_context": 1,
     # per run/stage/sample/key values and run summaries
     "_aggregate": 2,
-    # deltas, pairing, notes and warnings (an answer's HTML page is contexta_async.report's)
+    # deltas, pairing, notes and warnings (an answer's HTML, page or notebook table, is
+    # contexta_async.report's)
     "_pairing": 3,
     "_analysis": 3,
     # orchestration

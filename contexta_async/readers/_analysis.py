@@ -10,13 +10,7 @@ from typing import Final, Literal
 
 from .._format.refs import parse_scope
 from ..stats._inference import Adjustment, adjust_p_values
-from ._aggregate import (
-    Aggregate,
-    RunMetrics,
-    natural_key,
-    order_all,
-    stage_order,
-)
+from ._aggregate import Aggregate, RunMetrics, natural_key, order_all, stage_order
 from ._direction import infer_direction
 from ._errors import AmbiguousMetricError, MetricNotFoundError
 from ._model import (
@@ -58,11 +52,10 @@ _INFERENCE = (
     "p_value: exact McNemar for 0/1 metrics, paired t (n - 1 df) otherwise; se = s/sqrt(n) of "
     "the differences, unpaired_se as if the runs had different items; mde: smallest true "
     "difference detected with 80% power at two-sided alpha 0.05 (2.80 se; none when se is 0: "
-    "not estimable); small_n_low/high: "
-    "Newcombe's interval for 0/1 metrics; with clusters (clusters is set): se and unpaired_se "
-    "cluster-robust (C/(C-1)), p_value Student t on se with C - 1 df, the interval resamples "
-    "clusters; with "
-    "epochs: each item's attempts are averaged before pairing (n = items)"
+    "not estimable); small_n_low/high: Newcombe's interval for 0/1 metrics; with clusters "
+    "(clusters is set): se and unpaired_se cluster-robust (C/(C-1)), p_value Student t on se "
+    "with C - 1 df, the interval resamples clusters; with epochs: each item's attempts are "
+    "averaged before pairing (n = items)"
 )
 _INFERENCE_NOTES = {
     "holm": _INFERENCE + "; p_adjusted: Holm (family-wise) across the paired metrics",
@@ -347,14 +340,8 @@ def _cluster_conflicts(left: RunMetrics, right: RunMetrics, stage: str | None) -
     lclusters, rclusters = left.clusters.get(stage), right.clusters.get(stage)
     if not lclusters or not rclusters or lclusters == rclusters:
         return []
-    differ = sorted(
-        (
-            item
-            for item in lclusters.keys() & rclusters.keys()
-            if lclusters[item] != rclusters[item]
-        ),
-        key=natural_key,
-    )
+    shared = lclusters.keys() & rclusters.keys()
+    differ = sorted((i for i in shared if lclusters[i] != rclusters[i]), key=natural_key)
     if not differ:
         return []
     first = differ[0]

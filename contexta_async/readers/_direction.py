@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MINIMIZE_WORDS", "infer_direction"]
 
-# A metric whose key holds one of these words (as a dot- or dash-separated part) is better
-# when lower. Contexta 1.0.0 always prefers the higher value, which is wrong for a loss.
+# A metric whose key holds one of these words (as a dot-, dash- or underscore-separated part)
+# is better when lower. Contexta 1.0.0 always prefers the higher value, wrong for a loss.
 MINIMIZE_WORDS: Final = frozenset(
     {
         "loss",

@@ -278,11 +278,7 @@ def load_index(record_path: str) -> LoadedIndex:
     finally:
         os.close(fd)
     if rejected:
-        _log.info(
-            "contexta_async.index_frames_rejected",
-            target=str(index_path),
-            rejected=rejected,
-        )
+        _log.info("contexta_async.index_frames_rejected", target=str(index_path), rejected=rejected)
     return LoadedIndex(verified, rejected, size)
 
 

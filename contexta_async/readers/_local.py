@@ -14,6 +14,7 @@ import contextlib
 import threading
 from collections.abc import (
     AsyncGenerator,
+    Callable,
     Collection,
     Generator,
     Iterable,
@@ -29,22 +30,11 @@ import anyio.to_thread
 import structlog
 
 from .._format.index import Frame, index_path_for
-from .._format.lines import (
-    FullRecordLine,
-    run_marker,
-)
-from .._format.refs import (
-    last_component,
-    run_matches,
-)
+from .._format.lines import FullRecordLine, run_marker
+from .._format.refs import last_component, run_matches
 from ._context import SampleScan, read_artifacts, read_context
-from ._errors import (
-    AmbiguousRunError,
-    EmptyWorkspaceError,
-    UnknownRunError,
-    UnreadableFileError,
-)
-from ._index import load_index, open_index, pieces, read_entry
+from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError, UnreadableFileError
+from ._index import LoadedIndex, load_index, open_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
@@ -125,15 +115,10 @@ def record_row(
     ) or ""
     if key is not None and name != key:
         return None
-    if not _matches(env.stage_execution_ref, stage):
+    sample_ref = env.sample_observation_ref
+    if not _matches(env.stage_execution_ref, stage) or not _matches(sample_ref, sample):
         return None
-    if not _matches(env.sample_observation_ref, sample):
-        return None
-    info = (
-        samples.get(env.sample_observation_ref)
-        if samples and env.sample_observation_ref is not None
-        else None
-    )
+    info = samples.get(sample_ref) if samples and sample_ref is not None else None
     return RecordRow(
         kind=kind,  # type: ignore[arg-type]
         ref=env.record_ref or line.payload_ref or "",
@@ -141,7 +126,7 @@ def record_row(
         key=name,
         stage=last_component(env.stage_execution_ref),
         batch=last_component(env.batch_execution_ref),
-        sample=last_component(env.sample_observation_ref),
+        sample=last_component(sample_ref),
         recorded_at=env.recorded_at,
         value=body.value,
         value_type=body.value_type,
@@ -232,16 +217,11 @@ class LocalSource:
         # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace);
         # the index holds no record times, so such a workspace is read from the JSON.
         times = not _nonempty(self._file("context"))
-        frames = []
-        issues = Issues()
-        if self.use_index and not times:
-            index = load_index(path)
-            issues.index_frames_rejected += index.rejected
-            frames = index.frames
+        index = load_index(path) if self.use_index and not times else LoadedIndex([], 0, 0)
         scan, found = scan_file(
-            path, wanted, values, self.chunk_size, times=times, frames=frames, stop_event=stop
+            path, wanted, values, self.chunk_size, times=times, frames=index.frames, stop_event=stop
         )
-        found.index_frames_rejected += issues.index_frames_rejected
+        found.index_frames_rejected += index.rejected
         return scan, found
 
     async def read(self, runs: Collection[str] | None, *, values: bool) -> SourceData:
@@ -251,21 +231,14 @@ class LocalSource:
         found: dict[str, Any] = {}
         stop = threading.Event()
 
-        async def scan() -> None:
-            # Cancelled, the read returns at once; the thread stops at its next frame or block.
-            found["scan"] = await anyio.to_thread.run_sync(
-                self._scan, wanted, values, stop, abandon_on_cancel=True
-            )
-
-        async def small() -> None:
-            found["small"] = await anyio.to_thread.run_sync(
-                self._small_files, small_issues, samples, abandon_on_cancel=True
-            )
+        async def run(name: str, work: Callable[..., Any], *args: Any) -> None:
+            # Cancelled, the read returns at once; the scan stops at its next frame or block.
+            found[name] = await anyio.to_thread.run_sync(work, *args, abandon_on_cancel=True)
 
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(scan)
-                group.start_soon(small)
+                group.start_soon(run, "scan", self._scan, wanted, values, stop)
+                group.start_soon(run, "small", self._small_files, small_issues, samples)
         except BaseExceptionGroup as failed:
             raise _first_error(failed) from None
         finally:
@@ -282,23 +255,20 @@ class LocalSource:
         )
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
-        issues = Issues()
         runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())
         known = set(runs) | set(artifacts)
         ref: str | None = None
         if runs:
             # Every run writes a CONTEXT line when it opens: the run is known from it (or
-            # from its artifacts) without reading record.jsonl first.
-            try:
+            # from its artifacts) without reading record.jsonl first. If not, perhaps it is a
+            # run known only from its records: found while streaming.
+            with contextlib.suppress(UnknownRunError):
                 ref = resolve_run_ref(run, known)
-            except UnknownRunError:
-                ref = None  # perhaps a run known only from its records: found while streaming
-        # The run's own samples only (a second, lighter pass: no other run's are kept); a run
-        # without CONTEXT lines has none.
-        samples = SampleScan(by_ref=True, runs=() if ref is None else (ref,))
-        if ref is not None:
-            await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
-        blocks = self._rows(run, ref, known, rows, issues, samples.by_ref)
+        issues = Issues()
+        if ref is None:  # a run without CONTEXT lines has no sample metadata
+            blocks = self._find_rows(run, known, rows, issues)
+        else:
+            blocks = self._rows_of([ref], rows, issues, await self._samples([ref]))
         async for block in self._drive(blocks, issues):
             for row in block:
                 yield row
@@ -307,11 +277,16 @@ class LocalSource:
         self, refs: Sequence[str], rows: RowFilter
     ) -> AsyncGenerator[list[RecordRow], None]:
         issues = Issues()
-        samples = SampleScan(by_ref=True, runs=refs)
-        await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
-        blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, samples.by_ref)
+        blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, await self._samples(refs))
         async for block in self._drive(blocks, issues):
             yield block
+
+    async def _samples(self, refs: Sequence[str]) -> Mapping[str, SampleFacts]:
+        """The cluster and epoch of the samples of the runs ``refs`` that have one, by sample
+        ref (a light pass over the small files: no other run's samples are kept)."""
+        samples = SampleScan(by_ref=True, runs=refs)
+        await anyio.to_thread.run_sync(self._small_files, Issues(), samples)
+        return samples.by_ref or {}
 
     async def _drive(
         self, blocks: Generator[list[RecordRow], None, None], issues: Issues
@@ -325,11 +300,7 @@ class LocalSource:
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
     def _rows_of(
-        self,
-        refs: list[str],
-        rows: RowFilter,
-        issues: Issues,
-        samples: Mapping[str, SampleFacts] | None = None,
+        self, refs: list[str], rows: RowFilter, issues: Issues, samples: Mapping[str, SampleFacts]
     ) -> Generator[list[RecordRow], None, None]:
         """The rows of the runs ``refs`` (full refs), a block at a time (blocking): one pass
         over record.jsonl for all of them, then their artifacts run after run."""
@@ -355,33 +326,20 @@ class LocalSource:
                         if row is not None:
                             out.append(row)
                 yield out
-        if wanted and "artifact" in rows.kinds:
-            artifacts = read_artifacts(
-                self._file("artifact"), issues, wanted=refs, chunk_size=self.chunk_size
-            )
-            yield from artifact_blocks(artifacts, refs, rows)
+        if wanted:
+            yield from self._artifact_rows(refs, rows, issues)
 
-    def _rows(
-        self,
-        name: str,
-        ref: str | None,
-        known: set[str],
-        rows: RowFilter,
-        issues: Issues,
-        samples: Mapping[str, SampleFacts] | None = None,
+    def _find_rows(
+        self, name: str, known: set[str], rows: RowFilter, issues: Issues
     ) -> Generator[list[RecordRow], None, None]:
-        """The rows of the run, a block at a time (blocking). With ``ref`` None, the run is
-        the one ``name`` names among the runs of the artifacts and the record lines, found as
-        they come: AmbiguousRunError at a second one, UnknownRunError if none."""
-        if ref is not None:
-            yield from self._rows_of([ref], rows, issues, samples)
-            return
+        """The rows of the run ``name`` names among the runs of the artifacts and the record
+        lines, found as they come (blocking, a block at a time): AmbiguousRunError at a
+        second one, UnknownRunError if none."""
         path = self._file("record")
         candidates = {r for r in known if run_matches(r, name)}
         if len(candidates) > 1:
             raise AmbiguousRunError(name, sorted(candidates))
-        if candidates:
-            (ref,) = candidates
+        ref = next(iter(candidates), None)
         decoder = LineDecoder(FullRecordLine)
         seen: set[str] = set()
         for block in read_file(path, issues, chunk_size=self.chunk_size):
@@ -396,9 +354,7 @@ class LocalSource:
                             raise AmbiguousRunError(name, sorted(candidates))
                         ref = run
                 if run == ref:
-                    row = record_row(
-                        line, ref, rows.kinds, rows.key, rows.stage, rows.sample, samples
-                    )
+                    row = record_row(line, ref, rows.kinds, rows.key, rows.stage, rows.sample)
                     if row is not None:
                         out.append(row)
             yield out
@@ -407,11 +363,16 @@ class LocalSource:
             if not known:
                 raise EmptyWorkspaceError(self.describe())
             ref = resolve_run_ref(name, known)  # raises: nothing named it
+        yield from self._artifact_rows([ref], rows, issues)
+
+    def _artifact_rows(
+        self, refs: list[str], rows: RowFilter, issues: Issues
+    ) -> Iterator[list[RecordRow]]:
         if "artifact" in rows.kinds:
             artifacts = read_artifacts(
-                self._file("artifact"), issues, wanted=[ref], chunk_size=self.chunk_size
+                self._file("artifact"), issues, wanted=refs, chunk_size=self.chunk_size
             )
-            yield from artifact_blocks(artifacts, [ref], rows)
+            yield from artifact_blocks(artifacts, refs, rows)
 
 
 def scan_file(

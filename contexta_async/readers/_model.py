@@ -1,5 +1,8 @@
 """The readers' result types, plain msgspec Structs (``msgspec.to_builtins`` gives JSON), and
-the options a comparison is computed with."""
+the options a comparison is computed with.
+
+Their notebook tables (``_repr_html_``) are rendered by ``contexta_async.report._notebook``,
+imported on first display: presentation sits above the readers, and reading never loads it."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import msgspec
 from .._errors import ValidationError
 from ..stats._bootstrap import BootstrapMethod, check_options
 from ..stats._inference import ADJUSTMENTS, Adjustment
-from . import _display
 
 __all__ = [
     "Alignment",
@@ -49,7 +51,7 @@ RecordKind = Literal["metric", "event", "span", "artifact"]
 class CompareOptions:
     """How a comparison is computed (see ``Workspace.compare``), checked once when built:
     a field that breaks its rule raises ValidationError naming it (``directions['loss']``,
-    ``seed``...), before anything is read."""
+    ``seed``...), before anything is read (not deep in numpy after a scan, nor silently)."""
 
     directions: Mapping[str, Direction] | None = None
     confidence: float = 0.95
@@ -60,8 +62,6 @@ class CompareOptions:
     adjustment: Adjustment = "holm"
 
     def __post_init__(self) -> None:
-        # Every field is checked here, before any read: a bad option fails at the call, named,
-        # not deep in numpy after the workspace was scanned (or, worse, silently accepted).
         directions = self.directions
         if directions is not None:
             if not isinstance(directions, Mapping):
@@ -171,11 +171,12 @@ class RunSummary(_R):
     source: Literal["context", "records"] = "context"
 
     def __repr__(self) -> str:
-        return _display.summary_repr(self)
+        return f"RunSummary(ref={self.ref!r}, status={self.status!r}, records={self.counts.total})"
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
-        return _display.summary_html(self)
+        from ..report._notebook import summary_html
+
+        return summary_html(self)
 
 
 class RecordRow(_R, gc=False):
@@ -374,8 +375,7 @@ class Alignment(_R):
     attempts_differ_names: list[str]
 
     def kinds(self) -> list[tuple[str, int, list[str]]]:
-        """Each kind of misalignment as (label, count, the first names), in the order every
-        output lists them."""
+        """Each kind of misalignment as (label, count, the first names), as outputs list them."""
         return [
             ("only in left", self.only_left, self.only_left_names),
             ("only in right", self.only_right, self.only_right_names),
@@ -403,11 +403,16 @@ class RunComparison(_R):
     """Items only in one run, duplicated, or attempted a different number of times."""
 
     def __repr__(self) -> str:
-        return _display.comparison_repr(self)
+        return (
+            f"RunComparison(left={self.left.ref!r}, right={self.right.ref!r}, "
+            f"metrics={len(self.metrics)}, paired={len(self.paired)}, "
+            f"artifacts={len(self.artifacts)}, warnings={len(self.warnings)})"
+        )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
-        return _display.comparison_html(self)
+        from ..report._notebook import comparison_html
+
+        return comparison_html(self)
 
 
 class MultiRunRow(_R):
@@ -446,11 +451,17 @@ class MultiRunComparison(_R):
     (``runs[0]``): ``"holm"``, ``"bh"`` or ``"none"``."""
 
     def __repr__(self) -> str:
-        return _display.multi_repr(self)
+        refs = [repr(run.ref) for run in self.runs]
+        runs = ", ".join(refs if len(refs) <= 4 else [*refs[:3], f"...{len(refs)}"])
+        return (
+            f"MultiRunComparison(runs=[{runs}], rows={len(self.rows)}, "
+            f"warnings={len(self.warnings)})"
+        )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
-        return _display.multi_html(self)
+        from ..report._notebook import multi_html
+
+        return multi_html(self)
 
 
 class RankedRun(_R):
@@ -478,8 +489,12 @@ class BestRun(_R):
     read_report: ReadReport
 
     def __repr__(self) -> str:
-        return _display.best_repr(self)
+        return (
+            f"BestRun(metric={self.metric!r}, direction={self.direction!r}, "
+            f"winners={self.winners!r})"
+        )
 
     def _repr_html_(self) -> str:
-        """A compact HTML table, for Jupyter."""
-        return _display.best_html(self)
+        from ..report._notebook import best_html
+
+        return best_html(self)

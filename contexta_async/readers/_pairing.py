@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import compress
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -51,66 +52,51 @@ def direction_for(key: str, directions: Mapping[str, Direction] | None) -> tuple
     return infer_direction(key), True
 
 
-def paired_results(
-    left: RunMetrics,
-    right: RunMetrics,
-    stage_order: Sequence[str],
-    options: CompareOptions,
-) -> list[PairedResult]:
-    confidence, resamples, seed = options.confidence, options.resamples, options.seed
+class _Pair(NamedTuple):
+    """One sample-level metric in both runs: the matched items, their values and differences
+    (right - left), their clusters; ``usable``: some matched, and no difference overflowed."""
+
+    stage: str | None
+    key: str
+    lmap: Mapping[str, float]
+    rmap: Mapping[str, float]
+    matched: list[str]
+    lvals: Floats
+    rvals: Floats
+    diffs: Floats
+    usable: bool
+    clustering: _Clustering | None
+
+
+def _pairs(left: RunMetrics, right: RunMetrics, stage_order: Sequence[str]) -> list[_Pair]:
     pairs = []
-    clusterings: list[_Clustering | None] = []
-    cluster_cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
+    cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
     for stage, scope, _batch, key in places((left, right), stage_order):
-        if scope != "sample":
-            continue
-        lmap = left.samples.get((stage, key), {})
-        rmap = right.samples.get((stage, key), {})
-        pair = (stage, key, lmap, rmap, *_paired_values(lmap, rmap))
-        pairs.append(pair)
-        clusterings.append(_clustering(pair[4], left, right, stage, cluster_cache))
-    with np.errstate(all="ignore"):  # an overflow is found just below
-        diffs_of = [rvals - lvals for *_, lvals, rvals in pairs]
-    # A difference can overflow (values near the float range, or a hand-edited file):
-    # such a metric gets no interval rather than a meaningless one.
-    finite = [bool(len(diffs)) and bool(np.isfinite(diffs).all()) for diffs in diffs_of]
-    # Clustered metrics resample clusters; the others' bootstraps dominate the time and are
-    # computed together (on several cores with numpy).
-    plain = [usable and c is None for usable, c in zip(finite, clusterings, strict=True)]
-    intervals = iter(
-        paired_bootstrap_cis(
-            list(compress(diffs_of, plain)),
-            confidence=confidence,
-            resamples=resamples,
-            seed=seed,
-            method=options.bootstrap,
-        )
-    )
-    # Metrics over the same items and clusters share their cluster draws (one set per stage).
-    shared: dict[int, list[int]] = {}
-    for index, (usable, clustering) in enumerate(zip(finite, clusterings, strict=True)):
-        if usable and clustering is not None and clustering.count >= 2:
-            shared.setdefault(id(clustering), []).append(index)
-    cluster_intervals: dict[int, tuple[float, float]] = {}
-    for indices in shared.values():
-        clustering = clusterings[indices[0]]
-        assert clustering is not None
-        found = cluster_bootstrap_cis(
-            [diffs_of[i] for i in indices],
-            clustering.codes,
-            clustering.count,
-            confidence=confidence,
-            resamples=resamples,
-            seed=seed,
-        )
-        cluster_intervals.update(zip(indices, found, strict=True))
+        if scope == "sample":
+            lmap = left.samples.get((stage, key), {})
+            rmap = right.samples.get((stage, key), {})
+            matched, lvals, rvals = _paired_values(lmap, rmap)
+            with np.errstate(all="ignore"):  # an overflow is found just below
+                diffs = rvals - lvals
+            # A difference can overflow (values near the float range, or a hand-edited file):
+            # such a metric gets no interval rather than a meaningless one.
+            usable = bool(len(diffs)) and bool(np.isfinite(diffs).all())
+            clustering = _clustering(matched, left, right, stage, cache)
+            pairs.append(
+                _Pair(stage, key, lmap, rmap, matched, lvals, rvals, diffs, usable, clustering)
+            )
+    return pairs
+
+
+def paired_results(
+    left: RunMetrics, right: RunMetrics, stage_order: Sequence[str], options: CompareOptions
+) -> list[PairedResult]:
+    confidence = options.confidence
+    pairs = _pairs(left, right, stage_order)
+    intervals = _intervals(pairs, options)
     results = []
-    for index, (
-        (stage, key, lmap, rmap, matched, lvals, rvals),
-        diffs,
-        usable,
-        clustering,
-    ) in enumerate(zip(pairs, diffs_of, finite, clusterings, strict=True)):
+    for pair, (low, high, method) in zip(pairs, intervals, strict=True):
+        stage, key, lmap, rmap, matched, lvals, rvals, diffs, usable, clustering = pair
         direction, inferred = direction_for(key, options.directions)
         n = len(matched)
         binary = n > 0 and _binary(lvals) and _binary(rvals)
@@ -126,19 +112,6 @@ def paired_results(
             regressed = sorted(compress(matched, worse.tolist()), key=natural_key)
             fixed = sorted(compress(matched, better.tolist()), key=natural_key)
             p_value = mcnemar_exact(len(regressed), len(fixed))
-        low: float | None = None
-        high: float | None = None
-        method = "none"
-        if usable and clustering is not None:
-            if index in cluster_intervals:
-                low, high = cluster_intervals[index]
-                method = "cluster-bootstrap"
-            else:
-                method = "one-cluster"
-        elif usable:
-            low, high, method = next(intervals)
-        elif n:
-            method = "non-finite"
         extra = _attempts_of(left, right, stage, key, matched)
         if usable and mean_diff is not None:
             extra.update(
@@ -162,8 +135,8 @@ def paired_results(
                 ci_low=low,
                 ci_high=high,
                 confidence=confidence,
-                resamples=resamples,
-                seed=seed,
+                resamples=options.resamples,
+                seed=options.seed,
                 method=method,
                 binary=binary,
                 wins=wins,
@@ -191,15 +164,60 @@ def paired_results(
     return results
 
 
+def _intervals(
+    pairs: Sequence[_Pair], options: CompareOptions
+) -> list[tuple[float | None, float | None, str]]:
+    """Each metric's bootstrap interval and how it was found (``PairedResult.method``)."""
+    confidence, resamples, seed = options.confidence, options.resamples, options.seed
+    # Clustered metrics resample clusters; the others' bootstraps dominate the time and are
+    # computed together (on several cores with numpy).
+    plain = [p.usable and p.clustering is None for p in pairs]
+    boots = iter(
+        paired_bootstrap_cis(
+            [p.diffs for p in compress(pairs, plain)],
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+            method=options.bootstrap,
+        )
+    )
+    # Metrics over the same items and clusters share their cluster draws (one set per stage).
+    shared: dict[int, list[int]] = {}
+    for index, (*_, usable, clustering) in enumerate(pairs):
+        if usable and clustering is not None and clustering.count >= 2:
+            shared.setdefault(id(clustering), []).append(index)
+    clustered: dict[int, tuple[float, float]] = {}
+    for indices in shared.values():
+        clustering = pairs[indices[0]].clustering
+        assert clustering is not None
+        cis = cluster_bootstrap_cis(
+            [pairs[i].diffs for i in indices],
+            clustering.codes,
+            clustering.count,
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+        )
+        clustered.update(zip(indices, cis, strict=True))
+    found: list[tuple[float | None, float | None, str]] = []
+    for index, (pair, is_plain) in enumerate(zip(pairs, plain, strict=True)):
+        if is_plain:
+            found.append(next(boots))
+        elif index in clustered:
+            found.append((*clustered[index], "cluster-bootstrap"))
+        else:  # clustered in one cluster, a difference overflowed, or no matched item
+            why = "one-cluster" if pair.usable else "non-finite" if pair.matched else "none"
+            found.append((None, None, why))
+    return found
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class _Clustering:
     """The cluster of each matched item, as codes 0..count-1 (an item without a cluster is
     a cluster of its own)."""
 
-    __slots__ = ("codes", "count")
-
-    def __init__(self, codes: npt.NDArray[np.intp], count: int) -> None:
-        self.codes = codes
-        self.count = count
+    codes: npt.NDArray[np.intp]
+    count: int
 
 
 def _clustering(
@@ -262,29 +280,15 @@ def paired_p_values(
     ``p_value`` and ``p_test`` ``paired_results`` gives (clusters and epochs included), without
     its bootstraps."""
     found: dict[tuple[str | None, str], tuple[float | None, str | None]] = {}
-    cache: dict[str | None, tuple[list[str], _Clustering | None]] = {}
-    for stage, scope, _batch, key in places((left, right), stage_order):
-        if scope != "sample":
-            continue
-        matched, lvals, rvals = _paired_values(
-            left.samples.get((stage, key), {}), right.samples.get((stage, key), {})
-        )
-        with np.errstate(all="ignore"):
-            diffs = rvals - lvals
-        if len(matched) < 2 or not np.isfinite(diffs).all():
+    pairs = _pairs(left, right, stage_order)
+    for stage, key, _, _, matched, lvals, rvals, diffs, usable, clustering in pairs:
+        if len(matched) < 2 or not usable:
             found[(stage, key)] = (None, None)
             continue
         rises, falls = int(np.count_nonzero(diffs > 0)), int(np.count_nonzero(diffs < 0))
         mcnemar_p = mcnemar_exact(rises, falls) if _binary(lvals) and _binary(rvals) else None
         inference = _inference_of(
-            lvals,
-            rvals,
-            _mean(diffs),
-            mcnemar_p,
-            rises,
-            falls,
-            0.95,
-            _clustering(matched, left, right, stage, cache),
+            lvals, rvals, _mean(diffs), mcnemar_p, rises, falls, 0.95, clustering
         )
         found[(stage, key)] = (inference.get("p_value"), inference.get("p_test"))
     return found
@@ -360,12 +364,7 @@ def _inference_of(
         low, high = newcombe_paired_interval(
             both, falls, rises, n - both - falls - rises, confidence=confidence
         )
-        found.update(
-            p_value=mcnemar_p,
-            p_test="mcnemar-exact",
-            small_n_low=low,
-            small_n_high=high,
-        )
+        found.update(p_value=mcnemar_p, p_test="mcnemar-exact", small_n_low=low, small_n_high=high)
     elif se > 0:
         found.update(p_value=student_t_two_sided_p(mean_diff / se, n - 1), p_test="paired-t")
     else:

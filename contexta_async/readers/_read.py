@@ -164,12 +164,8 @@ class LineDecoder(Generic[T]):
 
 
 class Block(NamedTuple):
-    """Complete lines: ``buffer[start:end]``, whose first byte is at ``offset`` in the file.
-
-    A block of a file is read whole and its lines used in place (``bytes.find`` takes the
-    bounds, ``view()`` decodes without a copy); only a line cut by the end of a read is copied,
-    glued to its rest as a small block of its own.
-    """
+    """Complete lines: ``buffer[start:end]``, whose first byte is at ``offset`` in the file,
+    used in place (``find`` takes the bounds, ``view()`` decodes without a copy)."""
 
     buffer: bytes
     start: int

@@ -64,6 +64,25 @@ def _where(scope: ScopeRef | None) -> _Where | None:
     return None if scope is None else (scope.run_ref, scope.stage_ref, scope.parent_ref)
 
 
+def _period(keys: list[str | None]) -> int | None:
+    """The period P of a block's keys when every sample captures the same keys in the same
+    order, each key once: then ``subjects[j::P]``/``values[j::P]`` are the samples and values
+    of key ``keys[j]``, grouped by slicing, O(n) C-level work instead of O(n * keys), and
+    events are never touched. Each key must have one slot in the period: then every value of
+    a key is in its one column, in capture order. (With a key in two slots, a block that
+    starts inside a sample puts the end of one sample and the start of the next in one row,
+    and appending slot by slot would let an earlier value win.)
+    """
+    try:
+        period = keys.index(keys[0], 1)
+    except ValueError:
+        return None
+    if period > 64 or keys[:-period] != keys[period:]:
+        return None
+    metric_slots = [key for key in keys[:period] if key is not None]
+    return period if len(set(metric_slots)) == len(metric_slots) else None
+
+
 class UnattributableLine(Exception):
     """A line names no scope: no usable ``subject_ref`` and no valid envelope."""
 
@@ -342,7 +361,13 @@ class Accumulator:
         values: list[float | None],
         name_of: Mapping[str, str],
     ) -> None:
-        if len(keys) > 64 and self._periodic(parent, subjects, keys, values, name_of):
+        period = _period(keys) if len(keys) > 64 else None
+        if period is not None:
+            for j, key in enumerate(keys[:period]):
+                if key is not None:
+                    self._column(parent, key).add(
+                        map(name_of.__getitem__, subjects[j::period]), values[j::period]
+                    )
             return
         names = list(map(name_of.__getitem__, subjects))
         # One C-level pass per distinct key of the block (a handful), not a step per record;
@@ -353,40 +378,6 @@ class Accumulator:
             # operator.eq, not key.__eq__: str.__eq__(None) is NotImplemented, which is truthy.
             chosen = list(map(eq, keys, repeat(key)))
             self._column(parent, key).add(compress(names, chosen), compress(values, chosen))
-
-    def _periodic(
-        self,
-        parent: str,
-        subjects: list[str],
-        keys: list[str | None],
-        values: list[float | None],
-        name_of: Mapping[str, str],
-    ) -> bool:
-        """Group by slicing when every sample captures the same keys in the same order.
-
-        Then the keys repeat with a period P and ``subjects[j::P]``/``values[j::P]`` are the
-        samples and values of key ``keys[j]``: O(n) C-level work instead of O(n * keys), and
-        events are never touched. Only when each key has one slot in the period: then every
-        value of a key is in its one column, in capture order. (With a key in two slots, a
-        block that starts inside a sample puts the end of one sample and the start of the
-        next in one row, and appending slot by slot would let an earlier value win.)
-        """
-        try:
-            period = keys.index(keys[0], 1)
-        except ValueError:
-            return False
-        if period > 64 or keys[:-period] != keys[period:]:
-            return False
-        slots = keys[:period]
-        metric_slots = [key for key in slots if key is not None]
-        if len(set(metric_slots)) != len(metric_slots):
-            return False  # a key twice per period: the general path keeps capture order
-        for j, key in enumerate(slots):
-            if key is not None:
-                self._column(parent, key).add(
-                    map(name_of.__getitem__, subjects[j::period]), values[j::period]
-                )
-        return True
 
     def _column(self, parent: str, key: str) -> _Column:
         column = self.samples.get((parent, key))

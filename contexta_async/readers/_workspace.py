@@ -148,10 +148,7 @@ class Workspace:
     # ---- listing -----------------------------------------------------------------------
 
     async def list_runs(
-        self,
-        *,
-        project: str | None = None,
-        status: str | Iterable[str] | None = None,
+        self, *, project: str | None = None, status: str | Iterable[str] | None = None
     ) -> list[RunSummary]:
         """Every run, oldest first, optionally only those of ``project`` and ``status``."""
         statuses = {status} if isinstance(status, str) else None if status is None else set(status)

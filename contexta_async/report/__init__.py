@@ -10,13 +10,13 @@ page = render_html_report(comparison)  # no script, no network asset
 
 ``report_sections`` gives the page's body for a page of another's (the live view's), and
 ``STYLE`` its stylesheet. The readers compute; this package only renders what they return.
-``format_number``, ``percent`` and ``run_facts`` are the readers' own notebook formatting
-(``_repr_html_``), shared with the report, the view and the command line.
+``format_number``, ``percent`` and ``run_facts`` are the notebook display's formatting (the
+readers' ``_repr_html_``, rendered here), shared with the page and the command line.
 """
 
-from ..readers._display import number as format_number
-from ..readers._display import percent, run_facts
 from ._html import STYLE, render_html_report, report_sections
+from ._notebook import number as format_number
+from ._notebook import percent, run_facts
 
 __all__ = [
     "STYLE",

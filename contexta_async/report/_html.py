@@ -8,9 +8,9 @@ from html import escape
 from typing import Final
 
 from ..readers._direction import infer_direction
-from ..readers._display import number as format_number
-from ..readers._display import percent
 from ..readers._model import Alignment, PairedResult, RunComparison, RunSummary
+from ._notebook import number as format_number
+from ._notebook import percent
 
 __all__ = ["STYLE", "render_html_report", "report_sections"]
 

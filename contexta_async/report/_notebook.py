@@ -1,7 +1,7 @@
-"""Notebook display of the readers' results: compact HTML tables (``_repr_html_``) and short
-plain reprs. Every user-provided string (run names, keys, stages, samples, metadata,
-warnings) goes through ``html.escape``. The number formatting and a run's facts are shared
-with ``contexta_async.report`` (which re-exports them) and the CLI, so they read alike."""
+"""Notebook display of the readers' results: the compact HTML tables their ``_repr_html_``
+returns (imported on use). Every user-provided string (run names, keys, stages, samples,
+metadata, warnings) goes through ``html.escape``. The number formatting and a run's facts are
+shared with the HTML page (``_html``) and the CLI, so they read alike."""
 
 from __future__ import annotations
 
@@ -10,24 +10,20 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Final
 
-from ._direction import infer_direction
+from ..readers._direction import infer_direction
 
 if TYPE_CHECKING:
-    from ._model import BestRun, MultiRunComparison, RunComparison, RunSummary
+    from ..readers._model import BestRun, MultiRunComparison, RunComparison, RunSummary
 
 __all__ = [
     "MAX_ROWS",
     "best_html",
-    "best_repr",
     "comparison_html",
-    "comparison_repr",
     "multi_html",
-    "multi_repr",
     "number",
     "percent",
     "run_facts",
     "summary_html",
-    "summary_repr",
 ]
 
 MAX_ROWS: Final = 50
@@ -240,33 +236,3 @@ def best_html(result: BestRun) -> str:
     if result.tie:
         body += f"<p>Tie: {escape(', '.join(result.winners))}</p>"
     return _wrap(body + _list("Missing the metric", result.missing))
-
-
-# ---- short reprs ---------------------------------------------------------------------------
-
-
-def comparison_repr(result: RunComparison) -> str:
-    return (
-        f"RunComparison(left={result.left.ref!r}, right={result.right.ref!r}, "
-        f"metrics={len(result.metrics)}, paired={len(result.paired)}, "
-        f"artifacts={len(result.artifacts)}, warnings={len(result.warnings)})"
-    )
-
-
-def multi_repr(result: MultiRunComparison) -> str:
-    refs = [run.ref for run in result.runs]
-    runs = repr(refs) if len(refs) <= 4 else f"[{', '.join(map(repr, refs[:3]))}, ...{len(refs)}]"
-    return (
-        f"MultiRunComparison(runs={runs}, rows={len(result.rows)}, warnings={len(result.warnings)})"
-    )
-
-
-def summary_repr(run: RunSummary) -> str:
-    return f"RunSummary(ref={run.ref!r}, status={run.status!r}, records={run.counts.total})"
-
-
-def best_repr(result: BestRun) -> str:
-    return (
-        f"BestRun(metric={result.metric!r}, direction={result.direction!r}, "
-        f"winners={result.winners!r})"
-    )

@@ -154,16 +154,22 @@ class SampleScan:
         if self._runs is None:
             self._opened_text.append(refs)
             self._distinct_text.update(refs)
-        if clusters.count(None) == len(clusters) and epochs.count(None) == len(epochs):
-            return
-        keep = [c is not None or e is not None for c, e in zip(clusters, epochs, strict=True)]
-        if not all(keep):
+        if None in clusters and None in epochs:  # else every opening has one or the other
+            keep = [c is not None or e is not None for c, e in zip(clusters, epochs, strict=True)]
+            if not any(keep):
+                return
             refs = list(compress(refs, keep))
             clusters, epochs = list(compress(clusters, keep)), list(compress(epochs, keep))
+        # Usually every ref is "<head>.<name>" with one head (as in ``feed``).
+        head = refs[0].rpartition(".")[0]
+        joined = '"'.join(refs)
+        if all(map(str.startswith, refs, repeat(head + "."))) and "." not in (
+            rest := joined.replace(head + ".", "")
+        ):
+            self._add([head], rest.split('"'), epochs, clusters, refs)
+            return
         splits = list(map(str.rpartition, refs, repeat(".")))
         heads = list(map(itemgetter(0), splits))
-        if heads.count(heads[0]) == len(heads):
-            heads = heads[:1]
         self._add(heads, list(map(itemgetter(2), splits)), epochs, clusters, refs)
 
     def _add(

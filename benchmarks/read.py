@@ -57,8 +57,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 import contexta_async
 from contexta_async._format.lines import (
     CONTEXT,
@@ -187,10 +185,9 @@ def generate(
         # The sink appends: a second run into one --dir would time a workspace twice as big.
         raise SystemExit(f"{workspace} already holds a workspace: give a new or empty --dir")
     capture.mkdir(parents=True)
-    encoder = msgspec.json.Encoder(order="deterministic")
-    # RECORD lines go through the local sink, in chunks of BATCH lines: record.jsonl and
-    # record.index are what a capture writes (no fsync here), and the sink writes the index's
-    # last frame when it is closed.
+    # Every line goes through the local sink, RECORD lines in chunks of BATCH lines:
+    # record.jsonl, context.jsonl and their indexes are what a capture writes (no fsync here),
+    # and the sink writes the indexes' last frames when it is closed.
     sink = LocalJsonlSink(capture, fsync=False)
     rng = random.Random(seed)
     tick = 0
@@ -202,113 +199,118 @@ def generate(
             for chunk in sink.prepare(part, _stamp(tick)):
                 sink.write(chunk)
 
-    with open(capture / "context.jsonl", "wb") as ctx:
-        for run_index, name in enumerate(RUNS):
-            run_ref = f"run:{PROJECT}.{name}"
-            stage_ref = f"stage:{PROJECT}.{name}.evaluate"
-            quality = 0.70 + 0.05 * run_index  # the candidate is a little better
-            context: list[CaptureLine] = []
-            started = _stamp(tick)
+    def write_context(lines: list[CaptureLine]) -> None:
+        # Through the sink too: context.jsonl and context.index as a capture writes them.
+        items = [
+            Item(CONTEXT, line.payload_type, line.payload_ref, line.payload.run_ref, line.payload)
+            for line in lines
+        ]
+        for chunk in sink.prepare(items, lines[0].captured_at):
+            sink.write(chunk)
 
-            ctx.write(
-                encoder.encode_lines(
-                    [
-                        _run_line(name, started, "open", None),
-                        _stage_line(name, started, "open", None),
-                    ]
-                )
-            )
-            batch: list[Item] = []
-            for s in range(samples):
-                item, epoch = divmod(s, EPOCHS) if clustered else (s, -1)
-                epoch += 1
-                component = f"case-{item}-epoch-{epoch}" if clustered else f"case-{s}"
-                sample_ref = f"sample:{PROJECT}.{name}.evaluate.{component}"
-                refs = (run_ref, stage_ref, sample_ref)
-                opened = _stamp(tick)
-                correct = float(rng.random() < quality)
-                prompt_tokens = rng.randint(50, 400)
-                completion = rng.randint(5, 120)
-                values: list[tuple[str, float | int, str | None]] = [
-                    ("correct", correct, "ratio"),
-                    ("judge.score", rng.randint(1, 5), None),
-                    ("latency.ms", rng.lognormvariate(5.5, 0.4), "ms"),
-                    ("prompt.tokens", prompt_tokens, None),
-                    ("completion.tokens", completion, None),
-                    ("cost.usd", (prompt_tokens * 0.15 + completion * 0.6) / 1e6, "usd"),
-                ]
-                for _ in range(repeat):
-                    for key, value, unit in values:
-                        tick += 1
-                        stamp = _stamp(tick)
-                        ref = f"record:{PROJECT}.{name}.metric-{records:012x}"
-                        records += 1
-                        metric = MetricPayload(
-                            aggregation_scope="step",
-                            metric_key=key,
-                            subject_ref=sample_ref,
-                            summary_basis="raw_observation",
-                            tags={},
-                            unit=unit,
-                            value=value,
-                            value_type="int" if isinstance(value, int) else "float",
-                        )
-                        batch.append(_record_item(stamp, ref, "metric", refs, metric))
-                    for key in ("request", "response")[:EVENTS_PER_SAMPLE]:
-                        tick += 1
-                        stamp = _stamp(tick)
-                        ref = f"record:{PROJECT}.{name}.event-{records:012x}"
-                        records += 1
-                        event = EventPayload(
-                            attributes={"model": "mock"},
-                            event_key=key,
-                            level="info",
-                            message=f"{key} for case-{s}",
-                            subject_ref=sample_ref,
-                        )
-                        batch.append(_record_item(stamp, ref, "event", refs, event))
-                closed = _stamp(tick)
-                for status, ended in (("open", None), ("completed", closed)):
-                    context.append(
-                        CaptureLine(
-                            captured_at=closed,
-                            family=CONTEXT,
-                            payload=SampleObservation(
-                                batch_execution_ref=None,
-                                cluster=f"passage-{item // CLUSTER_SIZE}" if clustered else None,
-                                ended_at=ended,
-                                epoch=epoch if clustered else None,
-                                extensions=(),
-                                failure_reason=None,
-                                observed_at=opened,
-                                run_ref=run_ref,
-                                sample_name=f"case-{item}",
-                                sample_observation_ref=sample_ref,
-                                schema_version=SCHEMA_VERSION,
-                                stage_execution_ref=stage_ref,
-                                status=status,
-                            ),
-                            payload_ref=sample_ref,
-                            payload_type="SampleObservation",
-                            sink_name="local-jsonl",
-                        )
+    for run_index, name in enumerate(RUNS):
+        run_ref = f"run:{PROJECT}.{name}"
+        stage_ref = f"stage:{PROJECT}.{name}.evaluate"
+        quality = 0.70 + 0.05 * run_index  # the candidate is a little better
+        context: list[CaptureLine] = []
+        started = _stamp(tick)
+
+        write_context(
+            [
+                _run_line(name, started, "open", None),
+                _stage_line(name, started, "open", None),
+            ]
+        )
+        batch: list[Item] = []
+        for s in range(samples):
+            item, epoch = divmod(s, EPOCHS) if clustered else (s, -1)
+            epoch += 1
+            component = f"case-{item}-epoch-{epoch}" if clustered else f"case-{s}"
+            sample_ref = f"sample:{PROJECT}.{name}.evaluate.{component}"
+            refs = (run_ref, stage_ref, sample_ref)
+            opened = _stamp(tick)
+            correct = float(rng.random() < quality)
+            prompt_tokens = rng.randint(50, 400)
+            completion = rng.randint(5, 120)
+            values: list[tuple[str, float | int, str | None]] = [
+                ("correct", correct, "ratio"),
+                ("judge.score", rng.randint(1, 5), None),
+                ("latency.ms", rng.lognormvariate(5.5, 0.4), "ms"),
+                ("prompt.tokens", prompt_tokens, None),
+                ("completion.tokens", completion, None),
+                ("cost.usd", (prompt_tokens * 0.15 + completion * 0.6) / 1e6, "usd"),
+            ]
+            for _ in range(repeat):
+                for key, value, unit in values:
+                    tick += 1
+                    stamp = _stamp(tick)
+                    ref = f"record:{PROJECT}.{name}.metric-{records:012x}"
+                    records += 1
+                    metric = MetricPayload(
+                        aggregation_scope="step",
+                        metric_key=key,
+                        subject_ref=sample_ref,
+                        summary_basis="raw_observation",
+                        tags={},
+                        unit=unit,
+                        value=value,
+                        value_type="int" if isinstance(value, int) else "float",
                     )
-                if len(batch) >= 8192:
-                    write_records(batch)
-                    batch = []
-                    ctx.write(encoder.encode_lines(context))
-                    context = []
-            write_records(batch)
-            ctx.write(encoder.encode_lines(context))
-            ended = _stamp(tick)
-            ctx.write(
-                encoder.encode_lines(
-                    [
-                        _stage_line(name, started, "completed", ended),
-                        _run_line(name, started, "completed", ended),
-                    ]
+                    batch.append(_record_item(stamp, ref, "metric", refs, metric))
+                for key in ("request", "response")[:EVENTS_PER_SAMPLE]:
+                    tick += 1
+                    stamp = _stamp(tick)
+                    ref = f"record:{PROJECT}.{name}.event-{records:012x}"
+                    records += 1
+                    event = EventPayload(
+                        attributes={"model": "mock"},
+                        event_key=key,
+                        level="info",
+                        message=f"{key} for case-{s}",
+                        subject_ref=sample_ref,
+                    )
+                    batch.append(_record_item(stamp, ref, "event", refs, event))
+            closed = _stamp(tick)
+            for status, ended in (("open", None), ("completed", closed)):
+                context.append(
+                    CaptureLine(
+                        captured_at=closed,
+                        family=CONTEXT,
+                        payload=SampleObservation(
+                            batch_execution_ref=None,
+                            cluster=f"passage-{item // CLUSTER_SIZE}" if clustered else None,
+                            ended_at=ended,
+                            epoch=epoch if clustered else None,
+                            extensions=(),
+                            failure_reason=None,
+                            observed_at=opened,
+                            run_ref=run_ref,
+                            sample_name=f"case-{item}",
+                            sample_observation_ref=sample_ref,
+                            schema_version=SCHEMA_VERSION,
+                            stage_execution_ref=stage_ref,
+                            status=status,
+                        ),
+                        payload_ref=sample_ref,
+                        payload_type="SampleObservation",
+                        sink_name="local-jsonl",
+                    )
                 )
-            )
+            if len(batch) >= 8192:
+                write_records(batch)
+                batch = []
+                write_context(context)
+                context = []
+        write_records(batch)
+        if context:
+            write_context(context)
+        ended = _stamp(tick)
+        write_context(
+            [
+                _stage_line(name, started, "completed", ended),
+                _run_line(name, started, "completed", ended),
+            ]
+        )
     sink.close()
     return records
 

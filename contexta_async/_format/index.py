@@ -1,5 +1,5 @@
-"""The record index's layout: a compact sidecar of ``record.jsonl`` that readers can trust or
-ignore.
+"""The layout of the sidecar indexes: compact descriptions of ``record.jsonl`` and
+``context.jsonl`` that readers can trust or ignore.
 
 Comparing runs needs four things per record line (type, subject ref, metric key, value), but
 parsing ~1 KB of JSON per line to get them costs most of a comparison (docs/performance.md,
@@ -16,8 +16,13 @@ at both ends of its range are, byte for byte, the ones it describes; any other p
 is read from the JSON. A chunk the index cannot describe exactly (a value JSON would not hold
 as that float) gets no frame, so it is simply read from the JSON.
 
+``context.index`` describes ``context.jsonl`` the same way, frame by frame, with what readers
+take from its lines (``ContextEntry``): the ref, cluster and epoch of every sample line that
+opens a sample, and where the Run and StageExecution lines are. Reading 140 MB of sample lines
+to find the clusters and epochs of a million records cost compare more than anything else.
+
 A frame is ``b"CXI1"``, the body length and the body's CRC-32 (both uint32 little-endian), then
-the body: an ``IndexEntry`` encoded as MessagePack.
+the body: an ``IndexEntry`` (``ContextEntry`` in ``context.index``) encoded as MessagePack.
 
 This module holds what writer and readers share (magic, header, the entry Structs, limits);
 the writing half is ``contexta_async.sinks._index``, the reading half
@@ -40,6 +45,7 @@ __all__ = [
     "INDEX_MAGIC",
     "MAX_FRAME",
     "MIN_INDEXED_LINES",
+    "ContextEntry",
     "Frame",
     "IndexEntry",
     "IndexHead",
@@ -75,7 +81,7 @@ def open_regular(path: str | Path, flags: int, mode: int = 0o644) -> int | None:
 
 
 def index_path_for(record_file: str | Path) -> Path:
-    """``.../record.jsonl`` -> ``.../record.index``."""
+    """``.../record.jsonl`` -> ``.../record.index`` (and ``context.jsonl`` -> ``context.index``)."""
     path = Path(record_file)
     return path.with_name(path.name.removesuffix(".jsonl") + ".index")
 
@@ -131,3 +137,25 @@ class IndexEntry(msgspec.Struct, array_like=True, gc=False):
     subject_codes: bytes
     key_codes: bytes
     values: bytes  # float64 little-endian, NaN where the line has no value
+
+
+class ContextEntry(msgspec.Struct, array_like=True, gc=False):
+    """One chunk of ``context.jsonl``: where it is, how to recognise it (as IndexEntry), and
+    what readers take from it. ``opened`` lists the payload refs of the lines that open a
+    sample (status "open"), in file order, with each one's cluster and epoch (None where the
+    line has none); ``kept_starts`` and ``kept_lengths`` locate the Run and StageExecution
+    lines, which readers decode. Sample lines that close a sample, and batch lines, are in the
+    byte range only."""
+
+    start: int
+    end: int
+    lines: int
+    head_length: int
+    head_crc: int
+    tail_length: int
+    tail_crc: int
+    opened: list[str]
+    clusters: list[str | None]
+    epochs: list[int | None]
+    kept_starts: list[int]  # byte offsets in context.jsonl
+    kept_lengths: list[int]  # newline included

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from itertools import compress
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 from typing import Final, cast, get_args
 
 import numpy as np
@@ -138,7 +138,12 @@ class _Items:
             position = dict(zip(self.items, range(len(self.items)), strict=True))
             self.codes = np.fromiter(map(position.__getitem__, items), np.intp, len(items))
         self.counts = np.bincount(self.codes, minlength=len(self.items))
-        self.clusters = {item: cluster for item, _, cluster in infos if cluster is not None}
+        clusters = list(map(itemgetter(2), infos))
+        pairs = zip(items, clusters, strict=True)
+        # The last attempt's cluster, as later keys win (C-level: no Python step per sample).
+        self.clusters: dict[str, str] = dict(
+            pairs if None not in clusters else compress(pairs, map(is_not, clusters, repeat(None)))
+        )
         self.attempts: dict[str, int] | None = None  # per item, made once for all keys
 
     def group(self, values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:

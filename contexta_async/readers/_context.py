@@ -3,19 +3,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from itertools import chain, compress, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Final, Protocol
+from typing import BinaryIO, Final, Protocol
 
 import msgspec
 
+from .._format.index import ContextEntry, Frame, index_path_for
 from .._format.lines import RUN_LINE, STAGE_LINE, ArtifactLine, ContextLine
 from .._format.refs import components, last_component, parse_sample_head
-from ._read import CHUNK_SIZE, Block, Issues, LineDecoder, read_file, read_lines
+from ._errors import UnreadableFileError
+from ._index import load_index, open_index, pieces, read_context_entry
+from ._read import (
+    CHUNK_SIZE,
+    Block,
+    Issues,
+    LineCutter,
+    LineDecoder,
+    open_regular_file,
+    read_blocks,
+    read_lines,
+)
 from ._source import ArtifactInfo, RunInfo, SampleFacts
 
 __all__ = [
@@ -57,23 +71,30 @@ class SampleScan:
     """What the sample CONTEXT lines say that pairing needs: clusters and epochs (see
     ``SourceData.samples``) and the refs opened more than once. ``by_ref``: also keep each
     sample's (item, epoch, cluster) by its full ref (for ``records``). ``runs``: keep only
-    the samples of these run refs (a stream of some runs keeps no other run's samples)."""
+    the samples of these run refs (a stream of some runs keeps no other run's samples).
+
+    Fed blocks of JSON (``feed``) and the openings ``context.index`` lists (``feed_opened``),
+    in file order."""
 
     def __init__(self, *, by_ref: bool = False, runs: Collection[str] | None = None) -> None:
         self.samples: dict[str, dict[str, SampleFacts]] = {}
-        # The refs of the opening lines, per block, and the distinct ones: counted only when
-        # fewer distinct than openings (a sample opened twice).
+        # The refs of the opening lines, per block (bytes) or frame (str), and the distinct
+        # ones: counted only when fewer distinct than openings (a sample opened twice).
         self._opened: list[list[bytes]] = []
         self._distinct: set[bytes] = set()
-        self._parents: dict[bytes, str | None] = {}  # sample ref head -> stage or batch ref
+        self._opened_text: list[list[str]] = []
+        self._distinct_text: set[str] = set()
+        self._parents: dict[str, str | None] = {}  # sample ref head -> stage or batch ref
         # Many samples share a cluster or an epoch: each decoded once.
         self._clusters: dict[bytes, str | None] = {}
-        self._epochs: dict[bytes, tuple[int | None, str]] = {}  # -> the epoch, its ref suffix
+        self._epochs: dict[bytes, int | None] = {}
+        self._suffixes: dict[int | None, str] = {}  # epoch -> its suffix of sample names
         self.by_ref: dict[str, SampleFacts] | None = {} if by_ref else None
         self._runs = None if runs is None else frozenset(runs)
-        self._run_of: dict[bytes, str | None] = {}  # sample ref head -> its run ref
+        self._run_of: dict[str, str | None] = {}  # sample ref head -> its run ref
 
     def feed(self, block: Block) -> None:
+        """The sample lines of a block of ``context.jsonl``."""
         buffer, start, end = block.buffer, block.start, block.end
         raw_refs = _SAMPLE_OPENED.findall(buffer, start, end)
         if self._runs is None:  # a scan of some runs is for their records: no reopened count
@@ -91,14 +112,10 @@ class SampleScan:
                 meta = _SAMPLE_META.search(buffer, line, opening.start())
                 metas.append((b"", b"") if meta is None else (meta[1] or b"", meta[2] or b""))
         # Column by column (C-level passes, plain tuples: a block holds thousands of
-        # openings). Only the samples with a cluster or an epoch, under a stage or batch ref.
+        # openings). Only the samples with a cluster or an epoch.
         keep = list(map(any, metas))
         if not all(keep):
             metas, raw_refs = list(compress(metas, keep)), list(compress(raw_refs, keep))
-            if not raw_refs:
-                return
-        if self._runs is not None:
-            raw_refs, metas = self._of_runs(raw_refs, metas)
             if not raw_refs:
                 return
         # Usually every ref of a block is "<head>.<name>" with one head: the names are what
@@ -108,74 +125,116 @@ class SampleScan:
         if all(map(bytes.startswith, raw_refs, repeat(head + b"."))) and b"." not in (
             rest := joined.replace(head + b".", b"")
         ):
-            heads: Iterable[bytes] = [head]
+            heads = [head.decode(errors="replace")]
             raw_names = rest
         else:
             splits = list(map(bytes.rpartition, raw_refs, repeat(b".")))
-            heads = list(map(itemgetter(0), splits))
+            heads = [h.decode(errors="replace") for h in map(itemgetter(0), splits)]
             raw_names = b'"'.join(map(itemgetter(2), splits))
-        parents = self._parents
-        for head in set(heads) - parents.keys():
-            scope = parse_sample_head(head.decode())
-            parents[head] = None if scope is None else scope.parent_ref
-        of_parent = list(map(parents.__getitem__, heads))
-        if len(of_parent) == 1:
-            of_parent *= len(raw_refs)
         clusters, epochs = self._clusters, self._epochs
-        for raw in set(map(itemgetter(0), metas)) - clusters.keys():
+        raw_clusters = list(map(itemgetter(0), metas))
+        raw_epochs = list(map(itemgetter(1), metas))
+        for raw in set(raw_clusters) - clusters.keys():
             clusters[raw] = _json_text(raw) if raw else None
-        for raw in set(map(itemgetter(1), metas)) - epochs.keys():
-            # No epoch: a suffix no name has (a name holds no quote).
-            epochs[raw] = (int(raw), f"-epoch-{int(raw)}") if raw else (None, '"')
+        for raw in set(raw_epochs) - epochs.keys():
+            epochs[raw] = int(raw) if raw else None
         # A quote ends a ref: one decode for the block's names.
-        names = raw_names.decode(errors="replace").split('"')
-        epoch_of = list(map(epochs.__getitem__, map(itemgetter(1), metas)))
-        items = list(map(str.removesuffix, names, map(itemgetter(1), epoch_of)))
+        self._add(
+            heads,
+            raw_names.decode(errors="replace").split('"'),
+            list(map(epochs.__getitem__, raw_epochs)),
+            list(map(clusters.__getitem__, raw_clusters)),
+            raw_refs,
+        )
+
+    def feed_opened(
+        self, refs: list[str], clusters: list[str | None], epochs: list[int | None]
+    ) -> None:
+        """Openings as ``context.index`` lists them: refs, and each one's cluster and epoch."""
+        if self._runs is None:
+            self._opened_text.append(refs)
+            self._distinct_text.update(refs)
+        if None in clusters and None in epochs:  # else every opening has one or the other
+            keep = [c is not None or e is not None for c, e in zip(clusters, epochs, strict=True)]
+            if not any(keep):
+                return
+            refs = list(compress(refs, keep))
+            clusters, epochs = list(compress(clusters, keep)), list(compress(epochs, keep))
+        # Usually every ref is "<head>.<name>" with one head (as in ``feed``).
+        head = refs[0].rpartition(".")[0]
+        joined = '"'.join(refs)
+        if all(map(str.startswith, refs, repeat(head + "."))) and "." not in (
+            rest := joined.replace(head + ".", "")
+        ):
+            self._add([head], rest.split('"'), epochs, clusters, refs)
+            return
+        splits = list(map(str.rpartition, refs, repeat(".")))
+        heads = list(map(itemgetter(0), splits))
+        self._add(heads, list(map(itemgetter(2), splits)), epochs, clusters, refs)
+
+    def _add(
+        self,
+        heads: list[str],
+        names: list[str],
+        epochs: list[int | None],
+        clusters: list[str | None],
+        refs: list[bytes] | list[str],
+    ) -> None:
+        """Keep the facts of these openings (one head for all of them, or one each)."""
+        if self._runs is not None:
+            run_of = self._run_of
+            for unknown in set(heads) - run_of.keys():
+                scope = parse_sample_head(unknown)
+                run_of[unknown] = None if scope is None else scope.run_ref
+            wanted = [run_of[h] in self._runs for h in heads]
+            if len(heads) == 1:
+                if not wanted[0]:
+                    return
+            elif not all(wanted):
+                heads = list(compress(heads, wanted))
+                names, refs = list(compress(names, wanted)), list(compress(refs, wanted))  # type: ignore[assignment]
+                epochs, clusters = list(compress(epochs, wanted)), list(compress(clusters, wanted))
+                if not heads:
+                    return
+        parents, suffixes = self._parents, self._suffixes
+        for head in set(heads) - parents.keys():
+            scope = parse_sample_head(head)
+            parents[head] = None if scope is None else scope.parent_ref
+        # No epoch: a suffix no name has (a name holds no quote).
+        for epoch in set(epochs) - suffixes.keys():
+            suffixes[epoch] = '"' if epoch is None else f"-epoch-{epoch}"
+        items = list(map(str.removesuffix, names, map(suffixes.__getitem__, epochs)))
         if "" in items:  # a name that is only its suffix is its own item
             items = [item or name for item, name in zip(items, names, strict=True)]
-        infos = list(
-            zip(
-                items,
-                map(itemgetter(0), epoch_of),
-                map(clusters.__getitem__, map(itemgetter(0), metas)),
-                strict=True,
-            )
-        )
-        parent = of_parent[0]
-        if parent is not None and of_parent.count(parent) == len(of_parent):
-            self.samples.setdefault(parent, {}).update(zip(names, infos, strict=True))
-            if self.by_ref is not None:
-                self.by_ref.update(zip(map(bytes.decode, raw_refs), infos, strict=True))
+        infos = list(zip(items, epochs, clusters, strict=True))
+        full: list[str] | None = None
+        if self.by_ref is not None:
+            full = [r if isinstance(r, str) else r.decode() for r in refs]
+        if len(heads) == 1:
+            parent = parents[heads[0]]
+            if parent is not None:
+                self.samples.setdefault(parent, {}).update(zip(names, infos, strict=True))
+                if full is not None and self.by_ref is not None:
+                    self.by_ref.update(zip(full, infos, strict=True))
             return
-        for parent, name, info, ref in zip(of_parent, names, infos, raw_refs, strict=True):
+        for index, (head, name, info) in enumerate(zip(heads, names, infos, strict=True)):
+            parent = parents[head]
             if parent is not None:  # else not a sample ref: ignored
                 self.samples.setdefault(parent, {})[name] = info
-                if self.by_ref is not None:
-                    self.by_ref[ref.decode()] = info
-
-    def _of_runs(
-        self, raw_refs: list[bytes], metas: list[tuple[bytes, bytes]]
-    ) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
-        """The openings of the wanted runs (one decision per block when its refs share a
-        head, as usual)."""
-        assert self._runs is not None
-        run_of = self._run_of
-        head = raw_refs[0].rpartition(b".")[0]
-        shared = all(map(bytes.startswith, raw_refs, repeat(head + b".")))
-        heads = [head] if shared else [ref.rpartition(b".")[0] for ref in raw_refs]
-        for unknown in set(heads) - run_of.keys():
-            scope = parse_sample_head(unknown.decode(errors="replace"))
-            run_of[unknown] = None if scope is None else scope.run_ref
-        wanted = [run_of[h] in self._runs for h in heads]
-        if shared:
-            return (raw_refs, metas) if wanted[0] else ([], [])
-        return list(compress(raw_refs, wanted)), list(compress(metas, wanted))
+                if full is not None and self.by_ref is not None:
+                    self.by_ref[full[index]] = info
 
     def reopened(self) -> dict[str, int]:
-        if len(self._distinct) == sum(map(len, self._opened)):
+        total = sum(map(len, self._opened)) + sum(map(len, self._opened_text))
+        if self._distinct and self._distinct_text:  # a file read partly from its index
+            distinct = len({r.decode() for r in self._distinct} | self._distinct_text)
+        else:
+            distinct = len(self._distinct) + len(self._distinct_text)
+        if distinct == total:
             return {}
-        opened = Counter(chain.from_iterable(self._opened))
-        return {ref.decode(): n for ref, n in opened.items() if n > 1}
+        opened = Counter(map(bytes.decode, chain.from_iterable(self._opened)))
+        opened.update(chain.from_iterable(self._opened_text))
+        return {ref: n for ref, n in opened.items() if n > 1}
 
 
 def read_context(
@@ -184,18 +243,61 @@ def read_context(
     *,
     chunk_size: int = CHUNK_SIZE,
     samples: SampleScan | None = None,
+    use_index: bool = True,
 ) -> dict[str, RunInfo]:
     """Runs and their stages from ``context.jsonl``; sample and batch lines are not decoded
-    (``samples``, when given, takes their clusters, epochs and openings)."""
+    (``samples``, when given, takes their clusters, epochs and openings). The parts that
+    verified frames of ``context.index`` describe are not read: their Run and StageExecution
+    lines are read where the frame says they are, their openings come from the frame."""
     runs: dict[str, RunInfo] = {}
     decoder = LineDecoder(ContextLine)
     name = str(path)
-    for block in read_file(path, issues, chunk_size=chunk_size):
-        if samples is not None:
-            samples.feed(block)
-        for value in context_lines(block, decoder, name, issues):
-            _apply_context(runs, value)
+    frames: list[Frame] = []
+    if use_index:
+        loaded = load_index(name, ContextEntry)
+        frames = loaded.frames
+        issues.index_frames_rejected += loaded.rejected
+    try:
+        handle = open_regular_file(path)
+    except FileNotFoundError:
+        return runs
+    cutter = LineCutter()
+    try:
+        with handle, _open_context_index(path, bool(frames)) as index:
+            for start, end, frame in pieces(frames, 0, None):
+                if frame is not None:
+                    entry = None if index is None else read_context_entry(index.fileno(), frame)
+                    if entry is not None:
+                        if samples is not None:
+                            samples.feed_opened(entry.opened, entry.clusters, entry.epochs)
+                        for at, length in zip(entry.kept_starts, entry.kept_lengths, strict=True):
+                            line = os.pread(handle.fileno(), length, at)
+                            for value in decoder.decode(line, name, at, issues):
+                                _apply_context(runs, value)
+                        continue
+                    issues.index_frames_rejected += 1
+                cutter = LineCutter(start)
+                for block in read_blocks(handle, cutter, end, chunk_size=chunk_size):
+                    if samples is not None:
+                        samples.feed(block)
+                    for value in context_lines(block, decoder, name, issues):
+                        _apply_context(runs, value)
+    except OSError as exc:
+        raise UnreadableFileError(name, exc.strerror or str(exc)) from exc
+    if cutter.torn:
+        issues.torn_tails.append(name)
     return runs
+
+
+def _open_context_index(
+    path: Path, wanted: bool
+) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """``context.index`` open for reading; None (its frames' lines are then parsed) when not
+    wanted or no longer readable."""
+    if wanted:
+        with contextlib.suppress(OSError):
+            return open_index(index_path_for(path))
+    return contextlib.nullcontext()
 
 
 def context_lines(

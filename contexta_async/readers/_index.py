@@ -28,6 +28,7 @@ from .._format.index import (
     HEADER,
     INDEX_MAGIC,
     MAX_FRAME,
+    ContextEntry,
     Frame,
     IndexEntry,
     IndexHead,
@@ -42,6 +43,7 @@ __all__ = [
     "load_index",
     "open_index",
     "pieces",
+    "read_context_entry",
     "read_entry",
     "read_frames",
 ]
@@ -49,9 +51,14 @@ __all__ = [
 _log = structlog.get_logger("contexta_async")
 _START = attrgetter("start")
 _DECODER: Final = msgspec.msgpack.Decoder(IndexEntry)
+_CONTEXT_DECODER: Final = msgspec.msgpack.Decoder(ContextEntry)
+# The first byte of every body: a MessagePack array of the entry's fields (a cheap test before
+# the CRC of a false start).
+_MARKERS: Final = {kind: 0x90 | len(kind.__struct_fields__) for kind in (IndexEntry, ContextEntry)}
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(IndexHead)
 _WASTE_FLOOR: Final = 64 << 20
 T = TypeVar("T")
+E = TypeVar("E", IndexEntry, ContextEntry)
 
 
 class IndexColumns(NamedTuple):
@@ -138,10 +145,13 @@ class _FrameReader:
 
 
 def read_frames(
-    handle: BinaryIO, block_size: int = 1 << 20, limit: int | None = None
+    handle: BinaryIO,
+    block_size: int = 1 << 20,
+    limit: int | None = None,
+    kind: type[IndexEntry] | type[ContextEntry] = IndexEntry,
 ) -> tuple[list[Frame], int]:
-    """The whole frames of an index file (its first ``limit`` bytes), and how many damaged
-    frames were skipped.
+    """The whole frames of an index file (its first ``limit`` bytes) whose entries are of
+    ``kind``, and how many damaged frames were skipped.
 
     A damaged frame (a crash while it was written, or garbage) is skipped by searching for the
     next magic (each false start in a damaged stretch counts). An incomplete frame with nothing
@@ -150,6 +160,7 @@ def read_frames(
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
     reader = _FrameReader(handle, block_size, limit)
+    marker = _MARKERS[kind]
     frames: list[Frame] = []
     damaged = 0
     # Bytes checked for frames that were not: each false start is CRC'd over its claimed
@@ -162,7 +173,7 @@ def read_frames(
             if reader.available(HEADER.size + length):
                 body_at = reader.at + HEADER.size
                 with memoryview(reader.buffer) as view:
-                    head = _head_of(view[body_at : body_at + length], crc)
+                    head = _head_of(view[body_at : body_at + length], crc, marker)
                 if head is not None:
                     frames.append(Frame(reader.base + body_at, length, crc, head))
                     reader.at = body_at + length
@@ -187,9 +198,8 @@ def read_frames(
     return frames, damaged
 
 
-def _head_of(body: memoryview, crc: int) -> IndexHead | None:
-    # Every body is a 14-field array (0x9e): a cheap test before the CRC of a false start.
-    if not body or body[0] != 0x9E or zlib.crc32(body) != crc:
+def _head_of(body: memoryview, crc: int, marker: int) -> IndexHead | None:
+    if not body or body[0] != marker or zlib.crc32(body) != crc:
         return None
     try:
         head = _HEAD_DECODER.decode(body)
@@ -201,6 +211,17 @@ def _head_of(body: memoryview, crc: int) -> IndexHead | None:
 def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
     """The whole entry of a frame found by ``read_frames``, read again from ``fd`` (the index
     file); None when its bytes are no longer the ones found, or do not decode to it."""
+    entry = _read_body(fd, frame, _DECODER)
+    return entry if entry is not None and _columns_fit(entry) else None
+
+
+def read_context_entry(fd: int, frame: Frame) -> ContextEntry | None:
+    """``read_entry`` for a frame of ``context.index``."""
+    entry = _read_body(fd, frame, _CONTEXT_DECODER)
+    return entry if entry is not None and _context_fits(entry) else None
+
+
+def _read_body(fd: int, frame: Frame, decoder: msgspec.msgpack.Decoder[E]) -> E | None:
     try:
         body = os.pread(fd, frame.length, frame.offset)
     except OSError:
@@ -208,12 +229,23 @@ def read_entry(fd: int, frame: Frame) -> IndexEntry | None:
     if len(body) != frame.length or zlib.crc32(body) != frame.crc:
         return None
     try:
-        entry = _DECODER.decode(body)
+        entry = decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     if (entry.start, entry.end, entry.lines) != (frame.start, frame.end, frame.lines):
         return None
-    return entry if _columns_fit(entry) else None
+    return entry
+
+
+def _context_fits(entry: ContextEntry) -> bool:
+    return (
+        len(entry.opened) == len(entry.clusters) == len(entry.epochs) <= entry.lines
+        and len(entry.kept_starts) == len(entry.kept_lengths) <= entry.lines
+        and all(
+            entry.start <= at and length >= 1 and at + length <= entry.end
+            for at, length in zip(entry.kept_starts, entry.kept_lengths, strict=True)
+        )
+    )
 
 
 def expand_entry(entry: IndexEntry) -> IndexColumns | None:
@@ -234,8 +266,11 @@ class LoadedIndex(NamedTuple):
     size: int  # the size of record.jsonl when the frames were checked
 
 
-def load_index(record_path: str) -> LoadedIndex:
-    """The frames of ``record.index`` that match ``record.jsonl`` as it is now (blocking).
+def load_index(
+    record_path: str, kind: type[IndexEntry] | type[ContextEntry] = IndexEntry
+) -> LoadedIndex:
+    """The frames of ``record.index`` that match ``record.jsonl`` as it is now (blocking);
+    with ``kind=ContextEntry``, those of ``context.index`` for ``context.jsonl``.
 
     Any trouble with the index (missing, not a regular file, unreadable) means no index: the
     lines are parsed instead, and what went wrong is logged.
@@ -246,7 +281,7 @@ def load_index(record_path: str) -> LoadedIndex:
             if handle is None:
                 return LoadedIndex([], 0, 0)
             size = os.fstat(handle.fileno()).st_size
-            frames, rejected = read_frames(handle, limit=size)
+            frames, rejected = read_frames(handle, limit=size, kind=kind)
         # Never wait on record.jsonl (a FIFO there): the JSON path says what is wrong with it.
         found = open_regular(record_path, os.O_RDONLY)
         if found is None:

@@ -205,7 +205,11 @@ class LocalSource:
         self, issues: Issues, samples: SampleScan | None = None
     ) -> tuple[dict[str, RunInfo], dict[str, list[ArtifactInfo]]]:
         runs = read_context(
-            self._file("context"), issues, chunk_size=self.chunk_size, samples=samples
+            self._file("context"),
+            issues,
+            chunk_size=self.chunk_size,
+            samples=samples,
+            use_index=self.use_index,
         )
         artifacts = read_artifacts(self._file("artifact"), issues, chunk_size=self.chunk_size)
         return runs, artifacts

@@ -121,10 +121,10 @@ class ReadReport(_R):
     that line was left out silently and is read once complete.
 
     ``records_from_index`` counts the RECORD lines whose type, subject, key and value came
-    from ``record.index`` instead of their JSON; ``index_frames_rejected`` the index frames
-    not used: damaged, no longer matching ``record.jsonl``, overlapping another, or naming a
-    scope that does not parse (their lines were parsed instead: nothing is lost, it is only
-    slower).
+    from ``record.index`` instead of their JSON; ``index_frames_rejected`` the frames of
+    ``record.index`` and ``context.index`` not used: damaged, no longer matching their file,
+    overlapping another, or naming a scope that does not parse (their lines were parsed
+    instead: nothing is lost, it is only slower).
     """
 
     corrupt_lines: int = 0

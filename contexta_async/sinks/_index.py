@@ -1,5 +1,6 @@
-"""The writing half of ``record.index`` (the layout is in ``contexta_async._format.index``):
-the columns of a chunk of RECORD items, and a pending frame that describes consecutive chunks.
+"""The writing half of ``record.index`` and ``context.index`` (the layout is in
+``contexta_async._format.index``): what a chunk of RECORD or CONTEXT items says, and pending
+frames that describe consecutive chunks.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from typing import Final, NamedTuple, cast
 
 import msgspec
 
-from .._format.index import HEADER, INDEX_MAGIC, IndexEntry
-from .._format.lines import EventPayload, Item, MetricPayload, RecordPayload
+from .._format.index import HEADER, INDEX_MAGIC, ContextEntry, IndexEntry
+from .._format.lines import (
+    EventPayload,
+    Item,
+    MetricPayload,
+    RecordPayload,
+    SampleObservation,
+)
 
-__all__ = ["ChunkColumns", "PendingFrame", "columns_from_items"]
+__all__ = ["ChunkColumns", "PendingContextFrame", "PendingFrame", "columns_from_items"]
 
 _NONE: Final = float("nan")
 _BIG_ENDIAN: Final = sys.byteorder == "big"
@@ -98,61 +105,138 @@ class _Column:
         return list(self.table), codes.tobytes()
 
 
-class PendingFrame:
-    """Consecutive chunks of ``record.jsonl`` (each starting where the previous one ended),
-    described by one frame once it is written: a writer that appends a few lines at a time
-    still writes frames of many lines. Holds ~40 bytes a line (three list slots and a float)
-    and each distinct ref once."""
+class _Pending:
+    """Consecutive chunks of one file (each starting where the previous one ended), described
+    by one frame once it is written: a writer that appends a few lines at a time still writes
+    frames of many lines."""
 
     def __init__(self, start: int) -> None:
         self.start = self.end = start
+        self.lines = 0
         self.head = (0, 0)  # length and CRC-32 of the first line
         self.tail = (0, 0)
+
+    def _extend(self, data: bytes, end: int, lines: int) -> None:
+        """Add the chunk ``data`` (``lines`` whole lines), whose last byte is at ``end - 1``."""
+        if end - len(data) != self.end:
+            raise ValueError("a frame describes consecutive chunks only")
+        if not self.lines:
+            first = data.index(b"\n") + 1
+            self.head = (first, zlib.crc32(data[:first]))
+        last = data.rfind(b"\n", 0, len(data) - 1) + 1
+        self.tail = (len(data) - last, zlib.crc32(data[last:]))
+        self.lines += lines
+        self.end = end
+
+    @staticmethod
+    def _framed(entry: IndexEntry | ContextEntry) -> tuple[bytes, bytes]:
+        """The frame as its header and its body (written with one ``os.writev``, no copy
+        joining them)."""
+        body = _ENCODER.encode(entry)
+        return HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)), body
+
+
+class PendingFrame(_Pending):
+    """A pending frame of ``record.index``. Holds ~40 bytes a line (three list slots and a
+    float) and each distinct ref once."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
         self.types = _Column()
         self.subjects = _Column()
         self.keys = _Column()
         self.values: list[float] = []
 
-    @property
-    def lines(self) -> int:
-        return len(self.values)
-
     def extend(self, columns: ChunkColumns, data: bytes, end: int) -> None:
         """Add the chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
-        if end - len(data) != self.end:
-            raise ValueError("a frame describes consecutive chunks only")
-        if not self.values:
-            first = data.index(b"\n") + 1
-            self.head = (first, zlib.crc32(data[:first]))
-        last = data.rfind(b"\n", 0, len(data) - 1) + 1
-        self.tail = (len(data) - last, zlib.crc32(data[last:]))
+        self._extend(data, end, len(columns.values))
         self.types.extend(columns.types)
         self.subjects.extend(columns.subjects)
         self.keys.extend(columns.keys)
         self.values.extend(columns.values)
-        self.end = end
 
     def encode(self) -> tuple[bytes, bytes]:
-        """The frame as its header and its body (written with one ``os.writev``, no copy
-        joining them)."""
         type_table, type_codes = self.types.encoded()
         subject_table, subject_codes = self.subjects.encoded()
         key_table, key_codes = self.keys.encoded()
-        entry = IndexEntry(
-            start=self.start,
-            end=self.end,
-            lines=self.lines,
-            head_length=self.head[0],
-            head_crc=self.head[1],
-            tail_length=self.tail[0],
-            tail_crc=self.tail[1],
-            types=cast(list[str], type_table),
-            subjects=subject_table,
-            keys=key_table,
-            type_codes=type_codes,
-            subject_codes=subject_codes,
-            key_codes=key_codes,
-            values=struct.pack(f"<{len(self.values)}d", *self.values),
+        return self._framed(
+            IndexEntry(
+                start=self.start,
+                end=self.end,
+                lines=self.lines,
+                head_length=self.head[0],
+                head_crc=self.head[1],
+                tail_length=self.tail[0],
+                tail_crc=self.tail[1],
+                types=cast(list[str], type_table),
+                subjects=subject_table,
+                keys=key_table,
+                type_codes=type_codes,
+                subject_codes=subject_codes,
+                key_codes=key_codes,
+                values=struct.pack(f"<{len(self.values)}d", *self.values),
+            )
         )
-        body = _ENCODER.encode(entry)
-        return HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)), body
+
+
+_KEPT_TYPES: Final = frozenset({"Run", "StageExecution"})  # the lines readers decode
+
+
+class PendingContextFrame(_Pending):
+    """A pending frame of ``context.index``: the sample openings of its chunks (ref, cluster,
+    epoch) and where their Run and StageExecution lines are."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
+        self.opened: list[str] = []
+        self.clusters: list[str | None] = []
+        self.epochs: list[int | None] = []
+        self.kept_starts: list[int] = []
+        self.kept_lengths: list[int] = []
+
+    def extend(self, items: Sequence[Item], data: bytes, end: int) -> None:
+        """Add the chunk ``data``, the lines of ``items`` in order, whose last byte is at
+        ``end - 1``."""
+        self._extend(data, end, len(items))
+        kept: list[int] = []
+        for index, item in enumerate(items):
+            body = item.payload
+            if type(body) is SampleObservation:
+                # What a reader takes for an opening: a sample line of status "open"; its
+                # cluster and epoch only while it has not ended (as read back from the JSON).
+                ref = item.payload_ref
+                if body.status == "open" and ref is not None and ref.startswith("sample:"):
+                    self.opened.append(ref)
+                    current = body.ended_at is None
+                    self.clusters.append(body.cluster if current else None)
+                    self.epochs.append(body.epoch if current else None)
+            elif item.payload_type in _KEPT_TYPES:
+                kept.append(index)
+        if kept:
+            base = end - len(data)
+            at, line = 0, 0
+            for index in kept:
+                while line < index:  # the start of line ``index``: newlines found in order
+                    at = data.index(b"\n", at) + 1
+                    line += 1
+                length = data.index(b"\n", at) + 1 - at
+                self.kept_starts.append(base + at)
+                self.kept_lengths.append(length)
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return self._framed(
+            ContextEntry(
+                start=self.start,
+                end=self.end,
+                lines=self.lines,
+                head_length=self.head[0],
+                head_crc=self.head[1],
+                tail_length=self.tail[0],
+                tail_crc=self.tail[1],
+                opened=self.opened,
+                clusters=self.clusters,
+                epochs=self.epochs,
+                kept_starts=self.kept_starts,
+                kept_lengths=self.kept_lengths,
+            )
+        )

@@ -9,15 +9,16 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import structlog
 
 from .._errors import ConfigurationError, ValidationError
 from .._format.index import FRAME_LINES, MAX_FRAME, MIN_INDEXED_LINES, index_path_for, open_regular
-from .._format.lines import FAMILIES, RECORD, Item
+from .._format.lines import CONTEXT, FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, check_sink_name, stamp_lines
-from ._index import PendingFrame, columns_from_items
+from ._index import PendingContextFrame, PendingFrame, columns_from_items
 
 __all__ = ["LocalJsonlSink"]
 
@@ -77,6 +78,17 @@ def _cut_torn_tail(fd: int, size: int, target: str) -> int:
     return end
 
 
+class _IndexFile:
+    """One index being written: its descriptor, its pending frame, whether it failed."""
+
+    __slots__ = ("failed", "fd", "frame")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.frame: PendingFrame | PendingContextFrame | None = None  # not described yet
+        self.failed = False
+
+
 class LocalJsonlSink(Sink):
     """Append lines to ``<storage_root>/<family>.jsonl`` (``record.jsonl``, ``context.jsonl``...).
 
@@ -87,10 +99,11 @@ class LocalJsonlSink(Sink):
     ``fsync=True`` (the default) each chunk is fsynced before it is acknowledged.
 
     With ``index=True`` (the default), the RECORD lines written (and fsynced) are also
-    described, a frame per run of consecutive chunks, in ``record.index``, so that comparisons
-    need not parse their JSON (see docs/format.md). The index is derived data: it is not
-    fsynced, and failing to write it loses nothing (it is logged once, indexing stops until
-    ``close()``, and readers parse the lines instead).
+    described, a frame per run of consecutive chunks, in ``record.index``, and the CONTEXT
+    lines in ``context.index``, so that comparisons need not parse their JSON (see
+    docs/format.md). An index is derived data: it is not fsynced, and failing to write it
+    loses nothing (it is logged once, that index stops until ``close()``, and readers parse
+    the lines instead).
     """
 
     def __init__(
@@ -109,9 +122,7 @@ class LocalJsonlSink(Sink):
         if not isinstance(index, bool):
             raise ConfigurationError("index", "must be a bool", index)
         self.index = index
-        self._index_fd: int | None = None
-        self._frame: PendingFrame | None = None  # consecutive chunks not described yet
-        self._index_failed = False
+        self._indexes = {RECORD: _IndexFile(), CONTEXT: _IndexFile()}
         # A write that failed and could not be cut back: (its start, the file size it left),
         # per family. The next write cuts it off if nothing was appended since.
         self._leftovers: dict[str, tuple[int, int]] = {}
@@ -184,7 +195,7 @@ class LocalJsonlSink(Sink):
         """Append the chunk with one ``write`` under ``flock``, then fsync (when enabled)."""
         with self._lock:
             end = self._write_locked(chunk)
-            if self.index and chunk.family == RECORD:
+            if self.index and chunk.family in self._indexes:
                 self._append_index(chunk, end)
 
     def _write_locked(self, chunk: Chunk) -> int:
@@ -227,7 +238,7 @@ class LocalJsonlSink(Sink):
         return end
 
     def _append_index(self, chunk: Chunk, end: int) -> None:
-        """Describe the chunk in ``record.index``, once its lines are written (and fsynced,
+        """Describe the chunk in its family's index, once its lines are written (and fsynced,
         with ``fsync=True``): no frame ever describes lines a crash could take back.
 
         Consecutive chunks (nobody else appended in between) extend one pending frame, written
@@ -235,46 +246,54 @@ class LocalJsonlSink(Sink):
         a producer that captures a few lines at a time still gets frames of many lines. Lines
         whose frame is not written yet are parsed by readers meanwhile.
         """
-        if self._index_failed:
+        index = self._indexes[chunk.family]
+        if index.failed:
             return
         try:
             start = end - len(chunk.data)
-            if self._frame is not None and self._frame.end != start:
-                self._write_frame()  # another writer appended in between
-            columns = columns_from_items(chunk.items)
-            if columns is None:
-                self._write_frame()  # these lines stay unindexed: parsed by readers
-                return
-            if self._frame is None:
-                self._frame = PendingFrame(start)
-            self._frame.extend(columns, chunk.data, end)
-            if self._frame.lines >= FRAME_LINES:
-                self._write_frame()
-        except Exception as exc:  # the records are durable whatever happens here
-            self._index_broken(exc)
+            if index.frame is not None and index.frame.end != start:
+                self._write_frame(chunk.family)  # another writer appended in between
+            if chunk.family == CONTEXT:
+                if index.frame is None:
+                    index.frame = PendingContextFrame(start)
+                cast(PendingContextFrame, index.frame).extend(chunk.items, chunk.data, end)
+            else:
+                columns = columns_from_items(chunk.items)
+                if columns is None:
+                    self._write_frame(chunk.family)  # these lines stay unindexed: parsed
+                    return
+                if index.frame is None:
+                    index.frame = PendingFrame(start)
+                cast(PendingFrame, index.frame).extend(columns, chunk.data, end)
+            if index.frame.lines >= FRAME_LINES:
+                self._write_frame(chunk.family)
+        except Exception as exc:  # the lines are durable whatever happens here
+            self._index_broken(chunk.family, exc)
 
-    def _write_frame(self) -> None:
-        frame, self._frame = self._frame, None
+    def _write_frame(self, family: str) -> None:
+        index = self._indexes[family]
+        frame, index.frame = index.frame, None
         if frame is None or frame.lines < MIN_INDEXED_LINES:
             return
         header, body = frame.encode()
         if len(body) > MAX_FRAME:
             return  # readers would take it for garbage: its lines are parsed instead
-        if self._index_fd is None:
-            self._index_fd = _open_index(index_path_for(self.file_path_for(RECORD)))
+        if index.fd is None:
+            index.fd = _open_index(index_path_for(self.file_path_for(family)))
         # One write: frames of several writers never interleave. A frame cut short (disk
         # full, a crash) fails its CRC and readers skip it.
-        written = os.writev(self._index_fd, [header, body])
+        written = os.writev(index.fd, [header, body])
         if written < len(header) + len(body):  # pragma: no cover - a short write to a file
-            _write_all(self._index_fd, (header + body)[written:])
+            _write_all(index.fd, (header + body)[written:])
 
-    def _index_broken(self, exc: BaseException) -> None:
-        """Stop indexing until ``close()``: logged once; readers parse the lines instead."""
-        self._index_failed = True
-        self._frame = None
+    def _index_broken(self, family: str, exc: BaseException) -> None:
+        """Stop this index until ``close()``: logged once; readers parse the lines instead."""
+        index = self._indexes[family]
+        index.failed = True
+        index.frame = None
         logger.warning(
             "contexta_async.index_write_failed",
-            target=str(index_path_for(self.file_path_for(RECORD))),
+            target=str(index_path_for(self.file_path_for(family))),
             error=(exc.strerror if isinstance(exc, OSError) else None) or repr(exc),
             errno=exc.errno if isinstance(exc, OSError) else None,
         )
@@ -286,17 +305,18 @@ class LocalJsonlSink(Sink):
             self._close_locked()
 
     def _close_locked(self) -> None:
-        if not self._index_failed:
-            try:
-                self._write_frame()
-            except Exception as exc:  # as in _append_index
-                self._index_broken(exc)
-        self._frame = None
-        self._index_failed = False
         fds, self._fds = self._fds, {}
-        if self._index_fd is not None:
-            fds["index"] = self._index_fd
-            self._index_fd = None
+        for family, index in self._indexes.items():
+            if not index.failed:
+                try:
+                    self._write_frame(family)
+                except Exception as exc:  # as in _append_index
+                    self._index_broken(family, exc)
+            index.frame = None
+            index.failed = False
+            if index.fd is not None:
+                fds[f"{family} index"] = index.fd
+                index.fd = None
         for fd in fds.values():
             try:
                 os.close(fd)
@@ -309,13 +329,14 @@ class LocalJsonlSink(Sink):
         only) so that the child reopens the files: a descriptor shared with the parent shares
         its ``flock`` too, which would no longer keep the two processes' writes apart."""
         self._lock = threading.Lock()
-        self._frame = None
         self._leftovers = {}
         fds = list(self._fds.values())
-        if self._index_fd is not None:
-            fds.append(self._index_fd)
+        for index in self._indexes.values():
+            index.frame = None
+            if index.fd is not None:
+                fds.append(index.fd)
+                index.fd = None
         self._fds = {}
-        self._index_fd = None
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

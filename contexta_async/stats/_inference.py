@@ -22,6 +22,7 @@ import numpy.typing as npt
 from .._errors import ValidationError
 from ._bootstrap import safe_exponent
 from ._student import expanded_tail, student_t_two_sided_p
+from ._sums import dot
 
 __all__ = [
     "ADJUSTMENTS",
@@ -79,7 +80,7 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     # Corrected two-pass: the rounding error of the first mean is taken out (equal values
     # give exactly 0).
     centred -= float(np.mean(centred))
-    naive_var = float(np.dot(centred, centred)) / (n - 1) / n
+    naive_var = dot(centred, centred) / (n - 1) / n
     naive_se = math.ldexp(math.sqrt(naive_var), exponent)
     if codes is None:
         return ClusteredError(naive_se, naive_se, n, 1.0 if naive_var > 0 else None)
@@ -87,7 +88,7 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     used = int(np.count_nonzero(np.bincount(codes, minlength=n_clusters)))
     if used < 2:
         return None
-    var = used / (used - 1) * float(np.dot(sums, sums)) / (n * n)
+    var = used / (used - 1) * dot(sums, sums) / (n * n)
     design = var / naive_var if naive_var > 0 else None
     return ClusteredError(math.ldexp(math.sqrt(var), exponent), naive_se, used, design)
 
@@ -349,7 +350,7 @@ def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
     var_diff = float(np.var(right - left, ddof=1))
     correlation = None
     if var_left > 0 and var_right > 0:
-        covariance = float(np.dot(left - left.mean(), right - right.mean())) / (n - 1)
+        covariance = dot(left - left.mean(), right - right.mean()) / (n - 1)
         correlation = max(-1.0, min(1.0, covariance / math.sqrt(var_left * var_right)))
     return PairingGain(
         correlation,

@@ -26,6 +26,8 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._sums import dot
+
 __all__ = ["Centred", "centre", "lattice_peak", "saddlepoint_quantiles"]
 
 Floats = npt.NDArray[np.float64]
@@ -103,9 +105,9 @@ class Centred:
             e = np.expm1(lam * self.centred)
             tilted = (
                 float(e.sum()),
-                float(self.centred @ e),
-                float(self.squared @ e),
-                float(self.cubed @ e),
+                dot(self.centred, e),
+                dot(self.squared, e),
+                dot(self.cubed, e),
             )
         return _moments(self.n, self.sums, tilted)
 

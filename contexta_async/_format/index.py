@@ -87,15 +87,15 @@ def index_path_for(record_file: str | Path) -> Path:
 
 
 class IndexHead(msgspec.Struct, array_like=True, gc=False):
-    """The first fields of an IndexEntry: where its chunk is and how to recognise it
-    (decoded alone while the index is loaded; the columns are decoded when they are used)."""
+    """The first fields of every entry (IndexEntry, ContextEntry): where its chunk is and how
+    to recognise it (decoded alone while the index is loaded; the rest when it is used)."""
 
-    start: int
-    end: int
+    start: int  # byte offset of its first line
+    end: int  # byte offset just past its last newline
     lines: int
-    head_length: int
+    head_length: int  # the first line, newline included
     head_crc: int
-    tail_length: int
+    tail_length: int  # the last line, newline included
     tail_crc: int
 
 
@@ -120,16 +120,9 @@ class Frame(msgspec.Struct, frozen=True, gc=False):
         return self.head.lines
 
 
-class IndexEntry(msgspec.Struct, array_like=True, gc=False):
+class IndexEntry(IndexHead, array_like=True, gc=False):
     """One chunk of ``record.jsonl``: where it is, how to recognise it, and its columns."""
 
-    start: int  # byte offset of its first line
-    end: int  # byte offset just past its last newline
-    lines: int
-    head_length: int  # the first line, newline included
-    head_crc: int
-    tail_length: int  # the last line, newline included
-    tail_crc: int
     types: list[str]  # distinct payload types; type_codes index into it
     subjects: list[str | None]
     keys: list[str | None]  # None: an event (no metric key)
@@ -139,7 +132,7 @@ class IndexEntry(msgspec.Struct, array_like=True, gc=False):
     values: bytes  # float64 little-endian, NaN where the line has no value
 
 
-class ContextEntry(msgspec.Struct, array_like=True, gc=False):
+class ContextEntry(IndexHead, array_like=True, gc=False):
     """One chunk of ``context.jsonl``: where it is, how to recognise it (as IndexEntry), and
     what readers take from it. ``opened`` lists the payload refs of the lines that open a
     sample (status "open"), in file order, with each one's cluster and epoch (None where the
@@ -147,13 +140,6 @@ class ContextEntry(msgspec.Struct, array_like=True, gc=False):
     lines, which readers decode. Sample lines that close a sample, and batch lines, are in the
     byte range only."""
 
-    start: int
-    end: int
-    lines: int
-    head_length: int
-    head_crc: int
-    tail_length: int
-    tail_crc: int
     opened: list[str]
     clusters: list[str | None]
     epochs: list[int | None]

@@ -128,6 +128,10 @@ class _Pending:
         self.lines += lines
         self.end = end
 
+    def _head_fields(self) -> tuple[int, int, int, int, int, int, int]:
+        """The IndexHead fields, in order (every entry starts with them)."""
+        return (self.start, self.end, self.lines, *self.head, *self.tail)
+
     @staticmethod
     def _framed(entry: IndexEntry | ContextEntry) -> tuple[bytes, bytes]:
         """The frame as its header and its body (written with one ``os.writev``, no copy
@@ -161,13 +165,7 @@ class PendingFrame(_Pending):
         key_table, key_codes = self.keys.encoded()
         return self._framed(
             IndexEntry(
-                start=self.start,
-                end=self.end,
-                lines=self.lines,
-                head_length=self.head[0],
-                head_crc=self.head[1],
-                tail_length=self.tail[0],
-                tail_crc=self.tail[1],
+                *self._head_fields(),
                 types=cast(list[str], type_table),
                 subjects=subject_table,
                 keys=key_table,
@@ -226,13 +224,7 @@ class PendingContextFrame(_Pending):
     def encode(self) -> tuple[bytes, bytes]:
         return self._framed(
             ContextEntry(
-                start=self.start,
-                end=self.end,
-                lines=self.lines,
-                head_length=self.head[0],
-                head_crc=self.head[1],
-                tail_length=self.tail[0],
-                tail_crc=self.tail[1],
+                *self._head_fields(),
                 opened=self.opened,
                 clusters=self.clusters,
                 epochs=self.epochs,

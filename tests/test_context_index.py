@@ -5,6 +5,7 @@ while it still matches ``context.jsonl``; every answer is the one the JSON gives
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from structlog.testing import capture_logs
 
 from contexta_async import Contexta
 from contexta_async._format.index import ContextEntry
+from contexta_async._format.lines import Item
 from contexta_async.readers import Workspace
 from contexta_async.readers._context import SampleScan
 from contexta_async.readers._index import load_index, open_index, read_context_entry
-from contexta_async.sinks import LocalJsonlSink
+from contexta_async.sinks import LocalJsonlSink, Sink
+from contexta_async.sinks._base import Chunk
 
 ITEMS = 40
 
@@ -233,3 +236,58 @@ def test_a_context_index_that_is_not_a_regular_file_is_not_read(
         assert _answers(tmp_path, use_index=True) == expected
     assert "index" not in calls
     assert any(e["event"] == "contexta_async.index_unreadable" for e in logs)
+
+
+def test_a_frame_without_sample_openings_reads_like_the_json(tmp_path: Path) -> None:
+    """Runs that open many stages and no sample: their frames list Run and Stage lines only."""
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}) as ctx:
+        for shift, name in enumerate(("base", "cand")):
+            with ctx.run(name) as run:
+                for stage_index in range(20):
+                    with run.stage(f"stage-{stage_index}") as stage:
+                        stage.metric("acc", (stage_index + shift) / 40)
+    loaded = load_index(str(_context(tmp_path)), ContextEntry)
+    with open_index(_context(tmp_path).with_suffix(".index")) as index:
+        assert index is not None
+        entries = [read_context_entry(index.fileno(), frame) for frame in loaded.frames]
+    assert entries and all(e is not None and not e.opened and e.kept_starts for e in entries)
+    assert _answers(tmp_path, use_index=True) == _answers(tmp_path, use_index=False)
+
+
+class _BuiltinPayloads(Sink):
+    """Hands the local sink payloads as plain dicts (the same JSON bytes): sample lines
+    whose openings the sink cannot read from a SampleObservation."""
+
+    name = "local-jsonl"
+
+    def __init__(self, root: Path) -> None:
+        self.inner = LocalJsonlSink(root, fsync=False)
+
+    def prepare(self, items: Sequence[Item], captured_at: str) -> list[Chunk]:
+        plain = [msgspec.structs.replace(i, payload=msgspec.to_builtins(i.payload)) for i in items]
+        return self.inner.prepare(plain, captured_at)
+
+    def write(self, chunk: Chunk) -> None:
+        self.inner.write(chunk)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sample_lines_the_sink_cannot_describe_get_no_frame(tmp_path: Path) -> None:
+    sink = _BuiltinPayloads(tmp_path / "cache" / "capture")
+    with Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink]) as ctx:
+        for shift, name in enumerate(("base", "cand")):
+            with ctx.run(name) as run, run.stage("evaluate") as stage:
+                for i in range(40):
+                    with stage.sample(f"q-{i}", cluster=f"c-{i // 4}") as s:
+                        s.metric("score", (i * 7 + shift) % 11 / 10)
+    opened = _context(tmp_path).read_bytes().count(b'"status":"open"},"payload_ref":"sample:')
+    assert opened == 80
+    # No sample chunk is described (what they open is read from the JSON), and the Run and
+    # Stage chunks between them are too short for a frame of their own.
+    assert not load_index(str(_context(tmp_path)), ContextEntry).frames
+    assert not _context(tmp_path).with_suffix(".index").exists()
+    found = _answers(tmp_path, use_index=True)
+    assert found == _answers(tmp_path, use_index=False)
+    assert found["compare"]["paired"][0]["clusters"] == 10

@@ -154,6 +154,8 @@ class SampleScan:
         if self._runs is None:
             self._opened_text.append(refs)
             self._distinct_text.update(refs)
+        if not refs:  # a frame of Run and Stage lines only, or of sample closings
+            return
         if None in clusters and None in epochs:  # else every opening has one or the other
             keep = [c is not None or e is not None for c, e in zip(clusters, epochs, strict=True)]
             if not any(keep):

@@ -11,7 +11,7 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from operator import attrgetter
-from typing import Final, NamedTuple, cast
+from typing import Final, Generic, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -24,7 +24,15 @@ from .._format.lines import (
     SampleObservation,
 )
 
-__all__ = ["ChunkColumns", "PendingContextFrame", "PendingFrame", "columns_from_items"]
+__all__ = [
+    "ChunkColumns",
+    "ContextColumns",
+    "Pending",
+    "PendingContextFrame",
+    "PendingFrame",
+    "columns_from_items",
+    "context_columns",
+]
 
 _NONE: Final = float("nan")
 _BIG_ENDIAN: Final = sys.byteorder == "big"
@@ -105,7 +113,10 @@ class _Column:
         return list(self.table), codes.tobytes()
 
 
-class _Pending:
+C = TypeVar("C", "ChunkColumns", "ContextColumns")
+
+
+class Pending(Generic[C]):
     """Consecutive chunks of one file (each starting where the previous one ended), described
     by one frame once it is written: a writer that appends a few lines at a time still writes
     frames of many lines."""
@@ -116,8 +127,9 @@ class _Pending:
         self.head = (0, 0)  # length and CRC-32 of the first line
         self.tail = (0, 0)
 
-    def _extend(self, data: bytes, end: int, lines: int) -> None:
-        """Add the chunk ``data`` (``lines`` whole lines), whose last byte is at ``end - 1``."""
+    def extend(self, columns: C, data: bytes, end: int) -> None:
+        """Add the chunk ``data`` (whole lines) that ``columns`` describe, whose last byte is
+        at ``end - 1``."""
         if end - len(data) != self.end:
             raise ValueError("a frame describes consecutive chunks only")
         if not self.lines:
@@ -125,8 +137,17 @@ class _Pending:
             self.head = (first, zlib.crc32(data[:first]))
         last = data.rfind(b"\n", 0, len(data) - 1) + 1
         self.tail = (len(data) - last, zlib.crc32(data[last:]))
-        self.lines += lines
+        self.lines += self._add(columns, end - len(data))
         self.end = end
+
+    def _add(self, columns: C, base: int) -> int:
+        """Keep the chunk's columns (its first line at byte ``base``); its number of lines."""
+        raise NotImplementedError
+
+    def encode(self) -> tuple[bytes, bytes]:
+        """The frame as its header and its body (written with one ``os.writev``, no copy
+        joining them)."""
+        raise NotImplementedError
 
     def _head_fields(self) -> tuple[int, int, int, int, int, int, int]:
         """The IndexHead fields, in order (every entry starts with them)."""
@@ -134,13 +155,11 @@ class _Pending:
 
     @staticmethod
     def _framed(entry: IndexEntry | ContextEntry) -> tuple[bytes, bytes]:
-        """The frame as its header and its body (written with one ``os.writev``, no copy
-        joining them)."""
         body = _ENCODER.encode(entry)
         return HEADER.pack(INDEX_MAGIC, len(body), zlib.crc32(body)), body
 
 
-class PendingFrame(_Pending):
+class PendingFrame(Pending[ChunkColumns]):
     """A pending frame of ``record.index``. Holds ~40 bytes a line (three list slots and a
     float) and each distinct ref once."""
 
@@ -151,13 +170,12 @@ class PendingFrame(_Pending):
         self.keys = _Column()
         self.values: list[float] = []
 
-    def extend(self, columns: ChunkColumns, data: bytes, end: int) -> None:
-        """Add the chunk ``data`` (whole lines), whose last byte is at ``end - 1``."""
-        self._extend(data, end, len(columns.values))
+    def _add(self, columns: ChunkColumns, base: int) -> int:
         self.types.extend(columns.types)
         self.subjects.extend(columns.subjects)
         self.keys.extend(columns.keys)
         self.values.extend(columns.values)
+        return len(columns.values)
 
     def encode(self) -> tuple[bytes, bytes]:
         type_table, type_codes = self.types.encoded()
@@ -180,7 +198,56 @@ class PendingFrame(_Pending):
 _KEPT_TYPES: Final = frozenset({"Run", "StageExecution"})  # the lines readers decode
 
 
-class PendingContextFrame(_Pending):
+class ContextColumns(NamedTuple):
+    """What a chunk of CONTEXT items says that readers take (see ContextEntry): the openings,
+    and where the Run and StageExecution lines are in the chunk (offset, length)."""
+
+    lines: int
+    opened: list[str]
+    clusters: list[str | None]
+    epochs: list[int | None]
+    kept_starts: list[int]
+    kept_lengths: list[int]
+
+
+def context_columns(items: Sequence[Item], data: bytes) -> ContextColumns | None:
+    """The columns of a chunk of CONTEXT items (``data`` their lines), or None when the index
+    cannot describe them exactly: a sample line whose payload is not a SampleObservation
+    (what it opens is then known only from its JSON), or not one line per item."""
+    opened: list[str] = []
+    clusters: list[str | None] = []
+    epochs: list[int | None] = []
+    kept: list[int] = []
+    for index, item in enumerate(items):
+        body = item.payload
+        if type(body) is SampleObservation:
+            # What a reader takes for an opening: a sample line of status "open"; its cluster
+            # and epoch only while it has not ended (as read back from the JSON).
+            ref = item.payload_ref
+            if body.status == "open" and ref is not None and ref.startswith("sample:"):
+                opened.append(ref)
+                current = body.ended_at is None
+                clusters.append(body.cluster if current else None)
+                epochs.append(body.epoch if current else None)
+        elif item.payload_type == "SampleObservation":
+            return None
+        elif item.payload_type in _KEPT_TYPES:
+            kept.append(index)
+    if data.count(b"\n") != len(items):
+        return None
+    starts: list[int] = []
+    lengths: list[int] = []
+    at, line = 0, 0
+    for index in kept:
+        while line < index:  # the start of line ``index``: newlines found in order
+            at = data.index(b"\n", at) + 1
+            line += 1
+        starts.append(at)
+        lengths.append(data.index(b"\n", at) + 1 - at)
+    return ContextColumns(len(items), opened, clusters, epochs, starts, lengths)
+
+
+class PendingContextFrame(Pending[ContextColumns]):
     """A pending frame of ``context.index``: the sample openings of its chunks (ref, cluster,
     epoch) and where their Run and StageExecution lines are."""
 
@@ -192,34 +259,13 @@ class PendingContextFrame(_Pending):
         self.kept_starts: list[int] = []
         self.kept_lengths: list[int] = []
 
-    def extend(self, items: Sequence[Item], data: bytes, end: int) -> None:
-        """Add the chunk ``data``, the lines of ``items`` in order, whose last byte is at
-        ``end - 1``."""
-        self._extend(data, end, len(items))
-        kept: list[int] = []
-        for index, item in enumerate(items):
-            body = item.payload
-            if type(body) is SampleObservation:
-                # What a reader takes for an opening: a sample line of status "open"; its
-                # cluster and epoch only while it has not ended (as read back from the JSON).
-                ref = item.payload_ref
-                if body.status == "open" and ref is not None and ref.startswith("sample:"):
-                    self.opened.append(ref)
-                    current = body.ended_at is None
-                    self.clusters.append(body.cluster if current else None)
-                    self.epochs.append(body.epoch if current else None)
-            elif item.payload_type in _KEPT_TYPES:
-                kept.append(index)
-        if kept:
-            base = end - len(data)
-            at, line = 0, 0
-            for index in kept:
-                while line < index:  # the start of line ``index``: newlines found in order
-                    at = data.index(b"\n", at) + 1
-                    line += 1
-                length = data.index(b"\n", at) + 1 - at
-                self.kept_starts.append(base + at)
-                self.kept_lengths.append(length)
+    def _add(self, columns: ContextColumns, base: int) -> int:
+        self.opened.extend(columns.opened)
+        self.clusters.extend(columns.clusters)
+        self.epochs.extend(columns.epochs)
+        self.kept_starts.extend(base + at for at in columns.kept_starts)
+        self.kept_lengths.extend(columns.kept_lengths)
+        return columns.lines
 
     def encode(self) -> tuple[bytes, bytes]:
         return self._framed(

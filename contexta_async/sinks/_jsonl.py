@@ -7,9 +7,9 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 import msgspec
 import structlog
@@ -18,7 +18,15 @@ from .._errors import ConfigurationError, ValidationError
 from .._format.index import FRAME_LINES, MAX_FRAME, MIN_INDEXED_LINES, index_path_for, open_regular
 from .._format.lines import CONTEXT, FAMILIES, RECORD, Item
 from ._base import Chunk, FsyncError, Sink, check_sink_name, stamp_lines
-from ._index import PendingContextFrame, PendingFrame, columns_from_items
+from ._index import (
+    ChunkColumns,
+    ContextColumns,
+    Pending,
+    PendingContextFrame,
+    PendingFrame,
+    columns_from_items,
+    context_columns,
+)
 
 __all__ = ["LocalJsonlSink"]
 
@@ -54,8 +62,8 @@ def _make_dirs(directory: Path) -> list[Path]:
 
 
 def _open_index(path: Path) -> int:
-    """``record.index`` open for appending; OSError unless it is a regular file (a FIFO there
-    must not stall the writer)."""
+    """``record.index`` (or ``context.index``) open for appending; OSError unless it is a
+    regular file (a FIFO there must not stall the writer)."""
     fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
     if fd is None:
         raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -78,6 +86,12 @@ def _cut_torn_tail(fd: int, size: int, target: str) -> int:
     return end
 
 
+_NEW_FRAME: dict[str, Callable[[int], Pending[Any]]] = {
+    RECORD: PendingFrame,
+    CONTEXT: PendingContextFrame,
+}
+
+
 class _IndexFile:
     """One index being written: its descriptor, its pending frame, whether it failed."""
 
@@ -85,7 +99,7 @@ class _IndexFile:
 
     def __init__(self) -> None:
         self.fd: int | None = None
-        self.frame: PendingFrame | PendingContextFrame | None = None  # not described yet
+        self.frame: Pending[Any] | None = None  # consecutive chunks not described yet
         self.failed = False
 
 
@@ -253,18 +267,17 @@ class LocalJsonlSink(Sink):
             start = end - len(chunk.data)
             if index.frame is not None and index.frame.end != start:
                 self._write_frame(chunk.family)  # another writer appended in between
+            described: ChunkColumns | ContextColumns | None
             if chunk.family == CONTEXT:
-                if index.frame is None:
-                    index.frame = PendingContextFrame(start)
-                cast(PendingContextFrame, index.frame).extend(chunk.items, chunk.data, end)
+                described = context_columns(chunk.items, chunk.data)
             else:
-                columns = columns_from_items(chunk.items)
-                if columns is None:
-                    self._write_frame(chunk.family)  # these lines stay unindexed: parsed
-                    return
-                if index.frame is None:
-                    index.frame = PendingFrame(start)
-                cast(PendingFrame, index.frame).extend(columns, chunk.data, end)
+                described = columns_from_items(chunk.items)
+            if described is None:
+                self._write_frame(chunk.family)  # these lines stay unindexed: parsed
+                return
+            if index.frame is None:
+                index.frame = _NEW_FRAME[chunk.family](start)
+            index.frame.extend(described, chunk.data, end)
             if index.frame.lines >= FRAME_LINES:
                 self._write_frame(chunk.family)
         except Exception as exc:  # the lines are durable whatever happens here

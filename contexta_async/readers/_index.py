@@ -1,5 +1,6 @@
-"""The reading half of ``record.index`` (the layout is in ``contexta_async._format.index``):
-its whole frames, which of them still describe ``record.jsonl``, and their columns.
+"""The reading half of ``record.index`` and ``context.index`` (the layout is in
+``contexta_async._format.index``): their whole frames, which of them still describe
+``record.jsonl`` (or ``context.jsonl``), and their entries.
 
 A frame is trusted only when it is whole and the lines at both ends of its byte range are,
 byte for byte, the lines it was written for (length, newline before and after, CRC-32): two
@@ -7,7 +8,7 @@ small reads per frame, a few hundred per million records. Everything else in the
 index, a damaged frame, lines the writer did not index, lines appended since, lines moved by
 an edit) is read from the JSON. What this check cannot see is an edit inside a frame's range
 that keeps every byte count (a digit changed by hand): docs/format.md says to delete the
-index after editing ``record.jsonl``.
+index after editing its file by hand.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _columns_fit(entry: IndexEntry) -> bool:
 
 
 class _FrameReader:
-    """Finds the whole frames of ``record.index`` in blocks: memory holds one block, or one
+    """Finds the whole frames of an index file in blocks: memory holds one block, or one
     frame (at most MAX_FRAME) if larger, and a small record per frame, not the file."""
 
     def __init__(self, handle: BinaryIO, block_size: int, limit: int | None) -> None:
@@ -318,8 +319,9 @@ def load_index(
 
 
 def open_index(index_path: Path) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    """``record.index`` open for reading, or None when it is not a regular file (never
-    followed through a symlink, never waited on like a FIFO). Raises OSError."""
+    """An index file (``record.index``, ``context.index``) open for reading, or None when it
+    is not a regular file (never followed through a symlink, never waited on like a FIFO).
+    Raises OSError."""
     fd = open_regular(index_path, os.O_RDONLY | os.O_NOFOLLOW)
     if fd is None:
         _log.warning("contexta_async.index_unreadable", target=str(index_path), error="not a file")

@@ -171,9 +171,11 @@ def test_a_pause_ends_when_a_pass_is_requested_or_the_helper_stops(
     chan, pipe = channel
     clock = Clock()
     asked: list[float] = []
+    pausing = threading.Event()
 
     def pause(seconds: float) -> bool:
         asked.append(seconds)
+        pausing.set()
         return chan.wake.wait(seconds)
 
     pacer = Pacer(0.5, files, waiting=chan.waiting, pause=pause, clock=clock)
@@ -182,6 +184,7 @@ def test_a_pause_ends_when_a_pass_is_requested_or_the_helper_stops(
     _append(files[0])
     assert not chan.waiting()
     paused = _pause_in_thread(pacer)
+    assert pausing.wait(WAIT)  # in the pause: what comes next must end it
     if how == "pass requested":
         pipe.send({"pass": 1})
     elif how == "stop":

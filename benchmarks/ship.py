@@ -10,7 +10,10 @@ and the median. A benchmark, not a test: it asserts only that every line arrived
 Then the cost of the in-process shipper to capture: ``--overhead-records`` records captured
 (and flushed) with ``Contexta(...)`` and with ``Contexta(..., ship_to=URL)``, alternating,
 ``--repeat`` times each; capture throughput of each and the median cost. (The lines then are
-committed in the store by ``wait_committed``, timed apart.)
+committed in the store by ``wait_committed``, timed apart.) The shipping lag: the share of
+the workspace's bytes the store held when capture had flushed (the helper yields to capture
+while it writes, so under full-speed capture the store lags), and the seconds after that
+until the store had every line (``wait_committed``: at full speed).
 
 On one machine the server's own CPU competes with capture too; ``--server-nice 19`` runs it
 (and its autogroup) at low priority, a stand-in for a store on another machine. Quote both.
@@ -58,10 +61,12 @@ def _capture_into(ctx: Contexta, records: int, per_sample: int) -> None:
 
 def capture_rate(
     workspace: Path, records: int, per_sample: int, ship_to: str | None
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """Records/s of capture (until flushed); with ``ship_to`` the seconds after that until the
-    store has every line; and the capturing process's CPU per record (all its threads, until
-    then: what competes with capture for the GIL; the shipper's helper process is not in it)."""
+    store has every line; the capturing process's CPU per record (all its threads, until
+    then: what competes with capture for the GIL; the shipper's helper process is not in it);
+    and with ``ship_to`` the share of the workspace's bytes the store held when capture had
+    flushed (the shipping lag; 1.0: none)."""
     ctx = Contexta(workspace=workspace, config={"project_name": "bench"}, ship_to=ship_to)
     try:
         cpu = time.process_time()
@@ -69,12 +74,37 @@ def capture_rate(
         _capture_into(ctx, records, per_sample)
         ctx.flush()
         captured = time.perf_counter()
+        held = 1.0
         if ctx.shipper is not None:
+            assert ship_to is not None
+            held = _store_holds(workspace, ship_to)
             ctx.shipper.wait_committed()
         cpu_us = (time.process_time() - cpu) / records * 1e6
-        return records / (captured - started), time.perf_counter() - captured, cpu_us
+        return records / (captured - started), time.perf_counter() - captured, cpu_us, held
     finally:
         ctx.close()
+
+
+def _store_holds(workspace: Path, url: str) -> float:
+    """The share of the workspace's bytes (of its shipped files) that the store holds."""
+    import psycopg
+    from contexta_async_postgres import workspace_id
+
+    size = sum(
+        (workspace / "cache" / "capture" / file).stat().st_size
+        for file in FAMILY_FILES
+        if (workspace / "cache" / "capture" / file).exists()
+    )
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(byte_offset), 0) FROM contexta.positions "
+                "WHERE workspace_id = %s",
+                (workspace_id(workspace),),
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:  # nothing shipped yet: no schema
+        return 0.0
+    return int(row[0]) / size if row and size else 0.0
 
 
 def client_rate(files: list[Path], records: int) -> float:
@@ -218,17 +248,22 @@ def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:
     plain_cpu: list[float] = []
     shipping_cpu: list[float] = []
     n, per_sample = args.overhead_records, args.metrics_per_sample
+    drains: list[float] = []
+    held: list[float] = []
     for i in range(args.repeat):
-        rate, _, cpu = capture_rate(tmp / f"plain{i}", n, per_sample, None)
+        rate, _, cpu, _ = capture_rate(tmp / f"plain{i}", n, per_sample, None)
         plain.append(rate)
         plain_cpu.append(cpu)
-        rate, drain, cpu = capture_rate(tmp / f"ship{i}", n, per_sample, url)
+        rate, drain, cpu, share = capture_rate(tmp / f"ship{i}", n, per_sample, url)
         shipping.append(rate)
         shipping_cpu.append(cpu)
+        drains.append(drain)
+        held.append(share)
         print(
             f"  capture run {i + 1}: {plain[-1]:>10,.0f} records/s alone "
             f"({plain_cpu[-1]:.1f} us CPU/record), {rate:>10,.0f} with the shipper "
-            f"({cpu:.1f} us CPU/record; then {drain:.2f} s until committed)"
+            f"({cpu:.1f} us CPU/record; the store held {100 * share:.0f} % of the bytes when "
+            f"capture had flushed, then {drain:.2f} s until committed)"
         )
     a, b = statistics.median(plain), statistics.median(shipping)
     ca, cb = statistics.median(plain_cpu), statistics.median(shipping_cpu)
@@ -237,6 +272,11 @@ def overhead(cluster: Cluster, tmp: Path, args: argparse.Namespace) -> None:
         f"Contexta(ship_to=...): cost {100 * (a - b) / a:.1f} %; CPU of the capturing "
         f"process per record: {ca:.1f} us alone, {cb:.1f} us with the shipper "
         f"(+{100 * (cb - ca) / ca:.1f} %)"
+    )
+    print(
+        f"shipping lag: median {100 * statistics.median(held):.0f} % of the bytes in the store "
+        f"when capture had flushed, then {statistics.median(drains):.2f} s until committed "
+        f"(wait_committed: the helper drains at full speed)"
     )
 
 

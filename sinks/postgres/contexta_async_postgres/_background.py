@@ -12,6 +12,14 @@ from the stored position. An unreachable store is retried with backoff, forever,
 that dies is started again: capture never waits on either, and the lines wait in the
 workspace.
 
+The helper also yields to capture (see ``_pacing``): on a small machine any memory-heavy work
+beside capture slows it down, whatever its CPU priority. While the capture files grow and
+nobody waits for the store, it pauses after each committed batch so that it ships at most
+``share`` of the wall-clock time (``SHARE`` by default; 1: never pauses). A
+``wait_committed()`` (or ``close()``) ends a pause at once and is answered at full speed, and
+once capture stops writing what is left drains at full speed: under sustained full-speed
+capture the store lags behind, and catches up when capture pauses or someone waits.
+
 Threads do not survive ``fork()``: in a forked child the shipper is not running (``running`` is
 False, ``wait_committed`` raises, ``close`` ships nothing). The child's lines land in the same
 workspace files, which the parent's helper ships.
@@ -34,9 +42,10 @@ from contexta_async import LifecycleError, ValidationError
 from contexta_async.stores import ShipTimeoutError
 
 from ._identity import FAMILY_FILES
+from ._pacing import check_share
 from ._target import Target, parse_target
 
-__all__ = ["NICE", "BackgroundShipper"]
+__all__ = ["NICE", "SHARE", "BackgroundShipper"]
 
 logger = structlog.get_logger("contexta_async")
 
@@ -49,10 +58,18 @@ _HELPER_MAIN = (
 )
 NICE = 19
 """How much lower the helper's CPU priority is than the capturing process's (``os.nice``)."""
+SHARE = 0.25
+"""The default ``share``: while capture writes and nobody waits, the helper ships at most this
+fraction of the wall-clock time (see ``_pacing``)."""
 
 
 class BackgroundShipper:
-    """Ships one workspace to one store from a helper process; see the module docstring."""
+    """Ships one workspace to one store from a helper process; see the module docstring.
+
+    ``share`` (0 < share <= 1) is the most of the wall-clock time the helper ships while
+    capture writes and nobody waits: after a batch that took ``busy`` seconds it pauses
+    ``busy * (1 - share) / share``. ValidationError at the call otherwise.
+    """
 
     def __init__(
         self,
@@ -64,9 +81,11 @@ class BackgroundShipper:
         backoff: float = 0.25,
         max_backoff: float = 5.0,
         nice: int = NICE,
+        share: float = SHARE,
     ) -> None:
         if not poll_interval > 0:
             raise ValidationError("poll_interval", "must be positive", poll_interval)
+        self._share = check_share(share)
         self._target: Target = parse_target(url)  # a bad URL fails here, at the call
         self.target = self._target.display
         self._url = url
@@ -157,6 +176,7 @@ class BackgroundShipper:
                     "batch_lines": self._batch_lines,
                     "backoff": self._backoff,
                     "max_backoff": self._max_backoff,
+                    "share": self._share,
                     "requested": requested,
                 }
             )

@@ -8,9 +8,9 @@ fork: nothing of the caller's ``__main__`` runs again, and no lock held by anoth
 is inherited), lowers its CPU priority (``os.nice``) so that capture keeps its core, and
 talks to it over its stdin and stdout, one JSON object a line:
 
-- in: the settings first (``workspace``, ``url``, ...), then ``{"pass": n}`` (someone waits
-  for a pass that begins after request ``n``) and ``{"stop": true}`` (finish the batch in
-  flight, then exit; so does the end of stdin, e.g. when the caller died);
+- in: the settings first (``workspace``, ``url``, ``share``, ...), then ``{"pass": n}``
+  (someone waits for a pass that begins after request ``n``) and ``{"stop": true}`` (finish
+  the batch in flight, then exit; so does the end of stdin, e.g. when the caller died);
 - out: ``{"positions": {...}}`` after each pass, ``{"done": n}`` when a pass that began after
   request ``n`` completed, ``{"error": "..."}`` when a pass failed (retried with backoff),
   ``{"log": {...}}`` for each structlog event of the shipper (re-emitted by the caller, so
@@ -18,6 +18,13 @@ talks to it over its stdin and stdout, one JSON object a line:
 
 Each batch is one transaction (see ``_shipper``): a helper killed anywhere loses nothing, and
 the next one (or ``contexta-async ship``) goes on from the stored position.
+
+Between batches (after a commit, never inside a transaction) the helper yields to capture
+(``_pacing.Pacer``, the ``share`` setting): while the capture files grow and no request is
+unanswered, it pauses so that it ships at most ``share`` of the time. A request or a stop
+ends the pause at once (``wake``), and no pause is taken while a request is unanswered: a
+waiter never waits for a pause. Only this helper paces; ``contexta-async ship`` (one-shot or
+``--follow``) ships at full speed.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ class _Channel:
         self._out = out
         self._lock = threading.Lock()
         self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.requested = 0
+        self.wake = threading.Event()  # set by a request, and with stop
+        self.requested = 0  # the newest request received
+        self.answered = 0  # the newest request a completed pass answered (``done``)
 
     def send(self, message: dict[str, Any]) -> None:
         with self._lock:
@@ -54,6 +62,12 @@ class _Channel:
                 self._out.flush()
             except (OSError, ValueError):  # the caller went away: nobody to tell
                 self.stop.set()
+                self.wake.set()
+
+    def waiting(self) -> bool:
+        """Whether someone waits for the store (a request no completed pass answered), or
+        the helper is stopping: no time to pause."""
+        return self.stop.is_set() or self.requested > self.answered
 
     def settings(self) -> dict[str, Any]:
         line = self._src.readline()
@@ -89,6 +103,8 @@ def _forward(channel: _Channel) -> Any:
 def _serve(channel: _Channel) -> None:
     from contexta_async import ContextaError
 
+    from ._identity import FAMILY_FILES
+    from ._pacing import Pacer
     from ._shipper import Shipper
 
     settings = channel.settings()
@@ -104,6 +120,12 @@ def _serve(channel: _Channel) -> None:
     backoff = float(settings["backoff"])
     max_backoff = float(settings["max_backoff"])
     stop, wake = channel.stop, channel.wake
+    pacer = Pacer(
+        float(settings.get("share", 1.0)),
+        [workspace / "cache" / "capture" / file for file in FAMILY_FILES],
+        waiting=channel.waiting,
+        pause=wake.wait,
+    )
     shipper: Shipper | None = None
     delay = backoff
     try:
@@ -116,9 +138,14 @@ def _serve(channel: _Channel) -> None:
                 if shipper is None and (workspace / "cache" / "capture").is_dir():
                     # retries=0: this loop retries, so that a stop ends it any time
                     shipper = Shipper(
-                        workspace, settings["url"], batch_lines=settings["batch_lines"], retries=0
+                        workspace,
+                        settings["url"],
+                        batch_lines=settings["batch_lines"],
+                        retries=0,
+                        progress=pacer.after_batch,
                     )
                 if shipper is not None:
+                    pacer.begin()
                     result = shipper.ship(stop=stop)
                     channel.send({"positions": result.positions})
                     if stop.is_set():
@@ -132,6 +159,7 @@ def _serve(channel: _Channel) -> None:
                 delay = min(delay * 2, max_backoff)
                 continue
             delay = backoff
+            channel.answered = asked
             channel.send({"done": asked})
             wake.wait(poll)
     finally:

@@ -278,7 +278,9 @@ class Shipper:
     # ---- shipping -----------------------------------------------------------------------
 
     def ship(self, stop: threading.Event | None = None) -> ShipResult:
-        """Ship every whole line now in the workspace; return when caught up (or ``stop``)."""
+        """Ship every whole line now in the workspace; return when caught up with what each
+        file held when this pass reached it (or at ``stop``): lines appended meanwhile are
+        the next call's, so a pass ends however fast capture appends."""
         result = self._new_result()
         self._pass(stop, result)
         return result
@@ -297,14 +299,18 @@ class Shipper:
         return ShipResult(workspace_id=str(self.workspace_id), target=self.target.display)
 
     def _pass(self, stop: threading.Event | None, result: ShipResult) -> bool:
-        """One pass over the files until each is caught up; whether anything was shipped."""
+        """One pass over the files until each is caught up with what it held when the pass
+        first looked at it; whether anything was shipped. The bound keeps a pass finite while
+        capture appends faster than it ships (a waiter's pass would otherwise chase the tail
+        for as long as capture goes on); what comes later is the next pass's."""
         did = False
         waiting = 0
+        until: dict[str, int] = {}  # file -> its size when this pass first looked at it
         for file in FAMILY_FILES:
             while stop is None or not stop.is_set():
                 conn = self._ensure_connection(stop, result)
                 try:
-                    handled, torn = self._batch(conn, file, result)
+                    handled, torn = self._batch(conn, file, result, until)
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
                     continue  # rolled back whole: the batch is simply tried again
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -327,8 +333,11 @@ class Shipper:
             + self.target.redact(_first_line(exc))
         )
 
-    def _batch(self, conn: Connection, file: str, result: ShipResult) -> tuple[int, int]:
-        """Ship one batch of ``file``: (lines handled, bytes of an unterminated tail)."""
+    def _batch(
+        self, conn: Connection, file: str, result: ShipResult, until: dict[str, int]
+    ) -> tuple[int, int]:
+        """Ship one batch of ``file``, of its whole lines below ``until[file]`` (set to its
+        size when missing): (lines handled, bytes of an unterminated tail)."""
         path = self.capture / file
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -343,6 +352,7 @@ class Shipper:
             caught_up = self._caught_up.get(file)
             if caught_up is not None and caught_up[:2] == (size, mtime):
                 return 0, caught_up[2]  # nothing appended since the store last had it all
+            end = min(size, until.setdefault(file, size))
             schema = sql.Identifier(SCHEMA)
             with conn.transaction():
                 conn.execute(
@@ -362,15 +372,16 @@ class Shipper:
                 position = int(row[0]) if row else 0
                 result.positions[file] = position
                 _check_position(fd, file, position, size)
-                first = whole_lines(fd, position, size, min(_CHUNK, self.batch_bytes))
+                first = whole_lines(fd, position, end, min(_CHUNK, self.batch_bytes))
                 if not first:
-                    self._caught_up[file] = (size, mtime, size - position)
-                    return 0, size - position
+                    if end == size:
+                        self._caught_up[file] = (size, mtime, size - position)
+                    return 0, max(0, end - position)
                 batch = _Batch(
                     self._parsers[file],
                     fd,
                     position,
-                    size,
+                    end,
                     first,
                     self.batch_lines,
                     self.batch_bytes,

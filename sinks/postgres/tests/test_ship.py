@@ -4,6 +4,7 @@ shards merged, the schema's version."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from contexta_async_postgres import (
     SchemaVersionError,
     Shipper,
     ShipPositionError,
+    ShipProgress,
     ShipResult,
     StoreError,
 )
@@ -65,6 +67,41 @@ def test_lines_appended_later_are_shipped_from_the_remembered_position(
         "run:proj.first",
         "run:proj.second",
     }
+
+
+def test_a_pass_ends_at_what_the_files_held_when_it_began_while_lines_keep_coming(
+    tmp_path: Path, db: Database
+) -> None:
+    """A pass that chased the tail of a file capture appends to faster than it ships never
+    ended, and so neither did a ``wait_committed()`` answered by it."""
+    ws = capture(tmp_path / "ws", samples=range(20))
+    before = workspace_lines(ws)
+    record = ws / "cache" / "capture" / "record.jsonl"
+    line = record.read_bytes().split(b"\n", 1)[0] + b"\n"  # a real line, appended again
+    stop = threading.Event()
+    batches = 0
+
+    def append_more_than_a_batch(_: ShipProgress) -> None:
+        nonlocal batches
+        batches += 1
+        with record.open("ab") as f:
+            f.write(line * 10)
+        if batches == 500:
+            stop.set()  # before: the pass went on until stopped
+
+    with Shipper(ws, db.url, batch_lines=5, progress=append_more_than_a_batch) as shipper:
+        result = shipper.ship(stop)
+        assert not stop.is_set()
+        assert result.waiting_bytes == 0
+        stored = store_lines(db, ws)
+        now = workspace_lines(ws)
+        for file, lines in before.items():
+            assert stored[file] == now[file][: len(stored[file])]  # a prefix, in order
+            assert len(stored[file]) >= len(lines)  # with all the pass began with
+        # What came later is the next pass's.
+        shipper.progress = None
+        shipper.ship()
+    assert store_lines(db, ws) == workspace_lines(ws)
 
 
 def test_typed_columns_hold_the_payload_and_raw_holds_the_line(

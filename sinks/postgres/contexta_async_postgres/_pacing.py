@@ -1,0 +1,96 @@
+"""How the shipper's helper process yields to capture: a pause after each committed batch.
+
+On a small machine, any memory-heavy work beside capture (reading, parsing, COPY; the server
+storing the rows) slows capture down, whatever its CPU priority: the cores share caches and
+memory bandwidth, which ``nice`` does not divide. So, like PostgreSQL's cost-based vacuum
+delay or RocksDB's compaction rate limiter, the helper limits how much it works while capture
+writes: after each committed batch that took ``busy`` seconds of wall-clock time (the
+server's work included), it pauses ``busy * (1 - share) / share`` seconds, so that it ships at
+most ``share`` of the time.
+
+It pauses only while
+
+- capture is writing: a capture file grew since the previous batch (a few ``os.stat``);
+  once capture stops, what is left drains at full speed;
+- and nobody waits: no pass was requested by ``wait_committed()`` or ``close()`` that has not
+  been answered, and no stop. A pause ends at once when either comes (``pause`` returns early).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from contexta_async import ValidationError
+
+from ._shipper import ShipProgress
+
+__all__ = ["Pacer", "check_share"]
+
+
+def check_share(share: float) -> float:
+    """``share`` as a float, or ValidationError unless 0 < share <= 1."""
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise ValidationError("share", "must be a number with 0 < share <= 1", share)
+    return float(share)
+
+
+class Pacer:
+    """Paces one shipper: call :meth:`begin` before each pass, and give :meth:`after_batch` to
+    ``Shipper(progress=...)`` (called after each committed batch, between transactions).
+
+    ``waiting()`` says whether someone waits for the store (or the helper is stopping);
+    ``pause(seconds)`` waits that long, or less when someone comes to wait or a stop comes
+    (``threading.Event.wait`` of an event set then); ``clock`` is a monotonic clock.
+    """
+
+    def __init__(
+        self,
+        share: float,
+        files: Iterable[Path],
+        *,
+        waiting: Callable[[], bool],
+        pause: Callable[[float], object],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.share = check_share(share)
+        self._files = tuple(files)
+        self._waiting = waiting
+        self._pause = pause
+        self._clock = clock
+        self._mark = clock()  # when the shipper's current stretch of work began
+        self._sizes = self._measure()
+
+    def _measure(self) -> tuple[int, ...]:
+        sizes = []
+        for path in self._files:
+            try:
+                sizes.append(os.stat(path).st_size)
+            except OSError:
+                sizes.append(-1)
+        return tuple(sizes)
+
+    def begin(self) -> None:
+        """A pass begins: its work starts now, and growth counts from here."""
+        self._mark = self._clock()
+        self._sizes = self._measure()
+
+    def delay(self) -> float:
+        """The pause due now, after a batch: 0 unless capture writes and nobody waits. Takes
+        the batch as done (its growth and its time are counted once)."""
+        busy = self._clock() - self._mark
+        sizes = self._measure()
+        grew = sizes != self._sizes
+        self._sizes = sizes
+        if self.share >= 1 or not grew or self._waiting():
+            return 0.0
+        return max(0.0, busy) * (1 - self.share) / self.share
+
+    def after_batch(self, progress: ShipProgress | None = None) -> None:
+        """After a committed batch: pause if due (see :meth:`delay`)."""
+        seconds = self.delay()
+        if seconds > 0:
+            self._pause(seconds)
+        self._mark = self._clock()

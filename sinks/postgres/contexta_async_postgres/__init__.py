@@ -7,6 +7,8 @@ with ``contexta-async --workspace WS ship --to postgresql://... [--follow]``.
 read a workspace folder, with the same answers.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._background import BackgroundShipper
 from ._errors import (
     SchemaVersionError,
@@ -18,9 +20,11 @@ from ._errors import (
 )
 from ._identity import workspace_id
 from ._lines import Corrupt
-from ._reader import PostgresSource
 from ._schema import SCHEMA, SCHEMA_VERSION
 from ._shipper import Shipper, ShipProgress, ShipResult
+
+if TYPE_CHECKING:
+    from ._reader import PostgresSource
 
 __version__ = "0.1.0"
 """The installed version of contexta-async-postgres."""
@@ -43,3 +47,13 @@ __all__ = [
     "__version__",
     "workspace_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The reader side (and with it the readers and numpy) is imported when first used: the
+    # shipper's helper process, which imports this package, never needs it.
+    if name == "PostgresSource":
+        from ._reader import PostgresSource
+
+        return PostgresSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,8 +53,8 @@ _COUNT_BLOCK = 1 << 22
 # The nice value is set before anything is imported: the imports take the CPU of a few
 # thousand lines, while capture is under way.
 _HELPER_MAIN = (
-    "import os, sys; os.nice(int(sys.argv[1]))\n"
-    "from contexta_async_postgres._ship_process import main; main()"
+    "import os, sys, time; started = time.monotonic(); os.nice(int(sys.argv[1]))\n"
+    "from contexta_async_postgres._ship_process import main; main(started)"
 )
 NICE = 19
 """How much lower the helper's CPU priority is than the capturing process's (``os.nice``)."""

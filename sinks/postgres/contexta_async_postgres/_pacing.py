@@ -8,6 +8,9 @@ writes: after each committed batch that took ``busy`` seconds of wall-clock time
 server's work included), it pauses ``busy * (1 - share) / share`` seconds, so that it ships at
 most ``share`` of the time.
 
+The helper's own start (Python, the imports, connecting) is work beside capture too: the
+first pass begins with the pause it is due (``started``).
+
 It pauses only while
 
 - capture is writing: a capture file grew since the previous batch (a few ``os.stat``);
@@ -54,14 +57,17 @@ class Pacer:
         waiting: Callable[[], bool],
         pause: Callable[[float], object],
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         self.share = check_share(share)
         self._files = tuple(files)
         self._waiting = waiting
         self._pause = pause
         self._clock = clock
-        self._mark = clock()  # when the shipper's current stretch of work began
+        # When the shipper's current stretch of work began: its process's start, if known.
+        self._mark = clock() if started is None else min(started, clock())
         self._sizes = self._measure()
+        self._first = True
 
     def _measure(self) -> tuple[int, ...]:
         sizes = []
@@ -73,7 +79,11 @@ class Pacer:
         return tuple(sizes)
 
     def begin(self) -> None:
-        """A pass begins: its work starts now, and growth counts from here."""
+        """A pass begins: its work starts now, and growth counts from here. The first pass
+        first pauses for the work done since the pacer's start (see :meth:`delay`)."""
+        if self._first:
+            self._first = False
+            self.after_batch()
         self._mark = self._clock()
         self._sizes = self._measure()
 

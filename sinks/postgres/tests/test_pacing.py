@@ -76,6 +76,47 @@ def test_a_batch_while_capture_writes_is_followed_by_a_pause_that_keeps_the_shar
     assert pauses == [pytest.approx(0.6), pytest.approx(0.3)]
 
 
+def _started_pacer(
+    files: list[Path], clock: Clock, *, waiting: Callable[[], bool] = lambda: False
+) -> tuple[Pacer, list[float]]:
+    """A pacer whose helper started 0.4 s ago (Python, imports, connecting)."""
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.now += seconds
+
+    started = clock.now - 0.4
+    pacer = Pacer(0.25, files, waiting=waiting, pause=pause, clock=clock, started=started)
+    return pacer, pauses
+
+
+def test_the_first_pass_first_pauses_for_the_helpers_start_while_capture_writes(
+    files: list[Path],
+) -> None:
+    clock = Clock()
+    pacer, pauses = _started_pacer(files, clock)
+    _append(files[0])  # capture writes while the helper starts
+    pacer.begin()
+    assert pauses == [pytest.approx(1.2)]  # 0.4 s of start in 1.6 s: a quarter
+    _append(files[0])
+    pacer.begin()  # later passes begin without it
+    assert pauses == [pytest.approx(1.2)]
+
+
+def test_the_helpers_start_is_not_paused_for_when_capture_is_idle_or_someone_waits(
+    files: list[Path],
+) -> None:
+    clock = Clock()
+    pacer, pauses = _started_pacer(files, clock)
+    pacer.begin()  # nothing written since the helper started
+    assert pauses == []
+    pacer, pauses = _started_pacer(files, clock, waiting=lambda: True)
+    _append(files[0])
+    pacer.begin()
+    assert pauses == []
+
+
 def test_no_pause_once_capture_has_stopped_writing(files: list[Path]) -> None:
     clock = Clock()
     pacer, pauses = _pacer(files, 0.25, clock)

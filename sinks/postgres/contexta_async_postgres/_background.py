@@ -42,7 +42,7 @@ from contexta_async import LifecycleError, ValidationError
 from contexta_async.stores import ShipTimeoutError
 
 from ._identity import FAMILY_FILES
-from ._pacing import check_share
+from ._pacing import check_share, file_sizes
 from ._target import Target, parse_target
 
 __all__ = ["NICE", "SHARE", "BackgroundShipper"]
@@ -53,8 +53,8 @@ _COUNT_BLOCK = 1 << 22
 # The nice value is set before anything is imported: the imports take the CPU of a few
 # thousand lines, while capture is under way.
 _HELPER_MAIN = (
-    "import os, sys, time; started = time.monotonic(); os.nice(int(sys.argv[1]))\n"
-    "from contexta_async_postgres._ship_process import main; main(started)"
+    "import os, sys; os.nice(int(sys.argv[1]))\n"
+    "from contexta_async_postgres._ship_process import main; main()"
 )
 NICE = 19
 """How much lower the helper's CPU priority is than the capturing process's (``os.nice``)."""
@@ -147,6 +147,9 @@ class BackgroundShipper:
                 self._cond.notify_all()
 
     def _start_helper(self) -> subprocess.Popen[bytes]:
+        # Where capture stood when the helper started: its pacer counts its start as work.
+        started = time.monotonic()
+        sizes = file_sizes(self._workspace / "cache" / "capture" / f for f in FAMILY_FILES)
         proc = subprocess.Popen(
             # -P: the caller's working directory is not put on sys.path (a msgspec.py there
             # must not run in the helper)
@@ -178,6 +181,8 @@ class BackgroundShipper:
                     "max_backoff": self._max_backoff,
                     "share": self._share,
                     "requested": requested,
+                    "started": started,
+                    "sizes": sizes,
                 }
             )
         return proc

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from contexta_async import ValidationError
 
 from ._shipper import ShipProgress
 
-__all__ = ["Pacer", "check_share"]
+__all__ = ["Pacer", "check_share", "file_sizes"]
 
 
 def check_share(share: float) -> float:
@@ -40,6 +40,17 @@ def check_share(share: float) -> float:
     return float(share)
 
 
+def file_sizes(paths: Iterable[Path]) -> tuple[int, ...]:
+    """The size of each file, -1 for one that is not there (yet)."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(os.stat(path).st_size)
+        except OSError:
+            sizes.append(-1)
+    return tuple(sizes)
+
+
 class Pacer:
     """Paces one shipper: call :meth:`begin` before each pass, and give :meth:`after_batch` to
     ``Shipper(progress=...)`` (called after each committed batch, between transactions).
@@ -47,6 +58,8 @@ class Pacer:
     ``waiting()`` says whether someone waits for the store (or the helper is stopping);
     ``pause(seconds)`` waits that long, or less when someone comes to wait or a stop comes
     (``threading.Event.wait`` of an event set then); ``clock`` is a monotonic clock.
+    ``started``: when the helper was started (on ``clock``, which ``time.monotonic`` shares
+    between processes) and the files' sizes then, so that its start counts as work.
     """
 
     def __init__(
@@ -57,26 +70,23 @@ class Pacer:
         waiting: Callable[[], bool],
         pause: Callable[[float], object],
         clock: Callable[[], float] = time.monotonic,
-        started: float | None = None,
+        started: tuple[float, Sequence[int]] | None = None,
     ) -> None:
         self.share = check_share(share)
         self._files = tuple(files)
         self._waiting = waiting
         self._pause = pause
         self._clock = clock
-        # When the shipper's current stretch of work began: its process's start, if known.
-        self._mark = clock() if started is None else min(started, clock())
+        # When the shipper's current stretch of work began, and the sizes then.
+        self._mark = clock()
         self._sizes = self._measure()
+        if started is not None and len(started[1]) == len(self._files):
+            self._mark = min(started[0], self._mark)
+            self._sizes = tuple(started[1])
         self._first = True
 
     def _measure(self) -> tuple[int, ...]:
-        sizes = []
-        for path in self._files:
-            try:
-                sizes.append(os.stat(path).st_size)
-            except OSError:
-                sizes.append(-1)
-        return tuple(sizes)
+        return file_sizes(self._files)
 
     def begin(self) -> None:
         """A pass begins: its work starts now, and growth counts from here. The first pass

@@ -100,7 +100,7 @@ def _forward(channel: _Channel) -> Any:
     return processor
 
 
-def _serve(channel: _Channel, started: float | None = None) -> None:
+def _serve(channel: _Channel) -> None:
     from contexta_async import ContextaError
 
     from ._identity import FAMILY_FILES
@@ -125,7 +125,10 @@ def _serve(channel: _Channel, started: float | None = None) -> None:
         [workspace / "cache" / "capture" / file for file in FAMILY_FILES],
         waiting=channel.waiting,
         pause=wake.wait,
-        started=started,
+        # Its own start (Python, imports, connecting) is work beside capture too.
+        started=(float(settings["started"]), list(settings["sizes"]))
+        if "started" in settings
+        else None,
     )
     shipper: Shipper | None = None
     delay = backoff
@@ -176,7 +179,6 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def main(started: float | None = None) -> None:
-    """The helper process: ship as the caller asks on stdin, until it says stop. ``started``:
-    when the process started (``time.monotonic()``), so that its start counts as work."""
-    _serve(_Channel(sys.stdin.buffer, sys.stdout.buffer), started)
+def main() -> None:
+    """The helper process: ship as the caller asks on stdin, until it says stop."""
+    _serve(_Channel(sys.stdin.buffer, sys.stdout.buffer))

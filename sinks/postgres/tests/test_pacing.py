@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from contexta_async_postgres import BackgroundShipper
-from contexta_async_postgres._pacing import Pacer
+from contexta_async_postgres._pacing import Pacer, file_sizes
 from contexta_async_postgres._ship_process import _Channel
 from pgtest import Database, store_lines, workspace_lines
 
@@ -86,7 +86,7 @@ def _started_pacer(
         pauses.append(seconds)
         clock.now += seconds
 
-    started = clock.now - 0.4
+    started = (clock.now - 0.4, file_sizes(files))  # as the caller saw them then
     pacer = Pacer(0.25, files, waiting=waiting, pause=pause, clock=clock, started=started)
     return pacer, pauses
 
@@ -95,6 +95,7 @@ def test_the_first_pass_first_pauses_for_the_helpers_start_while_capture_writes(
     files: list[Path],
 ) -> None:
     clock = Clock()
+    _append(files[0])
     pacer, pauses = _started_pacer(files, clock)
     _append(files[0])  # capture writes while the helper starts
     pacer.begin()

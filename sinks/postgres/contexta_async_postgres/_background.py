@@ -170,7 +170,7 @@ class BackgroundShipper:
         with self._send_lock:
             self._proc = proc
             with self._cond:
-                requested = self._requested
+                requested, answered = self._requested, self._done
             self._write(
                 {
                     "workspace": str(self._workspace),
@@ -181,6 +181,7 @@ class BackgroundShipper:
                     "max_backoff": self._max_backoff,
                     "share": self._share,
                     "requested": requested,
+                    "answered": answered,
                     "started": started,
                     "sizes": sizes,
                 }

@@ -30,7 +30,10 @@ from contexta_async import ValidationError
 
 from ._shipper import ShipProgress
 
-__all__ = ["Pacer", "check_share", "file_sizes"]
+__all__ = ["MAX_PAUSE", "Pacer", "check_share", "file_sizes"]
+
+MAX_PAUSE = 5.0
+"""The longest pause, in seconds (a bound like PostgreSQL's on its vacuum cost delay)."""
 
 
 def check_share(share: float) -> float:
@@ -59,7 +62,9 @@ class Pacer:
     ``pause(seconds)`` waits that long, or less when someone comes to wait or a stop comes
     (``threading.Event.wait`` of an event set then); ``clock`` is a monotonic clock.
     ``started``: when the helper was started (on ``clock``, which ``time.monotonic`` shares
-    between processes) and the files' sizes then, so that its start counts as work.
+    between processes) and the files' sizes then, so that its start (until the pacer is made:
+    Python and the imports) counts as work. A pause lasts at most ``max_pause`` seconds: a
+    batch that waited (on a lock, a slow server) did not work all that time.
     """
 
     def __init__(
@@ -71,28 +76,32 @@ class Pacer:
         pause: Callable[[float], object],
         clock: Callable[[], float] = time.monotonic,
         started: tuple[float, Sequence[int]] | None = None,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
         self.share = check_share(share)
         self._files = tuple(files)
         self._waiting = waiting
         self._pause = pause
         self._clock = clock
+        self._max_pause = max_pause
         # When the shipper's current stretch of work began, and the sizes then.
         self._mark = clock()
         self._sizes = self._measure()
+        # The helper's own start: the work before this pacer existed, and the sizes before it.
+        self._start_work = 0.0
         if started is not None and len(started[1]) == len(self._files):
-            self._mark = min(started[0], self._mark)
+            self._start_work = max(0.0, self._mark - started[0])
             self._sizes = tuple(started[1])
-        self._first = True
 
     def _measure(self) -> tuple[int, ...]:
         return file_sizes(self._files)
 
     def begin(self) -> None:
         """A pass begins: its work starts now, and growth counts from here. The first pass
-        first pauses for the work done since the pacer's start (see :meth:`delay`)."""
-        if self._first:
-            self._first = False
+        first pauses for the helper's start, if capture wrote since (see :meth:`delay`)."""
+        if self._start_work:
+            self._mark = self._clock() - self._start_work  # only the start, not idle time
+            self._start_work = 0.0
             self.after_batch()
         self._mark = self._clock()
         self._sizes = self._measure()
@@ -106,7 +115,7 @@ class Pacer:
         self._sizes = sizes
         if self.share >= 1 or not grew or self._waiting():
             return 0.0
-        return max(0.0, busy) * (1 - self.share) / self.share
+        return min(self._max_pause, max(0.0, busy) * (1 - self.share) / self.share)
 
     def after_batch(self, progress: ShipProgress | None = None) -> None:
         """After a committed batch: pause if due (see :meth:`delay`)."""

@@ -74,6 +74,10 @@ class _Channel:
         if not line:
             raise SystemExit(0)
         settings: dict[str, Any] = msgspec.json.decode(line)
+        # Where the caller's requests stand: a restarted helper takes over from the last one
+        # (a request its predecessor answered is no one waiting).
+        self.requested = int(settings.get("requested", 0))
+        self.answered = int(settings.get("answered", 0))
         return settings
 
     def listen(self) -> None:
@@ -110,7 +114,6 @@ def _serve(channel: _Channel) -> None:
     settings = channel.settings()
     # This process is the shipper's own: its events go to the caller, which logs them.
     structlog.configure(processors=[_forward(channel)], cache_logger_on_first_use=False)
-    channel.requested = int(settings.get("requested", 0))
     threading.Thread(
         target=channel.listen, name="contexta-async-ship-requests", daemon=True
     ).start()

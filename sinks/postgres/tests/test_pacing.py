@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from contexta_async_postgres import BackgroundShipper
-from contexta_async_postgres._pacing import Pacer, file_sizes
+from contexta_async_postgres._pacing import MAX_PAUSE, Pacer, file_sizes
 from contexta_async_postgres._ship_process import _Channel
 from pgtest import Database, store_lines, workspace_lines
 
@@ -220,9 +220,10 @@ def test_a_pause_ends_when_a_pass_is_requested_or_the_helper_stops(
         pausing.set()
         return chan.wake.wait(seconds)
 
-    pacer = Pacer(0.5, files, waiting=chan.waiting, pause=pause, clock=clock)
+    # No bound on the pause here: a day's batch, a day's pause, unless it is cut short.
+    pacer = Pacer(0.5, files, waiting=chan.waiting, pause=pause, clock=clock, max_pause=math.inf)
     pacer.begin()
-    clock.now += 86_400  # a day's batch: a day's pause, unless it is cut short
+    clock.now += 86_400
     _append(files[0])
     assert not chan.waiting()
     paused = _pause_in_thread(pacer)
@@ -265,13 +266,16 @@ def test_a_request_made_before_the_batch_ended_means_no_pause(
     assert pauses == [pytest.approx(1.0)]
 
 
-def _capture_until(ctx: Contexta, stop: threading.Event, errors: list[BaseException]) -> None:
+def _capture_until(
+    ctx: Contexta, stop: threading.Event, errors: list[BaseException], first: threading.Event
+) -> None:
     try:
         with ctx.run("eval") as run, run.stage("evaluate") as stage:
             i = 0
             while not stop.is_set():
                 with stage.sample(f"case-{i}") as sample:
                     sample.metric("correct", float(i % 2))
+                first.set()
                 i += 1
                 stop.wait(0.001)  # a steady stream, not a flood: the test reads it all back
     except BaseException as exc:  # pragma: no cover - reported by the test
@@ -287,10 +291,14 @@ def test_wait_committed_brings_the_store_up_to_date_while_capture_goes_on(
     ctx = Contexta(workspace=ws, config={"project_name": "proj"})
     stop = threading.Event()
     errors: list[BaseException] = []
-    capturing = threading.Thread(target=_capture_until, args=(ctx, stop, errors), daemon=True)
+    first = threading.Event()
+    capturing = threading.Thread(
+        target=_capture_until, args=(ctx, stop, errors, first), daemon=True
+    )
     shipper = BackgroundShipper(ws, db.url, batch_lines=200, share=1e-9)
     try:
         capturing.start()
+        assert first.wait(WAIT)  # (flushed before the first sample, there was nothing to ship)
         for _ in range(3):
             ctx.flush(WAIT)
             before = workspace_lines(ws)
@@ -306,3 +314,43 @@ def test_wait_committed_brings_the_store_up_to_date_while_capture_goes_on(
     assert not errors
     assert waiting == 0
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_only_the_helpers_own_start_counts_not_the_wait_for_capture_to_begin(
+    files: list[Path],
+) -> None:
+    """A helper started an hour before the first capture file appears pauses for its start
+    (0.4 s of work), not for the hour."""
+    clock = Clock()
+    pacer, pauses = _started_pacer(files, clock)
+    clock.now += 3600.0  # the program loads its model; no capture yet
+    _append(files[0])
+    pacer.begin()
+    assert pauses == [pytest.approx(1.2)]
+
+
+def test_a_pause_is_never_longer_than_max_pause(files: list[Path]) -> None:
+    """A batch that waited ten minutes (on a lock) did not work ten minutes."""
+    clock = Clock()
+    pacer, pauses = _pacer(files, 0.25, clock)
+    pacer.begin()
+    clock.now += 600.0
+    _append(files[0])
+    pacer.after_batch()
+    assert pauses == [MAX_PAUSE]
+
+
+def test_a_restarted_helper_knows_which_requests_were_answered() -> None:
+    """The settings carry the requests made and answered so far: a helper started again
+    after they were all answered sees no one waiting (and paces), one started with a request
+    unanswered sees someone waiting."""
+    for answered, waiting in ((3, False), (2, True)):
+        settings = {"workspace": "/w", "url": "postgresql://h/d", "requested": 3}
+        settings["answered"] = answered
+        read, write = os.pipe()
+        with open(read, "rb") as src, open(write, "wb") as dst, open(os.devnull, "wb") as out:
+            dst.write(msgspec.json.encode(settings) + b"\n")
+            dst.flush()
+            channel = _Channel(src, out)
+            channel.settings()
+            assert channel.waiting() is waiting

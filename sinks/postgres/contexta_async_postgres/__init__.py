@@ -49,11 +49,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The reader side (and with it the readers and numpy) is imported when first used: the
-    # shipper's helper process, which imports this package, never needs it.
-    if name == "PostgresSource":
-        from ._reader import PostgresSource
+if not TYPE_CHECKING:  # (type checkers see the import above, and every other name as missing)
 
-        return PostgresSource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        # The reader side (and with it the readers and numpy) is imported when first used:
+        # the shipper's helper process, which imports this package, never needs it.
+        if name == "PostgresSource":
+            from ._reader import PostgresSource
+
+            return PostgresSource
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))

@@ -10,15 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
 from contexta_async.stores import ShipRequest
 
 from ._background import BackgroundShipper
-from ._reader import PostgresSource
 from ._shipper import Shipper, ShipProgress, ShipResult
+
+if TYPE_CHECKING:
+    from ._reader import PostgresSource
 
 __all__ = ["PostgresBackend", "backend"]
 
@@ -57,6 +59,9 @@ class PostgresBackend:
 
     def open_source(self, url: str) -> PostgresSource:
         """The readers' source over the store (``Workspace("postgresql://...")``)."""
+        # Imported here: a process that only captures (``ship_to``) needs no reader side.
+        from ._reader import PostgresSource
+
         return PostgresSource(url)
 
 

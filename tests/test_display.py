@@ -81,6 +81,11 @@ async def test_comparison_html_shows_the_paired_section_first_with_the_models_nu
     assert captions[0].startswith("Paired per-sample") and captions[1].startswith("Metrics")
     paired = body(page.tables[0][1])
     assert len(paired) == len(result.paired) == 2
+    assert page.tables[0][1][0][11:14] == [
+        "MDE (80% power)",
+        "small-n 95% CI (Newcombe)",
+        "fixed/regressed",
+    ]
     for row, p in zip(paired, result.paired, strict=True):
         assert row[:4] == [p.stage, p.key, p.direction, str(p.n_matched)]
         assert row[4:7] == [
@@ -90,11 +95,19 @@ async def test_comparison_html_shows_the_paired_section_first_with_the_models_nu
         ]
         assert row[7] == f"[{number(p.ci_low, signed=True)}, {number(p.ci_high, signed=True)}]"
         assert row[8] == f"{p.wins}/{p.losses}/{p.ties}"
-        assert row[9:11] == [number(p.p_value), number(p.p_adjusted)]
-        assert row[11] == f"{len(p.fixed)}/{len(p.regressed)}"
+        assert row[9:12] == [number(p.p_value), number(p.p_adjusted), number(p.mde)]
+        # The workspace's 0/1 metric gets Newcombe's small-n interval, the other a dash.
+        small_n = (
+            "-"
+            if p.small_n_low is None or p.small_n_high is None
+            else f"[{number(p.small_n_low, signed=True)}, {number(p.small_n_high, signed=True)}]"
+        )
+        assert row[12] == small_n
+        assert row[13] == f"{len(p.fixed)}/{len(p.regressed)}"
+    assert [p.small_n_low is not None for p in result.paired].count(True) == 1
     # grounded fixes 3 of the 6 shared cases and regresses 1: 0.5 -> 0.833333, +1/3
     correct = next(row for row in paired if row[1] == "correct")
-    assert [*correct[4:7], correct[8], correct[11]] == [
+    assert [*correct[4:7], correct[8], correct[13]] == [
         "0.5",
         "0.833333",
         "+0.333333",

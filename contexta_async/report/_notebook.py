@@ -79,6 +79,12 @@ def _wrap(body: str) -> str:
     return f'<div class="contexta-async">{_STYLE}{body}</div>'
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return f"{_CELL}-</td>"
+    return f"{_CELL}[{number(low, signed=True)}, {number(high, signed=True)}]</td>"
+
+
 def _tone(delta: float | None, direction: str) -> str:
     if delta is None or delta == 0 or (isinstance(delta, float) and math.isnan(delta)):
         return ""
@@ -105,6 +111,7 @@ def comparison_html(result: RunComparison) -> str:
         attempts = any(
             p.attempts_left is not None or p.attempts_right is not None for p in result.paired
         )
+        binary = any(p.small_n_low is not None for p in result.paired)
         rows = [
             _text(p.stage or "(run)")
             + _text(p.key)
@@ -113,11 +120,12 @@ def comparison_html(result: RunComparison) -> str:
             + _num(p.mean_left)
             + _num(p.mean_right)
             + _num(p.mean_diff, signed=True, tone=_tone(p.mean_diff, p.direction))
-            + f"{_CELL}[{number(p.ci_low, signed=True)}, "
-            f"{number(p.ci_high, signed=True)}]</td>"
+            + _interval(p.ci_low, p.ci_high)
             + f"{_CELL}{p.wins}/{p.losses}/{p.ties}</td>"
             + _num(p.p_value)
             + _num(p.p_adjusted)
+            + _num(p.mde)
+            + (_interval(p.small_n_low, p.small_n_high) if binary else "")
             + f"{_CELL}{len(p.fixed)}/{len(p.regressed)}</td>"
             + (
                 f"{_CELL}{'-' if p.clusters is None else p.clusters}</td>" + _num(p.design_effect)
@@ -146,6 +154,8 @@ def comparison_html(result: RunComparison) -> str:
                     "W/L/T",
                     "p",
                     f"p ({result.adjustment})",
+                    "MDE (80% power)",
+                    *([f"small-n {level} CI (Newcombe)"] if binary else []),
                     "fixed/regressed",
                     *(["clusters", "design effect"] if clustered else []),
                     *(["attempts L/R"] if attempts else []),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections import Counter
@@ -11,15 +10,15 @@ from collections.abc import Collection, Iterable, Iterator
 from itertools import chain, compress, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol
+from typing import Final, Protocol
 
 import msgspec
 
-from .._format.index import ContextEntry, Frame, index_path_for
+from .._format.index import ContextEntry, Frame
 from .._format.lines import RUN_LINE, STAGE_LINE, ArtifactLine, ContextLine
 from .._format.refs import components, last_component, parse_sample_head
 from ._errors import UnreadableFileError
-from ._index import load_index, open_index, pieces, read_context_entry
+from ._index import index_beside, load_index, pieces, read_context_entry
 from ._read import (
     CHUNK_SIZE,
     Block,
@@ -265,7 +264,7 @@ def read_context(
         return runs
     cutter = LineCutter()
     try:
-        with handle, _open_context_index(path, bool(frames)) as index:
+        with handle, index_beside(path, bool(frames)) as index:
             for start, end, frame in pieces(frames, 0, None):
                 if frame is not None:
                     entry = None if index is None else read_context_entry(index.fileno(), frame)
@@ -289,17 +288,6 @@ def read_context(
     if cutter.torn:
         issues.torn_tails.append(name)
     return runs
-
-
-def _open_context_index(
-    path: Path, wanted: bool
-) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    """``context.index`` open for reading; None (its frames' lines are then parsed) when not
-    wanted or no longer readable."""
-    if wanted:
-        with contextlib.suppress(OSError):
-            return open_index(index_path_for(path))
-    return contextlib.nullcontext()
 
 
 def context_lines(

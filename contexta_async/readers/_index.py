@@ -41,6 +41,7 @@ __all__ = [
     "IndexColumns",
     "LoadedIndex",
     "expand_entry",
+    "index_beside",
     "load_index",
     "open_index",
     "pieces",
@@ -316,6 +317,18 @@ def load_index(
     if rejected:
         _log.info("contexta_async.index_frames_rejected", target=str(index_path), rejected=rejected)
     return LoadedIndex(verified, rejected, size)
+
+
+def index_beside(
+    path: str | Path, wanted: bool
+) -> contextlib.AbstractContextManager[BinaryIO | None]:
+    """The index of ``path`` (``record.index`` beside ``record.jsonl``, ``context.index``
+    beside ``context.jsonl``) open for reading; None (its frames' lines are then parsed) when
+    not wanted or no longer readable."""
+    if wanted:
+        with contextlib.suppress(OSError):
+            return open_index(index_path_for(path))
+    return contextlib.nullcontext()
 
 
 def open_index(index_path: Path) -> contextlib.AbstractContextManager[BinaryIO | None]:

@@ -23,18 +23,18 @@ from collections.abc import (
     Sequence,
 )
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import structlog
 
-from .._format.index import Frame, index_path_for
+from .._format.index import Frame
 from .._format.lines import FullRecordLine, run_marker
 from .._format.refs import last_component, run_matches
 from ._context import SampleScan, read_artifacts, read_context
 from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError, UnreadableFileError
-from ._index import LoadedIndex, load_index, open_index, pieces, read_entry
+from ._index import LoadedIndex, index_beside, load_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
@@ -400,7 +400,7 @@ def scan_file(
     except FileNotFoundError:
         return acc.finish(), issues
     try:
-        with handle, _index_file(path, bool(frames)) as index:
+        with handle, index_beside(path, bool(frames)) as index:
             for piece_start, piece_end, frame in pieces(frames, 0, None):
                 if stop_event is not None and stop_event.is_set():
                     raise ReadAbandoned
@@ -420,12 +420,3 @@ def scan_file(
     except OSError as exc:
         raise UnreadableFileError(path, exc.strerror or str(exc)) from exc
     return acc.finish(), issues
-
-
-def _index_file(path: str, wanted: bool) -> contextlib.AbstractContextManager[BinaryIO | None]:
-    """``record.index`` open for reading; None (its frames' lines are then parsed) when not
-    wanted or no longer readable."""
-    if wanted:
-        with contextlib.suppress(OSError):
-            return open_index(index_path_for(path))
-    return contextlib.nullcontext()

@@ -20,6 +20,7 @@ import msgspec
 __all__ = [
     "ARTIFACT",
     "CONTEXT",
+    "DECODED_CONTEXT_TYPES",
     "DEGRADATION",
     "ENVELOPE",
     "EVENT_LINE",
@@ -289,6 +290,9 @@ class Item(msgspec.Struct, gc=False, array_like=True):
 RUN_LINE: Final = b'"payload_type":"Run"'
 STAGE_LINE: Final = b'"payload_type":"StageExecution"'
 EVENT_LINE: Final = b'"payload_type":"StructuredEventRecord"'
+# The CONTEXT lines readers decode (found by RUN_LINE and STAGE_LINE, or where context.index
+# says they are); of the others they only take the sample openings.
+DECODED_CONTEXT_TYPES: Final = frozenset({"Run", "StageExecution"})
 
 
 def run_marker(ref: str) -> bytes:

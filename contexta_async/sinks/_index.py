@@ -17,6 +17,7 @@ import msgspec
 
 from .._format.index import HEADER, INDEX_MAGIC, ContextEntry, IndexEntry
 from .._format.lines import (
+    DECODED_CONTEXT_TYPES,
     EventPayload,
     Item,
     MetricPayload,
@@ -195,9 +196,6 @@ class PendingFrame(Pending[ChunkColumns]):
         )
 
 
-_KEPT_TYPES: Final = frozenset({"Run", "StageExecution"})  # the lines readers decode
-
-
 class ContextColumns(NamedTuple):
     """What a chunk of CONTEXT items says that readers take (see ContextEntry): the openings,
     and where the Run and StageExecution lines are in the chunk (offset, length)."""
@@ -231,7 +229,7 @@ def context_columns(items: Sequence[Item], data: bytes) -> ContextColumns | None
                 epochs.append(body.epoch if current else None)
         elif item.payload_type == "SampleObservation":
             return None
-        elif item.payload_type in _KEPT_TYPES:
+        elif item.payload_type in DECODED_CONTEXT_TYPES:
             kept.append(index)
     if data.count(b"\n") != len(items):
         return None

@@ -208,22 +208,21 @@ class SampleScan:
         if "" in items:  # a name that is only its suffix is its own item
             items = [item or name for item, name in zip(items, names, strict=True)]
         infos = list(zip(items, epochs, clusters, strict=True))
-        full: list[str] | None = None
-        if self.by_ref is not None:
-            full = [r if isinstance(r, str) else r.decode() for r in refs]
+        by_ref = self.by_ref
+        full = [] if by_ref is None else [r if isinstance(r, str) else r.decode() for r in refs]
         if len(heads) == 1:
             parent = parents[heads[0]]
             if parent is not None:
                 self.samples.setdefault(parent, {}).update(zip(names, infos, strict=True))
-                if full is not None and self.by_ref is not None:
-                    self.by_ref.update(zip(full, infos, strict=True))
+                if by_ref is not None:
+                    by_ref.update(zip(full, infos, strict=True))
             return
         for index, (head, name, info) in enumerate(zip(heads, names, infos, strict=True)):
             parent = parents[head]
             if parent is not None:  # else not a sample ref: ignored
                 self.samples.setdefault(parent, {})[name] = info
-                if full is not None and self.by_ref is not None:
-                    self.by_ref[full[index]] = info
+                if by_ref is not None:
+                    by_ref[full[index]] = info
 
     def reopened(self) -> dict[str, int]:
         total = sum(map(len, self._opened)) + sum(map(len, self._opened_text))

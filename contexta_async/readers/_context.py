@@ -50,7 +50,7 @@ __all__ = [
 # open (ended_at null: the opening lines, one per ref found, in the same order). No line is
 # decoded. Contexta 1.0 writes no CONTEXT lines: there is no other layout to match.
 # _SAMPLE_OPENED starts at the last key's name ("status", last in sorted order), not at
-# ":" (a stop at every key): ~10 % faster.
+# ":", where the engine would stop at every key (docs/performance.md, Readers).
 _SAMPLE_OPENED: Final = re.compile(rb'status":"open"\},"payload_ref":"(sample:[^"]+)"')
 _PLAIN_OPENING: Final = b'{"batch_execution_ref":null,"ended_at":null,"extensions":'
 _SAMPLE_META: Final = re.compile(

@@ -76,8 +76,8 @@ class IndexColumns(NamedTuple):
 
 def _take(table: Sequence[T], codes: bytes) -> list[T]:
     """``table[code]`` for each little-endian u32 code, as one numpy gather over an object
-    array (the table's own objects, ~3x faster than a Python-level map); IndexError when a
-    code is out of the table."""
+    array (the table's own objects; faster than a Python-level map, docs/performance.md);
+    IndexError when a code is out of the table."""
     objects = np.empty(len(table), dtype=object)
     objects[:] = table
     found: list[T] = objects[np.frombuffer(codes, dtype="<u4")].tolist()

@@ -261,6 +261,14 @@ class Aggregate:
         self.report = data.report
         self.reopened = data.reopened
         self._metrics = run_metrics(data.scan, data.samples)
+        # Per run, once (summary is asked for every run by list_runs).
+        self._counts: dict[str, list[tuple[str, int]]] = {}
+        for (run, payload_type), n in data.scan.counts.items():
+            self._counts.setdefault(run, []).append((payload_type, n))
+        self._stages: dict[str, set[str | None]] = {}
+        for st in data.scan.stage_refs:
+            if st is not None and (scope := parse_scope(st)) is not None:
+                self._stages.setdefault(scope.run_ref, set()).add(scope.stage)
 
     def refs(self) -> set[str]:
         return set(self.runs) | self.scan.run_refs() | set(self.artifacts)
@@ -277,17 +285,12 @@ class Aggregate:
         if info is None:
             info = RunInfo(ref)
         counts = RecordCounts()
-        for (run, payload_type), n in self.scan.counts.items():
-            if run == ref:  # RecordCounts.metrics, .events, .spans or .other
-                field = f"{TYPE_KIND[payload_type]}s" if payload_type in TYPE_KIND else "other"
-                setattr(counts, field, getattr(counts, field) + n)
+        for payload_type, n in self._counts.get(ref, ()):  # .metrics, .events, .spans, .other
+            field = f"{TYPE_KIND[payload_type]}s" if payload_type in TYPE_KIND else "other"
+            setattr(counts, field, getattr(counts, field) + n)
         counts.artifacts = len(self.artifacts.get(ref, ()))
         stages = [s for s, _ in sorted(info.stages.items(), key=lambda item: item[1])]
-        extra = {
-            scope.stage
-            for st in self.scan.stage_refs
-            if st is not None and (scope := parse_scope(st)) is not None and scope.run_ref == ref
-        }
+        extra = self._stages.get(ref, set())
         stages.extend(sorted(s for s in extra if s is not None and s not in info.stages))
         status = info.status if info.status in STATUSES else "unknown"
         return RunSummary(

@@ -155,16 +155,21 @@ class Workspace:
         if statuses is not None and not statuses <= STATUSES:
             raise ValidationError("status", f"must be among {sorted(STATUSES)}", sorted(statuses))
         agg, _ = await self._read()
-        out = []
-        for ref in agg.refs():
-            summary = agg.summary(ref)
-            if project is not None and summary.project != project:
-                continue
-            if statuses is not None and summary.status not in statuses:
-                continue
-            out.append(summary)
-        out.sort(key=lambda s: (s.started_at or "", s.ref))
-        return out
+
+        def summaries() -> list[RunSummary]:
+            out = []
+            for ref in agg.refs():
+                summary = agg.summary(ref)
+                if project is not None and summary.project != project:
+                    continue
+                if statuses is not None and summary.status not in statuses:
+                    continue
+                out.append(summary)
+            out.sort(key=lambda s: (s.started_at or "", s.ref))
+            return out
+
+        # A summary per run: thousands of runs are work for a thread, not for the event loop.
+        return await anyio.to_thread.run_sync(summaries, abandon_on_cancel=True)
 
     async def resolve(self, run: str) -> str:
         """The full ref of ``run`` (a full ref or a unique suffix)."""

@@ -417,3 +417,23 @@ def test_the_mean_of_values_past_the_float_range_and_infinities_is_nan() -> None
 
     assert math.isnan(mean_of([1.7e308, 1.7e308, math.inf, -math.inf]))
     assert mean_of([1.7e308, 1.7e308, 1.7e308]) == pytest.approx(1.7e308)
+
+
+@pytest.mark.parametrize("family", ["record", "context", "artifact"])
+async def test_a_line_nested_past_the_decoders_depth_is_a_corrupt_line(
+    tmp_path: Path, family: str
+) -> None:
+    ws_path = capture_llm_workspace(tmp_path / "ws")
+    clean = await Workspace(ws_path).compare("helpful-only", "grounded")
+    deep = b"[" * 5000 + b"]" * 5000  # msgspec gives up on it with RecursionError
+    with (ws_path / "cache" / "capture" / f"{family}.jsonl").open("ab") as handle:
+        handle.write(b'{"payload":{"x":' + deep + b'},"payload_type":"Run"}\n')
+    ws = Workspace(ws_path)
+    runs = await ws.list_runs()
+    assert {r.name for r in runs} == {"helpful-only", "grounded"}
+    assert ws.last_report.corrupt_lines == 1
+    comparison = await ws.compare("helpful-only", "grounded")
+    assert comparison.read_report.corrupt_lines == 1
+    assert comparison.paired == clean.paired
+    rows = [row async for row in ws.records("grounded")]
+    assert rows

@@ -502,3 +502,21 @@ def test_a_metrics_place_on_the_run_page_is_what_its_subject_ref_names() -> None
     assert where("sample:p.r.s.n") == ("sample", "s", None, "n")
     assert where("sample:p.r.s.b.n") == ("sample", "s", "b", "n")
     assert where("x:p.r.s") == ("run", None, None, None)  # not a scope ref: the run's
+
+
+def test_a_line_nested_too_deep_to_decode_is_skipped_by_the_tail(tmp_path: Path) -> None:
+    from contexta_async.view._tail import event_views
+
+    root = tmp_path / ".contexta"
+    with Contexta(workspace=root, config={"project_name": "view"}) as ctx, ctx.run("r") as run:
+        run.event("real", message="one")
+    deep = b"[" * 5000 + b"]" * 5000  # past msgspec's depth limit: RecursionError
+    with (root / "cache" / "capture" / "record.jsonl").open("ab") as handle:
+        handle.write(
+            b'{"family":"RECORD","payload_type":"StructuredEventRecord","x":'
+            + deep
+            + b',"run_ref":"run:view.r"}\n'
+        )
+    tail = WorkspaceTail(root / "cache" / "capture")
+    tail.poll()
+    assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]

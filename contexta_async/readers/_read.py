@@ -35,6 +35,9 @@ __all__ = [
 
 CHUNK_SIZE: Final = 2 << 20
 _MAX_PROBLEMS: Final = 50
+# msgspec raises RecursionError for a value nested past its depth limit (a damaged or crafted
+# line of a few KB): such a line is corrupt like any other, not the end of the read.
+_UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
 
 
 class ReadAbandoned(Exception):
@@ -125,7 +128,7 @@ class LineDecoder(Generic[T]):
         """Decode a block of complete lines that starts at byte ``offset`` of ``path``."""
         try:
             values = self._decoder.decode_lines(data)
-        except msgspec.DecodeError:
+        except _UNDECODABLE:
             values = None
         # decode_lines treats a newline as whitespace, but it cannot glue a torn line to the
         # next one into a valid value: a torn line is a prefix of an object, so its braces
@@ -151,7 +154,7 @@ class LineDecoder(Generic[T]):
             if line.strip():
                 try:
                     value = decode(line)
-                except msgspec.DecodeError as exc:
+                except _UNDECODABLE as exc:
                     issues.corrupt(path, position, str(exc))
                 else:
                     problem = None if check is None else check(value)

@@ -108,7 +108,7 @@ def event_views(detail: RunDetail) -> list[EventView]:
     for raw in reversed(detail.events):
         try:
             line = _FULL.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's limit
             continue
         env, body = line.payload.envelope, line.payload.payload
         out.append(
@@ -464,7 +464,7 @@ def _fold_events(detail: RunDetail, ref: str, block: Block) -> None:
 def _is_event_of(line: bytes, ref: str) -> bool:
     try:
         kind = _KIND_OF_LINE.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return kind.payload_type == "StructuredEventRecord" and kind.payload.envelope.run_ref == ref
 

@@ -322,6 +322,8 @@ class LineParser:
             row = (self._id, key, *((None,) * self._width), line)
         except msgspec.DecodeError as exc:
             return Corrupt(self.file, offset, f"not valid JSON: {exc}")
+        except RecursionError:  # msgspec's depth limit: a damaged or crafted line
+            return Corrupt(self.file, offset, "nested too deep to decode")
         if family != self.family:
             return Corrupt(
                 self.file, offset, f"family {family[:40]!r} does not belong in {self.file}"
@@ -357,7 +359,7 @@ class LineParser:
             if not (escapes and b"\\u" in line):
                 try:
                     head = decode(line)
-                except msgspec.DecodeError:  # ValidationError too: parse() says which
+                except (msgspec.DecodeError, RecursionError):  # parse() says which
                     head = None
                 if head is not None and head.family == family:
                     write_row(row(head, wid, pack(offset), line))

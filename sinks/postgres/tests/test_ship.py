@@ -388,6 +388,19 @@ def test_the_batch_loop_gives_the_rows_of_the_careful_path_line_by_line(tmp_path
         assert rows[-2][11] == "a\ufffdb"  # type: ignore[index]  # key, NUL cleaned
 
 
+def test_a_line_nested_too_deep_to_decode_is_corrupt_not_a_crash() -> None:
+    from contexta_async_postgres._lines import Corrupt, LineParser
+
+    parser = LineParser(uuid.UUID(int=3), "record.jsonl", "RECORD")
+    deep = b'{"family":"RECORD","payload":{"x":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    found = parser.parse(deep, 7)
+    assert found == Corrupt("record.jsonl", 7, "nested too deep to decode")
+    rows: list[object] = []
+    corrupt: list[object] = []
+    assert parser.write([deep], 7, rows.append, corrupt, False) == (0, 7 + len(deep) + 1)  # type: ignore[arg-type]
+    assert rows == [] and corrupt == [found]
+
+
 def test_a_batch_read_in_many_chunks_stores_every_line_once(
     tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

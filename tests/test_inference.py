@@ -373,6 +373,35 @@ def test_pairing_gain_reports_the_correlation_and_both_standard_errors() -> None
     assert gain.paired_se < gain.unpaired_se / 2  # strongly correlated items: pairing pays
 
 
+@pytest.mark.parametrize("shift", [0.1, 0.7, 1 / 3, 0.9, 2.2])
+@pytest.mark.parametrize("n", [3, 7, 100, 1000])
+def test_equal_paired_differences_have_a_standard_error_of_exactly_zero(
+    shift: float, n: int
+) -> None:
+    # A constant shift: a plain two-pass variance gives rounding noise (~1e-34: an SE of
+    # ~1e-17 and an MDE of ~3e-17 beside method "constant") in 16 of these 20 cases.
+    left = np.zeros(n)
+    gain = pairing_gain(left, left + shift)
+    assert gain is not None
+    assert gain.paired_se == 0.0
+    assert gain.correlation is None  # the left run is constant
+    clustered = clustered_error(np.full(n, shift), None, 1)
+    assert clustered is not None and clustered.se == 0.0
+
+
+async def test_a_constant_shift_has_no_minimum_detectable_effect(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for name, value in (("a", 0.0), ("b", 0.1)):
+        with ctx.run(name) as run, run.stage("s") as stage:
+            for i in range(3):
+                with stage.sample(f"q-{i}") as sample:
+                    sample.metric("score", value)
+    ctx.close()
+    paired = (await Workspace(tmp_path / "ws").compare("a", "b")).paired[0]
+    assert paired.method == "constant"
+    assert (paired.se, paired.mde) == (0.0, None)
+
+
 def test_cluster_bootstrap_weights_clusters_by_their_size() -> None:
     # Unequal clusters: the resampled statistic is the mean over every drawn item (a ratio),
     # not the mean of cluster means. A brute-force resampling of the same design agrees.

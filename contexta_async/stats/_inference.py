@@ -62,6 +62,17 @@ class ClusteredError(NamedTuple):
     """se² / naive_se²; None when the naive SE is 0."""
 
 
+def _centred(values: Floats) -> Floats:
+    """``values`` minus their mean, by the corrected two-pass (the rounding error of the
+    first mean taken out); exactly 0 everywhere when every value is equal, so that equal
+    values have a variance of 0, not one of rounding noise (1e-34)."""
+    if values.min() == values.max():
+        return np.zeros_like(values)
+    centred = values - float(np.mean(values))
+    centred -= float(np.mean(centred))
+    return centred
+
+
 def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> ClusteredError | None:
     """The SE of ``mean(diffs)``; clustered when ``codes`` (0..n_clusters-1 per item) is given.
 
@@ -75,11 +86,7 @@ def clustered_error(diffs: Floats, codes: Codes | None, n_clusters: int) -> Clus
     # Values near the float range (or tiny ones) are scaled by a power of two first: neither
     # the mean nor the squares overflow (or underflow), and the SEs scale back exactly.
     exponent = safe_exponent(diffs)
-    scaled = np.ldexp(diffs, -exponent) if exponent else diffs
-    centred = scaled - float(np.mean(scaled))
-    # Corrected two-pass: the rounding error of the first mean is taken out (equal values
-    # give exactly 0).
-    centred -= float(np.mean(centred))
+    centred = _centred(np.ldexp(diffs, -exponent) if exponent else diffs)
     naive_var = dot(centred, centred) / (n - 1) / n
     naive_se = math.ldexp(math.sqrt(naive_var), exponent)
     if codes is None:
@@ -345,12 +352,11 @@ def pairing_gain(left: Floats, right: Floats) -> PairingGain | None:
     exponent = safe_exponent(np.concatenate((left, right)))
     if exponent:
         left, right = np.ldexp(left, -exponent), np.ldexp(right, -exponent)
-    var_left = float(np.var(left, ddof=1))
-    var_right = float(np.var(right, ddof=1))
-    var_diff = float(np.var(right - left, ddof=1))
+    lc, rc, dc = _centred(left), _centred(right), _centred(right - left)
+    var_left, var_right, var_diff = (dot(c, c) / (n - 1) for c in (lc, rc, dc))
     correlation = None
     if var_left > 0 and var_right > 0:
-        covariance = dot(left - left.mean(), right - right.mean()) / (n - 1)
+        covariance = dot(lc, rc) / (n - 1)
         correlation = max(-1.0, min(1.0, covariance / math.sqrt(var_left * var_right)))
     return PairingGain(
         correlation,

@@ -128,3 +128,22 @@ async def test_attempts_spread_over_batches_and_plain_samples_in_one_stage_compa
     assert sorted(s.name for s in paired.samples) == list("abcde")
     # four items attempted twice, one once
     assert paired.attempts_left == paired.attempts_right == 9 / 5
+
+
+async def test_attempts_near_the_float_range_average_without_overflow(tmp_path: Path) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for name, value in (("a", 1.5e308), ("b", 1.0e308)):
+        with ctx.run(name) as run, run.stage("s") as stage:
+            for i in range(3):
+                for epoch in (1, 2):
+                    with stage.sample(f"q-{i}", epoch=epoch) as sample:
+                        sample.metric("v", value * (1 if epoch == 1 else 0.5))
+    ctx.close()
+    comparison = await Workspace(tmp_path / "ws").compare("a", "b")
+    delta, paired = comparison.metrics[0], comparison.paired[0]
+    assert delta.left == pytest.approx(1.125e308, rel=1e-15)  # the mean of 1.5e308 and 0.75e308
+    assert delta.right == pytest.approx(0.75e308, rel=1e-15)
+    assert paired.mean_diff == pytest.approx(-0.375e308, rel=1e-15)
+    assert paired.method == "constant"
+    # Each item's attempts vary by 2 x (0.375e308)^2: past the float range, so inf.
+    assert paired.within_item_variance_left == float("inf")

@@ -13,6 +13,7 @@ from typing import Final, cast, get_args
 import numpy as np
 
 from .._format.refs import parse_scope
+from ..stats._bootstrap import safe_exponent
 from ._model import RecordCounts, RunStatus, RunSummary, Scope
 from ._source import NO_SAMPLES, TYPE_KIND, RecordScan, RunInfo, SampleFacts, SourceData
 
@@ -150,12 +151,19 @@ class _Items:
         """Each item's mean over its attempts, and the sample variance of the attempts of
         items with two or more (deviations from the item mean: no cancellation)."""
         vals = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+        # Values near the float range are summed scaled by a power of two (exact): two
+        # attempts of 1.5e308 have a mean, not an overflow.
+        exponent = safe_exponent(vals)
+        if exponent:
+            vals = np.ldexp(vals, -exponent)
         with np.errstate(all="ignore"):
             means = np.bincount(self.codes, weights=vals, minlength=len(self.items)) / self.counts
             dev = vals - means[self.codes]
             squares = np.bincount(self.codes, weights=dev * dev, minlength=len(self.items))
             several = self.counts > 1
             variances = squares[several] / (self.counts[several] - 1)
+            if exponent:
+                means, variances = np.ldexp(means, exponent), np.ldexp(variances, 2 * exponent)
         repeated = compress(self.items, several.tolist())
         return dict(zip(self.items, means.tolist(), strict=True)), dict(
             zip(repeated, variances.tolist(), strict=True)

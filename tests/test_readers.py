@@ -437,3 +437,30 @@ async def test_a_line_nested_past_the_decoders_depth_is_a_corrupt_line(
     assert comparison.paired == clean.paired
     rows = [row async for row in ws.records("grounded")]
     assert rows
+
+
+def _open_capture_files(name: str) -> int:
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").endswith(name)
+        except OSError:
+            continue  # the directory's own descriptor, gone by now
+    return found
+
+
+async def test_closing_a_records_stream_closes_the_file_before_aclose_returns(
+    tmp_path: Path,
+) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    with ctx.run("a") as run, run.stage("s") as stage:
+        for i in range(2_000):
+            stage.metric("loss", i / 2_000)
+    ctx.close()
+    ws = Workspace(tmp_path / "ws", chunk_size=4096)  # many blocks: the stream stops mid-file
+    stream = ws.records("a")
+    async for _ in stream:
+        assert _open_capture_files("record.jsonl") == 1
+        break
+    await stream.aclose()
+    assert _open_capture_files("record.jsonl") == 0

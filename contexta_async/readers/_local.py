@@ -22,6 +22,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -273,17 +274,21 @@ class LocalSource:
             blocks = self._find_rows(run, known, rows, issues)
         else:
             blocks = self._rows_of([ref], rows, issues, await self._samples([ref]))
-        async for block in self._drive(blocks, issues):
-            for row in block:
-                yield row
+        # aclosing: a consumer's aclose() closes the file before it returns, not whenever
+        # the async generator is finalized.
+        async with aclosing(self._drive(blocks, issues)) as stream:
+            async for block in stream:
+                for row in block:
+                    yield row
 
     async def record_blocks(
         self, refs: Sequence[str], rows: RowFilter
     ) -> AsyncGenerator[list[RecordRow], None]:
         issues = Issues()
         blocks = self._rows_of(list(dict.fromkeys(refs)), rows, issues, await self._samples(refs))
-        async for block in self._drive(blocks, issues):
-            yield block
+        async with aclosing(self._drive(blocks, issues)) as stream:
+            async for block in stream:
+                yield block
 
     async def _samples(self, refs: Sequence[str]) -> Mapping[str, SampleFacts]:
         """The cluster and epoch of the samples of the runs ``refs`` that have one, by sample

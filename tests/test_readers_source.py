@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +159,56 @@ def test_a_bad_records_filter_is_refused_at_the_call(tmp_path: Path) -> None:
     ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
     with pytest.raises(ValidationError, match="kind"):
         ws.records("grounded", kind="metrics")  # type: ignore[arg-type]
+
+
+_BAD_CALLS = [
+    ("chunk_size", lambda ws: Workspace(ws.path, chunk_size=8192.5).list_runs()),
+    ("chunk_size", lambda ws: Workspace(ws.path, chunk_size="big").list_runs()),
+    ("run", lambda ws: ws.get_run(5)),
+    ("run", lambda ws: ws.resolve(None)),
+    ("left", lambda ws: ws.compare(None, "grounded")),
+    ("right", lambda ws: ws.compare("grounded", 7)),
+    ("status", lambda ws: ws.list_runs(status=5)),
+    ("status", lambda ws: ws.list_runs(status=["open", 5])),
+    ("project", lambda ws: ws.list_runs(project=5)),
+    ("runs", lambda ws: ws.compare_many("grounded")),  # one str: its letters are no runs
+    ("runs", lambda ws: ws.compare_many(["grounded", None])),
+    ("runs", lambda ws: ws.best_run("ab", "score")),
+    ("metric", lambda ws: ws.best_run(["grounded"], 5)),
+    ("stage", lambda ws: ws.best_run(["grounded"], "score", stage=5)),
+]
+
+
+@pytest.mark.parametrize(("field", "call"), _BAD_CALLS)
+async def test_a_bad_argument_is_a_validation_error_naming_it(
+    tmp_path: Path, field: str, call: Callable[[Workspace], Awaitable[object]]
+) -> None:
+    from contexta_async import ValidationError
+
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    with pytest.raises(ValidationError) as raised:
+        await call(ws)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("field", "filters"),
+    [
+        ("run", {"run": None}),
+        ("key", {"key": 5}),
+        ("stage", {"stage": ["evaluate"]}),
+        ("sample", {"sample": 1}),
+        ("kind", {"kind": ["metric", 5]}),
+        ("kind", {"kind": 5}),
+    ],
+)
+def test_a_bad_records_argument_is_refused_at_the_call_naming_it(
+    tmp_path: Path, field: str, filters: dict[str, object]
+) -> None:
+    from contexta_async import ValidationError
+
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    arguments: dict[str, Any] = {"run": "grounded", **filters}
+    with pytest.raises(ValidationError) as raised:
+        ws.records(**arguments)
+    assert raised.value.field == field

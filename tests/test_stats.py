@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -470,3 +471,29 @@ def test_differences_near_the_float_range_give_a_finite_interval_and_no_warning(
     assert math.isfinite(got.low) and math.isfinite(got.high)
     assert got.low <= math.fsum(d / n for d in huge) <= got.high
     assert (got.low / 2.0**600, got.high / 2.0**600, got.method) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "options"),
+    [
+        ("confidence", {"confidence": "x"}),
+        ("confidence", {"confidence": True}),
+        ("resamples", {"resamples": 2.5}),
+        ("resamples", {"resamples": True}),
+        ("seed", {"seed": -1}),
+        ("seed", {"seed": 1.0}),
+        ("method", {"method": 3}),
+    ],
+)
+def test_a_bad_bootstrap_option_is_a_validation_error_naming_it(
+    field: str, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError) as raised:
+        paired_bootstrap_ci([1.0, 2.0, 4.0], **options)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(("b", "c"), [(1.5, 2), (True, 5), ("3", 1)])
+def test_mcnemar_rejects_counts_that_are_not_integers(b: Any, c: Any) -> None:
+    with pytest.raises(ValidationError, match="non-negative integers"):
+        mcnemar_exact(b, c)

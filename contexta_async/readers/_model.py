@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any, Final, Literal, get_args
 
 import msgspec
@@ -75,28 +74,17 @@ class CompareOptions:
                     raise ValidationError(
                         f"directions[{key!r}]", "must be 'maximize' or 'minimize'", direction
                     )
-        confidence = self.confidence
-        if isinstance(confidence, bool) or not isinstance(confidence, Real):
-            raise ValidationError("confidence", "must be a number between 0 and 1", confidence)
-        if not 0.0 < confidence < 1.0:  # NaN fails this too
-            raise ValidationError("confidence", "must be between 0 and 1", confidence)
-        for name in ("resamples", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Integral):
-                raise ValidationError(name, "must be an integer", value)
-        if self.resamples < 1:
-            raise ValidationError("resamples", "must be at least 1", self.resamples)
-        if self.seed < 0:
-            raise ValidationError("seed", "must be a non-negative integer", self.seed)
+        check_options(
+            self.confidence, self.resamples, self.seed, self.bootstrap, method_field="bootstrap"
+        )
         if not isinstance(self.include_samples, bool):
             raise ValidationError("include_samples", "must be True or False", self.include_samples)
-        check_options(confidence, self.resamples, self.bootstrap, method_field="bootstrap")
         if not isinstance(self.adjustment, str) or self.adjustment not in ADJUSTMENTS:
             raise ValidationError(
                 "adjustment", f"must be one of {list(ADJUSTMENTS)}", self.adjustment
             )
         # numpy scalars pass the checks above; the results carry plain Python numbers.
-        object.__setattr__(self, "confidence", float(confidence))
+        object.__setattr__(self, "confidence", float(self.confidence))
         object.__setattr__(self, "resamples", int(self.resamples))
         object.__setattr__(self, "seed", int(self.seed))
 

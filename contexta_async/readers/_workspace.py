@@ -55,6 +55,40 @@ _FILES: Final = ("context.jsonl", "record.jsonl", "artifact.jsonl", "degradation
 _KINDS: Final = frozenset(get_args(RecordKind))
 
 
+def _text(field: str, value: object, rule: str = "must be a str") -> None:
+    if not isinstance(value, str):
+        raise ValidationError(field, rule, value)
+
+
+def _optional_text(field: str, value: object) -> None:
+    if value is not None:
+        _text(field, value, "must be a str or None")
+
+
+def _texts(field: str, values: object, rule: str) -> list[str]:
+    """``values`` (one str, or an iterable of them) as a list; ValidationError otherwise."""
+    if isinstance(values, str):
+        return [values]
+    if not isinstance(values, Iterable):
+        raise ValidationError(field, rule, values)
+    found: list[str] = []
+    for value in values:
+        _text(field, value, rule)
+        found.append(value)
+    return found
+
+
+def _run_names(runs: object) -> list[str]:
+    """The run names of ``compare_many``/``best_run``: a sequence of str, not one str (whose
+    letters would name runs)."""
+    if isinstance(runs, str):
+        raise ValidationError("runs", "must be a list of run names, not one str", runs)
+    names = _texts("runs", runs, "must be a list of run names (str)")
+    if not names:
+        raise ValidationError("runs", "must name at least one run", runs)
+    return names
+
+
 class Workspace:
     """A workspace, read asynchronously.
 
@@ -89,8 +123,8 @@ class Workspace:
     ) -> None:
         if not isinstance(use_index, bool):
             raise ValidationError("use_index", "must be a bool", use_index)
-        if chunk_size < 4096:
-            raise ValidationError("chunk_size", "must be at least 4096 bytes", chunk_size)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 4096:
+            raise ValidationError("chunk_size", "must be an integer of at least 4096", chunk_size)
         self.chunk_size = chunk_size
         self.use_index = use_index
         if source is None and isinstance(path, str) and url_scheme(path):
@@ -151,9 +185,11 @@ class Workspace:
         self, *, project: str | None = None, status: str | Iterable[str] | None = None
     ) -> list[RunSummary]:
         """Every run, oldest first, optionally only those of ``project`` and ``status``."""
-        statuses = {status} if isinstance(status, str) else None if status is None else set(status)
+        _optional_text("project", project)
+        rule = f"must be among {sorted(STATUSES)}"
+        statuses = None if status is None else set(_texts("status", status, rule))
         if statuses is not None and not statuses <= STATUSES:
-            raise ValidationError("status", f"must be among {sorted(STATUSES)}", sorted(statuses))
+            raise ValidationError("status", rule, sorted(statuses))
         agg, _ = await self._read()
 
         def summaries() -> list[RunSummary]:
@@ -173,6 +209,7 @@ class Workspace:
 
     async def resolve(self, run: str) -> str:
         """The full ref of ``run`` (a full ref or a unique suffix)."""
+        _text("run", run)
         return (await self._resolve_all([run]))[0]
 
     async def _resolve_all(self, runs: Sequence[str]) -> list[str]:
@@ -182,6 +219,7 @@ class Workspace:
 
     async def get_run(self, run: str) -> RunSummary:
         """The summary of one run, named by full ref or unique suffix."""
+        _text("run", run)
         agg, refs = await self._read([run])
         return agg.summary(refs[0])
 
@@ -203,10 +241,15 @@ class Workspace:
         raises ValidationError at the call. The files are read once, a block at a time: memory
         stays bounded however large the run.
         """
-        kinds = set(_KINDS) if kind is None else {kind} if isinstance(kind, str) else set(kind)
+        _text("run", run)
+        for field, value in (("key", key), ("stage", stage), ("sample", sample)):
+            _optional_text(field, value)
+        rule = f"must be among {sorted(_KINDS)}"
+        kinds = set(_KINDS) if kind is None else set(_texts("kind", kind, rule))
         if not kinds <= _KINDS:
-            raise ValidationError("kind", f"must be among {sorted(_KINDS)}", sorted(kinds))
-        return self.source.records(run, RowFilter(frozenset(kinds), key, stage, sample))
+            raise ValidationError("kind", rule, sorted(kinds))
+        chosen = cast(frozenset[RecordKind], frozenset(kinds))
+        return self.source.records(run, RowFilter(chosen, key, stage, sample))
 
     async def _record_blocks(
         self, refs: Sequence[str], rows: RowFilter
@@ -262,6 +305,8 @@ class Workspace:
             include_samples=include_samples,
             adjustment=adjustment,
         )
+        _text("left", left)
+        _text("right", right)
         agg, (lref, rref) = await self._read([left, right], values=True)
         # The bootstraps take CPU seconds on large runs: off the event loop, in a thread. A
         # cancelled compare returns at once; the thread finishes its pure computation.
@@ -284,10 +329,9 @@ class Workspace:
         family-wise error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or
         ``"none"``.
         """
-        if not runs:
-            raise ValidationError("runs", "must name at least one run", runs)
+        names = _run_names(runs)
         options = CompareOptions(directions=directions, adjustment=adjustment)
-        agg, refs = await self._read(list(runs), values=True)
+        agg, refs = await self._read(names, values=True)
         return await anyio.to_thread.run_sync(compare_many, agg, refs, options)
 
     async def best_run(
@@ -304,6 +348,9 @@ class Workspace:
         of them are winners). When the key is captured at several places (stages, or both
         per sample and per stage), name the ``stage`` or AmbiguousMetricError says which.
         """
+        _run_names(runs)
+        _text("metric", metric)
+        _optional_text("stage", stage)
         if direction is not None and direction not in ("maximize", "minimize"):
             raise ValidationError("direction", "must be 'maximize' or 'minimize'", direction)
         return best_run(await self.compare_many(runs), metric, direction, stage)

@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from numbers import Integral, Real
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
 
 import numpy as np
@@ -86,8 +87,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     Equals ``scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue``; 1.0 when there are no
     discordant pairs.
     """
-    if b < 0 or c < 0:
-        raise ValidationError("b, c", "discordant counts must be non-negative", (b, c))
+    for value in (b, c):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+            raise ValidationError("b, c", "discordant counts must be non-negative integers", (b, c))
     n = b + c
     k = min(b, c)
     if n == 0 or 2 * k == n:
@@ -140,14 +142,21 @@ def check_finite(diffs: Sequence[float] | Floats) -> None:
 
 
 def check_options(
-    confidence: float, resamples: int, method: str, *, method_field: str = "method"
+    confidence: float, resamples: int, seed: int, method: str, *, method_field: str = "method"
 ) -> None:
-    """Raise ValidationError for an interval level, resample count or method out of range."""
-    if not 0.0 < confidence < 1.0:
+    """Raise ValidationError naming the field for an interval level, resample count, seed or
+    method of the wrong type or out of range (numpy scalars are numbers; bools are not)."""
+    if isinstance(confidence, bool) or not isinstance(confidence, Real):
+        raise ValidationError("confidence", "must be a number between 0 and 1", confidence)
+    if not 0.0 < confidence < 1.0:  # NaN fails this too
         raise ValidationError("confidence", "must be between 0 and 1", confidence)
-    if resamples < 1:
-        raise ValidationError("resamples", "must be at least 1", resamples)
-    if method not in get_args(BootstrapMethod):
+    for name, value, least in (("resamples", resamples, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise ValidationError(name, "must be an integer", value)
+        if value < least:
+            rule = "must be at least 1" if least else "must be a non-negative integer"
+            raise ValidationError(name, rule, value)
+    if not isinstance(method, str) or method not in get_args(BootstrapMethod):
         raise ValidationError(method_field, "must be 'auto', 'resample' or 'saddlepoint'", method)
 
 
@@ -281,7 +290,7 @@ def paired_bootstrap_cis(
         workers = _cores()
     if workers < 1:
         raise ValidationError("workers", "must be at least 1", workers)
-    check_options(confidence, resamples, method)
+    check_options(confidence, resamples, seed, method)
     prepared = [_Job(diffs) for diffs in jobs]
     # Constant differences and saddlepoint intervals first, on the caller's thread (a few
     # milliseconds each): the ones that do not settle are resampled with the rest.

@@ -212,3 +212,24 @@ def test_a_bad_records_argument_is_refused_at_the_call_naming_it(
     with pytest.raises(ValidationError) as raised:
         ws.records(**arguments)
     assert raised.value.field == field
+
+
+async def test_the_reopened_samples_are_counted_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Counter over every sample opening of the workspace: per-sample work, like the scan.
+    import threading
+
+    from contexta_async.readers._context import SampleScan
+
+    counted_on: list[threading.Thread] = []
+    reopened = SampleScan.reopened
+
+    def spy(self: SampleScan) -> dict[str, int]:
+        counted_on.append(threading.current_thread())
+        return reopened(self)
+
+    monkeypatch.setattr(SampleScan, "reopened", spy)
+    ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
+    await ws.compare("helpful-only", "grounded")
+    assert counted_on and threading.main_thread() not in counted_on

@@ -251,13 +251,16 @@ class LocalSource:
         scan_result, scan_issues = found["scan"]
         runs_info, artifacts = found["small"]
         issues = small_issues.merge(scan_issues)
-        report = await anyio.to_thread.run_sync(issues.report)
-        self.last_report = report
-        if samples is None:
-            return SourceData(runs_info, scan_result, artifacts, report)
-        return SourceData(
-            runs_info, scan_result, artifacts, report, samples.samples, samples.reopened()
-        )
+
+        def finish() -> SourceData:  # per-line and per-sample work: in the thread too
+            report = self.last_report = issues.report()
+            if samples is None:
+                return SourceData(runs_info, scan_result, artifacts, report)
+            return SourceData(
+                runs_info, scan_result, artifacts, report, samples.samples, samples.reopened()
+            )
+
+        return await anyio.to_thread.run_sync(finish)
 
     async def records(self, run: str, rows: RowFilter) -> AsyncGenerator[RecordRow, None]:
         runs, artifacts = await anyio.to_thread.run_sync(self._small_files, Issues())

@@ -77,12 +77,10 @@ class SampleScan:
 
     def __init__(self, *, by_ref: bool = False, runs: Collection[str] | None = None) -> None:
         self.samples: dict[str, dict[str, SampleFacts]] = {}
-        # The refs of the opening lines, per block (bytes) or frame (str), and the distinct
-        # ones: counted only when fewer distinct than openings (a sample opened twice).
-        self._opened: list[list[bytes]] = []
-        self._distinct: set[bytes] = set()
-        self._opened_text: list[list[str]] = []
-        self._distinct_text: set[str] = set()
+        # The refs of the opening lines, per block or frame, and the distinct ones: counted
+        # only when fewer distinct than openings (a sample opened twice).
+        self._opened: list[list[str]] = []
+        self._distinct: set[str] = set()
         self._parents: dict[str, str | None] = {}  # sample ref head -> stage or batch ref
         # Many samples share a cluster or an epoch: each decoded once.
         self._clusters: dict[bytes, str | None] = {}
@@ -96,10 +94,10 @@ class SampleScan:
         """The sample lines of a block of ``context.jsonl``."""
         buffer, start, end = block.buffer, block.start, block.end
         raw_refs = _SAMPLE_OPENED.findall(buffer, start, end)
-        if self._runs is None:  # a scan of some runs is for their records: no reopened count
-            self._opened.append(raw_refs)
-            self._distinct.update(raw_refs)
+        # A quote ends a ref: one decode for the block's refs.
+        refs = b'"'.join(raw_refs).decode(errors="replace").split('"') if raw_refs else []
         if buffer.count(_PLAIN_OPENING, start, end) == len(raw_refs):
+            self._openings(refs, [None] * len(refs), [None] * len(refs))
             return
         metas: list[tuple[bytes, bytes]] = _SAMPLE_META.findall(buffer, start, end)
         if len(metas) != len(raw_refs):
@@ -110,26 +108,6 @@ class SampleScan:
                 line = max(start, buffer.rfind(b"\n", start, opening.start()) + 1)
                 meta = _SAMPLE_META.search(buffer, line, opening.start())
                 metas.append((b"", b"") if meta is None else (meta[1] or b"", meta[2] or b""))
-        # Column by column (C-level passes, plain tuples: a block holds thousands of
-        # openings). Only the samples with a cluster or an epoch.
-        keep = list(map(any, metas))
-        if not all(keep):
-            metas, raw_refs = list(compress(metas, keep)), list(compress(raw_refs, keep))
-            if not raw_refs:
-                return
-        # Usually every ref of a block is "<head>.<name>" with one head: the names are what
-        # is left of the refs without it (and without a dot: a name has none).
-        head = raw_refs[0].rpartition(b".")[0]
-        joined = b'"'.join(raw_refs)
-        if all(map(bytes.startswith, raw_refs, repeat(head + b"."))) and b"." not in (
-            rest := joined.replace(head + b".", b"")
-        ):
-            heads = [head.decode(errors="replace")]
-            raw_names = rest
-        else:
-            splits = list(map(bytes.rpartition, raw_refs, repeat(b".")))
-            heads = [h.decode(errors="replace") for h in map(itemgetter(0), splits)]
-            raw_names = b'"'.join(map(itemgetter(2), splits))
         clusters, epochs = self._clusters, self._epochs
         raw_clusters = list(map(itemgetter(0), metas))
         raw_epochs = list(map(itemgetter(1), metas))
@@ -137,22 +115,24 @@ class SampleScan:
             clusters[raw] = _json_text(raw) if raw else None
         for raw in set(raw_epochs) - epochs.keys():
             epochs[raw] = int(raw) if raw else None
-        # A quote ends a ref: one decode for the block's names.
-        self._add(
-            heads,
-            raw_names.decode(errors="replace").split('"'),
-            list(map(epochs.__getitem__, raw_epochs)),
+        self._openings(
+            refs,
             list(map(clusters.__getitem__, raw_clusters)),
-            raw_refs,
+            list(map(epochs.__getitem__, raw_epochs)),
         )
 
     def feed_opened(
         self, refs: list[str], clusters: list[str | None], epochs: list[int | None]
     ) -> None:
         """Openings as ``context.index`` lists them: refs, and each one's cluster and epoch."""
-        if self._runs is None:
-            self._opened_text.append(refs)
-            self._distinct_text.update(refs)
+        self._openings(refs, clusters, epochs)
+
+    def _openings(
+        self, refs: list[str], clusters: list[str | None], epochs: list[int | None]
+    ) -> None:
+        if self._runs is None:  # a scan of some runs is for their records: no reopened count
+            self._opened.append(refs)
+            self._distinct.update(refs)
         if not refs:  # a frame of Run and Stage lines only, or of sample closings
             return
         if None in clusters and None in epochs:  # else every opening has one or the other
@@ -161,7 +141,8 @@ class SampleScan:
                 return
             refs = list(compress(refs, keep))
             clusters, epochs = list(compress(clusters, keep)), list(compress(epochs, keep))
-        # Usually every ref is "<head>.<name>" with one head (as in ``feed``).
+        # Usually every ref is "<head>.<name>" with one head: the names are what is left of
+        # the refs without it (and without a dot: a name has none).
         head = refs[0].rpartition(".")[0]
         joined = '"'.join(refs)
         if all(map(str.startswith, refs, repeat(head + "."))) and "." not in (
@@ -179,7 +160,7 @@ class SampleScan:
         names: list[str],
         epochs: list[int | None],
         clusters: list[str | None],
-        refs: list[bytes] | list[str],
+        refs: list[str],
     ) -> None:
         """Keep the facts of these openings (one head for all of them, or one each)."""
         if self._runs is not None:
@@ -193,7 +174,7 @@ class SampleScan:
                     return
             elif not all(wanted):
                 heads = list(compress(heads, wanted))
-                names, refs = list(compress(names, wanted)), list(compress(refs, wanted))  # type: ignore[assignment]
+                names, refs = list(compress(names, wanted)), list(compress(refs, wanted))
                 epochs, clusters = list(compress(epochs, wanted)), list(compress(clusters, wanted))
                 if not heads:
                     return
@@ -209,31 +190,24 @@ class SampleScan:
             items = [item or name for item, name in zip(items, names, strict=True)]
         infos = list(zip(items, epochs, clusters, strict=True))
         by_ref = self.by_ref
-        full = [] if by_ref is None else [r if isinstance(r, str) else r.decode() for r in refs]
         if len(heads) == 1:
             parent = parents[heads[0]]
             if parent is not None:
                 self.samples.setdefault(parent, {}).update(zip(names, infos, strict=True))
                 if by_ref is not None:
-                    by_ref.update(zip(full, infos, strict=True))
+                    by_ref.update(zip(refs, infos, strict=True))
             return
-        for index, (head, name, info) in enumerate(zip(heads, names, infos, strict=True)):
+        for ref, head, name, info in zip(refs, heads, names, infos, strict=True):
             parent = parents[head]
             if parent is not None:  # else not a sample ref: ignored
                 self.samples.setdefault(parent, {})[name] = info
                 if by_ref is not None:
-                    by_ref[full[index]] = info
+                    by_ref[ref] = info
 
     def reopened(self) -> dict[str, int]:
-        total = sum(map(len, self._opened)) + sum(map(len, self._opened_text))
-        if self._distinct and self._distinct_text:  # a file read partly from its index
-            distinct = len({r.decode() for r in self._distinct} | self._distinct_text)
-        else:
-            distinct = len(self._distinct) + len(self._distinct_text)
-        if distinct == total:
+        if len(self._distinct) == sum(map(len, self._opened)):
             return {}
-        opened = Counter(map(bytes.decode, chain.from_iterable(self._opened)))
-        opened.update(chain.from_iterable(self._opened_text))
+        opened = Counter(chain.from_iterable(self._opened))
         return {ref: n for ref, n in opened.items() if n > 1}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,42 @@ async def test_a_scan_of_some_runs_keeps_only_their_samples(tmp_path: Path) -> N
     assert {(row.sample, row.cluster, row.epoch) for row in big_rows} == {
         (f"b-{i}-epoch-{1 + i % 2}", f"bc-{i // 4}", 1 + i % 2) for i in range(400)
     }
+
+
+# Run metadata is the user's JSON object, written as it is: these look like parts of sample
+# lines from inside a Run line (a plain opening; a whole opening of a sample never opened:
+# keys are written sorted, so "a" comes first).
+_LOOKALIKES: list[dict[str, Any]] = [
+    {"template": {"batch_execution_ref": None, "ended_at": None, "extensions": []}},
+    {
+        "a": {"status": "open"},
+        "payload_ref": "sample:p.r0.s.ghost",
+        "payload_type": "SampleObservation",
+        "sink_name": "local-jsonl",
+    },
+]
+
+
+@pytest.mark.parametrize("use_index", [True, False])
+@pytest.mark.parametrize("metadata", _LOOKALIKES)
+async def test_run_metadata_that_looks_like_a_sample_line_changes_no_answer(
+    tmp_path: Path, metadata: dict[str, Any], use_index: bool
+) -> None:
+    from contexta_async import Contexta
+    from contexta_async.readers import Workspace
+
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    # Two Run lines a run (open, close), two openings a run: as many look-alikes as openings.
+    for r in range(20):
+        with ctx.run(f"r{r}", metadata=metadata) as run, run.stage("s") as stage:
+            for i in range(2):
+                with stage.sample(f"q-{i}", cluster="c") as sample:
+                    sample.metric("v", float(i + r))
+    ctx.close()
+    ws = Workspace(tmp_path / "ws", use_index=use_index)
+    rows = [row async for row in ws.records("r0", kind="metric")]
+    assert [(row.sample, row.cluster) for row in rows] == [("q-0", "c"), ("q-1", "c")]
+    comparison = await ws.compare("r0", "r1")
+    assert comparison.alignment is not None
+    assert comparison.alignment.duplicates_left == comparison.alignment.duplicates_right == 0
+    assert comparison.paired[0].method == "one-cluster"  # both items in cluster c

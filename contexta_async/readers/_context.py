@@ -42,17 +42,24 @@ __all__ = [
 
 
 # A sample's opening line as this library writes it (keys sorted, compact JSON: a quote
-# inside a string is escaped, so these bytes only occur as the line's own keys and values):
-# _SAMPLE_OPENED finds the ref of every opening line (a sample opened twice, the alignment
-# report's duplicates, has two). _PLAIN_OPENING starts an opening line without batch, cluster
-# or epoch: as many of them as openings in a block, and the block has no cluster or epoch.
-# Otherwise _SAMPLE_META reads the cluster and epoch at the start of every sample line still
-# open (ended_at null: the opening lines, one per ref found, in the same order). No line is
-# decoded. Contexta 1.0 writes no CONTEXT lines: there is no other layout to match.
-# _SAMPLE_OPENED starts at the last key's name ("status", last in sorted order), not at
-# ":", where the engine would stop at every key (docs/performance.md, Readers).
-_SAMPLE_OPENED: Final = re.compile(rb'status":"open"\},"payload_ref":"(sample:[^"]+)"')
-_PLAIN_OPENING: Final = b'{"batch_execution_ref":null,"ended_at":null,"extensions":'
+# inside a string is escaped). A Run line's ``metadata`` is the user's JSON object, written as
+# it is, so any run of bytes inside a line may be a look-alike; a line's end cannot be (a
+# newline inside a string is escaped). _SAMPLE_OPENED finds the ref of every opening line
+# (a sample opened twice, the alignment report's duplicates, has two) by the line's last
+# keys up to its newline. A block without _CLUSTER and _EPOCH has no cluster and no epoch
+# (a look-alike only sends the block down the careful path). Otherwise _SAMPLE_META reads
+# the cluster and epoch at the start of every sample line still open (ended_at null: the
+# opening lines, one per ref found, in the same order) and, if it finds more than there are
+# openings (a look-alike), each opening's in its own line. No line is decoded. Contexta 1.0
+# writes no CONTEXT lines: there is no other layout to match. _SAMPLE_OPENED starts at the
+# payload's last key ("status"), not at ":", where the engine would stop at every key
+# (docs/performance.md, Readers).
+_SAMPLE_OPENED: Final = re.compile(
+    rb'status":"open"\},"payload_ref":"(sample:[^"]+)","payload_type":"SampleObservation"'
+    rb'(?:,"[^"]*":(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"|null|-?\d+))*\}\n'
+)
+_CLUSTER: Final = b',"cluster":"'
+_EPOCH: Final = b'"ended_at":null,"epoch":'
 _SAMPLE_META: Final = re.compile(
     rb'\{"batch_execution_ref":(?:null|"[^"]*"),(?:"cluster":"([^"\\]*+(?:\\.[^"\\]*+)*+)",)?'
     rb'"ended_at":null,(?:"epoch":(\d+),)?'
@@ -96,7 +103,7 @@ class SampleScan:
         raw_refs = _SAMPLE_OPENED.findall(buffer, start, end)
         # A quote ends a ref: one decode for the block's refs.
         refs = b'"'.join(raw_refs).decode(errors="replace").split('"') if raw_refs else []
-        if buffer.count(_PLAIN_OPENING, start, end) == len(raw_refs):
+        if buffer.find(_CLUSTER, start, end) < 0 and buffer.find(_EPOCH, start, end) < 0:
             self._openings(refs, [None] * len(refs), [None] * len(refs))
             return
         metas: list[tuple[bytes, bytes]] = _SAMPLE_META.findall(buffer, start, end)
@@ -275,7 +282,7 @@ def context_lines(
         while at >= 0:
             starts.append(max(block.start, buffer.rfind(b"\n", block.start, at) + 1))
             at = block.find(pattern, at + len(pattern))
-    starts.sort()
+    starts = sorted(set(starts))  # a look-alike inside a Run line names its line twice
     for start in starts:
         end = buffer.find(b"\n", start, block.end)
         line = memoryview(buffer)[start : end + 1]

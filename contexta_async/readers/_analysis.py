@@ -70,7 +70,7 @@ def _pairing_note(options: CompareOptions, methods: Iterable[str], epochs: bool 
     ``epochs`` whether items were attempted in epochs (then items are paired, not samples)."""
     confidence, resamples, seed = options.confidence, options.resamples, options.seed
     used = set(methods)
-    resampled = bool(used & {"numpy", "python"})
+    resampled = "numpy" in used
     how = []
     if resampled:
         how.append(f"{resamples} resamples, seed {seed}")

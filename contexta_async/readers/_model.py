@@ -254,8 +254,8 @@ class PairedResult(_R):
     ``direction``, ``losses`` where it is worse. For 0/1 metrics ``mcnemar_p`` is the exact
     McNemar p-value (two-sided binomial test on the discordant pairs), ``regressed`` names the
     samples that went from good to bad and ``fixed`` those that went from bad to good.
-    ``method`` says how the interval's bootstrap distribution was obtained: ``"numpy"`` or
-    ``"python"`` (``resamples`` resamples with ``seed``), ``"saddlepoint"`` (approximated, no
+    ``method`` says how the interval's bootstrap distribution was obtained: ``"numpy"``
+    (``resamples`` resamples with ``seed``), ``"saddlepoint"`` (approximated, no
     resampling: ``resamples`` and ``seed`` played no part), ``"constant"`` (every difference
     equal), ``"none"`` (no matched sample), ``"non-finite"`` (a difference overflowed: no
     interval), ``"cluster-bootstrap"`` (with clusters: ``resamples`` resamples of whole

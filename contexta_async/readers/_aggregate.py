@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from itertools import compress, repeat
 from operator import is_not, itemgetter
 from typing import Final, cast, get_args
@@ -22,7 +22,6 @@ __all__ = [
     "Aggregate",
     "Place",
     "RunMetrics",
-    "collect_metrics",
     "mean_of",
     "natural_key",
     "order_all",
@@ -184,17 +183,15 @@ def _arrange_items(
     return means
 
 
-def collect_metrics(
-    samples: Mapping[tuple[str, str], dict[str, float | None]],
-    others: Mapping[tuple[str, str], float | None],
-    runs: Iterable[str],
-    sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES,
+def run_metrics(
+    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES
 ) -> dict[str, RunMetrics]:
-    """Arrange scanned values by run: item values per (stage, key) whatever their batch (a
-    sample's value, or the mean of an item's attempts when ``sample_info`` gives epochs), and
-    the latest run/stage/batch values per place. The dicts of ``samples`` are taken over,
-    not copied (they are large)."""
-    out = {run: RunMetrics() for run in runs}
+    """The kept values of a scan arranged by run: item values per (stage, key) whatever their
+    batch (a sample's value, or the mean of an item's attempts when ``sample_info`` gives
+    epochs), and the latest run/stage/batch values per place. The scan's sample dicts are
+    taken over, not copied (they are large)."""
+    samples, others = scan.samples, scan.others
+    out = {run: RunMetrics() for run in scan.kept}
     # The attempts of one item may sit in different batches of its stage: a stage's samples
     # are merged first (by sample name), then grouped into items with what the CONTEXT lines
     # of all its batches say.
@@ -250,13 +247,6 @@ def collect_metrics(
             place: Place = (scope.stage, scope.kind, scope.batch, key)  # type: ignore[assignment]
             metrics.latest[place] = value
     return out
-
-
-def run_metrics(
-    scan: RecordScan, sample_info: Mapping[str, Mapping[str, SampleFacts]] = NO_SAMPLES
-) -> dict[str, RunMetrics]:
-    """The kept values of a scan, by run (the scan's sample dicts are taken over)."""
-    return collect_metrics(scan.samples, scan.others, scan.kept, sample_info)
 
 
 class Aggregate:

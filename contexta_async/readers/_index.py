@@ -38,6 +38,7 @@ from .._format.index import (
 )
 
 __all__ = [
+    "NO_INDEX",
     "IndexColumns",
     "LoadedIndex",
     "expand_entry",
@@ -265,7 +266,9 @@ def expand_entry(entry: IndexEntry) -> IndexColumns | None:
 class LoadedIndex(NamedTuple):
     frames: list[Frame]  # verified, in file order, not overlapping
     rejected: int  # damaged frames and frames that no longer match the file
-    size: int  # the size of record.jsonl when the frames were checked
+
+
+NO_INDEX: Final = LoadedIndex([], 0)
 
 
 def load_index(
@@ -281,13 +284,13 @@ def load_index(
     try:
         with open_index(index_path) as handle:
             if handle is None:
-                return LoadedIndex([], 0, 0)
+                return NO_INDEX
             size = os.fstat(handle.fileno()).st_size
             frames, rejected = read_frames(handle, limit=size, kind=kind)
         # Never wait on record.jsonl (a FIFO there): the JSON path says what is wrong with it.
         found = open_regular(record_path, os.O_RDONLY)
         if found is None:
-            return LoadedIndex([], 0, 0)
+            return NO_INDEX
         fd = found
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError):
@@ -296,7 +299,7 @@ def load_index(
                 target=str(index_path),
                 error=exc.strerror or str(exc),
             )
-        return LoadedIndex([], 0, 0)  # for record.jsonl, the JSON path reports why
+        return NO_INDEX  # for record.jsonl, the JSON path reports why
     try:
         size = os.fstat(fd).st_size
         # Frames past the size seen now describe lines written since: not read this time.
@@ -311,12 +314,12 @@ def load_index(
                 rejected += 1
     except OSError as exc:
         _log.warning("contexta_async.index_unreadable", target=str(record_path), error=str(exc))
-        return LoadedIndex([], 0, 0)
+        return NO_INDEX
     finally:
         os.close(fd)
     if rejected:
         _log.info("contexta_async.index_frames_rejected", target=str(index_path), rejected=rejected)
-    return LoadedIndex(verified, rejected, size)
+    return LoadedIndex(verified, rejected)
 
 
 def index_beside(

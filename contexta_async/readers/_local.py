@@ -35,7 +35,7 @@ from .._format.lines import FullRecordLine, run_marker
 from .._format.refs import last_component, run_matches
 from ._context import SampleScan, read_artifacts, read_context
 from ._errors import AmbiguousRunError, EmptyWorkspaceError, UnknownRunError, UnreadableFileError
-from ._index import LoadedIndex, index_beside, load_index, pieces, read_entry
+from ._index import NO_INDEX, index_beside, load_index, pieces, read_entry
 from ._model import ReadReport, RecordRow
 from ._read import (
     CHUNK_SIZE,
@@ -45,6 +45,7 @@ from ._read import (
     open_regular_file,
     read_blocks,
     read_file,
+    read_lines,
 )
 from ._scan import Accumulator, BlockFeeder
 from ._source import (
@@ -222,7 +223,7 @@ class LocalSource:
         # Record times are decoded only without CONTEXT lines (a Contexta 1.0.0 workspace);
         # the index holds no record times, so such a workspace is read from the JSON.
         times = not _nonempty(self._file("context"))
-        index = load_index(path) if self.use_index and not times else LoadedIndex([], 0, 0)
+        index = load_index(path) if self.use_index and not times else NO_INDEX
         scan, found = scan_file(
             path, wanted, values, self.chunk_size, times=times, frames=index.frames, stop_event=stop
         )
@@ -352,11 +353,10 @@ class LocalSource:
         if len(candidates) > 1:
             raise AmbiguousRunError(name, sorted(candidates))
         ref = next(iter(candidates), None)
-        decoder = LineDecoder(FullRecordLine)
         seen: set[str] = set()
-        for block in read_file(path, issues, chunk_size=self.chunk_size):
+        for lines in read_lines(path, FullRecordLine, issues, chunk_size=self.chunk_size):
             out = []
-            for line in decoder.decode(block.view(), str(path), block.offset, issues):
+            for line in lines:
                 run = line.payload.envelope.run_ref
                 if run not in seen:
                     seen.add(run)

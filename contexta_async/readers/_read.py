@@ -126,16 +126,13 @@ class LineDecoder(Generic[T]):
 
     def decode(self, data: bytes | memoryview, path: str, offset: int, issues: Issues) -> list[T]:
         """Decode a block of complete lines that starts at byte ``offset`` of ``path``."""
-        try:
-            values = self._decoder.decode_lines(data)
-        except _UNDECODABLE:
-            values = None
         # decode_lines treats a newline as whitespace, but it cannot glue a torn line to the
         # next one into a valid value: a torn line is a prefix of an object, so its braces
         # never balance, and the whole block fails instead. Then find the bad lines one by one.
-        if values is not None:
-            return values
-        return self.line_by_line(data, path, offset, issues)
+        try:
+            return self._decoder.decode_lines(data)
+        except _UNDECODABLE:
+            return self.line_by_line(data, path, offset, issues)
 
     def line_by_line(
         self,
@@ -264,16 +261,11 @@ def read_file(path: Path, issues: Issues, *, chunk_size: int = CHUNK_SIZE) -> It
     except FileNotFoundError:
         return
     cutter = LineCutter()
-    with handle:
-        blocks = read_blocks(handle, cutter, chunk_size=chunk_size)
-        while True:
-            try:
-                block = next(blocks, None)
-            except OSError as exc:
-                raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
-            if block is None:
-                break
-            yield block
+    try:
+        with handle:
+            yield from read_blocks(handle, cutter, chunk_size=chunk_size)
+    except OSError as exc:  # a read failed (the consumer's own errors never come in here)
+        raise UnreadableFileError(str(path), exc.strerror or str(exc)) from exc
     if cutter.torn:
         issues.torn_tails.append(str(path))
 

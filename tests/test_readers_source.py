@@ -233,3 +233,25 @@ async def test_the_reopened_samples_are_counted_off_the_event_loop(
     ws = Workspace(capture_llm_workspace(tmp_path / "ws"))
     await ws.compare("helpful-only", "grounded")
     assert counted_on and threading.main_thread() not in counted_on
+
+
+async def test_a_run_ref_spelt_with_a_json_escape_is_streamed_as_it_is_counted(
+    tmp_path: Path,
+) -> None:
+    from contexta_async import Contexta
+
+    root = tmp_path / "ws"
+    ctx = Contexta(workspace=root, config={"project_name": "p"})
+    for name in ("a", "b"):
+        with ctx.run(name) as run:
+            run.metric("score", 1.0)
+    ctx.close()
+    record = root / "cache" / "capture" / "record.jsonl"
+    # Another writer's spelling of the same string: "run:p.a" with its last letter escaped.
+    text = record.read_text().replace('"run_ref":"run:p.a"', '"run_ref":"run:p.\\u0061"')
+    record.write_text(text)
+    ws = Workspace(root, use_index=False)
+    summary = await ws.get_run("a")
+    rows = [row async for row in ws.records("a")]
+    assert summary.counts.metrics == 1
+    assert [(row.key, row.run_ref) for row in rows] == [("score", "run:p.a")]

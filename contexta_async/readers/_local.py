@@ -11,6 +11,7 @@ block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import (
     AsyncGenerator,
@@ -24,7 +25,7 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
@@ -62,6 +63,9 @@ from ._source import (
 __all__ = ["LocalSource", "artifact_blocks", "record_row", "scan_file"]
 
 _log = structlog.get_logger("contexta_async")
+# A run ref spelt with a JSON escape (another writer's): no marker finds it, so its block is
+# decoded.
+_ESCAPED_RUN_REF: Final = re.compile(rb'"run_ref":"[^"\\]*\\')
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -329,6 +333,7 @@ class LocalSource:
                     markers
                     and all(block.find(marker) < 0 for marker in markers)
                     and block.find(b'"run_ref":"') >= 0
+                    and _ESCAPED_RUN_REF.search(block.buffer, block.start, block.end) is None
                 ):
                     continue  # compact lines, none of these runs: skip decoding the block
                 out = []

@@ -358,3 +358,179 @@ def test_keys_and_text_at_the_documented_limits_are_accepted(workspace: Path) ->
         run.event("e", message="m", attributes={"é" * 1024: "ü\U0001f600"})
         with pytest.raises(ValidationError, match="524288 characters"):
             run.event("e", message="m", attributes={"a": text, "b": ""})  # the key "b"
+
+
+# ---- arrays: a 0-d one is one value, any other is refused ------------------------------------
+
+
+class _TorchSize(tuple[int, ...]):
+    """torch.Size is a tuple subclass."""
+
+
+class _ScalarTensor:
+    """How a torch or JAX tensor of shape () looks to the validation (torch is not installed
+    here): a shape of (), ``item()``, and an ``__index__`` that refuses a float element."""
+
+    shape = _TorchSize()
+
+    def __init__(self, element: Any) -> None:
+        self._element = element
+
+    def item(self) -> Any:
+        return self._element
+
+    def __float__(self) -> float:
+        return float(self._element)
+
+    def __index__(self) -> int:
+        raise TypeError("only integer tensors of a single element can be converted to an index")
+
+
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        (np.array([0.5]), "(1,)"),
+        (np.array([0.5, 1.0]), "(2,)"),
+        (np.array([7]), "(1,)"),
+        (np.zeros((1, 1)), "(1, 1)"),
+        (np.array([], dtype=np.float64), "(0,)"),
+    ],
+)
+def test_an_array_of_one_dimension_or_more_is_not_a_metric_value(
+    workspace: Path, value: Any, shape: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        for call in (run.metric, run.metric_nowait):
+            with pytest.raises(ValidationError) as info:
+                call("x", value)
+            assert info.value.field == "value"
+            assert info.value.rule.startswith(f"must be one number, not an array of shape {shape}")
+            assert ".item()" in info.value.rule
+        run.metric("after", 1.0)
+    assert [line["payload"]["payload"]["metric_key"] for line in metrics(workspace)] == ["after"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "value_type"),
+    [
+        (np.array(0.5), 0.5, "float"),
+        (np.array(3), 3, "int"),
+        (np.array(np.float32(0.25)), 0.25, "float"),
+        (np.array(2**63 - 1, dtype=np.uint64), 2**63 - 1, "int"),
+        (_ScalarTensor(0.75), 0.75, "float"),
+        (_ScalarTensor(5), 5, "int"),
+    ],
+)
+def test_a_0d_array_or_tensor_is_the_number_it_holds(
+    workspace: Path, value: Any, expected: float, value_type: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.metric("x", value)
+    payload = metrics(workspace)[0]["payload"]["payload"]
+    assert payload["value"] == expected and type(payload["value"]) is type(expected)
+    assert payload["value_type"] == value_type
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (np.array(True), "not a bool"),
+        (_ScalarTensor(True), "not a bool"),
+        (np.array(np.nan), "finite"),
+        (_ScalarTensor(float("inf")), "finite"),
+        (np.array(2**64 - 1, dtype=np.uint64), "64 bits"),
+        (np.array("0.5"), "real number"),
+        (np.array(1 + 2j), "real number"),
+        (np.complex64(1), "real number"),  # it used to be taken as 1.0
+        (np.datetime64("2026-01-01T00:00:00.000000000"), "real number"),
+        (np.array(np.timedelta64(5, "ns")), "not a value of dtype timedelta64"),  # item(): 5
+        (np.array(0.5, dtype=object), "not a value of dtype object"),
+        (np.ma.masked, "masked"),  # a missing value, whose float() is 0.0
+    ],
+)
+def test_a_0d_array_or_numpy_value_is_refused_for_what_its_element_breaks(
+    workspace: Path, value: Any, rule: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        with pytest.raises(ValidationError, match=rule) as info:
+            run.metric("x", value)
+        assert info.value.field == "value"
+
+
+def test_a_tensor_whose_item_fails_is_a_validation_error(workspace: Path) -> None:
+    class OnADevice(_ScalarTensor):
+        def item(self) -> Any:
+            raise RuntimeError("cannot be read on this device")
+
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        with pytest.raises(ValidationError, match="item\\(\\), which raised RuntimeError") as info:
+            run.event("e", message="m", attributes={"t": OnADevice(1.0)})
+        assert info.value.field == "attributes['t']"
+
+
+async def test_arrays_in_attributes_are_refused_naming_their_path(workspace: Path) -> None:
+    async with Contexta(workspace=workspace) as ctx, ctx.run("r", metadata={"m": 1}) as run:
+        cases: list[tuple[Any, str]] = [
+            (
+                lambda: run.event("e", message="m", attributes={"w": np.array([1.0, 2.0])}),
+                "attributes['w']",
+            ),
+            (
+                lambda: run.event("e", message="m", attributes={"w": [np.array([1])]}),
+                "attributes['w'][0]",
+            ),
+            (
+                lambda: ctx.run("x", metadata={"w": {"v": np.zeros((2, 2))}}),
+                "metadata['w']['v']",
+            ),
+        ]
+        for call, field in cases:
+            with pytest.raises(ValidationError) as info:
+                result = call()
+                if hasattr(result, "__await__"):
+                    await result
+            assert info.value.field == field
+            assert info.value.rule.startswith("must be JSON-safe, not an array of shape")
+            assert ".tolist()" in info.value.rule
+        # a datetime's item() can be an int: not taken for one
+        when = np.datetime64("2026-01-01T00:00:00.000000000")
+        with pytest.raises(ValidationError, match="not a value of dtype datetime64") as info:
+            await run.event("e", message="m", attributes={"at": when})
+        assert info.value.field == "attributes['at']"
+        await run.event("after", message="m")
+    from .capture_files import read_lines
+
+    [line] = read_lines(workspace, "RECORD")
+    assert line["payload"]["payload"]["event_key"] == "after"
+
+
+def test_numpy_scalars_and_0d_arrays_in_attributes_are_written_as_their_element(
+    workspace: Path,
+) -> None:
+    attributes = {
+        "flag": np.bool_(True),
+        "flag0d": np.array(False),
+        "f32": np.float32(0.5),
+        "i64": np.int64(3),
+        "zero_d": np.array(0.25),
+        "text0d": np.array("label"),
+        "tensor": _ScalarTensor(2),
+        "nested": [np.float64(1.5), {"n": np.array(4)}],
+    }
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.event("e", message="m", attributes=attributes)
+    from .capture_files import read_lines
+
+    [line] = read_lines(workspace, "RECORD")
+    written = line["payload"]["payload"]["attributes"]
+    assert written == {
+        "f32": 0.5,
+        "flag": True,
+        "flag0d": False,
+        "i64": 3,
+        "nested": [1.5, {"n": 4}],
+        "tensor": 2,
+        "text0d": "label",
+        "zero_d": 0.25,
+    }
+    assert type(written["flag"]) is bool and type(written["i64"]) is int

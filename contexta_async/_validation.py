@@ -35,6 +35,7 @@ __all__ = [
     "check_attributes",
     "check_cluster",
     "check_epoch",
+    "check_flag",
     "check_key",
     "check_level",
     "check_message",
@@ -295,6 +296,14 @@ def _check_text(value: object, field: str, max_length: int) -> str:
 def check_cluster(value: object, field: str = "cluster") -> str | None:
     """A sample's cluster: optional, non-blank, at most 255 characters, writable as UTF-8."""
     return None if value is None else _check_text(value, field, MAX_SHORT_TEXT)
+
+
+def check_flag(value: object, field: str) -> bool:
+    """A bool option (``True`` or ``False``): a truthy string such as ``"no"`` is refused, not
+    taken for True."""
+    if type(value) is not bool:
+        raise ValidationError(field, "must be a bool (True or False)", value)
+    return value
 
 
 def check_epoch(value: object, field: str = "epoch") -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import decimal
 import fractions
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from contexta_async import ConfigurationError, Contexta, ValidationError
 from contexta_async._format.refs import normalize_name
 
-from .capture_files import metrics
+from .capture_files import metrics, read_lines
 
 
 @pytest.mark.parametrize(
@@ -534,3 +534,45 @@ def test_numpy_scalars_and_0d_arrays_in_attributes_are_written_as_their_element(
         "zero_d": 0.25,
     }
     assert type(written["flag"]) is bool and type(written["i64"]) is int
+
+
+# ---- register_artifact's flags ---------------------------------------------------------------
+
+_NOT_BOOLS: Final = ["no", "False", 0, 1, None, np.bool_(True)]
+
+
+@pytest.mark.parametrize("flag", ["compute_hash", "allow_missing"])
+@pytest.mark.parametrize("value", _NOT_BOOLS)
+def test_register_artifact_flags_must_be_bools(
+    workspace: Path, tmp_path: Path, flag: str, value: Any
+) -> None:
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        for path in (model, tmp_path / "missing.bin"):
+            with pytest.raises(ValidationError, match="must be a bool") as info:
+                run.register_artifact("model", path, **{flag: value})
+            assert info.value.field == flag
+        run.register_artifact("model", model, compute_hash=False)
+    [line] = read_lines(workspace, "ARTIFACT")
+    policy = line["payload"]["request"]["verification_policy"]
+    assert policy == {"compute_hash": False, "require_existing_source": True}
+
+
+@pytest.mark.parametrize("flag", ["compute_hash", "allow_missing"])
+async def test_register_artifact_flags_must_be_bools_on_the_async_face(
+    workspace: Path, tmp_path: Path, flag: str
+) -> None:
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    async with Contexta(workspace=workspace) as ctx, ctx.run("r") as run, run.stage("s") as st:
+        for value in _NOT_BOOLS:
+            with pytest.raises(ValidationError, match="must be a bool") as info:
+                run.register_artifact("model", model, **{flag: value})  # raises at the call
+            assert info.value.field == flag
+            with pytest.raises(ValidationError, match="must be a bool"):
+                st.register_artifact("model", model, **{flag: value})
+        await run.register_artifact("model", tmp_path / "missing.bin", allow_missing=True)
+    [line] = read_lines(workspace, "ARTIFACT")
+    policy = line["payload"]["request"]["verification_policy"]
+    assert policy == {"compute_hash": True, "require_existing_source": False}

@@ -55,7 +55,8 @@ class Contexta:
         overflow: what a full queue means: ``"wait"`` (awaited and sync calls wait, ``*_nowait``
             raise QueueFullError), ``"drop_newest"`` (the new line is dropped and counted) or
             ``"raise"`` (every call raises QueueFullError).
-        shutdown_timeout: seconds closing may take to drain before it reports what is lost.
+        shutdown_timeout: seconds closing may take to drain before it reports what is lost
+            (``inf``, or anything past what the platform can wait, means no limit).
         max_retries: how often a failed write is retried before its lines are reported lost.
         retry_backoff: seconds before the first retry; doubled for each next one (up to 2 s).
         ship_to: a store URL (``postgresql://...``, with contexta-async-postgres installed):

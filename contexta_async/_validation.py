@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -43,7 +44,9 @@ __all__ = [
     "check_optional_text",
     "check_string",
     "check_tags",
+    "check_timeout",
     "check_unit",
+    "timeout_seconds",
     "writable_text",
 ]
 
@@ -304,6 +307,23 @@ def check_flag(value: object, field: str) -> bool:
     if type(value) is not bool:
         raise ValidationError(field, "must be a bool (True or False)", value)
     return value
+
+
+def timeout_seconds(seconds: float) -> float:
+    """A timeout already checked to be a non-negative number, as a float: ``inf`` (no limit)
+    from ``inf`` or anything past what the platform can wait (``threading.TIMEOUT_MAX``),
+    such as ``10**400``, which no float holds (it would raise OverflowError when waited on)."""
+    return math.inf if seconds >= threading.TIMEOUT_MAX else float(seconds)
+
+
+def check_timeout(value: object, field: str = "timeout") -> float | None:
+    """A ``timeout=`` argument: None (no limit) or a non-negative number of seconds (not a
+    bool, not NaN), returned as :func:`timeout_seconds` gives it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValidationError(field, "must be None or a non-negative number of seconds", value)
+    return timeout_seconds(value)
 
 
 def check_epoch(value: object, field: str = "epoch") -> int | None:

@@ -250,6 +250,12 @@ def test_bad_run_options_are_rejected(workspace: Path, kwargs: dict[str, Any], f
         ({"fsync": "yes"}, "fsync"),
         ({"config": ["project_name"]}, "config"),
         ({"config": {"project_name": ""}}, "config.project_name"),
+        ({"config": {"project_name": 5}}, "config.project_name"),
+        ({"config": {"project_name": "p\x00"}}, "config.project_name"),
+        ({"config": {"project_name": "..."}}, "config.project_name"),
+        ({"ship_to": 5}, "ship_to"),
+        ({"ship_to": "ftp://user:pa55-secret@h/x"}, "ship_to"),
+        ({"ship_to": "user:pa55-secret@h/db"}, "ship_to"),
         ({"sinks": []}, "sinks"),
         ({"sinks": [object()]}, "sinks"),
         ({"workspace": ""}, "workspace"),
@@ -259,11 +265,12 @@ def test_bad_options_raise_configuration_errors(
     workspace: Path, kwargs: dict[str, Any], field: str
 ) -> None:
     kwargs.setdefault("workspace", workspace)
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         Contexta(**kwargs)
     assert info.value.field == field
-    if field != "config.project_name":
-        assert isinstance(info.value, ConfigurationError)
+    assert isinstance(info.value, ValidationError)  # ConfigurationError is one
+    assert "pa55-secret" not in str(info.value)
+    assert not workspace.exists()  # options are checked before anything is created
 
 
 def test_validation_errors_are_value_errors_with_code_and_details() -> None:
@@ -314,7 +321,7 @@ async def test_the_async_face_refuses_unencodable_strings_at_the_call(workspace:
 
 @pytest.mark.parametrize("project_name", [_SURROGATE, "p\x00"])
 def test_a_project_name_utf8_cannot_encode_is_refused(workspace: Path, project_name: str) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         Contexta(workspace=workspace, config={"project_name": project_name})
     assert info.value.field == "config.project_name"
 

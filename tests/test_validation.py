@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import decimal
 import fractions
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -462,6 +463,28 @@ def test_a_0d_array_or_numpy_value_is_refused_for_what_its_element_breaks(
         with pytest.raises(ValidationError, match=rule) as info:
             run.metric("x", value)
         assert info.value.field == "value"
+
+
+def test_torch_tensors_follow_the_array_rule(workspace: Path) -> None:
+    torch = pytest.importorskip("torch")  # CI installs it (.ci/run); _ScalarTensor otherwise
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.metric("loss", torch.tensor(0.5, requires_grad=True) * 2)
+        run.metric("count", torch.tensor(3))
+        run.event("e", message="m", attributes={"flag": torch.tensor(True)})
+        for bad, rule in [
+            (torch.tensor([0.5]), "not an array of shape (1,)"),
+            (torch.tensor(True), "not a bool"),
+            (torch.tensor(float("nan")), "finite"),
+        ]:
+            with pytest.raises(ValidationError, match=re.escape(rule)) as info:
+                run.metric("x", bad)
+            assert info.value.field == "value"
+        with pytest.raises(ValidationError, match=re.escape("array of shape (2,)")) as info:
+            run.event("e", message="m", attributes={"w": torch.zeros(2)})
+        assert info.value.field == "attributes['w']"
+    assert [(m["payload"]["payload"]["value"]) for m in metrics(workspace)] == [1.0, 3]
+    [line] = read_lines(workspace, "RECORD")[-1:]
+    assert line["payload"]["payload"]["attributes"] == {"flag": True}
 
 
 def test_a_tensor_whose_item_fails_is_a_validation_error(workspace: Path) -> None:

@@ -20,7 +20,7 @@ from ._scope_core import ScopeCore, ScopeRegistry
 from ._scopes import AsyncRun, Opening, Run
 from .sinks import LocalJsonlSink, Sink
 from .sinks._base import check_sink_name
-from .stores import InProcessShipper, start_shipper
+from .stores import InProcessShipper, start_shipper, url_scheme
 
 __all__ = ["Contexta"]
 
@@ -55,12 +55,16 @@ class Contexta:
         overflow: what a full queue means: ``"wait"`` (awaited and sync calls wait, ``*_nowait``
             raise QueueFullError), ``"drop_newest"`` (the new line is dropped and counted) or
             ``"raise"`` (every call raises QueueFullError).
-        shutdown_timeout: seconds closing may take to drain before it reports what is lost.
+        shutdown_timeout: seconds closing may take to drain before it reports what is lost
+            (``inf``, or anything past what the platform can wait, means no limit).
         max_retries: how often a failed write is retried before its lines are reported lost.
         retry_backoff: seconds before the first retry; doubled for each next one (up to 2 s).
         ship_to: a store URL (``postgresql://...``, with contexta-async-postgres installed):
             a background thread ships the workspace there as it is captured (``ctx.shipper``;
             see docs/scale-out.md). Closing drains it for up to ``shutdown_timeout`` seconds.
+
+    Raises ConfigurationError (a ValidationError) naming the option for a bad option,
+    ``config["project_name"]`` and ``ship_to`` included, before anything is created.
     """
 
     def __init__(
@@ -85,7 +89,11 @@ class Contexta:
         self.config: dict[str, Any] = dict(config or {})
         """The configuration mapping (a copy), with ``project_name`` filled in."""
         project_name = self.config.setdefault("project_name", "default")
-        self.project = normalize_name(project_name, field="config.project_name")
+        try:
+            project = normalize_name(project_name, field="config.project_name")
+        except ValidationError as exc:  # an option: ConfigurationError, as for the others
+            raise ConfigurationError(exc.field, exc.rule, project_name) from None
+        self.project = project
         """The project's ref component: ``project_name`` normalised."""
         self.workspace = Path(workspace).absolute()
         """The workspace directory, absolute."""
@@ -130,9 +138,15 @@ class Contexta:
         self.shipper: InProcessShipper | None = None
         """With ``ship_to``: the thread shipping the workspace to the store, else None."""
         if ship_to is not None:
-            self.shipper = start_shipper(
-                ship_to, self.workspace, chosen, flush=self.flush, aflush=self.aflush
-            )
+            try:
+                self.shipper = start_shipper(
+                    ship_to, self.workspace, chosen, flush=self.flush, aflush=self.aflush
+                )
+            except ConfigurationError:
+                raise
+            except ValidationError as exc:  # a scheme nothing serves, a malformed URL...
+                shown = url_scheme(ship_to) or "..."  # never the URL: it may hold a password
+                raise ConfigurationError("ship_to", exc.rule, shown) from None
 
     # ---- capture ---------------------------------------------------------------------
 

@@ -39,9 +39,9 @@ from ._errors import (
     ConfigurationError,
     FlushTimeoutError,
     ShutdownTimeoutError,
-    ValidationError,
 )
 from ._format.lines import Item
+from ._validation import check_timeout, timeout_seconds
 from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, WaiterT, async_waiter
 from .sinks import Sink
 
@@ -76,6 +76,9 @@ class PipelineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigurationError(name, "must be a non-negative number of seconds", value)
+        # Past what the platform can wait (10**400 too) means no limit: inf, which closing
+        # can wait on, where such an int raised OverflowError.
+        object.__setattr__(self, "shutdown_timeout", timeout_seconds(self.shutdown_timeout))
         if self.overflow not in _POLICIES:
             raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
 
@@ -131,15 +134,6 @@ def _reinit_pipelines_after_fork() -> None:
 
 # A forked child has no writer thread, and any lock a thread held at the fork stays held in it.
 os.register_at_fork(after_in_child=_reinit_pipelines_after_fork)
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-    ):
-        raise ValidationError(
-            "timeout", "must be None or a non-negative number of seconds", timeout
-        )
 
 
 def _blocking_timeout(seconds: float | None) -> float | None:
@@ -361,7 +355,7 @@ class Pipeline:
             return target, start, True
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
-        _check_timeout(timeout)
+        timeout = check_timeout(timeout)  # inf past what the platform can wait
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := async_waiter())
@@ -373,7 +367,7 @@ class Pipeline:
         self._check_flush(target, start)
 
     def flush_blocking(self, timeout: float | None = None) -> None:
-        _check_timeout(timeout)
+        timeout = check_timeout(timeout)  # inf past what the platform can wait
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())

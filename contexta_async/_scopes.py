@@ -192,10 +192,12 @@ def _child(
 
 
 def _check_artifact_args(
-    kind: object, path: object, attributes: object
+    kind: object, path: object, attributes: object, compute_hash: object, allow_missing: object
 ) -> tuple[str, str, str, dict[str, Any]]:
     checked_kind = v.check_artifact_kind(kind)
     source, absolute = resolve_artifact_path(path)
+    v.check_flag(compute_hash, "compute_hash")  # written into the line's bool fields
+    v.check_flag(allow_missing, "allow_missing")
     return checked_kind, source, absolute, v.check_attributes(attributes)
 
 
@@ -316,7 +318,9 @@ class _SyncArtifacts(_SyncCapture):
         allow_missing: bool = False,
     ) -> str:
         """Register a file (hashed with SHA-256 unless ``compute_hash=False``); return its ref."""
-        checked_kind, source, absolute, attrs = _check_artifact_args(kind, path, attributes)
+        checked_kind, source, absolute, attrs = _check_artifact_args(
+            kind, path, attributes, compute_hash, allow_missing
+        )
         self._core.ensure_open()
         found = inspect_artifact(absolute, compute_hash=compute_hash, allow_missing=allow_missing)
         item = self._core.artifact_item(
@@ -406,7 +410,9 @@ class _AsyncArtifacts(_AsyncCapture):
         allow_missing: bool = False,
     ) -> Awaitable[str]:
         """Register a file; hashing runs in a worker thread. Returns the artifact ref."""
-        checked_kind, source, absolute, attrs = _check_artifact_args(kind, path, attributes)
+        checked_kind, source, absolute, attrs = _check_artifact_args(
+            kind, path, attributes, compute_hash, allow_missing
+        )
         self._core.ensure_open()
         return self._register(checked_kind, source, absolute, attrs, compute_hash, allow_missing)
 

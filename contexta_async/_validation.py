@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_attributes",
     "check_cluster",
     "check_epoch",
+    "check_flag",
     "check_key",
     "check_level",
     "check_message",
@@ -42,7 +44,9 @@ __all__ = [
     "check_optional_text",
     "check_string",
     "check_tags",
+    "check_timeout",
     "check_unit",
+    "timeout_seconds",
     "writable_text",
 ]
 
@@ -100,7 +104,10 @@ def check_key(key: object, field: str = "key") -> str:
 
 
 def check_metric_value(value: object, field: str = "value") -> tuple[int | float, str]:
-    """Return ``(value, value_type)``; accept real numbers that convert exactly, not bools."""
+    """Return ``(value, value_type)``; accept real numbers that convert exactly, not bools.
+
+    A NumPy scalar or a 0-d array or tensor counts as its ``.item()``; an array of one
+    dimension or more is refused, even with one element (see ``_one_element``)."""
     kind = type(value)
     if kind is float:
         if math.isfinite(value):  # type: ignore[arg-type]
@@ -114,12 +121,34 @@ def check_metric_value(value: object, field: str = "value") -> tuple[int | float
 
 
 def _convert_number(value: object, field: str) -> tuple[int | float, str]:
+    kind = _kinds.get(type(value)) or _learn_kind(value)
+    if kind == _NUMPY_FLOAT:
+        converted = float(value)  # type: ignore[arg-type]
+        if math.isfinite(converted):
+            return converted, "float"
+        raise ValidationError(field, "must be finite (not NaN or infinity)", value)
+    if kind == _NUMPY_INT:
+        number = operator.index(value)  # type: ignore[arg-type]
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return number, "int"
+        raise ValidationError(field, "integer must fit in 64 bits", value)
+    if kind == _NUMPY_NOT_REAL:  # complex, datetime64, timedelta64, bytes_, void...
+        raise ValidationError(field, "must be a real number", value)
+    if kind == _OTHER:
+        shape = getattr(value, "shape", None)
+        if shape is not None:  # an array or a tensor (NumPy, torch, JAX...)
+            value = _one_element(value, shape, field, _NOT_ONE_NUMBER, "biuf")
+            if type(value) is float or type(value) is int:
+                return check_metric_value(value, field)
     if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy bools too
         raise ValidationError(field, "must be a number, not a bool", value)
     if isinstance(value, (str, bytes)) or value is None:
         raise ValidationError(field, "must be a real number", value)
-    if hasattr(value, "__index__"):  # int subclasses, numpy integers
-        number = operator.index(value)
+    if hasattr(value, "__index__"):  # int subclasses
+        try:
+            number = operator.index(value)
+        except TypeError as exc:  # an __index__ that refuses (e.g. a float tensor's)
+            raise ValidationError(field, "must be a real number (int or float)", value) from exc
         if _INT64_MIN <= number <= _INT64_MAX:
             return number, "int"
         raise ValidationError(field, "integer must fit in 64 bits", value)
@@ -137,6 +166,89 @@ def _convert_number(value: object, field: str) -> tuple[int | float, str]:
             )
         return converted, "float"
     raise ValidationError(field, "must be a real number (int or float)", value)
+
+
+# What a type's values are, learnt on first sight of the type (the types seen are few; the
+# table is bounded like the key cache). NumPy's float scalars of at most 64 bits convert
+# exactly with float(), its integer scalars with operator.index(); its bool_ and longer
+# floats take the general path, which refuses a bool and an inexact float; its complex,
+# datetime64, timedelta64, bytes_ and void scalars are not real numbers. Every other type
+# takes the general path, an array or tensor through ``_one_element`` first.
+_NUMPY_FLOAT: Final = 1
+_NUMPY_INT: Final = 2
+_NUMPY_OTHER: Final = 3
+_NUMPY_NOT_REAL: Final = 4
+_OTHER: Final = 5
+_kinds: dict[type, int] = {}
+
+
+def _learn_kind(value: object) -> int:
+    kind = _OTHER
+    if any(c.__name__ == "generic" and c.__module__ == "numpy" for c in type(value).__mro__):
+        dtype = getattr(value, "dtype", None)
+        code, size = getattr(dtype, "kind", ""), getattr(dtype, "itemsize", 0)
+        if code == "f" and size <= 8:
+            kind = _NUMPY_FLOAT
+        elif code in ("i", "u"):
+            kind = _NUMPY_INT
+        elif code in ("b", "f", "U"):  # refused or checked by the general path
+            kind = _NUMPY_OTHER
+        else:
+            kind = _NUMPY_NOT_REAL
+    if len(_kinds) < _KNOWN_KEYS_MAX:
+        _kinds[type(value)] = kind
+    return kind
+
+
+_NOT_ONE_NUMBER: Final = (
+    "must be one number, not an array of shape {shape} (a 0-d array or a NumPy scalar is "
+    "accepted; pass .item() of a one-element array)"
+)
+_NOT_JSON_ARRAY: Final = (
+    "must be JSON-safe, not an array of shape {shape} (a 0-d array or a NumPy scalar is "
+    "accepted; pass .tolist() for a list)"
+)
+
+
+def _one_element(value: object, shape: object, field: str, rule: str, dtypes: str) -> object:
+    """What a 0-d array-like stands for: a NumPy scalar, or a NumPy array, torch or JAX tensor
+    of shape ``()``, gives its element as ``value.item()`` does (a Python float, int or
+    bool). An array of one dimension or more is refused (``rule``, formatted with its shape),
+    even with one element: only a 0-d one is unambiguously one value. So is a NumPy dtype
+    whose kind is not in ``dtypes`` (e.g. datetime64, whose item() may be an int), and a
+    masked (missing) element."""
+    try:
+        dimensions = len(shape)  # type: ignore[arg-type]
+    except TypeError:
+        return value  # a ``shape`` that is not an array's: the caller's rules decide
+    if dimensions:
+        try:
+            shown = str(tuple(shape))  # type: ignore[arg-type]
+        except TypeError:
+            shown = repr(shape)
+        raise ValidationError(field, rule.format(shape=shown), value)
+    dtype = getattr(value, "dtype", None)
+    code = getattr(dtype, "kind", None)  # NumPy's and JAX's dtypes have one, torch's not
+    if isinstance(code, str) and code not in dtypes:
+        what = "a real number" if dtypes == "biuf" else "JSON-safe"
+        raise ValidationError(field, f"must be {what}, not a value of dtype {dtype}", value)
+    if getattr(value, "mask", False) is not False and _masked(value):
+        raise ValidationError(field, "must not be masked (a missing value)", value)
+    item = getattr(value, "item", None)
+    if not callable(item):
+        return value
+    try:
+        return item()
+    except Exception as exc:  # e.g. a tensor on a device it cannot be read from
+        failed = f"must give its element through .item(), which raised {type(exc).__name__}"
+        raise ValidationError(field, failed, value) from exc
+
+
+def _masked(value: object) -> bool:
+    try:
+        return bool(value.mask)  # type: ignore[attr-defined]
+    except Exception:  # a ``mask`` that is not NumPy's: not ours to judge
+        return False
 
 
 def check_optional_text(
@@ -187,6 +299,31 @@ def _check_text(value: object, field: str, max_length: int) -> str:
 def check_cluster(value: object, field: str = "cluster") -> str | None:
     """A sample's cluster: optional, non-blank, at most 255 characters, writable as UTF-8."""
     return None if value is None else _check_text(value, field, MAX_SHORT_TEXT)
+
+
+def check_flag(value: object, field: str) -> bool:
+    """A bool option (``True`` or ``False``): a truthy string such as ``"no"`` is refused, not
+    taken for True."""
+    if type(value) is not bool:
+        raise ValidationError(field, "must be a bool (True or False)", value)
+    return value
+
+
+def timeout_seconds(seconds: float) -> float:
+    """A timeout already checked to be a non-negative number, as a float: ``inf`` (no limit)
+    from ``inf`` or anything past what the platform can wait (``threading.TIMEOUT_MAX``),
+    such as ``10**400``, which no float holds (it would raise OverflowError when waited on)."""
+    return math.inf if seconds >= threading.TIMEOUT_MAX else float(seconds)
+
+
+def check_timeout(value: object, field: str = "timeout") -> float | None:
+    """A ``timeout=`` argument: None (no limit) or a non-negative number of seconds (not a
+    bool, not NaN), returned as :func:`timeout_seconds` gives it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValidationError(field, "must be None or a non-negative number of seconds", value)
+    return timeout_seconds(value)
 
 
 def check_epoch(value: object, field: str = "epoch") -> int | None:
@@ -255,6 +392,9 @@ def check_artifact_kind(kind: object, field: str = "kind") -> str:
 def check_attributes(value: object, field: str = "attributes") -> dict[str, Any]:
     """A JSON-safe mapping (str keys; None, bool, finite numbers, str, lists, mappings); copied.
 
+    A NumPy scalar or 0-d array of a bool, integer, float or string dtype (or a 0-d tensor)
+    counts as its ``.item()``; an array of one dimension or more is refused.
+
     At most 16 levels deep and 10,000 values in all; keys at most 1,024 characters, strings at
     most 65,536, and 524,288 characters of keys and strings in all; no NUL or lone surrogate in
     any key or string, at any depth.
@@ -299,6 +439,14 @@ def _copy_json(value: object, path: str, depth: int, budget: list[int]) -> Any:
             raise _text_exceeded(path)
         return value
     if isinstance(value, (int, float)) or hasattr(value, "__float__"):
+        plain = type(value) is int or type(value) is float
+        if not plain and (_kinds.get(type(value)) or _learn_kind(value)) >= _NUMPY_OTHER:
+            shape = getattr(value, "shape", None)
+            if shape is not None:  # a NumPy scalar or 0-d array stands for its element
+                value = _one_element(value, shape, path, _NOT_JSON_ARRAY, "biufU")
+                if not hasattr(value, "shape"):  # a plain value now: checked as if given so
+                    budget[0] += 1  # counted once
+                    return _copy_json(value, path, depth, budget)
         return check_metric_value(value, path)[0]
     if depth > MAX_ATTRIBUTE_DEPTH:
         raise ValidationError(path, f"nests deeper than {MAX_ATTRIBUTE_DEPTH} levels", None)

@@ -11,7 +11,6 @@ look the scheme up here.
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from ._errors import ConfigurationError, ContextaError, StoreNotInstalledError, ValidationError
+from ._validation import check_timeout
 from .sinks import LocalJsonlSink, Sink
 
 if TYPE_CHECKING:
@@ -278,12 +278,10 @@ class InProcessShipper:
         return f"<InProcessShipper to={self.target!r} {state}>"
 
 
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if not (isinstance(timeout, (int, float)) and timeout >= 0 and not math.isnan(timeout)):
-        raise ValidationError("timeout", "must be a number of seconds >= 0, or None", timeout)
-    return time.monotonic() + timeout
+def _deadline(timeout: object) -> float | None:
+    # Checked as flush's timeout: past what the platform can wait (10**400 too) is inf.
+    seconds = check_timeout(timeout, "timeout")
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _left(deadline: float | None) -> float | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import decimal
 import fractions
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from contexta_async import ConfigurationError, Contexta, ValidationError
 from contexta_async._format.refs import normalize_name
 
-from .capture_files import metrics
+from .capture_files import metrics, read_lines
 
 
 @pytest.mark.parametrize(
@@ -250,6 +251,12 @@ def test_bad_run_options_are_rejected(workspace: Path, kwargs: dict[str, Any], f
         ({"fsync": "yes"}, "fsync"),
         ({"config": ["project_name"]}, "config"),
         ({"config": {"project_name": ""}}, "config.project_name"),
+        ({"config": {"project_name": 5}}, "config.project_name"),
+        ({"config": {"project_name": "p\x00"}}, "config.project_name"),
+        ({"config": {"project_name": "..."}}, "config.project_name"),
+        ({"ship_to": 5}, "ship_to"),
+        ({"ship_to": "ftp://user:pa55-secret@h/x"}, "ship_to"),
+        ({"ship_to": "user:pa55-secret@h/db"}, "ship_to"),
         ({"sinks": []}, "sinks"),
         ({"sinks": [object()]}, "sinks"),
         ({"workspace": ""}, "workspace"),
@@ -259,11 +266,12 @@ def test_bad_options_raise_configuration_errors(
     workspace: Path, kwargs: dict[str, Any], field: str
 ) -> None:
     kwargs.setdefault("workspace", workspace)
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         Contexta(**kwargs)
     assert info.value.field == field
-    if field != "config.project_name":
-        assert isinstance(info.value, ConfigurationError)
+    assert isinstance(info.value, ValidationError)  # ConfigurationError is one
+    assert "pa55-secret" not in str(info.value)
+    assert not workspace.exists()  # options are checked before anything is created
 
 
 def test_validation_errors_are_value_errors_with_code_and_details() -> None:
@@ -314,7 +322,7 @@ async def test_the_async_face_refuses_unencodable_strings_at_the_call(workspace:
 
 @pytest.mark.parametrize("project_name", [_SURROGATE, "p\x00"])
 def test_a_project_name_utf8_cannot_encode_is_refused(workspace: Path, project_name: str) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigurationError) as info:
         Contexta(workspace=workspace, config={"project_name": project_name})
     assert info.value.field == "config.project_name"
 
@@ -358,3 +366,243 @@ def test_keys_and_text_at_the_documented_limits_are_accepted(workspace: Path) ->
         run.event("e", message="m", attributes={"é" * 1024: "ü\U0001f600"})
         with pytest.raises(ValidationError, match="524288 characters"):
             run.event("e", message="m", attributes={"a": text, "b": ""})  # the key "b"
+
+
+# ---- arrays: a 0-d one is one value, any other is refused ------------------------------------
+
+
+class _TorchSize(tuple[int, ...]):
+    """torch.Size is a tuple subclass."""
+
+
+class _ScalarTensor:
+    """How a torch or JAX tensor of shape () looks to the validation (torch is not installed
+    here): a shape of (), ``item()``, and an ``__index__`` that refuses a float element."""
+
+    shape = _TorchSize()
+
+    def __init__(self, element: Any) -> None:
+        self._element = element
+
+    def item(self) -> Any:
+        return self._element
+
+    def __float__(self) -> float:
+        return float(self._element)
+
+    def __index__(self) -> int:
+        raise TypeError("only integer tensors of a single element can be converted to an index")
+
+
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        (np.array([0.5]), "(1,)"),
+        (np.array([0.5, 1.0]), "(2,)"),
+        (np.array([7]), "(1,)"),
+        (np.zeros((1, 1)), "(1, 1)"),
+        (np.array([], dtype=np.float64), "(0,)"),
+    ],
+)
+def test_an_array_of_one_dimension_or_more_is_not_a_metric_value(
+    workspace: Path, value: Any, shape: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        for call in (run.metric, run.metric_nowait):
+            with pytest.raises(ValidationError) as info:
+                call("x", value)
+            assert info.value.field == "value"
+            assert info.value.rule.startswith(f"must be one number, not an array of shape {shape}")
+            assert ".item()" in info.value.rule
+        run.metric("after", 1.0)
+    assert [line["payload"]["payload"]["metric_key"] for line in metrics(workspace)] == ["after"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "value_type"),
+    [
+        (np.array(0.5), 0.5, "float"),
+        (np.array(3), 3, "int"),
+        (np.array(np.float32(0.25)), 0.25, "float"),
+        (np.array(2**63 - 1, dtype=np.uint64), 2**63 - 1, "int"),
+        (_ScalarTensor(0.75), 0.75, "float"),
+        (_ScalarTensor(5), 5, "int"),
+    ],
+)
+def test_a_0d_array_or_tensor_is_the_number_it_holds(
+    workspace: Path, value: Any, expected: float, value_type: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.metric("x", value)
+    payload = metrics(workspace)[0]["payload"]["payload"]
+    assert payload["value"] == expected and type(payload["value"]) is type(expected)
+    assert payload["value_type"] == value_type
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (np.array(True), "not a bool"),
+        (_ScalarTensor(True), "not a bool"),
+        (np.array(np.nan), "finite"),
+        (_ScalarTensor(float("inf")), "finite"),
+        (np.array(2**64 - 1, dtype=np.uint64), "64 bits"),
+        (np.array("0.5"), "real number"),
+        (np.array(1 + 2j), "real number"),
+        (np.complex64(1), "real number"),  # it used to be taken as 1.0
+        (np.datetime64("2026-01-01T00:00:00.000000000"), "real number"),
+        (np.array(np.timedelta64(5, "ns")), "not a value of dtype timedelta64"),  # item(): 5
+        (np.array(0.5, dtype=object), "not a value of dtype object"),
+        (np.ma.masked, "masked"),  # a missing value, whose float() is 0.0
+    ],
+)
+def test_a_0d_array_or_numpy_value_is_refused_for_what_its_element_breaks(
+    workspace: Path, value: Any, rule: str
+) -> None:
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        with pytest.raises(ValidationError, match=rule) as info:
+            run.metric("x", value)
+        assert info.value.field == "value"
+
+
+def test_torch_tensors_follow_the_array_rule(workspace: Path) -> None:
+    torch = pytest.importorskip("torch")  # CI installs it (.ci/run); _ScalarTensor otherwise
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.metric("loss", torch.tensor(0.5, requires_grad=True) * 2)
+        run.metric("count", torch.tensor(3))
+        run.event("e", message="m", attributes={"flag": torch.tensor(True)})
+        for bad, rule in [
+            (torch.tensor([0.5]), "not an array of shape (1,)"),
+            (torch.tensor(True), "not a bool"),
+            (torch.tensor(float("nan")), "finite"),
+        ]:
+            with pytest.raises(ValidationError, match=re.escape(rule)) as info:
+                run.metric("x", bad)
+            assert info.value.field == "value"
+        with pytest.raises(ValidationError, match=re.escape("array of shape (2,)")) as info:
+            run.event("e", message="m", attributes={"w": torch.zeros(2)})
+        assert info.value.field == "attributes['w']"
+    assert [(m["payload"]["payload"]["value"]) for m in metrics(workspace)] == [1.0, 3]
+    [line] = read_lines(workspace, "RECORD")[-1:]
+    assert line["payload"]["payload"]["attributes"] == {"flag": True}
+
+
+def test_a_tensor_whose_item_fails_is_a_validation_error(workspace: Path) -> None:
+    class OnADevice(_ScalarTensor):
+        def item(self) -> Any:
+            raise RuntimeError("cannot be read on this device")
+
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        with pytest.raises(ValidationError, match="item\\(\\), which raised RuntimeError") as info:
+            run.event("e", message="m", attributes={"t": OnADevice(1.0)})
+        assert info.value.field == "attributes['t']"
+
+
+async def test_arrays_in_attributes_are_refused_naming_their_path(workspace: Path) -> None:
+    async with Contexta(workspace=workspace) as ctx, ctx.run("r", metadata={"m": 1}) as run:
+        cases: list[tuple[Any, str]] = [
+            (
+                lambda: run.event("e", message="m", attributes={"w": np.array([1.0, 2.0])}),
+                "attributes['w']",
+            ),
+            (
+                lambda: run.event("e", message="m", attributes={"w": [np.array([1])]}),
+                "attributes['w'][0]",
+            ),
+            (
+                lambda: ctx.run("x", metadata={"w": {"v": np.zeros((2, 2))}}),
+                "metadata['w']['v']",
+            ),
+        ]
+        for call, field in cases:
+            with pytest.raises(ValidationError) as info:
+                result = call()
+                if hasattr(result, "__await__"):
+                    await result
+            assert info.value.field == field
+            assert info.value.rule.startswith("must be JSON-safe, not an array of shape")
+            assert ".tolist()" in info.value.rule
+        # a datetime's item() can be an int: not taken for one
+        when = np.datetime64("2026-01-01T00:00:00.000000000")
+        with pytest.raises(ValidationError, match="not a value of dtype datetime64") as info:
+            await run.event("e", message="m", attributes={"at": when})
+        assert info.value.field == "attributes['at']"
+        await run.event("after", message="m")
+    from .capture_files import read_lines
+
+    [line] = read_lines(workspace, "RECORD")
+    assert line["payload"]["payload"]["event_key"] == "after"
+
+
+def test_numpy_scalars_and_0d_arrays_in_attributes_are_written_as_their_element(
+    workspace: Path,
+) -> None:
+    attributes = {
+        "flag": np.bool_(True),
+        "flag0d": np.array(False),
+        "f32": np.float32(0.5),
+        "i64": np.int64(3),
+        "zero_d": np.array(0.25),
+        "text0d": np.array("label"),
+        "tensor": _ScalarTensor(2),
+        "nested": [np.float64(1.5), {"n": np.array(4)}],
+    }
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        run.event("e", message="m", attributes=attributes)
+    from .capture_files import read_lines
+
+    [line] = read_lines(workspace, "RECORD")
+    written = line["payload"]["payload"]["attributes"]
+    assert written == {
+        "f32": 0.5,
+        "flag": True,
+        "flag0d": False,
+        "i64": 3,
+        "nested": [1.5, {"n": 4}],
+        "tensor": 2,
+        "text0d": "label",
+        "zero_d": 0.25,
+    }
+    assert type(written["flag"]) is bool and type(written["i64"]) is int
+
+
+# ---- register_artifact's flags ---------------------------------------------------------------
+
+_NOT_BOOLS: Final = ["no", "False", 0, 1, None, np.bool_(True)]
+
+
+@pytest.mark.parametrize("flag", ["compute_hash", "allow_missing"])
+@pytest.mark.parametrize("value", _NOT_BOOLS)
+def test_register_artifact_flags_must_be_bools(
+    workspace: Path, tmp_path: Path, flag: str, value: Any
+) -> None:
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    with Contexta(workspace=workspace) as ctx, ctx.run("r") as run:
+        for path in (model, tmp_path / "missing.bin"):
+            with pytest.raises(ValidationError, match="must be a bool") as info:
+                run.register_artifact("model", path, **{flag: value})
+            assert info.value.field == flag
+        run.register_artifact("model", model, compute_hash=False)
+    [line] = read_lines(workspace, "ARTIFACT")
+    policy = line["payload"]["request"]["verification_policy"]
+    assert policy == {"compute_hash": False, "require_existing_source": True}
+
+
+@pytest.mark.parametrize("flag", ["compute_hash", "allow_missing"])
+async def test_register_artifact_flags_must_be_bools_on_the_async_face(
+    workspace: Path, tmp_path: Path, flag: str
+) -> None:
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    async with Contexta(workspace=workspace) as ctx, ctx.run("r") as run, run.stage("s") as st:
+        for value in _NOT_BOOLS:
+            with pytest.raises(ValidationError, match="must be a bool") as info:
+                run.register_artifact("model", model, **{flag: value})  # raises at the call
+            assert info.value.field == flag
+            with pytest.raises(ValidationError, match="must be a bool"):
+                st.register_artifact("model", model, **{flag: value})
+        await run.register_artifact("model", tmp_path / "missing.bin", allow_missing=True)
+    [line] = read_lines(workspace, "ARTIFACT")
+    policy = line["payload"]["request"]["verification_policy"]
+    assert policy == {"compute_hash": True, "require_existing_source": False}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Generator
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +255,39 @@ async def test_a_run_ref_spelt_with_a_json_escape_is_streamed_as_it_is_counted(
     rows = [row async for row in ws.records("a")]
     assert summary.counts.metrics == 1
     assert [(row.key, row.run_ref) for row in rows] == [("score", "run:p.a")]
+
+
+def test_a_stream_cancelled_natively_while_a_thread_reads_says_cancelled() -> None:
+    # asyncio.Runner cancels the main task natively on Ctrl-C, without waiting for the worker
+    # thread that is reading the next block: closing the block generator then raised
+    # "ValueError: generator already executing" instead of the cancellation.
+    import asyncio
+    import threading
+
+    from contexta_async.readers._read import Issues
+
+    entered, release = threading.Event(), threading.Event()
+
+    def blocks() -> Generator[list[RecordRow], None, None]:
+        yield []
+        entered.set()
+        release.wait(30)  # a slow read, still going when the task is cancelled
+        yield []
+
+    async def main() -> None:
+        source = LocalSource(Path("unused"))
+
+        async def consume() -> None:
+            async for _ in source._drive(blocks(), Issues()):
+                pass
+
+        task = asyncio.create_task(consume())
+        assert await asyncio.to_thread(entered.wait, 30)
+        task.cancel()
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            release.set()
+
+    asyncio.run(main())

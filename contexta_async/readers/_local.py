@@ -313,7 +313,12 @@ class LocalSource:
             while (block := await anyio.to_thread.run_sync(next, blocks, None)) is not None:
                 yield block
         finally:
-            blocks.close()  # closes the file: no worker thread needed (the loop may be closing)
+            # Closes the file: no worker thread needed (the loop may be closing). Cancelled
+            # natively (asyncio.Runner on Ctrl-C) while a worker thread is still inside
+            # next(), the generator is running: that thread's step ends, and the generator
+            # is closed when its last reference goes.
+            if not blocks.gi_running:
+                blocks.close()
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 
     def _rows_of(

@@ -234,6 +234,26 @@ async def test_html_report_is_self_contained(tmp_path: Path) -> None:
     assert "No matched samples" not in page
 
 
+async def test_the_report_of_differences_past_the_float_range_charts_the_finite_ones(
+    tmp_path: Path,
+) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    for name, value in (("left", -1e308), ("right", 1e308)):
+        with ctx.run(name) as run, run.stage("s") as stage:
+            for i in range(5):
+                with stage.sample(f"q-{i}") as sample:
+                    # q-0 differs by 1.0; the others by 2e308: past the float range.
+                    sample.metric("score", (0.5 if name == "right" else -0.5) if i == 0 else value)
+    ctx.close()
+    result = await Workspace(tmp_path / "ws").compare("left", "right", include_samples=True)
+    assert result.paired[0].method == "non-finite"
+    page = render_html_report(result)
+    assert not re.search(r"=\"-?(nan|inf)\"", page)  # no SVG coordinate is nan or inf
+    assert "1 samples (4 not finite, left out)" in page
+    assert "not tested (differences past the float range)" in page
+    assert "fewer than 2 matched samples" not in page
+
+
 def test_the_readers_hand_out_the_report_without_loading_it_to_read() -> None:
     code = (
         "import sys, contexta_async.readers as readers\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from html import escape
@@ -52,7 +53,12 @@ def _chart(result: PairedResult) -> str:
     samples = result.samples or []
     if not samples:
         return "<p class=muted>No matched samples to chart.</p>"
-    diffs = sorted(s.diff for s in samples)
+    # A difference of two finite values can overflow (values near the float range): it has
+    # no place on the chart, and the caption says how many were left out.
+    diffs = sorted(d for s in samples if math.isfinite(d := s.diff))
+    left_out = len(samples) - len(diffs)
+    if not diffs:
+        return "<p class=muted>No finite differences to chart.</p>"
     if len(diffs) > _MAX_BARS:
         step = (len(diffs) - 1) / (_MAX_BARS - 1)
         shown = [diffs[round(i * step)] for i in range(_MAX_BARS)]
@@ -60,6 +66,8 @@ def _chart(result: PairedResult) -> str:
     else:
         shown = diffs
         caption = f"{len(diffs)} samples"
+    if left_out:
+        caption += f" ({left_out} not finite, left out)"
     top = max(max(shown), 0.0)
     bottom = min(min(shown), 0.0)
     span = (top - bottom) or 1.0
@@ -100,7 +108,11 @@ _ALPHA: Final = 0.05
 def _reading(p: PairedResult) -> tuple[str, str]:
     """One phrase a reviewer reads first, and its CSS class."""
     if p.p_adjusted is None or p.mean_diff is None:
-        return "not tested (fewer than 2 matched samples)", "muted"
+        why = {
+            "non-finite": "differences past the float range",
+            "one-cluster": "every matched item in one cluster",
+        }.get(p.method, "fewer than 2 matched samples" if p.n_matched < 2 else "no SE")
+        return f"not tested ({why})", "muted"
     if p.p_adjusted < _ALPHA and p.mean_diff != 0:
         better = (p.mean_diff > 0) == (p.direction == "maximize")
         return ("right is better", "up") if better else ("right is worse", "down")

@@ -11,6 +11,7 @@ block of rows at a time. ``context.jsonl`` and ``artifact.jsonl`` are small and 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import threading
 from collections.abc import (
@@ -317,7 +318,7 @@ class LocalSource:
             # natively (asyncio.Runner on Ctrl-C) while a worker thread is still inside
             # next(), the generator is running: that thread's step ends, and the generator
             # is closed when its last reference goes.
-            if not blocks.gi_running:
+            if inspect.getgeneratorstate(blocks) != inspect.GEN_RUNNING:
                 blocks.close()
         self.last_report = await anyio.to_thread.run_sync(issues.report)
 

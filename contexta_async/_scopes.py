@@ -65,8 +65,7 @@ def _sync_cancelled() -> tuple[type, ...]:
 
 
 def _close(core: ScopeCore, status: Status, reason: str | None) -> None:
-    for item in core.close(status, reason):
-        core.pipeline.submit_closing(item)
+    core.close(status, reason)
 
 
 class Opening(Generic[S, A]):
@@ -91,9 +90,9 @@ class Opening(Generic[S, A]):
 
     def __enter__(self) -> S:
         core = self._core
-        item = core.open()
+        core.open()
         try:
-            waiter = core.queue_opening(item, ThreadWaiter)
+            waiter = core.queue_opening(ThreadWaiter)
             if waiter is not None:
                 try:
                     waiter.wait()
@@ -116,9 +115,9 @@ class Opening(Generic[S, A]):
 
     async def __aenter__(self) -> A:
         core = self._core
-        item = core.open()
+        core.open()
         try:
-            waiter = core.queue_opening(item, async_waiter)
+            waiter = core.queue_opening(async_waiter)
             if waiter is not None:
                 try:
                     await waiter.wait()

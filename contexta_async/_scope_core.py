@@ -6,6 +6,7 @@ builds queue items; handing them to the pipeline is the face's job.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +48,8 @@ __all__ = ["RunState", "ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
+# The suffix _with_epoch gives an attempt's ref component (an epoch is an int >= 1).
+_EPOCH_SUFFIX: Final = re.compile(r"-epoch-[1-9][0-9]*\Z")
 _MAX_REASON: Final = 2048
 
 
@@ -101,6 +104,15 @@ class ScopeCore:
         self.epoch = v.check_epoch(epoch)
         if self.epoch is not None:
             component = _with_epoch(component, self.epoch)
+        elif kind == "sample" and _EPOCH_SUFFIX.search(component):
+            # Its ref would be the ref of an attempt of another item: "q-epoch-2" is "q" with
+            # epoch=2 on disk, and two samples must never share a ref.
+            raise ValidationError(
+                "sample name",
+                "must not end in '-epoch-<k>' without an epoch: that is the ref of attempt k "
+                "of another sample (give the item's name and epoch=k, or another name)",
+                name,
+            )
         self.kind: ScopeKind = kind
         self.name: str = name.strip()  # type: ignore[attr-defined]
         self.parent = parent
@@ -416,7 +428,9 @@ class ScopeCore:
 def _with_epoch(component: str, epoch: int) -> str:
     """The ref component of attempt ``epoch`` of a sample: ``<name>-epoch-<k>``. The ref
     grammar has no character left to mark an epoch with, so it goes in the name; the readers
-    identify the item by the CONTEXT line's name and epoch, never by parsing the ref."""
+    identify the item by the CONTEXT line's name and epoch, never by parsing the ref. No
+    sample without an epoch may take such a component (_EPOCH_SUFFIX): the two would share a
+    ref; two attempts never do, since the last ``-epoch-`` of a component tells them apart."""
     suffixed = f"{component}-epoch-{epoch}"
     if len(suffixed) > MAX_COMPONENT_LENGTH:
         raise ValidationError(

@@ -230,7 +230,9 @@ class _OpensSamples(_Face):
         one passage, turns of one conversation): the comparison's standard errors and
         intervals then treat clusters, not samples, as independent. ``epoch`` (an int >= 1)
         is the attempt number when one item is run several times: attempts of one item are
-        averaged before pairing; the sample's ref then ends in ``-epoch-<k>``.
+        averaged before pairing; the sample's ref then ends in ``-epoch-<k>``. So a name that
+        normalises to something ending in ``-epoch-<k>`` is refused without an epoch
+        (ValidationError naming ``sample name``): it would share that attempt's ref.
         """
         core = ScopeCore("sample", name, parent=self._core, cluster=cluster, epoch=epoch)
         return Opening(core, Sample, AsyncSample)

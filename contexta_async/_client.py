@@ -36,8 +36,7 @@ def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) 
     if pipeline.closed:
         return
     for core in registry.close_all():
-        for item in core.close("cancelled", reason):
-            pipeline.submit_closing(item)
+        core.close("cancelled", reason)  # queues its closing lines
 
 
 class Contexta:

@@ -6,6 +6,7 @@ builds queue items; handing them to the pipeline is the face's job.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +48,8 @@ __all__ = ["RunState", "ScopeCore", "ScopeKind", "ScopeRegistry", "Status"]
 ScopeKind = Literal["run", "stage", "batch", "sample"]
 Status = Literal["open", "completed", "failed", "cancelled"]
 _FINAL_STATUSES: Final = ("completed", "failed", "cancelled")
+# The suffix _with_epoch gives an attempt's ref component (an epoch is an int >= 1).
+_EPOCH_SUFFIX: Final = re.compile(r"-epoch-[1-9][0-9]*\Z")
 _MAX_REASON: Final = 2048
 
 
@@ -56,7 +59,9 @@ class ScopeCore:
     __slots__ = (
         "_child_order",
         "_children",
+        "_closing",
         "_lock",
+        "_opening",
         "_parked_opening",
         "batch_ref",
         "closed_at",
@@ -99,6 +104,15 @@ class ScopeCore:
         self.epoch = v.check_epoch(epoch)
         if self.epoch is not None:
             component = _with_epoch(component, self.epoch)
+        elif kind == "sample" and _EPOCH_SUFFIX.search(component):
+            # Its ref would be the ref of an attempt of another item: "q-epoch-2" is "q" with
+            # epoch=2 on disk, and two samples must never share a ref.
+            raise ValidationError(
+                "sample name",
+                "must not end in '-epoch-<k>' without an epoch: that is the ref of attempt k "
+                "of another sample (give the item's name and epoch=k, or another name)",
+                name,
+            )
         self.kind: ScopeKind = kind
         self.name: str = name.strip()  # type: ignore[attr-defined]
         self.parent = parent
@@ -108,10 +122,12 @@ class ScopeCore:
         self.failure_reason: str | None = None
         self.run_fields = run_fields
         self._children: dict[int, ScopeCore] = {}
+        self._closing: tuple[Status, str | None] | None = None  # how the first closer closes it
         self._child_order = 0
         self._lock = threading.Lock()
         self.order_index = 0
         self.inherited = False  # open when this process was forked from the one that opened it
+        self._opening: Item | None = None  # the opening line, from open() until it is queued
         self._parked_opening: Item | None = None  # the opening line, while it waits for room
         if parent is None:
             assert project is not None and pipeline is not None and registry is not None
@@ -128,37 +144,51 @@ class ScopeCore:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def open(self) -> Item:
-        """Mark the scope open and return its opening CONTEXT line."""
-        if self.started_at is not None:
-            raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
+    def open(self) -> None:
+        """Mark the scope open; its opening CONTEXT line is queued next (``queue_opening``).
+
+        From here on the scope can be closed, from another thread too: under this scope's lock
+        it is entered, and its opening line kept, in one step, so a close finds either a scope
+        not yet entered (nothing to close) or one whose opening line it can queue first.
+        """
         parent = self.parent
-        self.run.registry.add(self)
-        if parent is not None:
+        with self._lock:
+            if self.started_at is not None:
+                raise LifecycleError(f"{self.ref} was already entered; a scope is entered once")
             try:
-                parent.ensure_open()
-                self.order_index = parent.attach(self)
+                self.run.registry.add(self)
+                if parent is not None:
+                    parent.ensure_open()
+                    self.order_index = parent.attach(self)
+                self.started_at = format_timestamp(time.time_ns())
+                self._opening = self.context_item()
             except BaseException:
-                self.run.registry.discard(self)
+                self.started_at = None
+                self._forget()  # out of the registry and the parent's children, if it got in
                 raise
-        self.started_at = format_timestamp(time.time_ns())
-        return self.context_item()
 
     def attach(self, child: ScopeCore) -> int:
         """Take ``child`` in as an open child (closing this scope closes it); return its
         order among this scope's children."""
         with self._lock:
-            if self.status != "open":
-                raise ClosedScopeError(f"{self.ref} is {self.status}; cannot open {child.ref}")
+            if self.status != "open" or self._closing is not None:
+                state = "closing" if self.status == "open" else self.status
+                raise ClosedScopeError(f"{self.ref} is {state}; cannot open {child.ref}")
             self._children[id(child)] = child
             index = self._child_order
             self._child_order += 1
             return index
 
-    def close(self, status: Status, reason: str | None = None) -> list[Item]:
-        """Close this scope and its open children; return their closing CONTEXT lines.
+    def close(self, status: Status, reason: str | None = None) -> None:
+        """Close this scope and its open children, and queue their closing CONTEXT lines (a
+        scope's after its children's). Closing twice is harmless: the second call does nothing.
 
-        Closing twice is harmless: the second call returns nothing.
+        A scope turns closed and its closing line is queued in one step, under its lock, so a
+        close that finds it closed (from another thread: the context's, a parent's) knows its
+        line is queued; the context's close relies on that before it closes the queue. Two
+        closes at once agree, and neither waits for the other to finish: the first one's
+        status and reason go to the children and the scope, whichever of the two gets there
+        first.
         """
         if status not in _FINAL_STATUSES:
             raise ValidationError("status", f"must be one of {list(_FINAL_STATUSES)}", status)
@@ -166,36 +196,59 @@ class ScopeCore:
             raise ValidationError("reason", "must be a string or None", reason)
         with self._lock:
             if self.status != "open" or self.started_at is None or self.inherited:
-                return []
-            if self._parked_opening is not None:
-                # Its opening line still waits for room: it goes in now, ahead of this one.
-                self.pipeline.queue_parked_now(self._parked_opening)
-                self._parked_opening = None
-            self.status = status
+                return
+            self._queue_opening_now_locked()
+            if self._closing is None:
+                self._closing = (status, reason)  # and no child opens from now on
+            status, reason = self._closing
             children = list(self._children.values())
-            self._children.clear()
-        lines: list[Item] = []
         for child in children:
-            lines.extend(child.close(status, reason))
-        self.closed_at = format_timestamp(time.time_ns())
+            child.close(status, reason)
         if reason is not None:
             if len(reason) > _MAX_REASON:
                 reason = reason[: _MAX_REASON - 3] + "..."
             reason = v.writable_text(reason)  # an exception's message may hold a surrogate
-        self.failure_reason = reason
-        self._forget()
-        lines.append(self.context_item())
-        return lines
-
-    # The opening line is queued, or parked, under this scope's lock: a close from another
-    # thread finds it either queued (its closing line goes after it) or parked (close queues
-    # it first), never in between; and a scope whose opening line is withdrawn writes nothing.
-
-    def queue_opening(self, item: Item, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
-        """Queue the opening line (None), or park it: wait on the waiter returned, then call
-        ``opening_queued``, or ``opening_abandoned`` if the wait is interrupted."""
         try:
             with self._lock:
+                if self.status != "open":
+                    return  # the other close got here first: the line is queued
+                self._children.clear()  # all closed above: none opened since
+                self.status = status
+                self.closed_at = format_timestamp(time.time_ns())
+                self.failure_reason = reason
+                self.pipeline.submit_closing(self.context_item())
+        finally:
+            self._forget()
+
+    def _queue_opening_now_locked(self) -> None:
+        """Closing: an opening line not queued yet goes in first, past the bound like the
+        closing line (a scope's lock held)."""
+        if self._opening is not None:
+            # Entered, not queued yet (another thread closes it between the two): the opener
+            # finds it queued. Should the context be closed, this raises and the scope stays
+            # as it was: the opener's own attempt fails, and no line is written at all.
+            self.pipeline.submit_closing(self._opening)
+            self._opening = None
+        if self._parked_opening is not None:
+            # Its opening line still waits for room: it goes in now, and wakes its opener.
+            self.pipeline.queue_parked_now(self._parked_opening)
+            self._parked_opening = None
+
+    # The opening line is queued, or parked, under this scope's lock: a close from another
+    # thread finds it either not yet queued or parked (close queues it first) or queued (its
+    # closing line goes after it), never in between; and a scope whose opening line is
+    # withdrawn writes nothing.
+
+    def queue_opening(self, make_waiter: Callable[[], WaiterT]) -> WaiterT | None:
+        """Queue the opening line kept by ``open`` (None), or park it: wait on the waiter
+        returned, then call ``opening_queued``, or ``opening_abandoned`` if the wait is
+        interrupted. None too when a close from another thread queued it already (the scope is
+        entered closed, as when it is closed while its opening line waits for room)."""
+        try:
+            with self._lock:
+                item, self._opening = self._opening, None
+                if item is None:
+                    return None
                 try:
                     waiter = self.pipeline.queue_opening(item, make_waiter)
                 except BaseException:  # the context is closed: the scope never opened
@@ -375,7 +428,9 @@ class ScopeCore:
 def _with_epoch(component: str, epoch: int) -> str:
     """The ref component of attempt ``epoch`` of a sample: ``<name>-epoch-<k>``. The ref
     grammar has no character left to mark an epoch with, so it goes in the name; the readers
-    identify the item by the CONTEXT line's name and epoch, never by parsing the ref."""
+    identify the item by the CONTEXT line's name and epoch, never by parsing the ref. No
+    sample without an epoch may take such a component (_EPOCH_SUFFIX): the two would share a
+    ref; two attempts never do, since the last ``-epoch-`` of a component tells them apart."""
     suffixed = f"{component}-epoch-{epoch}"
     if len(suffixed) > MAX_COMPONENT_LENGTH:
         raise ValidationError(

@@ -65,8 +65,7 @@ def _sync_cancelled() -> tuple[type, ...]:
 
 
 def _close(core: ScopeCore, status: Status, reason: str | None) -> None:
-    for item in core.close(status, reason):
-        core.pipeline.submit_closing(item)
+    core.close(status, reason)
 
 
 class Opening(Generic[S, A]):
@@ -91,9 +90,9 @@ class Opening(Generic[S, A]):
 
     def __enter__(self) -> S:
         core = self._core
-        item = core.open()
+        core.open()
         try:
-            waiter = core.queue_opening(item, ThreadWaiter)
+            waiter = core.queue_opening(ThreadWaiter)
             if waiter is not None:
                 try:
                     waiter.wait()
@@ -116,9 +115,9 @@ class Opening(Generic[S, A]):
 
     async def __aenter__(self) -> A:
         core = self._core
-        item = core.open()
+        core.open()
         try:
-            waiter = core.queue_opening(item, async_waiter)
+            waiter = core.queue_opening(async_waiter)
             if waiter is not None:
                 try:
                     await waiter.wait()
@@ -233,7 +232,9 @@ class _OpensSamples(_Face):
         one passage, turns of one conversation): the comparison's standard errors and
         intervals then treat clusters, not samples, as independent. ``epoch`` (an int >= 1)
         is the attempt number when one item is run several times: attempts of one item are
-        averaged before pairing; the sample's ref then ends in ``-epoch-<k>``.
+        averaged before pairing; the sample's ref then ends in ``-epoch-<k>``. So a name that
+        normalises to something ending in ``-epoch-<k>`` is refused without an epoch
+        (ValidationError naming ``sample name``): it would share that attempt's ref.
         """
         core = ScopeCore("sample", name, parent=self._core, cluster=cluster, epoch=epoch)
         return Opening(core, Sample, AsyncSample)

@@ -437,6 +437,39 @@ def test_a_bad_cluster_or_epoch_raises_a_validation_error_naming_it(
     ctx.close()
 
 
+def test_two_different_samples_never_share_a_ref(workspace: Path) -> None:
+    # "q" with epoch=2 is written as sample ...q-epoch-2: a sample named "q-epoch-2" with no
+    # epoch would share its ref (and its records' sample_observation_ref) while the readers
+    # count it as another item, so such a name is refused at the call.
+    ctx = Contexta(workspace=workspace, config={"project_name": "p"})
+    with ctx.run("r") as run, run.stage("s") as stage:
+        with stage.sample("q", epoch=2) as attempt:
+            attempt.metric("score", 1.0)
+        for name in ("q-epoch-2", "Q Epoch 2", "q-epoch-10"):
+            with pytest.raises(ValidationError) as raised:
+                stage.sample(name)
+            assert raised.value.field == "sample name"
+            assert "-epoch-<k>" in raised.value.rule
+        # Nothing an attempt's ref ends in, or an attempt of its own: accepted, each its own ref.
+        refs = {attempt.ref}
+        for name, epoch in (
+            ("q-epoch-02", None),
+            ("q-epoch-0", None),
+            ("epoch-2", None),
+            ("q-epoch", None),
+            ("q-epoch-2", 3),
+            ("q-epoch-2-epoch", 2),
+        ):
+            with stage.sample(name, epoch=epoch) as sample:
+                sample.metric("score", 0.0)
+                refs.add(sample.ref)
+        assert len(refs) == 7
+    ctx.close()
+    assert "sample:p.r.s.q-epoch-2-epoch-3" in refs
+    captured = [m["payload"]["envelope"]["sample_observation_ref"] for m in metrics(workspace)]
+    assert sorted(captured) == sorted(refs)
+
+
 def test_a_name_that_fits_only_without_the_epoch_suffix_is_refused(workspace: Path) -> None:
     ctx = Contexta(workspace=workspace)
     with ctx.run("r") as run, run.stage("s") as stage:

@@ -131,6 +131,7 @@ CASES: list[tuple[str, Call, str]] = [
     ("run-name-too-long-ref", lambda ctx, st, s, p: ctx.run("x" * 64), "run name"),
     ("stage-name-blank", lambda ctx, st, s, p: st.batch(""), "batch name"),
     ("sample-name-nul", lambda ctx, st, s, p: st.sample("\x00"), "sample name"),
+    ("sample-name-epoch-suffix", lambda ctx, st, s, p: st.sample("q-epoch-2"), "sample name"),
     (
         "sample-ref-over-255",
         lambda ctx, st, s, p: (

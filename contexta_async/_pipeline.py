@@ -309,6 +309,12 @@ class Pipeline:
                             # the one that should pass it on never runs.
                             waiter.wait(_TURN_CHECK if buffer.turns_pending else None)
                             continue
+                        # Closed since that look: what was queued before the close is taken
+                        # (nothing can be queued after it).
+                        batch, last_seq = buffer.take(self._max_batch, None)
+                        if batch:
+                            self._deliver(batch, last_seq)
+                            continue
                         if self._delivery.owes_lines:
                             # One last try at the DEGRADATION lines still owed to the sinks.
                             self._deliver([], last_seq)

@@ -316,3 +316,46 @@ async def test_a_tight_capture_loop_still_lets_other_tasks_run(workspace: Path) 
     assert turns_during >= 20_000 // 256 - 1
     assert stats.enqueued == 20_001
     assert len(metrics(workspace)) == 20_000
+
+
+def test_the_writer_takes_what_was_queued_between_its_last_look_and_the_close(
+    tmp_path: Path,
+) -> None:
+    # The interleaving a stress test hit about once in 200 closes, made certain: the writer
+    # looks at an empty queue, then a closing line is queued and the queue closed (by a
+    # close() on another thread), then the writer sees "closed". It stopped there, and the
+    # close lost the line and raised ShutdownTimeoutError.
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    run = ctx.run("r").__enter__()
+    ctx.flush()
+    buffer = ctx._pipeline._buffer
+    take = buffer.take
+    closer_failed: list[BaseException] = []
+
+    def close_elsewhere() -> None:
+        try:
+            ctx.close()  # queues the run's closing line, closes the queue, waits for the writer
+        except BaseException as exc:
+            closer_failed.append(exc)
+
+    closer = threading.Thread(target=close_elsewhere)
+    started = threading.Event()
+
+    def take_then_close(max_items: int, reader: object) -> tuple[list[Item], int]:
+        found = take(max_items, reader)  # type: ignore[arg-type]
+        if reader is not None and not found[0] and not started.is_set():
+            closer.start()
+            started.set()
+            deadline = time.monotonic() + 30
+            while not buffer.closed and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return found
+
+    buffer.take = take_then_close  # type: ignore[method-assign]
+    run.metric_nowait("late", 1.0)  # wakes the writer: it writes this, then looks again
+    assert started.wait(60)
+    closer.join(60)
+    assert not closer.is_alive()
+    assert closer_failed == []
+    lines = read_lines(tmp_path / "ws", "context")
+    assert [line["payload"]["status"] for line in lines] == ["open", "cancelled"]

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from contexta_async import Contexta, ShutdownTimeoutError
+from contexta_async import Contexta
 from contexta_async._scope_core import ScopeCore
 from contexta_async.readers import Workspace
 
@@ -163,16 +163,6 @@ def fast_switching() -> Iterator[None]:
         sys.setswitchinterval(interval)
 
 
-# ctx.close() here sometimes raises ShutdownTimeoutError at once, with lines left in the queue:
-# the writer's loop (_pipeline.Pipeline._run_writer) finds the queue empty, lines are queued and
-# the queue closed, then it reads "closed" and stops without taking them. That is a defect of
-# the writer's exit, not of the lifecycle lines this test is about: it is reported, and this
-# mark goes once it is fixed. Any other failure (the lifecycle assertions) still fails the test.
-@pytest.mark.xfail(
-    raises=ShutdownTimeoutError,
-    strict=False,
-    reason="the writer may stop with lines queued when the context closes (not yet fixed)",
-)
 @pytest.mark.usefixtures("fast_switching")
 def test_closing_the_context_while_another_thread_opens_scopes_leaves_every_scope_closed(
     tmp_path: Path,

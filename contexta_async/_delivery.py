@@ -19,17 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import structlog
-
 from . import _clock
 from ._errors import DeliveryError
 from ._format.lines import DEGRADATION, DegradationRecord, Item
+from ._log import log
 from ._validation import writable_text
 from .sinks import Chunk, FsyncError, Sink
 
 __all__ = ["Delivery"]
-
-logger = structlog.get_logger("contexta_async")
 
 _ENCODING: Final = "encoding"  # the target named for lines that failed to encode
 _MAX_BACKOFF: Final = 2.0  # seconds: the longest wait between two tries of one write
@@ -74,6 +71,13 @@ def _degradation(
         sink_name=sink_name,
     )
     return Item(DEGRADATION, "DegradationRecord", None, run_ref, record)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a sink's error whose __str__ fails must not stop the writer
+        return type(exc).__name__
 
 
 class Delivery:
@@ -186,7 +190,8 @@ class Delivery:
                     return
                 attempt += 1
                 self.counts["retries"] += 1
-                logger.warning(
+                log(
+                    "warning",
                     "contexta_async.write_retry",
                     sink=sink.name,
                     target=chunk.target,
@@ -212,9 +217,10 @@ class Delivery:
         )
         # The reason is written into DEGRADATION lines: it must be writable, or that line
         # would fail (and be retried) forever.
-        reason = writable_text(str(exc))
+        reason = writable_text(_describe(exc))
         error = f"{sink.name}: {chunk.target}: {reason}"
-        logger.error(
+        log(
+            "error",
             "contexta_async.write_failed",
             sink=sink.name,
             target=chunk.target,

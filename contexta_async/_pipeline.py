@@ -110,7 +110,8 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     peak_queued: int
     """The most lines ever waiting in the queue at once (bounded by ``queue_size``)."""
     failed: int
-    """Lines a sink could not make durable after retries, summed over sinks."""
+    """Captured lines a sink could not make durable after retries, summed over sinks: the sum
+    of ``failed`` over the DeliveryErrors raised (DEGRADATION lines are not counted)."""
     dropped: int
     """Lines refused by the ``drop_newest`` overflow policy."""
     retries: int

@@ -19,7 +19,8 @@ from typing import Any
 import anyio
 import pytest
 
-from contexta_async import Contexta, DeliveryError
+from contexta_async import Contexta, DeliveryError, LocalJsonlSink
+from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
 
@@ -195,9 +196,6 @@ async def test_a_failed_fsync_is_reported_even_after_a_later_fsync_of_the_same_f
 
 
 def test_a_sink_that_raises_a_non_os_error_is_reported_like_an_io_failure(tmp_path: Path) -> None:
-    from contexta_async import LocalJsonlSink
-    from contexta_async.sinks import Chunk
-
     class Flaky(LocalJsonlSink):
         fail = 1
 
@@ -220,6 +218,57 @@ def test_a_sink_that_raises_a_non_os_error_is_reported_like_an_io_failure(tmp_pa
         ctx.flush()
     assert _values(tmp_path) == Counter([("run:p.a", 2)])
     assert _degradations(tmp_path) == {"run:p.a": 1}
+
+
+class _FullDisk(LocalJsonlSink):
+    """The local sink on real files, whose writes fail with ENOSPC while ``full`` is set."""
+
+    full = False
+
+    def write(self, chunk: Chunk) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), chunk.target)
+        super().write(chunk)
+
+
+def test_a_long_full_disk_owes_one_degradation_line_per_run_and_counts_each_loss_once(
+    tmp_path: Path,
+) -> None:
+    sink = _FullDisk(tmp_path / "cache" / "capture")
+    flushes = 50
+    reported = []
+    with Contexta(
+        workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], max_retries=0
+    ) as ctx:
+        with ctx.run("a") as a, ctx.run("b") as b:
+            ctx.flush()
+            sink.full = True
+            # Every batch fails, and with it the DEGRADATION lines owed for the batches before.
+            for i in range(flushes):
+                a.metric("m", i)
+                b.metric("m", i)
+                with pytest.raises(DeliveryError) as caught:
+                    ctx.flush()
+                reported.append(caught.value.failed)
+            # Each lost line counted once: statistics agree with what flush raised.
+            assert reported == [2] * flushes
+            assert ctx.statistics().failed == sum(reported)
+            sink.full = False
+            a.metric("m", 1000)
+            ctx.flush()  # the disk is back: nothing new is lost
+    assert ctx.statistics().failed == 2 * flushes
+    # The loss is recorded compactly: one line per run for the whole outage, counts added up.
+    lines = read_family(tmp_path, "DEGRADATION")
+    assert sorted((d["payload"]["run_ref"], d["payload"]["count"]) for d in lines) == [
+        ("run:p.a", flushes),
+        ("run:p.b", flushes),
+    ]
+    for line in lines:
+        payload = line["payload"]
+        assert payload["degradation_kind"] == "delivery_failed"
+        assert "No space left on device" in payload["reason"]
+        assert payload["first_observed_at"] < payload["last_observed_at"]
+    assert _values(tmp_path) == Counter([("run:p.a", 1000)])
 
 
 # ---- a real full file system ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import subprocess
 import time
 from collections import Counter
@@ -373,6 +374,37 @@ def test_a_failed_directory_fsync_for_a_new_file_is_retried_before_acknowledging
     assert stats.retries == 1 and stats.failed == 0
     statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
     assert statuses == ["open", "completed"]
+
+
+def test_directories_created_before_a_failed_file_open_are_fsynced_once_it_succeeds(
+    tmp_path: Path, faults: Faults
+) -> None:
+    workspace = tmp_path / "ws"
+    capture = workspace / "cache" / "capture"
+    ctx = Contexta(workspace=workspace, config={"project_name": "p"}, max_retries=0)
+    with ctx:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        # No descriptor left (EMFILE): the sink creates the directories, then cannot open the
+        # file in them.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with ctx.run("a") as run:
+                with pytest.raises(DeliveryError, match="Too many open files"):
+                    ctx.flush()
+                assert capture.is_dir() and not (capture / "context.jsonl").exists()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                run.metric("m", 1)
+                ctx.flush()
+                # A crash now must not lose the files: every directory entry this process
+                # created, on the failed attempt too, was fsynced before flush returned.
+                created = [workspace, workspace / "cache", capture]
+                for directory in [tmp_path, *created]:
+                    assert str(directory) in faults.synced, directory
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _values(workspace) == Counter([("run:p.a", 1)])
 
 
 def test_whole_lines_left_by_a_failed_write_that_could_not_be_cut_are_not_written_twice(

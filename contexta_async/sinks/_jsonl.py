@@ -179,6 +179,10 @@ class LocalJsonlSink(Sink):
         if fd is None:
             path = self.file_path_for(family)
             created = _make_dirs(path.parent)
+            if self.fsync:
+                # Owed before the file is opened: should that fail (EMFILE, ENOSPC on inodes),
+                # the next try finds the directories there and would not know they are new.
+                self._unsynced_dirs.update(directory.parent for directory in created)
             existed = path.exists()
             fd = os.open(
                 path,
@@ -186,10 +190,8 @@ class LocalJsonlSink(Sink):
                 _FILE_MODE,
             )
             self._fds[family] = fd
-            if self.fsync:
-                self._unsynced_dirs.update(directory.parent for directory in created)
-                if not existed:
-                    self._unsynced_dirs.add(path.parent)
+            if self.fsync and not existed:
+                self._unsynced_dirs.add(path.parent)
         while self._unsynced_dirs:
             # New directory entries (the file's, and any directory created on the way) must be
             # durable too, or a crash can lose the file. Until each fsync succeeds, every

@@ -309,7 +309,9 @@ class Delivery:
         """Raise DeliveryError for the failures recorded from index ``start`` on (``start``:
         ``reported`` when the flush began); from now on they count as raised."""
         with self._lock:
-            # Every failure not yet raised is reported by the first flush or close to return.
+            # Every failure not yet raised is reported by the first flush or close to return,
+            # and by every other one under way then (each waited on the lost lines: returning
+            # would acknowledge them); a flush that begins later never raises it again.
             found = self._failures[start:]
             self._reported = max(self._reported, len(self._failures))
         if found:

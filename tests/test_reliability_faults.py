@@ -11,6 +11,7 @@ import errno
 import os
 import resource
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -270,6 +271,62 @@ def test_a_long_full_disk_owes_one_degradation_line_per_run_and_counts_each_loss
         assert "No space left on device" in payload["reason"]
         assert payload["first_observed_at"] < payload["last_observed_at"]
     assert _values(tmp_path) == Counter([("run:p.a", 1000)])
+
+
+class _FailingGate(LocalJsonlSink):
+    """RECORD writes wait for the gate, then fail (EIO) while ``failing`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.failing = True
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, chunk: Chunk) -> None:
+        if chunk.family == "RECORD" and self.failing:
+            self.entered.set()
+            self.gate.wait()
+            raise OSError(errno.EIO, os.strerror(errno.EIO), chunk.target)
+        super().write(chunk)
+
+
+def test_a_failure_is_raised_by_every_flush_waiting_for_it_and_by_no_later_one(
+    tmp_path: Path,
+) -> None:
+    # The rule docs/reliability.md states: flushes under way when the failure is raised each
+    # waited on the lost lines, so each raises it (returning would acknowledge them); a flush
+    # that begins once it was raised does not raise it again.
+    sink = _FailingGate(tmp_path / "cache" / "capture")
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], max_retries=0)
+    with ctx, ctx.run("a") as run:
+        run.metric("m", 0)
+        assert sink.entered.wait(60)  # the writer holds the line that will fail
+        raised: list[int] = []
+
+        def flush() -> None:
+            try:
+                ctx.flush(timeout=60)
+            except DeliveryError as exc:
+                raised.append(exc.failed)
+
+        flushers = [threading.Thread(target=flush) for _ in range(2)]
+        for flusher in flushers:
+            flusher.start()
+        pipeline = ctx._pipeline
+        for _ in range(60_000):  # until both wait for the line (bounded: only a bug exceeds it)
+            with pipeline._state_lock:
+                if len(pipeline._flush_waiters) == 2:
+                    break
+            time.sleep(0.001)
+        sink.gate.set()
+        for flusher in flushers:
+            flusher.join(60)
+        assert raised == [1, 1]
+        sink.failing = False
+        run.metric("m", 1)
+        ctx.flush()  # begun after the failure was raised: not raised again
+    assert ctx.statistics().failed == 1
+    assert _values(tmp_path) == Counter([("run:p.a", 1)])
 
 
 # ---- a real full file system ---------------------------------------------------------------

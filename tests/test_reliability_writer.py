@@ -10,12 +10,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from contexta_async import ConfigurationError, Contexta, LocalJsonlSink, WriterStoppedError
 from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
+from ._sinks import until_parked
 
 CHILDREN = Path(__file__).parent / "_children"
 HANG = 60.0  # seconds: only a hang can exceed it
@@ -140,4 +142,37 @@ def test_a_writer_stopped_by_a_bug_is_raised_to_producers_and_flush_never_a_hang
     stderr = capfd.readouterr().err
     assert "the writer thread stopped" in stderr and "sink bug" in stderr  # and its traceback
     assert "Traceback" in stderr
+    assert _values(tmp_path) == Counter([0])
+
+
+async def test_an_async_producer_waiting_for_room_gets_writer_stopped_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    sink = _BuggySink(tmp_path)
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], queue_size=4)
+    outcome: list[BaseException] = []
+    with pytest.raises(WriterStoppedError):
+        async with ctx, ctx.run("a") as run:
+            await run.metric("m", 0)
+            await ctx.aflush()
+            sink.armed = True
+            await run.metric("m", 1)
+            assert await anyio.to_thread.run_sync(sink.entered.wait, HANG)
+            for i in range(2, 6):
+                await run.metric("m", i)  # the queue is full now
+
+            async def parked_producer() -> None:
+                try:
+                    await run.metric("m", 6)  # waits for room that never comes
+                except WriterStoppedError as exc:
+                    outcome.append(exc)
+
+            with anyio.fail_after(HANG):  # only a hang reaches it
+                async with anyio.create_task_group() as group:
+                    group.start_soon(parked_producer)
+                    await until_parked(ctx, 1)
+                    sink.go.set()  # the writer thread dies of the bug
+            with pytest.raises(WriterStoppedError):
+                await ctx.aflush()
+    assert len(outcome) == 1 and outcome[0].pending == 5
     assert _values(tmp_path) == Counter([0])

@@ -21,7 +21,6 @@ import atexit
 import os
 import sys
 import threading
-import traceback
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,14 +79,14 @@ class PipelineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigurationError(name, "must be a non-negative number of seconds", value)
+        if self.overflow not in _POLICIES:
+            raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
         if not self.retry_backoff <= _MAX_RETRY_BACKOFF:  # the writer sleeps it: inf would stop it
             raise ConfigurationError(
                 "retry_backoff",
                 f"must be a number of seconds from 0 to {_MAX_RETRY_BACKOFF}",
                 self.retry_backoff,
             )
-        if self.overflow not in _POLICIES:
-            raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -356,6 +355,8 @@ class Pipeline:
         stranded += self._buffer.abandon(self._stopped)
         log("error", "contexta_async.writer_crashed", error=error, lost=stranded)
         try:
+            import traceback  # only now: the writer never stops otherwise
+
             print(
                 f"contexta-async: the writer thread stopped; {stranded} captured line(s) "
                 "will not be written:",

@@ -17,6 +17,7 @@ from ._errors import (
     ShutdownTimeoutError,
     StoreNotInstalledError,
     ValidationError,
+    WriterStoppedError,
 )
 from ._pipeline import Statistics
 from ._scopes import (
@@ -61,5 +62,6 @@ __all__ = [
     "Statistics",
     "StoreNotInstalledError",
     "ValidationError",
+    "WriterStoppedError",
     "__version__",
 ]

@@ -70,6 +70,7 @@ class BoundedBuffer(Generic[T]):
         self._holder: Waiter | None = None  # the producer that passes the turn on next
         self._turn_passed = 0.0
         self._closed = False
+        self.refusal: Callable[[], Exception] = _closed  # what a closed queue raises
         self.appended = 0  # sequence number of the newest queued item (0: none yet)
         self.peak = 0
 
@@ -118,7 +119,7 @@ class BoundedBuffer(Generic[T]):
         """
         with self.lock:
             if self._closed:
-                raise _closed()
+                raise self.refusal()
             queued = len(self._items)
             if queued < self.capacity and not self._parked:
                 self._append_locked(item)
@@ -231,6 +232,25 @@ class BoundedBuffer(Generic[T]):
                 if candidate.wake():
                     woken += 1
                     self._holder = candidate  # the last of the group passes the turn on
+
+    def abandon(self, refusal: Callable[[], Exception]) -> int:
+        """Nothing will drain the queue again (the writer stopped): refuse every new item with
+        ``refusal()``, drop what is queued or parked, and wake every producer still waiting.
+        Returns how many parked items were dropped (they were never counted in ``appended``)."""
+        with self.lock:
+            self._closed = True
+            self.refusal = refusal
+            parked, self._parked = self._parked, deque()
+            self._items.clear()
+            waiting, self._turns, self._holder = self._turns, deque(), None
+            reader, self._reader = self._reader, None
+        for _, waiter in parked:
+            waiter.wake()
+        for waiter in waiting:
+            waiter.wake()
+        if reader is not None:
+            reader.wake()
+        return len(parked)
 
     def close(self) -> None:
         """Refuse new items; items already queued or parked stay to be drained."""

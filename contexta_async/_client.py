@@ -57,7 +57,8 @@ class Contexta:
         shutdown_timeout: seconds closing may take to drain before it reports what is lost
             (``inf``, or anything past what the platform can wait, means no limit).
         max_retries: how often a failed write is retried before its lines are reported lost.
-        retry_backoff: seconds before the first retry; doubled for each next one (up to 2 s).
+        retry_backoff: seconds before the first retry (at most 3600); doubled for each next one
+            (up to 2 s).
         ship_to: a store URL (``postgresql://...``, with contexta-async-postgres installed):
             a background thread ships the workspace there as it is captured (``ctx.shipper``;
             see docs/scale-out.md). Closing drains it for up to ``shutdown_timeout`` seconds.

@@ -8,6 +8,9 @@ retried with a doubling backoff, except after a failed fsync (the data may be go
 cache: a retry could only pretend durability). What is lost is told twice: raised by the next
 flush()/close() (DeliveryError), and written into the sink itself, once it recovers, as one
 DEGRADATION line per run; lines dropped by ``overflow="drop_newest"`` get DEGRADATION lines too.
+While a sink cannot write, what it is owed is added up: at most one DEGRADATION line per run
+and kind waits for it, however long the outage (memory stays bounded, and the loss is recorded
+compactly once it recovers).
 """
 
 from __future__ import annotations
@@ -19,17 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import structlog
-
 from . import _clock
 from ._errors import DeliveryError
 from ._format.lines import DEGRADATION, DegradationRecord, Item
+from ._log import log
 from ._validation import writable_text
 from .sinks import Chunk, FsyncError, Sink
 
 __all__ = ["Delivery"]
-
-logger = structlog.get_logger("contexta_async")
 
 _ENCODING: Final = "encoding"  # the target named for lines that failed to encode
 _MAX_BACKOFF: Final = 2.0  # seconds: the longest wait between two tries of one write
@@ -40,6 +40,40 @@ class _Failure:
     count: int
     runs: Counter[str]
     error: str
+
+
+@dataclass(slots=True)
+class _Owed:
+    """The DEGRADATION line owed to a sink for one run and kind: counts added up."""
+
+    count: int
+    first: str
+    last: str
+    reason: str  # the latest
+    sink_name: str | None
+
+
+_OwedLines = dict[tuple[str | None, str], _Owed]  # (run ref, degradation kind) -> the line
+
+
+def _owe(
+    owed: _OwedLines,
+    run_ref: str | None,
+    kind: str,
+    count: int,
+    first: str,
+    last: str,
+    reason: str,
+    sink_name: str | None,
+) -> None:
+    line = owed.get((run_ref, kind))
+    if line is None:
+        owed[run_ref, kind] = _Owed(count, first, last, reason, sink_name)
+        return
+    line.count += count
+    line.first = min(line.first, first)
+    line.last = max(line.last, last)
+    line.reason = reason
 
 
 class _Drops:
@@ -76,6 +110,13 @@ def _degradation(
     return Item(DEGRADATION, "DegradationRecord", None, run_ref, record)
 
 
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a sink's error whose __str__ fails must not stop the writer
+        return type(exc).__name__
+
+
 class Delivery:
     """The sinks' side of one pipeline (per process: a forked child starts a new one)."""
 
@@ -89,7 +130,7 @@ class Delivery:
         self._lock = threading.Lock()  # failures and drops: producers and flushers read them
         self._failures: list[_Failure] = []
         self._reported = 0  # failures before this index were raised by a flush or close
-        self._pending: dict[str, list[Item]] = {s.name: [] for s in self.sinks}
+        self._owed: dict[str, _OwedLines] = {s.name: {} for s in self.sinks}
         self._drops = _Drops()
         self.counts = Counter[str]()  # written, fsyncs, failed, retries, dropped
 
@@ -112,16 +153,26 @@ class Delivery:
     @property
     def owes_lines(self) -> bool:
         """DEGRADATION lines are still to be written (drops, or a sink that failed)."""
-        return bool(self._drops.per_run) or any(self._pending.values())
+        return bool(self._drops.per_run) or any(self._owed.values())
 
     def deliver(self, batch: list[Item]) -> None:
         """Every sink encodes and writes ``batch``, with the DEGRADATION lines owed to it."""
-        extra = self._take_drops()
+        drops = self._take_drops()
         captured_at = _clock.now()
         for sink in self.sinks:
-            pending = self._pending[sink.name]
-            items: list[Item] = pending + extra + batch if pending or extra else batch
-            self._pending[sink.name] = []
+            owed = self._owed[sink.name]
+            if drops is not None:
+                for run_ref, n in drops.per_run.items():
+                    why = self._drop_reason
+                    _owe(owed, run_ref, "dropped", n, drops.first, drops.last, why, None)
+            items = batch
+            if owed:
+                self._owed[sink.name] = {}  # owed again if their chunk fails (_record_failure)
+                items = [
+                    _degradation(run_ref, o.count, kind, o.first, o.last, o.reason, o.sink_name)
+                    for (run_ref, kind), o in owed.items()
+                ]
+                items += batch
             try:
                 chunks = sink.prepare(items, captured_at)
             except Exception:  # a line that cannot be encoded must not cost the others theirs
@@ -129,18 +180,13 @@ class Delivery:
             for chunk in chunks:
                 self._write_chunk(sink, chunk)
 
-    def _take_drops(self) -> list[Item]:
+    def _take_drops(self) -> _Drops | None:
         with self._lock:
             drops = self._drops
             if not drops.per_run:
-                return []
+                return None
             self._drops = _Drops()
-        return [
-            _degradation(
-                run_ref, count, "dropped", drops.first, drops.last, self._drop_reason, None
-            )
-            for run_ref, count in drops.per_run.items()
-        ]
+        return drops
 
     def _prepare_apart(self, sink: Sink, items: list[Item], captured_at: str) -> list[Chunk]:
         """The batch failed to encode: find the line(s) at fault by encoding each line alone,
@@ -186,7 +232,8 @@ class Delivery:
                     return
                 attempt += 1
                 self.counts["retries"] += 1
-                logger.warning(
+                log(
+                    "warning",
                     "contexta_async.write_retry",
                     sink=sink.name,
                     target=chunk.target,
@@ -206,37 +253,50 @@ class Delivery:
 
     def _record_failure(self, sink: Sink, chunk: Chunk, exc: BaseException) -> None:
         count = len(chunk.items)
-        self.counts["failed"] += count
         runs: Counter[str] = Counter(
             item.run_ref or "(none)" for item in chunk.items if item.family != DEGRADATION
         )
+        lost = sum(runs.values())
+        # Captured lines only, as DeliveryError counts them: an owed DEGRADATION line that
+        # failed is owed again below, not lost (counting it each time would count it forever).
+        self.counts["failed"] += lost
         # The reason is written into DEGRADATION lines: it must be writable, or that line
         # would fail (and be retried) forever.
-        reason = writable_text(str(exc))
+        reason = writable_text(_describe(exc))
         error = f"{sink.name}: {chunk.target}: {reason}"
-        logger.error(
+        log(
+            "error",
             "contexta_async.write_failed",
             sink=sink.name,
             target=chunk.target,
             lines=count,
             error=reason,
         )
-        lost = sum(runs.values())
         if lost:
             # Only captured data is raised by flush()/close(); a DEGRADATION line that could
-            # not be written is logged above, counted, and retried with the next batch.
+            # not be written is logged above and owed again, with the next batch.
             with self._lock:
                 self._failures.append(_Failure(lost, runs, error))
-        # Tell the story in the sink itself once it recovers: one DEGRADATION line per run.
-        now = _clock.now()
-        pending = self._pending[sink.name]
+        # Tell the story in the sink itself once it recovers: one DEGRADATION line per run and
+        # kind, however many chunks failed meanwhile (their counts are added up).
+        owed = self._owed[sink.name]
         if chunk.target != _ENCODING:  # a line that failed to encode would fail again
-            kept = [item for item in chunk.items if item.family == DEGRADATION]
-            pending.extend(kept)  # undelivered DEGRADATION lines are retried with the next batch
-        pending.extend(
-            _degradation(run_ref, n, "delivery_failed", now, now, reason, sink.name)
-            for run_ref, n in runs.items()
-        )
+            for item in chunk.items:
+                if item.family == DEGRADATION:
+                    line: DegradationRecord = item.payload
+                    _owe(
+                        owed,
+                        line.run_ref,
+                        line.degradation_kind,
+                        line.count,
+                        line.first_observed_at,
+                        line.last_observed_at,
+                        line.reason,
+                        line.sink_name,
+                    )
+        now = _clock.now()
+        for run_ref, n in runs.items():
+            _owe(owed, run_ref, "delivery_failed", n, now, now, reason, sink.name)
 
     # ---- flush and close -------------------------------------------------------------
 
@@ -249,7 +309,9 @@ class Delivery:
         """Raise DeliveryError for the failures recorded from index ``start`` on (``start``:
         ``reported`` when the flush began); from now on they count as raised."""
         with self._lock:
-            # Every failure not yet raised is reported by the first flush or close to return.
+            # Every failure not yet raised is reported by the first flush or close to return,
+            # and by every other one under way then (each waited on the lost lines: returning
+            # would acknowledge them); a flush that begins later never raises it again.
             found = self._failures[start:]
             self._reported = max(self._reported, len(self._failures))
         if found:

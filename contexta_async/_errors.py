@@ -17,6 +17,7 @@ __all__ = [
     "ShutdownTimeoutError",
     "StoreNotInstalledError",
     "ValidationError",
+    "WriterStoppedError",
 ]
 
 
@@ -176,3 +177,27 @@ class FlushTimeoutError(ContextaError, TimeoutError):
         )
         self.pending = pending
         """Lines not yet durable when time ran out."""
+
+
+class WriterStoppedError(ContextaError):
+    """The writer thread stopped on an unexpected error, so nothing more can be written.
+
+    A failing write is no such error (it is retried, then reported as ``DeliveryError``, and the
+    writer goes on); this is a bug in the library or in a custom sink. From then on every
+    capture, ``flush()`` and ``close()`` of the context raises this error instead of hanging:
+    ``error`` says what stopped the writer, and ``pending`` how many captured lines it had not
+    made durable (for a flush: of the lines that flush covers). Nothing restarts the writer.
+    """
+
+    code = "writer_stopped"
+
+    def __init__(self, error: str, pending: int) -> None:
+        super().__init__(
+            f"the writer thread stopped on an unexpected error ({error}); {pending} captured "
+            "line(s) not yet durable will not be written, and nothing more can be captured",
+            details={"error": error, "pending": pending},
+        )
+        self.error = error
+        """What stopped the writer: the repr of its exception."""
+        self.pending = pending
+        """Captured lines the writer had not made durable."""

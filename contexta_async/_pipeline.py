@@ -39,8 +39,10 @@ from ._errors import (
     ConfigurationError,
     FlushTimeoutError,
     ShutdownTimeoutError,
+    WriterStoppedError,
 )
 from ._format.lines import Item
+from ._log import log
 from ._validation import check_timeout, timeout_seconds
 from ._waiters import READY, AsyncWaiter, ThreadWaiter, Waiter, WaiterT, async_waiter
 from .sinks import Sink
@@ -52,6 +54,7 @@ logger = structlog.get_logger("contexta_async")
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
+_MAX_RETRY_BACKOFF: Final = 3600  # seconds: the longest first wait before retrying a write
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,12 @@ class PipelineOptions:
         object.__setattr__(self, "shutdown_timeout", timeout_seconds(self.shutdown_timeout))
         if self.overflow not in _POLICIES:
             raise ConfigurationError("overflow", f"must be one of {list(_POLICIES)}", self.overflow)
+        if not self.retry_backoff <= _MAX_RETRY_BACKOFF:  # the writer sleeps it: inf would stop it
+            raise ConfigurationError(
+                "retry_backoff",
+                f"must be a number of seconds from 0 to {_MAX_RETRY_BACKOFF}",
+                self.retry_backoff,
+            )
 
 
 class Statistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,7 +112,8 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     peak_queued: int
     """The most lines ever waiting in the queue at once (bounded by ``queue_size``)."""
     failed: int
-    """Lines a sink could not make durable after retries, summed over sinks."""
+    """Captured lines a sink could not make durable after retries, summed over sinks: the sum
+    of ``failed`` over the DeliveryErrors raised (DEGRADATION lines are not counted)."""
     dropped: int
     """Lines refused by the ``drop_newest`` overflow policy."""
     retries: int
@@ -170,6 +180,7 @@ class Pipeline:
         self._writer_started = False
         self._writer_done = threading.Event()
         self._host: threading.Thread | None = None
+        self._crash: str | None = None  # what stopped the writer, if it stopped unexpectedly
         self._fast_puts = 0
 
     # ---- producers -------------------------------------------------------------------
@@ -222,6 +233,8 @@ class Pipeline:
         except BaseException:
             self.waiting_ended(waiter)  # cancelled: the line is not captured unless it got in
             raise
+        if self._crash is not None:  # woken because the writer stopped: the line was dropped
+            raise self._stopped()
         self._buffer.pass_turn(waiter)
 
     def submit_blocking(self, item: Item) -> None:
@@ -243,6 +256,8 @@ class Pipeline:
         except BaseException:  # KeyboardInterrupt: the call raises, so the line must not land
             self.waiting_ended(outcome)
             raise
+        if self._crash is not None:  # woken because the writer stopped: the line was dropped
+            raise self._stopped()
         self._buffer.pass_turn(outcome)
 
     # ---- lifecycle lines ---------------------------------------------------------------
@@ -321,12 +336,43 @@ class Pipeline:
                         break
                 self._deliver(batch, last_seq)
         except BaseException as exc:  # a bug, not an I/O failure (those are caught per chunk)
-            logger.error("contexta_async.writer_crashed", error=repr(exc))
-            raise
+            self._writer_crashed(exc)
         finally:
             buffer.release_turns()
             self._writer_done.set()
             self._wake_flushers(final=True)
+
+    def _writer_crashed(self, exc: BaseException) -> None:
+        """The writer stops for good: every capture, flush and close from now on raises
+        WriterStoppedError (none may hang on a queue nobody drains), and the crash is reported
+        on stderr with its traceback, and logged, each as best it can."""
+        try:
+            error = repr(exc)
+        except Exception:
+            error = type(exc).__name__
+        self._crash = error
+        stranded = self._buffer.appended - self._processed
+        stranded += self._buffer.abandon(self._stopped)
+        log("error", "contexta_async.writer_crashed", error=error, lost=stranded)
+        try:
+            import traceback  # only now: the writer never stops otherwise
+
+            print(
+                f"contexta-async: the writer thread stopped; {stranded} captured line(s) "
+                "will not be written:",
+                file=sys.stderr,
+            )
+            traceback.print_exception(exc, file=sys.stderr)
+        except Exception:  # stderr is gone too: the error is still raised to every caller
+            pass
+
+    def _stopped(self, pending: int | None = None) -> WriterStoppedError:
+        """The error for a writer that stopped; ``pending``: by default every line queued and
+        never made durable."""
+        assert self._crash is not None
+        if pending is None:
+            pending = self._buffer.appended - self._processed
+        return WriterStoppedError(self._crash, max(pending, 0))
 
     def _deliver(self, batch: list[Item], last_seq: int) -> None:
         self._delivery.deliver(batch)
@@ -387,6 +433,8 @@ class Pipeline:
         with self._state_lock:
             processed = self._processed  # read first: these lines' failures are recorded by now
         self._delivery.raise_failures(start)
+        if self._crash is not None and processed < target:
+            raise self._stopped(target - processed)
         if processed < target:
             raise ShutdownTimeoutError(target - processed, self.options.shutdown_timeout)
 

@@ -19,6 +19,7 @@ LAYERS = {
     "contexta_async._format": 0,
     "contexta_async._errors": 0,
     "contexta_async._clock": 0,
+    "contexta_async._log": 0,
     "contexta_async._validation": 0,
     "contexta_async.stats": 1,
     "contexta_async.sinks": 1,

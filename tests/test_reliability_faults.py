@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +21,8 @@ from typing import Any
 import anyio
 import pytest
 
-from contexta_async import Contexta, DeliveryError
+from contexta_async import Contexta, DeliveryError, LocalJsonlSink
+from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
 
@@ -195,9 +198,6 @@ async def test_a_failed_fsync_is_reported_even_after_a_later_fsync_of_the_same_f
 
 
 def test_a_sink_that_raises_a_non_os_error_is_reported_like_an_io_failure(tmp_path: Path) -> None:
-    from contexta_async import LocalJsonlSink
-    from contexta_async.sinks import Chunk
-
     class Flaky(LocalJsonlSink):
         fail = 1
 
@@ -220,6 +220,113 @@ def test_a_sink_that_raises_a_non_os_error_is_reported_like_an_io_failure(tmp_pa
         ctx.flush()
     assert _values(tmp_path) == Counter([("run:p.a", 2)])
     assert _degradations(tmp_path) == {"run:p.a": 1}
+
+
+class _FullDisk(LocalJsonlSink):
+    """The local sink on real files, whose writes fail with ENOSPC while ``full`` is set."""
+
+    full = False
+
+    def write(self, chunk: Chunk) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), chunk.target)
+        super().write(chunk)
+
+
+def test_a_long_full_disk_owes_one_degradation_line_per_run_and_counts_each_loss_once(
+    tmp_path: Path,
+) -> None:
+    sink = _FullDisk(tmp_path / "cache" / "capture")
+    flushes = 50
+    reported = []
+    with Contexta(
+        workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], max_retries=0
+    ) as ctx:
+        with ctx.run("a") as a, ctx.run("b") as b:
+            ctx.flush()
+            sink.full = True
+            # Every batch fails, and with it the DEGRADATION lines owed for the batches before.
+            for i in range(flushes):
+                a.metric("m", i)
+                b.metric("m", i)
+                with pytest.raises(DeliveryError) as caught:
+                    ctx.flush()
+                reported.append(caught.value.failed)
+            # Each lost line counted once: statistics agree with what flush raised.
+            assert reported == [2] * flushes
+            assert ctx.statistics().failed == sum(reported)
+            sink.full = False
+            a.metric("m", 1000)
+            ctx.flush()  # the disk is back: nothing new is lost
+    assert ctx.statistics().failed == 2 * flushes
+    # The loss is recorded compactly: one line per run for the whole outage, counts added up.
+    lines = read_family(tmp_path, "DEGRADATION")
+    assert sorted((d["payload"]["run_ref"], d["payload"]["count"]) for d in lines) == [
+        ("run:p.a", flushes),
+        ("run:p.b", flushes),
+    ]
+    for line in lines:
+        payload = line["payload"]
+        assert payload["degradation_kind"] == "delivery_failed"
+        assert "No space left on device" in payload["reason"]
+        assert payload["first_observed_at"] < payload["last_observed_at"]
+    assert _values(tmp_path) == Counter([("run:p.a", 1000)])
+
+
+class _FailingGate(LocalJsonlSink):
+    """RECORD writes wait for the gate, then fail (EIO) while ``failing`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.failing = True
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, chunk: Chunk) -> None:
+        if chunk.family == "RECORD" and self.failing:
+            self.entered.set()
+            self.gate.wait()
+            raise OSError(errno.EIO, os.strerror(errno.EIO), chunk.target)
+        super().write(chunk)
+
+
+def test_a_failure_is_raised_by_every_flush_waiting_for_it_and_by_no_later_one(
+    tmp_path: Path,
+) -> None:
+    # The rule docs/reliability.md states: flushes under way when the failure is raised each
+    # waited on the lost lines, so each raises it (returning would acknowledge them); a flush
+    # that begins once it was raised does not raise it again.
+    sink = _FailingGate(tmp_path / "cache" / "capture")
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], max_retries=0)
+    with ctx, ctx.run("a") as run:
+        run.metric("m", 0)
+        assert sink.entered.wait(60)  # the writer holds the line that will fail
+        raised: list[int] = []
+
+        def flush() -> None:
+            try:
+                ctx.flush(timeout=60)
+            except DeliveryError as exc:
+                raised.append(exc.failed)
+
+        flushers = [threading.Thread(target=flush) for _ in range(2)]
+        for flusher in flushers:
+            flusher.start()
+        pipeline = ctx._pipeline
+        for _ in range(60_000):  # until both wait for the line (bounded: only a bug exceeds it)
+            with pipeline._state_lock:
+                if len(pipeline._flush_waiters) == 2:
+                    break
+            time.sleep(0.001)
+        sink.gate.set()
+        for flusher in flushers:
+            flusher.join(60)
+        assert raised == [1, 1]
+        sink.failing = False
+        run.metric("m", 1)
+        ctx.flush()  # begun after the failure was raised: not raised again
+    assert ctx.statistics().failed == 1
+    assert _values(tmp_path) == Counter([("run:p.a", 1)])
 
 
 # ---- a real full file system ---------------------------------------------------------------
@@ -324,6 +431,37 @@ def test_a_failed_directory_fsync_for_a_new_file_is_retried_before_acknowledging
     assert stats.retries == 1 and stats.failed == 0
     statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
     assert statuses == ["open", "completed"]
+
+
+def test_directories_created_before_a_failed_file_open_are_fsynced_once_it_succeeds(
+    tmp_path: Path, faults: Faults
+) -> None:
+    workspace = tmp_path / "ws"
+    capture = workspace / "cache" / "capture"
+    ctx = Contexta(workspace=workspace, config={"project_name": "p"}, max_retries=0)
+    with ctx:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        # No descriptor left (EMFILE): the sink creates the directories, then cannot open the
+        # file in them.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with ctx.run("a") as run:
+                with pytest.raises(DeliveryError, match="Too many open files"):
+                    ctx.flush()
+                assert capture.is_dir() and not (capture / "context.jsonl").exists()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                run.metric("m", 1)
+                ctx.flush()
+                # A crash now must not lose the files: every directory entry this process
+                # created, on the failed attempt too, was fsynced before flush returned.
+                created = [workspace, workspace / "cache", capture]
+                for directory in [tmp_path, *created]:
+                    assert str(directory) in faults.synced, directory
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _values(workspace) == Counter([("run:p.a", 1)])
 
 
 def test_whole_lines_left_by_a_failed_write_that_could_not_be_cut_are_not_written_twice(

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 
 from .._errors import ConfigurationError, ValidationError
 from .._format.index import FRAME_LINES, MAX_FRAME, MIN_INDEXED_LINES, index_path_for, open_regular
 from .._format.lines import CONTEXT, FAMILIES, RECORD, Item
+from .._log import log
 from ._base import Chunk, FsyncError, Sink, check_sink_name, stamp_lines
 from ._index import (
     ChunkColumns,
@@ -29,8 +29,6 @@ from ._index import (
 )
 
 __all__ = ["LocalJsonlSink"]
-
-logger = structlog.get_logger("contexta_async")
 
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
@@ -82,7 +80,7 @@ def _cut_torn_tail(fd: int, size: int, target: str) -> int:
             break
         end = start
     os.ftruncate(fd, end)
-    logger.warning("contexta_async.torn_tail_removed", target=target, removed_bytes=size - end)
+    log("warning", "contexta_async.torn_tail_removed", target=target, removed_bytes=size - end)
     return end
 
 
@@ -181,6 +179,10 @@ class LocalJsonlSink(Sink):
         if fd is None:
             path = self.file_path_for(family)
             created = _make_dirs(path.parent)
+            if self.fsync:
+                # Owed before the file is opened: should that fail (EMFILE, ENOSPC on inodes),
+                # the next try finds the directories there and would not know they are new.
+                self._unsynced_dirs.update(directory.parent for directory in created)
             existed = path.exists()
             fd = os.open(
                 path,
@@ -188,10 +190,8 @@ class LocalJsonlSink(Sink):
                 _FILE_MODE,
             )
             self._fds[family] = fd
-            if self.fsync:
-                self._unsynced_dirs.update(directory.parent for directory in created)
-                if not existed:
-                    self._unsynced_dirs.add(path.parent)
+            if self.fsync and not existed:
+                self._unsynced_dirs.add(path.parent)
         while self._unsynced_dirs:
             # New directory entries (the file's, and any directory created on the way) must be
             # durable too, or a crash can lose the file. Until each fsync succeeds, every
@@ -304,7 +304,9 @@ class LocalJsonlSink(Sink):
         index = self._indexes[family]
         index.failed = True
         index.frame = None
-        logger.warning(
+        # Safe to log: a log call that raised here would fail a write that is durable already.
+        log(
+            "warning",
             "contexta_async.index_write_failed",
             target=str(index_path_for(self.file_path_for(family))),
             error=(exc.strerror if isinstance(exc, OSError) else None) or repr(exc),

@@ -21,6 +21,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from ._delivery import Delivery
 from ._errors import (
     ClosedScopeError,
     ConfigurationError,
+    ContextaError,
     FlushTimeoutError,
     ShutdownTimeoutError,
     ValidationError,
@@ -148,12 +150,22 @@ def _blocking_timeout(seconds: float | None) -> float | None:
     return None if seconds is None or seconds >= threading.TIMEOUT_MAX else seconds
 
 
+def _again(exc: ContextaError) -> ContextaError:
+    """A copy of ``exc`` to raise once more: every caller of one close raises its outcome, and
+    one exception object raised on several threads would mix their tracebacks."""
+    clone = type(exc).__new__(type(exc), *exc.args)
+    clone.__dict__.update(exc.__dict__)
+    return clone
+
+
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], options: PipelineOptions) -> None:
         self.sinks = tuple(sinks)
         self.options = options
         self._max_batch = options.max_batch_size
-        self._closed = False
+        self._closed = False  # the close began: the queue takes no new line
+        self._close_finished = False  # a close is over: its outcome below is final
+        self._close_outcome: ContextaError | None = None  # what that close raised
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
         self._start_afresh()
         _all_pipelines.add(self)
@@ -164,6 +176,7 @@ class Pipeline:
             self.options.queue_size, self.options.overflow
         )
         self._state_lock = threading.Lock()
+        self._close_lock = threading.Lock()  # one close decides the outcome and who closes sinks
         self._processed = 0  # sequence number up to which every line was handled
         self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
         self._delivery = Delivery(
@@ -400,38 +413,67 @@ class Pipeline:
         self._buffer.close()
         return True
 
-    def close_blocking(self) -> None:
-        """Drain, fsync and stop the writer; raise what could not be made durable."""
-        if not self._begin_close():
+    def _join_timeout(self, deadline: float | None) -> float | None:
+        """Seconds a closer waits for the writer: until ``deadline`` (a ``time.monotonic()``
+        value), by default ``shutdown_timeout`` from now; None is no limit."""
+        if deadline is None:
+            return _blocking_timeout(self.options.shutdown_timeout)
+        return _blocking_timeout(max(0.0, deadline - time.monotonic()))
+
+    def close_blocking(self, deadline: float | None = None) -> None:
+        """Drain, fsync and stop the writer; raise what could not be made durable.
+
+        Every call returns once the close is over, or when its own time is up (``deadline``,
+        by default ``shutdown_timeout`` from now): a second close, or one on another thread,
+        waits for the close in progress and raises what it raises. Once a close is over, a
+        call returns at once. A close interrupted while it waits (KeyboardInterrupt) is not
+        over: the next one (the at-exit hook at the latest) waits for the drain again.
+        """
+        if self._close_finished:
             return
-        if self._host is not None:
-            self._host.join(_blocking_timeout(self.options.shutdown_timeout))
+        self._begin_close()
+        if self._writer_started:
+            # Not Thread.join: a join interrupted by KeyboardInterrupt marks a live thread
+            # stopped (CPython 3.11), and every later join would return at once.
+            self._writer_done.wait(self._join_timeout(deadline))
         self._finish_close()
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         """Async close: the same guarantees, without blocking the event loop."""
-        if not self._begin_close():
+        if self._close_finished:
             return
-        if self._host is not None:
+        self._begin_close()
+        if self._writer_started:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    self._host.join,
-                    _blocking_timeout(self.options.shutdown_timeout),
-                    abandon_on_cancel=True,
+                    self._writer_done.wait, self._join_timeout(deadline), abandon_on_cancel=True
                 )
         self._finish_close()
 
     def _finish_close(self) -> None:
-        """After the writer was given shutdown_timeout to drain: report, release the sinks."""
+        """After the writer was given its time to drain: the first caller decides the outcome
+        and releases the sinks; every caller raises that outcome."""
+        with self._close_lock:
+            if not self._close_finished:
+                self._close_outcome = self._outcome_now()
+                self._close_finished = True
+                _open_pipelines.discard(self)
+                if self._writer_done.is_set() or not self._writer_started:
+                    self._close_sinks()  # never under a writer still stuck in a sink
+            outcome = self._close_outcome
+        if outcome is not None:
+            raise _again(outcome)
+
+    def _outcome_now(self) -> ContextaError | None:
+        """What the close reports: lines the writer has not handled, else delivery failures."""
         try:
-            if self._host is not None and self._host.is_alive():
+            if self._writer_started and not self._writer_done.is_set():
                 pending = self._buffer.appended - self._processed + self._buffer.parked
                 raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
             self._check_flush(self._buffer.appended, self._delivery.reported)
-        finally:
-            _open_pipelines.discard(self)
-            if self._writer_done.is_set() or not self._writer_started:
-                self._close_sinks()  # never under a writer still stuck in a sink
+        except ContextaError as exc:
+            return exc
+        return None
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

@@ -1,0 +1,144 @@
+"""Closing a context: every close() returns only when the close is over, and says how it went.
+
+A second close (on another thread, from ``async with`` and a ``close()``, or the at-exit hook
+after an interrupted close) waits for the close in progress and reports the same outcome; a
+close that was interrupted leaves the drain to the next one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from contexta_async import Contexta, ShutdownTimeoutError
+
+from ._children.verify import read_family
+from ._sinks import GateSink
+
+CHILDREN = Path(__file__).parent / "_children"
+GUARD = 60.0  # seconds: only a hang reaches it
+
+
+def _values(workspace: Path, run_ref: str) -> list[int]:
+    return [
+        line["payload"]["payload"]["value"]
+        for line in read_family(workspace, "RECORD")
+        if line["payload"]["envelope"]["run_ref"] == run_ref
+        and line["payload_type"] == "MetricRecord"
+    ]
+
+
+def _until_closing(ctx: Contexta) -> None:
+    """Return once a close has begun (its drain is held by the sink's gate)."""
+    give_up = time.monotonic() + GUARD
+    while not ctx.closed:
+        assert time.monotonic() < give_up, "the first close never began"
+        time.sleep(0.001)
+
+
+class _Closer(threading.Thread):
+    """Calls ctx.close() on its own thread and keeps what it raised."""
+
+    def __init__(self, ctx: Contexta) -> None:
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.raised: BaseException | None = None
+        self.durable_at_return: tuple[int, int] | None = None
+
+    def run(self) -> None:
+        try:
+            self.ctx.close()
+        except BaseException as exc:
+            self.raised = exc
+        stats = self.ctx.statistics()
+        self.durable_at_return = (stats.written, stats.enqueued)
+
+
+def _held_context(tmp_path: Path, shutdown_timeout: float) -> tuple[Contexta, GateSink]:
+    """A context whose writer is held inside its first write, with 100 metrics captured."""
+    sink = GateSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path,
+        config={"project_name": "p"},
+        sinks=[sink],
+        shutdown_timeout=shutdown_timeout,
+    )
+    with ctx.run("r") as run:
+        for i in range(100):
+            run.metric("seq", i)
+    assert sink.entered.wait(GUARD)
+    return ctx, sink
+
+
+def test_a_second_close_waits_for_the_close_in_progress_and_returns_once_all_is_durable(
+    tmp_path: Path,
+) -> None:
+    ctx, sink = _held_context(tmp_path, shutdown_timeout=GUARD)
+    first, second = _Closer(ctx), _Closer(ctx)
+    try:
+        first.start()
+        _until_closing(ctx)
+        second.start()
+    finally:
+        sink.gate.set()  # the drain can finish now; a close that returned before saw none of it
+    first.join(GUARD)
+    second.join(GUARD)
+    assert first.raised is None and second.raised is None
+    stats = ctx.statistics()
+    assert stats.written == stats.enqueued == 102  # run opening + 100 metrics + run closing
+    assert second.durable_at_return == (102, 102)
+    assert _values(tmp_path, "run:p.r") == list(range(100))
+
+
+def test_a_second_close_on_another_thread_raises_the_timeout_of_the_close_in_progress(
+    tmp_path: Path,
+) -> None:
+    ctx, sink = _held_context(tmp_path, shutdown_timeout=0.2)
+    first = _Closer(ctx)
+    try:
+        first.start()
+        _until_closing(ctx)
+        # The writer never leaves its write: no close may return as if the lines were durable.
+        with pytest.raises(ShutdownTimeoutError) as second:
+            ctx.close()
+        first.join(GUARD)
+    finally:
+        sink.gate.set()
+    assert isinstance(first.raised, ShutdownTimeoutError)
+    assert first.raised.pending == second.value.pending == 102
+    ctx.close()  # the close is over: a later call returns at once
+
+
+async def test_an_aclose_during_a_close_on_another_thread_raises_its_timeout(
+    tmp_path: Path,
+) -> None:
+    ctx, sink = _held_context(tmp_path, shutdown_timeout=0.2)
+    first = _Closer(ctx)
+    try:
+        first.start()
+        _until_closing(ctx)
+        with pytest.raises(ShutdownTimeoutError) as second:
+            await ctx.aclose()
+        first.join(GUARD)
+    finally:
+        sink.gate.set()
+    assert isinstance(first.raised, ShutdownTimeoutError)
+    assert second.value.pending == 102
+    await ctx.aclose()
+
+
+def test_ctrl_c_during_close_leaves_the_drain_to_the_at_exit_hook(tmp_path: Path) -> None:
+    count = 5_000
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "interrupted_close.py"), str(tmp_path), str(count)],
+        capture_output=True,
+        timeout=GUARD,
+    )
+    assert b"KeyboardInterrupt" in proc.stderr, proc.stderr
+    assert b"contexta-async:" not in proc.stderr  # nothing was reported lost...
+    assert _values(tmp_path, "run:exit.interrupted") == list(range(count))  # ...and nothing was

@@ -39,11 +39,25 @@ def main() -> None:
     atexit.register(sink.gate.set)
     ctx = Contexta(workspace=workspace, config={"project_name": "exit"}, sinks=[sink])
 
+    interrupted = threading.Event()
+
+    def ctrl_c(signum: int, frame: object) -> None:
+        if not interrupted.is_set():  # one KeyboardInterrupt, however many signals arrive
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, ctrl_c)
+
     def interrupt_the_close() -> None:
         sink.entered.wait()
         while not ctx.closed:  # the close has begun: its drain waits on the gate
             time.sleep(0.001)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        # A signal that lands just before the main thread blocks in its wait is only handled
+        # when the wait ends (CPython checks for signals between bytecodes): send it again.
+        main = threading.main_thread().ident or 0
+        while not interrupted.is_set():
+            signal.pthread_kill(main, signal.SIGINT)
+            interrupted.wait(0.05)
 
     threading.Thread(target=interrupt_the_close, daemon=True).start()
     with ctx, ctx.run("interrupted") as run:

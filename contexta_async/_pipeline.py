@@ -11,13 +11,14 @@ Contexta()``). Encoding needs the GIL wherever it runs, so a thread costs the ev
 extra, and it removes the two hand-offs per batch that a writer task in the loop needed (loop
 -> I/O thread -> loop); see docs/performance.md for the measured effect. Being its own thread, the
 writer cannot be cancelled by the caller's cancel scopes, and being a daemon, a sink stuck in
-``write`` cannot hang interpreter exit. Producers on any thread or loop share the same
-thread-safe queue.
+``write`` cannot hang interpreter exit (nor can the threads waiting on it: see the exit watch).
+Producers on any thread or loop share the same thread-safe queue.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook goes first (see _exit_begun)
 import os
 import sys
 import threading
@@ -53,6 +54,7 @@ logger = structlog.get_logger("contexta_async")
 
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
+_EXIT_CHECK: Final = 0.1  # seconds between the exit watch's looks at the writers
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 
 
@@ -116,6 +118,7 @@ _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not,
 @atexit.register
 def _close_at_exit() -> None:
     # A sync program that never closed its context must not lose what it captured.
+    _exit_closing.set()
     for pipeline in list(_open_pipelines):
         try:
             if pipeline.before_exit is not None:
@@ -126,7 +129,43 @@ def _close_at_exit() -> None:
             print(f"contexta-async: {exc}", file=sys.stderr)
 
 
+# Python joins the non-daemon threads before it runs atexit hooks. A thread parked on a full
+# queue behind a sink stuck in write would keep it joining forever, and the at-exit close (and
+# its shutdown_timeout) would never come. So threading's own exit hook, which runs before that
+# join, starts the exit watch: a writer that makes no progress for shutdown_timeout while
+# threads wait on it is given up (Pipeline.give_up_at_exit), which lets those threads go.
+# threading runs its exit hooks last-registered first, and concurrent.futures' hook joins the
+# executors' threads: it is imported above so that it registers before this one.
+_exit_begun = threading.Event()  # threading's shutdown began
+_exit_closing = threading.Event()  # the at-exit close runs: the exit watch ends
+_exit_watch_lock = threading.Lock()
+_exit_watch: threading.Thread | None = None
+threading._register_atexit(_exit_begun.set)  # type: ignore[attr-defined]
+
+
+def _watch_exit() -> None:
+    _exit_begun.wait()
+    while not _exit_closing.wait(_EXIT_CHECK):
+        now = time.monotonic()
+        for pipeline in list(_open_pipelines):
+            pipeline.check_stuck_at_exit(now)
+
+
+def _start_exit_watch() -> None:
+    """Start the exit watch (one daemon thread per process, idle until exit) with the first
+    writer: Python 3.12 refuses to start threads once its shutdown has begun."""
+    global _exit_watch
+    with _exit_watch_lock:
+        if _exit_watch is None:
+            _exit_watch = threading.Thread(
+                target=_watch_exit, name="contexta-async-exit-watch", daemon=True
+            )
+            _exit_watch.start()
+
+
 def _reinit_pipelines_after_fork() -> None:
+    global _exit_watch, _exit_watch_lock
+    _exit_watch, _exit_watch_lock = None, threading.Lock()  # no thread crosses a fork
     for pipeline in list(_all_pipelines):
         pipeline.reinit_after_fork()
 
@@ -188,6 +227,9 @@ class Pipeline:
         self._counts = Counter[str]()  # batches, largest_batch
         self._writer_started = False
         self._writer_done = threading.Event()
+        self._gave_up = False  # at exit, the writer was stuck: nobody waits for it any more
+        self._exit_progress = -1  # the exit watch's last look: lines handled...
+        self._exit_since = 0.0  # ...and since when, with threads waiting
         self._host: threading.Thread | None = None
         self._fast_puts = 0
 
@@ -312,6 +354,7 @@ class Pipeline:
         )
         _open_pipelines.add(self)
         self._host.start()
+        _start_exit_watch()
 
     def _run_writer(self) -> None:
         """The writer thread: drain the queue until it is closed and empty."""
@@ -368,7 +411,7 @@ class Pipeline:
         with self._state_lock:
             target = self._buffer.appended
             start = self._delivery.reported
-            if self._processed >= target or self._writer_done.is_set():
+            if self._processed >= target or self._writer_done.is_set() or self._gave_up:
                 return target, start, False
             self._flush_waiters.append((target, waiter))
             return target, start, True
@@ -416,6 +459,8 @@ class Pipeline:
     def _join_timeout(self, deadline: float | None) -> float | None:
         """Seconds a closer waits for the writer: until ``deadline`` (a ``time.monotonic()``
         value), by default ``shutdown_timeout`` from now; None is no limit."""
+        if self._gave_up:
+            return 0.0  # the exit watch already waited shutdown_timeout for it
         if deadline is None:
             return _blocking_timeout(self.options.shutdown_timeout)
         return _blocking_timeout(max(0.0, deadline - time.monotonic()))
@@ -474,6 +519,37 @@ class Pipeline:
         except ContextaError as exc:
             return exc
         return None
+
+    # ---- exit ------------------------------------------------------------------------
+
+    def check_stuck_at_exit(self, now: float) -> None:
+        """(The exit watch, during interpreter exit.) Give up on the writer once it has handled
+        no line for ``shutdown_timeout`` while threads wait on it."""
+        waiting = self._buffer.parked or self._buffer.turns_pending or self._flush_waiters
+        progress = self._processed
+        if not waiting or progress != self._exit_progress:
+            self._exit_progress, self._exit_since = progress, now
+        elif now - self._exit_since >= self.options.shutdown_timeout and not self._gave_up:
+            self.give_up_at_exit()
+
+    def give_up_at_exit(self) -> None:
+        """Close, and let every thread waiting on the stuck writer go, so that exit can go on.
+
+        Lines parked for room join the queue past the bound and their captures return: they
+        count among the lines the at-exit close reports as not durable. A capture after that
+        raises ClosedScopeError; a flush waiting (or called later) raises ShutdownTimeoutError.
+        """
+        with self._state_lock:
+            self._gave_up = True
+        self._begin_close()
+        self._buffer.queue_all_parked()
+        self._buffer.release_turns()
+        self._wake_flushers(final=True)
+        logger.error(
+            "contexta_async.writer_stuck_at_exit",
+            seconds=self.options.shutdown_timeout,
+            pending=self._buffer.appended - self._processed,
+        )
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

@@ -142,3 +142,40 @@ def test_ctrl_c_during_close_leaves_the_drain_to_the_at_exit_hook(tmp_path: Path
     assert b"KeyboardInterrupt" in proc.stderr, proc.stderr
     assert b"contexta-async:" not in proc.stderr  # nothing was reported lost...
     assert _values(tmp_path, "run:exit.interrupted") == list(range(count))  # ...and nothing was
+
+
+@pytest.mark.parametrize(
+    ("mode", "raised"),
+    [
+        ("thread", b"worker: ClosedScopeError"),
+        ("executor", b"worker: ClosedScopeError"),
+        ("flush", b"worker: ShutdownTimeoutError"),
+    ],
+)
+def test_exit_goes_on_when_a_non_daemon_thread_waits_on_a_stuck_sink_and_reports_the_loss(
+    mode: str, raised: bytes
+) -> None:
+    # Python joins non-daemon threads before the at-exit close runs: the thread waiting on the
+    # stuck writer is let go with an error once the writer made no progress for the timeout.
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "stuck_parked.py"), mode, "1"],
+        capture_output=True,
+        timeout=GUARD,  # a hang fails here
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert raised in proc.stderr, proc.stderr
+    assert b"contexta-async: shutdown timed out after 1s with " in proc.stderr, proc.stderr
+
+
+def test_a_non_daemon_thread_still_capturing_after_main_returns_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    count = 20_000
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "worker_outlives_main.py"), str(tmp_path), str(count)],
+        capture_output=True,
+        timeout=GUARD,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"contexta-async:" not in proc.stderr
+    assert _values(tmp_path, "run:exit.worker") == list(range(count))

@@ -180,11 +180,12 @@ class Contexta:
     def flush(self, timeout: float | None = None) -> None:
         """Block this thread until every line captured before the call is written and fsynced.
 
-        Always blocking, on any thread. On a thread that runs an event loop it stalls that
-        loop until the flush is done: async code awaits :meth:`aflush` instead. Raises
-        DeliveryError naming the lines and runs that a sink could not make durable since the
-        last flush, and FlushTimeoutError when ``timeout`` seconds pass first (the lines stay
-        queued).
+        Always blocking, on any thread but the writer's own (a sink's ``write``, or a hook the
+        writer runs, gets LifecycleError: it would wait for itself). On a thread that runs an
+        event loop it stalls that loop until the flush is done: async code awaits
+        :meth:`aflush` instead. Raises DeliveryError naming the lines and runs that a sink
+        could not make durable since the last flush, and FlushTimeoutError when ``timeout``
+        seconds pass first (the lines stay queued).
         """
         self._pipeline.flush_blocking(timeout)
 
@@ -205,6 +206,7 @@ class Contexta:
 
         With ``ship_to``, then ships what is left for up to ``shutdown_timeout`` seconds; the
         lines still not in the store stay in the workspace (``ctx.shipper.lines_waiting``)."""
+        self._pipeline.check_not_on_writer("close")
         deadline = self._shutdown_deadline()
         self._close_open_runs()
         try:
@@ -215,6 +217,7 @@ class Contexta:
 
     async def aclose(self) -> None:
         """Like close(), without blocking the event loop; shielded from cancellation."""
+        self._pipeline.check_not_on_writer("aclose")
         with anyio.CancelScope(shield=True):
             deadline = self._shutdown_deadline()
             self._close_open_runs()

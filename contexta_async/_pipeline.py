@@ -41,6 +41,7 @@ from ._errors import (
     ConfigurationError,
     ContextaError,
     FlushTimeoutError,
+    LifecycleError,
     ShutdownTimeoutError,
     ValidationError,
 )
@@ -416,8 +417,18 @@ class Pipeline:
             self._flush_waiters.append((target, waiter))
             return target, start, True
 
+    def check_not_on_writer(self, call: str) -> None:
+        """A flush or close waits for the writer: on the writer's own thread (a sink's write, a
+        log hook its warnings reach) it would wait for itself forever."""
+        if self._host is not None and threading.current_thread() is self._host:
+            raise LifecycleError(
+                f"{call}() was called on the writer thread (from a sink or a hook the writer "
+                "runs): the writer cannot wait for itself; flush or close from another thread"
+            )
+
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
         _check_timeout(timeout)
+        self.check_not_on_writer("aflush")
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := async_waiter())
@@ -430,6 +441,7 @@ class Pipeline:
 
     def flush_blocking(self, timeout: float | None = None) -> None:
         _check_timeout(timeout)
+        self.check_not_on_writer("flush")
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
@@ -476,6 +488,7 @@ class Pipeline:
         """
         if self._close_finished:
             return
+        self.check_not_on_writer("close")
         self._begin_close()
         if self._writer_started:
             # Not Thread.join: a join interrupted by KeyboardInterrupt marks a live thread
@@ -487,6 +500,7 @@ class Pipeline:
         """Async close: the same guarantees, without blocking the event loop."""
         if self._close_finished:
             return
+        self.check_not_on_writer("aclose")
         self._begin_close()
         if self._writer_started:
             with anyio.CancelScope(shield=True):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from contexta_async import Contexta, ShutdownTimeoutError
+from contexta_async import Contexta, LifecycleError, LocalJsonlSink, ShutdownTimeoutError
+from contexta_async.sinks import Chunk
 
 from ._children.verify import read_family
 from ._sinks import GateSink
@@ -179,3 +180,41 @@ def test_a_non_daemon_thread_still_capturing_after_main_returns_loses_nothing(
     assert proc.returncode == 0, proc.stderr
     assert b"contexta-async:" not in proc.stderr
     assert _values(tmp_path, "run:exit.worker") == list(range(count))
+
+
+class _CallingSink(LocalJsonlSink):
+    """Calls ctx.flush() or ctx.close() from its write, on the writer thread, and keeps what
+    the call raised."""
+
+    def __init__(self, workspace: Path, call: str) -> None:
+        super().__init__(workspace / "cache" / "capture", name="local-jsonl")
+        self.call = call
+        self.ctx: Contexta | None = None
+        self.raised: list[BaseException] = []
+
+    def write(self, chunk: Chunk) -> None:
+        super().write(chunk)
+        if chunk.family == "RECORD" and self.ctx is not None and not self.raised:
+            try:
+                getattr(self.ctx, self.call)()
+            except BaseException as exc:
+                self.raised.append(exc)
+
+
+@pytest.mark.parametrize("call", ["flush", "close"])
+def test_flush_or_close_on_the_writer_thread_raises_lifecycle_error_instead_of_deadlocking(
+    tmp_path: Path, call: str
+) -> None:
+    sink = _CallingSink(tmp_path, call)
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink])
+    sink.ctx = ctx
+    with ctx.run("r") as run:
+        run.metric("m", 1)
+    ctx.flush(timeout=GUARD)  # the writer is not stuck waiting for itself
+    ctx.close()
+    [raised] = sink.raised
+    assert isinstance(raised, LifecycleError)
+    assert f"{call}() was called on the writer thread" in str(raised)
+    assert _values(tmp_path, "run:p.r") == [1]
+    statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
+    assert statuses == ["open", "completed"]  # the refused close cancelled nothing

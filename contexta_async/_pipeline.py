@@ -382,8 +382,12 @@ class Pipeline:
             raise
         finally:
             buffer.release_turns()
-            self._writer_done.set()
+            with self._close_lock:
+                self._writer_done.set()
+                late = self._close_finished  # a close gave up on this writer before it ended
             self._wake_flushers(final=True)
+            if late:  # that close left the sinks open, for they were in use: close them now
+                self._close_sinks()
 
     def _deliver(self, batch: list[Item], last_seq: int) -> None:
         self._delivery.deliver(batch)
@@ -518,7 +522,7 @@ class Pipeline:
                 self._close_finished = True
                 _open_pipelines.discard(self)
                 if self._writer_done.is_set() or not self._writer_started:
-                    self._close_sinks()  # never under a writer still stuck in a sink
+                    self._close_sinks()  # never under a writer still in a sink: it closes them
             outcome = self._close_outcome
         if outcome is not None:
             raise _again(outcome)

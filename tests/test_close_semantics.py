@@ -218,3 +218,49 @@ def test_flush_or_close_on_the_writer_thread_raises_lifecycle_error_instead_of_d
     assert _values(tmp_path, "run:p.r") == [1]
     statuses = [line["payload"]["status"] for line in read_family(tmp_path, "CONTEXT")]
     assert statuses == ["open", "completed"]  # the refused close cancelled nothing
+
+
+class _SlowSink(GateSink):
+    """A GateSink that says when it is closed."""
+
+    def __init__(self, workspace: Path) -> None:
+        super().__init__(workspace)
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        super().close()
+        self.closed.set()
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = Path(fd).readlink()
+        except OSError:
+            continue
+        if target.is_relative_to(directory):
+            found.append(target.name)
+    return found
+
+
+def test_a_sink_left_open_by_a_timed_out_close_is_closed_when_the_writer_finishes(
+    tmp_path: Path,
+) -> None:
+    sink = _SlowSink(tmp_path)
+    ctx = Contexta(
+        workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], shutdown_timeout=0
+    )
+    with ctx.run("r") as run:
+        for i in range(100):
+            run.metric("seq", i)
+    assert sink.entered.wait(GUARD)
+    with pytest.raises(ShutdownTimeoutError):
+        ctx.close()  # the sink is slow, not stuck: the writer goes on after close gave up
+    assert not sink.closed.is_set()  # never under a writer still in a sink
+    sink.gate.set()
+    assert sink.closed.wait(GUARD)  # the writer closed it once done
+    capture = tmp_path / "cache" / "capture"
+    assert _open_files_under(capture) == []
+    assert (capture / "record.index").stat().st_size > 0  # the pending frame was written
+    assert _values(tmp_path, "run:p.r") == list(range(100))

@@ -120,14 +120,29 @@ _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not,
 def _close_at_exit() -> None:
     # A sync program that never closed its context must not lose what it captured.
     _exit_closing.set()
-    for pipeline in list(_open_pipelines):
+    pipelines = list(_open_pipelines)
+    # Every close begins first, so that the writers drain side by side and the deadlines share
+    # one start: exit takes one shutdown_timeout however many contexts are stuck, not the sum.
+    for pipeline in pipelines:
         try:
             if pipeline.before_exit is not None:
                 pipeline.before_exit()
-            pipeline.close_blocking()
-        except Exception as exc:  # report, never raise out of interpreter shutdown
-            logger.error("contexta_async.close_at_exit_failed", error=str(exc))
-            print(f"contexta-async: {exc}", file=sys.stderr)
+        except Exception as exc:
+            _report_at_exit(exc)
+        pipeline._begin_close()
+    started = time.monotonic()
+    for pipeline in pipelines:
+        timeout = pipeline.options.shutdown_timeout
+        try:
+            pipeline.close_blocking(None if timeout >= threading.TIMEOUT_MAX else started + timeout)
+        except Exception as exc:
+            _report_at_exit(exc)
+
+
+def _report_at_exit(exc: Exception) -> None:
+    # report, never raise out of interpreter shutdown
+    logger.error("contexta_async.close_at_exit_failed", error=str(exc))
+    print(f"contexta-async: {exc}", file=sys.stderr)
 
 
 # Python joins the non-daemon threads before it runs atexit hooks. A thread parked on a full

@@ -447,9 +447,9 @@ class Pipeline:
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
         _check_timeout(timeout)
-        self.check_not_on_writer("aflush")
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
+        self.check_not_on_writer("aflush")
         target, start, must_wait = self._register_flush(waiter := async_waiter())
         if must_wait:
             with anyio.move_on_after(timeout) as scope:
@@ -460,9 +460,9 @@ class Pipeline:
 
     def flush_blocking(self, timeout: float | None = None) -> None:
         _check_timeout(timeout)
-        self.check_not_on_writer("flush")
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
+        self.check_not_on_writer("flush")
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
         if must_wait and not waiter.wait(_blocking_timeout(timeout)):
             raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)

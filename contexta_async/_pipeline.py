@@ -243,7 +243,8 @@ class Pipeline:
         self._counts = Counter[str]()  # batches, largest_batch
         self._writer_started = False
         self._writer_done = threading.Event()
-        self._gave_up = False  # at exit, the writer was stuck: nobody waits for it any more
+        self._settled = threading.Event()  # the writer ended or a close is over: closers go
+        self._gave_up = False  # a close timed out on the writer: nobody waits for it any more
         self._exit_progress = -1  # the exit watch's last look: lines handled...
         self._exit_since = 0.0  # ...and since when, with threads waiting
         self._host: threading.Thread | None = None
@@ -400,6 +401,7 @@ class Pipeline:
             with self._close_lock:
                 self._writer_done.set()
                 late = self._close_finished  # a close gave up on this writer before it ended
+            self._settled.set()
             self._wake_flushers(final=True)
             if late:  # that close left the sinks open, for they were in use: close them now
                 self._close_sinks()
@@ -491,7 +493,7 @@ class Pipeline:
         """Seconds a closer waits for the writer: until ``deadline`` (a ``time.monotonic()``
         value), by default ``shutdown_timeout`` from now; None is no limit."""
         if self._gave_up:
-            return 0.0  # the exit watch already waited shutdown_timeout for it
+            return 0.0  # already waited for the writer in vain
         if deadline is None:
             return _blocking_timeout(self.options.shutdown_timeout)
         return _blocking_timeout(max(0.0, deadline - time.monotonic()))
@@ -512,7 +514,7 @@ class Pipeline:
         if self._writer_started:
             # Not Thread.join: a join interrupted by KeyboardInterrupt marks a live thread
             # stopped (CPython 3.11), and every later join would return at once.
-            self._writer_done.wait(self._join_timeout(deadline))
+            self._settled.wait(self._join_timeout(deadline))
         self._finish_close()
 
     async def aclose(self, deadline: float | None = None) -> None:
@@ -524,13 +526,14 @@ class Pipeline:
         if self._writer_started:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    self._writer_done.wait, self._join_timeout(deadline), abandon_on_cancel=True
+                    self._settled.wait, self._join_timeout(deadline), abandon_on_cancel=True
                 )
         self._finish_close()
 
     def _finish_close(self) -> None:
         """After the writer was given its time to drain: the first caller decides the outcome
         and releases the sinks; every caller raises that outcome."""
+        timed_out = False
         with self._close_lock:
             if not self._close_finished:
                 self._close_outcome = self._outcome_now()
@@ -538,7 +541,12 @@ class Pipeline:
                 _open_pipelines.discard(self)
                 if self._writer_done.is_set() or not self._writer_started:
                     self._close_sinks()  # never under a writer still in a sink: it closes them
+                else:
+                    timed_out = True
             outcome = self._close_outcome
+        if timed_out:
+            self._let_waiters_go()
+        self._settled.set()  # other closers stop waiting: this close is over
         if outcome is not None:
             raise _again(outcome)
 
@@ -566,23 +574,28 @@ class Pipeline:
             self.give_up_at_exit()
 
     def give_up_at_exit(self) -> None:
-        """Close, and let every thread waiting on the stuck writer go, so that exit can go on.
-
-        Lines parked for room join the queue past the bound and their captures return: they
-        count among the lines the at-exit close reports as not durable. A capture after that
-        raises ClosedScopeError; a flush waiting (or called later) raises ShutdownTimeoutError.
-        """
-        with self._state_lock:
-            self._gave_up = True
+        """Close, and let every thread waiting on the stuck writer go, so that exit can go on."""
         self._begin_close()
-        self._buffer.queue_all_parked()
-        self._buffer.release_turns()
-        self._wake_flushers(final=True)
+        self._let_waiters_go()
         logger.error(
             "contexta_async.writer_stuck_at_exit",
             seconds=self.options.shutdown_timeout,
             pending=self._buffer.appended - self._processed,
         )
+
+    def _let_waiters_go(self) -> None:
+        """The writer is given up (a close timed out, or the exit watch): nobody may wait for it.
+
+        Lines parked for room join the queue past the bound and their captures return: they
+        count among the lines the close reports as not durable (the writer still writes them
+        should it recover). A capture after that raises ClosedScopeError (the queue is closed);
+        a flush waiting, or called later, raises ShutdownTimeoutError.
+        """
+        with self._state_lock:
+            self._gave_up = True
+        self._buffer.queue_all_parked()
+        self._buffer.release_turns()
+        self._wake_flushers(final=True)
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

@@ -2,7 +2,8 @@
 
 Usage: stuck_parked.py MODE SHUTDOWN_TIMEOUT
 MODE: "thread" (a threading.Thread capturing, parked on the full queue), "executor" (the same
-in a ThreadPoolExecutor's worker) or "flush" (a thread waiting in ctx.flush()).
+in a ThreadPoolExecutor's worker), "flush" (a thread waiting in ctx.flush()) or "close" (as
+"thread", and main calls ctx.close(), which times out, before it returns).
 
 Python joins non-daemon threads before it runs atexit hooks: the process must still exit, and
 report what it could not make durable. The waiting thread prints what its call raised.
@@ -16,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from contexta_async import Contexta, ContextaError, Sink
+from contexta_async import Contexta, ContextaError, ShutdownTimeoutError, Sink
 from contexta_async.sinks import Chunk
 
 
@@ -62,6 +63,11 @@ def main() -> None:
     stats = ctx.statistics
     while not (stats().waiting_producers if mode != "flush" else stats().enqueued >= 2):
         time.sleep(0.001)
+    if mode == "close":
+        try:
+            ctx.close()
+        except ShutdownTimeoutError as exc:
+            print(f"close raised: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

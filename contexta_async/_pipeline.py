@@ -18,7 +18,6 @@ Producers on any thread or loop share the same thread-safe queue.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures.thread  # noqa: F401 - its exit hook goes first (see _exit_begun)
 import os
 import sys
 import threading
@@ -151,12 +150,17 @@ def _report_at_exit(exc: Exception) -> None:
 # join, starts the exit watch: a writer that makes no progress for shutdown_timeout while
 # threads wait on it is given up (Pipeline.give_up_at_exit), which lets those threads go.
 # threading runs its exit hooks last-registered first, and concurrent.futures' hook joins the
-# executors' threads: it is imported above so that it registers before this one.
+# executors' threads: it is imported first so that it registers before this one.
 _exit_begun = threading.Event()  # threading's shutdown began
 _exit_closing = threading.Event()  # the at-exit close runs: the exit watch ends
 _exit_watch_lock = threading.Lock()
 _exit_watch: threading.Thread | None = None
-threading._register_atexit(_exit_begun.set)  # type: ignore[attr-defined]
+try:
+    import concurrent.futures.thread  # noqa: F401
+
+    threading._register_atexit(_exit_begun.set)  # type: ignore[attr-defined]
+except RuntimeError:  # imported while the interpreter already shuts down: exit is under way
+    _exit_begun.set()
 
 
 def _watch_exit() -> None:

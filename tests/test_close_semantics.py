@@ -267,3 +267,30 @@ def test_a_sink_left_open_by_a_timed_out_close_is_closed_when_the_writer_finishe
     assert _open_files_under(capture) == []
     assert (capture / "record.index").stat().st_size > 0  # the pending frame was written
     assert _values(tmp_path, "run:p.r") == list(range(100))
+
+
+_LATE_IMPORT = """
+import sys, threading
+
+def late():
+    threading.main_thread().join()  # main has returned: the interpreter is shutting down
+    from contexta_async import Contexta
+
+    with Contexta(workspace=sys.argv[1], config={"project_name": "exit"}) as ctx:
+        with ctx.run("late") as run:
+            run.metric("seq", 0)
+
+threading.Thread(target=late).start()
+"""
+
+
+def test_contexta_imported_while_the_interpreter_shuts_down_still_captures(
+    tmp_path: Path,
+) -> None:
+    # Registering an exit hook then raises RuntimeError: the import must not.
+    proc = subprocess.run(
+        [sys.executable, "-c", _LATE_IMPORT, str(tmp_path)], capture_output=True, timeout=GUARD
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    assert _values(tmp_path, "run:exit.late") == [0]

@@ -99,7 +99,8 @@ def test_a_second_close_waits_for_the_close_in_progress_and_returns_once_all_is_
 def test_a_second_close_on_another_thread_raises_the_timeout_of_the_close_in_progress(
     tmp_path: Path,
 ) -> None:
-    ctx, sink = _held_context(tmp_path, shutdown_timeout=0.2)
+    # The first close's timeout only has to outlast the few statements until the second starts.
+    ctx, sink = _held_context(tmp_path, shutdown_timeout=1.0)
     first = _Closer(ctx)
     try:
         first.start()
@@ -118,7 +119,8 @@ def test_a_second_close_on_another_thread_raises_the_timeout_of_the_close_in_pro
 async def test_an_aclose_during_a_close_on_another_thread_raises_its_timeout(
     tmp_path: Path,
 ) -> None:
-    ctx, sink = _held_context(tmp_path, shutdown_timeout=0.2)
+    # The first close's timeout only has to outlast the few statements until the second starts.
+    ctx, sink = _held_context(tmp_path, shutdown_timeout=1.0)
     first = _Closer(ctx)
     try:
         first.start()

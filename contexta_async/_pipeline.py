@@ -168,7 +168,10 @@ def _watch_exit() -> None:
     while not _exit_closing.wait(_EXIT_CHECK):
         now = time.monotonic()
         for pipeline in list(_open_pipelines):
-            pipeline.check_stuck_at_exit(now)
+            try:
+                pipeline.check_stuck_at_exit(now)
+            except Exception:  # (its log call on a closed stdout) the others are still watched
+                pass
 
 
 def _start_exit_watch() -> None:

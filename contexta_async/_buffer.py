@@ -155,6 +155,16 @@ class BoundedBuffer(Generic[T]):
                     return True
             return False
 
+    def queue_all_parked(self) -> None:
+        """Move every parked item into the queue (past the capacity) and wake its producer:
+        at exit, with the writer stuck, nobody may wait for room any more."""
+        with self.lock:
+            parked, self._parked = self._parked, deque()
+            for item, _ in parked:
+                self._append_locked(item)
+        for _, waiter in parked:
+            waiter.wake()
+
     def unpark(self, waiter: Waiter) -> bool:
         """Withdraw a parked item (its producer was cancelled). False if it was already queued."""
         with self.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -137,6 +138,7 @@ class Contexta:
         )
         self.shipper: InProcessShipper | None = None
         """With ``ship_to``: the thread shipping the workspace to the store, else None."""
+        self._shipper_closing = threading.Lock()  # a second close waits for the first's drain
         if ship_to is not None:
             try:
                 self.shipper = start_shipper(
@@ -192,11 +194,12 @@ class Contexta:
     def flush(self, timeout: float | None = None) -> None:
         """Block this thread until every line captured before the call is written and fsynced.
 
-        Always blocking, on any thread. On a thread that runs an event loop it stalls that
-        loop until the flush is done: async code awaits :meth:`aflush` instead. Raises
-        DeliveryError naming the lines and runs that a sink could not make durable since the
-        last flush, and FlushTimeoutError when ``timeout`` seconds pass first (the lines stay
-        queued).
+        Always blocking, on any thread but the writer's own (a sink's ``write``, or a hook the
+        writer runs, gets LifecycleError: it would wait for itself). On a thread that runs an
+        event loop it stalls that loop until the flush is done: async code awaits
+        :meth:`aflush` instead. Raises DeliveryError naming the lines and runs that a sink
+        could not make durable since the last flush, and FlushTimeoutError when ``timeout``
+        seconds pass first (the lines stay queued).
         """
         self._pipeline.flush_blocking(timeout)
 
@@ -211,18 +214,24 @@ class Contexta:
     def close(self) -> None:
         """Close open runs (as cancelled), drain, fsync and stop. Idempotent; blocking.
 
+        A close on another thread, or a second one, waits for the close in progress (for up
+        to ``shutdown_timeout`` of its own) and raises what it raises; once a close is over,
+        close() returns at once.
+
         With ``ship_to``, then ships what is left for up to ``shutdown_timeout`` seconds; the
         lines still not in the store stay in the workspace (``ctx.shipper.lines_waiting``)."""
+        self._pipeline.check_not_on_writer("close")
         deadline = self._shutdown_deadline()
         self._close_open_runs()
         try:
             self._pipeline.close_blocking()
         finally:
             if self.shipper is not None:
-                self.shipper.close(_time_left(deadline))
+                self._close_shipper(_time_left(deadline))
 
     async def aclose(self) -> None:
         """Like close(), without blocking the event loop; shielded from cancellation."""
+        self._pipeline.check_not_on_writer("aclose")
         with anyio.CancelScope(shield=True):
             deadline = self._shutdown_deadline()
             self._close_open_runs()
@@ -230,11 +239,19 @@ class Contexta:
                 await self._pipeline.aclose()
             finally:
                 if self.shipper is not None:
-                    await self.shipper.aclose(_time_left(deadline))
+                    await anyio.to_thread.run_sync(self._close_shipper, _time_left(deadline))
+
+    def _close_shipper(self, timeout: float) -> None:
+        assert self.shipper is not None
+        with self._shipper_closing:
+            self.shipper.close(timeout)
 
     def _shutdown_deadline(self) -> float:
         # One shutdown_timeout for the whole close: the shipper gets what the drain left.
-        return time.monotonic() + self._pipeline.options.shutdown_timeout
+        timeout = self._pipeline.options.shutdown_timeout
+        if timeout >= threading.TIMEOUT_MAX:  # no limit (a huge int would overflow the sum)
+            return float("inf")
+        return time.monotonic() + timeout
 
     def _close_open_runs(self) -> None:
         _cancel_open_runs(self._registry, self._pipeline, "the Contexta context closed first")

@@ -11,8 +11,8 @@ Contexta()``). Encoding needs the GIL wherever it runs, so a thread costs the ev
 extra, and it removes the two hand-offs per batch that a writer task in the loop needed (loop
 -> I/O thread -> loop); see docs/performance.md for the measured effect. Being its own thread, the
 writer cannot be cancelled by the caller's cancel scopes, and being a daemon, a sink stuck in
-``write`` cannot hang interpreter exit. Producers on any thread or loop share the same
-thread-safe queue.
+``write`` cannot hang interpreter exit (nor can the threads waiting on it: see the exit watch).
+Producers on any thread or loop share the same thread-safe queue.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +38,9 @@ from ._delivery import Delivery
 from ._errors import (
     ClosedScopeError,
     ConfigurationError,
+    ContextaError,
     FlushTimeoutError,
+    LifecycleError,
     ShutdownTimeoutError,
     WriterStoppedError,
 )
@@ -53,6 +56,7 @@ logger = structlog.get_logger("contexta_async")
 
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
+_EXIT_CHECK: Final = 0.1  # seconds between the exit watch's looks at the writers
 _YIELD_EVERY_MASK: Final = 255  # an awaited capture yields to the event loop every 256th call
 _MAX_RETRY_BACKOFF: Final = 3600  # seconds: the longest first wait before retrying a write
 
@@ -127,17 +131,77 @@ _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # started or not,
 @atexit.register
 def _close_at_exit() -> None:
     # A sync program that never closed its context must not lose what it captured.
-    for pipeline in list(_open_pipelines):
+    _exit_closing.set()
+    pipelines = list(_open_pipelines)
+    # Every close begins first, so that the writers drain side by side and the deadlines share
+    # one start: exit takes one shutdown_timeout however many contexts are stuck, not the sum.
+    for pipeline in pipelines:
         try:
             if pipeline.before_exit is not None:
                 pipeline.before_exit()
-            pipeline.close_blocking()
-        except Exception as exc:  # report, never raise out of interpreter shutdown
-            logger.error("contexta_async.close_at_exit_failed", error=str(exc))
-            print(f"contexta-async: {exc}", file=sys.stderr)
+        except Exception as exc:
+            _report_at_exit(exc)
+        pipeline._begin_close()
+    started = time.monotonic()
+    for pipeline in pipelines:
+        timeout = pipeline.options.shutdown_timeout
+        try:
+            pipeline.close_blocking(None if timeout >= threading.TIMEOUT_MAX else started + timeout)
+        except Exception as exc:
+            _report_at_exit(exc)
+
+
+def _report_at_exit(exc: Exception) -> None:
+    # report, never raise out of interpreter shutdown
+    logger.error("contexta_async.close_at_exit_failed", error=str(exc))
+    print(f"contexta-async: {exc}", file=sys.stderr)
+
+
+# Python joins the non-daemon threads before it runs atexit hooks. A thread parked on a full
+# queue behind a sink stuck in write would keep it joining forever, and the at-exit close (and
+# its shutdown_timeout) would never come. So threading's own exit hook, which runs before that
+# join, starts the exit watch: a writer that makes no progress for shutdown_timeout while
+# threads wait on it is given up (Pipeline.give_up_at_exit), which lets those threads go.
+# threading runs its exit hooks last-registered first, and concurrent.futures' hook joins the
+# executors' threads: it is imported first so that it registers before this one.
+_exit_begun = threading.Event()  # threading's shutdown began
+_exit_closing = threading.Event()  # the at-exit close runs: the exit watch ends
+_exit_watch_lock = threading.Lock()
+_exit_watch: threading.Thread | None = None
+try:
+    import concurrent.futures.thread  # noqa: F401
+
+    threading._register_atexit(_exit_begun.set)  # type: ignore[attr-defined]
+except RuntimeError:  # imported while the interpreter already shuts down: exit is under way
+    _exit_begun.set()
+
+
+def _watch_exit() -> None:
+    _exit_begun.wait()
+    while not _exit_closing.wait(_EXIT_CHECK):
+        now = time.monotonic()
+        for pipeline in list(_open_pipelines):
+            try:
+                pipeline.check_stuck_at_exit(now)
+            except Exception:  # (its log call on a closed stdout) the others are still watched
+                pass
+
+
+def _start_exit_watch() -> None:
+    """Start the exit watch (one daemon thread per process, idle until exit) with the first
+    writer: Python 3.12 refuses to start threads once its shutdown has begun."""
+    global _exit_watch
+    with _exit_watch_lock:
+        if _exit_watch is None:
+            _exit_watch = threading.Thread(
+                target=_watch_exit, name="contexta-async-exit-watch", daemon=True
+            )
+            _exit_watch.start()
 
 
 def _reinit_pipelines_after_fork() -> None:
+    global _exit_watch, _exit_watch_lock
+    _exit_watch, _exit_watch_lock = None, threading.Lock()  # no thread crosses a fork
     for pipeline in list(_all_pipelines):
         pipeline.reinit_after_fork()
 
@@ -152,12 +216,22 @@ def _blocking_timeout(seconds: float | None) -> float | None:
     return None if seconds is None or seconds >= threading.TIMEOUT_MAX else seconds
 
 
+def _again(exc: ContextaError) -> ContextaError:
+    """A copy of ``exc`` to raise once more: every caller of one close raises its outcome, and
+    one exception object raised on several threads would mix their tracebacks."""
+    clone = type(exc).__new__(type(exc), *exc.args)
+    clone.__dict__.update(exc.__dict__)
+    return clone
+
+
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], options: PipelineOptions) -> None:
         self.sinks = tuple(sinks)
         self.options = options
         self._max_batch = options.max_batch_size
-        self._closed = False
+        self._closed = False  # the close began: the queue takes no new line
+        self._close_finished = False  # a close is over: its outcome below is final
+        self._close_outcome: ContextaError | None = None  # what that close raised
         self.before_exit: Callable[[], None] | None = None  # the client's hook, run at exit
         self._start_afresh()
         _all_pipelines.add(self)
@@ -168,6 +242,7 @@ class Pipeline:
             self.options.queue_size, self.options.overflow
         )
         self._state_lock = threading.Lock()
+        self._close_lock = threading.Lock()  # one close decides the outcome and who closes sinks
         self._processed = 0  # sequence number up to which every line was handled
         self._flush_waiters: list[tuple[int, AsyncWaiter | ThreadWaiter]] = []
         self._delivery = Delivery(
@@ -179,6 +254,10 @@ class Pipeline:
         self._counts = Counter[str]()  # batches, largest_batch
         self._writer_started = False
         self._writer_done = threading.Event()
+        self._settled = threading.Event()  # the writer ended or a close is over: closers go
+        self._gave_up = False  # a close timed out on the writer: nobody waits for it any more
+        self._exit_progress = -1  # the exit watch's last look: lines handled...
+        self._exit_since = 0.0  # ...and since when, with threads waiting
         self._host: threading.Thread | None = None
         self._crash: str | None = None  # what stopped the writer, if it stopped unexpectedly
         self._fast_puts = 0
@@ -308,6 +387,7 @@ class Pipeline:
         )
         _open_pipelines.add(self)
         self._host.start()
+        _start_exit_watch()
 
     def _run_writer(self) -> None:
         """The writer thread: drain the queue until it is closed and empty."""
@@ -339,8 +419,13 @@ class Pipeline:
             self._writer_crashed(exc)
         finally:
             buffer.release_turns()
-            self._writer_done.set()
+            with self._close_lock:
+                self._writer_done.set()
+                late = self._close_finished  # a close gave up on this writer before it ended
+            self._settled.set()
             self._wake_flushers(final=True)
+            if late:  # that close left the sinks open, for they were in use: close them now
+                self._close_sinks()
 
     def _writer_crashed(self, exc: BaseException) -> None:
         """The writer stops for good: every capture, flush and close from now on raises
@@ -401,15 +486,25 @@ class Pipeline:
         with self._state_lock:
             target = self._buffer.appended
             start = self._delivery.reported
-            if self._processed >= target or self._writer_done.is_set():
+            if self._processed >= target or self._writer_done.is_set() or self._gave_up:
                 return target, start, False
             self._flush_waiters.append((target, waiter))
             return target, start, True
+
+    def check_not_on_writer(self, call: str) -> None:
+        """A flush or close waits for the writer: on the writer's own thread (a sink's write, a
+        log hook its warnings reach) it would wait for itself forever."""
+        if self._host is not None and threading.current_thread() is self._host:
+            raise LifecycleError(
+                f"{call}() was called on the writer thread (from a sink or a hook the writer "
+                "runs): the writer cannot wait for itself; flush or close from another thread"
+            )
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - one signature for both faces
         timeout = check_timeout(timeout)  # inf past what the platform can wait
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
+        self.check_not_on_writer("aflush")
         target, start, must_wait = self._register_flush(waiter := async_waiter())
         if must_wait:
             with anyio.move_on_after(timeout) as scope:
@@ -422,6 +517,7 @@ class Pipeline:
         timeout = check_timeout(timeout)  # inf past what the platform can wait
         if not self._writer_started:
             return self._check_flush(self._buffer.appended, self._delivery.reported)
+        self.check_not_on_writer("flush")
         target, start, must_wait = self._register_flush(waiter := ThreadWaiter())
         if must_wait and not waiter.wait(_blocking_timeout(timeout)):
             raise FlushTimeoutError(max(target - self._processed, 0), timeout or 0.0)
@@ -448,38 +544,113 @@ class Pipeline:
         self._buffer.close()
         return True
 
-    def close_blocking(self) -> None:
-        """Drain, fsync and stop the writer; raise what could not be made durable."""
-        if not self._begin_close():
+    def _join_timeout(self, deadline: float | None) -> float | None:
+        """Seconds a closer waits for the writer: until ``deadline`` (a ``time.monotonic()``
+        value), by default ``shutdown_timeout`` from now; None is no limit."""
+        if self._gave_up:
+            return 0.0  # already waited for the writer in vain
+        if deadline is None:
+            return _blocking_timeout(self.options.shutdown_timeout)
+        return _blocking_timeout(max(0.0, deadline - time.monotonic()))
+
+    def close_blocking(self, deadline: float | None = None) -> None:
+        """Drain, fsync and stop the writer; raise what could not be made durable.
+
+        Every call returns once the close is over, or when its own time is up (``deadline``,
+        by default ``shutdown_timeout`` from now): a second close, or one on another thread,
+        waits for the close in progress and raises what it raises. Once a close is over, a
+        call returns at once. A close interrupted while it waits (KeyboardInterrupt) is not
+        over: the next one (the at-exit hook at the latest) waits for the drain again.
+        """
+        if self._close_finished:
             return
-        if self._host is not None:
-            self._host.join(_blocking_timeout(self.options.shutdown_timeout))
+        self.check_not_on_writer("close")
+        self._begin_close()
+        if self._writer_started:
+            # Not Thread.join: a join interrupted by KeyboardInterrupt marks a live thread
+            # stopped (CPython 3.11), and every later join would return at once.
+            self._settled.wait(self._join_timeout(deadline))
         self._finish_close()
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         """Async close: the same guarantees, without blocking the event loop."""
-        if not self._begin_close():
+        if self._close_finished:
             return
-        if self._host is not None:
+        self.check_not_on_writer("aclose")
+        self._begin_close()
+        if self._writer_started:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(
-                    self._host.join,
-                    _blocking_timeout(self.options.shutdown_timeout),
-                    abandon_on_cancel=True,
+                    self._settled.wait, self._join_timeout(deadline), abandon_on_cancel=True
                 )
         self._finish_close()
 
     def _finish_close(self) -> None:
-        """After the writer was given shutdown_timeout to drain: report, release the sinks."""
+        """After the writer was given its time to drain: the first caller decides the outcome
+        and releases the sinks; every caller raises that outcome."""
+        timed_out = False
+        with self._close_lock:
+            if not self._close_finished:
+                self._close_outcome = self._outcome_now()
+                self._close_finished = True
+                _open_pipelines.discard(self)
+                if self._writer_done.is_set() or not self._writer_started:
+                    self._close_sinks()  # never under a writer still in a sink: it closes them
+                else:
+                    timed_out = True
+            outcome = self._close_outcome
+        if timed_out:
+            self._let_waiters_go()
+        self._settled.set()  # other closers stop waiting: this close is over
+        if outcome is not None:
+            raise _again(outcome)
+
+    def _outcome_now(self) -> ContextaError | None:
+        """What the close reports: lines the writer has not handled, else delivery failures."""
         try:
-            if self._host is not None and self._host.is_alive():
+            if self._writer_started and not self._writer_done.is_set():
                 pending = self._buffer.appended - self._processed + self._buffer.parked
                 raise ShutdownTimeoutError(pending, self.options.shutdown_timeout)
             self._check_flush(self._buffer.appended, self._delivery.reported)
-        finally:
-            _open_pipelines.discard(self)
-            if self._writer_done.is_set() or not self._writer_started:
-                self._close_sinks()  # never under a writer still stuck in a sink
+        except ContextaError as exc:
+            return exc
+        return None
+
+    # ---- exit ------------------------------------------------------------------------
+
+    def check_stuck_at_exit(self, now: float) -> None:
+        """(The exit watch, during interpreter exit.) Give up on the writer once it has handled
+        no line for ``shutdown_timeout`` while threads wait on it."""
+        waiting = self._buffer.parked or self._buffer.turns_pending or self._flush_waiters
+        progress = self._processed
+        if not waiting or progress != self._exit_progress:
+            self._exit_progress, self._exit_since = progress, now
+        elif now - self._exit_since >= self.options.shutdown_timeout and not self._gave_up:
+            self.give_up_at_exit()
+
+    def give_up_at_exit(self) -> None:
+        """Close, and let every thread waiting on the stuck writer go, so that exit can go on."""
+        self._begin_close()
+        self._let_waiters_go()
+        logger.error(
+            "contexta_async.writer_stuck_at_exit",
+            seconds=self.options.shutdown_timeout,
+            pending=self._buffer.appended - self._processed,
+        )
+
+    def _let_waiters_go(self) -> None:
+        """The writer is given up (a close timed out, or the exit watch): nobody may wait for it.
+
+        Lines parked for room join the queue past the bound and their captures return: they
+        count among the lines the close reports as not durable (the writer still writes them
+        should it recover). A capture after that raises ClosedScopeError (the queue is closed);
+        a flush waiting, or called later, raises ShutdownTimeoutError.
+        """
+        with self._state_lock:
+            self._gave_up = True
+        self._buffer.queue_all_parked()
+        self._buffer.release_turns()
+        self._wake_flushers(final=True)
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:

@@ -206,3 +206,19 @@ def test_exit_with_a_stuck_sink_takes_at_most_the_shutdown_timeout_and_reports_t
     assert proc.returncode == returncode
     # 100 metrics + the run's open and close lines: all stuck behind the hung write.
     assert b"shutdown timed out after 1s with 102 line(s) not yet durable" in proc.stderr
+
+
+def test_exit_with_several_stuck_contexts_takes_one_shutdown_timeout_not_one_per_context() -> None:
+    shutdown_timeout, contexts = 4.0, 4  # one after another they would take 16 s
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(CHILDREN / "stuck_sink.py"), "atexit_many", str(shutdown_timeout)],
+        capture_output=True,
+        timeout=contexts * shutdown_timeout + EXIT_MARGIN + 30,  # a hang fails here
+    )
+    elapsed = time.monotonic() - started
+    print(f"\nexit with {contexts} stuck contexts: {elapsed:.2f} s, shutdown_timeout 4 s")
+    assert proc.returncode == 0
+    assert elapsed < shutdown_timeout + EXIT_MARGIN  # only the sum of the timeouts exceeds it
+    reported = b"shutdown timed out after 4s with 102 line(s) not yet durable"
+    assert proc.stderr.count(reported) == contexts, proc.stderr

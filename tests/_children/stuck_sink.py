@@ -1,8 +1,9 @@
 """Exit-test child: a sink whose write never returns; the process must still exit.
 
 Usage: stuck_sink.py MODE SHUTDOWN_TIMEOUT
-MODE: "atexit" (sync, never closes: the interpreter's exit closes it), "close" (sync, calls
-ctx.close()), "async" (``async with Contexta`` in ``asyncio.run``).
+MODE: "atexit" (sync, never closes: the interpreter's exit closes it), "atexit_many" (the same
+with 4 contexts, each with its own stuck sink), "close" (sync, calls ctx.close()), "async"
+(``async with Contexta`` in ``asyncio.run``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def main() -> None:
                     await run.metric("m", i)
 
         asyncio.run(capture())
+        return
+    if mode == "atexit_many":
+        for n in range(4):
+            other = Contexta(sinks=[StuckSink()], shutdown_timeout=timeout)
+            with other.run(f"stuck-{n}") as run:
+                for i in range(100):
+                    run.metric("m", i)
         return
     ctx = Contexta(**options)  # type: ignore[arg-type]
     with ctx.run("stuck") as run:

@@ -18,6 +18,7 @@ Producers on any thread or loop share the same thread-safe queue.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -31,7 +32,6 @@ from typing import Final
 import anyio
 import anyio.lowlevel
 import msgspec
-import structlog
 
 from ._buffer import DROPPED, QUEUED, WAIT, Admitted, BoundedBuffer, OverflowPolicy
 from ._delivery import Delivery
@@ -52,7 +52,6 @@ from .sinks import Sink
 
 __all__ = ["OverflowPolicy", "Pipeline", "PipelineOptions", "Statistics"]
 
-logger = structlog.get_logger("contexta_async")
 
 _POLICIES: Final = ("wait", "drop_newest", "raise")
 _TURN_CHECK: Final = 0.1  # seconds between the idle writer's looks at a stalled turn
@@ -153,8 +152,9 @@ def _close_at_exit() -> None:
 
 def _report_at_exit(exc: Exception) -> None:
     # report, never raise out of interpreter shutdown
-    logger.error("contexta_async.close_at_exit_failed", error=str(exc))
-    print(f"contexta-async: {exc}", file=sys.stderr)
+    log("error", "contexta_async.close_at_exit_failed", error=str(exc))
+    with contextlib.suppress(Exception):  # stderr may be closed too
+        print(f"contexta-async: {exc}", file=sys.stderr)
 
 
 # Python joins the non-daemon threads before it runs atexit hooks. A thread parked on a full
@@ -632,7 +632,8 @@ class Pipeline:
         """Close, and let every thread waiting on the stuck writer go, so that exit can go on."""
         self._begin_close()
         self._let_waiters_go()
-        logger.error(
+        log(
+            "error",
             "contexta_async.writer_stuck_at_exit",
             seconds=self.options.shutdown_timeout,
             pending=self._buffer.appended - self._processed,
@@ -657,7 +658,7 @@ class Pipeline:
             try:
                 sink.close()
             except Exception as exc:
-                logger.error("contexta_async.sink_close_failed", sink=sink.name, error=str(exc))
+                log("error", "contexta_async.sink_close_failed", sink=sink.name, error=str(exc))
 
     # ---- fork ------------------------------------------------------------------------
 
@@ -675,7 +676,7 @@ class Pipeline:
             try:
                 sink.reinit_after_fork()
             except Exception as exc:  # the child must go on; its writes will report failures
-                logger.error("contexta_async.sink_fork_failed", sink=sink.name, error=repr(exc))
+                log("error", "contexta_async.sink_fork_failed", sink=sink.name, error=repr(exc))
 
     @property
     def closed(self) -> bool:

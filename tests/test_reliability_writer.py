@@ -176,3 +176,27 @@ async def test_an_async_producer_waiting_for_room_gets_writer_stopped_error_not_
                 await ctx.aflush()
     assert len(outcome) == 1 and outcome[0].pending == 5
     assert _values(tmp_path) == Counter([0])
+
+
+def test_a_closed_stdout_cannot_make_close_raise_while_it_reports_a_sink_that_failed_to_close(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, str(CHILDREN / "closed_stdout_close.py"), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline() == b"ready\n"
+    child.stdout.close()  # the reader goes away, as `head` does
+    child.stdin.write(b"go\n")
+    child.stdin.flush()
+    try:
+        _, stderr = child.communicate(timeout=HANG)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    assert [line["payload"]["payload"]["value"] for line in read_family(tmp_path, "RECORD")] == [
+        1.0
+    ]

@@ -14,6 +14,7 @@ import anyio.to_thread
 import msgspec
 
 from .._errors import ValidationError
+from ..readers._errors import EmptyWorkspaceError
 from ._columns import Table, arrow_batch, arrow_schema
 from ._optional import import_optional
 from ._output import check_output, create_partial, move_into_place, unwritable
@@ -84,8 +85,6 @@ async def _run_refs(ws: Workspace, names: list[str] | None, *, require_runs: boo
     if names is None:
         refs = [summary.ref for summary in await ws.list_runs()]
         if not refs and require_runs:
-            from ..readers import EmptyWorkspaceError
-
             raise EmptyWorkspaceError(ws.source.describe())
         return refs
     # One read resolves every name (not one per name).

@@ -809,16 +809,30 @@ async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _report(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    from .export._output import check_output, create_partial, move_into_place, unwritable
+
+    # As export does: checked before reading, never inside the capture folder, and written
+    # under a temporary name then renamed, so a failed write keeps the previous page.
+    # An existing regular file is replaced (no --force), nothing else.
+    target = await anyio.to_thread.run_sync(check_output, args.output, True, ws.capture_dir)
     result = await ws.compare(args.left, args.right, include_samples=True, **_stats(args))
     page = render_html_report(result)
-    target = anyio.Path(args.output)
+
+    def write() -> None:
+        partial = create_partial(target)
+        try:
+            partial.write_text(page, encoding="utf-8")
+            move_into_place(partial, target, True)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
     try:
-        await target.write_text(page, encoding="utf-8")
+        await anyio.to_thread.run_sync(write)
     except OSError as exc:
-        raise _CliError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+        raise unwritable(target, exc) from exc
     if args.json:
-        absolute = str(await target.absolute())
-        _json({"output": absolute, "warnings": result.warnings}, out)
+        _json({"output": str(target), "warnings": result.warnings}, out)
     else:
         out.write(f"wrote {args.output} ({len(page.encode())} bytes)\n")
     return 0

@@ -28,7 +28,7 @@ from contexta_async.export import (
     export_workspace,
     to_arrow,
 )
-from contexta_async.readers import RecordRow, Workspace
+from contexta_async.readers import EmptyWorkspaceError, RecordRow, Workspace
 
 from .capture_files import count_opens
 from .test_cli import cli
@@ -260,6 +260,55 @@ async def test_bad_arguments_are_refused_naming_the_field(llm_ws: Path, tmp_path
             await export_workspace(ws, **kwargs)
         assert caught.value.field == field and rule in caught.value.rule, kwargs
     assert _listing(tmp_path) == ["ws"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"runs": [1]}, "runs[0]"),
+        ({"runs": ["grounded", None]}, "runs[1]"),
+        ({"runs": 5}, "runs"),
+        ({"runs": b"grounded"}, "runs"),
+        ({"output": None}, "output"),
+        ({"output": b"x.csv"}, "output"),
+        ({"output": "x\0.csv"}, "output"),
+    ],
+)
+async def test_bad_runs_or_output_are_validation_errors_at_the_call(
+    llm_ws: Path, tmp_path: Path, kwargs: dict[str, Any], field: str
+) -> None:
+    ws = Workspace(llm_ws)
+    arguments: dict[str, Any] = {"output": tmp_path / "x.csv", **kwargs}
+    with pytest.raises(ValidationError) as caught:
+        await export_workspace(ws, **arguments)
+    assert caught.value.field == field
+    if "runs" in kwargs:
+        with pytest.raises(ValidationError) as caught:
+            await to_arrow(ws, kwargs["runs"])
+        assert caught.value.field == field
+    assert _listing(tmp_path) == ["ws"]
+
+
+async def test_exporting_a_workspace_without_runs_raises_empty_workspace_error(
+    tmp_path: Path,
+) -> None:
+    capture = tmp_path / "empty" / "cache" / "capture"
+    capture.mkdir(parents=True)
+    (capture / "record.jsonl").touch()
+    ws = Workspace(tmp_path / "empty")
+    with pytest.raises(EmptyWorkspaceError):
+        await export_workspace(ws, tmp_path / "e.csv")
+    assert _listing(tmp_path) == ["empty"]
+    # naming no run asks for the header alone; to_arrow() answers with an empty table
+    assert (await export_workspace(ws, tmp_path / "e.csv", runs=[])).rows == 0
+    assert (tmp_path / "e.csv").read_text().startswith("run,stage,")
+    assert (await to_arrow(ws)).num_rows == 0
+
+    done = cli("-w", str(tmp_path / "empty"), "export", "-o", str(tmp_path / "cli.csv"))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("contexta-async: error: the workspace at ")
+    assert done.stderr.endswith(" holds no runs\n") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "cli.csv").exists()
 
 
 async def test_existing_output_is_replaced_only_when_asked(llm_ws: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ CSV and JSON Lines need nothing beyond the core install; Parquet and Arrow need 
 """
 
 from ._columns import EVENT_COLUMNS, METRIC_COLUMNS
-from ._errors import ExtraNotInstalledError
+from ._errors import ExtraNotInstalledError, UnwritableOutputError
 from ._export import BATCH_ROWS, ExportResult, export_workspace, to_arrow, to_pandas, to_polars
 from ._writers import FORMATS, ExportFormat
 
@@ -26,6 +26,7 @@ __all__ = [
     "ExportFormat",
     "ExportResult",
     "ExtraNotInstalledError",
+    "UnwritableOutputError",
     "export_workspace",
     "to_arrow",
     "to_pandas",

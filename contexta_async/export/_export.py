@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
 import msgspec
 
 from .._errors import ValidationError
+from ..readers._errors import EmptyWorkspaceError
 from ._columns import Table, arrow_batch, arrow_schema
 from ._optional import import_optional
+from ._output import check_output, create_partial, move_into_place, unwritable
 from ._writers import FORMATS, ExportFormat, Writer, open_writer
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ __all__ = [
     "to_pandas",
     "to_polars",
 ]
+
+_T = TypeVar("_T")
 
 BATCH_ROWS: Final = 65_536
 """Rows per Parquet row group (and most rows of an Arrow table's batches)."""
@@ -61,13 +64,50 @@ class ExportResult(msgspec.Struct, kw_only=True):
     runs: list[str]
 
 
-async def _run_refs(ws: Workspace, runs: Sequence[str] | None) -> list[str]:
+def _check_runs(runs: object) -> list[str] | None:
+    """``runs`` as a list of names (None: every run); ValidationError naming the field."""
     if runs is None:
-        return [summary.ref for summary in await ws.list_runs()]
+        return None
     if isinstance(runs, str):
         raise ValidationError("runs", "must be a sequence of run names, not one string", runs)
+    if isinstance(runs, bytes | bytearray | memoryview) or not isinstance(runs, Iterable):
+        raise ValidationError("runs", "must be a sequence of run names (str) or None", runs)
+    names = list(runs)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValidationError(f"runs[{i}]", "must be a run name (str)", name)
+    return names
+
+
+async def _run_refs(ws: Workspace, names: list[str] | None, *, require_runs: bool) -> list[str]:
+    """The full refs of ``names`` (None: of every run; with ``require_runs``, a workspace
+    holding none raises EmptyWorkspaceError, as naming a run in it does)."""
+    if names is None:
+        refs = [summary.ref for summary in await ws.list_runs()]
+        if not refs and require_runs:
+            raise EmptyWorkspaceError(ws.source.describe())
+        return refs
     # One read resolves every name (not one per name).
-    return list(dict.fromkeys(await ws._resolve_all(list(runs)) if runs else []))
+    return list(dict.fromkeys(await ws._resolve_all(names) if names else []))
+
+
+def _output_path(output: object) -> str:
+    """``output`` as a str path; ValidationError unless it is a str or an os.PathLike of str."""
+    path = os.fspath(output) if isinstance(output, os.PathLike) else output
+    if not isinstance(path, str):
+        raise ValidationError("output", "must be a path (a str or os.PathLike of str)", output)
+    if "\0" in path:
+        raise ValidationError("output", "must not contain a NUL character", path)
+    return path
+
+
+async def _writing(target: Path, step: Callable[..., _T], *args: Any) -> _T:
+    """``step(*args)`` in a worker thread; an OSError (the output's directory, the disk, the
+    name...) becomes UnwritableOutputError naming ``target``."""
+    try:
+        return await anyio.to_thread.run_sync(step, *args)
+    except OSError as exc:
+        raise unwritable(target, exc) from exc
 
 
 async def _batches(
@@ -111,38 +151,6 @@ def _format_of(output: PurePath, format: ExportFormat | None) -> ExportFormat:
     return format
 
 
-def _check_output(output: str | os.PathLike[str], overwrite: bool, capture_dir: Path) -> Path:
-    """``output`` made absolute, if it can be written."""
-    output = Path(os.path.abspath(output))
-    real, capture = Path(os.path.realpath(output)), Path(os.path.realpath(capture_dir))
-    if real == capture or capture in real.parents:
-        # It would replace a capture file (record.jsonl, record.index...) or sit among them.
-        raise ValidationError(
-            "output", "must not be inside the workspace's capture folder", str(output)
-        )
-    if not output.parent.is_dir():
-        raise ValidationError("output", "its directory does not exist", str(output))
-    if output.is_dir():
-        raise ValidationError("output", "is a directory, not a file", str(output))
-    if output.exists() and not overwrite:
-        raise ValidationError(
-            "output", "already exists: pass overwrite=True (--force) to replace it", str(output)
-        )
-    return output
-
-
-def _create_partial(target: Path) -> Path:
-    """A new empty file next to ``target``, with the permissions the umask gives a new file
-    (mkstemp's would be 0600)."""
-    while True:
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-        try:
-            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return partial
-
-
 async def export_workspace(
     ws: Workspace,
     output: str | os.PathLike[str],
@@ -159,37 +167,44 @@ async def export_workspace(
     come in capture order, from one pass over the records; ``format``
     is ``"parquet"``, ``"csv"`` or ``"jsonl"`` (default: from the output's suffix). Rows are
     read a few thousand at a time and written in worker threads, Parquet in row groups of
-    ``batch_rows`` rows, so memory stays bounded whatever the workspace's size. The file is
-    written under a temporary name next to ``output`` and renamed when complete: a failed
-    or cancelled export leaves no partial file. An existing ``output`` is replaced only with
-    ``overwrite=True``.
+    ``batch_rows`` rows, so memory stays bounded whatever the workspace's size.
+
+    The file is written under a temporary name next to ``output`` and renamed when complete:
+    a failed or cancelled export leaves no partial file. An existing ``output`` is replaced
+    only with ``overwrite=True``, and only if it is a regular file (a FIFO, device, socket,
+    symbolic link or directory is refused); without it, a file created at ``output`` while
+    the export runs is not replaced either (ValidationError). An output that cannot be
+    written (its directory, a full disk...) raises ``UnwritableOutputError``; a workspace
+    holding no run (with ``runs`` not given) ``EmptyWorkspaceError``.
     """
-    chosen = _format_of(PurePath(output), format)
+    path = _output_path(output)
+    chosen = _format_of(PurePath(path), format)
+    names = _check_runs(runs)
     if not isinstance(events, bool):
         raise ValidationError("events", "must be a bool", events)
     if not isinstance(overwrite, bool):
         raise ValidationError("overwrite", "must be a bool", overwrite)
     _check_batch_rows(batch_rows)
-    target = await anyio.to_thread.run_sync(_check_output, output, overwrite, ws.capture_dir)
+    target = await anyio.to_thread.run_sync(check_output, path, overwrite, ws.capture_dir)
     if chosen == "parquet":
         import_optional("pyarrow.parquet", "--format parquet")  # before any reading
     table: Table = "events" if events else "metrics"
-    refs = await _run_refs(ws, runs)
-    partial = await anyio.to_thread.run_sync(_create_partial, target)
+    # A file of no rows from a workspace holding no run would hide a wrong path: an error, as
+    # for compare (runs=[] asks for no run and writes the header alone).
+    refs = await _run_refs(ws, names, require_runs=True)
+    partial = await _writing(target, create_partial, target)
     count = 0
     try:
-        writer: Writer = await anyio.to_thread.run_sync(
-            open_writer, partial, chosen, table, batch_rows
-        )
+        writer: Writer = await _writing(target, open_writer, partial, chosen, table, batch_rows)
         try:
             async with aclosing(_batches(ws, refs, table, min(batch_rows, _READ_ROWS))) as batches:
                 async for batch in batches:
-                    await anyio.to_thread.run_sync(writer.write, batch)
+                    await _writing(target, writer.write, batch)
                     count += len(batch)
         finally:
             with anyio.CancelScope(shield=True):  # closed even when cancelled
-                await anyio.to_thread.run_sync(writer.close)
-        await anyio.to_thread.run_sync(os.replace, partial, target)
+                await _writing(target, writer.close)
+        await _writing(target, move_into_place, partial, target, overwrite)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(partial.unlink, True)
@@ -208,10 +223,12 @@ async def to_arrow(
     The table is made of record batches of a few thousand rows each, converted as they are
     read."""
     pa = import_optional("pyarrow", "to_arrow()")
+    names = _check_runs(runs)
     if not isinstance(events, bool):
         raise ValidationError("events", "must be a bool", events)
     table: Table = "events" if events else "metrics"
-    refs = await _run_refs(ws, runs)
+    # An empty table of an empty workspace, as list_runs() gives an empty list.
+    refs = await _run_refs(ws, names, require_runs=False)
     parts: list[Any] = []
     async with aclosing(_batches(ws, refs, table, _READ_ROWS)) as batches:
         async for batch in batches:

@@ -88,10 +88,12 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
-    """The view's address on ``sock``, with the port it listens on."""
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+def url_of(host: str, sock: socket.socket) -> str:
+    """The view's address: ``host`` as given (the bound address if empty), with the port
+    ``sock`` listens on (the one the OS picked for port 0)."""
+    bound, port = sock.getsockname()[:2]
+    name = host or bound
+    shown = f"[{name}]" if ":" in name and not name.startswith("[") else name
     return f"http://{shown}:{port}/"
 
 
@@ -130,7 +132,7 @@ def serve(
     app = create_app(workspace, poll_interval=poll_interval, allowed_hosts=allowed)
     sock = listen(host, port)
     try:
-        server(app, ready=None if ready is None else (lambda: ready(url_of(sock)))).run(
+        server(app, ready=None if ready is None else (lambda: ready(url_of(host, sock)))).run(
             sockets=[sock]
         )
     finally:

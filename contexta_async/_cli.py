@@ -10,6 +10,7 @@ status 1 (2 for a usage error).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Sequence
@@ -189,20 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="seconds between reads of what was appended (default 0.25)",
     )
+    for command in sub.choices.values():
+        # A usage error found after parsing prints this command's usage, not the top level's.
+        command.set_defaults(command_parser=command)
     return parser
 
 
+# The two-run statistics options: None when not given (compare of 3+ runs refuses them),
+# these values then.
+_PAIRED_DEFAULTS: Final = {"resamples": 2000, "seed": 0, "bootstrap": "auto", "confidence": 0.95}
+
+
 def _stats_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
     parser.add_argument(
         "--bootstrap",
         choices=("auto", "resample", "saddlepoint"),
-        default="auto",
         help="resample, approximate the bootstrap distribution by saddlepoint, or auto "
         f"(the approximation from {SADDLEPOINT_MIN_PAIRS:,} matched samples on; default)",
     )
-    parser.add_argument("--confidence", type=float, default=0.95, help="interval level")
+    parser.add_argument("--confidence", type=float, help="interval level (default 0.95)")
     parser.add_argument(
         "--adjust",
         choices=("holm", "bh", "none"),
@@ -302,12 +310,10 @@ def _stats(args: argparse.Namespace) -> dict[str, Any]:
     """``Workspace.compare``'s statistics options, as ``_stats_options`` parsed them, checked
     by CompareOptions' rules: a value that breaks one is a usage error naming the option,
     raised before the workspace is read."""
+    given = {key: getattr(args, key) for key in _PAIRED_DEFAULTS}
     stats = {
         "directions": _directions(args),
-        "confidence": args.confidence,
-        "resamples": args.resamples,
-        "seed": args.seed,
-        "bootstrap": args.bootstrap,
+        **{key: _PAIRED_DEFAULTS[key] if value is None else value for key, value in given.items()},
         "adjustment": args.adjust,
     }
     try:
@@ -321,7 +327,30 @@ def _stats(args: argparse.Namespace) -> dict[str, Any]:
 # ---- output helpers ----------------------------------------------------------------------
 
 
+# C0 and C1 control characters, DEL, and the Unicode line/paragraph separators and
+# direction overrides: a workspace string holding them would move the cursor, clear the
+# screen, recolour or reorder the terminal, or split a table row. Shown as repr shows them.
+_UNSAFE: Final = {
+    code: repr(chr(code))[1:-1]
+    for code in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def _safe(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``, ``\\n``...); other text as is."""
+    return text.translate(_UNSAFE)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Aligned columns; every cell goes through ``_safe``."""
+    rows = [[_safe(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -342,7 +371,7 @@ def _names(names: Sequence[str], limit: int = 10) -> str:
 
 
 def _run_line(label: str, run: RunSummary) -> str:
-    return (
+    return _safe(
         f"{label}{run.ref}  [{run.status}]  dataset={run.dataset_ref or '-'}  "
         f"metrics={run.counts.metrics} events={run.counts.events} "
         f"artifacts={run.counts.artifacts}"
@@ -382,10 +411,23 @@ async def _runs(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
+    if args.limit < 1:
+        raise _UsageError("--limit must be at least 1")
     table = await ws.compare_many([args.run])
     summary = table.runs[0]
     records = []
-    if args.records or args.kind or args.key or args.stage or args.sample:
+    filters = [
+        f"{option} {value!r}"
+        for option, values in (
+            ("--kind", args.kind or []),
+            ("--key", [args.key]),
+            ("--stage", [args.stage]),
+            ("--sample", [args.sample]),
+        )
+        for value in values
+        if value is not None
+    ]
+    if args.records or filters:
         rows = ws.records(
             summary.ref, kind=args.kind, key=args.key, stage=args.stage, sample=args.sample
         )
@@ -394,6 +436,12 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
                 records.append(row)
                 if len(records) >= args.limit:
                     break
+        if filters and not records:
+            # Not an error (exit 0), but not silence either: a misspelt key looks like this.
+            args.err.write(
+                _safe(f"{PROG}: note: no record of {summary.ref} matches {' '.join(filters)}")
+                + "\n"
+            )
     if args.json:
         _json(
             {
@@ -405,9 +453,9 @@ async def _show(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
             out,
         )
         return 0
-    out.write(f"{summary.ref}\n")
+    out.write(f"{_safe(summary.ref)}\n")
     for label, value in [*run_facts(summary), ("source", summary.source)]:
-        out.write(f"  {label:<8} {value}\n")
+        out.write(f"  {label:<8} {_safe(value)}\n")
     if table.rows:
         out.write("\nMetrics (run/stage/batch: latest value; sample: mean over samples)\n")
         _table(
@@ -477,7 +525,7 @@ def _write_pair(
         legend = _write_paired(result, out)
         for p in result.paired:
             for line in _paired_details(p):
-                out.write(f"  {p.stage or '(run)'}/{p.key}: {line}\n")
+                out.write(_safe(f"  {p.stage or '(run)'}/{p.key}: {line}") + "\n")
             if samples and p.samples:
                 _table(
                     ["    SAMPLE", "LEFT", "RIGHT", "DIFF"],
@@ -702,7 +750,7 @@ def _write_alignment(found: Alignment, out: TextIO) -> None:
     for label, count, names in found.kinds():
         if names:
             more = f" (+{count - len(names)} more)" if count > len(names) else ""
-            out.write(f"  {label}: {', '.join(names)}{more}\n")
+            out.write(_safe(f"  {label}: {', '.join(names)}{more}") + "\n")
 
 
 def _write_many(result: MultiRunComparison, out: TextIO) -> None:
@@ -752,19 +800,26 @@ def _write_warnings(warnings: Sequence[str], notes: Sequence[str], out: TextIO) 
     if warnings:
         out.write("\nWarnings\n")
         for w in warnings:
-            out.write(f"  ! {w}\n")
+            out.write(f"  ! {_safe(w)}\n")
     if notes:
         out.write("\nNotes\n")
         for n in notes:
-            out.write(f"  - {n}\n")
+            out.write(f"  - {_safe(n)}\n")
 
 
 async def _compare(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     if len(args.runs) < 2:
         raise _UsageError("compare needs at least two runs")
-    if args.target_effect is not None and len(args.runs) != 2:
-        raise _UsageError("--target-effect needs two runs (a paired comparison)")
-    stats = _stats(args)
+    stats = _stats(args)  # out-of-range values first, whatever the number of runs
+    if len(args.runs) != 2:
+        # Silently ignored, they would suggest a paired analysis that did not happen.
+        for option, given in (
+            ("--target-effect", args.target_effect is not None),
+            ("--samples", args.samples),
+            *((f"--{key}", getattr(args, key) is not None) for key in _PAIRED_DEFAULTS),
+        ):
+            if given:
+                raise _UsageError(f"{option} needs two runs (a paired comparison)")
     if len(args.runs) == 2:
         result = await ws.compare(args.runs[0], args.runs[1], include_samples=args.samples, **stats)
         power = None if args.target_effect is None else _power(result, args.target_effect)
@@ -791,8 +846,11 @@ async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
     how = "inferred from the key" if result.direction_inferred else "given"
     basis = "latest value" if result.basis == "latest" else "mean over samples"
     out.write(
-        f"Best by {result.stage or '(run)'}/{result.metric} "
-        f"({result.scope}-level, {basis}), {result.direction} ({how})\n"
+        _safe(
+            f"Best by {result.stage or '(run)'}/{result.metric} "
+            f"({result.scope}-level, {basis}), {result.direction} ({how})"
+        )
+        + "\n"
     )
     _table(
         ["RANK", "RUN", "VALUE"],
@@ -800,11 +858,11 @@ async def _best(ws: Workspace, args: argparse.Namespace, out: TextIO) -> int:
         out,
     )
     if result.tie:
-        out.write(f"Tie: {', '.join(result.winners)} share the best value\n")
+        out.write(_safe(f"Tie: {', '.join(result.winners)} share the best value") + "\n")
     else:
-        out.write(f"Winner: {result.winners[0]}\n")
+        out.write(_safe(f"Winner: {result.winners[0]}") + "\n")
     if result.missing:
-        out.write(f"Missing the metric: {', '.join(result.missing)}\n")
+        out.write(_safe(f"Missing the metric: {', '.join(result.missing)}") + "\n")
     return 0
 
 
@@ -887,8 +945,9 @@ def _ship(
             raise _UsageError("--batch-lines must be at least 1")
         if args.retries < 0:
             raise _UsageError("--retries must be 0 or more")
-        if not args.poll_interval > 0:
-            raise _UsageError("--poll-interval must be positive")
+        _check_poll_interval(args)
+        if not url_scheme(args.to):
+            raise _UsageError("--to: must be a store URL such as postgresql://host/db")
         backend = load_store_backend(args.to)
         request = ShipRequest(
             workspace=args.workspace,
@@ -903,9 +962,7 @@ def _ship(
         )
         return backend.ship_command(request)
     except _UsageError as exc:
-        parser.print_usage(err)
-        err.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return _usage(exc, parser, err)
     except ContextaError as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 1
@@ -917,12 +974,13 @@ def _ship(
 def _view(
     args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO, err: TextIO
 ) -> int:
-    """Serve the view until interrupted (uvicorn runs its own event loop)."""
+    """Serve the view until interrupted (uvicorn runs its own event loop). The address is
+    announced once the server listens, with the port it got (``--port 0``); an address it
+    cannot listen on is a one-line error, status 1."""
     try:
         if not 0 <= args.port <= 65535:
             raise _UsageError("--port must be between 0 and 65535")
-        if not args.poll_interval > 0:
-            raise _UsageError("--poll-interval must be positive")
+        _check_poll_interval(args)
         scheme = url_scheme(args.workspace)
         if scheme:
             # The view tails the workspace files; a store has none (yet). The URL is not
@@ -934,20 +992,45 @@ def _view(
         from .view import serve
 
         ws = Workspace(args.workspace)
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        out.write(f"{PROG} view of {ws.path}: http://{host}:{args.port}/ (Ctrl-C stops it)\n")
-        out.flush()
-        serve(ws, host=args.host, port=args.port, poll_interval=args.poll_interval)
+
+        def announce(url: str) -> None:
+            out.write(f"{PROG} view of {ws.path}: {url} (Ctrl-C stops it)\n")
+            out.flush()
+
+        serve(
+            ws,
+            host=args.host,
+            port=args.port,
+            poll_interval=args.poll_interval,
+            ready=announce,
+        )
         return 0
     except _UsageError as exc:
-        parser.print_usage(err)
-        err.write(f"{PROG}: error: {exc}\n")
-        return 2
-    except (ContextaError, _CliError) as exc:
+        return _usage(exc, parser, err)
+    except (ContextaError, _CliError) as exc:  # ListenError: a ContextaError
         err.write(f"{PROG}: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _check_poll_interval(args: argparse.Namespace) -> None:
+    # inf would never look again; nan compares false with everything.
+    if not (math.isfinite(args.poll_interval) and args.poll_interval > 0):
+        raise _UsageError("--poll-interval must be positive and finite")
+
+
+def _usage(exc: _UsageError, parser: argparse.ArgumentParser, err: TextIO) -> int:
+    """Print a usage error with the usage of the parser that found it (else ``parser``, the
+    command's); status 2."""
+    (exc.parser or parser).print_usage(err)
+    err.write(f"{PROG}: error: {exc}\n")
+    return 2
+
+
+# Fields of a library ValidationError that are the command's own options: a value the
+# library refuses there is a usage error naming the option (status 2), not a failure.
+_OPTION_FIELDS: Final[dict[str, dict[str, str]]] = {"export": {"format": "--format"}}
 
 
 _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {
@@ -968,17 +1051,17 @@ def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | Non
     try:
         args = parser.parse_args(list(argv))
     except _UsageError as exc:
-        (exc.parser or parser).print_usage(stderr)
-        stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return _usage(exc, parser, stderr)
     except SystemExit as exc:  # --help printed its text
         return int(exc.code or 0)
     args.workspace = getattr(args, "workspace", ".contexta")
     args.json = getattr(args, "json", False)
+    args.err = stderr  # for notes that are not errors (show: a filter matching nothing)
+    command: argparse.ArgumentParser = args.command_parser
     if args.command == "ship":
-        return _ship(args, parser, stdout, stderr)
+        return _ship(args, command, stdout, stderr)
     if args.command == "view":
-        return _view(args, parser, stdout, stderr)
+        return _view(args, command, stdout, stderr)
 
     async def main() -> int:
         ws = Workspace(args.workspace)
@@ -987,9 +1070,14 @@ def run_cli(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | Non
     try:
         return anyio.run(main)
     except _UsageError as exc:
-        parser.print_usage(stderr)
-        stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return _usage(exc, command, stderr)
+    except ValidationError as exc:
+        option = _OPTION_FIELDS.get(args.command, {}).get(exc.field)
+        if option is None:
+            stderr.write(f"{PROG}: error: {exc}\n")
+            return 1
+        # The library's message with the option for the field: "--format: ... (got '.txt')".
+        return _usage(_UsageError(option + str(exc).removeprefix(exc.field)), command, stderr)
     except (ContextaError, _CliError, ValueError) as exc:
         stderr.write(f"{PROG}: error: {exc}\n")
         return 1

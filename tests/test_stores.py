@@ -51,7 +51,7 @@ def test_a_url_without_a_known_scheme_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValidationError, match="--to: no installed store serves this scheme"):
         stores.load_store_backend("mysql://user:pa55-secret@h/db")
     code, _, err = _ship("--to", "user:pa55-secret@h/db")
-    assert code == 1 and "--to: must be a store URL" in err
+    assert code == 2 and "--to: must be a store URL" in err  # a usage error
     assert "pa55-secret" not in err
 
 

@@ -147,9 +147,12 @@ def test_tail_reads_only_what_was_appended_and_waits_for_a_torn_line(tmp_path: P
     data = record.read_bytes()
     lines = data.splitlines(keepends=True)
     # Garbage over what was already read (same size, same file): a tail that read the whole
-    # file again would count it as corrupt and lose those records.
+    # file again would count it as corrupt and lose those records. (Over the second line: the
+    # first bytes and the last ones read are checked, a rewrite there starts over.)
+    assert len(lines) > 3 and len(lines[0]) > 256
     with open(record, "r+b") as handle:
-        handle.write(b"x" * (len(lines[0]) - 1))
+        handle.seek(len(lines[0]))
+        handle.write(b"x" * (len(lines[1]) - 1))
     # Half of a line a writer is still appending waits for its newline.
     new_line = lines[1].replace(b'"metric_key":"judge.score"', b'"metric_key":"judge.later"')
     with open(record, "ab") as handle:
@@ -520,3 +523,114 @@ def test_a_line_nested_too_deep_to_decode_is_skipped_by_the_tail(tmp_path: Path)
     tail = WorkspaceTail(root / "cache" / "capture")
     tail.poll()
     assert [e.key for e in event_views(tail.track("run:view.r"))] == ["real"]
+
+
+# ---- arguments ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"allowed_hosts": "localhost"}, "allowed_hosts"),
+        ({"allowed_hosts": ["localhost", 1]}, "allowed_hosts"),
+        ({"poll_interval": "1"}, "poll_interval"),
+        ({"poll_interval": None}, "poll_interval"),
+        ({"poll_interval": True}, "poll_interval"),
+        ({"poll_interval": float("inf")}, "poll_interval"),
+        ({"poll_interval": float("nan")}, "poll_interval"),
+        ({"poll_interval": -1}, "poll_interval"),
+    ],
+)
+def test_create_app_bad_arguments_are_validation_errors_naming_the_field(
+    workspace: Path, options: dict[str, Any], field: str
+) -> None:
+    from contexta_async import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        create_app(workspace, **options)
+    assert caught.value.field == field
+
+
+def test_create_app_takes_allowed_hosts_as_a_sequence_of_names(workspace: Path) -> None:
+    with running_view(workspace, allowed_hosts=["localhost"]) as base:
+        assert raw_get(base, "/", host="localhost")[0] == 200
+        assert raw_get(base, "/", host="l")[0] == 400
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"port": 70000}, "port"), ({"port": "80"}, "port"), ({"host": 1}, "host")],
+)
+def test_serve_bad_arguments_are_validation_errors_naming_the_field(
+    workspace: Path, options: dict[str, Any], field: str
+) -> None:
+    from contexta_async import ValidationError
+    from contexta_async.view import serve
+
+    with pytest.raises(ValidationError) as caught:
+        serve(workspace, **options)
+    assert caught.value.field == field
+
+
+def test_serve_on_a_port_in_use_raises_listen_error(workspace: Path) -> None:
+    from contexta_async.view import ListenError, serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError) as caught:
+            serve(workspace, port=port)
+    assert str(caught.value) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert isinstance(caught.value, OSError)
+
+
+# ---- a file rewritten in place ----------------------------------------------------------------
+
+
+def _overwrite_in_place(target: Path, source: Path) -> None:
+    """As ``cp source target`` does: the same inode, truncated and written again."""
+    with target.open("r+b") as dst:
+        dst.write(source.read_bytes())
+        dst.truncate()
+
+
+def test_tail_starts_over_when_a_file_is_overwritten_in_place_with_more_bytes(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "a" / ".contexta", tmp_path / "b" / ".contexta"
+    capture_run(first, "one", [1.0, 0.0])
+    capture_run(second, "two", [1.0, 0.0, 1.0, 1.0])
+    capture_run(second, "three", [0.0, 0.0, 1.0, 1.0, 1.0])
+    capture = first / "cache" / "capture"
+    tail = WorkspaceTail(capture)
+    tail.poll()
+    assert set(tail.runs) == {"run:view.one"}
+    tail.track("run:view.one")
+    inodes = {}
+    for name in ("context.jsonl", "record.jsonl"):
+        inodes[name] = os.stat(capture / name).st_ino
+        assert (second / "cache" / "capture" / name).stat().st_size > (
+            capture / name
+        ).stat().st_size
+        _overwrite_in_place(capture / name, second / "cache" / "capture" / name)
+        assert os.stat(capture / name).st_ino == inodes[name]
+    assert tail.poll()
+    assert set(tail.runs) == {"run:view.two", "run:view.three"}
+    fresh = WorkspaceTail(capture)
+    fresh.poll()
+    assert {ref: run.counts for ref, run in tail.runs.items()} == {
+        ref: run.counts for ref, run in fresh.runs.items()
+    }
+
+
+def test_tail_reads_on_when_a_file_only_grew(tmp_path: Path) -> None:
+    root = tmp_path / ".contexta"
+    capture_run(root, "first", [1.0, 0.0])
+    tail = WorkspaceTail(root / "cache" / "capture")
+    tail.poll()
+    version = tail.runs["run:view.first"].version
+    capture_run(root, "second", [1.0])
+    assert tail.poll()
+    assert set(tail.runs) == {"run:view.first", "run:view.second"}
+    assert tail.runs["run:view.first"].version == version  # not folded again: no reset

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final
@@ -42,7 +43,7 @@ from ._pages import (
 from ._pages import sample_values as _sample_values
 from ._tail import WorkspaceTail
 
-__all__ = ["ViewState", "create_app"]
+__all__ = ["ViewState", "check_poll_interval", "create_app"]
 
 _log = structlog.get_logger("contexta_async")
 
@@ -56,6 +57,20 @@ _SECURITY_HEADERS: Final = [
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
 ]
+
+
+def check_poll_interval(poll_interval: object) -> None:
+    """``poll_interval`` must be a finite real number of seconds above 0 (an infinite one
+    would never look at the workspace again)."""
+    if (
+        not isinstance(poll_interval, int | float)
+        or isinstance(poll_interval, bool)
+        or not math.isfinite(poll_interval)
+        or not poll_interval > 0
+    ):
+        raise ValidationError(
+            "poll_interval", "must be a finite number of seconds above 0", poll_interval
+        )
 
 
 class ViewState:
@@ -297,11 +312,22 @@ def create_app(
     """The view's ASGI app for ``workspace``: pages ``/``, ``/runs/RUN``,
     ``/compare/LEFT/RIGHT`` (and ``.../samples/NAME``), the event stream ``/events``.
 
-    The workspace is polled every ``poll_interval`` seconds for appended lines;
-    ``allowed_hosts`` are the Host header names answered (None: any).
+    The workspace is polled every ``poll_interval`` seconds (a finite number above 0) for
+    appended lines; ``allowed_hosts`` are the Host header names answered, a sequence of str
+    (one string is refused, not read as its characters), or None: any.
     """
-    if not poll_interval > 0:
-        raise ValidationError("poll_interval", "must be positive", poll_interval)
+    check_poll_interval(poll_interval)
+    if allowed_hosts is not None:
+        # One str is refused: read as a sequence, it would allow its single characters.
+        if isinstance(allowed_hosts, str | bytes) or not isinstance(allowed_hosts, Iterable):
+            raise ValidationError(
+                "allowed_hosts", "must be a sequence of host names (str) or None", allowed_hosts
+            )
+        allowed_hosts = tuple(allowed_hosts)
+        if not all(isinstance(host, str) for host in allowed_hosts):
+            raise ValidationError(
+                "allowed_hosts", "must be a sequence of host names (str) or None", allowed_hosts
+            )
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     state = ViewState(ws, poll_interval)
 

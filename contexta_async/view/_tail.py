@@ -2,7 +2,8 @@
 
 Each capture file is followed from a byte offset: a poll reads from there to the current end,
 folds the complete lines into the state and keeps a torn last line (a writer mid-line) until
-its newline arrives. A file that shrank or was replaced is read again from the start. Lines
+its newline arrives. A file that shrank, was replaced, or was rewritten in place (its first
+bytes, or those before the offset, differ from what was read) is read again from the start. Lines
 are decoded with the readers' narrow Structs; ``record.jsonl`` is counted block by block
 (C-level passes, no Python loop per record), and the metric values and events of a run are
 kept only once its page was asked for (``track``: one read of the lines so far, then only
@@ -40,6 +41,9 @@ from ..readers._read import Block, Issues, LineCutter, LineDecoder, open_regular
 __all__ = ["EventView", "RunDetail", "RunState", "WorkspaceTail", "event_views"]
 
 _READ_SIZE: Final = 4 << 20
+# Bytes remembered at the file's start and just before the offset read to: a file rewritten
+# in place (``cp`` over it: same inode, truncated, written again, maybe longer) differs there.
+_MARK_SIZE: Final = 256
 # Appended bytes from which record.index is worth looking at (checking its frames reads it
 # whole): a first read, or a poll after a large burst.
 INDEX_FROM: Final = 16 << 20
@@ -155,6 +159,7 @@ class _FileTail:
         self._cutter = LineCutter()
         self._read_to = 0  # bytes consumed, the torn tail included
         self._identity: tuple[int, int] | None = None
+        self._marks = (b"", b"")  # (the first bytes, the bytes before _read_to), as read
 
     @property
     def complete_to(self) -> int:
@@ -170,15 +175,34 @@ class _FileTail:
         """Continue from ``offset`` (a line boundary): the lines before it were folded."""
         self._cutter = LineCutter(offset)
         self._read_to = offset
+        try:
+            handle = open_regular_file(self.path)
+        except OSError:
+            self._marks = (b"", b"")  # checked next poll: a file gone is a reset then
+            return
+        with handle:
+            self._marks = self._marks_of(handle.fileno())
+
+    def _marks_of(self, fd: int) -> tuple[bytes, bytes]:
+        """The file's first bytes and the bytes before ``_read_to``, as they are now."""
+        end = self._read_to
+        start = max(0, end - _MARK_SIZE)
+        return os.pread(fd, min(_MARK_SIZE, end), 0), os.pread(fd, end - start, start)
 
     def replaced(self) -> bool:
-        """Whether the file was replaced, truncated or removed since the last read."""
+        """Whether the file was replaced, truncated, rewritten in place or removed since the
+        last read."""
         try:
-            info = os.stat(self.path)
+            handle = open_regular_file(self.path)
         except FileNotFoundError:
             return self._read_to > 0
-        identity = (info.st_dev, info.st_ino)
-        return info.st_size < self._read_to or self._identity not in (None, identity)
+        with handle:
+            info = os.fstat(handle.fileno())
+            identity = (info.st_dev, info.st_ino)
+            if info.st_size < self._read_to or self._identity not in (None, identity):
+                return True
+            # Same file, not shorter: still the bytes that were read? (An append leaves them.)
+            return self._read_to > 0 and self._marks_of(handle.fileno()) != self._marks
 
     def read_new(self) -> Iterator[Block]:
         """The complete lines appended since the last read, block by block."""
@@ -196,6 +220,7 @@ class _FileTail:
                 remaining -= len(data)
                 self._read_to += len(data)
                 yield from self._cutter.cut(data)
+            self._marks = self._marks_of(handle.fileno())
 
 
 def read_range(path: Path, end: int) -> Iterator[Block]:

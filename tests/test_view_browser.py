@@ -7,6 +7,7 @@ chromium and chromium-driver these tests skip, and fail under CI=true (.ci/run i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -213,9 +214,22 @@ def test_a_run_captured_now_appears_without_a_reload(
     capture_run(workspace, "arrived-later", [1.0, 1.0, 0.0])
     _wait_text(browser, "arrived-later")
     assert browser.execute_script("return window.__notReloaded === true;")
-    row = browser.find_element(By.CSS_SELECTOR, "#runs tr[data-ref='run:view.arrived-later']")
-    _wait_text(browser, "completed", "#runs tr[data-ref='run:view.arrived-later']")
-    assert [c.text for c in row.find_elements(By.TAG_NAME, "td")][5:7] == ["7", "3"]
+    row = "#runs tr[data-ref='run:view.arrived-later']"
+    _wait_text(browser, "completed", row)
+    cells: list[str] = []
+
+    def counted(driver: Any) -> bool:
+        # Read the row afresh each time: a live update may swap it out between two reads.
+        try:
+            found = driver.find_element(By.CSS_SELECTOR, row).find_elements(By.TAG_NAME, "td")
+            cells[:] = [cell.text for cell in found]
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return cells[5:7] == ["7", "3"]
+
+    with contextlib.suppress(TimeoutException):
+        WebDriverWait(browser, WAIT, poll_frequency=0.1).until(counted)
+    assert cells[5:7] == ["7", "3"]
 
 
 def test_an_open_run_page_shows_new_values_without_a_reload(

@@ -31,28 +31,35 @@ def _values(workspace: Path) -> Counter[int]:
     )
 
 
-def test_a_closed_stdout_cannot_stop_the_writer_while_it_retries_a_failed_write(
-    tmp_path: Path,
-) -> None:
-    # `python eval.py | head`: structlog's default logger prints to stdout, so once the reader
-    # has gone every log line raises BrokenPipeError, here inside the retry of a failed write.
-    count = 100
+def _run_with_stdout_closed(child_script: str, *args: str) -> tuple[int, bytes]:
+    """Run a child that prints "ready", close our end of its stdout (as `head` does once it
+    has read enough), let it go on, and return its exit status and stderr."""
     child = subprocess.Popen(
-        [sys.executable, str(CHILDREN / "closed_stdout.py"), str(tmp_path), str(count)],
+        [sys.executable, str(CHILDREN / child_script), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert child.stdout is not None and child.stdin is not None
     assert child.stdout.readline() == b"ready\n"
-    child.stdout.close()  # the reader goes away, as `head` does
+    child.stdout.close()
     child.stdin.write(b"go\n")
     child.stdin.flush()
     try:
         _, stderr = child.communicate(timeout=HANG)
     finally:
         child.kill()
-    assert child.returncode == 0, stderr.decode()[-2000:]
+    return child.returncode, stderr
+
+
+def test_a_closed_stdout_cannot_stop_the_writer_while_it_retries_a_failed_write(
+    tmp_path: Path,
+) -> None:
+    # `python eval.py | head`: structlog's default logger prints to stdout, so once the reader
+    # has gone every log line raises BrokenPipeError, here inside the retry of a failed write.
+    count = 100
+    returncode, stderr = _run_with_stdout_closed("closed_stdout.py", str(tmp_path), str(count))
+    assert returncode == 0, stderr.decode()[-2000:]
     # The write failed, was retried with the fault cleared, and every record is on disk once.
     assert _values(tmp_path) == Counter(range(count))
     assert b"writer" not in stderr
@@ -181,22 +188,8 @@ async def test_an_async_producer_waiting_for_room_gets_writer_stopped_error_not_
 def test_a_closed_stdout_cannot_make_close_raise_while_it_reports_a_sink_that_failed_to_close(
     tmp_path: Path,
 ) -> None:
-    child = subprocess.Popen(
-        [sys.executable, str(CHILDREN / "closed_stdout_close.py"), str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert child.stdout is not None and child.stdin is not None
-    assert child.stdout.readline() == b"ready\n"
-    child.stdout.close()  # the reader goes away, as `head` does
-    child.stdin.write(b"go\n")
-    child.stdin.flush()
-    try:
-        _, stderr = child.communicate(timeout=HANG)
-    finally:
-        child.kill()
-    assert child.returncode == 0, stderr.decode()[-2000:]
+    returncode, stderr = _run_with_stdout_closed("closed_stdout_close.py", str(tmp_path))
+    assert returncode == 0, stderr.decode()[-2000:]
     assert [line["payload"]["payload"]["value"] for line in read_family(tmp_path, "RECORD")] == [
         1.0
     ]

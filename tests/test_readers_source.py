@@ -172,7 +172,7 @@ _BAD_CALLS = [
     ("status", lambda ws: ws.list_runs(status=["open", 5])),
     ("project", lambda ws: ws.list_runs(project=5)),
     ("runs", lambda ws: ws.compare_many("grounded")),  # one str: its letters are no runs
-    ("runs", lambda ws: ws.compare_many(["grounded", None])),
+    ("runs[1]", lambda ws: ws.compare_many(["grounded", None])),
     ("runs", lambda ws: ws.best_run("ab", "score")),
     ("metric", lambda ws: ws.best_run(["grounded"], 5)),
     ("stage", lambda ws: ws.best_run(["grounded"], "score", stage=5)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path, PurePath
@@ -15,6 +15,7 @@ import msgspec
 
 from .._errors import ValidationError
 from ..readers._errors import EmptyWorkspaceError
+from ..readers._source import run_names
 from ._columns import Table, arrow_batch, arrow_schema
 from ._optional import import_optional
 from ._output import check_output, create_partial, move_into_place, unwritable
@@ -66,17 +67,7 @@ class ExportResult(msgspec.Struct, kw_only=True):
 
 def _check_runs(runs: object) -> list[str] | None:
     """``runs`` as a list of names (None: every run); ValidationError naming the field."""
-    if runs is None:
-        return None
-    if isinstance(runs, str):
-        raise ValidationError("runs", "must be a sequence of run names, not one string", runs)
-    if isinstance(runs, bytes | bytearray | memoryview) or not isinstance(runs, Iterable):
-        raise ValidationError("runs", "must be a sequence of run names (str) or None", runs)
-    names = list(runs)
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            raise ValidationError(f"runs[{i}]", "must be a run name (str)", name)
-    return names
+    return None if runs is None else run_names(runs)
 
 
 async def _run_refs(ws: Workspace, names: list[str] | None, *, require_runs: bool) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Collection, Iterable, Mapping, Seque
 from types import MappingProxyType
 from typing import Final, NamedTuple, Protocol
 
+from .._errors import ValidationError
 from .._format.lines import ArtifactLine
 from .._format.refs import components, last_component, run_matches
 from ._errors import AmbiguousRunError, UnknownRunError
@@ -33,6 +34,7 @@ __all__ = [
     "SampleInfo",
     "SourceData",
     "resolve_run_ref",
+    "run_names",
 ]
 
 # payload_type -> record kind; other types are counted as "other".
@@ -56,6 +58,21 @@ def resolve_run_ref(name: str, refs: Iterable[str]) -> str:
     if len(matches) > 1:
         raise AmbiguousRunError(name, matches)
     raise UnknownRunError(name, known)
+
+
+def run_names(runs: object) -> list[str]:
+    """``runs`` (of ``compare_many``, ``best_run``, ``export``...) as a list: a sequence of
+    run names, never one string (whose letters would name runs); ValidationError naming
+    ``runs`` or the item (``runs[1]``) otherwise."""
+    if isinstance(runs, str):
+        raise ValidationError("runs", "must be a sequence of run names, not one string", runs)
+    if isinstance(runs, bytes | bytearray | memoryview) or not isinstance(runs, Iterable):
+        raise ValidationError("runs", "must be a sequence of run names (str)", runs)
+    names = list(runs)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValidationError(f"runs[{i}]", "must be a run name (str)", name)
+    return names
 
 
 class RunInfo:

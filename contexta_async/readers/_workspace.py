@@ -36,7 +36,7 @@ from ._model import (
     RunSummary,
 )
 from ._read import CHUNK_SIZE
-from ._source import MultiRunSource, RecordSource, RowFilter, resolve_run_ref
+from ._source import MultiRunSource, RecordSource, RowFilter, resolve_run_ref, run_names
 
 if TYPE_CHECKING:
     import pandas
@@ -78,12 +78,8 @@ def _texts(field: str, values: object, rule: str) -> list[str]:
     return found
 
 
-def _run_names(runs: object) -> list[str]:
-    """The run names of ``compare_many``/``best_run``: a sequence of str, not one str (whose
-    letters would name runs)."""
-    if isinstance(runs, str):
-        raise ValidationError("runs", "must be a list of run names, not one str", runs)
-    names = _texts("runs", runs, "must be a list of run names (str)")
+def _some_run_names(runs: object) -> list[str]:
+    names = run_names(runs)
     if not names:
         raise ValidationError("runs", "must name at least one run", runs)
     return names
@@ -329,7 +325,7 @@ class Workspace:
         family-wise error), ``"bh"`` (Benjamini-Hochberg, false discovery rate) or
         ``"none"``.
         """
-        names = _run_names(runs)
+        names = _some_run_names(runs)
         options = CompareOptions(directions=directions, adjustment=adjustment)
         agg, refs = await self._read(names, values=True)
         return await anyio.to_thread.run_sync(compare_many, agg, refs, options)
@@ -348,7 +344,7 @@ class Workspace:
         of them are winners). When the key is captured at several places (stages, or both
         per sample and per stage), name the ``stage`` or AmbiguousMetricError says which.
         """
-        _run_names(runs)
+        _some_run_names(runs)
         _text("metric", metric)
         _optional_text("stage", stage)
         if direction is not None and direction not in ("maximize", "minimize"):

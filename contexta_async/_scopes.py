@@ -44,6 +44,8 @@ def _exit_status(
 ) -> tuple[Status, str | None]:
     if exc_type is None:
         return "completed", None
+    if issubclass(exc_type, SystemExit) and getattr(exc, "code", 1) in (0, None):
+        return "completed", None  # sys.exit(0) or sys.exit(): the program says it succeeded
     try:
         message = str(exc)
     except Exception:  # an exception whose __str__ fails must not keep its scope open

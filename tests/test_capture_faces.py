@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from pathlib import Path
 
@@ -482,3 +483,22 @@ def test_a_name_that_fits_only_without_the_epoch_suffix_is_refused(workspace: Pa
             stage.sample("n" * 50, epoch=10**9)
         assert raised.value.field == "sample name"
     ctx.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [(0, "completed", None), (None, "completed", None), (2, "failed", "SystemExit: 2")],
+)
+def test_sys_exit_inside_a_run_closes_it_with_the_status_its_code_means(
+    tmp_path: Path, code: int | None, status: str, reason: str | None
+) -> None:
+    ctx = Contexta(workspace=tmp_path / "ws", config={"project_name": "p"})
+    with pytest.raises(SystemExit), ctx.run("r") as run, run.stage("s"):
+        sys.exit(code)
+    ctx.close()
+    closing = [
+        line["payload"]
+        for line in read_lines(tmp_path / "ws", "context")
+        if line["payload"]["status"] != "open"
+    ]
+    assert [(line["status"], line["failure_reason"]) for line in closing] == [(status, reason)] * 2

@@ -469,9 +469,14 @@ class Shipper:
         if row is None:
             return  # no line to compare (each one skipped as corrupt, or deleted by hand)
         offset, digest = int(row[0]), bytes(row[1])
-        # Only skipped (corrupt) lines lie between it and the position: read up to there.
-        data = os.pread(fd, position - offset, offset)
-        end = data.find(b"\n")
+        # The file's line at that offset: up to its newline, at or before the position.
+        want = min(1 << 16, position - offset)
+        while True:
+            data = os.pread(fd, want, offset)
+            end = data.find(b"\n")
+            if end >= 0 or want >= position - offset or len(data) < want:
+                break
+            want = min(want * 2, position - offset)
         if end >= 0 and hashlib.sha256(data[:end]).digest() == digest:
             return
         raise ShipPositionError(

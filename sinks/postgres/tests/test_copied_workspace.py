@@ -72,3 +72,20 @@ def test_a_workspace_moved_elsewhere_ships_on_from_its_position(
         result = shipper.ship()
     assert result.lines_already_stored == 0
     assert store_lines(db, moved) == workspace_lines(moved)
+
+
+def test_corrupt_lines_after_the_last_stored_one_do_not_refuse_the_file(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = capture(tmp_path / "ws", run="first")
+    record = ws / "cache" / "capture" / "record.jsonl"
+    with open(record, "ab") as f:
+        f.write(b"not json\n{}\n")  # skipped: the store's position is past them
+    with Shipper(ws, db.url) as shipper:
+        assert shipper.ship().lines_skipped == 2
+    capture(ws, run="second")
+    with Shipper(ws, db.url) as shipper:  # a new shipper checks the stored positions
+        result = shipper.ship()
+    assert result.lines_skipped == 0 and result.lines_shipped > 0
+    stored = store_lines(db, ws)
+    assert sum(map(len, stored.values())) == sum(map(len, workspace_lines(ws).values())) - 2

@@ -64,6 +64,7 @@ logger = structlog.get_logger("contexta_async")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+_SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 _KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
 _CHUNK = 1 << 20  # bytes read (whole lines) and parsed at a time within a batch
 
@@ -340,6 +341,10 @@ class Shipper:
                         self._reconnect(exc, stop, result)
                         continue
                     except psycopg.Error as exc:
+                        if isinstance(exc, _SCHEMA_GONE):
+                            # Dropped under a live session (a store reset): the next
+                            # connection creates it again, and the next pass ships all.
+                            self._drop()
                         raise self._store_error(exc, file) from None
                     if handled == 0:
                         waiting += torn

@@ -68,3 +68,19 @@ def test_the_pass_after_a_reconnect_asks_the_store_for_every_file(
         assert first_pass.reconnects == 1
         shipper.ship(cached=True)
     assert store_lines(db, ws) == workspace_lines(ws)
+
+
+def test_a_schema_dropped_under_the_shippers_session_is_made_again_and_filled(
+    tmp_path: Path, db: Database
+) -> None:
+    ws = tmp_path / "ws"
+    ctx = Contexta(workspace=ws, config={"project_name": "p"}, ship_to=db.url)
+    try:
+        _capture(ctx, "a", 5)
+        ctx.shipper.wait_committed(timeout=60)
+        with db.cluster.admin(db.name) as conn:  # the helper's session stays
+            conn.execute("DROP SCHEMA contexta CASCADE")
+        ctx.shipper.wait_committed(timeout=60)
+        assert store_lines(db, ws) == workspace_lines(ws)
+    finally:
+        ctx.close()

@@ -27,6 +27,7 @@ workspace files, which the parent's helper ships.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ import structlog
 from contexta_async import LifecycleError, ValidationError
 from contexta_async.stores import ShipTimeoutError
 
-from ._identity import FAMILY_FILES
+from ._identity import FAMILY_FILES, display_path
 from ._pacing import check_share, file_sizes
 from ._target import Target, parse_target
 
@@ -173,7 +174,8 @@ class BackgroundShipper:
                 requested, answered = self._requested, self._done
             self._write(
                 {
-                    "workspace": str(self._workspace),
+                    # Its bytes: a Linux path need not be UTF-8 (JSON strings must be).
+                    "workspace": base64.b64encode(os.fsencode(self._workspace)).decode(),
                     "url": self._url,  # over the pipe, never on the command line
                     "poll_interval": self._poll,
                     "batch_lines": self._batch_lines,
@@ -334,7 +336,7 @@ class BackgroundShipper:
                 "contexta_async.ship_left_in_spool",
                 target=self.target,
                 lines=waiting,
-                workspace=str(self._workspace),
+                workspace=display_path(self._workspace),
                 error=self._last_error,
                 hint="they stay in the workspace: the next shipper or `contexta-async ship` "
                 "ships them",

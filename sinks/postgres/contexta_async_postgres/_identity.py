@@ -19,7 +19,7 @@ from contexta_async import ValidationError
 
 from ._errors import WorkspaceIdentityError
 
-__all__ = ["FAMILY_FILES", "capture_dir", "workspace_id", "workspace_root"]
+__all__ = ["FAMILY_FILES", "capture_dir", "display_path", "workspace_id", "workspace_root"]
 
 FAMILY_FILES = {
     "context.jsonl": "CONTEXT",
@@ -44,6 +44,17 @@ def workspace_root(path: str | os.PathLike[str]) -> Path:
     raise ValidationError(
         "workspace", "must be a workspace directory holding cache/capture/", str(given)
     )
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that encodes to UTF-8 whatever its bytes (a Linux path is bytes): each
+    byte that is not UTF-8 shows as ``\\xNN``. What the store records, what messages and log
+    events name; the path itself is used, byte for byte, for everything else."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a str holding a surrogate that no byte decoded to
+        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def capture_dir(root: Path) -> Path:

@@ -8,7 +8,8 @@ fork: nothing of the caller's ``__main__`` runs again, and no lock held by anoth
 is inherited), lowers its CPU priority (``os.nice``) so that capture keeps its core, and
 talks to it over its stdin and stdout, one JSON object a line:
 
-- in: the settings first (``workspace``, ``url``, ``share``, ...), then ``{"pass": n}``
+- in: the settings first (``workspace``: the path's bytes, base64-encoded, since a Linux path
+  need not be UTF-8; ``url``, ``share``, ...), then ``{"pass": n}``
   (someone waits for a pass that begins after request ``n``) and ``{"stop": true}`` (finish
   the batch in flight, then exit; so does the end of stdin, e.g. when the caller died);
 - out: ``{"positions": {...}}`` after each pass, ``{"done": n}`` when a pass that began after
@@ -29,6 +30,7 @@ waiter never waits for a pause. Only this helper paces; ``contexta-async ship`` 
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import threading
@@ -56,9 +58,13 @@ class _Channel:
         self.answered = 0  # the newest request a completed pass answered (``done``)
 
     def send(self, message: dict[str, Any]) -> None:
+        try:
+            line = _encode(message)
+        except UnicodeEncodeError:  # a str holding a non-UTF-8 path's bytes (surrogates)
+            line = _encode(_printable(message))
         with self._lock:
             try:
-                self._out.write(_encode(message) + b"\n")
+                self._out.write(line + b"\n")
                 self._out.flush()
             except (OSError, ValueError):  # the caller went away: nobody to tell
                 self.stop.set()
@@ -118,7 +124,7 @@ def _serve(channel: _Channel) -> None:
         target=channel.listen, name="contexta-async-ship-requests", daemon=True
     ).start()
     parent = os.getppid()
-    workspace = Path(settings["workspace"])
+    workspace = Path(os.fsdecode(base64.b64decode(settings["workspace"])))
     poll = float(settings["poll_interval"])
     backoff = float(settings["backoff"])
     max_backoff = float(settings["max_backoff"])
@@ -153,7 +159,9 @@ def _serve(channel: _Channel) -> None:
                     )
                 if shipper is not None:
                     pacer.begin()
-                    result = shipper.ship(stop=stop)
+                    # A pass that answers a waiter asks the store where each file stands;
+                    # the periodic ones trust what the shipper saw (until a reconnection).
+                    result = shipper.ship(stop=stop, cached=asked <= channel.answered)
                     channel.send({"positions": result.positions})
                     if stop.is_set():
                         break  # the pass may have stopped early: it answers nothing
@@ -175,6 +183,20 @@ def _serve(channel: _Channel) -> None:
                 shipper.close()
             except Exception:
                 pass
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every str made encodable (``\\xNN`` for each byte of a non-UTF-8
+    path), so that no message is lost, nor the helper stopped, over a path's bytes."""
+    from ._identity import display_path
+
+    if isinstance(value, str):
+        return display_path(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,6 +19,14 @@ One transaction per batch of one file:
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
    counted, never shipped) and COMMIT.
 
+Before a batch from a position it did not commit itself, the shipper checks that the file is
+the one the store's lines came from: the byte before the position must end a line, and the
+last line the store holds below the position must be, byte for byte (compared by SHA-256),
+the line at that offset in the file. A copy of a shipped workspace keeps its identity
+(``cache/workspace-id``) but, once either copy captured more, not its lines: whichever ships
+second is refused with ``ShipPositionError``, never shipped past silently. The check needs no
+column of its own, so a store of any version is checked.
+
 A crash or a dropped connection anywhere before the COMMIT leaves neither the rows nor the new
 position; after it, both. So a retry, a rerun, a SIGKILL mid-batch, a server crash or a second
 shipper never duplicates or loses a line.
@@ -27,6 +35,7 @@ shipper never duplicates or loses a line.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import stat
@@ -43,8 +52,8 @@ from psycopg import sql
 
 from contexta_async import ValidationError
 
-from ._errors import ShipPositionError, StoreConnectionError, StoreError
-from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
+from ._errors import ShipPositionError, StoreError
+from ._identity import FAMILY_FILES, capture_dir, display_path, workspace_id, workspace_root
 from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser
 from ._schema import SCHEMA, ensure_schema
 from ._target import APPLICATION_NAME, Target, parse_target
@@ -55,6 +64,7 @@ logger = structlog.get_logger("contexta_async")
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+_SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 _KEEP_CORRUPT = 100  # corrupt lines kept in the result; all are counted and logged
 _CHUNK = 1 << 20  # bytes read (whole lines) and parsed at a time within a batch
 
@@ -142,9 +152,13 @@ class Shipper:
         self.progress = progress
         self._conn: Connection | None = None
         self._connected_once = False
-        # file -> (size, mtime) when it last had nothing new: no round trip until it changes
-        # file -> (size, mtime, bytes of an unfinished last line) when the store had it all
+        # file -> (size, mtime, bytes of an unfinished last line) when the store had it all:
+        # a periodic pass (``cached``) makes no round trip for it until the file changes.
+        # Dropped at each (re)connection: the store may have come back without its last
+        # commits (a backup, a failover), and a pass that answers a waiter never uses it.
         self._caught_up: dict[str, tuple[int, int, int]] = {}
+        # file -> a position known to match the file: checked, or committed by this shipper
+        self._verified: dict[str, int] = {}
         self._parsers = {
             file: LineParser(self.workspace_id, file, family)
             for file, family in FAMILY_FILES.items()
@@ -171,6 +185,7 @@ class Shipper:
             conn.close()
             raise
         self._connected_once = True
+        self._caught_up.clear()
         return conn
 
     def _prepare(self, conn: Connection) -> None:
@@ -203,7 +218,8 @@ class Shipper:
                     "last_shipped_at = now(), hostname = EXCLUDED.hostname, "
                     "path = EXCLUDED.path"
                 ).format(sql.Identifier(SCHEMA)),
-                (self.workspace_id, socket.gethostname(), str(self.root.resolve())),
+                # Text the server takes whatever the path's bytes: \\xNN for a non-UTF-8 byte.
+                (self.workspace_id, socket.gethostname(), display_path(self.root.resolve())),
             )
 
     def _ensure_connection(self, stop: threading.Event | None, result: ShipResult) -> Connection:
@@ -239,10 +255,7 @@ class Shipper:
             )
             if stop is not None:
                 if stop.wait(delay):
-                    raise StoreConnectionError(
-                        self.target.display,
-                        "stopped while reconnecting; what is not shipped ships on the next run",
-                    )
+                    raise _Stopped  # a normal end: what is not shipped ships on the next run
             else:
                 time.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
@@ -277,16 +290,24 @@ class Shipper:
 
     # ---- shipping -----------------------------------------------------------------------
 
-    def ship(self, stop: threading.Event | None = None) -> ShipResult:
+    def ship(self, stop: threading.Event | None = None, *, cached: bool = False) -> ShipResult:
         """Ship every whole line now in the workspace; return when caught up with what each
-        file held when this pass reached it (or at ``stop``): lines appended meanwhile are
-        the next call's, so a pass ends however fast capture appends."""
+        file held when this pass reached it (or at ``stop``, also while reconnecting): lines
+        appended meanwhile are the next call's, so a pass ends however fast capture appends.
+
+        The store is asked where each file stands, unless ``cached``: then a file unchanged
+        since this shipper last saw the store hold all of it is taken as still held (no round
+        trip; for periodic passes, never for one that answers someone waiting). A
+        (re)connection forgets what is cached."""
+        if not cached:
+            self._caught_up.clear()
         result = self._new_result()
         self._pass(stop, result)
         return result
 
     def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> ShipResult:
-        """Ship, then keep shipping new lines as they appear, until ``stop`` is set."""
+        """Ship, then keep shipping new lines as they appear, until ``stop`` is set (a stop
+        while reconnecting ends it normally too). Its passes are ``cached`` (see ``ship``)."""
         if not poll_interval > 0:
             raise ValidationError("poll_interval", "must be positive", poll_interval)
         result = self._new_result()
@@ -306,24 +327,31 @@ class Shipper:
         did = False
         waiting = 0
         until: dict[str, int] = {}  # file -> its size when this pass first looked at it
-        for file in FAMILY_FILES:
-            while stop is None or not stop.is_set():
-                conn = self._ensure_connection(stop, result)
-                try:
-                    handled, torn = self._batch(conn, file, result, until)
-                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
-                    continue  # rolled back whole: the batch is simply tried again
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if not (conn.closed or conn.broken):
+        try:
+            for file in FAMILY_FILES:
+                while stop is None or not stop.is_set():
+                    conn = self._ensure_connection(stop, result)
+                    try:
+                        handled, torn = self._batch(conn, file, result, until)
+                    except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                        continue  # rolled back whole: the batch is simply tried again
+                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                        if not (conn.closed or conn.broken):
+                            raise self._store_error(exc, file) from None
+                        self._reconnect(exc, stop, result)
+                        continue
+                    except psycopg.Error as exc:
+                        if isinstance(exc, _SCHEMA_GONE):
+                            # Dropped under a live session (a store reset): the next
+                            # connection creates it again, and the next pass ships all.
+                            self._drop()
                         raise self._store_error(exc, file) from None
-                    self._reconnect(exc, stop, result)
-                    continue
-                except psycopg.Error as exc:
-                    raise self._store_error(exc, file) from None
-                if handled == 0:
-                    waiting += torn
-                    break
-                did = True
+                    if handled == 0:
+                        waiting += torn
+                        break
+                    did = True
+        except _Stopped:
+            pass  # stopped while reconnecting: committed batches stay committed
         result.waiting_bytes = waiting
         return did
 
@@ -344,10 +372,11 @@ class Shipper:
         except FileNotFoundError:
             return 0, 0
         except OSError as exc:  # a symlink (ELOOP), no permission...: one line, no traceback
-            raise StoreError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+            reason = exc.strerror or exc
+            raise StoreError(f"{display_path(path)}: cannot be read: {reason}") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StoreError(f"{path}: cannot be read: not a regular file")
+                raise StoreError(f"{display_path(path)}: cannot be read: not a regular file")
             size, mtime = _settled_size(fd)
             caught_up = self._caught_up.get(file)
             if caught_up is not None and caught_up[:2] == (size, mtime):
@@ -372,6 +401,9 @@ class Shipper:
                 position = int(row[0]) if row else 0
                 result.positions[file] = position
                 _check_position(fd, file, position, size)
+                if position > 0 and self._verified.get(file) != position:
+                    self._check_lines(conn, fd, file, position)
+                self._verified[file] = position
                 first = whole_lines(fd, position, end, min(_CHUNK, self.batch_bytes))
                 if not first:
                     if end == size:
@@ -400,6 +432,7 @@ class Shipper:
             os.close(fd)
         # Committed: only now does this call count it.
         result.positions[file] = position + used
+        self._verified[file] = position + used
         result.lines_shipped += inserted
         result.lines_already_stored += rows - inserted
         result.lines_skipped += len(corrupt)
@@ -411,7 +444,7 @@ class Shipper:
                 file=bad.file,
                 byte_offset=bad.byte_offset,
                 reason=bad.reason,
-                workspace=str(self.root),
+                workspace=display_path(self.root),
             )
             if len(result.corrupt) < _KEEP_CORRUPT:
                 result.corrupt.append(bad)
@@ -425,6 +458,39 @@ class Shipper:
                 )
             )
         return rows + len(corrupt), 0
+
+    def _check_lines(self, conn: Connection, fd: int, file: str, position: int) -> None:
+        """Refuse the file if the last line the store holds for it below ``position`` is not
+        the file's line at that offset: the file is not the one the store's lines came from
+        (a copy of this workspace that captured other lines, a file replaced)."""
+        row = conn.execute(
+            sql.SQL(
+                "SELECT byte_offset, sha256(convert_to(raw, 'UTF8')) FROM {}.{} "
+                "WHERE workspace_id = %s AND byte_offset < %s "
+                "ORDER BY byte_offset DESC LIMIT 1"
+            ).format(sql.Identifier(SCHEMA), sql.Identifier(self._parsers[file].table)),
+            (self.workspace_id, position),
+        ).fetchone()
+        if row is None:
+            return  # no line to compare (each one skipped as corrupt, or deleted by hand)
+        offset, digest = int(row[0]), bytes(row[1])
+        # The file's line at that offset: up to its newline, at or before the position.
+        want = min(1 << 16, position - offset)
+        while True:
+            data = os.pread(fd, want, offset)
+            end = data.find(b"\n")
+            if end >= 0 or want >= position - offset or len(data) < want:
+                break
+            want = min(want * 2, position - offset)
+        if end >= 0 and hashlib.sha256(data[:end]).digest() == digest:
+            return
+        raise ShipPositionError(
+            file,
+            position,
+            f"the line at byte {offset} of {display_path(self.capture / file)} is not the one "
+            f"the store holds there for workspace {self.workspace_id}: is "
+            f"{display_path(self.root)} a copy of a workspace shipped before?",
+        )
 
     def _store(self, conn: Connection, batch: _Batch) -> int:
         """Store the batch (past the locked position: new, see the module docstring); rows
@@ -460,6 +526,10 @@ class Shipper:
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
             with cur.copy(copy_sql) as copy:
                 batch.write(copy.write_row)
+
+
+class _Stopped(Exception):
+    """``stop`` was set while the shipper waited to reconnect."""
 
 
 def _names(table: str) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ from contexta_async import ValidationError
 
 from ._errors import ShipPositionError, StoreConnectionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
-from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser
+from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser, is_utf8
 from ._schema import SCHEMA, ensure_schema
 from ._target import APPLICATION_NAME, Target, parse_target
 
@@ -506,7 +506,9 @@ class _Batch:
                 del lines[lines_left:]
             # A backslash is rare (one memchr); "\\u" alone is searched much slower.
             escapes = b"\\" in data and b"\\u" in data
-            written, at = self.parser.write(lines, at, write_row, corrupt, escapes)
+            written, at = self.parser.write(
+                lines, at, write_row, corrupt, escapes, utf8=is_utf8(data)
+            )
             rows += written
             lines_left -= len(lines)
             bytes_left = self._max_bytes - (at - self.position)

@@ -43,6 +43,15 @@ from psycopg import sql
 
 from contexta_async import ValidationError
 
+from ._args import (
+    MAX_BACKOFF,
+    MIN_BACKOFF,
+    check_count,
+    check_poll_interval,
+    check_seconds,
+    check_url,
+    check_workspace,
+)
 from ._errors import ShipPositionError, StoreConnectionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, workspace_id, workspace_root
 from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser, is_utf8
@@ -108,6 +117,9 @@ class Shipper:
     ``retries`` bounds the reconnection attempts after a dropped connection (backoff from
     ``backoff`` seconds, doubling up to ``max_backoff``); the first connection is retried only
     when ``retry_first_connect`` is true (``--follow``), so a wrong URL fails at once.
+    ValidationError at the call, naming the argument, unless ``batch_lines`` and
+    ``batch_bytes`` are ints of at least 1, ``retries`` an int of at least 0, and
+    0.01 <= ``backoff`` <= ``max_backoff`` <= 3600 (seconds).
     """
 
     def __init__(
@@ -123,12 +135,19 @@ class Shipper:
         retry_first_connect: bool = False,
         progress: Callable[[ShipProgress], None] | None = None,
     ) -> None:
-        if batch_lines < 1:
-            raise ValidationError("batch_lines", "must be at least 1", batch_lines)
-        if batch_bytes < 1:
-            raise ValidationError("batch_bytes", "must be at least 1", batch_bytes)
-        if retries < 0:
-            raise ValidationError("retries", "must be 0 or more", retries)
+        check_workspace(workspace)
+        check_url(url)
+        check_count("batch_lines", batch_lines, 1)
+        check_count("batch_bytes", batch_bytes, 1)
+        check_count("retries", retries, 0)
+        backoff = check_seconds("backoff", backoff, MIN_BACKOFF, MAX_BACKOFF)
+        max_backoff = check_seconds("max_backoff", max_backoff, backoff, MAX_BACKOFF)
+        if not isinstance(retry_first_connect, bool):
+            raise ValidationError(
+                "retry_first_connect", "must be True or False", retry_first_connect
+            )
+        if progress is not None and not callable(progress):
+            raise ValidationError("progress", "must be a callable or None", progress)
         self.target: Target = parse_target(url)
         self.root = workspace_root(workspace)
         self.capture = capture_dir(self.root)
@@ -287,8 +306,7 @@ class Shipper:
 
     def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> ShipResult:
         """Ship, then keep shipping new lines as they appear, until ``stop`` is set."""
-        if not poll_interval > 0:
-            raise ValidationError("poll_interval", "must be positive", poll_interval)
+        poll_interval = check_poll_interval(poll_interval)
         result = self._new_result()
         while not stop.is_set():
             if not self._pass(stop, result):

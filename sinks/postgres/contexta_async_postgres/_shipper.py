@@ -17,7 +17,9 @@ One transaction per batch of one file:
    ``INSERT ... ON CONFLICT DO NOTHING`` instead: a line can never be stored twice, whatever
    happens;
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
-   counted, never shipped) and COMMIT.
+   counted, never shipped) and COMMIT. A line the parser let through but the server refuses
+   (a data error, SQLSTATE class 22) is found by halving the batch, one savepoint per COPY
+   into the staging table, and skipped as corrupt too, so that it cannot stop the file.
 
 A crash or a dropped connection anywhere before the COMMIT leaves neither the rows nor the new
 position; after it, both. So a retry, a rerun, a SIGKILL mid-batch, a server crash or a second
@@ -461,8 +463,55 @@ class Shipper:
                 byte_offset=batch.position,
                 hint="the store holds lines past its position; only the new ones are inserted",
             )
+        except psycopg.errors.DataError:
+            return self._isolate(conn, batch, target)
         stage = sql.Identifier(f"stage_{table}")
-        self._copy(conn, stage, batch)
+        try:
+            with conn.transaction():
+                self._copy(conn, stage, batch)
+        except psycopg.errors.DataError:
+            return self._isolate(conn, batch, target)
+        return self._insert_staged(conn, target, table)
+
+    def _isolate(self, conn: Connection, batch: _Batch, target: sql.Composable) -> int:
+        """The server refused a value of the batch (SQLSTATE class 22: bytes its encoding
+        does not take, a character it cannot translate...) that the parser let through: find
+        the refused lines by halving (a savepoint per COPY into the staging table), skip them
+        as corrupt, store the others; rows inserted. Without this, the line would stop the
+        file at the same position on every pass."""
+        table = batch.parser.table
+        stage = sql.Identifier(f"stage_{table}")
+        rows: list[tuple[Any, ...]] = []
+        batch.write(rows.append)
+        refused: list[Corrupt] = []
+
+        def store(part: list[tuple[Any, ...]]) -> None:
+            try:
+                with conn.transaction():
+                    self._copy_rows(conn, stage, table, part)
+                return
+            except psycopg.errors.DataError as exc:
+                if len(part) == 1:
+                    offset = int.from_bytes(part[0][1], "big", signed=True)
+                    reason = self.target.redact(_first_line(exc))
+                    refused.append(
+                        Corrupt(batch.parser.file, offset, f"refused by the store: {reason}")
+                    )
+                    return
+            half = len(part) // 2
+            store(part[:half])
+            store(part[half:])
+
+        half = len(rows) // 2  # the whole batch was refused already
+        if half:
+            store(rows[:half])
+        store(rows[half:])
+        batch.rows -= len(refused)
+        batch.corrupt = sorted([*batch.corrupt, *refused], key=lambda c: c.byte_offset)
+        return self._insert_staged(conn, target, table)
+
+    def _insert_staged(self, conn: Connection, target: sql.Composable, table: str) -> int:
+        stage = sql.Identifier(f"stage_{table}")
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
         with conn.cursor() as cur:
             cur.execute(
@@ -478,6 +527,16 @@ class Shipper:
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
             with cur.copy(copy_sql) as copy:
                 batch.write(copy.write_row)
+
+    def _copy_rows(
+        self, conn: Connection, into: sql.Composable, table: str, rows: list[tuple[Any, ...]]
+    ) -> None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
+        with conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
+            with cur.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
 
 
 def _names(table: str) -> tuple[str, ...]:

@@ -963,6 +963,13 @@ def _ship(
         return backend.ship_command(request)
     except _UsageError as exc:
         return _usage(exc, parser, err)
+    except ValidationError as exc:
+        option = _OPTION_FIELDS["ship"].get(exc.field)
+        if option is None:
+            err.write(f"{PROG}: error: {exc}\n")
+            return 1
+        # The backend's URL check ("to: must percent-encode ..."): a usage error naming --to.
+        return _usage(_UsageError(option + str(exc).removeprefix(exc.field)), parser, err)
     except ContextaError as exc:
         err.write(f"{PROG}: error: {exc}\n")
         return 1
@@ -1030,7 +1037,10 @@ def _usage(exc: _UsageError, parser: argparse.ArgumentParser, err: TextIO) -> in
 
 # Fields of a library ValidationError that are the command's own options: a value the
 # library refuses there is a usage error naming the option (status 2), not a failure.
-_OPTION_FIELDS: Final[dict[str, dict[str, str]]] = {"export": {"format": "--format"}}
+_OPTION_FIELDS: Final[dict[str, dict[str, str]]] = {
+    "export": {"format": "--format"},
+    "ship": {"to": "--to"},  # the store backend's URL check (parse_target)
+}
 
 
 _COMMANDS: dict[str, Callable[[Workspace, argparse.Namespace, TextIO], Awaitable[int]]] = {

@@ -42,6 +42,15 @@ import structlog
 from contexta_async import LifecycleError, ValidationError
 from contexta_async.stores import ShipTimeoutError
 
+from ._args import (
+    MAX_BACKOFF,
+    MIN_BACKOFF,
+    check_count,
+    check_poll_interval,
+    check_seconds,
+    check_url,
+    check_workspace,
+)
 from ._identity import FAMILY_FILES, display_path
 from ._pacing import check_share, file_sizes
 from ._target import Target, parse_target
@@ -69,7 +78,10 @@ class BackgroundShipper:
 
     ``share`` (0 < share <= 1) is the most of the wall-clock time the helper ships while
     capture writes and nobody waits: after a batch that took ``busy`` seconds it pauses
-    ``busy * (1 - share) / share``. ValidationError at the call otherwise.
+    ``busy * (1 - share) / share``. ValidationError at the call otherwise, and unless
+    ``poll_interval`` is positive and finite, ``batch_lines`` an int of at least 1,
+    0.01 <= ``backoff`` <= ``max_backoff`` <= 3600 (seconds), and ``nice`` an int from 0 to 19:
+    the helper would otherwise fail on them, again and again.
     """
 
     def __init__(
@@ -84,18 +96,21 @@ class BackgroundShipper:
         nice: int = NICE,
         share: float = SHARE,
     ) -> None:
-        if not poll_interval > 0:
-            raise ValidationError("poll_interval", "must be positive", poll_interval)
+        # Checked here: a value the helper refused would fail it in a restart loop.
+        check_workspace(workspace)
+        check_url(url)
+        self._poll = check_poll_interval(poll_interval)
+        self._batch_lines = check_count("batch_lines", batch_lines, 1)
+        self._backoff = check_seconds("backoff", backoff, MIN_BACKOFF, MAX_BACKOFF)
+        self._max_backoff = check_seconds("max_backoff", max_backoff, self._backoff, MAX_BACKOFF)
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValidationError("nice", "must be an integer from 0 to 19", nice)
+        self._nice = nice
         self._share = check_share(share)
         self._target: Target = parse_target(url)  # a bad URL fails here, at the call
         self.target = self._target.display
         self._url = url
         self._workspace = Path(workspace)
-        self._poll = poll_interval
-        self._batch_lines = batch_lines
-        self._backoff = backoff
-        self._max_backoff = max_backoff
-        self._nice = nice
         self._pid = os.getpid()
         self._cond = threading.Condition()
         self._requested = 0  # passes asked for (wait_committed)

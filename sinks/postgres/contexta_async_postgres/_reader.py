@@ -474,11 +474,18 @@ def _sample_infos(
     server-side cursor a bounded number of lines at a time."""
     shards = [(run, ws, rank) for (run, ws), rank in ranks.items()]
     query = _q(
-        "SELECT c.ref, coalesce(c.batch_ref, c.stage_ref), j.p ->> 'cluster', j.p ->> 'epoch' "
+        # jsonb (and json's operators) refuse a line holding the escape \u0000 anywhere (a
+        # field of a newer writer, a hand edit, kept raw by the shipper): a line with a \u
+        # escape (capture writes one only for a control character) comes back whole, and is
+        # decoded here as the folder reader decodes it.
+        "SELECT c.ref, coalesce(c.batch_ref, c.stage_ref), j.p ->> 'cluster', j.p ->> 'epoch', "
+        "CASE WHEN n.escaped THEN c.raw END "
         "FROM {s}.context_lines c "
         "LEFT JOIN unnest(%s::text[], %s::uuid[], %s::int[]) AS sh(run_ref, workspace_id, rank) "
         "ON c.run_ref = sh.run_ref AND c.workspace_id = sh.workspace_id "
-        "CROSS JOIN LATERAL (SELECT c.raw::jsonb -> 'payload' AS p) j "
+        "CROSS JOIN LATERAL (SELECT strpos(c.raw, '\\u') > 0 AS escaped) n "
+        "CROSS JOIN LATERAL "
+        "(SELECT CASE WHEN n.escaped THEN NULL ELSE c.raw::jsonb -> 'payload' END AS p) j "
         "WHERE c.kind = 'sample' AND c.run_ref = ANY(%s) AND c.status = 'open' "
         "AND (strpos(c.raw, '\"cluster\":') > 0 OR strpos(c.raw, '\"epoch\":') > 0) "
         # A shard without records ranks first, as it did (0); byte order within a shard.
@@ -489,7 +496,9 @@ def _sample_infos(
         cursor.itersize = _FETCH_SAMPLES
         cursor.execute(query, params)
         while batch := cursor.fetchmany(_FETCH_SAMPLES):
-            for ref, parent, cluster, raw_epoch in batch:
+            for ref, parent, cluster, raw_epoch, raw in batch:
+                if raw is not None:
+                    cluster, raw_epoch = _cluster_epoch(raw)
                 if parent is None or (cluster is None and raw_epoch is None):
                     continue
                 component = last_component(ref) or ref
@@ -500,6 +509,38 @@ def _sample_infos(
                     if component.endswith(suffix) and len(component) > len(suffix):
                         item = component[: -len(suffix)]
                 yield str(ref), str(parent), SampleInfo(item, epoch, cluster), component
+
+
+class _SampleMeta(msgspec.Struct, gc=False):
+    cluster: Any = None
+    epoch: Any = None
+
+
+class _SampleOpening(msgspec.Struct, gc=False):
+    payload: _SampleMeta | None = None
+
+
+# Only the two fields are decoded: the others' escapes are skipped, not checked.
+_decode_opening = msgspec.json.Decoder(_SampleOpening).decode
+
+
+def _cluster_epoch(raw: str) -> tuple[str | None, str | None]:
+    """The payload's cluster and epoch as ``->>`` gives them (a string's content, any other
+    value's JSON text, None for null or none), from a line with an escape the server's JSON
+    may refuse."""
+    try:
+        payload = _decode_opening(raw).payload
+    except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
+        return None, None
+    if payload is None:
+        return None, None
+    return _as_text(payload.cluster), _as_text(payload.epoch)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return msgspec.json.encode(value).decode()
 
 
 def _rank(first: dict[tuple[str, uuid.UUID], Any]) -> Ranks:

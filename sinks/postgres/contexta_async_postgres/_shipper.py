@@ -17,7 +17,9 @@ One transaction per batch of one file:
    ``INSERT ... ON CONFLICT DO NOTHING`` instead: a line can never be stored twice, whatever
    happens;
 4. move the position past the batch (corrupt lines included: they are skipped, logged and
-   counted, never shipped) and COMMIT.
+   counted, never shipped) and COMMIT. A line the parser let through but the server refuses
+   (a data error, SQLSTATE class 22) is found by halving the batch, one savepoint per COPY
+   into the staging table, and skipped as corrupt too, so that it cannot stop the file.
 
 Before a batch from a position it did not commit itself, the shipper checks that the file is
 the one the store's lines came from: the byte before the position must end a line, and the
@@ -52,9 +54,18 @@ from psycopg import sql
 
 from contexta_async import ValidationError
 
+from ._args import (
+    MAX_BACKOFF,
+    MIN_BACKOFF,
+    check_count,
+    check_poll_interval,
+    check_seconds,
+    check_url,
+    check_workspace,
+)
 from ._errors import ShipPositionError, StoreError
 from ._identity import FAMILY_FILES, capture_dir, display_path, workspace_id, workspace_root
-from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser
+from ._lines import COLUMNS, STAGING_CODES, STAGING_TYPES, Corrupt, LineParser, is_utf8
 from ._schema import SCHEMA, ensure_schema
 from ._target import APPLICATION_NAME, Target, parse_target
 
@@ -118,6 +129,9 @@ class Shipper:
     ``retries`` bounds the reconnection attempts after a dropped connection (backoff from
     ``backoff`` seconds, doubling up to ``max_backoff``); the first connection is retried only
     when ``retry_first_connect`` is true (``--follow``), so a wrong URL fails at once.
+    ValidationError at the call, naming the argument, unless ``batch_lines`` and
+    ``batch_bytes`` are ints of at least 1, ``retries`` an int of at least 0, and
+    0.01 <= ``backoff`` <= ``max_backoff`` <= 3600 (seconds).
     """
 
     def __init__(
@@ -133,12 +147,19 @@ class Shipper:
         retry_first_connect: bool = False,
         progress: Callable[[ShipProgress], None] | None = None,
     ) -> None:
-        if batch_lines < 1:
-            raise ValidationError("batch_lines", "must be at least 1", batch_lines)
-        if batch_bytes < 1:
-            raise ValidationError("batch_bytes", "must be at least 1", batch_bytes)
-        if retries < 0:
-            raise ValidationError("retries", "must be 0 or more", retries)
+        check_workspace(workspace)
+        check_url(url)
+        check_count("batch_lines", batch_lines, 1)
+        check_count("batch_bytes", batch_bytes, 1)
+        check_count("retries", retries, 0)
+        backoff = check_seconds("backoff", backoff, MIN_BACKOFF, MAX_BACKOFF)
+        max_backoff = check_seconds("max_backoff", max_backoff, backoff, MAX_BACKOFF)
+        if not isinstance(retry_first_connect, bool):
+            raise ValidationError(
+                "retry_first_connect", "must be True or False", retry_first_connect
+            )
+        if progress is not None and not callable(progress):
+            raise ValidationError("progress", "must be a callable or None", progress)
         self.target: Target = parse_target(url)
         self.root = workspace_root(workspace)
         self.capture = capture_dir(self.root)
@@ -308,8 +329,7 @@ class Shipper:
     def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> ShipResult:
         """Ship, then keep shipping new lines as they appear, until ``stop`` is set (a stop
         while reconnecting ends it normally too). Its passes are ``cached`` (see ``ship``)."""
-        if not poll_interval > 0:
-            raise ValidationError("poll_interval", "must be positive", poll_interval)
+        poll_interval = check_poll_interval(poll_interval)
         result = self._new_result()
         while not stop.is_set():
             if not self._pass(stop, result):
@@ -509,8 +529,55 @@ class Shipper:
                 byte_offset=batch.position,
                 hint="the store holds lines past its position; only the new ones are inserted",
             )
+        except psycopg.errors.DataError:
+            return self._isolate(conn, batch, target)
         stage = sql.Identifier(f"stage_{table}")
-        self._copy(conn, stage, batch)
+        try:
+            with conn.transaction():
+                self._copy(conn, stage, batch)
+        except psycopg.errors.DataError:
+            return self._isolate(conn, batch, target)
+        return self._insert_staged(conn, target, table)
+
+    def _isolate(self, conn: Connection, batch: _Batch, target: sql.Composable) -> int:
+        """The server refused a value of the batch (SQLSTATE class 22: bytes its encoding
+        does not take, a character it cannot translate...) that the parser let through: find
+        the refused lines by halving (a savepoint per COPY into the staging table), skip them
+        as corrupt, store the others; rows inserted. Without this, the line would stop the
+        file at the same position on every pass."""
+        table = batch.parser.table
+        stage = sql.Identifier(f"stage_{table}")
+        rows: list[tuple[Any, ...]] = []
+        batch.write(rows.append)
+        refused: list[Corrupt] = []
+
+        def store(part: list[tuple[Any, ...]]) -> None:
+            try:
+                with conn.transaction():
+                    self._copy_rows(conn, stage, table, part)
+                return
+            except psycopg.errors.DataError as exc:
+                if len(part) == 1:
+                    offset = int.from_bytes(part[0][1], "big", signed=True)
+                    reason = self.target.redact(_first_line(exc))
+                    refused.append(
+                        Corrupt(batch.parser.file, offset, f"refused by the store: {reason}")
+                    )
+                    return
+            half = len(part) // 2
+            store(part[:half])
+            store(part[half:])
+
+        half = len(rows) // 2  # the whole batch was refused already
+        if half:
+            store(rows[:half])
+        store(rows[half:])
+        batch.rows -= len(refused)
+        batch.corrupt = sorted([*batch.corrupt, *refused], key=lambda c: c.byte_offset)
+        return self._insert_staged(conn, target, table)
+
+    def _insert_staged(self, conn: Connection, target: sql.Composable, table: str) -> int:
+        stage = sql.Identifier(f"stage_{table}")
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
         with conn.cursor() as cur:
             cur.execute(
@@ -526,6 +593,16 @@ class Shipper:
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
             with cur.copy(copy_sql) as copy:
                 batch.write(copy.write_row)
+
+    def _copy_rows(
+        self, conn: Connection, into: sql.Composable, table: str, rows: list[tuple[Any, ...]]
+    ) -> None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in _names(table))
+        with conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, columns)
+            with cur.copy(copy_sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
 
 
 class _Stopped(Exception):
@@ -576,7 +653,9 @@ class _Batch:
                 del lines[lines_left:]
             # A backslash is rare (one memchr); "\\u" alone is searched much slower.
             escapes = b"\\" in data and b"\\u" in data
-            written, at = self.parser.write(lines, at, write_row, corrupt, escapes)
+            written, at = self.parser.write(
+                lines, at, write_row, corrupt, escapes, utf8=is_utf8(data)
+            )
             rows += written
             lines_left -= len(lines)
             bytes_left = self._max_bytes - (at - self.position)

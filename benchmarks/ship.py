@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "sinks" / "postgres" / "tests"))
 
 from _cluster import Cluster, find_bindir  # noqa: E402
-from contexta_async_postgres import Shipper  # noqa: E402
+from contexta_async_postgres import Shipper, _lines  # noqa: E402
 from contexta_async_postgres._identity import FAMILY_FILES  # noqa: E402
 from contexta_async_postgres._lines import LineParser  # noqa: E402
 
@@ -117,14 +117,18 @@ def client_rate(files: list[Path], records: int) -> float:
     parsers = {
         file: LineParser(uuid.uuid4(), file, family) for file, family in FAMILY_FILES.items()
     }
+    # UTF-8 is checked once over the bytes, as the shipper checks each chunk it reads, not
+    # line by line (only a chunk that fails the check is; older copies have no check).
+    is_utf8 = getattr(_lines, "is_utf8", None)
     started = time.perf_counter()
     for f in files:
         data = f.read_bytes()
+        checked = {} if is_utf8 is None else {"utf8": is_utf8(data)}
         lines = data.split(b"\n")
         lines.pop()
         formatter = BinaryFormatter(Transformer(None))  # one per table, as one per COPY
         for at in range(0, len(lines), 50_000):
-            parsers[f.name].write(lines[at : at + 50_000], 0, formatter.write_row, [])
+            parsers[f.name].write(lines[at : at + 50_000], 0, formatter.write_row, [], **checked)
     return records / (time.perf_counter() - started)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from . import _validation as v
-from ._errors import ClosedScopeError, ConfigurationError, ValidationError
+from ._errors import ClosedScopeError, ConfigurationError, ContextaError, ValidationError
 from ._format.refs import is_valid_ref, normalize_name
 from ._pipeline import OverflowPolicy, Pipeline, PipelineOptions, Statistics
 from ._scope_core import ScopeCore, ScopeRegistry
@@ -37,7 +37,12 @@ def _cancel_open_runs(registry: ScopeRegistry, pipeline: Pipeline, reason: str) 
     if pipeline.closed:
         return
     for core in registry.close_all():
-        core.close("cancelled", reason)  # queues its closing lines
+        try:
+            core.close("cancelled", reason)  # queues its closing lines
+        except ContextaError:
+            # Its lines cannot be queued (the writer stopped): the pipeline's close, which
+            # follows, raises why; every other run is still closed.
+            continue
 
 
 class Contexta:
@@ -222,9 +227,11 @@ class Contexta:
         lines still not in the store stay in the workspace (``ctx.shipper.lines_waiting``)."""
         self._pipeline.check_not_on_writer("close")
         deadline = self._shutdown_deadline()
-        self._close_open_runs()
         try:
-            self._pipeline.close_blocking()
+            try:
+                self._close_open_runs()
+            finally:
+                self._pipeline.close_blocking()
         finally:
             if self.shipper is not None:
                 self._close_shipper(_time_left(deadline))
@@ -234,9 +241,11 @@ class Contexta:
         self._pipeline.check_not_on_writer("aclose")
         with anyio.CancelScope(shield=True):
             deadline = self._shutdown_deadline()
-            self._close_open_runs()
             try:
-                await self._pipeline.aclose()
+                try:
+                    self._close_open_runs()
+                finally:
+                    await self._pipeline.aclose()
             finally:
                 if self.shipper is not None:
                     await anyio.to_thread.run_sync(self._close_shipper, _time_left(deadline))

@@ -113,7 +113,9 @@ class Statistics(msgspec.Struct, frozen=True, kw_only=True):
     largest_batch: int
     """The most lines taken in one batch."""
     peak_queued: int
-    """The most lines ever waiting in the queue at once (bounded by ``queue_size``)."""
+    """The most lines ever waiting in the queue at once: ``queue_size`` at most for captures;
+    scope lifecycle lines, which are never refused, may go past it by the scopes opened and
+    closed while it is full."""
     failed: int
     """Captured lines a sink could not make durable after retries, summed over sinks: the sum
     of ``failed`` over the DeliveryErrors raised (DEGRADATION lines are not counted)."""

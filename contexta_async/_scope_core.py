@@ -202,8 +202,14 @@ class ScopeCore:
                 self._closing = (status, reason)  # and no child opens from now on
             status, reason = self._closing
             children = list(self._children.values())
-        for child in children:
-            child.close(status, reason)
+        try:
+            for child in children:
+                child.close(status, reason)
+        finally:  # a child whose line cannot be queued (the writer stopped) still closes this
+            self._close_self(status, reason)
+
+    def _close_self(self, status: Status, reason: str | None) -> None:
+        """The second half of ``close``: this scope's own status and closing line."""
         if reason is not None:
             if len(reason) > _MAX_REASON:
                 reason = reason[: _MAX_REASON - 3] + "..."

@@ -193,3 +193,39 @@ def test_a_closed_stdout_cannot_make_close_raise_while_it_reports_a_sink_that_fa
     assert [line["payload"]["payload"]["value"] for line in read_family(tmp_path, "RECORD")] == [
         1.0
     ]
+
+
+class _ClosesCounted(_BuggySink):
+    def __init__(self, workspace: Path) -> None:
+        super().__init__(workspace)
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        super().close()
+
+
+def test_one_close_after_a_writer_crash_closes_the_context_its_runs_and_its_sinks(
+    tmp_path: Path,
+) -> None:
+    # The open runs' closing lines cannot be queued once the writer has stopped: the first
+    # of them raised out of close() before the pipeline was closed, and it took three calls.
+    sink = _ClosesCounted(tmp_path)
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink])
+    run = ctx.run("a").__enter__()
+    stage = run.stage("s").__enter__()
+    stage.metric("m", 0)
+    ctx.flush()
+    sink.armed = True
+    sink.go.set()
+    stage.metric("m", 1)
+    assert sink.entered.wait(HANG)
+    with pytest.raises(WriterStoppedError):
+        ctx.flush(HANG)  # the writer has stopped on that line
+    with pytest.raises(WriterStoppedError):
+        ctx.close()
+    assert ctx.closed
+    assert sink.closes == 1
+    assert (run.status, stage.status) == ("cancelled", "cancelled")
+    ctx.close()  # closed: returns at once
+    assert sink.closes == 1

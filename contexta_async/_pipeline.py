@@ -453,6 +453,10 @@ class Pipeline:
         except Exception:  # stderr is gone too: the error is still raised to every caller
             pass
 
+    def stopped_error(self) -> WriterStoppedError | None:
+        """The error to raise if the writer has stopped, else None."""
+        return None if self._crash is None else self._stopped()
+
     def _stopped(self, pending: int | None = None) -> WriterStoppedError:
         """The error for a writer that stopped; ``pending``: by default every line queued and
         never made durable."""

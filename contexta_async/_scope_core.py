@@ -267,8 +267,16 @@ class ScopeCore:
         return waiter
 
     def opening_queued(self, waiter: Waiter) -> None:
+        """The wait for room ended. Woken because the writer stopped, the opening line never
+        reaches a file: the scope never opened, and the opener gets WriterStoppedError."""
+        stopped = self.pipeline.stopped_error()
         with self._lock:
             self._parked_opening = None
+            if stopped is not None:
+                self.status = "cancelled"
+        if stopped is not None:
+            self._forget()
+            raise stopped
         self.pipeline.pass_turn(waiter)
 
     def opening_abandoned(self, waiter: Waiter) -> None:

@@ -229,3 +229,36 @@ def test_one_close_after_a_writer_crash_closes_the_context_its_runs_and_its_sink
     assert (run.status, stage.status) == ("cancelled", "cancelled")
     ctx.close()  # closed: returns at once
     assert sink.closes == 1
+
+
+def test_a_scope_opening_while_the_writer_stops_is_not_entered(tmp_path: Path) -> None:
+    # Its opening line waits for room when the writer stops: the line is dropped, so the
+    # scope never opened; `with ctx.run(...)` used to enter it all the same.
+    sink = _BuggySink(tmp_path)
+    ctx = Contexta(workspace=tmp_path, config={"project_name": "p"}, sinks=[sink], queue_size=1)
+    run = ctx.run("a").__enter__()
+    run.metric("m", 0)
+    ctx.flush()
+    sink.armed = True
+    run.metric("m", 1)
+    assert sink.entered.wait(HANG)  # the writer holds that line
+    run.metric("m", 2)  # the queue is full now
+    outcome: list[BaseException | str] = []
+
+    def opener() -> None:
+        try:
+            with ctx.run("b") as opened:
+                outcome.append(f"entered, {opened.status}")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=opener, daemon=True)
+    thread.start()
+    while ctx.statistics().waiting_producers == 0 and thread.is_alive():
+        thread.join(0.001)
+    sink.go.set()  # the writer stops on the line it holds
+    thread.join(HANG)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], WriterStoppedError), outcome
+    with pytest.raises(WriterStoppedError):
+        ctx.close()

@@ -257,10 +257,8 @@ class Contexta:
 
     def _shutdown_deadline(self) -> float:
         # One shutdown_timeout for the whole close: the shipper gets what the drain left.
-        timeout = self._pipeline.options.shutdown_timeout
-        if timeout >= threading.TIMEOUT_MAX:  # no limit (a huge int would overflow the sum)
-            return float("inf")
-        return time.monotonic() + timeout
+        # (A float, inf for no limit: PipelineOptions turns a huge int into inf.)
+        return time.monotonic() + self._pipeline.options.shutdown_timeout
 
     def _close_open_runs(self) -> None:
         _cancel_open_runs(self._registry, self._pipeline, "the Contexta context closed first")

@@ -145,9 +145,8 @@ def _close_at_exit() -> None:
         pipeline._begin_close()
     started = time.monotonic()
     for pipeline in pipelines:
-        timeout = pipeline.options.shutdown_timeout
-        try:
-            pipeline.close_blocking(None if timeout >= threading.TIMEOUT_MAX else started + timeout)
+        try:  # shutdown_timeout is a float, inf for no limit (PipelineOptions)
+            pipeline.close_blocking(started + pipeline.options.shutdown_timeout)
         except Exception as exc:
             _report_at_exit(exc)
 
